@@ -1,0 +1,255 @@
+//! Node configuration: a TOML file deserialized strictly (unknown keys are
+//! errors), then validated once into [`NodeSettings`], whose fields are typed
+//! and complete. Nothing else in molt reads configuration files.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DeploymentKind, NodeId, Role, identity::PeerIdentity, tls};
+
+/// Why a node configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a missing key or a wrongly typed value.
+    #[error("invalid config {path}: {message}")]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// What the parser said, with the line.
+        message: String,
+    },
+    /// The values parse but do not make a valid node.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The file format (`node.toml`). Kept serializable so that `molt local up`
+/// and the test harness write the same format operators do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfigFile {
+    /// Cluster name; certificates must name the same cluster.
+    pub cluster: String,
+    /// This node's id.
+    pub node_id: String,
+    /// `controller` or `se`.
+    pub role: String,
+    /// Listen address, `IP:PORT` (port 8443 by convention).
+    pub listen: String,
+    /// Where the node keeps slots, staging, images and its store.
+    pub data_dir: PathBuf,
+    /// `vm` or `docker`.
+    pub deployment: String,
+    /// The id of the leader controller.
+    pub leader: String,
+    /// Milliseconds between heartbeats (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// The SE group of a Service Engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub se_group: Option<String>,
+    /// Leader only: cap on image distribution bandwidth per transfer, bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_rate_limit_bytes: Option<u64>,
+    /// Certificate files.
+    pub tls: TlsFiles,
+    /// Leader only: the REST API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiFile>,
+    /// Every controller of the cluster.
+    pub controllers: Vec<ControllerEntry>,
+}
+
+/// The TLS files of a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// REST API settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFile {
+    /// File holding the admin bearer token.
+    pub token_file: PathBuf,
+}
+
+/// A controller's id and address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerEntry {
+    /// Controller node id.
+    pub id: String,
+    /// `IP:PORT` the controller listens on.
+    pub addr: String,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Cluster name.
+    pub cluster: String,
+    /// This node.
+    pub node_id: NodeId,
+    /// Controller or Service Engine.
+    pub role: Role,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Deployment kind.
+    pub deployment: DeploymentKind,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// SE group (Service Engines only).
+    pub se_group: Option<String>,
+    /// The leader controller.
+    pub leader: Controller,
+    /// All controllers, the leader included.
+    pub controllers: Vec<Controller>,
+    /// TLS material, loaded and checked.
+    pub tls: tls::TlsMaterial,
+    /// The admin token (leader only).
+    pub api_token: Option<String>,
+    /// Distribution bandwidth cap per transfer (leader only).
+    pub fetch_rate_limit: Option<u64>,
+}
+
+/// A controller as the other nodes reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// Its id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl NodeSettings {
+    /// Whether this node is the cluster's leader.
+    pub fn is_leader(&self) -> bool {
+        self.node_id == self.leader.id
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let file: NodeConfigFile = toml::from_str(&text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+        Self::validate(file, path)
+    }
+
+    /// Validates a parsed config; `path` only names the source in errors.
+    pub fn validate(file: NodeConfigFile, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+        let node_id: NodeId = file.node_id.parse().map_err(|e| invalid(format!("node_id: {e}")))?;
+        let role: Role = file.role.parse().map_err(|e| invalid(format!("role: {e}")))?;
+        if role == Role::Admin {
+            return Err(invalid("role: a node is a controller or an se, not admin".into()));
+        }
+        if file.cluster.is_empty() {
+            return Err(invalid("cluster: must not be empty".into()));
+        }
+        let listen: SocketAddr = file
+            .listen
+            .parse()
+            .map_err(|e| invalid(format!("listen {:?}: {e}; expected IP:PORT such as 127.0.0.11:8443", file.listen)))?;
+        let deployment: DeploymentKind = file.deployment.parse().map_err(|e| invalid(format!("deployment: {e}")))?;
+        let interval_ms = file.heartbeat_interval_ms.unwrap_or(1000);
+        if !(50..=60_000).contains(&interval_ms) {
+            return Err(invalid(format!("heartbeat_interval_ms {interval_ms}: must be between 50 and 60000")));
+        }
+        let se_group = match (role, file.se_group) {
+            (Role::ServiceEngine, Some(g)) if !g.is_empty() => Some(g),
+            (Role::ServiceEngine, _) => return Err(invalid("se_group: a Service Engine must name its SE group".into())),
+            (_, Some(_)) => return Err(invalid("se_group: only a Service Engine belongs to an SE group".into())),
+            (_, None) => None,
+        };
+        let mut controllers = Vec::new();
+        for c in &file.controllers {
+            let id: NodeId = c.id.parse().map_err(|e| invalid(format!("controllers: {e}")))?;
+            let addr: SocketAddr =
+                c.addr.parse().map_err(|e| invalid(format!("controllers: address {:?} of {id}: {e}", c.addr)))?;
+            if controllers.iter().any(|x: &Controller| x.id == id) {
+                return Err(invalid(format!("controllers: {id} is listed twice")));
+            }
+            controllers.push(Controller { id, addr });
+        }
+        if !matches!(controllers.len(), 1 | 3) {
+            return Err(invalid(format!("controllers: a cluster has 1 or 3 controllers, {} are listed", controllers.len())));
+        }
+        let leader_id: NodeId = file.leader.parse().map_err(|e| invalid(format!("leader: {e}")))?;
+        let leader = controllers
+            .iter()
+            .find(|c| c.id == leader_id)
+            .cloned()
+            .ok_or_else(|| invalid(format!("leader: {leader_id} is not one of the controllers")))?;
+        if role == Role::Controller && !controllers.iter().any(|c| c.id == node_id) {
+            return Err(invalid(format!("controllers: this controller ({node_id}) must be listed")));
+        }
+        let tls = tls::TlsMaterial::load(&file.tls.ca, &file.tls.cert, &file.tls.key)
+            .map_err(|e| invalid(format!("tls: {e}")))?;
+        let expected = PeerIdentity { cluster: file.cluster.clone(), role, node_id: node_id.clone() };
+        if tls.identity != expected {
+            return Err(invalid(format!(
+                "tls: the certificate {} names {}, but this node is {}; use the certificate made for this node by `molt pki init`",
+                file.tls.cert.display(),
+                tls.identity,
+                expected
+            )));
+        }
+        let is_leader = node_id == leader.id;
+        let api_token = match (&file.api, is_leader) {
+            (Some(api), _) => {
+                let t = std::fs::read_to_string(&api.token_file)
+                    .map_err(|e| invalid(format!("api.token_file {}: {e}", api.token_file.display())))?;
+                let t = t.trim().to_owned();
+                if t.len() < 16 {
+                    return Err(invalid(format!("api.token_file {}: the token is shorter than 16 characters", api.token_file.display())));
+                }
+                Some(t)
+            }
+            (None, true) => return Err(invalid("api.token_file: the leader serves the REST API and needs the admin token".into())),
+            (None, false) => None,
+        };
+        Ok(NodeSettings {
+            cluster: file.cluster,
+            node_id,
+            role,
+            listen,
+            data_dir: file.data_dir,
+            deployment,
+            heartbeat_interval: Duration::from_millis(interval_ms),
+            se_group,
+            leader,
+            controllers,
+            tls,
+            api_token,
+            fetch_rate_limit: file.fetch_rate_limit_bytes.filter(|&r| r > 0),
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! The one place where wire types (`proto::v1`) meet domain types. Incoming
+//! messages are validated here (`TryFrom`), so the rest of molt only sees
+//! well-formed values.
+
+use proto::v1 as pb;
+
+use crate::session::*;
+
+/// A wire message that does not make a valid domain value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {message}: {field}: {reason}")]
+pub struct InvalidMessage {
+    /// Which message.
+    pub message: &'static str,
+    /// Which field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl From<InvalidMessage> for tonic::Status {
+    fn from(e: InvalidMessage) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+fn field<T, E: std::fmt::Display>(
+    message: &'static str,
+    field: &'static str,
+    r: Result<T, E>,
+) -> Result<T, InvalidMessage> {
+    r.map_err(|e| InvalidMessage { message, field, reason: e.to_string() })
+}
+
+impl TryFrom<pb::Heartbeat> for Heartbeat {
+    type Error = InvalidMessage;
+    fn try_from(h: pb::Heartbeat) -> Result<Self, Self::Error> {
+        const M: &str = "heartbeat";
+        Ok(Heartbeat {
+            node_id: field(M, "node_id", h.node_id.parse())?,
+            role: field(M, "role", h.role.parse())?,
+            version: field(M, "version", h.version.parse())?,
+            boot_id: h.boot_id,
+            deployment: field(M, "deployment", h.deployment.parse())?,
+            se_group: Some(h.se_group).filter(|g| !g.is_empty()),
+            addr: h.addr,
+            disk_free_bytes: h.disk_free_bytes,
+            staged: h
+                .staged
+                .into_iter()
+                .map(|s| {
+                    Ok(StagedImage {
+                        sha256: field(M, "staged.sha256", s.sha256.parse())?,
+                        version: field(M, "staged.version", s.version.parse())?,
+                        size: s.size,
+                    })
+                })
+                .collect::<Result<_, InvalidMessage>>()?,
+            transfers: h
+                .transfers
+                .into_iter()
+                .map(|t| {
+                    Ok(Transfer {
+                        sha256: field(M, "transfers.sha256", t.sha256.parse())?,
+                        received: t.received,
+                        total: t.total,
+                    })
+                })
+                .collect::<Result<_, InvalidMessage>>()?,
+            results: h.results.into_iter().map(CommandResult::try_from).collect::<Result<_, _>>()?,
+            seq: h.seq,
+        })
+    }
+}
+
+impl From<Heartbeat> for pb::Heartbeat {
+    fn from(h: Heartbeat) -> Self {
+        pb::Heartbeat {
+            node_id: h.node_id.to_string(),
+            role: h.role.to_string(),
+            version: h.version.to_string(),
+            boot_id: h.boot_id,
+            deployment: h.deployment.to_string(),
+            se_group: h.se_group.unwrap_or_default(),
+            addr: h.addr,
+            disk_free_bytes: h.disk_free_bytes,
+            staged: h
+                .staged
+                .into_iter()
+                .map(|s| pb::StagedImage { sha256: s.sha256.to_hex(), version: s.version.to_string(), size: s.size })
+                .collect(),
+            transfers: h
+                .transfers
+                .into_iter()
+                .map(|t| pb::Transfer { sha256: t.sha256.to_hex(), received: t.received, total: t.total })
+                .collect(),
+            results: h.results.into_iter().map(Into::into).collect(),
+            seq: h.seq,
+        }
+    }
+}
+
+impl TryFrom<pb::CommandResult> for CommandResult {
+    type Error = InvalidMessage;
+    fn try_from(r: pb::CommandResult) -> Result<Self, Self::Error> {
+        let state = match pb::CommandState::try_from(r.state) {
+            Ok(pb::CommandState::Running) => CommandState::Running,
+            Ok(pb::CommandState::Succeeded) => CommandState::Succeeded,
+            Ok(pb::CommandState::Failed) => CommandState::Failed,
+            _ => {
+                return Err(InvalidMessage {
+                    message: "command result",
+                    field: "state",
+                    reason: format!("unknown state {}", r.state),
+                });
+            }
+        };
+        Ok(CommandResult { id: r.id, state, message: r.message })
+    }
+}
+
+impl From<CommandResult> for pb::CommandResult {
+    fn from(r: CommandResult) -> Self {
+        let state = match r.state {
+            CommandState::Running => pb::CommandState::Running,
+            CommandState::Succeeded => pb::CommandState::Succeeded,
+            CommandState::Failed => pb::CommandState::Failed,
+        };
+        pb::CommandResult { id: r.id, state: state as i32, message: r.message }
+    }
+}
+
+impl TryFrom<pb::ImageRef> for ImageRef {
+    type Error = InvalidMessage;
+    fn try_from(i: pb::ImageRef) -> Result<Self, Self::Error> {
+        const M: &str = "image";
+        Ok(ImageRef {
+            sha256: field(M, "sha256", i.sha256.parse())?,
+            size: i.size,
+            version: field(M, "version", i.version.parse())?,
+            kind: field(M, "kind", i.kind.parse())?,
+            min_compatible: field(M, "min_compatible", i.min_compatible.parse())?,
+        })
+    }
+}
+
+impl From<ImageRef> for pb::ImageRef {
+    fn from(i: ImageRef) -> Self {
+        pb::ImageRef {
+            sha256: i.sha256.to_hex(),
+            size: i.size,
+            version: i.version.to_string(),
+            kind: i.kind.to_string(),
+            min_compatible: i.min_compatible.to_string(),
+        }
+    }
+}
+
+impl TryFrom<pb::Command> for Command {
+    type Error = InvalidMessage;
+    fn try_from(c: pb::Command) -> Result<Self, Self::Error> {
+        let missing = |field| InvalidMessage { message: "command", field, reason: "missing".into() };
+        if c.id.is_empty() || c.id.len() > 128 {
+            return Err(InvalidMessage { message: "command", field: "id", reason: "must be 1-128 characters".into() });
+        }
+        let kind = match c.kind.ok_or_else(|| missing("kind"))? {
+            pb::command::Kind::Stage(s) => CommandKind::Stage(s.image.ok_or_else(|| missing("stage.image"))?.try_into()?),
+        };
+        Ok(Command { id: c.id, generation: c.generation, kind })
+    }
+}
+
+impl From<Command> for pb::Command {
+    fn from(c: Command) -> Self {
+        let kind = match c.kind {
+            CommandKind::Stage(i) => pb::command::Kind::Stage(pb::Stage { image: Some(i.into()) }),
+        };
+        pb::Command { id: c.id, generation: c.generation, kind: Some(kind) }
+    }
+}
+
+impl TryFrom<pb::LeaderMessage> for LeaderMessage {
+    type Error = InvalidMessage;
+    fn try_from(m: pb::LeaderMessage) -> Result<Self, Self::Error> {
+        match m.kind {
+            Some(pb::leader_message::Kind::Welcome(w)) => Ok(LeaderMessage::Welcome(Welcome {
+                leader_id: field("welcome", "leader_id", w.leader_id.parse())?,
+                generation: w.generation,
+                heartbeat_interval_ms: w.heartbeat_interval_ms,
+            })),
+            Some(pb::leader_message::Kind::Command(c)) => Ok(LeaderMessage::Command(c.try_into()?)),
+            None => Err(InvalidMessage { message: "leader message", field: "kind", reason: "missing".into() }),
+        }
+    }
+}
+
+impl From<LeaderMessage> for pb::LeaderMessage {
+    fn from(m: LeaderMessage) -> Self {
+        let kind = match m {
+            LeaderMessage::Welcome(w) => pb::leader_message::Kind::Welcome(pb::Welcome {
+                leader_id: w.leader_id.to_string(),
+                generation: w.generation,
+                heartbeat_interval_ms: w.heartbeat_interval_ms,
+            }),
+            LeaderMessage::Command(c) => pb::leader_message::Kind::Command(c.into()),
+        };
+        pb::LeaderMessage { kind: Some(kind) }
+    }
+}
+
+/// Wraps a heartbeat for the session stream.
+pub fn agent_message(h: Heartbeat) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(h.into())) }
+}
+
+/// Unwraps a session stream message into a heartbeat.
+pub fn heartbeat_of(m: pb::AgentMessage) -> Result<Heartbeat, InvalidMessage> {
+    match m.kind {
+        Some(pb::agent_message::Kind::Heartbeat(h)) => h.try_into(),
+        None => Err(InvalidMessage { message: "agent message", field: "kind", reason: "missing".into() }),
+    }
+}

@@ -1,0 +1,19 @@
+//! Shared foundations of molt: domain types, node configuration, TLS and
+//! certificate identity, the package format, the session protocol's domain
+//! messages and their conversion from and to the wire types.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod convert;
+pub mod fsutil;
+pub mod identity;
+pub mod package;
+pub mod session;
+pub mod telemetry;
+pub mod tls;
+pub mod types;
+
+pub use types::{DeploymentKind, NodeId, Role, Sha256Digest, Version};
+
+/// The gRPC/HTTPS port every agent listens on unless configured otherwise.
+pub const DEFAULT_PORT: u16 = 8443;

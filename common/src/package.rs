@@ -1,0 +1,397 @@
+//! The molt package format (`controller.pkg`, `controller_docker.tgz`).
+//!
+//! ```text
+//! "MOLTPKG1"                  8 bytes of magic
+//! manifest length             u32, big endian, at most 64 KiB
+//! manifest                    JSON (Manifest)
+//! payload                     tar, exactly payload_size bytes, SHA-256 payload_sha256
+//! ```
+//!
+//! Everything can be checked in one streaming pass ([`verify`]): the header is
+//! bounded, the payload's digest and size are known before it arrives, and
+//! every tar entry is checked as it passes. The package's own digest (as
+//! `sha256sum` prints it) is computed over the same pass. Nothing in a
+//! package is trusted before it is checked: sizes are bounded, and entries
+//! that are absolute, climb with `..`, or link outside the payload are
+//! refused.
+
+use std::{
+    fs::File,
+    io::{self, BufWriter, Read, Write},
+    path::{Component, Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{DeploymentKind, Sha256Digest, Version, fsutil};
+
+/// The first eight bytes of every package.
+pub const MAGIC: &[u8; 8] = b"MOLTPKG1";
+/// Largest manifest accepted.
+pub const MAX_MANIFEST_BYTES: u32 = 64 * 1024;
+/// Largest number of payload entries accepted.
+pub const MAX_ENTRIES: u64 = 100_000;
+/// Largest payload accepted (64 GiB).
+pub const MAX_PAYLOAD_BYTES: u64 = 64 << 30;
+/// Files a payload must contain: the binaries a node runs after booting it.
+pub const REQUIRED_ENTRIES: [&str; 2] = ["bin/controller-agent", "bin/se-agent"];
+
+/// What a package says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format of this manifest (1).
+    pub format: u32,
+    /// The version the package installs.
+    pub version: Version,
+    /// Oldest version that may upgrade to this one without `force`.
+    pub min_compatible: Version,
+    /// The deployment kind the package is for.
+    pub kind: DeploymentKind,
+    /// SHA-256 of the payload tar.
+    pub payload_sha256: Sha256Digest,
+    /// Size of the payload tar in bytes.
+    pub payload_size: u64,
+    /// Build time, seconds since the Unix epoch.
+    pub built_at: u64,
+}
+
+/// A package that passed [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageInfo {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// SHA-256 of the whole package file.
+    pub sha256: Sha256Digest,
+    /// Size of the whole package file.
+    pub size: u64,
+    /// Number of payload entries.
+    pub entries: u64,
+}
+
+/// Why a package was refused. Every message says what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    /// Reading failed.
+    #[error("cannot read the package: {0}")]
+    Io(#[from] io::Error),
+    /// Wrong magic: not a molt package at all.
+    #[error("not a molt package (it does not start with MOLTPKG1); build one with `molt package build`")]
+    NotAPackage,
+    /// The file ends before the package does.
+    #[error("the package is truncated: {got} of {expected} bytes are present; copy or upload it again")]
+    Truncated {
+        /// Bytes the package should have.
+        expected: u64,
+        /// Bytes present.
+        got: u64,
+    },
+    /// Bytes after the payload.
+    #[error("the package has {0} unexpected bytes after its payload; it is corrupt or not a molt package")]
+    TrailingData(u64),
+    /// Manifest longer than the bound.
+    #[error("the package manifest is {0} bytes, more than the 64 KiB allowed; the package is corrupt")]
+    ManifestTooLarge(u32),
+    /// Manifest does not parse.
+    #[error("the package manifest is invalid: {0}")]
+    BadManifest(String),
+    /// Payload digest mismatch.
+    #[error("the package payload is corrupt: its SHA-256 is {actual}, the manifest says {expected}; get the package again")]
+    PayloadDigest {
+        /// What the manifest says.
+        expected: Sha256Digest,
+        /// What the bytes hash to.
+        actual: Sha256Digest,
+    },
+    /// An entry escapes the payload directory or has a forbidden type.
+    #[error("the package is refused: entry {path:?} {why}")]
+    UnsafeEntry {
+        /// The entry's path as stored.
+        path: String,
+        /// What makes it unsafe.
+        why: &'static str,
+    },
+    /// Too many entries.
+    #[error("the package has more than {MAX_ENTRIES} entries")]
+    TooManyEntries,
+    /// The payload tar is malformed.
+    #[error("the package payload is not a valid tar archive: {0}")]
+    BadPayload(String),
+    /// A required file is missing from the payload.
+    #[error("the package payload lacks {0}: a node could not boot it")]
+    MissingEntry(&'static str),
+    /// `molt package build` input problems.
+    #[error("{0}")]
+    Build(String),
+}
+
+/// Reads and checks only the header and manifest (for a file already verified).
+pub fn read_manifest(mut r: impl Read) -> Result<Manifest, PackageError> {
+    let mut counter = CountingReader::new(&mut r);
+    read_header(&mut counter)
+}
+
+fn read_header(r: &mut CountingReader<impl Read>) -> Result<Manifest, PackageError> {
+    let mut magic = [0u8; 8];
+    read_exact_or(r, &mut magic, PackageError::NotAPackage)?;
+    if &magic != MAGIC {
+        return Err(PackageError::NotAPackage);
+    }
+    let mut len = [0u8; 4];
+    read_exact_or(r, &mut len, PackageError::NotAPackage)?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_MANIFEST_BYTES {
+        return Err(PackageError::ManifestTooLarge(len));
+    }
+    let mut buf = vec![0u8; len as usize];
+    let got_before = r.count;
+    read_exact_or(r, &mut buf, PackageError::Truncated { expected: got_before + len as u64, got: 0 })
+        .map_err(|e| match e {
+            PackageError::Truncated { expected, .. } => PackageError::Truncated { expected, got: r.count },
+            e => e,
+        })?;
+    let m: Manifest = serde_json::from_slice(&buf).map_err(|e| PackageError::BadManifest(e.to_string()))?;
+    if m.format != 1 {
+        return Err(PackageError::BadManifest(format!("format {} is not supported (this molt reads format 1)", m.format)));
+    }
+    if m.payload_size > MAX_PAYLOAD_BYTES {
+        return Err(PackageError::BadManifest(format!("payload_size {} exceeds the 64 GiB limit", m.payload_size)));
+    }
+    if m.min_compatible > m.version {
+        return Err(PackageError::BadManifest(format!(
+            "min_compatible {} is above the version {}",
+            m.min_compatible, m.version
+        )));
+    }
+    Ok(m)
+}
+
+fn read_exact_or(r: &mut impl Read, buf: &mut [u8], short: PackageError) -> Result<(), PackageError> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(short),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Verifies a whole package in one streaming pass: header, manifest, payload
+/// digest and size, every entry's path, nothing trailing. Returns the manifest
+/// and the digest of the whole stream.
+pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
+    let mut outer = CountingReader::new(r);
+    let manifest = read_header(&mut outer)?;
+    let header_len = outer.count;
+    let expected_total = header_len + manifest.payload_size;
+    let mut payload = CountingReader::new((&mut outer).take(manifest.payload_size));
+    let walked = walk_entries(&mut payload);
+    // Drain what the tar reader did not consume (end-of-archive padding).
+    io::copy(&mut payload, &mut io::sink())?;
+    if payload.count < manifest.payload_size {
+        return Err(PackageError::Truncated { expected: expected_total, got: header_len + payload.count });
+    }
+    let entries = walked?;
+    let actual = payload.digest();
+    if actual != manifest.payload_sha256 {
+        return Err(PackageError::PayloadDigest { expected: manifest.payload_sha256, actual });
+    }
+    let trailing = io::copy(&mut outer, &mut io::sink())?;
+    if trailing > 0 {
+        return Err(PackageError::TrailingData(trailing));
+    }
+    Ok(PackageInfo { manifest, sha256: outer.digest(), size: outer.count, entries })
+}
+
+/// Walks the tar entries, checking each, and returns their count.
+fn walk_entries(r: &mut impl Read) -> Result<u64, PackageError> {
+    let mut archive = tar::Archive::new(r);
+    let mut count = 0u64;
+    let mut required = [false; REQUIRED_ENTRIES.len()];
+    let entries = archive.entries().map_err(|e| PackageError::BadPayload(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| PackageError::BadPayload(e.to_string()))?;
+        count += 1;
+        if count > MAX_ENTRIES {
+            return Err(PackageError::TooManyEntries);
+        }
+        let path = entry.path().map_err(|e| PackageError::BadPayload(e.to_string()))?.into_owned();
+        let shown = path.display().to_string();
+        let rel = safe_relative(&path).ok_or(PackageError::UnsafeEntry {
+            path: shown.clone(),
+            why: "is absolute or climbs out of the payload directory",
+        })?;
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Directory => {}
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| PackageError::BadPayload(e.to_string()))?
+                    .ok_or(PackageError::UnsafeEntry { path: shown.clone(), why: "is a symlink without a target" })?;
+                let base = rel.parent().unwrap_or(Path::new(""));
+                if target.is_absolute() || safe_relative(&base.join(&target)).is_none() {
+                    return Err(PackageError::UnsafeEntry { path: shown, why: "is a symlink pointing outside the payload" });
+                }
+            }
+            _ => {
+                return Err(PackageError::UnsafeEntry {
+                    path: shown,
+                    why: "has a type other than file, directory or relative symlink",
+                });
+            }
+        }
+        if kind == tar::EntryType::Regular
+            && let Some(i) = REQUIRED_ENTRIES.iter().position(|r| Path::new(r) == rel)
+        {
+            required[i] = true;
+        }
+        io::copy(&mut entry, &mut io::sink()).map_err(|e| PackageError::BadPayload(e.to_string()))?;
+    }
+    if let Some(i) = required.iter().position(|seen| !seen) {
+        return Err(PackageError::MissingEntry(REQUIRED_ENTRIES[i]));
+    }
+    Ok(count)
+}
+
+/// Normalizes a relative path lexically; `None` if it is absolute or would
+/// climb above its root.
+pub fn safe_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Builds a package from a payload directory, writing `out` atomically.
+pub fn build(
+    payload_dir: &Path,
+    version: Version,
+    min_compatible: Version,
+    kind: DeploymentKind,
+    out: &Path,
+) -> Result<PackageInfo, PackageError> {
+    if !payload_dir.is_dir() {
+        return Err(PackageError::Build(format!("payload directory {} does not exist", payload_dir.display())));
+    }
+    if min_compatible > version {
+        return Err(PackageError::Build(format!(
+            "--min-compatible {min_compatible} is above --version {version}"
+        )));
+    }
+    for req in REQUIRED_ENTRIES {
+        if !payload_dir.join(req).is_file() {
+            return Err(PackageError::Build(format!(
+                "payload directory {} lacks {req}: a node could not boot this package",
+                payload_dir.display()
+            )));
+        }
+    }
+    let dir = fsutil::parent_dir(out);
+    let tar_tmp = tempfile_in(dir, "payload")?;
+    {
+        let mut b = tar::Builder::new(BufWriter::new(File::create(&tar_tmp.0)?));
+        b.follow_symlinks(false);
+        b.mode(tar::HeaderMode::Deterministic);
+        append_sorted(&mut b, payload_dir, Path::new(""))?;
+        b.into_inner()?.flush()?;
+    }
+    let (payload_sha256, payload_size) = hash_file(&tar_tmp.0)?;
+    let built_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let manifest = Manifest { format: 1, version, min_compatible, kind, payload_sha256, payload_size, built_at };
+    let json = serde_json::to_vec(&manifest).map_err(|e| PackageError::Build(e.to_string()))?;
+    let pkg_tmp = tempfile_in(dir, "pkg")?;
+    {
+        let mut w = BufWriter::new(File::create(&pkg_tmp.0)?);
+        w.write_all(MAGIC)?;
+        w.write_all(&(json.len() as u32).to_be_bytes())?;
+        w.write_all(&json)?;
+        io::copy(&mut File::open(&tar_tmp.0)?, &mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    // Verify what was written, exactly as a node will.
+    let info = verify(io::BufReader::with_capacity(1 << 20, File::open(&pkg_tmp.0)?))?;
+    std::fs::rename(&pkg_tmp.0, out)?;
+    fsutil::fsync_dir(dir)?;
+    Ok(info)
+}
+
+fn append_sorted<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> Result<(), PackageError> {
+    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<Vec<_>, _>>()?;
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let child = rel.join(e.file_name());
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            b.append_dir(&child, root.join(&child))?;
+            append_sorted(b, root, &child)?;
+        } else {
+            b.append_path_with_name(root.join(&child), &child)?;
+        }
+    }
+    Ok(())
+}
+
+/// A temporary path removed on drop unless renamed away.
+struct TempPath(PathBuf);
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tempfile_in(dir: &Path, what: &str) -> io::Result<TempPath> {
+    std::fs::create_dir_all(dir)?;
+    Ok(TempPath(dir.join(format!(".molt-{what}-{}.tmp", crate::types::random_hex(6)))))
+}
+
+/// SHA-256 and size of a file, read in 1 MiB blocks.
+pub fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64)> {
+    let mut r = CountingReader::new(File::open(path)?);
+    let mut buf = vec![0u8; 1 << 20];
+    while r.read(&mut buf)? > 0 {}
+    Ok((r.digest(), r.count))
+}
+
+/// A reader that hashes and counts what passes through it.
+#[derive(Debug)]
+pub struct CountingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    /// Bytes read so far.
+    pub count: u64,
+}
+
+impl<R> CountingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        Self { inner, hasher: Sha256::new(), count: 0 }
+    }
+
+    /// The digest of everything read so far.
+    pub fn digest(&self) -> Sha256Digest {
+        Sha256Digest::from_bytes(self.hasher.clone().finalize().into())
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+use std::io::Cursor;
+
+use super::*;
+
+fn payload_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("bin")).unwrap();
+    std::fs::write(d.path().join("bin/controller-agent"), b"#!/bin/sh\necho c\n").unwrap();
+    std::fs::write(d.path().join("bin/se-agent"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(d.path().join("README"), b"hello").unwrap();
+    d
+}
+
+fn build_pkg() -> (tempfile::TempDir, PathBuf, PackageInfo) {
+    let p = payload_dir();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("controller.pkg");
+    let info = build(p.path(), "2.0.0".parse().unwrap(), "1.0.0".parse().unwrap(), DeploymentKind::Vm, &out).unwrap();
+    (out_dir, out, info)
+}
+
+#[test]
+fn build_then_verify_matches_sha256sum_of_file() {
+    let (_d, out, info) = build_pkg();
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(info.sha256, Sha256Digest::of(&bytes));
+    assert_eq!(info.size, bytes.len() as u64);
+    assert_eq!(info.manifest.version.to_string(), "2.0.0");
+    assert_eq!(info.entries, 4); // bin/, two binaries, README
+    let again = verify(Cursor::new(&bytes)).unwrap();
+    assert_eq!(again, info);
+    assert_eq!(read_manifest(Cursor::new(&bytes)).unwrap(), info.manifest);
+}
+
+#[test]
+fn truncated_package_is_refused_as_truncated() {
+    let (_d, out, _) = build_pkg();
+    let bytes = std::fs::read(&out).unwrap();
+    for cut in [bytes.len() - 1, bytes.len() / 2, 20] {
+        let err = verify(Cursor::new(&bytes[..cut])).unwrap_err();
+        assert!(matches!(err, PackageError::Truncated { .. }), "cut {cut}: {err}");
+        assert!(err.to_string().contains("truncated"));
+    }
+}
+
+#[test]
+fn corrupt_trailing_and_foreign_files_are_refused() {
+    let (_d, out, _) = build_pkg();
+    let mut bytes = std::fs::read(&out).unwrap();
+    let mut trailing = bytes.clone();
+    trailing.extend_from_slice(b"junk");
+    assert!(matches!(verify(Cursor::new(&trailing)).unwrap_err(), PackageError::TrailingData(4)));
+    let n = bytes.len();
+    bytes[n - 3000] ^= 0xff; // inside the se-agent contents
+    assert!(matches!(verify(Cursor::new(&bytes)).unwrap_err(), PackageError::PayloadDigest { .. }));
+    assert!(matches!(verify(Cursor::new(b"#!/bin/bash\necho hi\n")).unwrap_err(), PackageError::NotAPackage));
+    assert!(matches!(verify(Cursor::new(b"MOL")).unwrap_err(), PackageError::NotAPackage));
+}
+
+/// Hand-writes a package whose tar holds `entries` (path, type, link).
+fn handmade(entries: &[(&str, tar::EntryType, Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(if *kind == tar::EntryType::Regular { 3 } else { 0 });
+        h.set_mode(0o755);
+        // Bypass the builder's own path checks to model a hostile archive.
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_cksum();
+        let data: &[u8] = if *kind == tar::EntryType::Regular { b"abc" } else { b"" };
+        b.append(&h, data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let m = Manifest {
+        format: 1,
+        version: "2.0.0".parse().unwrap(),
+        min_compatible: "1.0.0".parse().unwrap(),
+        kind: DeploymentKind::Vm,
+        payload_sha256: Sha256Digest::of(&tar),
+        payload_size: tar.len() as u64,
+        built_at: 0,
+    };
+    let json = serde_json::to_vec(&m).unwrap();
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&tar);
+    out
+}
+
+#[test]
+fn entries_escaping_the_payload_are_refused() {
+    use tar::EntryType::*;
+    let ok = [("bin/controller-agent", Regular, None), ("bin/se-agent", Regular, None)];
+    assert!(verify(Cursor::new(handmade(&ok))).is_ok());
+    let cases: Vec<Vec<(&str, tar::EntryType, Option<&str>)>> = vec![
+        vec![("../evil", Regular, None)],
+        vec![("/etc/passwd", Regular, None)],
+        vec![("bin/../../x", Regular, None)],
+        vec![("link", Symlink, Some("/etc/shadow"))],
+        vec![("bin/link", Symlink, Some("../../outside"))],
+        vec![("dev", Char, None)],
+        vec![("hard", Link, Some("bin/se-agent"))],
+    ];
+    for c in cases {
+        let mut all = ok.to_vec();
+        all.extend(c.iter().cloned());
+        let err = verify(Cursor::new(handmade(&all))).unwrap_err();
+        assert!(matches!(err, PackageError::UnsafeEntry { .. }), "{c:?}: {err}");
+    }
+    let missing = verify(Cursor::new(handmade(&ok[..1]))).unwrap_err();
+    assert!(matches!(missing, PackageError::MissingEntry("bin/se-agent")), "{missing}");
+}
+
+#[test]
+fn oversized_manifest_is_refused_before_reading_it() {
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(verify(Cursor::new(b)).unwrap_err(), PackageError::ManifestTooLarge(_)));
+}
+
+#[test]
+fn build_refuses_payload_without_binaries() {
+    let d = tempfile::tempdir().unwrap();
+    let err = build(d.path(), "1.0.0".parse().unwrap(), "1.0.0".parse().unwrap(), DeploymentKind::Vm, &d.path().join("x.pkg"))
+        .unwrap_err();
+    assert!(err.to_string().contains("bin/controller-agent"), "{err}");
+    assert!(!d.path().join("x.pkg").exists());
+}
