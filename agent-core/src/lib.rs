@@ -1,1 +1,11 @@
-//! placeholder
+//! What every molt agent runs, leader or not: the one-port TLS server that
+//! carries gRPC and HTTPS, the session with the leader, the command
+//! executor, and image staging.
+
+pub mod auth;
+pub mod control;
+pub mod follower;
+pub mod node;
+pub mod server;
+
+pub use node::{Node, NodeHandle};

@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod package;
 pub mod session;
+pub mod slots;
 pub mod telemetry;
 pub mod tls;
 pub mod types;

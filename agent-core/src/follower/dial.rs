@@ -1,0 +1,31 @@
+//! Connections to other agents: mutual TLS with this node's certificate,
+//! only the cluster CA trusted, 1 MiB HTTP/2 frames for image streams.
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::config::NodeSettings;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Largest gRPC message molt sends or accepts (a 1 MiB chunk plus framing).
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// An endpoint to the agent at `addr`.
+pub fn endpoint(settings: &NodeSettings, addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&settings.tls.ca_pem))
+        .identity(Identity::from_pem(&settings.tls.cert_pem, &settings.tls.key_pem));
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        // Only the receiver's frame size counts for server streams: this is
+        // what lets an image arrive at full speed (see shared/perf.md).
+        .max_frame_size(1u32 << 20)
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10)))
+}
+
+/// Connects to the agent at `addr`.
+pub async fn connect(settings: &NodeSettings, addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+    endpoint(settings, addr)?.connect().await
+}

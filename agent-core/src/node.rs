@@ -1,0 +1,180 @@
+//! A running agent: its context (settings, version, staging, executor) and
+//! the tasks it runs (the one-port server and the session with the leader).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use common::{
+    Version,
+    config::NodeSettings,
+    fsutil,
+    session::Heartbeat,
+    slots::{SlotError, Slots},
+    types::random_hex,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    control::ControlService,
+    follower::{
+        executor::Executor,
+        session::{self, LeaderImageSource},
+        stage::{StageError, Stager},
+    },
+    server,
+};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No installed version, or an unreadable slot.
+    #[error("{0}")]
+    Slots(#[from] SlotError),
+    /// The staging area cannot be opened.
+    #[error("{0}")]
+    Staging(#[from] StageError),
+    /// The data dir cannot be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The dir.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The listen address is taken or not local.
+    #[error("cannot listen on {addr}: {source}; is another agent running there?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TLS setup.
+    #[error("{0}")]
+    Tls(#[from] common::tls::TlsError),
+}
+
+/// What every part of an agent shares.
+#[derive(Debug)]
+pub struct NodeCtx {
+    /// Validated settings.
+    pub settings: Arc<NodeSettings>,
+    /// The version in the active slot.
+    pub version: Version,
+    /// New on every start of the agent.
+    pub boot_id: String,
+    /// The staging area.
+    pub stager: Stager,
+    /// The command executor.
+    pub executor: Executor,
+    seq: AtomicU64,
+}
+
+impl NodeCtx {
+    /// The heartbeat describing this node now.
+    pub fn heartbeat(&self) -> Heartbeat {
+        let s = &self.settings;
+        Heartbeat {
+            node_id: s.node_id.clone(),
+            role: s.role,
+            version: self.version,
+            boot_id: self.boot_id.clone(),
+            deployment: s.deployment,
+            se_group: s.se_group.clone(),
+            addr: s.listen.to_string(),
+            disk_free_bytes: fsutil::disk_free(&s.data_dir).unwrap_or(0),
+            staged: self.stager.staged(),
+            transfers: self.stager.transfers(),
+            results: self.executor.results(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// An agent ready to serve.
+#[derive(Debug)]
+pub struct Node {
+    /// Shared context.
+    pub ctx: Arc<NodeCtx>,
+    shutdown: CancellationToken,
+}
+
+/// A started agent.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Cancel to stop every task of the node at once.
+    pub shutdown: CancellationToken,
+    /// Ends when the node has stopped.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Prepares a node: reads its active slot, opens staging.
+    pub fn new(settings: NodeSettings) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|source| NodeError::DataDir { path: settings.data_dir.display().to_string(), source })?;
+        let (_record, manifest) = Slots::new(&settings.data_dir).active()?;
+        let settings = Arc::new(settings);
+        let shutdown = CancellationToken::new();
+        let stager = Stager::open(&settings.data_dir, settings.deployment)?;
+        let source = Arc::new(LeaderImageSource::new(settings.clone()));
+        let executor = Executor::new(&settings.data_dir, stager.clone(), source, shutdown.clone());
+        let ctx = Arc::new(NodeCtx {
+            settings,
+            version: manifest.version,
+            boot_id: random_hex(8),
+            stager,
+            executor,
+            seq: AtomicU64::new(0),
+        });
+        Ok(Self { ctx, shutdown })
+    }
+
+    /// The gRPC routes every agent serves: `Control`, health, reflection.
+    pub fn base_routes(&self) -> tonic::service::Routes {
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor sets are valid");
+        tokio::spawn(async move {
+            health_reporter.set_serving::<proto::v1::control_server::ControlServer<ControlService>>().await;
+        });
+        tonic::service::Routes::new(ControlService::new(self.ctx.clone()))
+            .add_service(health)
+            .add_service(reflection)
+    }
+
+    /// The token that stops this node.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Binds the listener and starts the server (serving `app`) and the
+    /// session with the leader.
+    pub async fn start(self, app: axum::Router) -> Result<NodeHandle, NodeError> {
+        let s = &self.ctx.settings;
+        let listener = TcpListener::bind(s.listen).await.map_err(|source| NodeError::Bind { addr: s.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: s.listen, source })?;
+        let tls = s.tls.server_config()?;
+        info!(node = %s.node_id, role = %s.role, version = %self.ctx.version, %addr, "agent started");
+        let shutdown = self.shutdown.clone();
+        let ctx = self.ctx.clone();
+        let task = tokio::spawn(async move {
+            let server = server::serve(listener, tls, app, shutdown.clone());
+            let session = session::run(ctx, shutdown.clone());
+            tokio::join!(server, session);
+        });
+        Ok(NodeHandle { addr, shutdown: self.shutdown, task })
+    }
+}

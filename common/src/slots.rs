@@ -1,0 +1,204 @@
+//! A node's two installation slots and its boot record.
+//!
+//! ```text
+//! <data_dir>/slots/a/  slots/b/   manifest.json + payload (bin/...)
+//! <data_dir>/boot.json            active slot, previous slot, pending?, attempts
+//! ```
+//!
+//! The boot record is only ever replaced atomically ([`crate::fsutil::atomic_write`]).
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DeploymentKind, Version, fsutil, package::Manifest};
+
+/// One of the two slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// `slots/a`.
+    A,
+    /// `slots/b`.
+    B,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        })
+    }
+}
+
+/// What the boot loader reads to choose a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootRecord {
+    /// Format of this record (1).
+    pub format: u32,
+    /// The slot to boot.
+    pub active: Slot,
+    /// The slot booted before the last switch, for rollback.
+    pub previous: Option<Slot>,
+    /// The active slot is on trial until committed.
+    pub pending: bool,
+    /// Boots attempted of the pending slot.
+    pub attempts: u32,
+}
+
+/// What the installed layout says about the running version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotManifest {
+    /// Version installed in the slot.
+    pub version: Version,
+    /// Deployment kind of the slot's package.
+    pub kind: DeploymentKind,
+}
+
+impl From<&Manifest> for SlotManifest {
+    fn from(m: &Manifest) -> Self {
+        Self { version: m.version, kind: m.kind }
+    }
+}
+
+/// Why the slots could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// No boot record: nothing was installed.
+    #[error("no version is installed in {0}: install one with `molt local up` or as INSTALL.md describes")]
+    NotInstalled(PathBuf),
+    /// I/O failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A record that does not parse.
+    #[error("{path} is corrupt: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+}
+
+/// The slot layout under a data directory.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    data_dir: PathBuf,
+}
+
+impl Slots {
+    /// The layout under `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self { data_dir: data_dir.to_owned() }
+    }
+
+    /// The boot record's path.
+    pub fn boot_record_path(&self) -> PathBuf {
+        self.data_dir.join("boot.json")
+    }
+
+    /// A slot's directory.
+    pub fn slot_dir(&self, s: Slot) -> PathBuf {
+        self.data_dir.join("slots").join(s.to_string())
+    }
+
+    /// Reads the boot record.
+    pub fn boot_record(&self) -> Result<BootRecord, SlotError> {
+        let path = self.boot_record_path();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SlotError::NotInstalled(self.data_dir.clone()));
+            }
+            Err(source) => return Err(SlotError::Io { path, source }),
+        };
+        serde_json::from_slice(&text).map_err(|e| SlotError::Corrupt { path, message: e.to_string() })
+    }
+
+    /// Replaces the boot record atomically.
+    pub fn write_boot_record(&self, r: &BootRecord) -> Result<(), SlotError> {
+        let path = self.boot_record_path();
+        let json = serde_json::to_vec_pretty(r).expect("boot record serializes");
+        fsutil::atomic_write(&path, &json).map_err(|source| SlotError::Io { path, source })
+    }
+
+    /// The manifest of a slot.
+    pub fn slot_manifest(&self, s: Slot) -> Result<SlotManifest, SlotError> {
+        let path = self.slot_dir(s).join("manifest.json");
+        let text = std::fs::read(&path).map_err(|source| SlotError::Io { path: path.clone(), source })?;
+        serde_json::from_slice(&text).map_err(|e| SlotError::Corrupt { path, message: e.to_string() })
+    }
+
+    /// The manifest of the active slot: what this node runs.
+    pub fn active(&self) -> Result<(BootRecord, SlotManifest), SlotError> {
+        let r = self.boot_record()?;
+        let m = self.slot_manifest(r.active)?;
+        Ok((r, m))
+    }
+
+    /// First installation: copies `bin_dir`'s agent binaries into slot `a`,
+    /// writes its manifest, then the boot record. Refuses to overwrite an
+    /// existing installation.
+    pub fn install_initial(&self, version: Version, kind: DeploymentKind, bin_dir: &Path) -> Result<(), SlotError> {
+        if self.boot_record_path().exists() {
+            return Ok(());
+        }
+        let dir = self.slot_dir(Slot::A);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SlotError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir.join("bin")).map_err(io(&dir))?;
+        for name in crate::package::REQUIRED_ENTRIES {
+            let src = bin_dir.join(Path::new(name).file_name().expect("has a name"));
+            let dst = dir.join(name);
+            std::fs::copy(&src, &dst).map_err(io(&src))?;
+        }
+        let m = SlotManifest { version, kind };
+        let path = dir.join("manifest.json");
+        fsutil::atomic_write(&path, &serde_json::to_vec_pretty(&m).expect("serializes")).map_err(io(&path))?;
+        self.write_boot_record(&BootRecord { format: 1, active: Slot::A, previous: None, pending: false, attempts: 0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_then_read_active() {
+        let d = tempfile::tempdir().unwrap();
+        let bins = d.path().join("bins");
+        std::fs::create_dir_all(&bins).unwrap();
+        std::fs::write(bins.join("controller-agent"), b"c").unwrap();
+        std::fs::write(bins.join("se-agent"), b"s").unwrap();
+        let slots = Slots::new(&d.path().join("node"));
+        assert!(matches!(slots.active(), Err(SlotError::NotInstalled(_))));
+        slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
+        let (r, m) = slots.active().unwrap();
+        assert_eq!(r.active, Slot::A);
+        assert_eq!(m.version.to_string(), "1.0.0");
+        assert!(slots.slot_dir(Slot::A).join("bin/se-agent").exists());
+    }
+}
