@@ -3,6 +3,7 @@
 //! executor, and image staging.
 
 pub mod auth;
+pub mod boot;
 pub mod control;
 pub mod follower;
 pub mod node;

@@ -1,1 +1,12 @@
-//! placeholder
+//! The Service Engine agent: the follower part of `agent-core` (session,
+//! staging, commands). The data plane comes with the SE upgrade work.
+
+use agent_core::{Node, NodeHandle, node::NodeError};
+use common::config::NodeSettings;
+
+/// Starts an SE agent with validated settings.
+pub async fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
+    let node = Node::new(settings)?;
+    let app = node.base_routes().into_axum_router();
+    node.start(app).await
+}

@@ -1,0 +1,166 @@
+//! The REST API under `/api/` (token auth). Thin: parse, call the leader,
+//! map errors to status codes once (in [`ApiError`]).
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Query, Request, State},
+    http::{HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::leader::{
+    LeaderState,
+    distribute::{self, Refused},
+    images::ImageError,
+};
+
+/// An error answer: status plus `{"error": ...}` (and pre-checks when they ran).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    /// An error with a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, body: json!({ "error": message.into() }) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> Self {
+        Self { status: r.status, body: json!({ "error": r.message, "prechecks": r.prechecks }) }
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        Refused::from(e).into()
+    }
+}
+
+/// The leader's REST routes.
+pub fn router(state: Arc<LeaderState>) -> Router {
+    let token: Arc<str> = state.settings.api_token.clone().unwrap_or_default().into();
+    Router::new()
+        .route("/api/cluster", get(cluster))
+        .route("/api/upload", post(upload))
+        .route("/api/cluster/upgrade/prestage", post(prestage))
+        .route("/api/cluster/upgrade/status", get(status))
+        .route("/api/{*rest}", axum::routing::any(not_found))
+        .route_layer(middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            async move { authorize(&token, req, next).await }
+        }))
+        .with_state(state)
+}
+
+/// What a follower controller answers on the REST port.
+pub fn follower_router(leader_addr: std::net::SocketAddr) -> Router {
+    Router::new().route(
+        "/api/{*rest}",
+        axum::routing::any(move || async move {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this controller is not the leader; use the API at https://{leader_addr}"),
+            )
+        }),
+    )
+}
+
+async fn authorize(token: &str, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token.is_empty() || !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send Authorization: Bearer <the contents of admin.token>",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such API path")
+}
+
+async fn cluster(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
+    let s = &state.settings;
+    Json(json!({
+        "cluster": s.cluster,
+        "leader": s.node_id,
+        "generation": state.generation,
+        "nodes": state.cluster.snapshot(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+async fn upload(
+    State(state): State<Arc<LeaderState>>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = q
+        .name
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "name the file: POST /api/upload?name=controller.pkg"))?;
+    let len = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let image = state.images.upload(&name, len, body.into_data_stream()).await?;
+    Ok(Json(json!({
+        "image_path": image.image_path,
+        "sha256": image.info.sha256,
+        "size": image.info.size,
+        "manifest": image.info.manifest,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrestageRequest {
+    image_path: String,
+}
+
+/// Parses a JSON body, answering 400 with the parser's words.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+}
+
+async fn prestage(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: PrestageRequest = parse_json(&body)?;
+    let status = distribute::start(&state, &req.image_path).await?;
+    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
+}
+
+async fn status(State(state): State<Arc<LeaderState>>) -> Json<crate::leader::status::UpgradeStatus> {
+    Json(state.status.lock().expect("status lock").view())
+}

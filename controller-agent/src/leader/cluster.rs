@@ -1,0 +1,243 @@
+//! The leader's view of the cluster, built from heartbeats. A node is `up`
+//! while its session is open and heartbeats arrive, `down` when its session
+//! ends or it misses [`MISSED_BEATS`] intervals.
+
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use common::{
+    NodeId, Role, Sha256Digest,
+    config::NodeSettings,
+    session::{CommandResult, Heartbeat, LeaderMessage},
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::info;
+
+/// Heartbeat intervals a node may miss before it is shown down.
+pub const MISSED_BEATS: f64 = 2.5;
+
+/// What the cluster view says of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Heartbeating.
+    Up,
+    /// Not heard from.
+    Down,
+}
+
+#[derive(Debug)]
+struct Entry {
+    role: Role,
+    addr: String,
+    heartbeat: Option<Heartbeat>,
+    last_seen: Option<Instant>,
+    session: Option<(u64, mpsc::Sender<LeaderMessage>)>,
+}
+
+/// A node as the REST API and operations see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// Node id.
+    pub id: NodeId,
+    /// Role.
+    pub role: Role,
+    /// Listen address.
+    pub addr: String,
+    /// Version of its active slot (empty if never heard from).
+    pub version: String,
+    /// Liveness.
+    pub state: NodeState,
+    /// SE group.
+    pub se_group: Option<String>,
+    /// Deployment kind.
+    pub deployment: Option<String>,
+    /// Free disk in its data dir.
+    pub disk_free_bytes: Option<u64>,
+    /// Verified images it holds.
+    pub staged: Vec<StagedView>,
+    /// Transfers in progress.
+    pub transfers: Vec<TransferView>,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: Option<u64>,
+    /// Boot id of its agent.
+    pub boot_id: Option<String>,
+}
+
+/// A staged image in the REST view.
+#[derive(Debug, Clone, Serialize)]
+pub struct StagedView {
+    /// Version.
+    pub version: String,
+    /// Digest.
+    pub sha256: String,
+}
+
+/// A transfer in the REST view.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferView {
+    /// Digest.
+    pub sha256: String,
+    /// Bytes received.
+    pub received: u64,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+/// The cluster view.
+#[derive(Debug)]
+pub struct ClusterView {
+    nodes: Mutex<BTreeMap<NodeId, Entry>>,
+    interval: Duration,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+/// A command could not be handed to a node.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} has no open session with the leader")]
+pub struct NotConnected(pub NodeId);
+
+impl ClusterView {
+    /// A view that knows the configured controllers from the start.
+    pub fn new(settings: &NodeSettings) -> Self {
+        let nodes = settings
+            .controllers
+            .iter()
+            .map(|c| {
+                (c.id.clone(), Entry {
+                    role: Role::Controller,
+                    addr: c.addr.to_string(),
+                    heartbeat: None,
+                    last_seen: None,
+                    session: None,
+                })
+            })
+            .collect();
+        Self { nodes: Mutex::new(nodes), interval: settings.heartbeat_interval, next_session: 1.into() }
+    }
+
+    /// A session opened: `hb` is its first heartbeat. Returns the session id.
+    pub fn open_session(&self, hb: Heartbeat, tx: mpsc::Sender<LeaderMessage>) -> u64 {
+        let id = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nodes = self.nodes.lock().expect("cluster lock");
+        let e = nodes.entry(hb.node_id.clone()).or_insert_with(|| Entry {
+            role: hb.role,
+            addr: hb.addr.clone(),
+            heartbeat: None,
+            last_seen: None,
+            session: None,
+        });
+        info!(node = %hb.node_id, version = %hb.version, boot = %hb.boot_id, "node joined");
+        e.session = Some((id, tx));
+        Self::apply(e, hb);
+        id
+    }
+
+    /// A heartbeat arrived on session `session`.
+    pub fn heartbeat(&self, session: u64, hb: Heartbeat) {
+        let mut nodes = self.nodes.lock().expect("cluster lock");
+        if let Some(e) = nodes.get_mut(&hb.node_id)
+            && e.session.as_ref().is_some_and(|(id, _)| *id == session)
+        {
+            Self::apply(e, hb);
+        }
+    }
+
+    fn apply(e: &mut Entry, hb: Heartbeat) {
+        e.role = hb.role;
+        e.addr = hb.addr.clone();
+        e.heartbeat = Some(hb);
+        e.last_seen = Some(Instant::now());
+    }
+
+    /// Session `session` of `node` ended.
+    pub fn close_session(&self, node: &NodeId, session: u64) {
+        let mut nodes = self.nodes.lock().expect("cluster lock");
+        if let Some(e) = nodes.get_mut(node)
+            && e.session.as_ref().is_some_and(|(id, _)| *id == session)
+        {
+            info!(%node, "node left");
+            e.session = None;
+        }
+    }
+
+    /// Sends a command down `node`'s session.
+    pub fn send(&self, node: &NodeId, msg: LeaderMessage) -> Result<(), NotConnected> {
+        let nodes = self.nodes.lock().expect("cluster lock");
+        let tx = nodes.get(node).and_then(|e| e.session.as_ref()).map(|(_, tx)| tx.clone());
+        drop(nodes);
+        match tx {
+            Some(tx) if tx.try_send(msg).is_ok() => Ok(()),
+            _ => Err(NotConnected(node.clone())),
+        }
+    }
+
+    fn state_of(&self, e: &Entry, now: Instant) -> NodeState {
+        let fresh = e.last_seen.is_some_and(|t| now.duration_since(t) < self.interval.mul_f64(MISSED_BEATS));
+        if e.session.is_some() && fresh { NodeState::Up } else { NodeState::Down }
+    }
+
+    /// The latest heartbeat of a node and whether it is up.
+    pub fn node(&self, node: &NodeId) -> Option<(Option<Heartbeat>, NodeState)> {
+        let nodes = self.nodes.lock().expect("cluster lock");
+        nodes.get(node).map(|e| (e.heartbeat.clone(), self.state_of(e, Instant::now())))
+    }
+
+    /// The outcome of command `id` as `node` last reported it.
+    pub fn result_of(&self, node: &NodeId, id: &str) -> Option<CommandResult> {
+        let nodes = self.nodes.lock().expect("cluster lock");
+        nodes.get(node)?.heartbeat.as_ref()?.results.iter().find(|r| r.id == id).cloned()
+    }
+
+    /// Whether `node` reports `sha` staged.
+    pub fn has_staged(&self, node: &NodeId, sha: &Sha256Digest) -> bool {
+        let nodes = self.nodes.lock().expect("cluster lock");
+        nodes.get(node).and_then(|e| e.heartbeat.as_ref()).is_some_and(|h| h.staged.iter().any(|s| &s.sha256 == sha))
+    }
+
+    /// Every node, controllers first, then SEs, each by id.
+    pub fn snapshot(&self) -> Vec<NodeView> {
+        let now = Instant::now();
+        let nodes = self.nodes.lock().expect("cluster lock");
+        let mut out: Vec<NodeView> = nodes
+            .iter()
+            .map(|(id, e)| {
+                let hb = e.heartbeat.as_ref();
+                NodeView {
+                    id: id.clone(),
+                    role: e.role,
+                    addr: e.addr.clone(),
+                    version: hb.map(|h| h.version.to_string()).unwrap_or_default(),
+                    state: self.state_of(e, now),
+                    se_group: hb.and_then(|h| h.se_group.clone()),
+                    deployment: hb.map(|h| h.deployment.to_string()),
+                    disk_free_bytes: hb.map(|h| h.disk_free_bytes),
+                    staged: hb
+                        .map(|h| {
+                            h.staged
+                                .iter()
+                                .map(|s| StagedView { version: s.version.to_string(), sha256: s.sha256.to_hex() })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    transfers: hb
+                        .map(|h| {
+                            h.transfers
+                                .iter()
+                                .map(|t| TransferView { sha256: t.sha256.to_hex(), received: t.received, total: t.total })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    heartbeat_age_ms: e.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
+                    boot_id: hb.map(|h| h.boot_id.clone()),
+                }
+            })
+            .collect();
+        out.sort_by_key(|n| (n.role != Role::Controller, n.id.clone()));
+        out
+    }
+}

@@ -1,0 +1,107 @@
+//! `molt.v1.Leader`: thin tonic layer over the cluster view and the image
+//! store.
+
+use std::{pin::Pin, sync::Arc};
+
+use common::{
+    Role, Sha256Digest, convert,
+    session::{LeaderMessage, Welcome},
+};
+use futures_util::{Stream, StreamExt};
+use proto::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::warn;
+
+use super::{LeaderState, image_server};
+use agent_core::{auth, follower::dial::MAX_MESSAGE};
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct LeaderService {
+    state: Arc<LeaderState>,
+}
+
+impl LeaderService {
+    /// The tonic server for `state`.
+    pub fn server(state: Arc<LeaderState>) -> pb::leader_server::LeaderServer<Self> {
+        pb::leader_server::LeaderServer::new(Self { state })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::leader_server::Leader for LeaderService {
+    type SessionStream = BoxStream<pb::LeaderMessage>;
+    type FetchImageStream = ReceiverStream<Result<pb::ImageChunk, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let s = &self.state.settings;
+        let peer = auth::caller(&req, &s.cluster, &[Role::Controller, Role::ServiceEngine])?;
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("the session opened without a heartbeat"))?;
+        let hb = convert::heartbeat_of(first)?;
+        if hb.node_id != peer.node_id || hb.role != peer.role {
+            return Err(Status::permission_denied(format!(
+                "the heartbeat claims {} {} but the certificate is for {peer}",
+                hb.role, hb.node_id
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<LeaderMessage>(32);
+        let welcome = Welcome {
+            leader_id: s.node_id.clone(),
+            generation: self.state.generation,
+            heartbeat_interval_ms: s.heartbeat_interval.as_millis() as u32,
+        };
+        tx.try_send(LeaderMessage::Welcome(welcome)).expect("fresh channel has room");
+        let node = hb.node_id.clone();
+        let session = self.state.cluster.open_session(hb, tx);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => match convert::heartbeat_of(m) {
+                        Ok(hb) if hb.node_id == node => state.cluster.heartbeat(session, hb),
+                        Ok(hb) => warn!(%node, claimed = %hb.node_id, "heartbeat for another node ignored"),
+                        Err(e) => warn!(%node, error = %e, "malformed heartbeat ignored"),
+                    },
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            state.cluster.close_session(&node, session);
+        });
+        let out = ReceiverStream::new(rx).map(|m| Ok(pb::LeaderMessage::from(m)));
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn fetch_image(
+        &self,
+        req: Request<pb::FetchImageRequest>,
+    ) -> Result<Response<Self::FetchImageStream>, Status> {
+        auth::caller(&req, &self.state.settings.cluster, &[Role::Controller, Role::ServiceEngine])?;
+        let r = req.into_inner();
+        let sha: Sha256Digest = r.sha256.parse().map_err(|e: common::types::ParseError| Status::invalid_argument(e.to_string()))?;
+        let path = self
+            .state
+            .images
+            .path_of(&sha)
+            .ok_or_else(|| Status::not_found(format!("the leader holds no image {}", sha.short())))?;
+        let size = std::fs::metadata(&path).map_err(|e| Status::internal(e.to_string()))?.len();
+        if r.offset > size {
+            return Err(Status::out_of_range(format!("offset {} is past the image's {size} bytes", r.offset)));
+        }
+        let rx = image_server::stream(
+            path,
+            r.offset,
+            self.state.settings.fetch_rate_limit,
+            self.state.bytes_served.clone(),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
