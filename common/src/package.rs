@@ -302,6 +302,8 @@ pub fn build(
     {
         let mut b = tar::Builder::new(BufWriter::new(File::create(&tar_tmp.0)?));
         b.follow_symlinks(false);
+        // Plain entries only: sparse ones are refused by `verify`.
+        b.sparse(false);
         b.mode(tar::HeaderMode::Deterministic);
         append_sorted(&mut b, payload_dir, Path::new(""))?;
         b.into_inner()?.flush()?;

@@ -1,1 +1,8 @@
-//! molt CLI library
+//! The `molt` operator CLI as a library, so the test harness and benches can
+//! drive the same code an operator runs.
+
+pub mod client;
+pub mod local;
+pub mod pki;
+pub mod render;
+pub mod upgrade;

@@ -1,1 +1,447 @@
-fn main() {}
+//! `molt`: the operator CLI. Parses the contract's grammar and calls the
+//! library; every refusal prints what was wrong and what to do, and exits
+//! non-zero.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use common::{DeploymentKind, Version};
+use molt::{
+    client::{Api, ClientError, Connection},
+    local::{self, GroupSpec, LocalSpec},
+    pki::{self, NodeSpec},
+    render, upgrade,
+};
+
+#[derive(Parser)]
+#[command(name = "molt", version, about = "molt: upgrade a controller/Service Engine cluster in one action")]
+struct Cli {
+    /// A local cluster made by `molt local up`.
+    #[arg(long, env = "MOLT_CLUSTER_DIR", global = true)]
+    cluster_dir: Option<PathBuf>,
+    /// The leader's URL, https://IP:8443.
+    #[arg(long, env = "MOLT_CONTROLLER", global = true)]
+    controller: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, env = "MOLT_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// The cluster CA certificate.
+    #[arg(long, env = "MOLT_CA", global = true)]
+    ca: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Cluster CA and certificates.
+    Pki {
+        #[command(subcommand)]
+        cmd: PkiCmd,
+    },
+    /// Build and inspect packages.
+    Package {
+        #[command(subcommand)]
+        cmd: PackageCmd,
+    },
+    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [force] [disruptive] [prechecks_only]`
+    Upgrade {
+        /// Return once the operation has started.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the final status as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(num_args = 1.., trailing_var_arg = true)]
+        words: Vec<String>,
+    },
+    /// `show cluster` | `show upgrade status`
+    Show {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Keep refreshing.
+        #[arg(long)]
+        watch: bool,
+        #[arg(num_args = 1..)]
+        words: Vec<String>,
+    },
+    /// Local clusters on this machine.
+    Local {
+        #[command(subcommand)]
+        cmd: LocalCmd,
+    },
+    /// Run the main job on a throwaway local cluster: up, build a package, distribute it, report, down.
+    Demo {
+        /// Keep the cluster dir here instead of a temporary one (and leave it up).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create the CA, node certificates, admin certificate and token.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        /// ID=ROLE@HOST, repeated.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PackageCmd {
+    /// Build a package from a payload directory.
+    Build {
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        min_compatible: String,
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        payload: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a package and print its manifest.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocalCmd {
+    /// Start every node of a local cluster (creating it on first use).
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        controllers: usize,
+        /// NAME:HA:COUNT,...
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        /// First three octets of the nodes' loopback addresses.
+        #[arg(long, default_value = "127.0.0")]
+        subnet: String,
+        /// Port every node listens on.
+        #[arg(long, default_value_t = common::DEFAULT_PORT)]
+        port: u16,
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+        /// Cap image distribution per transfer (bytes/s).
+        #[arg(long)]
+        fetch_rate_limit: Option<u64>,
+    },
+    /// Power every node off (the cluster dir stays).
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Pull or restore a node's power.
+    Power {
+        /// on | off
+        state: String,
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+    },
+    /// (internal) The per-node supervisor.
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+    },
+}
+
+/// A failure to report: message, and the exit code.
+struct Failure(String, u8);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string(), 1)
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(msg.into(), 2)
+}
+
+fn main() -> ExitCode {
+    common::telemetry::init("warn");
+    common::tls::install_default_provider();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg, code)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn api(cli: &Cli) -> Result<Api, Failure> {
+    let conn = Connection::resolve(cli.cluster_dir.as_deref(), cli.controller.as_deref(), cli.token_file.as_deref(), cli.ca.as_deref())?;
+    Ok(Api::new(&conn)?)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.cmd {
+        Cmd::Pki { cmd: PkiCmd::Init { dir, cluster, nodes } } => {
+            let specs: Vec<NodeSpec> = nodes.iter().map(|n| n.parse()).collect::<Result<_, _>>()?;
+            pki::init(dir, cluster, &specs)?;
+            println!("wrote CA, {} node certificates, admin certificate and admin.token to {}", specs.len(), dir.display());
+            Ok(())
+        }
+        Cmd::Package { cmd } => package(cmd),
+        Cmd::Upgrade { no_wait, json, words } => upgrade_cmd(&cli, words, *no_wait, *json).await,
+        Cmd::Show { json, watch, words } => show(&cli, words, *json, *watch).await,
+        Cmd::Local { cmd } => local_cmd(cmd).await,
+        Cmd::Demo { dir } => demo(dir.clone()).await,
+    }
+}
+
+fn package(cmd: &PackageCmd) -> Result<(), Failure> {
+    match cmd {
+        PackageCmd::Build { version, min_compatible, kind, payload, out } => {
+            let version: Version = version.parse().map_err(|e| usage(format!("--version: {e}")))?;
+            let min: Version = min_compatible.parse().map_err(|e| usage(format!("--min-compatible: {e}")))?;
+            let kind: DeploymentKind = kind.parse().map_err(|e| usage(format!("--kind: {e}")))?;
+            let info = common::package::build(payload, version, min, kind, out)?;
+            println!("{}  {}", info.sha256, out.display());
+            println!("{} package {} (min compatible {}), {} entries, {}", kind, version, min, info.entries, render::bytes(info.size));
+            Ok(())
+        }
+        PackageCmd::Inspect { file, json } => {
+            let f = std::fs::File::open(file).map_err(|e| Failure(format!("{}: {e}", file.display()), 1))?;
+            let info = common::package::verify(std::io::BufReader::with_capacity(1 << 20, f))
+                .map_err(|e| Failure(format!("{}: {e}", file.display()), 1))?;
+            if *json {
+                print_json(&serde_json::to_value(&info).expect("serializes"));
+            } else {
+                let m = &info.manifest;
+                println!("package   {}", file.display());
+                println!("sha256    {}", info.sha256);
+                println!("size      {} ({})", info.size, render::bytes(info.size));
+                println!("version   {}", m.version);
+                println!("min compatible {}", m.min_compatible);
+                println!("kind      {}", m.kind);
+                println!("payload   {} bytes, {} entries, sha256 {}", m.payload_size, info.entries, m.payload_sha256);
+                println!("built at  {} (Unix time)", m.built_at);
+                println!("verified: digest, size and every entry path are valid");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses `image_path PATH [flags...]`.
+fn image_words(words: &[String]) -> Result<(String, Vec<String>), Failure> {
+    match words {
+        [kw, path, flags @ ..] if kw == "image_path" => Ok((path.clone(), flags.to_vec())),
+        _ => Err(usage("expected `image_path PATH` after the upgrade action")),
+    }
+}
+
+async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> Result<(), Failure> {
+    let (action, rest) = words.split_first().ok_or_else(|| usage("upgrade what? `upgrade prestage image_path PATH`"))?;
+    match action.as_str() {
+        "prestage" => {
+            let (path, flags) = image_words(rest)?;
+            if let Some(f) = flags.first() {
+                return Err(usage(format!("prestage takes no option {f:?}")));
+            }
+            let api = api(cli)?;
+            let image = upgrade::image_path_on_leader(&api, &path, json).await?;
+            let started = upgrade::start_prestage(&api, &image).await.map_err(explain)?;
+            if no_wait {
+                println!("prestage of {image} started; follow it with `molt show upgrade status`");
+                return Ok(());
+            }
+            let _ = started;
+            let end = upgrade::follow(&api, json).await?;
+            if json {
+                print_json(&end);
+            } else {
+                print!("{}", render::status(&end));
+            }
+            match end["state"].as_str() {
+                Some("completed") => Ok(()),
+                _ => Err(Failure(format!("prestage did not complete: {}", end["reason"].as_str().unwrap_or("?")), 1)),
+            }
+        }
+        "system" => Err(Failure(
+            "`upgrade system` is not built yet in this version of molt: only `upgrade prestage` (distribute and verify \
+             the image on every node) works; see README.md"
+                .into(),
+            1,
+        )),
+        other => Err(usage(format!("unknown upgrade action {other:?}: expected prestage or system"))),
+    }
+}
+
+/// Adds the pre-checks to a refusal's message.
+fn explain(e: ClientError) -> Failure {
+    if let ClientError::Api { body, .. } = &e {
+        let checks: Vec<String> = body["prechecks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["result"] != "ok")
+            .map(|c| format!("  {}: {}", c["check"].as_str().unwrap_or("?"), c["message"].as_str().unwrap_or("")))
+            .collect();
+        if !checks.is_empty() {
+            return Failure(format!("{e}\nfailed pre-checks:\n{}", checks.join("\n")), 1);
+        }
+    }
+    e.into()
+}
+
+async fn show(cli: &Cli, words: &[String], json: bool, watch: bool) -> Result<(), Failure> {
+    let what: Vec<&str> = words.iter().map(String::as_str).collect();
+    let (path, render_fn): (&str, fn(&serde_json::Value) -> String) = match what[..] {
+        ["cluster"] => ("/api/cluster", render::cluster),
+        ["upgrade", "status"] => ("/api/cluster/upgrade/status", render::status),
+        _ => return Err(usage("show what? `show cluster` or `show upgrade status`")),
+    };
+    let api = api(cli)?;
+    loop {
+        let v = api.get(path).await?;
+        if json {
+            print_json(&v);
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render_fn(&v));
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
+    match cmd {
+        LocalCmd::Up { dir, controllers, groups, version, subnet, port, heartbeat_ms, fetch_rate_limit } => {
+            let spec = LocalSpec {
+                dir: dir.clone(),
+                controllers: *controllers,
+                groups: groups.iter().map(|g| g.parse::<GroupSpec>()).collect::<Result<_, _>>()?,
+                version: version.parse().map_err(|e| usage(format!("--version: {e}")))?,
+                subnet: local::parse_subnet(subnet)?,
+                heartbeat_ms: *heartbeat_ms,
+                fetch_rate_limit: *fetch_rate_limit,
+                bin_dir: local::own_bin_dir(),
+                port: *port,
+            };
+            let started = std::time::Instant::now();
+            let cf = local::up(&spec, Duration::from_secs(60)).await?;
+            println!(
+                "local cluster up in {:.1} s: {} nodes, leader {}\n  molt --cluster-dir {} show cluster",
+                started.elapsed().as_secs_f64(),
+                cf.nodes.len(),
+                cf.leader_url,
+                dir.display()
+            );
+            Ok(())
+        }
+        LocalCmd::Down { dir } => Ok(local::down(dir)?),
+        LocalCmd::Power { state, dir, node } => match state.as_str() {
+            "on" => Ok(local::power_on(dir, node)?),
+            "off" => Ok(local::power_off(dir, node)?),
+            other => Err(usage(format!("power {other:?}: expected on or off"))),
+        },
+        LocalCmd::Supervise { dir, node } => Ok(local::supervise(dir, node)?),
+    }
+}
+
+async fn demo(dir: Option<PathBuf>) -> Result<(), Failure> {
+    let keep = dir.is_some();
+    let tmp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            tmp = tempdir()?;
+            tmp.clone()
+        }
+    };
+    let result = demo_in(&dir).await;
+    if !keep {
+        let _ = local::down(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn tempdir() -> Result<PathBuf, Failure> {
+    let d = std::env::temp_dir().join(format!("molt-demo-{}", common::types::random_hex(4)));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+async fn demo_in(dir: &Path) -> Result<(), Failure> {
+    let bin_dir = local::own_bin_dir();
+    let spec = LocalSpec {
+        dir: dir.join("cluster"),
+        controllers: 3,
+        groups: vec!["g1:active-active:2".parse()?, "g2:n-plus-m:2".parse()?],
+        version: "1.0.0".parse().expect("valid"),
+        subnet: [127, 77, 0],
+        heartbeat_ms: 500,
+        fetch_rate_limit: None,
+        bin_dir: bin_dir.clone(),
+        port: common::DEFAULT_PORT,
+    };
+    println!("== 1. a local cluster: 3 controllers, SE groups g1 (active-active, 2 SEs) and g2 (N+M, 2 SEs), version 1.0.0");
+    let t = std::time::Instant::now();
+    local::up(&spec, Duration::from_secs(60)).await?;
+    println!("   up in {:.1} s, every node in its own PID namespace", t.elapsed().as_secs_f64());
+    let api = Api::new(&Connection::resolve(Some(&spec.dir), None, None, None)?)?;
+    print!("{}", render::cluster(&api.get("/api/cluster").await?));
+
+    println!("\n== 2. a 2.0.0 package from this build's binaries");
+    let payload = dir.join("payload");
+    std::fs::create_dir_all(payload.join("bin"))?;
+    for b in ["controller-agent", "se-agent"] {
+        std::fs::copy(bin_dir.join(b), payload.join("bin").join(b))?;
+    }
+    let pkg = dir.join("controller.pkg");
+    let info = common::package::build(&payload, "2.0.0".parse().expect("valid"), "1.0.0".parse().expect("valid"), DeploymentKind::Vm, &pkg)?;
+    println!("   {}  {} ({})", info.sha256, pkg.display(), render::bytes(info.size));
+
+    println!("\n== 3. molt upgrade prestage image_path {}", pkg.display());
+    let t = std::time::Instant::now();
+    let image = upgrade::image_path_on_leader(&api, &pkg.display().to_string(), false).await?;
+    upgrade::start_prestage(&api, &image).await.map_err(explain)?;
+    let end = upgrade::follow(&api, false).await?;
+    print!("{}", render::status(&end));
+    if end["state"] != "completed" {
+        return Err(Failure("the demo's prestage did not complete".into(), 1));
+    }
+    println!("   distributed and verified on every node in {:.1} s", t.elapsed().as_secs_f64());
+
+    println!("\n== 4. molt show cluster");
+    print!("{}", render::cluster(&api.get("/api/cluster").await?));
+    println!("\n(`upgrade system` — apply, reboot, commit — is not built yet; see README.md)");
+    Ok(())
+}

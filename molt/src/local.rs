@@ -1,0 +1,432 @@
+//! Local clusters (`molt local up/down/power`): every node is a real agent
+//! process on its own loopback address (port 8443), started through its
+//! boot loader in a PID namespace of its own, so that `reboot(2)` in the node
+//! ends only that namespace. A small supervisor process per node "powers the
+//! node on" again when its init ends by a reboot, and leaves it off when it
+//! was powered off or halted.
+//!
+//! ```text
+//! DIR/cluster.json        the contract's cluster description
+//! DIR/local.json          binaries and addresses of this local cluster
+//! DIR/pki/                CA, node certificates, admin token
+//! DIR/nodes/ID/node.toml  the node's config
+//! DIR/nodes/ID/data/      its data dir (slots, staging, ...)
+//! DIR/nodes/ID/agent.log  its console
+//! DIR/nodes/ID/*.pid      supervisor and init process ids while powered on
+//! ```
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use common::{
+    DeploymentKind, Version,
+    config::{ApiFile, ControllerEntry, NodeConfigFile, TlsFiles},
+    slots::Slots,
+};
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    client::{Api, ClusterFile, ClusterNode, Connection},
+    pki::{self, NodeSpec},
+};
+
+/// Why a local cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// PKI.
+    #[error("{0}")]
+    Pki(#[from] pki::PkiError),
+    /// Installing the first version.
+    #[error("{0}")]
+    Slots(#[from] common::slots::SlotError),
+    /// Files.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Nodes did not come up.
+    #[error("{0}")]
+    NotUp(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
+    move |source| LocalError::Io { path: path.to_owned(), source }
+}
+
+/// HA modes an SE group may have.
+pub const HA_MODES: [&str; 3] = ["active-active", "n-plus-m", "active-standby"];
+
+/// `NAME:HA:COUNT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// Group name.
+    pub name: String,
+    /// HA mode.
+    pub ha: String,
+    /// SEs in the group.
+    pub count: usize,
+}
+
+impl FromStr for GroupSpec {
+    type Err = LocalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why: &str| LocalError::Invalid(format!("--groups {s:?}: {why}; expected NAME:HA:COUNT such as g1:active-active:2"));
+        let parts: Vec<_> = s.split(':').collect();
+        let [name, ha, count] = parts[..] else { return Err(err("three fields are needed")) };
+        if name.is_empty() || name.len() > 20 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+            return Err(err("the name takes 1-20 lowercase letters and digits"));
+        }
+        if !HA_MODES.contains(&ha) {
+            return Err(err("HA is one of active-active, n-plus-m, active-standby"));
+        }
+        let count: usize = count.parse().map_err(|_| err("COUNT is a number"))?;
+        if !(1..=50).contains(&count) {
+            return Err(err("COUNT is between 1 and 50"));
+        }
+        Ok(Self { name: name.into(), ha: ha.into(), count })
+    }
+}
+
+/// What `molt local up` builds.
+#[derive(Debug, Clone)]
+pub struct LocalSpec {
+    /// The cluster dir.
+    pub dir: PathBuf,
+    /// 1 or 3.
+    pub controllers: usize,
+    /// SE groups.
+    pub groups: Vec<GroupSpec>,
+    /// First version installed.
+    pub version: Version,
+    /// First three octets of the nodes' loopback addresses.
+    pub subnet: [u8; 3],
+    /// Heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Distribution bandwidth cap per transfer.
+    pub fetch_rate_limit: Option<u64>,
+    /// Where `controller-agent` and `se-agent` are.
+    pub bin_dir: PathBuf,
+    /// The port every node listens on.
+    pub port: u16,
+}
+
+/// Facts about a local cluster that `cluster.json` does not hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalFile {
+    /// Where the boot loaders are.
+    pub bin_dir: PathBuf,
+}
+
+/// The directory of the running `molt`, where its sibling binaries are.
+pub fn own_bin_dir() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn node_dir(dir: &Path, id: &str) -> PathBuf {
+    dir.join("nodes").join(id)
+}
+
+/// Parses `127.0.0` into three octets; the first must be 127.
+pub fn parse_subnet(s: &str) -> Result<[u8; 3], LocalError> {
+    let err = || LocalError::Invalid(format!("--subnet {s:?}: expected three octets of 127.0.0.0/8, such as 127.0.0"));
+    let o: Vec<u8> = s.split('.').map(|p| p.parse().map_err(|_| err())).collect::<Result<_, _>>()?;
+    match o[..] {
+        [127, b, c] => Ok([127, b, c]),
+        _ => Err(err()),
+    }
+}
+
+/// Writes the PKI, installs the first version in every node's slot `a`, and
+/// writes the configs, `cluster.json` and `local.json`. Starts nothing.
+pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
+    if !matches!(spec.controllers, 1 | 3) {
+        return Err(LocalError::Invalid("--controllers is 1 or 3".into()));
+    }
+    for bin in ["controller-agent", "se-agent"] {
+        if !spec.bin_dir.join(bin).is_file() {
+            return Err(LocalError::Invalid(format!(
+                "{} not found in {}: build with `cargo build --release` and run target/release/molt",
+                bin,
+                spec.bin_dir.display()
+            )));
+        }
+    }
+    let [a, b, c] = spec.subnet;
+    let ip = |last: usize| format!("{a}.{b}.{c}.{last}");
+    let mut nodes = Vec::new();
+    for i in 1..=spec.controllers {
+        nodes.push(ClusterNode {
+            id: format!("c{i}"),
+            role: "controller".into(),
+            addr: format!("{}:{}", ip(10 + i), spec.port),
+            data_dir: node_dir(&spec.dir, &format!("c{i}")).join("data"),
+            se_group: None,
+        });
+    }
+    let mut k = 0;
+    for g in &spec.groups {
+        for i in 1..=g.count {
+            k += 1;
+            if 20 + k > 254 {
+                return Err(LocalError::Invalid("too many SEs for one /24 of loopback".into()));
+            }
+            let id = format!("{}-se{i}", g.name);
+            nodes.push(ClusterNode {
+                addr: format!("{}:{}", ip(20 + k), spec.port),
+                data_dir: node_dir(&spec.dir, &id).join("data"),
+                id,
+                role: "se".into(),
+                se_group: Some(g.name.clone()),
+            });
+        }
+    }
+    let pki_dir = spec.dir.join("pki");
+    let specs: Vec<NodeSpec> = nodes
+        .iter()
+        .map(|n| format!("{}={}@{}", n.id, n.role, n.addr.rsplit_once(':').expect("ip:port").0).parse())
+        .collect::<Result<_, _>>()?;
+    let cluster = "local";
+    pki::init(&pki_dir, cluster, &specs)?;
+    let controllers: Vec<ControllerEntry> = nodes
+        .iter()
+        .filter(|n| n.role == "controller")
+        .map(|n| ControllerEntry { id: n.id.clone(), addr: n.addr.clone() })
+        .collect();
+    for n in &nodes {
+        let ndir = node_dir(&spec.dir, &n.id);
+        fs::create_dir_all(&n.data_dir).map_err(io(&n.data_dir))?;
+        Slots::new(&n.data_dir).install_initial(spec.version, DeploymentKind::Vm, &spec.bin_dir)?;
+        let file = NodeConfigFile {
+            cluster: cluster.into(),
+            node_id: n.id.clone(),
+            role: n.role.clone(),
+            listen: n.addr.clone(),
+            data_dir: n.data_dir.clone(),
+            deployment: "vm".into(),
+            leader: "c1".into(),
+            heartbeat_interval_ms: Some(spec.heartbeat_ms),
+            se_group: n.se_group.clone(),
+            fetch_rate_limit_bytes: spec.fetch_rate_limit.filter(|_| n.id == "c1"),
+            tls: TlsFiles {
+                ca: pki_dir.join("ca.pem"),
+                cert: pki_dir.join(format!("{}.pem", n.id)),
+                key: pki_dir.join(format!("{}.key", n.id)),
+            },
+            api: (n.id == "c1").then(|| ApiFile { token_file: pki_dir.join("admin.token") }),
+            controllers: controllers.clone(),
+        };
+        let toml = toml::to_string(&file).map_err(|e| LocalError::Invalid(e.to_string()))?;
+        let path = ndir.join("node.toml");
+        fs::write(&path, toml).map_err(io(&path))?;
+    }
+    let cf = ClusterFile {
+        cluster: cluster.into(),
+        leader_url: format!("https://{}", nodes[0].addr),
+        ca: pki_dir.join("ca.pem"),
+        token_file: pki_dir.join("admin.token"),
+        nodes,
+    };
+    write_json(&spec.dir.join("cluster.json"), &cf)?;
+    write_json(&spec.dir.join("local.json"), &LocalFile { bin_dir: spec.bin_dir.clone() })?;
+    Ok(cf)
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<(), LocalError> {
+    let data = serde_json::to_vec_pretty(v).expect("serializes");
+    common::fsutil::atomic_write(path, &data).map_err(io(path))
+}
+
+fn read_pid(path: &Path) -> Option<Pid> {
+    fs::read_to_string(path).ok()?.trim().parse().ok().map(Pid::from_raw)
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: Pid) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Whether a node of the local cluster at `dir` is powered on.
+pub fn is_on(dir: &Path, id: &str) -> bool {
+    let nd = node_dir(dir, id);
+    [read_pid(&nd.join("supervisor.pid")), read_pid(&nd.join("init.pid"))].into_iter().flatten().any(alive)
+}
+
+fn known_node(dir: &Path, id: &str) -> Result<ClusterFile, LocalError> {
+    let cf = ClusterFile::load(dir).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    if !cf.nodes.iter().any(|n| n.id == id) {
+        let ids: Vec<_> = cf.nodes.iter().map(|n| n.id.as_str()).collect();
+        return Err(LocalError::Invalid(format!("no node {id:?} in this cluster; nodes: {}", ids.join(", "))));
+    }
+    Ok(cf)
+}
+
+/// Powers a node on: starts its supervisor, detached from this process.
+pub fn power_on(dir: &Path, id: &str) -> Result<(), LocalError> {
+    known_node(dir, id)?;
+    if is_on(dir, id) {
+        return Err(LocalError::Invalid(format!("{id} is already powered on")));
+    }
+    let nd = node_dir(dir, id);
+    let log_path = nd.join("agent.log");
+    let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+    let err_log = log.try_clone().map_err(io(&log_path))?;
+    let exe = std::env::current_exe().map_err(io(Path::new("molt")))?;
+    Command::new(exe)
+        .args(["local", "supervise", "--dir"])
+        .arg(dir)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        // Its own process group: a Ctrl-C in the operator's terminal must not cut the node's power.
+        .process_group(0)
+        .spawn()
+        .map_err(io(&nd))?;
+    Ok(())
+}
+
+/// Cuts a node's power: its supervisor and every process of the node end at once.
+pub fn power_off(dir: &Path, id: &str) -> Result<(), LocalError> {
+    known_node(dir, id)?;
+    let nd = node_dir(dir, id);
+    let sup = read_pid(&nd.join("supervisor.pid"));
+    let init = read_pid(&nd.join("init.pid"));
+    for pid in [sup, init].into_iter().flatten() {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while [sup, init].into_iter().flatten().any(alive) {
+        if Instant::now() > deadline {
+            return Err(LocalError::Invalid(format!("{id} did not stop within 5 s")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = fs::remove_file(nd.join("supervisor.pid"));
+    let _ = fs::remove_file(nd.join("init.pid"));
+    Ok(())
+}
+
+/// Powers every node on and waits until all heartbeat.
+pub async fn up(spec: &LocalSpec, timeout: Duration) -> Result<ClusterFile, LocalError> {
+    let cf = if spec.dir.join("cluster.json").exists() {
+        ClusterFile::load(&spec.dir).map_err(|e| LocalError::Invalid(e.to_string()))?
+    } else {
+        fs::create_dir_all(&spec.dir).map_err(io(&spec.dir))?;
+        prepare(spec)?
+    };
+    for n in &cf.nodes {
+        if !is_on(&spec.dir, &n.id) {
+            power_on(&spec.dir, &n.id)?;
+        }
+    }
+    wait_up(&spec.dir, timeout).await?;
+    Ok(cf)
+}
+
+/// Waits until every node of `dir` heartbeats to the leader.
+pub async fn wait_up(dir: &Path, timeout: Duration) -> Result<(), LocalError> {
+    let cf = ClusterFile::load(dir).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let conn = Connection::resolve(Some(dir), None, None, None).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let api = Api::new(&conn).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing: Vec<String> = match api.get("/api/cluster").await {
+            Ok(v) => cf
+                .nodes
+                .iter()
+                .filter(|n| {
+                    !v["nodes"].as_array().into_iter().flatten().any(|x| x["id"] == n.id.as_str() && x["state"] == "up")
+                })
+                .map(|n| n.id.clone())
+                .collect(),
+            Err(_) => cf.nodes.iter().map(|n| n.id.clone()).collect(),
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<_> =
+                missing.iter().map(|id| node_dir(dir, id).join("agent.log").display().to_string()).collect();
+            return Err(LocalError::NotUp(format!(
+                "nodes not heartbeating after {} s: {}; see {}",
+                timeout.as_secs(),
+                missing.join(", "),
+                logs.join(" ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Powers every node off. The cluster dir stays; `molt local up` on it
+/// powers the same cluster on again.
+pub fn down(dir: &Path) -> Result<(), LocalError> {
+    let cf = ClusterFile::load(dir).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    for n in cf.nodes.iter().rev() {
+        power_off(dir, &n.id)?;
+    }
+    Ok(())
+}
+
+/// The supervisor of one node (`molt local supervise`, started by
+/// [`power_on`]). Boots the node in a new PID namespace; when the node's init
+/// ends by SIGHUP — what `reboot(RB_AUTOBOOT)` does to a PID namespace —
+/// boots it again; otherwise the node stays off.
+pub fn supervise(dir: &Path, id: &str) -> Result<(), LocalError> {
+    known_node(dir, id)?;
+    let nd = node_dir(dir, id);
+    let local: LocalFile = serde_json::from_slice(&fs::read(dir.join("local.json")).map_err(io(&dir.join("local.json")))?)
+        .map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let config = nd.join("node.toml");
+    let toml_text = fs::read_to_string(&config).map_err(io(&config))?;
+    let role_bin = if toml_text.contains("role = \"controller\"") { "controller-agent" } else { "se-agent" };
+    fs::write(nd.join("supervisor.pid"), std::process::id().to_string()).map_err(io(&nd))?;
+    let say = |msg: &str| {
+        let _ = writeln!(std::io::stderr(), "[molt local] {id}: {msg}");
+    };
+    loop {
+        // A fresh PID namespace for every power-on: the first child becomes its init.
+        // Without one, the node's reboot(2) would restart this machine: refuse.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+            say(&format!("cannot create a PID namespace ({e}); molt local needs root. The node stays off."));
+            let _ = fs::remove_file(nd.join("supervisor.pid"));
+            return Err(LocalError::Invalid(format!("{id}: no PID namespace: {e}")));
+        }
+        let mut child = Command::new(local.bin_dir.join(role_bin))
+            .arg("boot")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(io(&local.bin_dir.join(role_bin)))?;
+        fs::write(nd.join("init.pid"), child.id().to_string()).map_err(io(&nd))?;
+        say("powered on");
+        let status = child.wait().map_err(io(&nd))?;
+        match status.signal() {
+            Some(s) if s == Signal::SIGHUP as i32 => say("rebooted; powering on again"),
+            _ => {
+                say(&format!("halted ({status}); the node stays off until `molt local power on`"));
+                let _ = fs::remove_file(nd.join("init.pid"));
+                let _ = fs::remove_file(nd.join("supervisor.pid"));
+                return Ok(());
+            }
+        }
+    }
+}
