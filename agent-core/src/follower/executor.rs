@@ -142,3 +142,80 @@ impl Executor {
         log.order.iter().filter_map(|id| log.results.get(id).cloned()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use common::{DeploymentKind, Sha256Digest, session::ImageRef};
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::follower::stage::{ChunkStream, ImageSource};
+
+    struct Counting(AtomicUsize);
+    impl ImageSource for Counting {
+        fn fetch(&self, _: Sha256Digest, _: u64) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            async { Err("unreachable leader".to_owned()) }.boxed()
+        }
+    }
+
+    fn stage(id: &str, generation: u64, kind: DeploymentKind) -> Command {
+        Command {
+            id: id.into(),
+            generation,
+            kind: CommandKind::Stage(ImageRef {
+                sha256: Sha256Digest::of(id.as_bytes()),
+                size: 10,
+                version: "2.0.0".parse().unwrap(),
+                kind,
+                min_compatible: "1.0.0".parse().unwrap(),
+            }),
+        }
+    }
+
+    fn executor(dir: &std::path::Path) -> (Executor, Arc<Counting>) {
+        let stager = Stager::open(dir, DeploymentKind::Vm).unwrap();
+        let source = Arc::new(Counting(AtomicUsize::new(0)));
+        (Executor::new(dir, stager, source.clone(), CancellationToken::new()), source)
+    }
+
+    async fn settled(e: &Executor, id: &str) -> CommandResult {
+        for _ in 0..200 {
+            if let Some(r) = e.results().into_iter().find(|r| r.id == id && r.state != CommandState::Running) {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{id} never settled");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_id_is_not_run_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let (e, _) = executor(d.path());
+        let first = e.submit(stage("a", 1, DeploymentKind::Docker));
+        assert_eq!(first.state, CommandState::Running);
+        let r = settled(&e, "a").await;
+        assert_eq!(r.state, CommandState::Failed);
+        assert!(r.message.contains("docker"), "{}", r.message);
+        // The same id again reports the recorded outcome instead of running.
+        assert_eq!(e.submit(stage("a", 1, DeploymentKind::Docker)), r);
+        assert_eq!(e.results().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn commands_from_an_older_generation_are_refused_even_after_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let (e, source) = executor(d.path());
+        e.submit(stage("new", 5, DeploymentKind::Docker));
+        let stale = e.submit(stage("old", 4, DeploymentKind::Vm));
+        assert_eq!(stale.state, CommandState::Failed);
+        assert!(stale.message.contains("generation 4"), "{}", stale.message);
+        // The fence is on disk: a rebooted node still refuses generation 4.
+        let (again, _) = executor(d.path());
+        assert_eq!(again.submit(stage("old2", 4, DeploymentKind::Vm)).state, CommandState::Failed);
+        assert_eq!(source.0.load(Ordering::SeqCst), 0, "a refused command fetched nothing");
+    }
+}

@@ -374,3 +374,6 @@ fn write_and_hash(
     file.sync_all()?;
     Ok((Sha256Digest::from_bytes(hasher.finalize().into()), file))
 }
+
+#[cfg(test)]
+mod tests;

@@ -241,3 +241,80 @@ impl ClusterView {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use common::{DeploymentKind, session::Heartbeat};
+
+    use super::*;
+
+    fn settings(dir: &std::path::Path) -> NodeSettings {
+        let bins = dir.join("bins");
+        std::fs::create_dir_all(&bins).unwrap();
+        for b in ["controller-agent", "se-agent"] {
+            std::fs::write(bins.join(b), b"x").unwrap();
+        }
+        let spec = molt::local::LocalSpec {
+            dir: dir.join("c"),
+            controllers: 1,
+            groups: vec!["g1:active-active:1".parse().unwrap()],
+            version: "1.0.0".parse().unwrap(),
+            subnet: [127, 9, 9],
+            heartbeat_ms: 1000,
+            fetch_rate_limit: None,
+            bin_dir: bins,
+            port: 8443,
+        };
+        molt::local::prepare(&spec).unwrap();
+        NodeSettings::load(&dir.join("c/nodes/c1/node.toml")).unwrap()
+    }
+
+    fn hb(id: &str) -> Heartbeat {
+        Heartbeat {
+            node_id: id.parse().unwrap(),
+            role: Role::ServiceEngine,
+            version: "1.0.0".parse().unwrap(),
+            boot_id: "b1".into(),
+            deployment: DeploymentKind::Vm,
+            se_group: Some("g1".into()),
+            addr: "127.9.9.21:8443".into(),
+            disk_free_bytes: 1,
+            staged: vec![],
+            transfers: vec![],
+            results: vec![],
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn a_silent_node_is_down_after_missed_beats_even_with_its_session_open() {
+        let d = tempfile::tempdir().unwrap();
+        let view = ClusterView::new(&settings(d.path()));
+        let (tx, _rx) = mpsc::channel(1);
+        let id: NodeId = "g1-se1".parse().unwrap();
+        view.open_session(hb("g1-se1"), tx);
+        let nodes = view.nodes.lock().unwrap();
+        let e = nodes.get(&id).unwrap();
+        let seen = e.last_seen.unwrap();
+        assert_eq!(view.state_of(e, seen + Duration::from_millis(2400)), NodeState::Up);
+        assert_eq!(view.state_of(e, seen + Duration::from_millis(2600)), NodeState::Down, "down within 3 intervals");
+    }
+
+    #[test]
+    fn a_closed_session_is_down_at_once_and_stale_sessions_do_not_count() {
+        let d = tempfile::tempdir().unwrap();
+        let view = ClusterView::new(&settings(d.path()));
+        let id: NodeId = "g1-se1".parse().unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let old = view.open_session(hb("g1-se1"), tx.clone());
+        let new = view.open_session(hb("g1-se1"), tx);
+        view.close_session(&id, old); // the old session ending must not take the node down
+        assert_eq!(view.node(&id).unwrap().1, NodeState::Up);
+        view.close_session(&id, new);
+        assert_eq!(view.node(&id).unwrap().1, NodeState::Down);
+        // The configured controller that never connected is listed, down.
+        let snap = view.snapshot();
+        assert_eq!(snap[0].id.as_str(), "c1");
+        assert_eq!(snap[0].state, NodeState::Down);
+    }
+}

@@ -1,1 +1,11 @@
+//! molt's integration tests: one binary (matklad's layout).
+//!
+//! - `cluster`, `prestage`, `security`: the in-process cluster (real agents,
+//!   real mTLS on loopback, tasks instead of processes).
+//! - `process`: the release binaries, each node a process in its own PID
+//!   namespace, driven through the `molt` CLI as an operator would.
 
+mod cluster;
+mod prestage;
+mod process;
+mod security;

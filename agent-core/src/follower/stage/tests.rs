@@ -1,0 +1,149 @@
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use futures_util::FutureExt;
+
+use super::*;
+
+/// Serves `bytes` in 64 KiB chunks; the first `cut_after` bytes of the first
+/// request, then a transport error.
+struct Fake {
+    bytes: Vec<u8>,
+    cut_after: Option<u64>,
+    requests: AtomicUsize,
+    served: AtomicU64,
+    offsets: Mutex<Vec<u64>>,
+}
+
+impl Fake {
+    fn new(bytes: Vec<u8>, cut_after: Option<u64>) -> Self {
+        Self { bytes, cut_after, requests: 0.into(), served: 0.into(), offsets: Mutex::default() }
+    }
+}
+
+impl ImageSource for Fake {
+    fn fetch(&self, _sha: Sha256Digest, offset: u64) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>> {
+        async move {
+            let first = self.requests.fetch_add(1, Ordering::SeqCst) == 0;
+            self.offsets.lock().unwrap().push(offset);
+            let end = match (first, self.cut_after) {
+                (true, Some(c)) => c as usize,
+                _ => self.bytes.len(),
+            };
+            let mut items: Vec<Result<Chunk, String>> = Vec::new();
+            let mut pos = offset as usize;
+            while pos < end {
+                let n = (64 << 10).min(end - pos);
+                items.push(Ok(Chunk { offset: pos as u64, data: Bytes::copy_from_slice(&self.bytes[pos..pos + n]) }));
+                self.served.fetch_add(n as u64, Ordering::SeqCst);
+                pos += n;
+            }
+            if end < self.bytes.len() {
+                items.push(Err("connection reset".into()));
+            }
+            let s: ChunkStream = Box::pin(futures_util::stream::iter(items));
+            Ok(s)
+        }
+        .boxed()
+    }
+}
+
+fn package_bytes(dir: &Path, kind: DeploymentKind) -> Vec<u8> {
+    let payload = dir.join("payload");
+    fs::create_dir_all(payload.join("bin")).unwrap();
+    fs::write(payload.join("bin/controller-agent"), b"c").unwrap();
+    fs::write(payload.join("bin/se-agent"), (0..700_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>()).unwrap();
+    let out = dir.join("p.pkg");
+    package::build(&payload, "2.0.0".parse().unwrap(), "1.0.0".parse().unwrap(), kind, &out).unwrap();
+    fs::read(out).unwrap()
+}
+
+fn image_of(bytes: &[u8], kind: DeploymentKind) -> ImageRef {
+    ImageRef {
+        sha256: Sha256Digest::of(bytes),
+        size: bytes.len() as u64,
+        version: "2.0.0".parse().unwrap(),
+        kind,
+        min_compatible: "1.0.0".parse().unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_cut_transfer_resumes_from_the_bytes_already_received() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_bytes(d.path(), DeploymentKind::Vm);
+    let cut = 300_000u64;
+    let source = Fake::new(bytes.clone(), Some(cut));
+    let stager = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    let image = image_of(&bytes, DeploymentKind::Vm);
+    let staged = stager.stage(&image, &source).await.unwrap();
+    assert_eq!(staged.sha256, image.sha256);
+    assert_eq!(*source.offsets.lock().unwrap(), vec![0, cut], "the second request starts where the first broke");
+    assert_eq!(source.served.load(Ordering::SeqCst), bytes.len() as u64, "no byte was fetched twice");
+    let kept = fs::read(stager.path_of(&image.sha256).unwrap()).unwrap();
+    assert_eq!(kept, bytes);
+    assert!(stager.transfers().is_empty());
+}
+
+#[tokio::test]
+async fn a_partial_file_left_by_a_restart_is_resumed_and_rehashed() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_bytes(d.path(), DeploymentKind::Vm);
+    let image = image_of(&bytes, DeploymentKind::Vm);
+    let node = d.path().join("node");
+    let stager = Stager::open(&node, DeploymentKind::Vm).unwrap();
+    fs::write(stager.part_path(&image.sha256), &bytes[..123_456]).unwrap();
+    // A new stager, as after a reboot.
+    let stager = Stager::open(&node, DeploymentKind::Vm).unwrap();
+    assert!(stager.staged().is_empty(), "a partial file is not a staged image");
+    let source = Fake::new(bytes.clone(), None);
+    stager.stage(&image, &source).await.unwrap();
+    assert_eq!(*source.offsets.lock().unwrap(), vec![123_456]);
+    // And the staged image is listed after another restart.
+    let again = Stager::open(&node, DeploymentKind::Vm).unwrap();
+    assert_eq!(again.staged().len(), 1);
+    assert_eq!(again.staged()[0].version.to_string(), "2.0.0");
+}
+
+#[tokio::test]
+async fn a_digest_mismatch_leaves_nothing_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_bytes(d.path(), DeploymentKind::Vm);
+    let image = image_of(&bytes, DeploymentKind::Vm);
+    let mut corrupt = bytes.clone();
+    let n = corrupt.len();
+    corrupt[n / 2] ^= 1;
+    let stager = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    let err = stager.stage(&image, &Fake::new(corrupt, None)).await.unwrap_err();
+    assert!(matches!(err, StageError::DigestMismatch { .. }), "{err}");
+    assert_eq!(fs::read_dir(d.path().join("node/staging")).unwrap().count(), 0, "nothing half-staged");
+    assert!(stager.staged().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_kind_and_too_little_disk_are_refused_before_any_byte_moves() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_bytes(d.path(), DeploymentKind::Docker);
+    let stager = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    let source = Fake::new(bytes.clone(), None);
+    let err = stager.stage(&image_of(&bytes, DeploymentKind::Docker), &source).await.unwrap_err();
+    assert!(matches!(err, StageError::KindMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("controller.pkg"), "{err}");
+    let mut huge = image_of(&bytes, DeploymentKind::Vm);
+    huge.size = u64::MAX / 4;
+    let err = stager.stage(&huge, &source).await.unwrap_err();
+    assert!(matches!(err, StageError::NoSpace { .. }), "{err}");
+    assert_eq!(source.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(fs::read_dir(d.path().join("node/staging")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_stream_longer_than_announced_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_bytes(d.path(), DeploymentKind::Vm);
+    let mut image = image_of(&bytes, DeploymentKind::Vm);
+    image.size -= 10;
+    let stager = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    let err = stager.stage(&image, &Fake::new(bytes, None)).await.unwrap_err();
+    assert!(matches!(err, StageError::Protocol(_)), "{err}");
+    assert_eq!(fs::read_dir(d.path().join("node/staging")).unwrap().count(), 0);
+}

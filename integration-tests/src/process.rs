@@ -1,0 +1,81 @@
+//! The process-level layer: the release binaries, run as an operator would.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+/// The path of a release binary of this workspace (`molt`, `controller-agent`,
+/// `se-agent`), next to the test binary's `deps/` dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} is missing: run `cargo build --release --workspace` before the tests", p.display());
+    p
+}
+
+/// Runs `molt ARGS`; returns its output.
+pub fn molt(args: &[&str]) -> Output {
+    Command::new(bin("molt")).args(args).output().unwrap()
+}
+
+/// A cluster made by `molt local up`, powered down when dropped.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// Holds the cluster dir.
+    pub dir: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    /// `molt local up --dir ... ARGS` on a fresh subnet; panics unless it succeeds.
+    pub fn up(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, c] = crate::unique_subnet(2);
+        let subnet = format!("{a}.{b}.{c}");
+        let d = dir.path().join("c");
+        let mut all = vec!["local", "up", "--dir", d.to_str().unwrap(), "--subnet", &subnet];
+        all.extend_from_slice(args);
+        let out = molt(&all);
+        assert!(out.status.success(), "molt local up failed: {}", String::from_utf8_lossy(&out.stderr));
+        Self { dir }
+    }
+
+    /// The cluster dir.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("c")
+    }
+
+    /// `molt --cluster-dir DIR ARGS`.
+    pub fn molt(&self, args: &[&str]) -> Output {
+        let d = self.path();
+        let mut all = vec!["--cluster-dir", d.to_str().unwrap()];
+        all.extend_from_slice(args);
+        molt(&all)
+    }
+
+    /// `molt show cluster --json`.
+    pub fn cluster_json(&self) -> serde_json::Value {
+        let out = self.molt(&["show", "cluster", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The state the leader shows for `id`.
+    pub fn state_of(&self, id: &str) -> String {
+        let v = self.cluster_json();
+        v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).map(|n| n["state"].as_str().unwrap().to_owned()).unwrap()
+    }
+
+    /// The pid (outside its namespace) of a node's init, if it is powered on.
+    pub fn init_pid(&self, id: &str) -> Option<u32> {
+        std::fs::read_to_string(self.path().join("nodes").join(id).join("init.pid")).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let d = self.path();
+        let _ = molt(&["local", "down", "--dir", d.to_str().unwrap()]);
+    }
+}

@@ -1,0 +1,201 @@
+//! Image upload and distribution (prestage), its refusals, and resume.
+
+use std::time::Duration;
+
+use common::{DeploymentKind, package::hash_file};
+use integration_tests::{TestCluster, eventually, make_package};
+use serde_json::json;
+
+const MIB: usize = 1 << 20;
+
+async fn upload(c: &TestCluster, path: &std::path::Path) -> Result<serde_json::Value, molt::client::ClientError> {
+    c.api().upload(path, "controller.pkg", |_| {}).await
+}
+
+async fn prestage(c: &TestCluster, image_path: &str) -> Result<serde_json::Value, molt::client::ClientError> {
+    c.api().post("/api/cluster/upgrade/prestage", &json!({ "image_path": image_path })).await
+}
+
+fn status_of(e: &molt::client::ClientError) -> u16 {
+    match e {
+        molt::client::ClientError::Api { status, .. } => status.as_u16(),
+        other => panic!("expected an API refusal, got {other}"),
+    }
+}
+
+/// Every node's staging dir is empty.
+fn nothing_staged(c: &TestCluster) {
+    for id in c.ids() {
+        assert!(c.staging_files(&id).is_empty(), "{id} has {:?}", c.staging_files(&id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prestage_puts_the_verified_image_on_every_node() {
+    let c = TestCluster::builder().group("g1", "active-active", 2).start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 4 * MIB);
+    let (sha, size) = hash_file(&pkg).unwrap();
+    let up = upload(&c, &pkg).await.unwrap();
+    assert_eq!(up["image_path"], "controller://upgrade_pkgs/controller.pkg");
+    assert_eq!(up["sha256"], sha.to_hex(), "the upload's digest is sha256sum's");
+    assert_eq!(up["manifest"]["version"], "2.0.0");
+    let started = prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap();
+    assert_eq!(started["state"], "in_progress");
+    assert_eq!(started["operation"], "prestage");
+    let end = c.wait_operation(60).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end["progress"], 100);
+    for id in c.ids() {
+        let file = c.data_dir(&id).join("staging").join(format!("{sha}.pkg"));
+        assert_eq!(hash_file(&file).unwrap(), (sha, size), "{id}'s copy");
+        assert_eq!(c.staging_files(&id), vec![format!("{sha}.pkg")], "{id}: nothing else left");
+        let view = c.node_view(&id).await;
+        assert_eq!(view["staged"], json!([{ "version": "2.0.0", "sha256": sha.to_hex() }]));
+    }
+    let nodes = end["nodes"].as_array().unwrap();
+    assert!(nodes.iter().all(|n| n["state"] == "done" && n["events"][0]["task"] == "stage"), "{end:#}");
+    assert_eq!(end["history"][0]["state"], "completed");
+    // Again: nothing moves, it completes at once.
+    let served = c.leader().bytes_served.load(std::sync::atomic::Ordering::Relaxed);
+    prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap();
+    assert_eq!(c.wait_operation(30).await["state"], "completed");
+    assert_eq!(c.leader().bytes_served.load(std::sync::atomic::Ordering::Relaxed), served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_packages_and_paths_are_refused_and_leave_nothing() {
+    let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let good = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, MIB);
+    let bytes = std::fs::read(&good).unwrap();
+    let pkgs = c.data_dir("c1").join("upgrade_pkgs");
+
+    let truncated = tmp.path().join("truncated.pkg");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
+    let e = upload(&c, &truncated).await.unwrap_err();
+    assert_eq!(status_of(&e), 400);
+    assert!(e.to_string().contains("truncated"), "{e}");
+
+    let corrupt = tmp.path().join("corrupt.pkg");
+    let mut b = bytes.clone();
+    let n = b.len();
+    b[n - 5000] ^= 0x40;
+    std::fs::write(&corrupt, &b).unwrap();
+    let e = upload(&c, &corrupt).await.unwrap_err();
+    assert!(e.to_string().contains("corrupt"), "{e}");
+
+    let foreign = tmp.path().join("foreign.pkg");
+    std::fs::write(&foreign, b"PK\x03\x04 a zip file, not a molt package").unwrap();
+    let e = upload(&c, &foreign).await.unwrap_err();
+    assert!(e.to_string().contains("not a molt package"), "{e}");
+
+    assert_eq!(std::fs::read_dir(&pkgs).unwrap().count(), 0, "a refused upload keeps nothing");
+
+    // A bad file placed on the leader by hand is refused at prestage.
+    std::fs::write(pkgs.join("hand.pkg"), &bytes[..100]).unwrap();
+    let e = prestage(&c, "controller://upgrade_pkgs/hand.pkg").await.unwrap_err();
+    assert_eq!(status_of(&e), 400);
+    for (path, code, words) in [
+        ("controller://../../../etc/passwd", 400, "leaves the controller's data directory"),
+        ("controller://upgrade_pkgs/../../x", 400, "leaves"),
+        ("/etc/passwd", 400, "must be a controller:// path"),
+        ("controller://upgrade_pkgs/missing.pkg", 404, "does not exist"),
+    ] {
+        let e = prestage(&c, path).await.unwrap_err();
+        assert_eq!(status_of(&e), code, "{path}: {e}");
+        assert!(e.to_string().contains(words), "{path}: {e}");
+    }
+    std::os::unix::fs::symlink("/etc/passwd", pkgs.join("link.pkg")).unwrap();
+    let e = prestage(&c, "controller://upgrade_pkgs/link.pkg").await.unwrap_err();
+    assert!(e.to_string().contains("outside"), "{e}");
+    let e = c.api().post("/api/cluster/upgrade/prestage", &json!({ "image": "x" })).await.unwrap_err();
+    assert_eq!(status_of(&e), 400);
+    assert!(e.to_string().contains("invalid request body"), "{e}");
+
+    nothing_staged(&c);
+    assert_eq!(c.api().get("/api/cluster/upgrade/status").await.unwrap()["state"], "idle", "no operation started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_of_the_wrong_kind_is_refused_before_any_node_changes() {
+    let c = TestCluster::builder().group("g1", "active-active", 2).docker("g1-se2").start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, MIB);
+    upload(&c, &pkg).await.unwrap();
+    let e = prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
+    assert_eq!(status_of(&e), 400);
+    let msg = e.to_string();
+    assert!(msg.contains("g1-se2 (docker)") && msg.contains("controller_docker.tgz"), "{msg}");
+    nothing_staged(&c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_disk_on_a_node_is_refused_before_any_node_changes() {
+    let c = TestCluster::builder().group("g1", "active-active", 1).small_disk("g1-se1", 8 << 20).start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 12 * MIB);
+    upload(&c, &pkg).await.unwrap();
+    let e = prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
+    assert_eq!(status_of(&e), 507);
+    assert!(e.to_string().contains("g1-se1") && e.to_string().contains("disk"), "{e}");
+    nothing_staged(&c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_mid_transfer_resumes_where_it_stopped() {
+    // 4 MiB/s per transfer, so the cut lands mid-way.
+    let mut c = TestCluster::builder().group("g1", "active-active", 1).fetch_rate_limit(4 << 20).start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 12 * MIB);
+    let (sha, size) = hash_file(&pkg).unwrap();
+    upload(&c, &pkg).await.unwrap();
+    prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap();
+    // A second operation is refused while this one runs.
+    let e = prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
+    assert_eq!(status_of(&e), 409);
+    let part = c.data_dir("g1-se1").join("staging").join(format!("{sha}.part"));
+    eventually(30, "g1-se1 a third of the way", async || {
+        std::fs::metadata(&part).map(|m| m.len() > size / 3).unwrap_or(false)
+    })
+    .await;
+    c.stop_node("g1-se1").await;
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(kept > 0 && kept < size, "partial copy kept across the power cut: {kept}");
+    let leader = c.leader();
+    let served_before = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed);
+    c.start_node("g1-se1").await;
+    let end = c.wait_operation(60).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    let served_after = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed) - served_before;
+    assert!(
+        served_after <= size - kept + (2 << 20),
+        "after the restart the leader sent {served_after} bytes; only the missing {} were needed",
+        size - kept
+    );
+    let staged = c.data_dir("g1-se1").join("staging").join(format!("{sha}.pkg"));
+    assert_eq!(hash_file(&staged).unwrap(), (sha, size));
+    assert!(!part.exists());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_midway_keeps_nothing() {
+    let c = TestCluster::builder().start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 4 * MIB);
+    let bytes = std::fs::read(&pkg).unwrap();
+    let token = std::fs::read_to_string(c.cluster_dir().join("pki/admin.token")).unwrap();
+    let head = format!(
+        "POST /api/upload?name=controller.pkg HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+        token.trim(),
+        bytes.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(&bytes[..bytes.len() / 2]);
+    let addr = c.file.nodes[0].addr.clone();
+    let answer = crate::security::raw_https(&c, &addr, &req, true).await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let pkgs = c.data_dir("c1").join("upgrade_pkgs");
+    eventually(10, "the partial upload removed", async || std::fs::read_dir(&pkgs).unwrap().count() == 0).await;
+}

@@ -1,0 +1,94 @@
+//! The release binaries as an operator runs them: nodes are processes in
+//! PID namespaces of their own.
+
+use integration_tests::{LocalCluster, bin, process::molt};
+
+/// The innermost pid of `pid` (1 if it is the init of its own namespace).
+fn ns_pid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    line.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+/// The process has exited (a zombie waiting for its reaper counts as gone).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+fn wait_state(c: &LocalCluster, id: &str, want: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while c.state_of(id) != want {
+        assert!(std::time::Instant::now() < deadline, "{id} not {want} after {secs} s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn local_cluster_nodes_run_in_pid_namespaces_and_take_a_prestage() {
+    let c = LocalCluster::up(&["--controllers", "3", "--groups", "g1:active-active:2,g2:n-plus-m:1", "--heartbeat-ms", "300"]);
+    let v = c.cluster_json();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 6);
+    for n in nodes {
+        assert_eq!(n["state"], "up", "{n}");
+        let id = n["id"].as_str().unwrap();
+        assert_eq!(ns_pid(c.init_pid(id).unwrap()), 1, "{id} is the init of its own PID namespace");
+    }
+
+    // Build a package from the real binaries and distribute it with the CLI.
+    let tmp = tempfile::tempdir().unwrap();
+    let payload = tmp.path().join("payload/bin");
+    std::fs::create_dir_all(&payload).unwrap();
+    for b in ["controller-agent", "se-agent"] {
+        std::fs::copy(bin(b), payload.join(b)).unwrap();
+    }
+    let pkg = tmp.path().join("controller.pkg");
+    let out = molt(&[
+        "package", "build", "--version", "2.0.0", "--min-compatible", "1.0.0", "--kind", "vm",
+        "--payload", tmp.path().join("payload").to_str().unwrap(), "--out", pkg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (sha, _) = common::package::hash_file(&pkg).unwrap();
+    let out = c.molt(&["upgrade", "prestage", "image_path", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "prestage failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for n in c.cluster_json()["nodes"].as_array().unwrap() {
+        assert_eq!(n["staged"][0]["sha256"], sha.to_hex(), "{n}");
+    }
+
+    // Pull a node's power: it is shown down, its processes are gone; power on brings it back.
+    let pid = c.init_pid("g1-se2").unwrap();
+    let d = c.path();
+    assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "g1-se2"]).status.success());
+    assert!(gone(pid), "the node's init is gone");
+    wait_state(&c, "g1-se2", "down", 3);
+    assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "g1-se2"]).status.success());
+    wait_state(&c, "g1-se2", "up", 20);
+
+    // A refusal exits non-zero and says why.
+    let out = c.molt(&["upgrade", "prestage", "image_path", "/etc/hostname"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a molt package"));
+}
+
+#[test]
+fn cli_refusals_say_what_is_wrong_and_exit_non_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    for (args, words) in [
+        (vec!["show", "cluster"], "--cluster-dir"),
+        (vec!["--cluster-dir", d, "show", "cluster"], "molt local up"),
+        (vec!["pki", "init", "--dir", d, "--cluster", "x", "--node", "c1=king@h"], "ID=ROLE@HOST"),
+        (vec!["package", "inspect", "/etc/hostname"], "not a molt package"),
+        (vec!["package", "build", "--version", "2", "--min-compatible", "1.0.0", "--kind", "vm", "--payload", d, "--out", "/tmp/x"], "--version"),
+        (vec!["local", "up", "--dir", d, "--groups", "g1:fancy:2"], "active-active"),
+        (vec!["local", "up", "--dir", d, "--subnet", "10.0.0"], "127"),
+    ] {
+        let out = molt(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,185 @@
+//! Who may call what: mutual TLS for gRPC, roles from certificates, tokens
+//! for REST.
+
+use std::{sync::Arc, time::Duration};
+
+use integration_tests::TestCluster;
+use proto::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+/// Sends raw bytes over TLS (trusting the cluster CA, no client
+/// certificate) and returns what came back; with `cut`, drops the
+/// connection right after writing.
+pub async fn raw_https(c: &TestCluster, addr: &str, request: &[u8], cut: bool) -> String {
+    let ca = std::fs::read(c.cluster_dir().join("pki/ca.pem")).unwrap();
+    let cfg = common::tls::anonymous_client_config(&ca, &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ip: std::net::SocketAddr = addr.parse().unwrap();
+    let name = rustls::pki_types::ServerName::from(ip.ip());
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    if cut {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn pki_file(c: &TestCluster, name: &str) -> Vec<u8> {
+    std::fs::read(c.cluster_dir().join("pki").join(name)).unwrap()
+}
+
+/// A gRPC channel to `addr` trusting the cluster CA, presenting `who`'s
+/// certificate from `pki_dir` (none if `who` is None).
+async fn channel(ca: &[u8], pki_dir: &std::path::Path, who: Option<&str>, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some(id) = who {
+        let cert = std::fs::read(pki_dir.join(format!("{id}.pem"))).unwrap();
+        let key = std::fs::read(pki_dir.join(format!("{id}.key"))).unwrap();
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await
+}
+
+fn addr_of(c: &TestCluster, id: &str) -> String {
+    c.file.nodes.iter().find(|n| n.id == id).unwrap().addr.clone()
+}
+
+fn stage_command(generation: u64) -> pb::Command {
+    pb::Command {
+        id: format!("probe-{generation}"),
+        generation,
+        kind: Some(pb::command::Kind::Stage(pb::Stage {
+            image: Some(pb::ImageRef {
+                sha256: "ab".repeat(32),
+                size: 1,
+                version: "2.0.0".into(),
+                kind: "docker".into(),
+                min_compatible: "1.0.0".into(),
+            }),
+        })),
+    }
+}
+
+async fn execute(c: &TestCluster, who: Option<&str>, target: &str) -> Result<pb::CommandAck, tonic::Status> {
+    let pki = c.cluster_dir().join("pki");
+    let ch = channel(&pki_file(c, "ca.pem"), &pki, who, &addr_of(c, target))
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
+    pb::control_client::ControlClient::new(ch).execute(stage_command(1_000)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_may_command_a_node() {
+    let c = TestCluster::builder().controllers(3).group("g1", "active-active", 2).start().await;
+    let e = execute(&c, Some("g1-se1"), "g1-se2").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "an SE commands another SE: {e}");
+    let e = execute(&c, Some("g1-se1"), "c2").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "an SE commands a controller: {e}");
+    let e = execute(&c, Some("c2"), "g1-se1").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "a follower controller commands: {e}");
+    assert!(e.message().contains("only the leader"), "{}", e.message());
+    let e = execute(&c, Some("admin"), "g1-se1").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "the admin certificate is not a controller: {e}");
+    let ack = execute(&c, Some("c1"), "g1-se1").await.unwrap();
+    assert_eq!(ack.result.unwrap().id, "probe-1000", "the leader's command is accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_without_a_cluster_certificate_reaches_no_method() {
+    let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
+    // No client certificate.
+    let e = execute(&c, None, "g1-se1").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    // A certificate with the very same identity, from another CA.
+    let other = tempfile::tempdir().unwrap();
+    let spec: molt::pki::NodeSpec = "c1=controller@127.0.0.1".parse().unwrap();
+    molt::pki::init(other.path(), "local", &[spec]).unwrap();
+    let ch = channel(&pki_file(&c, "ca.pem"), other.path(), Some("c1"), &addr_of(&c, "g1-se1")).await;
+    let refused = match ch {
+        Err(_) => true,
+        Ok(ch) => pb::control_client::ControlClient::new(ch).execute(stage_command(1)).await.is_err(),
+    };
+    assert!(refused, "a certificate from another CA must be refused");
+    // Plaintext gRPC.
+    let plain = Endpoint::from_shared(format!("http://{}", addr_of(&c, "g1-se1"))).unwrap().connect().await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(ch) => pb::control_client::ControlClient::new(ch).execute(stage_command(1)).await.is_err(),
+    };
+    assert!(refused, "plaintext must be refused");
+    // Plaintext HTTP gets no HTTP answer.
+    let mut tcp = tokio::net::TcpStream::connect(addr_of(&c, "c1")).await.unwrap();
+    tcp.write_all(b"GET /api/cluster HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/"), "plaintext got an HTTP answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_open_a_session_as_another_node() {
+    let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
+    let pki = c.cluster_dir().join("pki");
+    let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("g1-se1"), &addr_of(&c, "c1")).await.unwrap();
+    let hb = pb::Heartbeat {
+        node_id: "c2".into(),
+        role: "controller".into(),
+        version: "1.0.0".into(),
+        boot_id: "x".into(),
+        deployment: "vm".into(),
+        ..Default::default()
+    };
+    let first = pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(hb)) };
+    let e = pb::leader_client::LeaderClient::new(ch).session(tokio_stream::iter(vec![first])).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("certificate is for se g1-se1"), "{}", e.message());
+    // And an SE may not fetch images as an admin could not either.
+    let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, "c1")).await.unwrap();
+    let e = pb::leader_client::LeaderClient::new(ch)
+        .fetch_image(pb::FetchImageRequest { sha256: "ab".repeat(32), offset: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_needs_the_admin_token() {
+    let c = TestCluster::builder().start().await;
+    let addr = addr_of(&c, "c1");
+    let none = raw_https(&c, &addr, b"GET /api/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false).await;
+    assert!(none.starts_with("HTTP/1.1 401"), "{none}");
+    assert!(none.contains("admin.token"), "the refusal says what to send: {none}");
+    let wrong = raw_https(
+        &c,
+        &addr,
+        b"GET /api/cluster/upgrade/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer 0000000000000000\r\nConnection: close\r\n\r\n",
+        false,
+    )
+    .await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let upload = raw_https(&c, &addr, b"POST /api/upload?name=x.pkg HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc", false).await;
+    assert!(upload.starts_with("HTTP/1.1 401"), "{upload}");
+    assert_eq!(std::fs::read_dir(c.data_dir("c1").join("upgrade_pkgs")).unwrap().count(), 0);
+    // With the token, the same call works.
+    assert_eq!(c.api().get("/api/cluster").await.unwrap()["leader"], "c1");
+    let _ = Arc::new(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_with_cluster_certificates() {
+    let c = TestCluster::builder().start().await;
+    let pki = c.cluster_dir().join("pki");
+    let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, "c1")).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "molt.v1.Control".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
