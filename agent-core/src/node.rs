@@ -25,7 +25,7 @@ use crate::{
     control::ControlService,
     follower::{
         executor::Executor,
-        session::{self, LeaderImageSource},
+        session::{self, LeaderImageSource, LocalImages},
         stage::{StageError, Stager},
     },
     server,
@@ -119,14 +119,19 @@ pub struct NodeHandle {
 
 impl Node {
     /// Prepares a node: reads its active slot, opens staging.
-    pub fn new(settings: NodeSettings) -> Result<Self, NodeError> {
+    pub fn new(settings: Arc<NodeSettings>) -> Result<Self, NodeError> {
+        Self::with_local_images(settings, None)
+    }
+
+    /// Like [`Node::new`], staging images found by `local` from there
+    /// instead of fetching them (the leader's own store).
+    pub fn with_local_images(settings: Arc<NodeSettings>, local: Option<LocalImages>) -> Result<Self, NodeError> {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|source| NodeError::DataDir { path: settings.data_dir.display().to_string(), source })?;
         let (_record, manifest) = Slots::new(&settings.data_dir).active()?;
-        let settings = Arc::new(settings);
         let shutdown = CancellationToken::new();
         let stager = Stager::open(&settings.data_dir, settings.deployment)?;
-        let source = Arc::new(LeaderImageSource::new(settings.clone()));
+        let source = Arc::new(LeaderImageSource::new(settings.clone(), local));
         let executor = Executor::new(&settings.data_dir, stager.clone(), source, shutdown.clone());
         let ctx = Arc::new(NodeCtx {
             settings,

@@ -21,18 +21,22 @@ pub enum StartError {
 
 /// Starts a controller agent with validated settings.
 pub async fn start(settings: NodeSettings) -> Result<(NodeHandle, Option<std::sync::Arc<leader::LeaderState>>), StartError> {
-    let node = Node::new(settings)?;
-    let settings = node.ctx.settings.clone();
-    let routes = node.base_routes();
+    let settings = std::sync::Arc::new(settings);
     if settings.is_leader() {
         let state = leader::LeaderState::new(settings.clone())?;
-        let app = routes
+        // The leader stages from its own image store: no copy over the network.
+        let store = state.clone();
+        let local: agent_core::follower::session::LocalImages = std::sync::Arc::new(move |sha| store.images.path_of(sha));
+        let node = Node::with_local_images(settings, Some(local))?;
+        let app = node
+            .base_routes()
             .add_service(leader::grpc::LeaderService::server(state.clone()))
             .into_axum_router()
             .merge(api::router(state.clone()));
         Ok((node.start(app).await?, Some(state)))
     } else {
-        let app = routes.into_axum_router().merge(api::follower_router(settings.leader.addr));
+        let node = Node::new(settings.clone())?;
+        let app = node.base_routes().into_axum_router().merge(api::follower_router(settings.leader.addr));
         Ok((node.start(app).await?, None))
     }
 }

@@ -1,7 +1,7 @@
 //! The process-level layer: the release binaries, run as an operator would.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
 };
 
@@ -9,10 +9,10 @@ use std::{
 /// `se-agent`), next to the test binary's `deps/` dir.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let p = dir.join(name);
-    assert!(p.is_file(), "{} is missing: run `cargo build --release --workspace` before the tests", p.display());
-    p
+    // Test binaries live in target/release/deps, bench binaries in target/release.
+    let here = exe.parent().unwrap();
+    let p = [here.join(name), here.parent().unwrap().join(name)].into_iter().find(|p| p.is_file());
+    p.unwrap_or_else(|| panic!("{name} is missing next to {}: run `cargo build --release --workspace` first", exe.display()))
 }
 
 /// Runs `molt ARGS`; returns its output.

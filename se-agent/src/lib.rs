@@ -6,7 +6,7 @@ use common::config::NodeSettings;
 
 /// Starts an SE agent with validated settings.
 pub async fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
-    let node = Node::new(settings)?;
+    let node = Node::new(std::sync::Arc::new(settings))?;
     let app = node.base_routes().into_axum_router();
     node.start(app).await
 }

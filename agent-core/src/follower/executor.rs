@@ -51,6 +51,7 @@ pub struct Executor {
     stager: Stager,
     source: Arc<dyn ImageSource>,
     shutdown: CancellationToken,
+    settled: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -76,7 +77,14 @@ impl Executor {
             stager,
             source,
             shutdown,
+            settled: Arc::default(),
         }
+    }
+
+    /// Notified whenever a command settles, so the session can report it
+    /// at once instead of at the next heartbeat tick.
+    pub fn settled(&self) -> Arc<tokio::sync::Notify> {
+        self.settled.clone()
     }
 
     /// Accepts a command: returns its outcome so far.
@@ -106,6 +114,7 @@ impl Executor {
                 }
             };
             this.log.lock().expect("log lock").record(CommandResult { id: cmd.id, state, message });
+            this.settled.notify_one();
         });
         running
     }

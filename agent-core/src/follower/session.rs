@@ -57,8 +57,12 @@ async fn session_once(ctx: &NodeCtx) -> Result<(), String> {
     info!(leader = %ctx.settings.leader.id, "session established");
     let mut tick = tokio::time::interval(ctx.settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let settled = ctx.executor.settled();
     loop {
         tokio::select! {
+            _ = settled.notified() => {
+                tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|_| "session closed".to_owned())?;
+            }
             _ = tick.tick() => {
                 tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|_| "session closed".to_owned())?;
             }
@@ -84,21 +88,34 @@ fn on_command(ctx: &NodeCtx, cmd: Command) {
     ctx.executor.submit(cmd);
 }
 
+/// Images this node holds outside its staging area (the leader's store).
+pub type LocalImages = Arc<dyn Fn(&common::Sha256Digest) -> Option<std::path::PathBuf> + Send + Sync>;
+
 /// Fetches images from the leader over a connection of their own, so an
 /// image stream never queues behind or ahead of the session.
-#[derive(Debug)]
 pub struct LeaderImageSource {
     settings: Arc<common::config::NodeSettings>,
+    local: Option<LocalImages>,
+}
+
+impl std::fmt::Debug for LeaderImageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderImageSource").field("leader", &self.settings.leader.addr).finish_non_exhaustive()
+    }
 }
 
 impl LeaderImageSource {
-    /// A source dialing the configured leader.
-    pub fn new(settings: Arc<common::config::NodeSettings>) -> Self {
-        Self { settings }
+    /// A source dialing the configured leader, looking in `local` first.
+    pub fn new(settings: Arc<common::config::NodeSettings>, local: Option<LocalImages>) -> Self {
+        Self { settings, local }
     }
 }
 
 impl ImageSource for LeaderImageSource {
+    fn local_copy(&self, sha: &common::Sha256Digest) -> Option<std::path::PathBuf> {
+        self.local.as_ref().and_then(|f| f(sha))
+    }
+
     fn fetch(&self, sha: common::Sha256Digest, offset: u64) -> BoxFuture<'_, Result<ChunkStream, String>> {
         async move {
             let channel: Channel = dial::connect(&self.settings, self.settings.leader.addr)

@@ -98,6 +98,12 @@ pub struct Chunk {
 
 /// Where images come from (the leader, over `FetchImage`).
 pub trait ImageSource: Send + Sync + 'static {
+    /// A file on this node that holds `sha` already (the leader's own
+    /// image store); staging links it instead of fetching it.
+    fn local_copy(&self, _sha: &Sha256Digest) -> Option<PathBuf> {
+        None
+    }
+
     /// Streams `sha` from `offset` to its end.
     fn fetch(
         &self,
@@ -194,7 +200,10 @@ impl Stager {
         }
         self.precheck(image)?;
         let part = self.part_path(&image.sha256);
-        let result = self.receive(image, source, &part).await;
+        let result = match source.local_copy(&image.sha256) {
+            Some(local) => self.adopt(image, &local, &part).await,
+            None => self.receive(image, source, &part).await,
+        };
         self.state.lock().expect("stager lock").transfers.remove(&image.sha256);
         let staged = match result {
             Ok(s) => s,
@@ -265,6 +274,30 @@ impl Stager {
         }
         let mut file = file;
         file.seek(SeekFrom::Start(0)).map_err(io_err(part))?;
+        self.finish(image, part, file)
+    }
+
+    /// Stages a file already on this node: hard link (copy across file
+    /// systems), then the same digest and manifest checks as a transfer.
+    async fn adopt(&self, image: &ImageRef, local: &Path, part: &Path) -> Result<StagedImage, StageError> {
+        let _ = fs::remove_file(part);
+        if fs::hard_link(local, part).is_err() {
+            fs::copy(local, part).map_err(io_err(part))?;
+        }
+        let p = part.to_owned();
+        let (digest, size) = tokio::task::spawn_blocking(move || package::hash_file(&p))
+            .await
+            .map_err(|e| StageError::Protocol(e.to_string()))?
+            .map_err(io_err(part))?;
+        if digest != image.sha256 || size != image.size {
+            return Err(StageError::DigestMismatch { expected: image.sha256, actual: digest });
+        }
+        self.progress(image, size);
+        self.finish(image, part, File::open(part).map_err(io_err(part))?)
+    }
+
+    /// Checks the manifest of a verified file and moves it into place.
+    fn finish(&self, image: &ImageRef, part: &Path, file: File) -> Result<StagedImage, StageError> {
         let m = package::read_manifest(std::io::BufReader::new(file)).map_err(|e| StageError::Package(e.to_string()))?;
         if m.version != image.version || m.kind != image.kind {
             return Err(StageError::Package(format!(
@@ -275,7 +308,7 @@ impl Stager {
         let dst = self.final_path(&image.sha256);
         fs::rename(part, &dst).map_err(io_err(&dst))?;
         fsutil::fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        Ok(StagedImage { sha256: image.sha256, version: image.version, size })
+        Ok(StagedImage { sha256: image.sha256, version: image.version, size: image.size })
     }
 
     async fn pump(

@@ -32,7 +32,7 @@ use agent_core::follower::stage::DISK_MARGIN;
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often an unanswered command is sent again.
 const RESEND: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(100);
 
 /// Why an operation was not started. Nothing changed.
 #[derive(Debug, thiserror::Error)]

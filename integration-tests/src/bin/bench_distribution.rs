@@ -1,0 +1,233 @@
+//! Distribution benchmark: molt's prestage against a plain rustls copy of
+//! the same bytes, measured in the same run (see shared/perf.md).
+//!
+//! ```text
+//! cargo build --release --workspace
+//! target/release/bench_distribution [--size-mib 1024] [--agents 1,8] [--small-mib 256]
+//! ```
+//!
+//! - baseline: one mutual-TLS connection (tokio-rustls, the cluster's
+//!   certificates) carries the package in 1 MiB writes; the receiver hashes
+//!   on its own thread, writes, fsyncs — the work of staging without gRPC or
+//!   the protocol. Median of three.
+//! - molt: `molt local up` (1 controller + N SEs, real processes), upload,
+//!   then prestage; the SE wave's time comes from the per-node events of the
+//!   status (the leader stages its own copy from its store, not over the
+//!   network). The leader's peak RSS is its process's VmHWM.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use integration_tests::{bin, payload_dir};
+use molt::client::{Api, Connection};
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: u64 = 1 << 20;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_owned())
+}
+
+fn gib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64()
+}
+
+fn build_package(dir: &Path, mib: u64) -> PathBuf {
+    let payload = payload_dir(&dir.join(format!("p{mib}")), (mib * MIB) as usize);
+    let out = dir.join(format!("controller-{mib}.pkg"));
+    common::package::build(&payload, "2.0.0".parse().unwrap(), "1.0.0".parse().unwrap(), common::DeploymentKind::Vm, &out)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(payload);
+    out
+}
+
+/// One plain mTLS copy with hashing on a separate thread, write and fsync.
+async fn plain_copy(pki: &Path, pkg: &Path, dst: &Path) -> Duration {
+    let m = |id: &str| {
+        common::tls::TlsMaterial::load(&pki.join("ca.pem"), &pki.join(format!("{id}.pem")), &pki.join(format!("{id}.key"))).unwrap()
+    };
+    let server_cfg = m("c1").server_config().unwrap();
+    let client_cfg = m("g1-se1").client_config(&[b"h2"]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.3.255.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let src = pkg.to_owned();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(server_cfg).accept(tcp).await.unwrap();
+        let mut f = tokio::fs::File::open(src).await.unwrap();
+        let mut buf = vec![0u8; MIB as usize];
+        loop {
+            let n = f.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            tls.write_all(&buf[..n]).await.unwrap();
+        }
+        tls.shutdown().await.unwrap();
+    });
+    let started = Instant::now();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let mut tls = tokio_rustls::TlsConnector::from(client_cfg).connect(name, tcp).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let out = dst.to_owned();
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut f = std::fs::File::create(out).unwrap();
+        let mut h = sha2::Sha256::new();
+        while let Some(b) = rx.blocking_recv() {
+            h.update(&b);
+            f.write_all(&b).unwrap();
+        }
+        f.sync_all().unwrap();
+        h.finalize()
+    });
+    loop {
+        let mut buf = bytes::BytesMut::zeroed(MIB as usize);
+        let n = tls.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        tx.send(buf.freeze()).await.unwrap();
+    }
+    drop(tx);
+    writer.await.unwrap();
+    let took = started.elapsed();
+    server.await.unwrap();
+    took
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+struct MoltRun {
+    agents: usize,
+    size: u64,
+    upload: Duration,
+    wave: Duration,
+    per_agent_mean: Duration,
+    leader_hwm_kib: u64,
+}
+
+async fn molt_run(work: &Path, pkg: &Path, agents: usize, subnet: u8) -> MoltRun {
+    let dir = work.join(format!("cluster-{agents}-{subnet}"));
+    let groups = format!("g1:active-active:{agents}");
+    let st = std::process::Command::new(bin("molt"))
+        .args(["local", "up", "--dir", dir.to_str().unwrap(), "--controllers", "1", "--groups", &groups])
+        .args(["--subnet", &format!("127.3.{subnet}")])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
+    let size = std::fs::metadata(pkg).unwrap().len();
+    let t = Instant::now();
+    let up = api.upload(pkg, "controller.pkg", |_| {}).await.unwrap();
+    let upload = t.elapsed();
+    api.post("/api/cluster/upgrade/prestage", &serde_json::json!({ "image_path": up["image_path"] })).await.unwrap();
+    let end = loop {
+        let v = api.get("/api/cluster/upgrade/status").await.unwrap();
+        if v["state"] != "in_progress" {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(end["state"], "completed", "{end:#}");
+    let ses: Vec<&serde_json::Value> = end["nodes"].as_array().unwrap().iter().filter(|n| n["role"] == "se").collect();
+    let start = ses.iter().map(|n| n["events"][0]["start"].as_f64().unwrap()).fold(f64::MAX, f64::min);
+    let stop = ses.iter().map(|n| n["events"][0]["end"].as_f64().unwrap()).fold(0.0, f64::max);
+    let mean = ses
+        .iter()
+        .map(|n| n["events"][0]["end"].as_f64().unwrap() - n["events"][0]["start"].as_f64().unwrap())
+        .sum::<f64>()
+        / ses.len() as f64;
+    let leader_pid: u32 = std::fs::read_to_string(dir.join("nodes/c1/init.pid")).unwrap().trim().parse().unwrap();
+    let hwm = vm_hwm_kib(leader_pid);
+    let _ = std::process::Command::new(bin("molt")).args(["local", "down", "--dir", dir.to_str().unwrap()]).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    MoltRun {
+        agents,
+        size,
+        upload,
+        wave: Duration::from_secs_f64(stop - start),
+        per_agent_mean: Duration::from_secs_f64(mean),
+        leader_hwm_kib: hwm,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    common::tls::install_default_provider();
+    let size_mib: u64 = arg("--size-mib", "1024").parse().unwrap();
+    let small_mib: u64 = arg("--small-mib", "256").parse().unwrap();
+    let agents: Vec<usize> = arg("--agents", "1,8").split(',').map(|a| a.parse().unwrap()).collect();
+    let work = tempfile::Builder::new().prefix("molt-bench-").tempdir_in(std::env::temp_dir()).unwrap();
+    eprintln!("building packages ({small_mib} MiB and {size_mib} MiB)...");
+    let pkg = build_package(work.path(), size_mib);
+    let small = build_package(work.path(), small_mib);
+    let size = std::fs::metadata(&pkg).unwrap().len();
+
+    let pki = work.path().join("pki");
+    let specs: Vec<molt::pki::NodeSpec> =
+        ["c1=controller@127.3.255.1", "g1-se1=se@127.3.255.2"].iter().map(|s| s.parse().unwrap()).collect();
+    molt::pki::init(&pki, "bench", &specs).unwrap();
+    let mut plain = Vec::new();
+    for i in 0..3 {
+        let dst = work.path().join(format!("plain-{i}"));
+        plain.push(plain_copy(&pki, &pkg, &dst).await);
+        let _ = std::fs::remove_file(dst);
+    }
+    plain.sort();
+    let plain_med = plain[1];
+    let plain_rate = gib_s(size, plain_med);
+
+    let mut runs = Vec::new();
+    for (i, &n) in agents.iter().enumerate() {
+        eprintln!("molt prestage of {size_mib} MiB to {n} agent(s)...");
+        runs.push(molt_run(work.path(), &pkg, n, 10 + i as u8).await);
+    }
+    eprintln!("molt prestage of {small_mib} MiB to 1 agent (leader memory vs image size)...");
+    let small_run = molt_run(work.path(), &small, 1, 30).await;
+
+    println!("\nmolt distribution benchmark ({} MiB package, loopback, 2 cores)", size / MIB);
+    println!("plain rustls mTLS copy + hash thread + fsync: {:.2} s = {plain_rate:.2} GiB/s (median of 3)", plain_med.as_secs_f64());
+    println!("{:<8} {:>10} {:>12} {:>14} {:>14} {:>10} {:>16}", "agents", "upload s", "wave s", "per-agent GiB/s", "total GiB/s", "vs plain", "leader peak RSS");
+    for r in runs.iter().chain(std::iter::once(&small_run)) {
+        let per_agent = gib_s(r.size, r.per_agent_mean);
+        let total = gib_s(r.size * r.agents as u64, r.wave);
+        println!(
+            "{:<8} {:>10.2} {:>12.2} {:>14.2} {:>14.2} {:>9.0}% {:>12} MiB   ({} MiB image)",
+            r.agents,
+            r.upload.as_secs_f64(),
+            r.wave.as_secs_f64(),
+            per_agent,
+            total,
+            100.0 * per_agent / plain_rate,
+            r.leader_hwm_kib / 1024,
+            r.size / MIB
+        );
+    }
+    let one = &runs[0];
+    println!(
+        "\none agent: molt {:.2} GiB/s vs plain {:.2} GiB/s = {:.0}% (aim: 70% or more)",
+        gib_s(one.size, one.per_agent_mean),
+        plain_rate,
+        100.0 * gib_s(one.size, one.per_agent_mean) / plain_rate
+    );
+    println!(
+        "leader peak RSS: {} MiB with a {} MiB image, {} MiB with a {} MiB image",
+        small_run.leader_hwm_kib / 1024,
+        small_run.size / MIB,
+        one.leader_hwm_kib / 1024,
+        one.size / MIB
+    );
+}
