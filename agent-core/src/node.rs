@@ -155,9 +155,7 @@ impl Node {
         tokio::spawn(async move {
             health_reporter.set_serving::<proto::v1::control_server::ControlServer<ControlService>>().await;
         });
-        tonic::service::Routes::new(ControlService::new(self.ctx.clone()))
-            .add_service(health)
-            .add_service(reflection)
+        tonic::service::Routes::new(ControlService::new(self.ctx.clone())).add_service(health).add_service(reflection)
     }
 
     /// The token that stops this node.
@@ -169,7 +167,8 @@ impl Node {
     /// session with the leader.
     pub async fn start(self, app: axum::Router) -> Result<NodeHandle, NodeError> {
         let s = &self.ctx.settings;
-        let listener = TcpListener::bind(s.listen).await.map_err(|source| NodeError::Bind { addr: s.listen, source })?;
+        let listener =
+            TcpListener::bind(s.listen).await.map_err(|source| NodeError::Bind { addr: s.listen, source })?;
         let addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: s.listen, source })?;
         let tls = s.tls.server_config()?;
         info!(node = %s.node_id, role = %s.role, version = %self.ctx.version, %addr, "agent started");

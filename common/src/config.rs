@@ -156,10 +156,10 @@ impl NodeSettings {
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let file: NodeConfigFile = toml::from_str(&text)
-            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let file: NodeConfigFile =
+            toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
         Self::validate(file, path)
     }
 
@@ -185,7 +185,9 @@ impl NodeSettings {
         }
         let se_group = match (role, file.se_group) {
             (Role::ServiceEngine, Some(g)) if !g.is_empty() => Some(g),
-            (Role::ServiceEngine, _) => return Err(invalid("se_group: a Service Engine must name its SE group".into())),
+            (Role::ServiceEngine, _) => {
+                return Err(invalid("se_group: a Service Engine must name its SE group".into()));
+            }
             (_, Some(_)) => return Err(invalid("se_group: only a Service Engine belongs to an SE group".into())),
             (_, None) => None,
         };
@@ -200,7 +202,10 @@ impl NodeSettings {
             controllers.push(Controller { id, addr });
         }
         if !matches!(controllers.len(), 1 | 3) {
-            return Err(invalid(format!("controllers: a cluster has 1 or 3 controllers, {} are listed", controllers.len())));
+            return Err(invalid(format!(
+                "controllers: a cluster has 1 or 3 controllers, {} are listed",
+                controllers.len()
+            )));
         }
         let leader_id: NodeId = file.leader.parse().map_err(|e| invalid(format!("leader: {e}")))?;
         let leader = controllers
@@ -229,11 +234,16 @@ impl NodeSettings {
                     .map_err(|e| invalid(format!("api.token_file {}: {e}", api.token_file.display())))?;
                 let t = t.trim().to_owned();
                 if t.len() < 16 {
-                    return Err(invalid(format!("api.token_file {}: the token is shorter than 16 characters", api.token_file.display())));
+                    return Err(invalid(format!(
+                        "api.token_file {}: the token is shorter than 16 characters",
+                        api.token_file.display()
+                    )));
                 }
                 Some(t)
             }
-            (None, true) => return Err(invalid("api.token_file: the leader serves the REST API and needs the admin token".into())),
+            (None, true) => {
+                return Err(invalid("api.token_file: the leader serves the REST API and needs the admin token".into()));
+            }
             (None, false) => None,
         };
         Ok(NodeSettings {

@@ -164,7 +164,9 @@ impl TryFrom<pb::Command> for Command {
             return Err(InvalidMessage { message: "command", field: "id", reason: "must be 1-128 characters".into() });
         }
         let kind = match c.kind.ok_or_else(|| missing("kind"))? {
-            pb::command::Kind::Stage(s) => CommandKind::Stage(s.image.ok_or_else(|| missing("stage.image"))?.try_into()?),
+            pb::command::Kind::Stage(s) => {
+                CommandKind::Stage(s.image.ok_or_else(|| missing("stage.image"))?.try_into()?)
+            }
         };
         Ok(Command { id: c.id, generation: c.generation, kind })
     }

@@ -98,7 +98,9 @@ pub enum PackageError {
     #[error("the package manifest is invalid: {0}")]
     BadManifest(String),
     /// Payload digest mismatch.
-    #[error("the package payload is corrupt: its SHA-256 is {actual}, the manifest says {expected}; get the package again")]
+    #[error(
+        "the package payload is corrupt: its SHA-256 is {actual}, the manifest says {expected}; get the package again"
+    )]
     PayloadDigest {
         /// What the manifest says.
         expected: Sha256Digest,
@@ -147,14 +149,18 @@ fn read_header(r: &mut CountingReader<impl Read>) -> Result<Manifest, PackageErr
     }
     let mut buf = vec![0u8; len as usize];
     let got_before = r.count;
-    read_exact_or(r, &mut buf, PackageError::Truncated { expected: got_before + len as u64, got: 0 })
-        .map_err(|e| match e {
+    read_exact_or(r, &mut buf, PackageError::Truncated { expected: got_before + len as u64, got: 0 }).map_err(|e| {
+        match e {
             PackageError::Truncated { expected, .. } => PackageError::Truncated { expected, got: r.count },
             e => e,
-        })?;
+        }
+    })?;
     let m: Manifest = serde_json::from_slice(&buf).map_err(|e| PackageError::BadManifest(e.to_string()))?;
     if m.format != 1 {
-        return Err(PackageError::BadManifest(format!("format {} is not supported (this molt reads format 1)", m.format)));
+        return Err(PackageError::BadManifest(format!(
+            "format {} is not supported (this molt reads format 1)",
+            m.format
+        )));
     }
     if m.payload_size > MAX_PAYLOAD_BYTES {
         return Err(PackageError::BadManifest(format!("payload_size {} exceeds the 64 GiB limit", m.payload_size)));
@@ -231,7 +237,10 @@ fn walk_entries(r: &mut impl Read) -> Result<u64, PackageError> {
                     .ok_or(PackageError::UnsafeEntry { path: shown.clone(), why: "is a symlink without a target" })?;
                 let base = rel.parent().unwrap_or(Path::new(""));
                 if target.is_absolute() || safe_relative(&base.join(&target)).is_none() {
-                    return Err(PackageError::UnsafeEntry { path: shown, why: "is a symlink pointing outside the payload" });
+                    return Err(PackageError::UnsafeEntry {
+                        path: shown,
+                        why: "is a symlink pointing outside the payload",
+                    });
                 }
             }
             _ => {
@@ -285,9 +294,7 @@ pub fn build(
         return Err(PackageError::Build(format!("payload directory {} does not exist", payload_dir.display())));
     }
     if min_compatible > version {
-        return Err(PackageError::Build(format!(
-            "--min-compatible {min_compatible} is above --version {version}"
-        )));
+        return Err(PackageError::Build(format!("--min-compatible {min_compatible} is above --version {version}")));
     }
     for req in REQUIRED_ENTRIES {
         if !payload_dir.join(req).is_file() {

@@ -4,11 +4,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use rustls::{
-    RootCertStore, ServerConfig,
-    crypto::CryptoProvider,
-    server::WebPkiClientVerifier,
-};
+use rustls::{RootCertStore, ServerConfig, crypto::CryptoProvider, server::WebPkiClientVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::identity::PeerIdentity;

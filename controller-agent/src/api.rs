@@ -131,10 +131,7 @@ async fn upload(
     let name = q
         .name
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "name the file: POST /api/upload?name=controller.pkg"))?;
-    let len = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let len = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let image = state.images.upload(&name, len, body.into_data_stream()).await?;
     Ok(Json(json!({
         "image_path": image.image_path,
@@ -152,7 +149,8 @@ struct PrestageRequest {
 
 /// Parses a JSON body, answering 400 with the parser's words.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
 }
 
 async fn prestage(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {

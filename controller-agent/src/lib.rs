@@ -20,13 +20,16 @@ pub enum StartError {
 }
 
 /// Starts a controller agent with validated settings.
-pub async fn start(settings: NodeSettings) -> Result<(NodeHandle, Option<std::sync::Arc<leader::LeaderState>>), StartError> {
+pub async fn start(
+    settings: NodeSettings,
+) -> Result<(NodeHandle, Option<std::sync::Arc<leader::LeaderState>>), StartError> {
     let settings = std::sync::Arc::new(settings);
     if settings.is_leader() {
         let state = leader::LeaderState::new(settings.clone())?;
         // The leader stages from its own image store: no copy over the network.
         let store = state.clone();
-        let local: agent_core::follower::session::LocalImages = std::sync::Arc::new(move |sha| store.images.path_of(sha));
+        let local: agent_core::follower::session::LocalImages =
+            std::sync::Arc::new(move |sha| store.images.path_of(sha));
         let node = Node::with_local_images(settings, Some(local))?;
         let app = node
             .base_routes()

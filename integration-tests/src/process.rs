@@ -12,7 +12,9 @@ pub fn bin(name: &str) -> PathBuf {
     // Test binaries live in target/release/deps, bench binaries in target/release.
     let here = exe.parent().unwrap();
     let p = [here.join(name), here.parent().unwrap().join(name)].into_iter().find(|p| p.is_file());
-    p.unwrap_or_else(|| panic!("{name} is missing next to {}: run `cargo build --release --workspace` first", exe.display()))
+    p.unwrap_or_else(|| {
+        panic!("{name} is missing next to {}: run `cargo build --release --workspace` first", exe.display())
+    })
 }
 
 /// Runs `molt ARGS`; returns its output.
@@ -64,7 +66,13 @@ impl LocalCluster {
     /// The state the leader shows for `id`.
     pub fn state_of(&self, id: &str) -> String {
         let v = self.cluster_json();
-        v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).map(|n| n["state"].as_str().unwrap().to_owned()).unwrap()
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["state"].as_str().unwrap().to_owned())
+            .unwrap()
     }
 
     /// The pid (outside its namespace) of a node's init, if it is powered on.

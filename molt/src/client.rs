@@ -82,7 +82,11 @@ impl ClusterFile {
     pub fn load(dir: &Path) -> Result<Self, ClientError> {
         let p = dir.join("cluster.json");
         let text = std::fs::read(&p).map_err(|e| {
-            ClientError::Config(format!("{}: {e}; is there a local cluster (molt local up --dir {})?", p.display(), dir.display()))
+            ClientError::Config(format!(
+                "{}: {e}; is there a local cluster (molt local up --dir {})?",
+                p.display(),
+                dir.display()
+            ))
         })?;
         serde_json::from_slice(&text).map_err(|e| ClientError::Config(format!("{}: {e}", p.display())))
     }
@@ -146,12 +150,14 @@ impl Api {
             .parse()
             .or_else(|_| format!("{hostport}:{}", common::DEFAULT_PORT).parse())
             .map_err(|_| ClientError::Config(format!("controller URL {:?}: expected https://IP:PORT", conn.url)))?;
-        let ca = std::fs::read(&conn.ca).map_err(|e| ClientError::Config(format!("CA file {}: {e}", conn.ca.display())))?;
+        let ca =
+            std::fs::read(&conn.ca).map_err(|e| ClientError::Config(format!("CA file {}: {e}", conn.ca.display())))?;
         let token = std::fs::read_to_string(&conn.token_file)
             .map_err(|e| ClientError::Config(format!("token file {}: {e}", conn.token_file.display())))?
             .trim()
             .to_owned();
-        let tls = common::tls::anonymous_client_config(&ca, &[b"http/1.1"]).map_err(|e| ClientError::Config(e.to_string()))?;
+        let tls = common::tls::anonymous_client_config(&ca, &[b"http/1.1"])
+            .map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Self { addr, host: addr.ip().to_string(), tls, token })
     }
 
@@ -162,7 +168,10 @@ impl Api {
             .map_err(|_| unreachable("connection timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
         let name = ServerName::try_from(self.host.clone()).map_err(|e| unreachable(e.to_string()))?;
-        let tls = TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| unreachable(format!("TLS: {e}")))?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| unreachable(format!("TLS: {e}")))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn);
@@ -189,8 +198,8 @@ impl Api {
             .await
             .map_err(|e| ClientError::Unreachable { addr: self.addr.to_string(), message: e.to_string() })?
             .to_bytes();
-        let body: serde_json::Value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
         if status.is_success() {
             Ok(body)
         } else {
@@ -232,7 +241,8 @@ impl Api {
         let body = BodyExt::boxed(StreamBody::new(stream));
         let mut req = self.request(Method::POST, &format!("/api/upload?name={name}"), body);
         req.headers_mut().insert(http::header::CONTENT_LENGTH, len.into());
-        req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+        req.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
         self.json(req).await
     }
 }

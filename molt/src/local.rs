@@ -84,7 +84,9 @@ pub struct GroupSpec {
 impl FromStr for GroupSpec {
     type Err = LocalError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |why: &str| LocalError::Invalid(format!("--groups {s:?}: {why}; expected NAME:HA:COUNT such as g1:active-active:2"));
+        let err = |why: &str| {
+            LocalError::Invalid(format!("--groups {s:?}: {why}; expected NAME:HA:COUNT such as g1:active-active:2"))
+        };
         let parts: Vec<_> = s.split(':').collect();
         let [name, ha, count] = parts[..] else { return Err(err("three fields are needed")) };
         if name.is_empty() || name.len() > 20 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
@@ -392,8 +394,9 @@ pub fn down(dir: &Path) -> Result<(), LocalError> {
 pub fn supervise(dir: &Path, id: &str) -> Result<(), LocalError> {
     known_node(dir, id)?;
     let nd = node_dir(dir, id);
-    let local: LocalFile = serde_json::from_slice(&fs::read(dir.join("local.json")).map_err(io(&dir.join("local.json")))?)
-        .map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let local: LocalFile =
+        serde_json::from_slice(&fs::read(dir.join("local.json")).map_err(io(&dir.join("local.json")))?)
+            .map_err(|e| LocalError::Invalid(e.to_string()))?;
     let config = nd.join("node.toml");
     let toml_text = fs::read_to_string(&config).map_err(io(&config))?;
     let role_bin = if toml_text.contains("role = \"controller\"") { "controller-agent" } else { "se-agent" };

@@ -195,7 +195,12 @@ fn main() -> ExitCode {
 }
 
 fn api(cli: &Cli) -> Result<Api, Failure> {
-    let conn = Connection::resolve(cli.cluster_dir.as_deref(), cli.controller.as_deref(), cli.token_file.as_deref(), cli.ca.as_deref())?;
+    let conn = Connection::resolve(
+        cli.cluster_dir.as_deref(),
+        cli.controller.as_deref(),
+        cli.token_file.as_deref(),
+        cli.ca.as_deref(),
+    )?;
     Ok(Api::new(&conn)?)
 }
 
@@ -208,7 +213,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Pki { cmd: PkiCmd::Init { dir, cluster, nodes } } => {
             let specs: Vec<NodeSpec> = nodes.iter().map(|n| n.parse()).collect::<Result<_, _>>()?;
             pki::init(dir, cluster, &specs)?;
-            println!("wrote CA, {} node certificates, admin certificate and admin.token to {}", specs.len(), dir.display());
+            println!(
+                "wrote CA, {} node certificates, admin certificate and admin.token to {}",
+                specs.len(),
+                dir.display()
+            );
             Ok(())
         }
         Cmd::Package { cmd } => package(cmd),
@@ -227,7 +236,14 @@ fn package(cmd: &PackageCmd) -> Result<(), Failure> {
             let kind: DeploymentKind = kind.parse().map_err(|e| usage(format!("--kind: {e}")))?;
             let info = common::package::build(payload, version, min, kind, out)?;
             println!("{}  {}", info.sha256, out.display());
-            println!("{} package {} (min compatible {}), {} entries, {}", kind, version, min, info.entries, render::bytes(info.size));
+            println!(
+                "{} package {} (min compatible {}), {} entries, {}",
+                kind,
+                version,
+                min,
+                info.entries,
+                render::bytes(info.size)
+            );
             Ok(())
         }
         PackageCmd::Inspect { file, json } => {
@@ -262,7 +278,8 @@ fn image_words(words: &[String]) -> Result<(String, Vec<String>), Failure> {
 }
 
 async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> Result<(), Failure> {
-    let (action, rest) = words.split_first().ok_or_else(|| usage("upgrade what? `upgrade prestage image_path PATH`"))?;
+    let (action, rest) =
+        words.split_first().ok_or_else(|| usage("upgrade what? `upgrade prestage image_path PATH`"))?;
     match action.as_str() {
         "prestage" => {
             let (path, flags) = image_words(rest)?;
@@ -412,7 +429,9 @@ async fn demo_in(dir: &Path) -> Result<(), Failure> {
         bin_dir: bin_dir.clone(),
         port: common::DEFAULT_PORT,
     };
-    println!("== 1. a local cluster: 3 controllers, SE groups g1 (active-active, 2 SEs) and g2 (N+M, 2 SEs), version 1.0.0");
+    println!(
+        "== 1. a local cluster: 3 controllers, SE groups g1 (active-active, 2 SEs) and g2 (N+M, 2 SEs), version 1.0.0"
+    );
     let t = std::time::Instant::now();
     local::up(&spec, Duration::from_secs(60)).await?;
     println!("   up in {:.1} s, every node in its own PID namespace", t.elapsed().as_secs_f64());
@@ -426,7 +445,13 @@ async fn demo_in(dir: &Path) -> Result<(), Failure> {
         std::fs::copy(bin_dir.join(b), payload.join("bin").join(b))?;
     }
     let pkg = dir.join("controller.pkg");
-    let info = common::package::build(&payload, "2.0.0".parse().expect("valid"), "1.0.0".parse().expect("valid"), DeploymentKind::Vm, &pkg)?;
+    let info = common::package::build(
+        &payload,
+        "2.0.0".parse().expect("valid"),
+        "1.0.0".parse().expect("valid"),
+        DeploymentKind::Vm,
+        &pkg,
+    )?;
     println!("   {}  {} ({})", info.sha256, pkg.display(), render::bytes(info.size));
 
     println!("\n== 3. molt upgrade prestage image_path {}", pkg.display());

@@ -93,7 +93,8 @@ pub fn init(dir: &Path, cluster: &str, nodes: &[NodeSpec]) -> Result<(), PkiErro
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(DnType::CommonName, format!("molt cluster CA {cluster}"));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     write(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), 0o644)?;
     write(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
@@ -116,9 +117,9 @@ fn issue(
 ) -> Result<(), PkiError> {
     let mut params = CertificateParams::new(host.map(|h| vec![h.to_owned()]).unwrap_or_default())?;
     let identity = PeerIdentity { cluster: cluster.to_owned(), role, node_id: id.clone() };
-    params.subject_alt_names.push(SanType::URI(
-        Ia5String::try_from(identity.uri()).map_err(|e| PkiError::Invalid(e.to_string()))?,
-    ));
+    params
+        .subject_alt_names
+        .push(SanType::URI(Ia5String::try_from(identity.uri()).map_err(|e| PkiError::Invalid(e.to_string()))?));
     params.distinguished_name.push(DnType::CommonName, format!("{role} {id}"));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -138,11 +139,19 @@ mod tests {
         let nodes: Vec<NodeSpec> =
             ["c1=controller@127.0.0.11", "se-1=se@se1.example"].iter().map(|s| s.parse().unwrap()).collect();
         init(d.path(), "prod", &nodes).unwrap();
-        let m = common::tls::TlsMaterial::load(&d.path().join("ca.pem"), &d.path().join("se-1.pem"), &d.path().join("se-1.key"))
-            .unwrap();
+        let m = common::tls::TlsMaterial::load(
+            &d.path().join("ca.pem"),
+            &d.path().join("se-1.pem"),
+            &d.path().join("se-1.key"),
+        )
+        .unwrap();
         assert_eq!(m.identity.uri(), "molt://prod/se/se-1");
-        let a = common::tls::TlsMaterial::load(&d.path().join("ca.pem"), &d.path().join("admin.pem"), &d.path().join("admin.key"))
-            .unwrap();
+        let a = common::tls::TlsMaterial::load(
+            &d.path().join("ca.pem"),
+            &d.path().join("admin.pem"),
+            &d.path().join("admin.key"),
+        )
+        .unwrap();
         assert_eq!(a.identity.role, Role::Admin);
         assert!(fs::read_to_string(d.path().join("admin.token")).unwrap().trim().len() == 64);
         assert!(init(d.path(), "prod", &nodes).is_err(), "a second init must not overwrite the CA");

@@ -24,7 +24,11 @@ pub fn bytes(n: u64) -> String {
 pub fn cluster(v: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "cluster {}  leader {}", s(&v["cluster"]), s(&v["leader"]));
-    let _ = writeln!(out, "{:<12} {:<11} {:<20} {:<9} {:<10} {:<8} STAGED", "NODE", "ROLE", "ADDRESS", "VERSION", "STATE", "GROUP");
+    let _ = writeln!(
+        out,
+        "{:<12} {:<11} {:<20} {:<9} {:<10} {:<8} STAGED",
+        "NODE", "ROLE", "ADDRESS", "VERSION", "STATE", "GROUP"
+    );
     for n in v["nodes"].as_array().into_iter().flatten() {
         let staged: Vec<String> = n["staged"]
             .as_array()
@@ -92,7 +96,15 @@ pub fn status(v: &Value) -> String {
     if !history.is_empty() {
         let _ = writeln!(out, "history:");
         for h in history {
-            let _ = writeln!(out, "  {:<9} {} -> {}  {}  {}", s(&h["operation"]), s(&h["from_version"]), s(&h["to_version"]), s(&h["state"]), s(&h["reason"]));
+            let _ = writeln!(
+                out,
+                "  {:<9} {} -> {}  {}  {}",
+                s(&h["operation"]),
+                s(&h["from_version"]),
+                s(&h["to_version"]),
+                s(&h["state"]),
+                s(&h["reason"])
+            );
         }
     }
     out

@@ -14,8 +14,9 @@ pub async fn image_path_on_leader(api: &Api, path: &str, quiet: bool) -> Result<
         return Ok(path.to_owned());
     }
     let file = Path::new(path);
-    let meta = std::fs::metadata(file)
-        .map_err(|e| ClientError::Config(format!("image {path}: {e}; give a local package file or a controller:// path")))?;
+    let meta = std::fs::metadata(file).map_err(|e| {
+        ClientError::Config(format!("image {path}: {e}; give a local package file or a controller:// path"))
+    })?;
     if !meta.is_file() {
         return Err(ClientError::Config(format!("image {path} is not a file")));
     }
@@ -53,9 +54,11 @@ fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     }
     let b = ProgressBar::new(len);
     b.set_style(
-        ProgressStyle::with_template(&format!("{what:>9} [{{bar:40}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{msg}}"))
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{what:>9} [{{bar:40}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{msg}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     b
 }

@@ -33,7 +33,7 @@ pub async fn run(ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     warn!(leader = %ctx.settings.leader.id, error = %e, "session with the leader failed; redialing");
                 } else {
                     debug!(error = %e, "session attempt failed");
@@ -130,7 +130,8 @@ impl ImageSource for LeaderImageSource {
                 .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
                 .into_inner();
             let chunks: ChunkStream = Box::pin(stream.map(|r| {
-                r.map(|c| Chunk { offset: c.offset, data: c.data }).map_err(|e| format!("{:?}: {}", e.code(), e.message()))
+                r.map(|c| Chunk { offset: c.offset, data: c.data })
+                    .map_err(|e| format!("{:?}: {}", e.code(), e.message()))
             }));
             Ok(chunks)
         }

@@ -57,7 +57,9 @@ pub enum StageError {
         free: u64,
     },
     /// The bytes do not hash to the expected digest.
-    #[error("image digest mismatch: expected {expected}, received bytes hash to {actual}; the partial copy was deleted")]
+    #[error(
+        "image digest mismatch: expected {expected}, received bytes hash to {actual}; the partial copy was deleted"
+    )]
     DigestMismatch {
         /// Expected.
         expected: Sha256Digest,
@@ -105,11 +107,8 @@ pub trait ImageSource: Send + Sync + 'static {
     }
 
     /// Streams `sha` from `offset` to its end.
-    fn fetch(
-        &self,
-        sha: Sha256Digest,
-        offset: u64,
-    ) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>>;
+    fn fetch(&self, sha: Sha256Digest, offset: u64)
+    -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>>;
 }
 
 /// A stream of chunks or transport errors.
@@ -139,9 +138,10 @@ impl Stager {
             let path = e.map_err(io_err(&dir))?.path();
             let Some(sha) = staged_sha(&path) else { continue };
             let meta = fs::metadata(&path).map_err(io_err(&path))?;
-            match File::open(&path).map_err(|e| e.to_string()).and_then(|f| {
-                package::read_manifest(std::io::BufReader::new(f)).map_err(|e| e.to_string())
-            }) {
+            match File::open(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|f| package::read_manifest(std::io::BufReader::new(f)).map_err(|e| e.to_string()))
+            {
                 Ok(m) => {
                     state.staged.insert(sha, StagedImage { sha256: sha, version: m.version, size: meta.len() });
                 }
@@ -220,7 +220,12 @@ impl Stager {
         Ok(staged)
     }
 
-    async fn receive(&self, image: &ImageRef, source: &dyn ImageSource, part: &Path) -> Result<StagedImage, StageError> {
+    async fn receive(
+        &self,
+        image: &ImageRef,
+        source: &dyn ImageSource,
+        part: &Path,
+    ) -> Result<StagedImage, StageError> {
         let size = image.size;
         let start = resume_offset(part, size).map_err(io_err(part))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
@@ -298,7 +303,8 @@ impl Stager {
 
     /// Checks the manifest of a verified file and moves it into place.
     fn finish(&self, image: &ImageRef, part: &Path, file: File) -> Result<StagedImage, StageError> {
-        let m = package::read_manifest(std::io::BufReader::new(file)).map_err(|e| StageError::Package(e.to_string()))?;
+        let m =
+            package::read_manifest(std::io::BufReader::new(file)).map_err(|e| StageError::Package(e.to_string()))?;
         if m.version != image.version || m.kind != image.kind {
             return Err(StageError::Package(format!(
                 "it holds {} {}, the leader announced {} {}",

@@ -127,8 +127,14 @@ fn oversized_manifest_is_refused_before_reading_it() {
 #[test]
 fn build_refuses_payload_without_binaries() {
     let d = tempfile::tempdir().unwrap();
-    let err = build(d.path(), "1.0.0".parse().unwrap(), "1.0.0".parse().unwrap(), DeploymentKind::Vm, &d.path().join("x.pkg"))
-        .unwrap_err();
+    let err = build(
+        d.path(),
+        "1.0.0".parse().unwrap(),
+        "1.0.0".parse().unwrap(),
+        DeploymentKind::Vm,
+        &d.path().join("x.pkg"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("bin/controller-agent"), "{err}");
     assert!(!d.path().join("x.pkg").exists());
 }

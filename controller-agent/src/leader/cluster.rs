@@ -108,13 +108,16 @@ impl ClusterView {
             .controllers
             .iter()
             .map(|c| {
-                (c.id.clone(), Entry {
-                    role: Role::Controller,
-                    addr: c.addr.to_string(),
-                    heartbeat: None,
-                    last_seen: None,
-                    session: None,
-                })
+                (
+                    c.id.clone(),
+                    Entry {
+                        role: Role::Controller,
+                        addr: c.addr.to_string(),
+                        heartbeat: None,
+                        last_seen: None,
+                        session: None,
+                    },
+                )
             })
             .collect();
         Self { nodes: Mutex::new(nodes), interval: settings.heartbeat_interval, next_session: 1.into() }
@@ -228,7 +231,11 @@ impl ClusterView {
                         .map(|h| {
                             h.transfers
                                 .iter()
-                                .map(|t| TransferView { sha256: t.sha256.to_hex(), received: t.received, total: t.total })
+                                .map(|t| TransferView {
+                                    sha256: t.sha256.to_hex(),
+                                    received: t.received,
+                                    total: t.total,
+                                })
                                 .collect()
                         })
                         .unwrap_or_default(),

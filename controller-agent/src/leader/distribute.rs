@@ -96,7 +96,11 @@ pub fn prechecks(image: &Image, nodes: &[NodeView]) -> (Vec<Precheck>, Option<St
             Ok(format!("every node is deployed as {}", m.kind))
         } else {
             failed.get_or_insert(StatusCode::BAD_REQUEST);
-            let other = if m.kind == common::DeploymentKind::Vm { common::DeploymentKind::Docker } else { common::DeploymentKind::Vm };
+            let other = if m.kind == common::DeploymentKind::Vm {
+                common::DeploymentKind::Docker
+            } else {
+                common::DeploymentKind::Vm
+            };
             Err(format!(
                 "the image is a {} package ({}) but these nodes are not: {}; use {}",
                 m.kind,
@@ -119,7 +123,10 @@ pub fn prechecks(image: &Image, nodes: &[NodeView]) -> (Vec<Precheck>, Option<St
             Ok(format!("every node has the {need} bytes the image needs"))
         } else {
             failed.get_or_insert(StatusCode::INSUFFICIENT_STORAGE);
-            Err(format!("not enough disk for the image ({need} bytes with margin) on: {}; free space and retry", short.join(", ")))
+            Err(format!(
+                "not enough disk for the image ({need} bytes with margin) on: {}; free space and retry",
+                short.join(", ")
+            ))
         },
     ));
     (out, failed)
@@ -139,13 +146,18 @@ pub async fn start(state: &Arc<LeaderState>, image_path: &str) -> Result<Upgrade
     let nodes = state.cluster.snapshot();
     let (checks, failed) = prechecks(&image, &nodes);
     if let Some(status) = failed {
-        let message = checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
+        let message =
+            checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
         return Err(Refused { status, message, prechecks: checks });
     }
     let view = {
         let mut board = state.status.lock().expect("status lock");
         if board.current.is_running() {
-            return Err(Refused { status: StatusCode::CONFLICT, message: "an operation is already running".into(), prechecks: vec![] });
+            return Err(Refused {
+                status: StatusCode::CONFLICT,
+                message: "an operation is already running".into(),
+                prechecks: vec![],
+            });
         }
         let m = &image.info.manifest;
         board.current = UpgradeStatus {
@@ -180,7 +192,8 @@ pub async fn start(state: &Arc<LeaderState>, image_path: &str) -> Result<Upgrade
 }
 
 fn running_version(nodes: &[NodeView]) -> String {
-    let mut versions: Vec<&str> = nodes.iter().filter(|n| n.role == Role::Controller).map(|n| n.version.as_str()).collect();
+    let mut versions: Vec<&str> =
+        nodes.iter().filter(|n| n.role == Role::Controller).map(|n| n.version.as_str()).collect();
     versions.sort();
     versions.dedup();
     versions.join(",")
@@ -240,7 +253,13 @@ async fn stage_on(state: &LeaderState, node: &NodeId, id: &str, image: ImageRef)
     let sha = image.sha256;
     update_node(state, node, |n| {
         n.state = "running".into();
-        n.events.push(Event { task: "stage".into(), status: "running".into(), start: now(), end: None, message: String::new() });
+        n.events.push(Event {
+            task: "stage".into(),
+            status: "running".into(),
+            start: now(),
+            end: None,
+            message: String::new(),
+        });
     });
     let cmd = Command { id: id.to_owned(), generation: state.generation, kind: CommandKind::Stage(image) };
     let mut last_sent: Option<Instant> = None;
@@ -254,10 +273,10 @@ async fn stage_on(state: &LeaderState, node: &NodeId, id: &str, image: ImageRef)
             }
         } else if state.cluster.has_staged(node, &sha) {
             break Ok("already staged".to_owned());
-        } else if last_sent.is_none_or(|t| t.elapsed() >= RESEND) {
-            if state.cluster.send(node, LeaderMessage::Command(cmd.clone())).is_ok() {
-                last_sent = Some(Instant::now());
-            }
+        } else if last_sent.is_none_or(|t| t.elapsed() >= RESEND)
+            && state.cluster.send(node, LeaderMessage::Command(cmd.clone())).is_ok()
+        {
+            last_sent = Some(Instant::now());
         }
         let (hb, live) = state.cluster.node(node).unwrap_or((None, NodeState::Down));
         let received = hb

@@ -45,7 +45,10 @@ impl pb::leader_server::Leader for LeaderService {
         let s = &self.state.settings;
         let peer = auth::caller(&req, &s.cluster, &[Role::Controller, Role::ServiceEngine])?;
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("the session opened without a heartbeat"))?;
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the session opened without a heartbeat"))?;
         let hb = convert::heartbeat_of(first)?;
         if hb.node_id != peer.node_id || hb.role != peer.role {
             return Err(Status::permission_denied(format!(
@@ -64,14 +67,11 @@ impl pb::leader_server::Leader for LeaderService {
         let session = self.state.cluster.open_session(hb, tx);
         let state = self.state.clone();
         tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(m)) => match convert::heartbeat_of(m) {
-                        Ok(hb) if hb.node_id == node => state.cluster.heartbeat(session, hb),
-                        Ok(hb) => warn!(%node, claimed = %hb.node_id, "heartbeat for another node ignored"),
-                        Err(e) => warn!(%node, error = %e, "malformed heartbeat ignored"),
-                    },
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some(m)) = inbound.message().await {
+                match convert::heartbeat_of(m) {
+                    Ok(hb) if hb.node_id == node => state.cluster.heartbeat(session, hb),
+                    Ok(hb) => warn!(%node, claimed = %hb.node_id, "heartbeat for another node ignored"),
+                    Err(e) => warn!(%node, error = %e, "malformed heartbeat ignored"),
                 }
             }
             state.cluster.close_session(&node, session);
@@ -86,7 +86,8 @@ impl pb::leader_server::Leader for LeaderService {
     ) -> Result<Response<Self::FetchImageStream>, Status> {
         auth::caller(&req, &self.state.settings.cluster, &[Role::Controller, Role::ServiceEngine])?;
         let r = req.into_inner();
-        let sha: Sha256Digest = r.sha256.parse().map_err(|e: common::types::ParseError| Status::invalid_argument(e.to_string()))?;
+        let sha: Sha256Digest =
+            r.sha256.parse().map_err(|e: common::types::ParseError| Status::invalid_argument(e.to_string()))?;
         let path = self
             .state
             .images
@@ -96,12 +97,8 @@ impl pb::leader_server::Leader for LeaderService {
         if r.offset > size {
             return Err(Status::out_of_range(format!("offset {} is past the image's {size} bytes", r.offset)));
         }
-        let rx = image_server::stream(
-            path,
-            r.offset,
-            self.state.settings.fetch_rate_limit,
-            self.state.bytes_served.clone(),
-        );
+        let rx =
+            image_server::stream(path, r.offset, self.state.settings.fetch_rate_limit, self.state.bytes_served.clone());
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -30,7 +30,9 @@ pub enum ImageError {
     #[error("{0}")]
     BadPath(String),
     /// No such file.
-    #[error("{0} does not exist on the leader; upload it first (POST /api/upload or `molt upgrade ... image_path LOCAL_FILE`)")]
+    #[error(
+        "{0} does not exist on the leader; upload it first (POST /api/upload or `molt upgrade ... image_path LOCAL_FILE`)"
+    )]
     NotFound(String),
     /// The file is not a valid package.
     #[error("{0}")]
@@ -84,12 +86,7 @@ impl ImageStore {
                 let _ = fs::remove_file(p);
             }
         }
-        Ok(Self {
-            data_dir: data_dir.to_owned(),
-            pkgs,
-            verified: Mutex::default(),
-            by_sha: Mutex::default(),
-        })
+        Ok(Self { data_dir: data_dir.to_owned(), pkgs, verified: Mutex::default(), by_sha: Mutex::default() })
     }
 
     /// Resolves `controller://x/y` to `<data_dir>/x/y`, refusing paths that
@@ -100,9 +97,9 @@ impl ImageStore {
                 "image_path {image_path:?} must be a controller:// path, for example controller://upgrade_pkgs/controller.pkg"
             ))
         })?;
-        let rel = package::safe_relative(Path::new(rest))
-            .filter(|r| !r.as_os_str().is_empty())
-            .ok_or_else(|| ImageError::BadPath(format!("image_path {image_path:?} leaves the controller's data directory")))?;
+        let rel = package::safe_relative(Path::new(rest)).filter(|r| !r.as_os_str().is_empty()).ok_or_else(|| {
+            ImageError::BadPath(format!("image_path {image_path:?} leaves the controller's data directory"))
+        })?;
         let path = self.data_dir.join(rel);
         let real = match fs::canonicalize(&path) {
             Ok(r) => r,
@@ -111,7 +108,9 @@ impl ImageStore {
         };
         let root = fs::canonicalize(&self.data_dir)?;
         if !real.starts_with(&root) {
-            return Err(ImageError::BadPath(format!("image_path {image_path:?} leads outside the controller's data directory")));
+            return Err(ImageError::BadPath(format!(
+                "image_path {image_path:?} leads outside the controller's data directory"
+            )));
         }
         if !real.is_file() {
             return Err(ImageError::BadPath(format!("image_path {image_path:?} is not a file")));
@@ -176,10 +175,7 @@ impl ImageStore {
         fsutil::fsync_dir(&self.pkgs)?;
         let meta = fs::metadata(&dst)?;
         let dst = fs::canonicalize(&dst)?;
-        self.verified
-            .lock()
-            .expect("image lock")
-            .insert((dst.clone(), meta.len(), meta.modified().ok()), info.clone());
+        self.verified.lock().expect("image lock").insert((dst.clone(), meta.len(), meta.modified().ok()), info.clone());
         self.by_sha.lock().expect("image lock").insert(info.sha256, dst.clone());
         info!(name, sha = %info.sha256.short(), version = %info.manifest.version, "image uploaded");
         Ok(Image { path: dst, image_path: format!("{SCHEME}upgrade_pkgs/{name}"), info })

@@ -40,8 +40,14 @@ fn gib_s(bytes: u64, d: Duration) -> f64 {
 fn build_package(dir: &Path, mib: u64) -> PathBuf {
     let payload = payload_dir(&dir.join(format!("p{mib}")), (mib * MIB) as usize);
     let out = dir.join(format!("controller-{mib}.pkg"));
-    common::package::build(&payload, "2.0.0".parse().unwrap(), "1.0.0".parse().unwrap(), common::DeploymentKind::Vm, &out)
-        .unwrap();
+    common::package::build(
+        &payload,
+        "2.0.0".parse().unwrap(),
+        "1.0.0".parse().unwrap(),
+        common::DeploymentKind::Vm,
+        &out,
+    )
+    .unwrap();
     let _ = std::fs::remove_dir_all(payload);
     out
 }
@@ -49,7 +55,12 @@ fn build_package(dir: &Path, mib: u64) -> PathBuf {
 /// One plain mTLS copy with hashing on a separate thread, write and fsync.
 async fn plain_copy(pki: &Path, pkg: &Path, dst: &Path) -> Duration {
     let m = |id: &str| {
-        common::tls::TlsMaterial::load(&pki.join("ca.pem"), &pki.join(format!("{id}.pem")), &pki.join(format!("{id}.key"))).unwrap()
+        common::tls::TlsMaterial::load(
+            &pki.join("ca.pem"),
+            &pki.join(format!("{id}.pem")),
+            &pki.join(format!("{id}.key")),
+        )
+        .unwrap()
     };
     let server_cfg = m("c1").server_config().unwrap();
     let client_cfg = m("g1-se1").client_config(&[b"h2"]).unwrap();
@@ -199,8 +210,14 @@ async fn main() {
     let small_run = molt_run(work.path(), &small, 1, 30).await;
 
     println!("\nmolt distribution benchmark ({} MiB package, loopback, 2 cores)", size / MIB);
-    println!("plain rustls mTLS copy + hash thread + fsync: {:.2} s = {plain_rate:.2} GiB/s (median of 3)", plain_med.as_secs_f64());
-    println!("{:<8} {:>10} {:>12} {:>14} {:>14} {:>10} {:>16}", "agents", "upload s", "wave s", "per-agent GiB/s", "total GiB/s", "vs plain", "leader peak RSS");
+    println!(
+        "plain rustls mTLS copy + hash thread + fsync: {:.2} s = {plain_rate:.2} GiB/s (median of 3)",
+        plain_med.as_secs_f64()
+    );
+    println!(
+        "{:<8} {:>10} {:>12} {:>14} {:>14} {:>10} {:>16}",
+        "agents", "upload s", "wave s", "per-agent GiB/s", "total GiB/s", "vs plain", "leader peak RSS"
+    );
     for r in runs.iter().chain(std::iter::once(&small_run)) {
         let per_agent = gib_s(r.size, r.per_agent_mean);
         let total = gib_s(r.size * r.agents as u64, r.wave);

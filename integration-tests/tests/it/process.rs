@@ -28,7 +28,14 @@ fn wait_state(c: &LocalCluster, id: &str, want: &str, secs: u64) {
 
 #[test]
 fn local_cluster_nodes_run_in_pid_namespaces_and_take_a_prestage() {
-    let c = LocalCluster::up(&["--controllers", "3", "--groups", "g1:active-active:2,g2:n-plus-m:1", "--heartbeat-ms", "300"]);
+    let c = LocalCluster::up(&[
+        "--controllers",
+        "3",
+        "--groups",
+        "g1:active-active:2,g2:n-plus-m:1",
+        "--heartbeat-ms",
+        "300",
+    ]);
     let v = c.cluster_json();
     let nodes = v["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 6);
@@ -47,13 +54,28 @@ fn local_cluster_nodes_run_in_pid_namespaces_and_take_a_prestage() {
     }
     let pkg = tmp.path().join("controller.pkg");
     let out = molt(&[
-        "package", "build", "--version", "2.0.0", "--min-compatible", "1.0.0", "--kind", "vm",
-        "--payload", tmp.path().join("payload").to_str().unwrap(), "--out", pkg.to_str().unwrap(),
+        "package",
+        "build",
+        "--version",
+        "2.0.0",
+        "--min-compatible",
+        "1.0.0",
+        "--kind",
+        "vm",
+        "--payload",
+        tmp.path().join("payload").to_str().unwrap(),
+        "--out",
+        pkg.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (sha, _) = common::package::hash_file(&pkg).unwrap();
     let out = c.molt(&["upgrade", "prestage", "image_path", pkg.to_str().unwrap()]);
-    assert!(out.status.success(), "prestage failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "prestage failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in c.cluster_json()["nodes"].as_array().unwrap() {
         assert_eq!(n["staged"][0]["sha256"], sha.to_hex(), "{n}");
     }
@@ -82,7 +104,23 @@ fn cli_refusals_say_what_is_wrong_and_exit_non_zero() {
         (vec!["--cluster-dir", d, "show", "cluster"], "molt local up"),
         (vec!["pki", "init", "--dir", d, "--cluster", "x", "--node", "c1=king@h"], "ID=ROLE@HOST"),
         (vec!["package", "inspect", "/etc/hostname"], "not a molt package"),
-        (vec!["package", "build", "--version", "2", "--min-compatible", "1.0.0", "--kind", "vm", "--payload", d, "--out", "/tmp/x"], "--version"),
+        (
+            vec![
+                "package",
+                "build",
+                "--version",
+                "2",
+                "--min-compatible",
+                "1.0.0",
+                "--kind",
+                "vm",
+                "--payload",
+                d,
+                "--out",
+                "/tmp/x",
+            ],
+            "--version",
+        ),
         (vec!["local", "up", "--dir", d, "--groups", "g1:fancy:2"], "active-active"),
         (vec!["local", "up", "--dir", d, "--subnet", "10.0.0"], "127"),
     ] {

@@ -36,7 +36,12 @@ fn pki_file(c: &TestCluster, name: &str) -> Vec<u8> {
 
 /// A gRPC channel to `addr` trusting the cluster CA, presenting `who`'s
 /// certificate from `pki_dir` (none if `who` is None).
-async fn channel(ca: &[u8], pki_dir: &std::path::Path, who: Option<&str>, addr: &str) -> Result<Channel, tonic::transport::Error> {
+async fn channel(
+    ca: &[u8],
+    pki_dir: &std::path::Path,
+    who: Option<&str>,
+    addr: &str,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     if let Some(id) = who {
         let cert = std::fs::read(pki_dir.join(format!("{id}.pem"))).unwrap();
@@ -162,7 +167,13 @@ async fn rest_needs_the_admin_token() {
     )
     .await;
     assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
-    let upload = raw_https(&c, &addr, b"POST /api/upload?name=x.pkg HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc", false).await;
+    let upload = raw_https(
+        &c,
+        &addr,
+        b"POST /api/upload?name=x.pkg HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        false,
+    )
+    .await;
     assert!(upload.starts_with("HTTP/1.1 401"), "{upload}");
     assert_eq!(std::fs::read_dir(c.data_dir("c1").join("upgrade_pkgs")).unwrap().count(), 0);
     // With the token, the same call works.

@@ -21,7 +21,11 @@ impl Fake {
 }
 
 impl ImageSource for Fake {
-    fn fetch(&self, _sha: Sha256Digest, offset: u64) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>> {
+    fn fetch(
+        &self,
+        _sha: Sha256Digest,
+        offset: u64,
+    ) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>> {
         async move {
             let first = self.requests.fetch_add(1, Ordering::SeqCst) == 0;
             self.offsets.lock().unwrap().push(offset);
