@@ -263,3 +263,55 @@ impl NodeSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "c"
+node_id = "se-1"
+role = "se"
+listen = "127.0.0.21:8443"
+data_dir = "/tmp/x"
+deployment = "vm"
+leader = "c1"
+se_group = "g1"
+[tls]
+ca = "/nonexistent/ca.pem"
+cert = "/nonexistent/se-1.pem"
+key = "/nonexistent/se-1.key"
+[[controllers]]
+id = "c1"
+addr = "127.0.0.11:8443"
+"#;
+
+    fn load(text: &str) -> Result<NodeSettings, ConfigError> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("node.toml");
+        std::fs::write(&p, text).unwrap();
+        NodeSettings::load(&p)
+    }
+
+    fn err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_reason() {
+        assert!(err(&format!("colour = \"blue\"\n{GOOD}")).contains("unknown field `colour`"));
+        assert!(err(&GOOD.replace("role = \"se\"", "role = \"king\"")).contains("unknown role"));
+        assert!(err(&GOOD.replace("127.0.0.21:8443", "localhost")).contains("expected IP:PORT"));
+        assert!(err(&GOOD.replace("se_group = \"g1\"\n", "")).contains("must name its SE group"));
+        assert!(err(&GOOD.replace("leader = \"c1\"", "leader = \"c9\"")).contains("not one of the controllers"));
+        assert!(err(&GOOD.replace("deployment = \"vm\"", "deployment = \"bare\"")).contains("vm or docker"));
+        assert!(err(&GOOD.replace("cluster = \"c\"\n", "")).contains("missing field `cluster`"));
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        assert!(err(GOOD).contains("/nonexistent/ca.pem"), "{}", err(GOOD));
+        let e = NodeSettings::load(Path::new("/nonexistent/node.toml")).unwrap_err().to_string();
+        assert!(e.contains("cannot read config /nonexistent/node.toml"), "{e}");
+    }
+}

@@ -1,7 +1,7 @@
 //! Who may call what: mutual TLS for gRPC, roles from certificates, tokens
 //! for REST.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use integration_tests::TestCluster;
 use proto::v1 as pb;
@@ -178,7 +178,6 @@ async fn rest_needs_the_admin_token() {
     assert_eq!(std::fs::read_dir(c.data_dir("c1").join("upgrade_pkgs")).unwrap().count(), 0);
     // With the token, the same call works.
     assert_eq!(c.api().get("/api/cluster").await.unwrap()["leader"], "c1");
-    let _ = Arc::new(());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,4 +192,17 @@ async fn health_and_reflection_answer_with_cluster_certificates() {
         .unwrap()
         .into_inner();
     assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    // Reflection lists molt's services, as `grpcurl ... list` shows them.
+    let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, "c1")).await.unwrap();
+    let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let listed = format!("{:?}", answer.message_response);
+    assert!(listed.contains("molt.v1.Leader") && listed.contains("molt.v1.Control"), "{listed}");
 }
