@@ -7,6 +7,7 @@ pub mod boot;
 pub mod control;
 pub mod follower;
 pub mod node;
+pub mod reboot;
 pub mod server;
 
 pub use node::{Node, NodeHandle};

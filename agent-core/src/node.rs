@@ -19,7 +19,7 @@ use common::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::{
     control::ControlService,
@@ -28,8 +28,26 @@ use crate::{
         session::{self, LeaderImageSource, LocalImages},
         stage::{StageError, Stager},
     },
+    reboot::Reboot,
     server,
 };
+
+/// A node booted into an uncommitted version rolls itself back if it cannot
+/// reach the leader within its self-revert deadline.
+async fn self_revert_watch(ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
+    let deadline = ctx.settings.self_revert;
+    let mut joined = ctx.joined.subscribe();
+    let reached = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = tokio::time::timeout(deadline, joined.wait_for(|j| *j)) => r.is_ok(),
+    };
+    if reached {
+        return;
+    }
+    warn!(secs = deadline.as_secs(), "running an uncommitted version and the leader is unreachable: rolling back");
+    let Err(e) = ctx.executor.self_revert();
+    error!(error = %e, "self-revert did not happen");
+}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +92,8 @@ pub struct NodeCtx {
     pub stager: Stager,
     /// The command executor.
     pub executor: Executor,
+    /// Becomes true when the session with the leader is established.
+    pub joined: tokio::sync::watch::Sender<bool>,
     seq: AtomicU64,
 }
 
@@ -81,6 +101,7 @@ impl NodeCtx {
     /// The heartbeat describing this node now.
     pub fn heartbeat(&self) -> Heartbeat {
         let s = &self.settings;
+        let (pending, previous_version) = self.slot_state();
         Heartbeat {
             node_id: s.node_id.clone(),
             role: s.role,
@@ -94,7 +115,21 @@ impl NodeCtx {
             transfers: self.stager.transfers(),
             results: self.executor.results(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            pending,
+            previous_version,
         }
+    }
+
+    /// Whether the running slot is on trial, and the previous slot's version.
+    fn slot_state(&self) -> (bool, Option<Version>) {
+        let slots = Slots::new(&self.settings.data_dir);
+        let Ok((record, active)) = slots.active() else { return (false, None) };
+        if active.version != self.version {
+            // Applied but not yet rebooted: describe what runs.
+            return (false, Some(active.version));
+        }
+        let previous = record.previous.and_then(|p| slots.slot_manifest(p).ok()).map(|m| m.version);
+        (record.pending, previous)
     }
 }
 
@@ -104,6 +139,7 @@ pub struct Node {
     /// Shared context.
     pub ctx: Arc<NodeCtx>,
     shutdown: CancellationToken,
+    on_trial: bool,
 }
 
 /// A started agent.
@@ -119,29 +155,34 @@ pub struct NodeHandle {
 
 impl Node {
     /// Prepares a node: reads its active slot, opens staging.
-    pub fn new(settings: Arc<NodeSettings>) -> Result<Self, NodeError> {
-        Self::with_local_images(settings, None)
+    pub fn new(settings: Arc<NodeSettings>, reboot: Arc<dyn Reboot>) -> Result<Self, NodeError> {
+        Self::with_local_images(settings, None, reboot)
     }
 
     /// Like [`Node::new`], staging images found by `local` from there
     /// instead of fetching them (the leader's own store).
-    pub fn with_local_images(settings: Arc<NodeSettings>, local: Option<LocalImages>) -> Result<Self, NodeError> {
+    pub fn with_local_images(
+        settings: Arc<NodeSettings>,
+        local: Option<LocalImages>,
+        reboot: Arc<dyn Reboot>,
+    ) -> Result<Self, NodeError> {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|source| NodeError::DataDir { path: settings.data_dir.display().to_string(), source })?;
-        let (_record, manifest) = Slots::new(&settings.data_dir).active()?;
+        let (record, manifest) = Slots::new(&settings.data_dir).active()?;
         let shutdown = CancellationToken::new();
         let stager = Stager::open(&settings.data_dir, settings.deployment)?;
         let source = Arc::new(LeaderImageSource::new(settings.clone(), local));
-        let executor = Executor::new(&settings.data_dir, stager.clone(), source, shutdown.clone());
+        let executor = Executor::new(&settings.data_dir, stager.clone(), source, reboot, shutdown.clone());
         let ctx = Arc::new(NodeCtx {
             settings,
             version: manifest.version,
             boot_id: random_hex(8),
             stager,
             executor,
+            joined: tokio::sync::watch::channel(false).0,
             seq: AtomicU64::new(0),
         });
-        Ok(Self { ctx, shutdown })
+        Ok(Self { ctx, shutdown, on_trial: record.pending })
     }
 
     /// The gRPC routes every agent serves: `Control`, health, reflection.
@@ -174,6 +215,9 @@ impl Node {
         info!(node = %s.node_id, role = %s.role, version = %self.ctx.version, %addr, "agent started");
         let shutdown = self.shutdown.clone();
         let ctx = self.ctx.clone();
+        if self.on_trial {
+            tokio::spawn(self_revert_watch(ctx.clone(), shutdown.clone()));
+        }
         let task = tokio::spawn(async move {
             let server = server::serve(listener, tls, app, shutdown.clone());
             let session = session::run(ctx, shutdown.clone());

@@ -69,6 +69,14 @@ pub struct NodeConfigFile {
     /// Leader only: cap on image distribution bandwidth per transfer, bytes per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetch_rate_limit_bytes: Option<u64>,
+    /// Seconds a node booted into an uncommitted version waits for the
+    /// leader before it rolls itself back (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_revert_secs: Option<u64>,
+    /// Leader only: seconds the controllers have to re-form on a new version
+    /// (and each SE to rejoin) before the upgrade fails (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reform_timeout_secs: Option<u64>,
     /// Certificate files.
     pub tls: TlsFiles,
     /// Leader only: the REST API.
@@ -137,6 +145,10 @@ pub struct NodeSettings {
     pub api_token: Option<String>,
     /// Distribution bandwidth cap per transfer (leader only).
     pub fetch_rate_limit: Option<u64>,
+    /// How long an uncommitted boot waits for the leader before rolling back.
+    pub self_revert: Duration,
+    /// How long nodes have to rejoin after an apply (leader only).
+    pub reform_timeout: Duration,
 }
 
 /// A controller as the other nodes reach it.
@@ -227,6 +239,10 @@ impl NodeSettings {
                 expected
             )));
         }
+        let secs = |name: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
+            s @ 5..=86_400 => Ok(Duration::from_secs(s)),
+            s => Err(invalid(format!("{name} {s}: must be between 5 and 86400"))),
+        };
         let is_leader = node_id == leader.id;
         let api_token = match (&file.api, is_leader) {
             (Some(api), _) => {
@@ -260,6 +276,8 @@ impl NodeSettings {
             tls,
             api_token,
             fetch_rate_limit: file.fetch_rate_limit_bytes.filter(|&r| r > 0),
+            self_revert: secs("self_revert_secs", file.self_revert_secs, 600)?,
+            reform_timeout: secs("reform_timeout_secs", file.reform_timeout_secs, 300)?,
         })
     }
 }

@@ -69,6 +69,12 @@ impl TryFrom<pb::Heartbeat> for Heartbeat {
                 .collect::<Result<_, InvalidMessage>>()?,
             results: h.results.into_iter().map(CommandResult::try_from).collect::<Result<_, _>>()?,
             seq: h.seq,
+            pending: h.pending,
+            previous_version: if h.previous_version.is_empty() {
+                None
+            } else {
+                Some(field(M, "previous_version", h.previous_version.parse())?)
+            },
         })
     }
 }
@@ -96,6 +102,8 @@ impl From<Heartbeat> for pb::Heartbeat {
                 .collect(),
             results: h.results.into_iter().map(Into::into).collect(),
             seq: h.seq,
+            pending: h.pending,
+            previous_version: h.previous_version.map(|v| v.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -167,6 +175,13 @@ impl TryFrom<pb::Command> for Command {
             pb::command::Kind::Stage(s) => {
                 CommandKind::Stage(s.image.ok_or_else(|| missing("stage.image"))?.try_into()?)
             }
+            pb::command::Kind::Apply(a) => {
+                CommandKind::Apply(a.image.ok_or_else(|| missing("apply.image"))?.try_into()?)
+            }
+            pb::command::Kind::Commit(c) => CommandKind::Commit(field("commit", "version", c.version.parse())?),
+            pb::command::Kind::Rollback(r) => {
+                CommandKind::Rollback(field("rollback", "to_version", r.to_version.parse())?)
+            }
         };
         Ok(Command { id: c.id, generation: c.generation, kind })
     }
@@ -176,6 +191,9 @@ impl From<Command> for pb::Command {
     fn from(c: Command) -> Self {
         let kind = match c.kind {
             CommandKind::Stage(i) => pb::command::Kind::Stage(pb::Stage { image: Some(i.into()) }),
+            CommandKind::Apply(i) => pb::command::Kind::Apply(pb::Apply { image: Some(i.into()) }),
+            CommandKind::Commit(v) => pb::command::Kind::Commit(pb::Commit { version: v.to_string() }),
+            CommandKind::Rollback(v) => pb::command::Kind::Rollback(pb::Rollback { to_version: v.to_string() }),
         };
         pb::Command { id: c.id, generation: c.generation, kind: Some(kind) }
     }

@@ -11,10 +11,13 @@ use std::{
 /// directory, fsync, rename over `path`, fsync of the directory.
 pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = parent_dir(path);
+    // Unique per call: concurrent writers of one file must not share a temp file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     {
         let mut f = File::create(&tmp)?;

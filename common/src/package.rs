@@ -191,7 +191,7 @@ pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
     let header_len = outer.count;
     let expected_total = header_len + manifest.payload_size;
     let mut payload = CountingReader::new((&mut outer).take(manifest.payload_size));
-    let walked = walk_entries(&mut payload);
+    let walked = walk_entries(&mut payload, |entry, _| io::copy(entry, &mut io::sink()).map(|_| ()));
     // Drain what the tar reader did not consume (end-of-archive padding).
     io::copy(&mut payload, &mut io::sink())?;
     if payload.count < manifest.payload_size {
@@ -209,8 +209,46 @@ pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
     Ok(PackageInfo { manifest, sha256: outer.digest(), size: outer.count, entries })
 }
 
-/// Walks the tar entries, checking each, and returns their count.
-fn walk_entries(r: &mut impl Read) -> Result<u64, PackageError> {
+/// Unpacks a package's payload into `dest` (which must not exist), checking
+/// every entry as [`verify`] does and the payload digest at the end. On any
+/// error `dest` is removed: nothing half-installed remains.
+pub fn unpack(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
+    let result = unpack_inner(package, dest);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(dest);
+    }
+    result
+}
+
+fn unpack_inner(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
+    let mut outer = CountingReader::new(io::BufReader::with_capacity(1 << 20, File::open(package)?));
+    let manifest = read_header(&mut outer)?;
+    std::fs::create_dir(dest)?;
+    let mut payload = CountingReader::new((&mut outer).take(manifest.payload_size));
+    walk_entries(&mut payload, |entry, rel| {
+        let target = dest.join(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        entry.unpack(&target).map(|_| ())
+    })?;
+    io::copy(&mut payload, &mut io::sink())?;
+    if payload.count < manifest.payload_size {
+        return Err(PackageError::Truncated { expected: manifest.payload_size, got: payload.count });
+    }
+    let actual = payload.digest();
+    if actual != manifest.payload_sha256 {
+        return Err(PackageError::PayloadDigest { expected: manifest.payload_sha256, actual });
+    }
+    Ok(manifest)
+}
+
+/// Walks the tar entries, checking each before `on_entry` sees it (with its
+/// normalized relative path), and returns their count.
+fn walk_entries<R: Read>(
+    r: &mut R,
+    mut on_entry: impl FnMut(&mut tar::Entry<'_, &mut R>, &Path) -> io::Result<()>,
+) -> Result<u64, PackageError> {
     let mut archive = tar::Archive::new(r);
     let mut count = 0u64;
     let mut required = [false; REQUIRED_ENTRIES.len()];
@@ -255,7 +293,7 @@ fn walk_entries(r: &mut impl Read) -> Result<u64, PackageError> {
         {
             required[i] = true;
         }
-        io::copy(&mut entry, &mut io::sink()).map_err(|e| PackageError::BadPayload(e.to_string()))?;
+        on_entry(&mut entry, &rel).map_err(|e| PackageError::BadPayload(format!("entry {shown:?}: {e}")))?;
     }
     if let Some(i) = required.iter().position(|seen| !seen) {
         return Err(PackageError::MissingEntry(REQUIRED_ENTRIES[i]));

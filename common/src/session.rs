@@ -30,6 +30,10 @@ pub struct Heartbeat {
     pub results: Vec<CommandResult>,
     /// Increments with every heartbeat of a boot.
     pub seq: u64,
+    /// The active slot is on trial (not committed).
+    pub pending: bool,
+    /// Version of the previous slot, if there is one.
+    pub previous_version: Option<Version>,
 }
 
 /// An image held, verified, in a node's staging area.
@@ -92,6 +96,12 @@ pub struct Command {
 pub enum CommandKind {
     /// Fetch, verify and keep an image.
     Stage(ImageRef),
+    /// Install a staged image into the inactive slot, activate it on trial, reboot.
+    Apply(ImageRef),
+    /// Keep the running slot (it must run `version`).
+    Commit(Version),
+    /// Return to the previous slot, which must hold this version, and reboot.
+    Rollback(Version),
 }
 
 impl CommandKind {
@@ -99,6 +109,9 @@ impl CommandKind {
     pub fn name(&self) -> &'static str {
         match self {
             CommandKind::Stage(_) => "stage",
+            CommandKind::Apply(_) => "apply",
+            CommandKind::Commit(_) => "commit",
+            CommandKind::Rollback(_) => "rollback",
         }
     }
 }

@@ -182,6 +182,75 @@ impl Slots {
     }
 }
 
+impl Slots {
+    /// Installs a verified package into the inactive slot: unpack into a
+    /// temporary dir, write the slot manifest, swap it in, fsync. The boot
+    /// record is not touched; call [`Slots::activate_on_trial`] next.
+    pub fn install_inactive(&self, package: &Path) -> Result<(Slot, SlotManifest), InstallError> {
+        let record = self.boot_record()?;
+        let slot = record.active.other();
+        let dir = self.slot_dir(slot);
+        let parent = self.data_dir.join("slots");
+        let tmp = parent.join(format!(".{slot}.installing"));
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| InstallError::Slots(SlotError::Io { path, source })
+        };
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        let manifest = crate::package::unpack(package, &tmp)?;
+        let sm = SlotManifest::from(&manifest);
+        let mpath = tmp.join("manifest.json");
+        fsutil::atomic_write(&mpath, &serde_json::to_vec_pretty(&sm).expect("serializes")).map_err(io(&mpath))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        fsutil::fsync_dir(&parent).map_err(io(&parent))?;
+        Ok((slot, sm))
+    }
+
+    /// Makes `slot` the active slot on trial: the boot loader counts its
+    /// boots and falls back to the current slot unless it is committed.
+    pub fn activate_on_trial(&self, slot: Slot) -> Result<BootRecord, SlotError> {
+        let r = self.boot_record()?;
+        let next = BootRecord { format: 1, active: slot, previous: Some(r.active), pending: true, attempts: 0 };
+        self.write_boot_record(&next)?;
+        Ok(next)
+    }
+
+    /// Keeps the running slot: no longer on trial.
+    pub fn commit(&self) -> Result<BootRecord, SlotError> {
+        let mut r = self.boot_record()?;
+        r.pending = false;
+        r.attempts = 0;
+        self.write_boot_record(&r)?;
+        Ok(r)
+    }
+
+    /// Switches back to the previous slot (committed); `None` if there is none.
+    pub fn switch_to_previous(&self) -> Result<Option<BootRecord>, SlotError> {
+        let r = self.boot_record()?;
+        let Some(prev) = r.previous else { return Ok(None) };
+        let next = BootRecord { format: 1, active: prev, previous: Some(r.active), pending: false, attempts: 0 };
+        self.write_boot_record(&next)?;
+        Ok(Some(next))
+    }
+}
+
+/// Why a package could not be installed into a slot. Nothing changed then:
+/// the active slot and the boot record are as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Slot or boot record I/O.
+    #[error("{0}")]
+    Slots(#[from] SlotError),
+    /// The package did not unpack.
+    #[error("{0}")]
+    Package(#[from] crate::package::PackageError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +269,53 @@ mod tests {
         assert_eq!(r.active, Slot::A);
         assert_eq!(m.version.to_string(), "1.0.0");
         assert!(slots.slot_dir(Slot::A).join("bin/se-agent").exists());
+    }
+
+    #[test]
+    fn install_activate_commit_and_switch_back() {
+        let d = tempfile::tempdir().unwrap();
+        let bins = d.path().join("payload/bin");
+        std::fs::create_dir_all(&bins).unwrap();
+        std::fs::write(bins.join("controller-agent"), b"c2").unwrap();
+        std::fs::write(bins.join("se-agent"), b"s2").unwrap();
+        let pkg = d.path().join("p.pkg");
+        crate::package::build(
+            &d.path().join("payload"),
+            "2.0.0".parse().unwrap(),
+            "1.0.0".parse().unwrap(),
+            DeploymentKind::Vm,
+            &pkg,
+        )
+        .unwrap();
+        let slots = Slots::new(&d.path().join("node"));
+        slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
+        let (slot, m) = slots.install_inactive(&pkg).unwrap();
+        assert_eq!((slot, m.version.to_string()), (Slot::B, "2.0.0".into()));
+        assert_eq!(std::fs::read(slots.slot_dir(Slot::B).join("bin/se-agent")).unwrap(), b"s2");
+        assert_eq!(slots.boot_record().unwrap().active, Slot::A, "installing does not switch");
+        slots.activate_on_trial(slot).unwrap();
+        let (r, m) = slots.active().unwrap();
+        assert!(r.pending && r.previous == Some(Slot::A) && m.version.to_string() == "2.0.0");
+        assert!(!slots.commit().unwrap().pending);
+        let back = slots.switch_to_previous().unwrap().unwrap();
+        assert_eq!((back.active, back.previous), (Slot::A, Some(Slot::B)));
+        assert_eq!(slots.active().unwrap().1.version.to_string(), "1.0.0");
+    }
+
+    #[test]
+    fn a_corrupt_package_leaves_the_slots_as_they_were() {
+        let d = tempfile::tempdir().unwrap();
+        let bins = d.path().join("bins");
+        std::fs::create_dir_all(&bins).unwrap();
+        std::fs::write(bins.join("controller-agent"), b"c").unwrap();
+        std::fs::write(bins.join("se-agent"), b"s").unwrap();
+        let slots = Slots::new(&d.path().join("node"));
+        slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
+        let bad = d.path().join("bad.pkg");
+        std::fs::write(&bad, b"MOLTPKG1\0\0\0\x02{}").unwrap();
+        assert!(slots.install_inactive(&bad).is_err());
+        assert!(!slots.slot_dir(Slot::B).exists());
+        assert_eq!(std::fs::read_dir(d.path().join("node/slots")).unwrap().count(), 1, "no temp dir left");
+        assert_eq!(slots.boot_record().unwrap().active, Slot::A);
     }
 }

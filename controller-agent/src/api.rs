@@ -19,6 +19,8 @@ use crate::leader::{
     LeaderState,
     distribute::{self, Refused},
     images::ImageError,
+    store::{ConfigError, SeGroup, VirtualService},
+    upgrade::{self, UpgradeRequest},
 };
 
 /// An error answer: status plus `{"error": ...}` (and pre-checks when they ran).
@@ -61,6 +63,11 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/api/upload", post(upload))
         .route("/api/cluster/upgrade/prestage", post(prestage))
         .route("/api/cluster/upgrade/status", get(status))
+        .route("/api/cluster/upgrade", post(start_upgrade))
+        .route("/api/serviceenginegroup", get(list_groups).post(create_group))
+        .route("/api/serviceenginegroup/{name}", get(get_group).put(put_group).delete(delete_group))
+        .route("/api/virtualservice", get(list_vs).post(create_vs))
+        .route("/api/virtualservice/{name}", get(get_vs).put(put_vs).delete(delete_vs))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .route_layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
@@ -161,4 +168,130 @@ async fn prestage(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<
 
 async fn status(State(state): State<Arc<LeaderState>>) -> Json<crate::leader::status::UpgradeStatus> {
     Json(state.status.lock().expect("status lock").view())
+}
+
+async fn start_upgrade(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: UpgradeRequest = parse_json(&body)?;
+    let (code, v) = upgrade::start(&state, req).await?;
+    Ok((code, Json(v)).into_response())
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        let status = match e {
+            ConfigError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ConfigError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConfigError::Conflict(_) => StatusCode::CONFLICT,
+            ConfigError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// Refuses configuration changes while an upgrade runs.
+fn writable(state: &LeaderState) -> Result<(), ApiError> {
+    if state.read_only() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "upgrade in progress: configuration is read-only"));
+    }
+    Ok(())
+}
+
+fn vs_json(v: &VirtualService) -> serde_json::Value {
+    let mut j = serde_json::to_value(v).expect("serializes");
+    // Placement on SEs is not built yet: nothing is placed.
+    j["placements"] = json!([]);
+    j
+}
+
+async fn list_groups(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
+    let cfg = state.config.lock().expect("config lock");
+    Json(json!(cfg.se_groups.values().collect::<Vec<_>>()))
+}
+
+async fn get_group(
+    State(state): State<Arc<LeaderState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<SeGroup>, ApiError> {
+    let cfg = state.config.lock().expect("config lock");
+    cfg.se_groups
+        .get(&name)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ConfigError::NotFound(format!("no SE group {name}")).into())
+}
+
+async fn create_group(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
+    writable(&state)?;
+    let g: SeGroup = parse_json(&body)?;
+    state.change_config(|c| c.put_group(g.clone(), false))?;
+    Ok((StatusCode::CREATED, Json(g)).into_response())
+}
+
+async fn put_group(
+    State(state): State<Arc<LeaderState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: Bytes,
+) -> Result<Json<SeGroup>, ApiError> {
+    writable(&state)?;
+    let g: SeGroup = parse_json(&body)?;
+    if g.name != name {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", g.name)));
+    }
+    state.change_config(|c| c.put_group(g.clone(), true))?;
+    Ok(Json(g))
+}
+
+async fn delete_group(
+    State(state): State<Arc<LeaderState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    writable(&state)?;
+    state.change_config(|c| c.delete_group(&name))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_vs(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
+    let cfg = state.config.lock().expect("config lock");
+    Json(json!(cfg.virtual_services.values().map(vs_json).collect::<Vec<_>>()))
+}
+
+async fn get_vs(
+    State(state): State<Arc<LeaderState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let cfg = state.config.lock().expect("config lock");
+    cfg.virtual_services
+        .get(&name)
+        .map(|v| Json(vs_json(v)))
+        .ok_or_else(|| ConfigError::NotFound(format!("no virtual service {name}")).into())
+}
+
+async fn create_vs(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
+    writable(&state)?;
+    let v: VirtualService = parse_json(&body)?;
+    state.change_config(|c| c.put_vs(v.clone(), false))?;
+    Ok((StatusCode::CREATED, Json(vs_json(&v))).into_response())
+}
+
+async fn put_vs(
+    State(state): State<Arc<LeaderState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    writable(&state)?;
+    let v: VirtualService = parse_json(&body)?;
+    if v.name != name {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", v.name)));
+    }
+    state.change_config(|c| c.put_vs(v.clone(), true))?;
+    Ok(Json(vs_json(&v)))
+}
+
+async fn delete_vs(
+    State(state): State<Arc<LeaderState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    writable(&state)?;
+    state.change_config(|c| c.delete_vs(&name))?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -7,12 +7,21 @@ pub mod grpc;
 pub mod image_server;
 pub mod images;
 pub mod status;
+pub mod store;
+pub mod upgrade;
 
 use std::sync::{Arc, Mutex};
 
-use common::{config::NodeSettings, fsutil};
+use common::{Version, config::NodeSettings, fsutil, slots::Slots};
+use tracing::error;
 
-use self::{cluster::ClusterView, images::ImageStore, status::StatusBoard};
+use self::{
+    cluster::ClusterView,
+    images::ImageStore,
+    status::StatusBoard,
+    store::{Config, Store},
+    upgrade::Journal,
+};
 
 /// Everything the leader's services share.
 #[derive(Debug)]
@@ -29,6 +38,14 @@ pub struct LeaderState {
     pub generation: u64,
     /// Bytes of image data served by `FetchImage` since start.
     pub bytes_served: Arc<std::sync::atomic::AtomicU64>,
+    /// The store's files.
+    pub store: Store,
+    /// The configuration (SE groups, virtual services).
+    pub config: Mutex<Config>,
+    /// The upgrade journal (the last upgrade's, once it is done).
+    pub journal: Mutex<Option<Journal>>,
+    /// The version this leader runs.
+    pub version: Version,
 }
 
 impl LeaderState {
@@ -39,13 +56,93 @@ impl LeaderState {
         let generation = previous + 1;
         fsutil::atomic_write(&gen_path, generation.to_string().as_bytes())?;
         let images = ImageStore::open(&settings.data_dir)?;
+        let store = Store::open(&settings.data_dir)?;
+        let config = store.load::<Config>("config")?.unwrap_or_default();
+        let journal = store.load::<Journal>("journal")?;
+        let mut status = store.load::<StatusBoard>("status")?.unwrap_or_default();
+        if status.current.is_running() && !journal.as_ref().is_some_and(Journal::is_running) {
+            // A prestage cannot survive a restart of the leader: say so.
+            status.finish(status::OpState::Aborted, "the leader restarted during the operation".into());
+        }
+        let version = Slots::new(&settings.data_dir).active().map_err(std::io::Error::other)?.1.version;
         Ok(Arc::new(Self {
             cluster: ClusterView::new(&settings),
             images,
-            status: Mutex::new(StatusBoard::default()),
+            status: Mutex::new(status),
             generation,
             bytes_served: Default::default(),
+            store,
+            config: Mutex::new(config),
+            journal: Mutex::new(journal),
+            version,
             settings,
         }))
+    }
+
+    /// Whether an upgrade or prestage is running.
+    pub fn operation_running(&self) -> bool {
+        self.status.lock().expect("status lock").current.is_running() || self.read_only()
+    }
+
+    /// Whether configuration changes are refused (an upgrade is running).
+    pub fn read_only(&self) -> bool {
+        self.journal.lock().expect("journal lock").as_ref().is_some_and(Journal::is_running)
+    }
+
+    /// The version this leader's node runs.
+    pub fn ctx_version(&self) -> Version {
+        self.version
+    }
+
+    /// Persists the journal (before the step it describes acts).
+    pub fn save_journal(&self, j: Option<Journal>) -> std::io::Result<()> {
+        if let Some(j) = &j {
+            self.store.save("journal", j)?;
+        }
+        *self.journal.lock().expect("journal lock") = j;
+        Ok(())
+    }
+
+    /// Changes the running upgrade's journal and writes it, atomically with
+    /// respect to other changes.
+    pub fn update_journal(&self, f: impl FnOnce(&mut Journal)) -> std::io::Result<Journal> {
+        let mut guard = self.journal.lock().expect("journal lock");
+        let mut j = guard.clone().ok_or_else(|| std::io::Error::other("no upgrade journal"))?;
+        f(&mut j);
+        self.store.save("journal", &j)?;
+        *guard = Some(j.clone());
+        Ok(j)
+    }
+
+    /// Persists the status and history, so they survive the leader's reboot.
+    pub fn save_status(&self) {
+        let board = self.status.lock().expect("status lock");
+        if let Err(e) = self.store.save("status", &*board) {
+            error!(error = %e, "cannot save the upgrade status");
+        }
+    }
+
+    /// Applies a change to the configuration and saves it; nothing changes
+    /// if `f` refuses or the save fails.
+    pub fn change_config<T>(
+        &self,
+        f: impl FnOnce(&mut Config) -> Result<T, store::ConfigError>,
+    ) -> Result<T, store::ConfigError> {
+        let mut cfg = self.config.lock().expect("config lock");
+        let mut next = cfg.clone();
+        let out = f(&mut next)?;
+        self.store.save("config", &next)?;
+        *cfg = next;
+        Ok(out)
+    }
+
+    /// Puts back a configuration snapshot (an aborted upgrade).
+    pub fn restore_config(&self, snapshot: &Config) {
+        let mut cfg = self.config.lock().expect("config lock");
+        if let Err(e) = self.store.save("config", snapshot) {
+            error!(error = %e, "cannot restore the configuration snapshot");
+            return;
+        }
+        *cfg = snapshot.clone();
     }
 }

@@ -22,6 +22,7 @@ pub enum StartError {
 /// Starts a controller agent with validated settings.
 pub async fn start(
     settings: NodeSettings,
+    reboot: std::sync::Arc<dyn agent_core::reboot::Reboot>,
 ) -> Result<(NodeHandle, Option<std::sync::Arc<leader::LeaderState>>), StartError> {
     let settings = std::sync::Arc::new(settings);
     if settings.is_leader() {
@@ -30,7 +31,9 @@ pub async fn start(
         let store = state.clone();
         let local: agent_core::follower::session::LocalImages =
             std::sync::Arc::new(move |sha| store.images.path_of(sha));
-        let node = Node::with_local_images(settings, Some(local))?;
+        let node = Node::with_local_images(settings, Some(local), reboot)?;
+        leader::upgrade::resume(&state);
+        leader::upgrade::spawn_reconciler(state.clone());
         let app = node
             .base_routes()
             .add_service(leader::grpc::LeaderService::server(state.clone()))
@@ -38,7 +41,7 @@ pub async fn start(
             .merge(api::router(state.clone()));
         Ok((node.start(app).await?, Some(state)))
     } else {
-        let node = Node::new(settings.clone())?;
+        let node = Node::new(settings.clone(), reboot)?;
         let app = node.base_routes().into_axum_router().merge(api::follower_router(settings.leader.addr));
         Ok((node.start(app).await?, None))
     }

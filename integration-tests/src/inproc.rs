@@ -117,6 +117,8 @@ impl TestCluster {
             fetch_rate_limit: b.fetch_rate_limit,
             bin_dir: bins,
             port: common::DEFAULT_PORT,
+            self_revert_secs: None,
+            reform_timeout_secs: None,
         };
         std::fs::create_dir_all(&spec.dir).unwrap();
         let file = local::prepare(&spec).unwrap();
@@ -164,10 +166,14 @@ impl TestCluster {
         let settings = self.settings(id);
         let running = match settings.role {
             common::Role::Controller => {
-                let (handle, leader) = controller_agent::start(settings).await.unwrap();
+                let (handle, leader) =
+                    controller_agent::start(settings, Arc::new(agent_core::reboot::NoReboot)).await.unwrap();
                 Running { handle, leader }
             }
-            _ => Running { handle: se_agent::start(settings).await.unwrap(), leader: None },
+            _ => Running {
+                handle: se_agent::start(settings, Arc::new(agent_core::reboot::NoReboot)).await.unwrap(),
+                leader: None,
+            },
         };
         self.running.insert(id.to_owned(), running);
     }

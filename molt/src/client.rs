@@ -219,6 +219,17 @@ impl Api {
         self.json(self.request(Method::POST, path, b)).await
     }
 
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        let b = Full::new(Bytes::from(serde_json::to_vec(body).expect("serializes"))).map_err(|e| match e {}).boxed();
+        self.json(self.request(Method::PUT, path, b)).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(Method::DELETE, path, empty())).await
+    }
+
     /// Uploads a file to `POST /api/upload?name=NAME`, streaming it;
     /// `progress` is called with the bytes sent so far.
     pub async fn upload(

@@ -124,6 +124,10 @@ pub struct LocalSpec {
     pub bin_dir: PathBuf,
     /// The port every node listens on.
     pub port: u16,
+    /// Self-revert deadline of uncommitted boots.
+    pub self_revert_secs: Option<u64>,
+    /// The leader's re-formation deadline.
+    pub reform_timeout_secs: Option<u64>,
 }
 
 /// Facts about a local cluster that `cluster.json` does not hold.
@@ -223,6 +227,8 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             heartbeat_interval_ms: Some(spec.heartbeat_ms),
             se_group: n.se_group.clone(),
             fetch_rate_limit_bytes: spec.fetch_rate_limit.filter(|_| n.id == "c1"),
+            self_revert_secs: spec.self_revert_secs,
+            reform_timeout_secs: spec.reform_timeout_secs.filter(|_| n.id == "c1"),
             tls: TlsFiles {
                 ca: pki_dir.join("ca.pem"),
                 cert: pki_dir.join(format!("{}.pem", n.id)),
@@ -339,7 +345,24 @@ pub async fn up(spec: &LocalSpec, timeout: Duration) -> Result<ClusterFile, Loca
         }
     }
     wait_up(&spec.dir, timeout).await?;
+    register_groups(&spec.dir, &spec.groups).await?;
     Ok(cf)
+}
+
+/// Creates the SE groups of `--groups` in the leader's configuration
+/// (existing ones are left as they are).
+async fn register_groups(dir: &Path, groups: &[GroupSpec]) -> Result<(), LocalError> {
+    let conn = Connection::resolve(Some(dir), None, None, None).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let api = Api::new(&conn).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    for g in groups {
+        let body = serde_json::json!({ "name": g.name, "ha_mode": g.ha });
+        match api.post("/api/serviceenginegroup", &body).await {
+            Ok(_) => {}
+            Err(crate::client::ClientError::Api { status, .. }) if status == http::StatusCode::CONFLICT => {}
+            Err(e) => return Err(LocalError::Invalid(format!("cannot create SE group {}: {e}", g.name))),
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every node of `dir` heartbeats to the leader.
@@ -394,42 +417,85 @@ pub fn down(dir: &Path) -> Result<(), LocalError> {
 pub fn supervise(dir: &Path, id: &str) -> Result<(), LocalError> {
     known_node(dir, id)?;
     let nd = node_dir(dir, id);
+    fs::write(nd.join("supervisor.pid"), std::process::id().to_string()).map_err(io(&nd))?;
+    let say = |msg: &str| {
+        let _ = writeln!(std::io::stderr(), "[molt local] {id}: {msg}");
+    };
+    let mut quick_failures = 0;
+    loop {
+        let booted = Instant::now();
+        // A fresh PID namespace for every power-on, made by a helper process:
+        // a process can create a PID namespace for its children only once.
+        let status = Command::new(std::env::current_exe().map_err(io(&nd))?)
+            .args(["local", "nsboot", "--dir"])
+            .arg(dir)
+            .arg(id)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(io(&nd))?;
+        match status.code() {
+            Some(NSBOOT_REBOOTED) => {
+                quick_failures = 0;
+                say("rebooted; powering on again");
+            }
+            Some(NSBOOT_CRASHED) => {
+                // The node's software died: like a hardware watchdog, boot it
+                // again (its boot loader counts attempts of an uncommitted
+                // slot and falls back). Give up on a tight boot loop.
+                quick_failures = if booted.elapsed() < Duration::from_secs(10) { quick_failures + 1 } else { 0 };
+                if quick_failures > 10 {
+                    say(&format!("failed to boot {quick_failures} times in a row; the node stays off"));
+                    break;
+                }
+                say("crashed; watchdog reboot");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            _ => {
+                say(&format!("powered off ({status}); the node stays off until `molt local power on`"));
+                break;
+            }
+        }
+    }
+    let _ = fs::remove_file(nd.join("init.pid"));
+    let _ = fs::remove_file(nd.join("supervisor.pid"));
+    Ok(())
+}
+
+/// `nsboot` exit code: the node rebooted (its init ended by SIGHUP).
+pub const NSBOOT_REBOOTED: i32 = 10;
+/// `nsboot` exit code: the node was powered off.
+pub const NSBOOT_OFF: i32 = 11;
+/// `nsboot` exit code: the node's init died otherwise (crash, failed boot).
+pub const NSBOOT_CRASHED: i32 = 12;
+
+/// One power-on of a node (`molt local nsboot`, run by the supervisor):
+/// creates a PID namespace, starts the node's boot loader as its init,
+/// waits for it, and says how it ended by the exit code.
+pub fn nsboot(dir: &Path, id: &str) -> Result<i32, LocalError> {
+    let nd = node_dir(dir, id);
     let local: LocalFile =
         serde_json::from_slice(&fs::read(dir.join("local.json")).map_err(io(&dir.join("local.json")))?)
             .map_err(|e| LocalError::Invalid(e.to_string()))?;
     let config = nd.join("node.toml");
     let toml_text = fs::read_to_string(&config).map_err(io(&config))?;
     let role_bin = if toml_text.contains("role = \"controller\"") { "controller-agent" } else { "se-agent" };
-    fs::write(nd.join("supervisor.pid"), std::process::id().to_string()).map_err(io(&nd))?;
-    let say = |msg: &str| {
-        let _ = writeln!(std::io::stderr(), "[molt local] {id}: {msg}");
-    };
-    loop {
-        // A fresh PID namespace for every power-on: the first child becomes its init.
-        // Without one, the node's reboot(2) would restart this machine: refuse.
-        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
-            say(&format!("cannot create a PID namespace ({e}); molt local needs root. The node stays off."));
-            let _ = fs::remove_file(nd.join("supervisor.pid"));
-            return Err(LocalError::Invalid(format!("{id}: no PID namespace: {e}")));
-        }
-        let mut child = Command::new(local.bin_dir.join(role_bin))
-            .arg("boot")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(io(&local.bin_dir.join(role_bin)))?;
-        fs::write(nd.join("init.pid"), child.id().to_string()).map_err(io(&nd))?;
-        say("powered on");
-        let status = child.wait().map_err(io(&nd))?;
-        match status.signal() {
-            Some(s) if s == Signal::SIGHUP as i32 => say("rebooted; powering on again"),
-            _ => {
-                say(&format!("halted ({status}); the node stays off until `molt local power on`"));
-                let _ = fs::remove_file(nd.join("init.pid"));
-                let _ = fs::remove_file(nd.join("supervisor.pid"));
-                return Ok(());
-            }
-        }
-    }
+    // Without its own PID namespace the node's reboot(2) would restart this machine: refuse.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| {
+        LocalError::Invalid(format!("{id}: cannot create a PID namespace ({e}); molt local needs root"))
+    })?;
+    let mut child = Command::new(local.bin_dir.join(role_bin))
+        .arg("boot")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(io(&local.bin_dir.join(role_bin)))?;
+    fs::write(nd.join("init.pid"), child.id().to_string()).map_err(io(&nd))?;
+    let _ = writeln!(std::io::stderr(), "[molt local] {id}: powered on");
+    let status = child.wait().map_err(io(&nd))?;
+    Ok(match status.signal() {
+        Some(s) if s == Signal::SIGHUP as i32 => NSBOOT_REBOOTED,
+        Some(s) if s == Signal::SIGINT as i32 || s == Signal::SIGKILL as i32 => NSBOOT_OFF,
+        _ => NSBOOT_CRASHED,
+    })
 }

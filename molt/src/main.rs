@@ -144,6 +144,12 @@ enum LocalCmd {
         /// Cap image distribution per transfer (bytes/s).
         #[arg(long)]
         fetch_rate_limit: Option<u64>,
+        /// Seconds an uncommitted boot waits for the leader before rolling back.
+        #[arg(long)]
+        self_revert_secs: Option<u64>,
+        /// Seconds nodes have to rejoin after an apply before the upgrade fails.
+        #[arg(long)]
+        reform_timeout_secs: Option<u64>,
     },
     /// Power every node off (the cluster dir stays).
     Down {
@@ -161,6 +167,13 @@ enum LocalCmd {
     /// (internal) The per-node supervisor.
     #[command(hide = true)]
     Supervise {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+    },
+    /// (internal) One power-on of a node in a new PID namespace.
+    #[command(hide = true)]
+    Nsboot {
         #[arg(long)]
         dir: PathBuf,
         node: String,
@@ -305,12 +318,47 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
                 _ => Err(Failure(format!("prestage did not complete: {}", end["reason"].as_str().unwrap_or("?")), 1)),
             }
         }
-        "system" => Err(Failure(
-            "`upgrade system` is not built yet in this version of molt: only `upgrade prestage` (distribute and verify \
-             the image on every node) works; see README.md"
-                .into(),
-            1,
-        )),
+        "system" => {
+            let (path, flags) = image_words(rest)?;
+            let mut body = serde_json::json!({ "force": false, "disruptive": false, "prechecks_only": false });
+            for f in &flags {
+                match f.as_str() {
+                    "force" | "disruptive" | "prechecks_only" => body[f.as_str()] = true.into(),
+                    other => {
+                        return Err(usage(format!(
+                            "unknown option {other:?}: expected force, disruptive or prechecks_only"
+                        )));
+                    }
+                }
+            }
+            let api = api(cli)?;
+            let image = upgrade::image_path_on_leader(&api, &path, json).await?;
+            body["image_path"] = image.clone().into();
+            let answer = api.post("/api/cluster/upgrade", &body).await.map_err(explain)?;
+            if body["prechecks_only"] == true {
+                if json {
+                    print_json(&answer);
+                } else {
+                    print!("{}", render::prechecks(&answer));
+                }
+                return if answer["ok"] == true { Ok(()) } else { Err(Failure("the pre-checks failed".into(), 1)) };
+            }
+            if no_wait {
+                println!("upgrade to {} started; follow it with `molt show upgrade status`", answer["to_version"]);
+                return Ok(());
+            }
+            let end = upgrade::follow(&api, json).await?;
+            if json {
+                print_json(&end);
+            } else {
+                print!("{}", render::status(&end));
+            }
+            match end["state"].as_str() {
+                Some("completed") => Ok(()),
+                Some(s) => Err(Failure(format!("the upgrade ended {s}: {}", end["reason"].as_str().unwrap_or("")), 1)),
+                None => Err(Failure("the leader answered no state".into(), 1)),
+            }
+        }
         other => Err(usage(format!("unknown upgrade action {other:?}: expected prestage or system"))),
     }
 }
@@ -359,7 +407,18 @@ async fn show(cli: &Cli, words: &[String], json: bool, watch: bool) -> Result<()
 
 async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
     match cmd {
-        LocalCmd::Up { dir, controllers, groups, version, subnet, port, heartbeat_ms, fetch_rate_limit } => {
+        LocalCmd::Up {
+            dir,
+            controllers,
+            groups,
+            version,
+            subnet,
+            port,
+            heartbeat_ms,
+            fetch_rate_limit,
+            self_revert_secs,
+            reform_timeout_secs,
+        } => {
             let spec = LocalSpec {
                 dir: dir.clone(),
                 controllers: *controllers,
@@ -370,6 +429,8 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
                 fetch_rate_limit: *fetch_rate_limit,
                 bin_dir: local::own_bin_dir(),
                 port: *port,
+                self_revert_secs: *self_revert_secs,
+                reform_timeout_secs: *reform_timeout_secs,
             };
             let started = std::time::Instant::now();
             let cf = local::up(&spec, Duration::from_secs(60)).await?;
@@ -389,6 +450,15 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
             other => Err(usage(format!("power {other:?}: expected on or off"))),
         },
         LocalCmd::Supervise { dir, node } => Ok(local::supervise(dir, node)?),
+        // The supervisor reads how the node ended from the exit code.
+        #[allow(clippy::exit)]
+        LocalCmd::Nsboot { dir, node } => match local::nsboot(dir, node) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(local::NSBOOT_OFF)
+            }
+        },
     }
 }
 
@@ -428,6 +498,8 @@ async fn demo_in(dir: &Path) -> Result<(), Failure> {
         fetch_rate_limit: None,
         bin_dir: bin_dir.clone(),
         port: common::DEFAULT_PORT,
+        self_revert_secs: None,
+        reform_timeout_secs: None,
     };
     println!(
         "== 1. a local cluster: 3 controllers, SE groups g1 (active-active, 2 SEs) and g2 (N+M, 2 SEs), version 1.0.0"

@@ -73,21 +73,35 @@ pub fn status(v: &Value) -> String {
             v["progress"].as_u64().unwrap_or(0)
         );
         let _ = writeln!(out, "image {} (sha256 {})", s(&v["image_path"]), s(&v["image_sha256"]));
+        if v["force"] == true || v["disruptive"] == true {
+            let _ = writeln!(out, "force {}  disruptive {}", v["force"], v["disruptive"]);
+        }
         if let Some(r) = v["reason"].as_str().filter(|r| !r.is_empty()) {
             let _ = writeln!(out, "reason: {r}");
         }
         for c in v["prechecks"].as_array().into_iter().flatten() {
             let _ = writeln!(out, "  check {:<16} {:<7} {}", s(&c["check"]), s(&c["result"]), s(&c["message"]));
         }
+        for g in v["se_groups"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  SE group {:<8} {:<15} {:<12} {}%",
+                s(&g["name"]),
+                s(&g["ha_mode"]),
+                s(&g["state"]),
+                g["progress"]
+            );
+        }
         for n in v["nodes"].as_array().into_iter().flatten() {
             let last = n["events"].as_array().and_then(|e| e.last());
             let _ = writeln!(
                 out,
-                "  {:<12} {:<11} {:<8} {:>10}  {}",
+                "  {:<12} {:<11} {:<8} {:<8} {:<9} {}",
                 s(&n["id"]),
                 s(&n["role"]),
                 s(&n["state"]),
-                bytes(n["received"].as_u64().unwrap_or(0)),
+                s(&n["version"]),
+                last.map(|e| s(&e["task"]).to_owned()).unwrap_or_default(),
                 last.map(|e| s(&e["message"]).to_owned()).unwrap_or_default()
             );
         }
@@ -106,6 +120,23 @@ pub fn status(v: &Value) -> String {
                 s(&h["reason"])
             );
         }
+    }
+    out
+}
+
+/// `upgrade system ... prechecks_only`.
+pub fn prechecks(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pre-checks for {} → {}{}: {}",
+        s(&v["from_version"]),
+        s(&v["to_version"]),
+        if v["disruptive"] == true { " (disruptive)" } else { "" },
+        if v["ok"] == true { "the upgrade can start" } else { "the upgrade would be refused" }
+    );
+    for c in v["prechecks"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  {:<16} {:<7} {}", s(&c["check"]), s(&c["result"]), s(&c["message"]));
     }
     out
 }

@@ -5,8 +5,11 @@ use agent_core::{Node, NodeHandle, node::NodeError};
 use common::config::NodeSettings;
 
 /// Starts an SE agent with validated settings.
-pub async fn start(settings: NodeSettings) -> Result<NodeHandle, NodeError> {
-    let node = Node::new(std::sync::Arc::new(settings))?;
+pub async fn start(
+    settings: NodeSettings,
+    reboot: std::sync::Arc<dyn agent_core::reboot::Reboot>,
+) -> Result<NodeHandle, NodeError> {
+    let node = Node::new(std::sync::Arc::new(settings), reboot)?;
     let app = node.base_routes().into_axum_router();
     node.start(app).await
 }

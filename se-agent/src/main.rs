@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config } => {
             let settings = NodeSettings::load(&config)?;
             tokio::runtime::Runtime::new()?.block_on(async move {
-                let handle = se_agent::start(settings).await?;
+                let handle = se_agent::start(settings, std::sync::Arc::new(agent_core::reboot::SystemReboot)).await?;
                 agent_core::boot::wait_for_stop_signal().await;
                 handle.shutdown.cancel();
                 let _ = handle.task.await;

@@ -11,13 +11,29 @@ use std::{
 };
 
 use common::{
-    fsutil,
-    session::{Command, CommandKind, CommandResult, CommandState},
+    Version, fsutil,
+    session::{Command, CommandKind, CommandResult, CommandState, ImageRef},
+    slots::Slots,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::stage::{ImageSource, Stager};
+use crate::reboot::Reboot;
+
+/// How long a node waits after reporting a reboot-bound outcome, so the
+/// heartbeat carrying it reaches the leader first.
+const REPORT_BEFORE_REBOOT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// What a command did.
+struct Outcome {
+    message: String,
+    reboot: bool,
+}
+
+fn done(message: String) -> Outcome {
+    Outcome { message, reboot: false }
+}
 
 /// Outcomes kept for heartbeats and repeated ids.
 const KEEP_RESULTS: usize = 64;
@@ -52,6 +68,8 @@ pub struct Executor {
     source: Arc<dyn ImageSource>,
     shutdown: CancellationToken,
     settled: Arc<tokio::sync::Notify>,
+    slots: Slots,
+    reboot: Arc<dyn Reboot>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -66,6 +84,7 @@ impl Executor {
         data_dir: &std::path::Path,
         stager: Stager,
         source: Arc<dyn ImageSource>,
+        reboot: Arc<dyn Reboot>,
         shutdown: CancellationToken,
     ) -> Self {
         let fence_path = data_dir.join("fence");
@@ -78,6 +97,8 @@ impl Executor {
             source,
             shutdown,
             settled: Arc::default(),
+            slots: Slots::new(data_dir),
+            reboot,
         }
     }
 
@@ -106,15 +127,26 @@ impl Executor {
                 _ = this.shutdown.cancelled() => return,
                 r = this.run(&cmd.kind) => r,
             };
-            let (state, message) = match outcome {
-                Ok(m) => (CommandState::Succeeded, m),
+            let (state, message, reboot) = match outcome {
+                Ok(o) => (CommandState::Succeeded, o.message, o.reboot),
                 Err(m) => {
                     warn!(id = %cmd.id, command = cmd.kind.name(), error = %m, "command failed");
-                    (CommandState::Failed, m)
+                    (CommandState::Failed, m, false)
                 }
             };
-            this.log.lock().expect("log lock").record(CommandResult { id: cmd.id, state, message });
+            this.log.lock().expect("log lock").record(CommandResult { id: cmd.id.clone(), state, message });
             this.settled.notify_one();
+            if reboot {
+                tokio::time::sleep(REPORT_BEFORE_REBOOT).await;
+                info!(id = %cmd.id, "rebooting");
+                let Err(e) = this.reboot.reboot();
+                this.log.lock().expect("log lock").record(CommandResult {
+                    id: cmd.id,
+                    state: CommandState::Failed,
+                    message: e,
+                });
+                this.settled.notify_one();
+            }
         });
         running
     }
@@ -134,15 +166,78 @@ impl Executor {
         Ok(())
     }
 
-    async fn run(&self, kind: &CommandKind) -> Result<String, String> {
+    async fn run(&self, kind: &CommandKind) -> Result<Outcome, String> {
         match kind {
             CommandKind::Stage(image) => self
                 .stager
                 .stage(image, self.source.as_ref())
                 .await
-                .map(|s| format!("staged {} ({} bytes)", s.version, s.size))
+                .map(|s| done(format!("staged {} ({} bytes)", s.version, s.size)))
                 .map_err(|e| e.to_string()),
+            CommandKind::Apply(image) => self.apply(image).await,
+            CommandKind::Commit(v) => self.commit(*v),
+            CommandKind::Rollback(v) => self.rollback(*v),
         }
+    }
+
+    /// Installs the staged image into the inactive slot and activates it on
+    /// trial; the reboot follows once the outcome is reported.
+    async fn apply(&self, image: &ImageRef) -> Result<Outcome, String> {
+        let (_, active) = self.slots.active().map_err(|e| e.to_string())?;
+        if active.version == image.version {
+            return Ok(done(format!("already running {}", image.version)));
+        }
+        let path = self
+            .stager
+            .path_of(&image.sha256)
+            .ok_or_else(|| format!("image {} is not staged on this node; prestage it first", image.sha256.short()))?;
+        let slots = self.slots.clone();
+        let (slot, m) = tokio::task::spawn_blocking(move || {
+            let (slot, m) = slots.install_inactive(&path).map_err(|e| e.to_string())?;
+            slots.activate_on_trial(slot).map_err(|e| e.to_string())?;
+            Ok::<_, String>((slot, m))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        info!(version = %m.version, %slot, "installed and activated on trial");
+        Ok(Outcome { message: format!("installed {} in slot {slot}; rebooting into it", m.version), reboot: true })
+    }
+
+    fn commit(&self, version: Version) -> Result<Outcome, String> {
+        let (_, active) = self.slots.active().map_err(|e| e.to_string())?;
+        if active.version != version {
+            return Err(format!("this node runs {}, not {version}; nothing committed", active.version));
+        }
+        self.slots.commit().map_err(|e| e.to_string())?;
+        Ok(done(format!("committed {version}")))
+    }
+
+    fn rollback(&self, to: Version) -> Result<Outcome, String> {
+        let (record, active) = self.slots.active().map_err(|e| e.to_string())?;
+        if active.version == to {
+            if record.pending {
+                self.slots.commit().map_err(|e| e.to_string())?;
+            }
+            return Ok(done(format!("already running {to}")));
+        }
+        let prev = record.previous.ok_or_else(|| format!("no previous slot holds {to}: nothing to roll back to"))?;
+        let pm = self.slots.slot_manifest(prev).map_err(|e| e.to_string())?;
+        if pm.version != to {
+            return Err(format!("the previous slot holds {}, not {to}", pm.version));
+        }
+        self.slots.switch_to_previous().map_err(|e| e.to_string())?;
+        Ok(Outcome { message: format!("switched back to {to}; rebooting"), reboot: true })
+    }
+
+    /// Rolls an uncommitted boot back to the previous slot and reboots (the
+    /// leader was not reachable in time). Returns only on failure.
+    pub fn self_revert(&self) -> Result<std::convert::Infallible, String> {
+        let record = self.slots.boot_record().map_err(|e| e.to_string())?;
+        if !record.pending {
+            return Err("the running slot was committed meanwhile".into());
+        }
+        self.slots.switch_to_previous().map_err(|e| e.to_string())?.ok_or("no previous slot")?;
+        self.reboot.reboot()
     }
 
     /// Outcomes of recent commands, oldest first.
@@ -187,7 +282,10 @@ mod tests {
     fn executor(dir: &std::path::Path) -> (Executor, Arc<Counting>) {
         let stager = Stager::open(dir, DeploymentKind::Vm).unwrap();
         let source = Arc::new(Counting(AtomicUsize::new(0)));
-        (Executor::new(dir, stager, source.clone(), CancellationToken::new()), source)
+        (
+            Executor::new(dir, stager, source.clone(), Arc::new(crate::reboot::NoReboot), CancellationToken::new()),
+            source,
+        )
     }
 
     async fn settled(e: &Executor, id: &str) -> CommandResult {

@@ -55,6 +55,7 @@ async fn session_once(ctx: &NodeCtx) -> Result<(), String> {
     tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|e| e.to_string())?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await.map_err(|e| e.message().to_owned())?.into_inner();
     info!(leader = %ctx.settings.leader.id, "session established");
+    ctx.joined.send_replace(true);
     let mut tick = tokio::time::interval(ctx.settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let settled = ctx.executor.settled();

@@ -271,6 +271,8 @@ mod tests {
             fetch_rate_limit: None,
             bin_dir: bins,
             port: 8443,
+            self_revert_secs: None,
+            reform_timeout_secs: None,
         };
         molt::local::prepare(&spec).unwrap();
         NodeSettings::load(&dir.join("c/nodes/c1/node.toml")).unwrap()
@@ -290,6 +292,8 @@ mod tests {
             transfers: vec![],
             results: vec![],
             seq: 0,
+            pending: false,
+            previous_version: None,
         }
     }
 

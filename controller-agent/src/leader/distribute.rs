@@ -24,7 +24,7 @@ use super::{
     LeaderState,
     cluster::{NodeState, NodeView},
     images::{Image, ImageError},
-    status::{Event, NodeStatus, OpState, Precheck, UpgradeStatus, now},
+    status::{NodeStatus, OpState, Precheck, UpgradeStatus, now},
 };
 use agent_core::follower::stage::DISK_MARGIN;
 
@@ -135,7 +135,7 @@ pub fn prechecks(image: &Image, nodes: &[NodeView]) -> (Vec<Precheck>, Option<St
 /// Starts prestaging `image_path` on every node. Returns the status once the
 /// operation is under way, or why it was refused (nothing changed then).
 pub async fn start(state: &Arc<LeaderState>, image_path: &str) -> Result<UpgradeStatus, Refused> {
-    if state.status.lock().expect("status lock").current.is_running() {
+    if state.operation_running() {
         return Err(Refused {
             status: StatusCode::CONFLICT,
             message: "an operation is already running; follow it with `molt show upgrade status`".into(),
@@ -199,16 +199,37 @@ fn running_version(nodes: &[NodeView]) -> String {
     versions.join(",")
 }
 
-async fn run(state: Arc<LeaderState>, image: Image, nodes: Vec<NodeView>) {
+/// The image as commands describe it.
+pub fn image_ref(image: &Image) -> ImageRef {
     let m = &image.info.manifest;
-    let image_ref = ImageRef {
+    ImageRef {
         sha256: image.info.sha256,
         size: image.info.size,
         version: m.version,
         kind: m.kind,
         min_compatible: m.min_compatible,
-    };
-    let op = common::types::random_hex(4);
+    }
+}
+
+async fn run(state: Arc<LeaderState>, image: Image, nodes: Vec<NodeView>) {
+    let image_ref = image_ref(&image);
+    let failures = stage_everywhere(&state, &image_ref, &nodes, &common::types::random_hex(4)).await;
+    let mut board = state.status.lock().expect("status lock");
+    if failures.is_empty() {
+        info!(sha = %image_ref.sha256.short(), "prestage completed");
+        board.finish(OpState::Completed, String::new());
+    } else {
+        let reason = format!("staging failed on {}", failures.join("; "));
+        warn!(%reason, "prestage aborted");
+        board.finish(OpState::Aborted, reason);
+    }
+    drop(board);
+    state.save_status();
+}
+
+/// Stages `image` on `nodes`: controllers first, then SEs, each wave in
+/// parallel. Returns the failures (`node: why`); empty when all succeeded.
+pub async fn stage_everywhere(state: &Arc<LeaderState>, image: &ImageRef, nodes: &[NodeView], op: &str) -> Vec<String> {
     let mut failures = Vec::new();
     for wave in [Role::Controller, Role::ServiceEngine] {
         let tasks: Vec<_> = nodes
@@ -216,11 +237,11 @@ async fn run(state: Arc<LeaderState>, image: Image, nodes: Vec<NodeView>) {
             .filter(|n| (n.role == Role::Controller) == (wave == Role::Controller))
             .map(|n| {
                 let state = state.clone();
-                let image_ref = image_ref.clone();
-                let id = format!("stage-{}-{op}-{}", image_ref.sha256.short(), n.id);
+                let image = image.clone();
+                let id = format!("stage-{}-{op}-{}", image.sha256.short(), n.id);
                 let node = n.id.clone();
                 tokio::spawn(async move {
-                    let r = stage_on(&state, &node, &id, image_ref).await;
+                    let r = stage_on(&state, &node, &id, image).await;
                     (node, r)
                 })
             })
@@ -236,31 +257,14 @@ async fn run(state: Arc<LeaderState>, image: Image, nodes: Vec<NodeView>) {
             break;
         }
     }
-    let mut board = state.status.lock().expect("status lock");
-    if failures.is_empty() {
-        info!(sha = %image_ref.sha256.short(), "prestage completed");
-        board.finish(OpState::Completed, String::new());
-    } else {
-        let reason = format!("staging failed on {}", failures.join("; "));
-        warn!(%reason, "prestage aborted");
-        board.finish(OpState::Aborted, reason);
-    }
+    failures
 }
 
 /// Drives one node until it reports the image staged, fails, or stalls.
-async fn stage_on(state: &LeaderState, node: &NodeId, id: &str, image: ImageRef) -> Result<(), String> {
+pub async fn stage_on(state: &LeaderState, node: &NodeId, id: &str, image: ImageRef) -> Result<(), String> {
     let total = image.size;
     let sha = image.sha256;
-    update_node(state, node, |n| {
-        n.state = "running".into();
-        n.events.push(Event {
-            task: "stage".into(),
-            status: "running".into(),
-            start: now(),
-            end: None,
-            message: String::new(),
-        });
-    });
+    state.status.lock().expect("status lock").begin(node.as_str(), "stage");
     let cmd = Command { id: id.to_owned(), generation: state.generation, kind: CommandKind::Stage(image) };
     let mut last_sent: Option<Instant> = None;
     let mut last_progress = (0u64, Instant::now());
@@ -285,7 +289,7 @@ async fn stage_on(state: &LeaderState, node: &NodeId, id: &str, image: ImageRef)
             .unwrap_or(last_progress.0);
         if received > last_progress.0 {
             last_progress = (received, Instant::now());
-            update_node(state, node, |n| n.received = received);
+            update_received(&mut state.status.lock().expect("status lock"), node, received);
             refresh_progress(state, total);
         }
         if last_progress.1.elapsed() > STALL_TIMEOUT {
@@ -295,27 +299,26 @@ async fn stage_on(state: &LeaderState, node: &NodeId, id: &str, image: ImageRef)
         tokio::time::sleep(POLL).await;
     };
     let ok = outcome.is_ok();
-    update_node(state, node, |n| {
-        n.state = if ok { "done" } else { "failed" }.into();
+    {
+        let mut board = state.status.lock().expect("status lock");
+        board.end(
+            node.as_str(),
+            ok,
+            match &outcome {
+                Ok(m) | Err(m) => m,
+            },
+        );
         if ok {
-            n.received = total;
+            update_received(&mut board, node, total);
         }
-        if let Some(ev) = n.events.last_mut() {
-            ev.status = if ok { "done" } else { "failed" }.into();
-            ev.end = Some(now());
-            ev.message = match &outcome {
-                Ok(m) | Err(m) => m.clone(),
-            };
-        }
-    });
+    }
     refresh_progress(state, total);
     outcome.map(|_| ())
 }
 
-fn update_node(state: &LeaderState, node: &NodeId, f: impl FnOnce(&mut NodeStatus)) {
-    let mut board = state.status.lock().expect("status lock");
+fn update_received(board: &mut super::status::StatusBoard, node: &NodeId, received: u64) {
     if let Some(n) = board.current.nodes.iter_mut().find(|n| n.id == node.as_str()) {
-        f(n);
+        n.received = received;
     }
 }
 

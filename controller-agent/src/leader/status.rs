@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Seconds since the Unix epoch, to the millisecond.
 pub fn now() -> f64 {
@@ -12,7 +12,7 @@ pub fn now() -> f64 {
 }
 
 /// The overall state of the current (or last) operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
     /// Nothing has run since the leader started.
@@ -31,7 +31,7 @@ pub enum OpState {
 }
 
 /// One step of a node's part in an operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// What the step does (`stage`, ...).
     pub task: String,
@@ -46,7 +46,7 @@ pub struct Event {
 }
 
 /// A node's part in the operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Node id.
     pub id: String,
@@ -63,7 +63,7 @@ pub struct NodeStatus {
 }
 
 /// A pre-check's verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Precheck {
     /// Which check.
     pub check: String,
@@ -74,7 +74,7 @@ pub struct Precheck {
 }
 
 /// A past operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// `prestage` or `upgrade`.
     pub operation: String,
@@ -93,7 +93,8 @@ pub struct HistoryEntry {
 }
 
 /// The status document.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct UpgradeStatus {
     /// Overall state.
     pub state: OpState,
@@ -141,7 +142,7 @@ impl UpgradeStatus {
 }
 
 /// The current operation plus history.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct StatusBoard {
     /// The current or last operation.
     pub current: UpgradeStatus,
@@ -153,6 +154,32 @@ impl StatusBoard {
     /// The document to show, with history.
     pub fn view(&self) -> UpgradeStatus {
         UpgradeStatus { history: self.history.clone(), ..self.current.clone() }
+    }
+
+    /// Starts a step `task` of `node`'s part.
+    pub fn begin(&mut self, node: &str, task: &str) {
+        if let Some(n) = self.current.nodes.iter_mut().find(|n| n.id == node) {
+            n.state = "running".into();
+            n.events.push(Event {
+                task: task.into(),
+                status: "running".into(),
+                start: now(),
+                end: None,
+                message: String::new(),
+            });
+        }
+    }
+
+    /// Ends the last step of `node`'s part.
+    pub fn end(&mut self, node: &str, ok: bool, message: &str) {
+        if let Some(n) = self.current.nodes.iter_mut().find(|n| n.id == node) {
+            n.state = if ok { "done" } else { "failed" }.into();
+            if let Some(ev) = n.events.last_mut() {
+                ev.status = if ok { "done" } else { "failed" }.into();
+                ev.end = Some(now());
+                ev.message = message.to_owned();
+            }
+        }
     }
 
     /// Ends the current operation in `state`, recording it in history.

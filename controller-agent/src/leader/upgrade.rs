@@ -1,0 +1,849 @@
+//! The system upgrade, driven by the leader as a journaled state machine.
+//!
+//! ```text
+//! Distribute → ApplyControllers → AwaitControllers → CommitControllers → ServiceEngines → Done(completed|suspended)
+//!                     │                  │
+//!                     └──── failure ─────┴→ RollbackControllers → AwaitRollback → Done(aborted)
+//! ```
+//!
+//! The journal (`store/journal.json`) is written before every step acts, so
+//! the leader — which reboots into the new version like every controller —
+//! resumes where it was after its own reboot or a crash. Each step is
+//! idempotent: commands are re-sent with the same ids, nodes answer repeated
+//! ids and already-done work without redoing it.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::{
+    NodeId, Role, Version,
+    session::{Command, CommandKind, CommandState, ImageRef, LeaderMessage},
+};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{
+    LeaderState,
+    cluster::{NodeState, NodeView},
+    distribute::{self, Refused},
+    status::{NodeStatus, OpState, Precheck, UpgradeStatus, now},
+    store::Config,
+};
+
+const POLL: Duration = Duration::from_millis(100);
+const RESEND: Duration = Duration::from_secs(2);
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// `controller://...` path of the image.
+    pub image_path: String,
+    /// Upgrade even from below the image's minimum compatible version
+    /// (makes the upgrade disruptive).
+    #[serde(default)]
+    pub force: bool,
+    /// Upgrade each SE group's SEs together, moving no traffic.
+    #[serde(default)]
+    pub disruptive: bool,
+    /// Run the checks only; change nothing.
+    #[serde(default)]
+    pub prechecks_only: bool,
+    /// What an SE failure does to its group: `suspend` or `continue`.
+    #[serde(default = "suspend")]
+    pub action_on_error: String,
+}
+
+fn suspend() -> String {
+    "suspend".into()
+}
+
+/// Where the upgrade is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Staging the image everywhere.
+    Distribute,
+    /// Installing on the controllers, followers first, the leader last.
+    ApplyControllers,
+    /// Waiting for every controller to rejoin on the new version.
+    AwaitControllers,
+    /// Committing the controllers.
+    CommitControllers,
+    /// Rolling through the SE groups.
+    ServiceEngines,
+    /// Returning every controller to the old version.
+    RollbackControllers,
+    /// Waiting for the controllers to rejoin on the old version.
+    AwaitRollback,
+    /// Finished (completed, suspended or aborted).
+    Done,
+}
+
+/// The persisted state of an upgrade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    /// Format (1).
+    pub format: u32,
+    /// Unique id of this upgrade (command ids derive from it).
+    pub id: String,
+    /// The image.
+    pub image: ImageRecord,
+    /// Version the cluster ran before.
+    pub from: Version,
+    /// Version of the image.
+    pub to: Version,
+    /// Forced past version compatibility.
+    pub force: bool,
+    /// SE groups upgraded all at once.
+    pub disruptive: bool,
+    /// `suspend` or `continue`.
+    pub action_on_error: String,
+    /// Current step.
+    pub step: Step,
+    /// The controllers, leader last.
+    pub controllers: Vec<NodeId>,
+    /// SEs by group.
+    pub se_groups: BTreeMap<String, Vec<NodeId>>,
+    /// Boot ids before each node's apply.
+    pub boot_ids: BTreeMap<NodeId, String>,
+    /// When the current waiting step gives up (Unix seconds).
+    pub deadline: Option<f64>,
+    /// SEs done, by group.
+    pub se_done: BTreeMap<String, Vec<NodeId>>,
+    /// Suspended groups and why.
+    pub suspended: BTreeMap<String, String>,
+    /// The configuration when the upgrade started.
+    pub config_snapshot: Config,
+    /// Why it is failing, once it is.
+    pub reason: String,
+    /// How it ended.
+    pub outcome: Option<OpState>,
+}
+
+/// The image as the journal keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// `controller://` path.
+    pub image_path: String,
+    /// For commands.
+    pub sha256: String,
+    /// Size.
+    pub size: u64,
+    /// Deployment kind.
+    pub kind: String,
+    /// Minimum compatible version.
+    pub min_compatible: Version,
+}
+
+impl Journal {
+    fn image_ref(&self) -> ImageRef {
+        ImageRef {
+            sha256: self.image.sha256.parse().expect("journal holds a valid digest"),
+            size: self.image.size,
+            version: self.to,
+            kind: self.image.kind.parse().expect("journal holds a valid kind"),
+            min_compatible: self.image.min_compatible,
+        }
+    }
+
+    /// Whether the configuration is read-only because of this upgrade.
+    pub fn is_running(&self) -> bool {
+        self.step != Step::Done
+    }
+}
+
+/// The version the controllers run: the lowest one reported.
+fn cluster_version(nodes: &[NodeView]) -> Option<Version> {
+    nodes.iter().filter(|n| n.role == Role::Controller).filter_map(|n| n.version.parse().ok()).min()
+}
+
+/// The upgrade pre-checks on top of those of distribution: version and
+/// compatibility. Pure.
+pub fn version_checks(
+    from: Option<Version>,
+    to: Version,
+    min_compatible: Version,
+    force: bool,
+) -> (Precheck, Option<StatusCode>) {
+    let check = |result: &str, message: String| Precheck { check: "version".into(), result: result.into(), message };
+    let Some(from) = from else {
+        return (check("error", "no controller reports its version".into()), Some(StatusCode::PRECONDITION_FAILED));
+    };
+    if to <= from {
+        return (
+            check("error", format!("the cluster runs {from}; the image is {to}: nothing to upgrade")),
+            Some(StatusCode::BAD_REQUEST),
+        );
+    }
+    if from < min_compatible {
+        let msg =
+            format!("the cluster runs {from}, below {min_compatible}, the oldest version this image upgrades from");
+        if force {
+            return (check("warning", format!("{msg}; forced: the upgrade is disruptive")), None);
+        }
+        return (
+            check("error", format!("{msg}; upgrade through an intermediate version, or force (disruptive)")),
+            Some(StatusCode::PRECONDITION_FAILED),
+        );
+    }
+    (check("ok", format!("{from} → {to} (compatible from {min_compatible})")), None)
+}
+
+/// Checks and, unless `prechecks_only`, starts an upgrade. Nothing changes
+/// when it is refused.
+pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(StatusCode, serde_json::Value), Refused> {
+    if !matches!(req.action_on_error.as_str(), "suspend" | "continue") {
+        return Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("action_on_error {:?}: expected suspend or continue", req.action_on_error),
+            prechecks: vec![],
+        });
+    }
+    if state.operation_running() {
+        return Err(Refused {
+            status: StatusCode::CONFLICT,
+            message: "an upgrade or prestage is already running; follow it with `molt show upgrade status`".into(),
+            prechecks: vec![],
+        });
+    }
+    let image = state.images.get(&req.image_path).await?;
+    let nodes = state.cluster.snapshot();
+    let (mut checks, mut failed) = distribute::prechecks(&image, &nodes);
+    let m = &image.info.manifest;
+    let from = cluster_version(&nodes);
+    let (vcheck, vfailed) = version_checks(from, m.version, m.min_compatible, req.force);
+    checks.push(vcheck);
+    failed = failed.or(vfailed);
+    let disruptive = req.disruptive || req.force;
+    if req.prechecks_only {
+        let ok = failed.is_none();
+        return Ok((
+            StatusCode::OK,
+            serde_json::json!({
+                "prechecks_only": true, "ok": ok, "prechecks": checks,
+                "from_version": from.map(|v| v.to_string()), "to_version": m.version.to_string(),
+                "force": req.force, "disruptive": disruptive,
+            }),
+        ));
+    }
+    if let Some(status) = failed {
+        let message =
+            checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
+        return Err(Refused { status, message, prechecks: checks });
+    }
+    let from = from.expect("checked above");
+    let mut controllers: Vec<NodeId> =
+        nodes.iter().filter(|n| n.role == Role::Controller).map(|n| n.id.clone()).collect();
+    // The leader reboots last.
+    controllers.sort_by_key(|id| *id == state.settings.node_id);
+    let mut se_groups: BTreeMap<String, Vec<NodeId>> = BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.role == Role::ServiceEngine) {
+        se_groups.entry(n.se_group.clone().unwrap_or_default()).or_default().push(n.id.clone());
+    }
+    let journal = Journal {
+        format: 1,
+        id: common::types::random_hex(4),
+        image: ImageRecord {
+            image_path: image.image_path.clone(),
+            sha256: image.info.sha256.to_hex(),
+            size: image.info.size,
+            kind: m.kind.to_string(),
+            min_compatible: m.min_compatible,
+        },
+        from,
+        to: m.version,
+        force: req.force,
+        disruptive,
+        action_on_error: req.action_on_error.clone(),
+        step: Step::Distribute,
+        controllers,
+        se_groups: se_groups.clone(),
+        boot_ids: BTreeMap::new(),
+        deadline: None,
+        se_done: BTreeMap::new(),
+        suspended: BTreeMap::new(),
+        config_snapshot: state.config.lock().expect("config lock").clone(),
+        reason: String::new(),
+        outcome: None,
+    };
+    {
+        let mut board = state.status.lock().expect("status lock");
+        board.current = UpgradeStatus {
+            state: OpState::InProgress,
+            operation: "upgrade".into(),
+            phase: "distribute".into(),
+            from_version: from.to_string(),
+            to_version: m.version.to_string(),
+            image_path: image.image_path.clone(),
+            image_sha256: image.info.sha256.to_hex(),
+            force: req.force,
+            disruptive,
+            started_at: Some(now()),
+            nodes: nodes
+                .iter()
+                .map(|n| NodeStatus {
+                    id: n.id.to_string(),
+                    role: n.role.to_string(),
+                    state: "pending".into(),
+                    version: n.version.clone(),
+                    received: 0,
+                    events: vec![],
+                })
+                .collect(),
+            se_groups: se_groups.keys().map(|g| group_json(state, g, "pending", 0, &se_groups[g])).collect(),
+            prechecks: checks,
+            ..Default::default()
+        };
+    }
+    // From here the configuration is read-only: the journal says so.
+    state.save_journal(Some(journal)).map_err(|e| Refused {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("cannot write the upgrade journal: {e}"),
+        prechecks: vec![],
+    })?;
+    state.save_status();
+    info!(from = %from, to = %m.version, "upgrade started");
+    let view = state.status.lock().expect("status lock").view();
+    tokio::spawn(drive(state.clone()));
+    Ok((StatusCode::ACCEPTED, serde_json::to_value(view).expect("serializes")))
+}
+
+fn group_json(state: &LeaderState, name: &str, st: &str, progress: u8, ses: &[NodeId]) -> serde_json::Value {
+    let ha = state.config.lock().expect("config lock").se_groups.get(name).map(|g| g.ha_mode.clone());
+    serde_json::json!({
+        "name": name, "ha_mode": ha.unwrap_or_else(|| "unknown".into()), "state": st, "progress": progress,
+        "ses": ses, "vs_disrupted": [],
+    })
+}
+
+/// Resumes an upgrade the journal says is running (after the leader's
+/// reboot or a crash).
+pub fn resume(state: &Arc<LeaderState>) {
+    let running = state.journal.lock().expect("journal lock").as_ref().is_some_and(Journal::is_running);
+    if running {
+        info!("resuming the upgrade from the journal");
+        tokio::spawn(drive(state.clone()));
+    }
+}
+
+fn journal(state: &LeaderState) -> Journal {
+    state.journal.lock().expect("journal lock").clone().expect("an upgrade is running")
+}
+
+/// Changes the journal and writes it, under the journal's lock so that
+/// concurrent SE groups never lose each other's updates.
+fn update(state: &LeaderState, f: impl FnOnce(&mut Journal)) -> Journal {
+    state.update_journal(f).unwrap_or_else(|e| {
+        // Without the journal the next step must not act: stop here.
+        panic!("cannot write the upgrade journal: {e}")
+    })
+}
+
+fn set_phase(state: &LeaderState, phase: &str, progress: u8) {
+    let mut b = state.status.lock().expect("status lock");
+    b.current.phase = phase.into();
+    b.current.progress = b.current.progress.max(progress);
+    drop(b);
+    state.save_status();
+}
+
+async fn drive(state: Arc<LeaderState>) {
+    loop {
+        let j = journal(&state);
+        let next = match j.step {
+            Step::Distribute => distribute_step(&state, &j).await,
+            Step::ApplyControllers => apply_controllers(&state, &j).await,
+            Step::AwaitControllers => await_controllers(&state, &j).await,
+            Step::CommitControllers => commit_controllers(&state, &j).await,
+            Step::ServiceEngines => service_engines(&state).await,
+            Step::RollbackControllers => rollback_controllers(&state, &j).await,
+            Step::AwaitRollback => await_rollback(&state, &j).await,
+            Step::Done => return,
+        };
+        if let Some((step, reason)) = next {
+            info!(from = ?j.step, to = ?step, %reason, "upgrade step");
+            update(&state, |j| {
+                j.step = step;
+                j.deadline = None;
+                if !reason.is_empty() && j.reason.is_empty() {
+                    j.reason = reason;
+                }
+            });
+        } else {
+            // The step ended the process's part (the leader is rebooting).
+            return;
+        }
+    }
+}
+
+type Next = Option<(Step, String)>;
+
+fn fail(reason: String) -> Next {
+    warn!(%reason, "controller phase failed; rolling back");
+    Some((Step::RollbackControllers, reason))
+}
+
+async fn distribute_step(state: &Arc<LeaderState>, j: &Journal) -> Next {
+    set_phase(state, "distribute", 0);
+    let nodes = state.cluster.snapshot();
+    let failures = distribute::stage_everywhere(state, &j.image_ref(), &nodes, &j.id).await;
+    if failures.is_empty() {
+        Some((Step::ApplyControllers, String::new()))
+    } else {
+        finish(
+            state,
+            OpState::Aborted,
+            format!("distribution failed, nothing was installed: {}", failures.join("; ")),
+            false,
+        );
+        Some((Step::Done, String::new()))
+    }
+}
+
+fn cmd(state: &LeaderState, j: &Journal, node: &NodeId, kind: CommandKind) -> Command {
+    Command { id: format!("{}-{}-{node}", kind.name(), j.id), generation: state.generation, kind }
+}
+
+/// Sends `c` to `node` until the node reports it settled or `deadline`.
+async fn run_command(state: &LeaderState, node: &NodeId, c: &Command, deadline: Instant) -> Result<String, String> {
+    let mut last_sent: Option<Instant> = None;
+    loop {
+        if let Some(r) = state.cluster.result_of(node, &c.id) {
+            match r.state {
+                CommandState::Succeeded => return Ok(r.message),
+                CommandState::Failed => return Err(r.message),
+                CommandState::Running => {}
+            }
+        }
+        if last_sent.is_none_or(|t| t.elapsed() >= RESEND)
+            && state.cluster.send(node, LeaderMessage::Command(c.clone())).is_ok()
+        {
+            last_sent = Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            let st = state.cluster.node(node).map(|(_, s)| s).unwrap_or(NodeState::Down);
+            return Err(format!("no answer to {} within the deadline (node {:?})", c.kind.name(), st));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn instant_of(unix: f64) -> Instant {
+    let left = (unix - now()).max(0.0);
+    Instant::now() + Duration::from_secs_f64(left)
+}
+
+async fn apply_controllers(state: &Arc<LeaderState>, _: &Journal) -> Next {
+    set_phase(state, "controllers", 10);
+    let j = update(state, |j| {
+        for c in &j.controllers {
+            if !j.boot_ids.contains_key(c)
+                && let Some((Some(hb), _)) = state.cluster.node(c)
+            {
+                j.boot_ids.insert(c.clone(), hb.boot_id.clone());
+            }
+        }
+    });
+    let deadline = Instant::now() + state.settings.reform_timeout;
+    let me = &state.settings.node_id;
+    let followers: Vec<NodeId> = j.controllers.iter().filter(|c| *c != me).cloned().collect();
+    let tasks: Vec<_> = followers
+        .iter()
+        .map(|c| {
+            let state = state.clone();
+            let command = cmd(&state, &j, c, CommandKind::Apply(j.image_ref()));
+            let c = c.clone();
+            tokio::spawn(async move {
+                state.status.lock().expect("status lock").begin(c.as_str(), "apply");
+                let r = run_command(&state, &c, &command, deadline).await;
+                state.status.lock().expect("status lock").end(c.as_str(), r.is_ok(), r.as_ref().unwrap_or_else(|e| e));
+                (c, r)
+            })
+        })
+        .collect();
+    let mut failures = vec![];
+    for t in tasks {
+        if let Ok((c, Err(e))) = t.await {
+            failures.push(format!("{c}: {e}"));
+        }
+    }
+    if !failures.is_empty() {
+        return fail(format!("apply failed on {}", failures.join("; ")));
+    }
+    // The leader last: first record that the next step is waiting, then reboot.
+    let deadline_unix = now() + state.settings.reform_timeout.as_secs_f64();
+    update(state, |j| {
+        j.step = Step::AwaitControllers;
+        j.deadline = Some(deadline_unix);
+    });
+    state.status.lock().expect("status lock").begin(me.as_str(), "apply");
+    state.save_status();
+    let command = cmd(state, &j, me, CommandKind::Apply(j.image_ref()));
+    match run_command(state, me, &command, instant_of(deadline_unix)).await {
+        Ok(m) if m.starts_with("already running") => {
+            state.status.lock().expect("status lock").end(me.as_str(), true, &m);
+            Some((Step::AwaitControllers, String::new()))
+        }
+        Ok(m) => {
+            // The leader's own node is about to reboot; the journal resumes it.
+            info!(%m, "the leader applied the image and reboots");
+            std::future::pending::<()>().await;
+            None
+        }
+        Err(e) => fail(format!("apply failed on the leader {me}: {e}")),
+    }
+}
+
+/// How every controller stands against a wanted version.
+fn rejoined(state: &LeaderState, j: &Journal, want: Version, other: Version) -> Result<bool, String> {
+    let mut all = true;
+    for c in &j.controllers {
+        let Some((Some(hb), live)) = state.cluster.node(c) else {
+            all = false;
+            continue;
+        };
+        let rebooted = j.boot_ids.get(c).is_none_or(|b| *b != hb.boot_id);
+        if live == NodeState::Up && hb.version == want && (rebooted || *c == state.settings.node_id) {
+            continue;
+        }
+        if live == NodeState::Up && rebooted && hb.version == other && want != j.from {
+            return Err(format!("{c} came back on {other}: {want} did not start there and its boot loader fell back"));
+        }
+        all = false;
+    }
+    Ok(all)
+}
+
+async fn await_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
+    set_phase(state, "controllers", 30);
+    let deadline = instant_of(j.deadline.unwrap_or_else(|| now() + state.settings.reform_timeout.as_secs_f64()));
+    loop {
+        match rejoined(state, j, j.to, j.from) {
+            Ok(true) => {
+                let me = state.settings.node_id.as_str();
+                let mut b = state.status.lock().expect("status lock");
+                if b.current.nodes.iter().any(|n| n.id == me && n.state == "running") {
+                    b.end(me, true, &format!("rebooted into {}", j.to));
+                }
+                for c in &j.controllers {
+                    if let Some(n) = b.current.nodes.iter_mut().find(|n| n.id == c.as_str()) {
+                        n.version = j.to.to_string();
+                    }
+                }
+                drop(b);
+                return Some((Step::CommitControllers, String::new()));
+            }
+            Ok(false) => {}
+            Err(why) => return fail(why),
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<String> = j
+                .controllers
+                .iter()
+                .filter_map(|c| {
+                    let (hb, live) = state.cluster.node(c).unwrap_or((None, NodeState::Down));
+                    let v = hb.map(|h| h.version.to_string()).unwrap_or_else(|| "?".into());
+                    (live != NodeState::Up || v != j.to.to_string()).then(|| format!("{c} ({live:?}, {v})"))
+                })
+                .collect();
+            return fail(format!(
+                "the controllers did not re-form on {} within {} s: {}",
+                j.to,
+                state.settings.reform_timeout.as_secs(),
+                missing.join(", ")
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn commit_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
+    set_phase(state, "controllers", 50);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for c in &j.controllers {
+        state.status.lock().expect("status lock").begin(c.as_str(), "commit");
+        let r = run_command(state, c, &cmd(state, j, c, CommandKind::Commit(j.to)), deadline).await;
+        state.status.lock().expect("status lock").end(c.as_str(), r.is_ok(), r.as_ref().unwrap_or_else(|e| e));
+        if let Err(e) = r {
+            return fail(format!("commit failed on {c}: {e}"));
+        }
+    }
+    state.save_status();
+    info!(version = %j.to, "controllers committed");
+    Some((Step::ServiceEngines, String::new()))
+}
+
+async fn service_engines(state: &Arc<LeaderState>) -> Next {
+    set_phase(state, "service_engines", 60);
+    let j = journal(state);
+    let tasks: Vec<_> = j
+        .se_groups
+        .keys()
+        .filter(|g| !j.suspended.contains_key(*g))
+        .map(|g| tokio::spawn(upgrade_group(state.clone(), g.clone())))
+        .collect();
+    let groups: Vec<String> = j.se_groups.keys().filter(|g| !j.suspended.contains_key(*g)).cloned().collect();
+    for (g, t) in groups.iter().zip(tasks) {
+        if let Err(e) = t.await {
+            update(state, |j| {
+                j.suspended.insert(g.clone(), format!("internal error: {e}"));
+            });
+        }
+    }
+    let j = journal(state);
+    if j.suspended.is_empty() {
+        finish(state, OpState::Completed, String::new(), false);
+    } else {
+        let why: Vec<String> = j.suspended.iter().map(|(g, r)| format!("SE group {g} suspended: {r}")).collect();
+        finish(state, OpState::Suspended, why.join("; "), false);
+    }
+    Some((Step::Done, String::new()))
+}
+
+fn set_group(state: &LeaderState, group: &str, st: &str, done: usize, total: usize) {
+    let mut b = state.status.lock().expect("status lock");
+    if let Some(g) = b.current.se_groups.iter_mut().find(|g| g["name"] == group) {
+        g["state"] = st.into();
+        g["progress"] = ((done * 100) / total.max(1)).into();
+    }
+    let total_groups = b.current.se_groups.len().max(1);
+    let sum: u64 = b.current.se_groups.iter().map(|g| g["progress"].as_u64().unwrap_or(0)).sum();
+    b.current.progress = (60 + (sum * 40) / (100 * total_groups as u64)).min(99) as u8;
+}
+
+/// One group: its SEs one at a time (all at once when disruptive).
+async fn upgrade_group(state: Arc<LeaderState>, group: String) {
+    let j = journal(&state);
+    let ses = j.se_groups.get(&group).cloned().unwrap_or_default();
+    let todo: Vec<NodeId> =
+        ses.iter().filter(|s| !j.se_done.get(&group).is_some_and(|d| d.contains(s))).cloned().collect();
+    let batches: Vec<Vec<NodeId>> = if j.disruptive { vec![todo] } else { todo.into_iter().map(|s| vec![s]).collect() };
+    set_group(&state, &group, "in_progress", ses.len() - batches.iter().map(Vec::len).sum::<usize>(), ses.len());
+    for batch in batches {
+        let tasks: Vec<_> = batch.iter().map(|se| tokio::spawn(upgrade_se(state.clone(), se.clone()))).collect();
+        let mut failed = vec![];
+        for (se, t) in batch.iter().zip(tasks) {
+            match t.await {
+                Ok(Ok(())) => {
+                    let j = update(&state, |j| j.se_done.entry(group.clone()).or_default().push(se.clone()));
+                    let done = j.se_done.get(&group).map(Vec::len).unwrap_or(0);
+                    set_group(&state, &group, "in_progress", done, ses.len());
+                    state.save_status();
+                }
+                Ok(Err(e)) => failed.push(format!("{se}: {e}")),
+                Err(e) => failed.push(format!("{se}: {e}")),
+            }
+        }
+        if !failed.is_empty() {
+            let reason = failed.join("; ");
+            if j.action_on_error == "continue" {
+                warn!(%group, %reason, "SE failed; continuing as action_on_error says");
+                continue;
+            }
+            warn!(%group, %reason, "SE group suspended");
+            update(&state, |j| {
+                j.suspended.insert(group.clone(), reason);
+            });
+            let done = journal(&state).se_done.get(&group).map(Vec::len).unwrap_or(0);
+            set_group(&state, &group, "suspended", done, ses.len());
+            state.save_status();
+            return;
+        }
+    }
+    set_group(&state, &group, "completed", ses.len(), ses.len());
+    state.save_status();
+}
+
+/// One SE: apply, wait for its heartbeat on the new version, commit.
+async fn upgrade_se(state: Arc<LeaderState>, se: NodeId) -> Result<(), String> {
+    let j = journal(&state);
+    let deadline = Instant::now() + state.settings.reform_timeout;
+    let before = state.cluster.node(&se).and_then(|(hb, _)| hb).map(|h| h.boot_id);
+    state.status.lock().expect("status lock").begin(se.as_str(), "apply");
+    let applied = run_command(&state, &se, &cmd(&state, &j, &se, CommandKind::Apply(j.image_ref())), deadline).await;
+    let result = async {
+        let m = applied?;
+        let already = m.starts_with("already running");
+        loop {
+            if let Some((Some(hb), NodeState::Up)) = state.cluster.node(&se) {
+                let rebooted = already || before.as_ref() != Some(&hb.boot_id);
+                if rebooted && hb.version == j.to {
+                    break;
+                }
+                if rebooted && hb.version == j.from {
+                    return Err(format!(
+                        "came back on {}: {} did not start and its boot loader fell back",
+                        j.from, j.to
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("did not rejoin on {} within {} s", j.to, state.settings.reform_timeout.as_secs()));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        run_command(&state, &se, &cmd(&state, &j, &se, CommandKind::Commit(j.to)), deadline).await
+    }
+    .await;
+    let mut b = state.status.lock().expect("status lock");
+    b.end(
+        se.as_str(),
+        result.is_ok(),
+        result.as_ref().map(|_| format!("running {}", j.to)).as_ref().unwrap_or_else(|e| e),
+    );
+    if result.is_ok()
+        && let Some(n) = b.current.nodes.iter_mut().find(|n| n.id == se.as_str())
+    {
+        n.version = j.to.to_string();
+    }
+    result.map(|_| ())
+}
+
+async fn rollback_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
+    set_phase(state, "rollback", 0);
+    let me = &state.settings.node_id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let followers: Vec<NodeId> = j.controllers.iter().filter(|c| *c != me).cloned().collect();
+    let tasks: Vec<_> = followers
+        .iter()
+        .filter(|c| state.cluster.node(c).is_some_and(|(_, s)| s == NodeState::Up))
+        .map(|c| {
+            let state = state.clone();
+            let command = cmd(&state, j, c, CommandKind::Rollback(j.from));
+            let c = c.clone();
+            tokio::spawn(async move {
+                state.status.lock().expect("status lock").begin(c.as_str(), "rollback");
+                let r = run_command(&state, &c, &command, deadline).await;
+                state.status.lock().expect("status lock").end(c.as_str(), r.is_ok(), r.as_ref().unwrap_or_else(|e| e));
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let deadline_unix = now() + state.settings.reform_timeout.as_secs_f64();
+    update(state, |j| {
+        j.step = Step::AwaitRollback;
+        j.deadline = Some(deadline_unix);
+    });
+    state.save_status();
+    if state.ctx_version() != j.from {
+        state.status.lock().expect("status lock").begin(me.as_str(), "rollback");
+        state.save_status();
+        let command = cmd(state, j, me, CommandKind::Rollback(j.from));
+        match run_command(state, me, &command, instant_of(deadline_unix)).await {
+            Ok(m) if !m.starts_with("already running") => {
+                info!(%m, "the leader rolls back and reboots");
+                std::future::pending::<()>().await;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "the leader could not roll itself back"),
+        }
+    }
+    Some((Step::AwaitRollback, String::new()))
+}
+
+async fn await_rollback(state: &Arc<LeaderState>, j: &Journal) -> Next {
+    set_phase(state, "rollback", 50);
+    let deadline = instant_of(j.deadline.unwrap_or_else(now));
+    loop {
+        let up_on_old = j.controllers.iter().all(|c| match state.cluster.node(c) {
+            Some((Some(hb), NodeState::Up)) => hb.version == j.from,
+            _ => false,
+        });
+        if up_on_old || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let mut left = vec![];
+    for c in &j.controllers {
+        match state.cluster.node(c) {
+            Some((Some(hb), NodeState::Up)) if hb.version == j.from => {}
+            Some((hb, live)) => left.push(format!(
+                "{c} is {} on {}{}",
+                if live == NodeState::Up { "up" } else { "down" },
+                hb.as_ref().map(|h| h.version.to_string()).unwrap_or_else(|| "an unknown version".into()),
+                if live == NodeState::Up { "" } else { "; it returns to the old version when it comes back (the leader rolls it back, or it reverts itself)" }
+            )),
+            None => left.push(format!("{c} is unknown")),
+        }
+    }
+    // The configuration as it was when the upgrade began.
+    state.restore_config(&j.config_snapshot);
+    let mut reason = j.reason.clone();
+    if !left.is_empty() {
+        reason = format!("{reason}. Not back on {} yet: {}", j.from, left.join("; "));
+    }
+    finish(state, OpState::Aborted, reason, true);
+    Some((Step::Done, String::new()))
+}
+
+fn finish(state: &LeaderState, outcome: OpState, reason: String, rolled_back: bool) {
+    {
+        let mut b = state.status.lock().expect("status lock");
+        b.current.phase = if rolled_back { "rolled_back" } else { "done" }.into();
+        b.finish(outcome, reason.clone());
+    }
+    state.save_status();
+    update(state, |j| {
+        j.outcome = Some(outcome);
+        if j.reason.is_empty() {
+            j.reason = reason;
+        }
+    });
+    info!(?outcome, "upgrade finished; the configuration is writable again");
+}
+
+/// After an aborted upgrade, nodes that come back on the new, uncommitted
+/// version (they were down during the rollback) are rolled back too.
+pub fn spawn_reconciler(state: Arc<LeaderState>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let Some(j) = state.journal.lock().expect("journal lock").clone() else { continue };
+            if j.outcome != Some(OpState::Aborted) {
+                continue;
+            }
+            for n in state.cluster.snapshot() {
+                let Some((Some(hb), NodeState::Up)) = state.cluster.node(&n.id) else { continue };
+                if hb.pending && hb.version == j.to && hb.previous_version == Some(j.from) {
+                    let c = Command {
+                        id: format!("reconcile-{}-{}-{}", j.id, n.id, hb.boot_id),
+                        generation: state.generation,
+                        kind: CommandKind::Rollback(j.from),
+                    };
+                    info!(node = %n.id, "rolling back a node that returned on the aborted version");
+                    let _ = state.cluster.send(&n.id, LeaderMessage::Command(c));
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn version_rules() {
+        assert_eq!(version_checks(Some(v("1.0.0")), v("2.0.0"), v("1.0.0"), false).1, None);
+        let (c, code) = version_checks(Some(v("1.0.0")), v("3.0.0"), v("2.0.0"), false);
+        assert_eq!(code, Some(StatusCode::PRECONDITION_FAILED));
+        assert!(c.message.contains("force"), "{}", c.message);
+        let (c, code) = version_checks(Some(v("1.0.0")), v("3.0.0"), v("2.0.0"), true);
+        assert_eq!((code, c.result.as_str()), (None, "warning"));
+        assert!(c.message.contains("disruptive"));
+        assert_eq!(version_checks(Some(v("2.0.0")), v("2.0.0"), v("1.0.0"), true).1, Some(StatusCode::BAD_REQUEST));
+        assert_eq!(version_checks(None, v("2.0.0"), v("1.0.0"), false).1, Some(StatusCode::PRECONDITION_FAILED));
+    }
+}
