@@ -190,10 +190,12 @@ impl ClusterView {
         nodes.get(node).map(|e| (e.heartbeat.clone(), self.state_of(e, Instant::now())))
     }
 
-    /// The outcome of command `id` as `node` last reported it.
-    pub fn result_of(&self, node: &NodeId, id: &str) -> Option<CommandResult> {
+    /// The outcome of command `id` as `node` last reported it, with the
+    /// boot id of the agent process that reported it.
+    pub fn result_of(&self, node: &NodeId, id: &str) -> Option<(CommandResult, String)> {
         let nodes = self.nodes.lock().expect("cluster lock");
-        nodes.get(node)?.heartbeat.as_ref()?.results.iter().find(|r| r.id == id).cloned()
+        let hb = nodes.get(node)?.heartbeat.as_ref()?;
+        hb.results.iter().find(|r| r.id == id).map(|r| (r.clone(), hb.boot_id.clone()))
     }
 
     /// Whether `node` reports `sha` staged.

@@ -269,7 +269,7 @@ pub async fn stage_on(state: &LeaderState, node: &NodeId, id: &str, image: Image
     let mut last_sent: Option<Instant> = None;
     let mut last_progress = (0u64, Instant::now());
     let outcome = loop {
-        if let Some(r) = state.cluster.result_of(node, id) {
+        if let Some((r, _)) = state.cluster.result_of(node, id) {
             match r.state {
                 CommandState::Succeeded => break Ok(r.message),
                 CommandState::Failed => break Err(r.message),

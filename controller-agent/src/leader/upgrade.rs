@@ -368,8 +368,10 @@ async fn drive(state: Arc<LeaderState>) {
         if let Some((step, reason)) = next {
             info!(from = ?j.step, to = ?step, %reason, "upgrade step");
             update(&state, |j| {
-                j.step = step;
-                j.deadline = None;
+                if j.step != step {
+                    j.step = step;
+                    j.deadline = None;
+                }
                 if !reason.is_empty() && j.reason.is_empty() {
                     j.reason = reason;
                 }
@@ -411,11 +413,22 @@ fn cmd(state: &LeaderState, j: &Journal, node: &NodeId, kind: CommandKind) -> Co
 
 /// Sends `c` to `node` until the node reports it settled or `deadline`.
 async fn run_command(state: &LeaderState, node: &NodeId, c: &Command, deadline: Instant) -> Result<String, String> {
+    run_command_on(state, node, c, deadline).await.map(|(m, _)| m)
+}
+
+/// Like [`run_command`], also returning the boot id of the agent process
+/// that reported the outcome.
+async fn run_command_on(
+    state: &LeaderState,
+    node: &NodeId,
+    c: &Command,
+    deadline: Instant,
+) -> Result<(String, String), String> {
     let mut last_sent: Option<Instant> = None;
     loop {
-        if let Some(r) = state.cluster.result_of(node, &c.id) {
+        if let Some((r, boot)) = state.cluster.result_of(node, &c.id) {
             match r.state {
-                CommandState::Succeeded => return Ok(r.message),
+                CommandState::Succeeded => return Ok((r.message, boot)),
                 CommandState::Failed => return Err(r.message),
                 CommandState::Running => {}
             }
@@ -663,15 +676,15 @@ async fn upgrade_group(state: Arc<LeaderState>, group: String) {
 async fn upgrade_se(state: Arc<LeaderState>, se: NodeId) -> Result<(), String> {
     let j = journal(&state);
     let deadline = Instant::now() + state.settings.reform_timeout;
-    let before = state.cluster.node(&se).and_then(|(hb, _)| hb).map(|h| h.boot_id);
     state.status.lock().expect("status lock").begin(se.as_str(), "apply");
-    let applied = run_command(&state, &se, &cmd(&state, &j, &se, CommandKind::Apply(j.image_ref())), deadline).await;
+    let applied = run_command_on(&state, &se, &cmd(&state, &j, &se, CommandKind::Apply(j.image_ref())), deadline).await;
     let result = async {
-        let m = applied?;
+        // `applied_by`: the boot that installed the image; any later boot is its reboot.
+        let (m, applied_by) = applied?;
         let already = m.starts_with("already running");
         loop {
             if let Some((Some(hb), NodeState::Up)) = state.cluster.node(&se) {
-                let rebooted = already || before.as_ref() != Some(&hb.boot_id);
+                let rebooted = already || hb.boot_id != applied_by;
                 if rebooted && hb.version == j.to {
                     break;
                 }
@@ -750,7 +763,7 @@ async fn rollback_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
 
 async fn await_rollback(state: &Arc<LeaderState>, j: &Journal) -> Next {
     set_phase(state, "rollback", 50);
-    let deadline = instant_of(j.deadline.unwrap_or_else(now));
+    let deadline = instant_of(j.deadline.unwrap_or_else(|| now() + state.settings.reform_timeout.as_secs_f64()));
     loop {
         let up_on_old = j.controllers.iter().all(|c| match state.cluster.node(c) {
             Some((Some(hb), NodeState::Up)) => hb.version == j.from,

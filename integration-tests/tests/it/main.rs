@@ -9,3 +9,4 @@ mod cluster;
 mod prestage;
 mod process;
 mod security;
+mod upgrade;

@@ -1,0 +1,270 @@
+//! The system upgrade at process level: real reboots through reboot(2) in
+//! each node's PID namespace, the release binaries as packages.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{LocalCluster, bin, process::molt};
+use molt::client::{Api, ClientError, Connection};
+use serde_json::{Value, json};
+
+const ARGS: &[&str] = &["--heartbeat-ms", "300", "--reform-timeout-secs", "25", "--self-revert-secs", "60"];
+
+/// Builds a package of `version` from this build's binaries. With
+/// `broken_on`, its controller agent refuses to start on that node.
+fn package(dir: &Path, version: &str, min: &str, broken_on: Option<&str>) -> PathBuf {
+    let payload = dir.join(format!("payload-{version}"));
+    std::fs::create_dir_all(payload.join("bin")).unwrap();
+    std::fs::copy(bin("se-agent"), payload.join("bin/se-agent")).unwrap();
+    let agent = payload.join("bin/controller-agent");
+    match broken_on {
+        None => {
+            std::fs::copy(bin("controller-agent"), &agent).unwrap();
+        }
+        Some(node) => {
+            // `run --config CONFIG`: $3 is the node's config path.
+            let script = format!(
+                "#!/bin/sh\ncase \"$3\" in */nodes/{node}/*) echo 'this agent cannot start here' >&2; exit 1;; esac\nexec {} \"$@\"\n",
+                bin("controller-agent").display()
+            );
+            std::fs::write(&agent, script).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let out = dir.join(format!("controller-{version}.pkg"));
+    common::package::build(&payload, version.parse().unwrap(), min.parse().unwrap(), common::DeploymentKind::Vm, &out)
+        .unwrap();
+    out
+}
+
+fn api(c: &LocalCluster) -> Api {
+    Api::new(&Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap()
+}
+
+/// GET that waits out the leader's own reboot.
+async fn get(api: &Api, path: &str) -> Value {
+    for _ in 0..300 {
+        match api.get(path).await {
+            Ok(v) => return v,
+            Err(ClientError::Unreachable { .. }) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+    panic!("the leader stayed unreachable");
+}
+
+async fn wait_end(api: &Api, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = get(api, "/api/cluster/upgrade/status").await;
+        if !matches!(v["state"].as_str(), Some("in_progress" | "prechecking")) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "upgrade still running after {secs} s: {v:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_phase(api: &Api, phase: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(api, "/api/cluster/upgrade/status").await["phase"] != phase {
+        assert!(Instant::now() < deadline, "phase {phase} never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn versions(api: &Api) -> Vec<(String, String, String)> {
+    let v = get(api, "/api/cluster").await;
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().into(), n["version"].as_str().unwrap().into(), n["state"].as_str().unwrap().into()))
+        .collect()
+}
+
+async fn config(api: &Api) -> (Value, Value) {
+    (get(api, "/api/serviceenginegroup").await, get(api, "/api/virtualservice").await)
+}
+
+async fn upload(api: &Api, pkg: &Path) -> String {
+    api.upload(pkg, pkg.file_name().unwrap().to_str().unwrap(), |_| {}).await.unwrap()["image_path"].as_str().unwrap().into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() {
+    let mut args = vec!["--controllers", "3", "--groups", "g1:active-active:2,g2:n-plus-m:2"];
+    args.extend_from_slice(ARGS);
+    let c = LocalCluster::up(&args);
+    let api = api(&c);
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2})).await.unwrap();
+    api.post("/api/virtualservice", &json!({"name": "api", "se_group": "g2", "port": 8081})).await.unwrap();
+    let before = config(&api).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
+    let started = api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    assert_eq!(started["state"], "in_progress");
+    // While it runs: config changes get 503 and change nothing; reads work.
+    for (method, path, body) in [
+        ("POST", "/api/virtualservice", json!({"name": "new", "se_group": "g1", "port": 9000})),
+        ("PUT", "/api/virtualservice/web", json!({"name": "web", "se_group": "g1", "port": 9001, "scale": 1})),
+        ("DELETE", "/api/serviceenginegroup/g2", json!(null)),
+    ] {
+        let r = match method {
+            "POST" => api.post(path, &body).await,
+            "PUT" => api.put(path, &body).await,
+            _ => api.delete(path).await,
+        };
+        match r {
+            Err(ClientError::Api { status, message, .. }) => {
+                assert_eq!(status.as_u16(), 503, "{method} {path}");
+                assert_eq!(message, "upgrade in progress: configuration is read-only");
+            }
+            other => panic!("{method} {path} during the upgrade: {other:?}"),
+        }
+    }
+    assert_eq!(config(&api).await, before);
+    let again = api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap_err();
+    assert!(matches!(again, ClientError::Api { status, .. } if status.as_u16() == 409), "{again}");
+    let end = wait_end(&api, 180).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end["history"].as_array().unwrap().last().unwrap()["state"], "completed");
+    for (id, version, state) in versions(&api).await {
+        assert_eq!((version.as_str(), state.as_str()), ("2.0.0", "up"), "{id}");
+    }
+    // Every node rebooted for real: each is the init of a new PID namespace.
+    for n in ["c1", "c2", "g1-se1", "g2-se2"] {
+        let log = std::fs::read_to_string(c.path().join("nodes").join(n).join("agent.log")).unwrap();
+        assert!(log.contains("rebooted; powering on again"), "{n} did not reboot");
+    }
+    assert_eq!(config(&api).await, before, "the configuration survived the upgrade");
+    // And it is writable again.
+    api.post("/api/virtualservice", &json!({"name": "new", "se_group": "g1", "port": 9000})).await.unwrap();
+    // The per-node record: every node has apply and commit events with times.
+    for n in end["nodes"].as_array().unwrap() {
+        let tasks: Vec<&str> = n["events"].as_array().unwrap().iter().map(|e| e["task"].as_str().unwrap()).collect();
+        assert!(tasks.contains(&"apply"), "{n}");
+        assert!(n["events"].as_array().unwrap().iter().all(|e| e["end"].is_number()), "{n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_cannot_start_on_one_controller_rolls_every_controller_back() {
+    let mut args = vec!["--controllers", "3", "--groups", "g1:active-active:1"];
+    args.extend_from_slice(ARGS);
+    let c = LocalCluster::up(&args);
+    let api = api(&c);
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080})).await.unwrap();
+    let before = config(&api).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", Some("c2"))).await;
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    let end = wait_end(&api, 180).await;
+    assert_eq!(end["state"], "aborted", "{end:#}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("c2") && reason.contains("fell back"), "{reason}");
+    for (id, version, state) in versions(&api).await {
+        assert_eq!((version.as_str(), state.as_str()), ("1.0.0", "up"), "{id}");
+    }
+    let log = std::fs::read_to_string(c.path().join("nodes/c2/agent.log")).unwrap();
+    assert!(log.contains("falling back"), "c2's boot loader fell back");
+    assert_eq!(config(&api).await, before);
+    // Not read-only any more.
+    api.post("/api/virtualservice", &json!({"name": "x", "se_group": "g1", "port": 9})).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_powered_off_mid_upgrade_aborts_and_rolls_back() {
+    let mut args = vec!["--controllers", "3"];
+    args.extend_from_slice(ARGS);
+    let c = LocalCluster::up(&args);
+    let api = api(&c);
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    wait_phase(&api, "controllers").await;
+    let d = c.path();
+    assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c3"]).status.success());
+    let end = wait_end(&api, 180).await;
+    assert_eq!(end["state"], "aborted", "{end:#}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("c3"), "the status names the missing node: {reason}");
+    for (id, version, state) in versions(&api).await {
+        if id == "c3" {
+            assert_eq!(state, "down", "c3 is shown down");
+        } else {
+            assert_eq!((version.as_str(), state.as_str()), ("1.0.0", "up"), "{id}: {end:#}");
+        }
+    }
+    // Powered on again, c3 ends on the old version too.
+    assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c3"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = versions(&api).await;
+        if v.iter().all(|(_, version, state)| version == "1.0.0" && state == "up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "c3 not back on 1.0.0: {v:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_in_the_se_phase_resumes_the_upgrade_after_power_on() {
+    let mut args = vec!["--controllers", "1", "--groups", "g1:active-active:3,g2:n-plus-m:3"];
+    args.extend_from_slice(ARGS);
+    let c = LocalCluster::up(&args);
+    let api = api(&c);
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    wait_phase(&api, "service_engines").await;
+    let d = c.path();
+    let pid = c.init_pid("c1").unwrap();
+    // SIGKILL, as a crash would; the supervisor treats it as the power going off.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c1"]);
+    assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c1"]).status.success());
+    let end = wait_end(&api, 180).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    for (id, version, state) in versions(&api).await {
+        assert_eq!((version.as_str(), state.as_str()), ("2.0.0", "up"), "{id}");
+    }
+    let log = std::fs::read_to_string(c.path().join("nodes/c1/agent.log")).unwrap();
+    assert!(log.contains("resuming the upgrade from the journal"), "the leader resumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_too_distant_version_needs_force_which_makes_it_disruptive() {
+    let mut args = vec!["--controllers", "1", "--groups", "g1:active-active:2"];
+    args.extend_from_slice(ARGS);
+    let c = LocalCluster::up(&args);
+    let api = api(&c);
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &package(tmp.path(), "3.0.0", "2.0.0", None)).await;
+    let e = api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap_err();
+    match &e {
+        ClientError::Api { status, message, .. } => {
+            assert_eq!(status.as_u16(), 412);
+            assert!(message.contains("below 2.0.0") && message.contains("force"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(get(&api, "/api/cluster/upgrade/status").await["state"], "idle", "nothing changed");
+    // prechecks_only says the same and changes nothing.
+    let p = api.post("/api/cluster/upgrade", &json!({"image_path": image, "prechecks_only": true})).await.unwrap();
+    assert_eq!(p["ok"], false);
+    // The CLI with force follows it to the end.
+    let out = c.molt(&["upgrade", "system", "image_path", &image, "force"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let end = get(&api, "/api/cluster/upgrade/status").await;
+    assert_eq!((end["state"].as_str(), end["force"].as_bool(), end["disruptive"].as_bool()), (Some("completed"), Some(true), Some(true)));
+    assert!(end["prechecks"].as_array().unwrap().iter().any(|c| c["result"] == "warning"), "{end:#}");
+    for (id, version, _) in versions(&api).await {
+        assert_eq!(version, "3.0.0", "{id}");
+    }
+}
