@@ -474,7 +474,7 @@ async fn demo(dir: Option<PathBuf>) -> Result<(), Failure> {
     };
     let result = demo_in(&dir).await;
     if !keep {
-        let _ = local::down(&dir);
+        let _ = local::down(&dir.join("cluster"));
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
@@ -526,19 +526,31 @@ async fn demo_in(dir: &Path) -> Result<(), Failure> {
     )?;
     println!("   {}  {} ({})", info.sha256, pkg.display(), render::bytes(info.size));
 
-    println!("\n== 3. molt upgrade prestage image_path {}", pkg.display());
+    println!("\n== 3. a config object, to see it survive: virtual service web in g1");
+    api.post("/api/virtualservice", &serde_json::json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2}))
+        .await?;
+
+    println!("\n== 4. molt upgrade system image_path {}", pkg.display());
     let t = std::time::Instant::now();
     let image = upgrade::image_path_on_leader(&api, &pkg.display().to_string(), false).await?;
-    upgrade::start_prestage(&api, &image).await.map_err(explain)?;
+    let checks = api
+        .post("/api/cluster/upgrade", &serde_json::json!({"image_path": image, "prechecks_only": true}))
+        .await
+        .map_err(explain)?;
+    print!("{}", render::prechecks(&checks));
+    api.post("/api/cluster/upgrade", &serde_json::json!({"image_path": image})).await.map_err(explain)?;
     let end = upgrade::follow(&api, false).await?;
     print!("{}", render::status(&end));
     if end["state"] != "completed" {
-        return Err(Failure("the demo's prestage did not complete".into(), 1));
+        return Err(Failure(format!("the demo's upgrade did not complete: {}", end["reason"]), 1));
     }
-    println!("   distributed and verified on every node in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "   every controller and SE rebooted into 2.0.0 (reboot(2) in its own PID namespace) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
-    println!("\n== 4. molt show cluster");
+    println!("\n== 5. molt show cluster, and the configuration after the upgrade");
     print!("{}", render::cluster(&api.get("/api/cluster").await?));
-    println!("\n(`upgrade system` — apply, reboot, commit — is not built yet; see README.md)");
+    println!("   virtual services: {}", api.get("/api/virtualservice").await?);
     Ok(())
 }

@@ -535,14 +535,44 @@ fn rejoined(state: &LeaderState, j: &Journal, want: Version, other: Version) -> 
 async fn await_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
     set_phase(state, "controllers", 30);
     let deadline = instant_of(j.deadline.unwrap_or_else(|| now() + state.settings.reform_timeout.as_secs_f64()));
+    {
+        let mut b = state.status.lock().expect("status lock");
+        for c in &j.controllers {
+            let open = b
+                .current
+                .nodes
+                .iter()
+                .find(|n| n.id == c.as_str())
+                .and_then(|n| n.events.last())
+                .is_some_and(|e| e.end.is_none());
+            if !open {
+                b.begin(c.as_str(), "rejoin");
+            }
+        }
+    }
     loop {
+        // Close the event of each controller seen back on the new version.
+        for c in &j.controllers {
+            if let Some((Some(hb), NodeState::Up)) = state.cluster.node(c)
+                && hb.version == j.to
+                && j.boot_ids.get(c).is_none_or(|b| *b != hb.boot_id || *c == state.settings.node_id)
+            {
+                let mut b = state.status.lock().expect("status lock");
+                let open = b
+                    .current
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == c.as_str())
+                    .and_then(|n| n.events.last())
+                    .is_some_and(|e| e.end.is_none());
+                if open {
+                    b.end(c.as_str(), true, &format!("rejoined on {}", j.to));
+                }
+            }
+        }
         match rejoined(state, j, j.to, j.from) {
             Ok(true) => {
-                let me = state.settings.node_id.as_str();
                 let mut b = state.status.lock().expect("status lock");
-                if b.current.nodes.iter().any(|n| n.id == me && n.state == "running") {
-                    b.end(me, true, &format!("rebooted into {}", j.to));
-                }
                 for c in &j.controllers {
                     if let Some(n) = b.current.nodes.iter_mut().find(|n| n.id == c.as_str()) {
                         n.version = j.to.to_string();
@@ -682,6 +712,11 @@ async fn upgrade_se(state: Arc<LeaderState>, se: NodeId) -> Result<(), String> {
         // `applied_by`: the boot that installed the image; any later boot is its reboot.
         let (m, applied_by) = applied?;
         let already = m.starts_with("already running");
+        {
+            let mut b = state.status.lock().expect("status lock");
+            b.end(se.as_str(), true, &m);
+            b.begin(se.as_str(), "rejoin");
+        }
         loop {
             if let Some((Some(hb), NodeState::Up)) = state.cluster.node(&se) {
                 let rebooted = already || hb.boot_id != applied_by;
@@ -700,15 +735,16 @@ async fn upgrade_se(state: Arc<LeaderState>, se: NodeId) -> Result<(), String> {
             }
             tokio::time::sleep(POLL).await;
         }
+        {
+            let mut b = state.status.lock().expect("status lock");
+            b.end(se.as_str(), true, &format!("rejoined on {}", j.to));
+            b.begin(se.as_str(), "commit");
+        }
         run_command(&state, &se, &cmd(&state, &j, &se, CommandKind::Commit(j.to)), deadline).await
     }
     .await;
     let mut b = state.status.lock().expect("status lock");
-    b.end(
-        se.as_str(),
-        result.is_ok(),
-        result.as_ref().map(|_| format!("running {}", j.to)).as_ref().unwrap_or_else(|e| e),
-    );
+    b.end(se.as_str(), result.is_ok(), result.as_ref().unwrap_or_else(|e| e));
     if result.is_ok()
         && let Some(n) = b.current.nodes.iter_mut().find(|n| n.id == se.as_str())
     {

@@ -82,7 +82,13 @@ async fn versions(api: &Api) -> Vec<(String, String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["id"].as_str().unwrap().into(), n["version"].as_str().unwrap().into(), n["state"].as_str().unwrap().into()))
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().into(),
+                n["version"].as_str().unwrap().into(),
+                n["state"].as_str().unwrap().into(),
+            )
+        })
         .collect()
 }
 
@@ -91,7 +97,10 @@ async fn config(api: &Api) -> (Value, Value) {
 }
 
 async fn upload(api: &Api, pkg: &Path) -> String {
-    api.upload(pkg, pkg.file_name().unwrap().to_str().unwrap(), |_| {}).await.unwrap()["image_path"].as_str().unwrap().into()
+    api.upload(pkg, pkg.file_name().unwrap().to_str().unwrap(), |_| {}).await.unwrap()["image_path"]
+        .as_str()
+        .unwrap()
+        .into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +271,10 @@ async fn a_too_distant_version_needs_force_which_makes_it_disruptive() {
     let out = c.molt(&["upgrade", "system", "image_path", &image, "force"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let end = get(&api, "/api/cluster/upgrade/status").await;
-    assert_eq!((end["state"].as_str(), end["force"].as_bool(), end["disruptive"].as_bool()), (Some("completed"), Some(true), Some(true)));
+    assert_eq!(
+        (end["state"].as_str(), end["force"].as_bool(), end["disruptive"].as_bool()),
+        (Some("completed"), Some(true), Some(true))
+    );
     assert!(end["prechecks"].as_array().unwrap().iter().any(|c| c["result"] == "warning"), "{end:#}");
     for (id, version, _) in versions(&api).await {
         assert_eq!(version, "3.0.0", "{id}");
