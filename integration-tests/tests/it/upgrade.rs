@@ -280,3 +280,65 @@ async fn a_too_distant_version_needs_force_which_makes_it_disruptive() {
         assert_eq!(version, "3.0.0", "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_se_that_cannot_reach_the_leader_after_its_reboot_rolls_itself_back() {
+    let c = LocalCluster::up(&[
+        "--controllers",
+        "1",
+        "--groups",
+        "g1:active-active:1",
+        "--heartbeat-ms",
+        "300",
+        "--reform-timeout-secs",
+        "25",
+        "--self-revert-secs",
+        "5",
+    ]);
+    let api = api(&c);
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    // Once g1-se1 has applied and is rebooting into 2.0.0, the leader goes dark.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get(&api, "/api/cluster/upgrade/status").await;
+        let rejoining = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "g1-se1" && n["events"].as_array().unwrap().iter().any(|e| e["task"] == "rejoin"));
+        if rejoining {
+            break;
+        }
+        assert!(Instant::now() < deadline, "g1-se1 never applied: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = c.path();
+    assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c1"]).status.success());
+    let log = c.path().join("nodes/g1-se1/agent.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap().contains("leader is unreachable: rolling back") {
+        assert!(Instant::now() < deadline, "g1-se1 did not revert itself");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // It went back to its old slot (1.0.0) on its own.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let after = &text[text.find("leader is unreachable: rolling back").unwrap()..];
+        if after.contains("booting slot=a") && after.contains("version=1.0.0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "g1-se1 did not boot its old slot after reverting");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The leader comes back, resumes, and applies the SE again: the revert
+    // was about reachability, not the new version.
+    assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c1"]).status.success());
+    let end = wait_end(&api, 120).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    for (id, version, state) in versions(&api).await {
+        assert_eq!((version.as_str(), state.as_str()), ("2.0.0", "up"), "{id}");
+    }
+}
