@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod cli;
 pub mod control;
 pub mod follower;
 pub mod node;

@@ -301,22 +301,12 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             }
             let api = api(cli)?;
             let image = upgrade::image_path_on_leader(&api, &path, json).await?;
-            let started = upgrade::start_prestage(&api, &image).await.map_err(explain)?;
+            upgrade::start_prestage(&api, &image).await.map_err(explain)?;
             if no_wait {
                 println!("prestage of {image} started; follow it with `molt show upgrade status`");
                 return Ok(());
             }
-            let _ = started;
-            let end = upgrade::follow(&api, json).await?;
-            if json {
-                print_json(&end);
-            } else {
-                print!("{}", render::status(&end));
-            }
-            match end["state"].as_str() {
-                Some("completed") => Ok(()),
-                _ => Err(Failure(format!("prestage did not complete: {}", end["reason"].as_str().unwrap_or("?")), 1)),
-            }
+            finish(&api, json, "the prestage").await
         }
         "system" => {
             let (path, flags) = image_words(rest)?;
@@ -347,19 +337,25 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
                 println!("upgrade to {} started; follow it with `molt show upgrade status`", answer["to_version"]);
                 return Ok(());
             }
-            let end = upgrade::follow(&api, json).await?;
-            if json {
-                print_json(&end);
-            } else {
-                print!("{}", render::status(&end));
-            }
-            match end["state"].as_str() {
-                Some("completed") => Ok(()),
-                Some(s) => Err(Failure(format!("the upgrade ended {s}: {}", end["reason"].as_str().unwrap_or("")), 1)),
-                None => Err(Failure("the leader answered no state".into(), 1)),
-            }
+            finish(&api, json, "the upgrade").await
         }
         other => Err(usage(format!("unknown upgrade action {other:?}: expected prestage or system"))),
+    }
+}
+
+/// Follows the running operation to its end, shows it, and succeeds only
+/// if it completed.
+async fn finish(api: &Api, json: bool, what: &str) -> Result<(), Failure> {
+    let end = upgrade::follow(api, json).await?;
+    if json {
+        print_json(&end);
+    } else {
+        print!("{}", render::status(&end));
+    }
+    match end["state"].as_str() {
+        Some("completed") => Ok(()),
+        Some(s) => Err(Failure(format!("{what} ended {s}: {}", end["reason"].as_str().unwrap_or("")), 1)),
+        None => Err(Failure("the leader answered no state".into(), 1)),
     }
 }
 

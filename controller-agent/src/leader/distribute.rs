@@ -24,7 +24,7 @@ use super::{
     LeaderState,
     cluster::{NodeState, NodeView},
     images::{Image, ImageError},
-    status::{NodeStatus, OpState, Precheck, UpgradeStatus, now},
+    status::{OpState, Precheck, UpgradeStatus, now},
 };
 use agent_core::follower::stage::DISK_MARGIN;
 
@@ -169,17 +169,7 @@ pub async fn start(state: &Arc<LeaderState>, image_path: &str) -> Result<Upgrade
             image_path: image.image_path.clone(),
             image_sha256: image.info.sha256.to_hex(),
             started_at: Some(now()),
-            nodes: nodes
-                .iter()
-                .map(|n| NodeStatus {
-                    id: n.id.to_string(),
-                    role: n.role.to_string(),
-                    state: "pending".into(),
-                    version: n.version.clone(),
-                    received: 0,
-                    events: vec![],
-                })
-                .collect(),
+            nodes: super::status::node_rows(&nodes),
             prechecks: checks,
             ..Default::default()
         };

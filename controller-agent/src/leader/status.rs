@@ -134,6 +134,21 @@ pub struct UpgradeStatus {
     pub history: Vec<HistoryEntry>,
 }
 
+/// The per-node rows of a new operation, from the cluster view.
+pub fn node_rows(nodes: &[super::cluster::NodeView]) -> Vec<NodeStatus> {
+    nodes
+        .iter()
+        .map(|n| NodeStatus {
+            id: n.id.to_string(),
+            role: n.role.to_string(),
+            state: "pending".into(),
+            version: n.version.clone(),
+            received: 0,
+            events: vec![],
+        })
+        .collect()
+}
+
 impl UpgradeStatus {
     /// Whether an operation is running.
     pub fn is_running(&self) -> bool {
@@ -168,6 +183,11 @@ impl StatusBoard {
                 message: String::new(),
             });
         }
+    }
+
+    /// Whether `node`'s last step is still running.
+    pub fn has_open_event(&self, node: &str) -> bool {
+        self.current.nodes.iter().find(|n| n.id == node).and_then(|n| n.events.last()).is_some_and(|e| e.end.is_none())
     }
 
     /// Ends the last step of `node`'s part.

@@ -30,7 +30,7 @@ use super::{
     LeaderState,
     cluster::{NodeState, NodeView},
     distribute::{self, Refused},
-    status::{NodeStatus, OpState, Precheck, UpgradeStatus, now},
+    status::{OpState, Precheck, UpgradeStatus, now},
     store::Config,
 };
 
@@ -284,17 +284,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
             force: req.force,
             disruptive,
             started_at: Some(now()),
-            nodes: nodes
-                .iter()
-                .map(|n| NodeStatus {
-                    id: n.id.to_string(),
-                    role: n.role.to_string(),
-                    state: "pending".into(),
-                    version: n.version.clone(),
-                    received: 0,
-                    events: vec![],
-                })
-                .collect(),
+            nodes: super::status::node_rows(&nodes),
             se_groups: se_groups.keys().map(|g| group_json(state, g, "pending", 0, &se_groups[g])).collect(),
             prechecks: checks,
             ..Default::default()
@@ -538,13 +528,7 @@ async fn await_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
     {
         let mut b = state.status.lock().expect("status lock");
         for c in &j.controllers {
-            let open = b
-                .current
-                .nodes
-                .iter()
-                .find(|n| n.id == c.as_str())
-                .and_then(|n| n.events.last())
-                .is_some_and(|e| e.end.is_none());
+            let open = b.has_open_event(c.as_str());
             if !open {
                 b.begin(c.as_str(), "rejoin");
             }
@@ -558,13 +542,7 @@ async fn await_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
                 && j.boot_ids.get(c).is_none_or(|b| *b != hb.boot_id || *c == state.settings.node_id)
             {
                 let mut b = state.status.lock().expect("status lock");
-                let open = b
-                    .current
-                    .nodes
-                    .iter()
-                    .find(|n| n.id == c.as_str())
-                    .and_then(|n| n.events.last())
-                    .is_some_and(|e| e.end.is_none());
+                let open = b.has_open_event(c.as_str());
                 if open {
                     b.end(c.as_str(), true, &format!("rejoined on {}", j.to));
                 }

@@ -1,0 +1,75 @@
+//! The command line both agent binaries share: `run --config FILE` and
+//! `boot --config FILE`.
+
+use std::{future::Future, path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+use common::config::NodeSettings;
+
+use crate::{
+    NodeHandle,
+    reboot::{Reboot, SystemReboot},
+};
+
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve on the configured address (default port 8443).
+    Run {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Boot loader: choose the slot from the boot record and exec its agent.
+    Boot {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Parses the command line of agent `name` and runs it; `start` starts the
+/// agent with validated settings and the system's reboot.
+pub fn main<F, Fut, E>(name: &'static str, start: F) -> ExitCode
+where
+    F: FnOnce(NodeSettings, Arc<dyn Reboot>) -> Fut,
+    Fut: Future<Output = Result<NodeHandle, E>>,
+    E: std::fmt::Display,
+{
+    common::telemetry::init("info");
+    common::tls::install_default_provider();
+    let cli = Cli::parse_from(std::env::args_os().enumerate().map(|(i, a)| if i == 0 { name.into() } else { a }));
+    let outcome: Result<(), String> = match cli.cmd {
+        Cmd::Boot { config } => {
+            // `boot` only returns on failure: on success it has exec'd the slot's agent.
+            let Err(e) = crate::boot::boot(&config);
+            Err(format!("boot failed: {e}"))
+        }
+        Cmd::Run { config } => match NodeSettings::load(&config) {
+            Err(e) => Err(e.to_string()),
+            Ok(settings) => match tokio::runtime::Runtime::new() {
+                Err(e) => Err(format!("cannot start the runtime: {e}")),
+                Ok(rt) => rt.block_on(async move {
+                    let handle = start(settings, Arc::new(SystemReboot)).await.map_err(|e| e.to_string())?;
+                    crate::boot::wait_for_stop_signal().await;
+                    handle.shutdown.cancel();
+                    let _ = handle.task.await;
+                    Ok(())
+                }),
+            },
+        },
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
