@@ -6,6 +6,7 @@ pub mod auth;
 pub mod boot;
 pub mod cli;
 pub mod control;
+pub mod dataplane;
 pub mod follower;
 pub mod node;
 pub mod reboot;

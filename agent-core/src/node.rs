@@ -92,6 +92,8 @@ pub struct NodeCtx {
     pub stager: Stager,
     /// The command executor.
     pub executor: Executor,
+    /// The data plane (Service Engines).
+    pub dataplane: Option<crate::dataplane::DataPlane>,
     /// Becomes true when the session with the leader is established.
     pub joined: tokio::sync::watch::Sender<bool>,
     seq: AtomicU64,
@@ -117,6 +119,7 @@ impl NodeCtx {
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
             pending,
             previous_version,
+            serving: self.dataplane.as_ref().map(|d| d.serving()).unwrap_or_default(),
         }
     }
 
@@ -172,13 +175,25 @@ impl Node {
         let shutdown = CancellationToken::new();
         let stager = Stager::open(&settings.data_dir, settings.deployment)?;
         let source = Arc::new(LeaderImageSource::new(settings.clone(), local));
-        let executor = Executor::new(&settings.data_dir, stager.clone(), source, reboot, shutdown.clone());
+        let dataplane = (settings.role == common::Role::ServiceEngine).then(|| {
+            crate::dataplane::DataPlane::new(
+                settings.listen.ip(),
+                settings.node_id.as_str(),
+                &manifest.version.to_string(),
+                shutdown.clone(),
+            )
+        });
+        let mut executor = Executor::new(&settings.data_dir, stager.clone(), source, reboot, shutdown.clone());
+        if let Some(dp) = &dataplane {
+            executor = executor.with_dataplane(dp.clone());
+        }
         let ctx = Arc::new(NodeCtx {
             settings,
             version: manifest.version,
             boot_id: random_hex(8),
             stager,
             executor,
+            dataplane,
             joined: tokio::sync::watch::channel(false).0,
             seq: AtomicU64::new(0),
         });

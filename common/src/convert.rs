@@ -75,6 +75,7 @@ impl TryFrom<pb::Heartbeat> for Heartbeat {
             } else {
                 Some(field(M, "previous_version", h.previous_version.parse())?)
             },
+            serving: h.serving,
         })
     }
 }
@@ -104,6 +105,7 @@ impl From<Heartbeat> for pb::Heartbeat {
             seq: h.seq,
             pending: h.pending,
             previous_version: h.previous_version.map(|v| v.to_string()).unwrap_or_default(),
+            serving: h.serving,
         }
     }
 }
@@ -182,6 +184,16 @@ impl TryFrom<pb::Command> for Command {
             pb::command::Kind::Rollback(r) => {
                 CommandKind::Rollback(field("rollback", "to_version", r.to_version.parse())?)
             }
+            pb::command::Kind::Place(p) => CommandKind::Place(
+                p.services
+                    .into_iter()
+                    .map(|s| {
+                        let port = u16::try_from(s.port).ok().filter(|p| *p > 0);
+                        let port = field("place", "port", port.ok_or("must be 1-65535"))?;
+                        Ok(ServiceSpec { name: s.name, port })
+                    })
+                    .collect::<Result<_, InvalidMessage>>()?,
+            ),
         };
         Ok(Command { id: c.id, generation: c.generation, kind })
     }
@@ -194,6 +206,9 @@ impl From<Command> for pb::Command {
             CommandKind::Apply(i) => pb::command::Kind::Apply(pb::Apply { image: Some(i.into()) }),
             CommandKind::Commit(v) => pb::command::Kind::Commit(pb::Commit { version: v.to_string() }),
             CommandKind::Rollback(v) => pb::command::Kind::Rollback(pb::Rollback { to_version: v.to_string() }),
+            CommandKind::Place(services) => pb::command::Kind::Place(pb::Place {
+                services: services.into_iter().map(|s| pb::ServiceSpec { name: s.name, port: s.port.into() }).collect(),
+            }),
         };
         pb::Command { id: c.id, generation: c.generation, kind: Some(kind) }
     }

@@ -34,6 +34,8 @@ pub struct Heartbeat {
     pub pending: bool,
     /// Version of the previous slot, if there is one.
     pub previous_version: Option<Version>,
+    /// Virtual services this SE serves now.
+    pub serving: Vec<String>,
 }
 
 /// An image held, verified, in a node's staging area.
@@ -102,6 +104,17 @@ pub enum CommandKind {
     Commit(Version),
     /// Return to the previous slot, which must hold this version, and reboot.
     Rollback(Version),
+    /// Serve exactly these virtual services (SEs only).
+    Place(Vec<ServiceSpec>),
+}
+
+/// A virtual service as an SE serves it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceSpec {
+    /// Its name.
+    pub name: String,
+    /// The TCP port it listens on.
+    pub port: u16,
 }
 
 impl CommandKind {
@@ -112,6 +125,7 @@ impl CommandKind {
             CommandKind::Apply(_) => "apply",
             CommandKind::Commit(_) => "commit",
             CommandKind::Rollback(_) => "rollback",
+            CommandKind::Place(_) => "place",
         }
     }
 }

@@ -196,10 +196,9 @@ fn writable(state: &LeaderState) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn vs_json(v: &VirtualService) -> serde_json::Value {
+fn vs_json(v: &VirtualService, placements: Option<&Vec<String>>) -> serde_json::Value {
     let mut j = serde_json::to_value(v).expect("serializes");
-    // Placement on SEs is not built yet: nothing is placed.
-    j["placements"] = json!([]);
+    j["placements"] = json!(placements.cloned().unwrap_or_default());
     j
 }
 
@@ -252,7 +251,7 @@ async fn delete_group(
 
 async fn list_vs(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
     let cfg = state.config.lock().expect("config lock");
-    Json(json!(cfg.virtual_services.values().map(vs_json).collect::<Vec<_>>()))
+    Json(json!(cfg.virtual_services.values().map(|v| vs_json(v, cfg.placements.get(&v.name))).collect::<Vec<_>>()))
 }
 
 async fn get_vs(
@@ -262,7 +261,7 @@ async fn get_vs(
     let cfg = state.config.lock().expect("config lock");
     cfg.virtual_services
         .get(&name)
-        .map(|v| Json(vs_json(v)))
+        .map(|v| Json(vs_json(v, cfg.placements.get(&v.name))))
         .ok_or_else(|| ConfigError::NotFound(format!("no virtual service {name}")).into())
 }
 
@@ -270,7 +269,8 @@ async fn create_vs(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result
     writable(&state)?;
     let v: VirtualService = parse_json(&body)?;
     state.change_config(|c| c.put_vs(v.clone(), false))?;
-    Ok((StatusCode::CREATED, Json(vs_json(&v))).into_response())
+    let placed = place_now(&state, &v.name);
+    Ok((StatusCode::CREATED, Json(vs_json(&v, placed.as_ref()))).into_response())
 }
 
 async fn put_vs(
@@ -284,7 +284,8 @@ async fn put_vs(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", v.name)));
     }
     state.change_config(|c| c.put_vs(v.clone(), true))?;
-    Ok(Json(vs_json(&v)))
+    let placed = place_now(&state, &v.name);
+    Ok(Json(vs_json(&v, placed.as_ref())))
 }
 
 async fn delete_vs(
@@ -294,4 +295,15 @@ async fn delete_vs(
     writable(&state)?;
     state.change_config(|c| c.delete_vs(&name))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Places virtual services at once (the placer would within a second) and
+/// returns where `name` went.
+fn place_now(state: &LeaderState, name: &str) -> Option<Vec<String>> {
+    let ses = crate::leader::traffic::ses_by_group(state);
+    let _ = state.change_config(|c| {
+        c.placements = crate::leader::placement::place(c, &ses);
+        Ok(())
+    });
+    state.config.lock().expect("config lock").placements.get(name).cloned()
 }

@@ -6,8 +6,10 @@ pub mod distribute;
 pub mod grpc;
 pub mod image_server;
 pub mod images;
+pub mod placement;
 pub mod status;
 pub mod store;
+pub mod traffic;
 pub mod upgrade;
 
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,10 @@ pub struct LeaderState {
     pub journal: Mutex<Option<Journal>>,
     /// The version this leader runs.
     pub version: Version,
+    /// SEs taken out of service for their upgrade.
+    pub drained: Mutex<std::collections::BTreeSet<String>>,
+    /// Numbers `place` commands.
+    pub place_seq: std::sync::atomic::AtomicU64,
 }
 
 impl LeaderState {
@@ -75,6 +81,8 @@ impl LeaderState {
             config: Mutex::new(config),
             journal: Mutex::new(journal),
             version,
+            drained: Mutex::default(),
+            place_seq: Default::default(),
             settings,
         }))
     }

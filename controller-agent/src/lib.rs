@@ -34,6 +34,7 @@ pub async fn start(
         let node = Node::with_local_images(settings, Some(local), reboot)?;
         leader::upgrade::resume(&state);
         leader::upgrade::spawn_reconciler(state.clone());
+        leader::traffic::spawn_placer(state.clone());
         let app = node
             .base_routes()
             .add_service(leader::grpc::LeaderService::server(state.clone()))

@@ -417,6 +417,9 @@ pub fn down(dir: &Path) -> Result<(), LocalError> {
 pub fn supervise(dir: &Path, id: &str) -> Result<(), LocalError> {
     known_node(dir, id)?;
     let nd = node_dir(dir, id);
+    let local: LocalFile =
+        serde_json::from_slice(&fs::read(dir.join("local.json")).map_err(io(&dir.join("local.json")))?)
+            .map_err(|e| LocalError::Invalid(e.to_string()))?;
     fs::write(nd.join("supervisor.pid"), std::process::id().to_string()).map_err(io(&nd))?;
     let say = |msg: &str| {
         let _ = writeln!(std::io::stderr(), "[molt local] {id}: {msg}");
@@ -426,13 +429,18 @@ pub fn supervise(dir: &Path, id: &str) -> Result<(), LocalError> {
         let booted = Instant::now();
         // A fresh PID namespace for every power-on, made by a helper process:
         // a process can create a PID namespace for its children only once.
-        let status = Command::new(std::env::current_exe().map_err(io(&nd))?)
+        // The cluster's own `molt` (not this process's image, which a rebuild may have replaced).
+        let molt = [local.bin_dir.join("molt"), std::env::current_exe().unwrap_or_default()]
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| LocalError::Invalid(format!("molt not found in {}", local.bin_dir.display())))?;
+        let status = Command::new(&molt)
             .args(["local", "nsboot", "--dir"])
             .arg(dir)
             .arg(id)
             .stdin(Stdio::null())
             .status()
-            .map_err(io(&nd))?;
+            .map_err(io(&molt))?;
         match status.code() {
             Some(NSBOOT_REBOOTED) => {
                 quick_failures = 0;

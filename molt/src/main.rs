@@ -234,7 +234,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Package { cmd } => package(cmd),
-        Cmd::Upgrade { no_wait, json, words } => upgrade_cmd(&cli, words, *no_wait, *json).await,
+        Cmd::Upgrade { no_wait, json, words } => {
+            // The Avi-style words swallow what follows them: take options found there too.
+            let json = *json || words.iter().any(|w| w == "--json");
+            let no_wait = *no_wait || words.iter().any(|w| w == "--no-wait");
+            let words: Vec<String> =
+                words.iter().filter(|w| !matches!(w.as_str(), "--json" | "--no-wait")).cloned().collect();
+            upgrade_cmd(&cli, &words, no_wait, json).await
+        }
         Cmd::Show { json, watch, words } => show(&cli, words, *json, *watch).await,
         Cmd::Local { cmd } => local_cmd(cmd).await,
         Cmd::Demo { dir } => demo(dir.clone()).await,

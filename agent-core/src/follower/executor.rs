@@ -70,6 +70,7 @@ pub struct Executor {
     settled: Arc<tokio::sync::Notify>,
     slots: Slots,
     reboot: Arc<dyn Reboot>,
+    dataplane: Option<crate::dataplane::DataPlane>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -99,7 +100,14 @@ impl Executor {
             settled: Arc::default(),
             slots: Slots::new(data_dir),
             reboot,
+            dataplane: None,
         }
+    }
+
+    /// Gives this (SE) executor the data plane `place` commands drive.
+    pub fn with_dataplane(mut self, dp: crate::dataplane::DataPlane) -> Self {
+        self.dataplane = Some(dp);
+        self
     }
 
     /// Notified whenever a command settles, so the session can report it
@@ -177,6 +185,10 @@ impl Executor {
             CommandKind::Apply(image) => self.apply(image).await,
             CommandKind::Commit(v) => self.commit(*v),
             CommandKind::Rollback(v) => self.rollback(*v),
+            CommandKind::Place(services) => match &self.dataplane {
+                Some(dp) => dp.apply(services).await.map(done),
+                None => Err("this node is not a Service Engine: it serves no virtual services".into()),
+            },
         }
     }
 

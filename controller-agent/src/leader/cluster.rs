@@ -296,6 +296,7 @@ mod tests {
             seq: 0,
             pending: false,
             previous_version: None,
+            serving: vec![],
         }
     }
 

@@ -52,6 +52,9 @@ pub struct Config {
     pub se_groups: BTreeMap<String, SeGroup>,
     /// Virtual services by name.
     pub virtual_services: BTreeMap<String, VirtualService>,
+    /// Where each virtual service is placed: SE ids, the active first.
+    #[serde(default)]
+    pub placements: BTreeMap<String, Vec<String>>,
 }
 
 /// Why a configuration change was refused.
@@ -136,6 +139,7 @@ impl Config {
 
     /// Removes a virtual service.
     pub fn delete_vs(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.placements.remove(name);
         self.virtual_services
             .remove(name)
             .map(|_| ())

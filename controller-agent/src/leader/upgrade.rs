@@ -220,12 +220,32 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     checks.push(vcheck);
     failed = failed.or(vfailed);
     let disruptive = req.disruptive || req.force;
+    let predicted = {
+        let cfg = state.config.lock().expect("config lock");
+        super::placement::predict(&cfg, disruptive)
+    };
+    let hit: Vec<&str> = predicted.iter().filter(|(_, d, _)| *d).map(|(n, _, _)| n.as_str()).collect();
+    checks.push(Precheck {
+        check: "traffic".into(),
+        result: if hit.is_empty() { "ok" } else { "warning" }.into(),
+        message: if hit.is_empty() {
+            format!("no virtual service is interrupted ({} checked)", predicted.len())
+        } else {
+            format!("these virtual services will be interrupted while their SE reboots: {}", hit.join(", "))
+        },
+    });
+    let vs_rows: Vec<serde_json::Value> = predicted
+        .iter()
+        .map(|(n, d, why)| {
+            serde_json::json!({"name": n, "predicted_disruption": d, "reason": why, "measured_downtime_ms": null, "failed_probes": null})
+        })
+        .collect();
     if req.prechecks_only {
         let ok = failed.is_none();
         return Ok((
             StatusCode::OK,
             serde_json::json!({
-                "prechecks_only": true, "ok": ok, "prechecks": checks,
+                "prechecks_only": true, "ok": ok, "prechecks": checks, "virtual_services": vs_rows,
                 "from_version": from.map(|v| v.to_string()), "to_version": m.version.to_string(),
                 "force": req.force, "disruptive": disruptive,
             }),
@@ -287,6 +307,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
             nodes: super::status::node_rows(&nodes),
             se_groups: se_groups.keys().map(|g| group_json(state, g, "pending", 0, &se_groups[g])).collect(),
             prechecks: checks,
+            virtual_services: vs_rows,
             ..Default::default()
         };
     }
@@ -601,6 +622,8 @@ async fn commit_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
 
 async fn service_engines(state: &Arc<LeaderState>) -> Next {
     set_phase(state, "service_engines", 60);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let prober = tokio::spawn(super::traffic::probe_until(state.clone(), Duration::from_millis(100), stop.clone()));
     let j = journal(state);
     let tasks: Vec<_> = j
         .se_groups
@@ -616,6 +639,10 @@ async fn service_engines(state: &Arc<LeaderState>) -> Next {
             });
         }
     }
+    stop.cancel();
+    if let Ok(stats) = prober.await {
+        record_traffic(state, &stats);
+    }
     let j = journal(state);
     if j.suspended.is_empty() {
         finish(state, OpState::Completed, String::new(), false);
@@ -624,6 +651,37 @@ async fn service_engines(state: &Arc<LeaderState>) -> Next {
         finish(state, OpState::Suspended, why.join("; "), false);
     }
     Some((Step::Done, String::new()))
+}
+
+/// Writes what the probes measured into the status.
+fn record_traffic(state: &LeaderState, stats: &BTreeMap<String, super::traffic::ProbeStats>) {
+    let groups: BTreeMap<String, String> = state
+        .config
+        .lock()
+        .expect("config lock")
+        .virtual_services
+        .values()
+        .map(|v| (v.name.clone(), v.se_group.clone()))
+        .collect();
+    let mut b = state.status.lock().expect("status lock");
+    for row in &mut b.current.virtual_services {
+        let name = row["name"].as_str().unwrap_or_default().to_owned();
+        let s = stats.get(&name).cloned().unwrap_or_default();
+        row["measured_downtime_ms"] = s.measured_downtime_ms.into();
+        row["failed_probes"] = s.failed_probes.into();
+        row["probe_rounds"] = s.rounds.into();
+    }
+    for g in &mut b.current.se_groups {
+        let name = g["name"].as_str().unwrap_or_default().to_owned();
+        let hit: Vec<&String> = stats
+            .iter()
+            .filter(|(vs, s)| s.measured_downtime_ms > 0 && groups.get(*vs) == Some(&name))
+            .map(|(vs, _)| vs)
+            .collect();
+        g["vs_disrupted"] = serde_json::json!(hit);
+    }
+    drop(b);
+    state.save_status();
 }
 
 fn set_group(state: &LeaderState, group: &str, st: &str, done: usize, total: usize) {
@@ -646,7 +704,9 @@ async fn upgrade_group(state: Arc<LeaderState>, group: String) {
     let batches: Vec<Vec<NodeId>> = if j.disruptive { vec![todo] } else { todo.into_iter().map(|s| vec![s]).collect() };
     set_group(&state, &group, "in_progress", ses.len() - batches.iter().map(Vec::len).sum::<usize>(), ses.len());
     for batch in batches {
-        let tasks: Vec<_> = batch.iter().map(|se| tokio::spawn(upgrade_se(state.clone(), se.clone()))).collect();
+        let members: Vec<String> = ses.iter().map(|s| s.to_string()).collect();
+        let tasks: Vec<_> =
+            batch.iter().map(|se| tokio::spawn(upgrade_se(state.clone(), se.clone(), members.clone()))).collect();
         let mut failed = vec![];
         for (se, t) in batch.iter().zip(tasks) {
             match t.await {
@@ -681,8 +741,18 @@ async fn upgrade_group(state: Arc<LeaderState>, group: String) {
 }
 
 /// One SE: apply, wait for its heartbeat on the new version, commit.
-async fn upgrade_se(state: Arc<LeaderState>, se: NodeId) -> Result<(), String> {
+async fn upgrade_se(state: Arc<LeaderState>, se: NodeId, group: Vec<String>) -> Result<(), String> {
     let j = journal(&state);
+    if !j.disruptive {
+        state.status.lock().expect("status lock").begin(se.as_str(), "drain");
+        let drained = super::traffic::drain(&state, se.as_str(), &group).await;
+        state.status.lock().expect("status lock").end(
+            se.as_str(),
+            drained.is_ok(),
+            drained.as_ref().map(|_| "its virtual services moved to the other SEs").unwrap_or_else(|e| e),
+        );
+        drained?;
+    }
     let deadline = Instant::now() + state.settings.reform_timeout;
     state.status.lock().expect("status lock").begin(se.as_str(), "apply");
     let applied = run_command_on(&state, &se, &cmd(&state, &j, &se, CommandKind::Apply(j.image_ref())), deadline).await;
@@ -718,7 +788,15 @@ async fn upgrade_se(state: Arc<LeaderState>, se: NodeId) -> Result<(), String> {
             b.end(se.as_str(), true, &format!("rejoined on {}", j.to));
             b.begin(se.as_str(), "commit");
         }
-        run_command(&state, &se, &cmd(&state, &j, &se, CommandKind::Commit(j.to)), deadline).await
+        let committed = run_command(&state, &se, &cmd(&state, &j, &se, CommandKind::Commit(j.to)), deadline).await?;
+        {
+            let mut b = state.status.lock().expect("status lock");
+            b.end(se.as_str(), true, &committed);
+            b.begin(se.as_str(), "restore");
+        }
+        // Back in service: its placements return (make before break).
+        super::traffic::undrain(&state, se.as_str(), &group).await?;
+        Ok(format!("serving its virtual services on {}", j.to))
     }
     .await;
     let mut b = state.status.lock().expect("status lock");

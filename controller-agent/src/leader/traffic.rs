@@ -1,0 +1,228 @@
+//! Virtual service traffic, from the leader's side: keeping every SE's
+//! listeners as the placements say, draining an SE before it reboots
+//! (make-before-break), and probing every service during the SE phase to
+//! measure real downtime.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::{
+    NodeId, Role,
+    session::{Command, CommandKind, LeaderMessage},
+};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{LeaderState, cluster::NodeState, placement};
+
+/// SEs by SE group, as the cluster view knows them.
+pub fn ses_by_group(state: &LeaderState) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in state.cluster.snapshot() {
+        if n.role == Role::ServiceEngine {
+            out.entry(n.se_group.clone().unwrap_or_default()).or_default().push(n.id.to_string());
+        }
+    }
+    out
+}
+
+fn push(state: &LeaderState, se: &str, services: Vec<common::session::ServiceSpec>) {
+    let Ok(id) = se.parse::<NodeId>() else { return };
+    let seq = state.place_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let c =
+        Command { id: format!("place-{se}-{seq}"), generation: state.generation, kind: CommandKind::Place(services) };
+    let _ = state.cluster.send(&id, LeaderMessage::Command(c));
+}
+
+/// SEs whose reported services differ from what they should serve.
+fn mismatched(state: &LeaderState, only: Option<&[String]>) -> Vec<(String, Vec<common::session::ServiceSpec>)> {
+    let desired = {
+        let cfg = state.config.lock().expect("config lock");
+        placement::serving(&cfg, &state.drained.lock().expect("drained lock"))
+    };
+    let mut out = vec![];
+    for n in state.cluster.snapshot() {
+        if n.role != Role::ServiceEngine
+            || n.state != NodeState::Up
+            || only.is_some_and(|o| !o.contains(&n.id.to_string()))
+        {
+            continue;
+        }
+        let want = desired.get(n.id.as_str()).cloned().unwrap_or_default();
+        let mut have = state.cluster.node(&n.id).and_then(|(hb, _)| hb).map(|h| h.serving).unwrap_or_default();
+        have.sort();
+        let names: Vec<String> = want.iter().map(|s| s.name.clone()).collect();
+        if have != names {
+            out.push((n.id.to_string(), want));
+        }
+    }
+    out
+}
+
+/// Keeps placements computed and every SE serving what they say.
+pub fn spawn_placer(state: Arc<LeaderState>) {
+    tokio::spawn(async move {
+        let mut last_push: BTreeMap<String, Instant> = BTreeMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if !state.read_only() {
+                let ses = ses_by_group(&state);
+                let next = placement::place(&state.config.lock().expect("config lock"), &ses);
+                let changed = state.config.lock().expect("config lock").placements != next;
+                if changed {
+                    let _ = state.change_config(|c| {
+                        c.placements = next;
+                        Ok(())
+                    });
+                }
+            }
+            for (se, want) in mismatched(&state, None) {
+                if last_push.get(&se).is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+                    push(&state, &se, want);
+                    last_push.insert(se, Instant::now());
+                }
+            }
+        }
+    });
+}
+
+/// Pushes the desired services to `ses` and waits until they serve them.
+pub async fn converge(state: &LeaderState, ses: &[String], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut pushed = Instant::now() - Duration::from_secs(10);
+    loop {
+        let left = mismatched(state, Some(ses));
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let names: Vec<String> = left.into_iter().map(|(se, _)| se).collect();
+            return Err(format!(
+                "{} did not take their virtual services within {} s",
+                names.join(", "),
+                timeout.as_secs()
+            ));
+        }
+        if pushed.elapsed() > Duration::from_secs(1) {
+            for (se, want) in left {
+                push(state, &se, want);
+            }
+            pushed = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Takes `se` out of service before it reboots: the others of its group
+/// take over first (make), then `se` stops (break).
+pub async fn drain(state: &LeaderState, se: &str, group: &[String]) -> Result<(), String> {
+    state.drained.lock().expect("drained lock").insert(se.to_owned());
+    let others: Vec<String> = group.iter().filter(|s| *s != se).cloned().collect();
+    converge(state, &others, Duration::from_secs(20)).await?;
+    converge(state, &[se.to_owned()], Duration::from_secs(20)).await
+}
+
+/// Puts `se` back in service after its upgrade: it serves first, then the
+/// others let go of what they took over.
+pub async fn undrain(state: &LeaderState, se: &str, group: &[String]) -> Result<(), String> {
+    state.drained.lock().expect("drained lock").remove(se);
+    converge(state, &[se.to_owned()], Duration::from_secs(20)).await?;
+    let others: Vec<String> = group.iter().filter(|s| *s != se).cloned().collect();
+    converge(state, &others, Duration::from_secs(20)).await
+}
+
+/// Probe results of one virtual service.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbeStats {
+    /// Time during which no placement answered.
+    pub measured_downtime_ms: u64,
+    /// Probes (one per placement per round) that failed.
+    pub failed_probes: u64,
+    /// Rounds probed.
+    pub rounds: u64,
+}
+
+async fn probe(addr: std::net::SocketAddr) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n").await.ok()?;
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(&buf[9..12] == b"200")
+    };
+    tokio::time::timeout(Duration::from_millis(300), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+/// Probes every virtual service on every SE it is placed on, every
+/// `interval`, until `stop`; returns the stats per service.
+pub async fn probe_until(
+    state: Arc<LeaderState>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> BTreeMap<String, ProbeStats> {
+    let mut stats: BTreeMap<String, ProbeStats> = BTreeMap::new();
+    let mut last = Instant::now();
+    loop {
+        let targets: Vec<(String, Vec<std::net::SocketAddr>)> = {
+            let cfg = state.config.lock().expect("config lock");
+            let addrs: BTreeMap<String, std::net::IpAddr> = state
+                .cluster
+                .snapshot()
+                .into_iter()
+                .filter_map(|n| n.addr.parse::<std::net::SocketAddr>().ok().map(|a| (n.id.to_string(), a.ip())))
+                .collect();
+            cfg.virtual_services
+                .values()
+                .map(|vs| {
+                    let places = cfg.placements.get(&vs.name).into_iter().flatten();
+                    (vs.name.clone(), places.filter_map(|se| addrs.get(se)).map(|ip| (*ip, vs.port).into()).collect())
+                })
+                .collect()
+        };
+        let round: Vec<_> = targets
+            .into_iter()
+            .map(|(name, addrs)| {
+                tokio::spawn(async move {
+                    let results = futures_util::future::join_all(addrs.into_iter().map(probe)).await;
+                    (name, results)
+                })
+            })
+            .collect();
+        let elapsed = last.elapsed();
+        last = Instant::now();
+        for r in round {
+            let Ok((name, results)) = r.await else { continue };
+            let s = stats.entry(name.clone()).or_default();
+            s.rounds += 1;
+            s.failed_probes += results.iter().filter(|ok| !**ok).count() as u64;
+            if !results.iter().any(|ok| *ok) {
+                s.measured_downtime_ms += elapsed.as_millis() as u64;
+                if s.measured_downtime_ms == elapsed.as_millis() as u64 {
+                    warn!(service = %name, "virtual service not answering");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    info!(services = stats.len(), "probing stopped");
+    stats
+}
+
+/// The SEs of `group` ordered for a rolling upgrade: those active for the
+/// fewest services first (for active-standby: the standby first).
+pub fn rolling_order(state: &LeaderState, ses: &[NodeId]) -> Vec<NodeId> {
+    let cfg = state.config.lock().expect("config lock");
+    let active_for =
+        |se: &NodeId| cfg.placements.values().filter(|p| p.first().is_some_and(|a| a == se.as_str())).count();
+    let mut v = ses.to_vec();
+    v.sort_by_key(|se| (active_for(se), se.clone()));
+    v
+}
