@@ -26,21 +26,21 @@ pub fn place(cfg: &Config, ses: &BTreeMap<String, Vec<String>>) -> BTreeMap<Stri
         let group: Vec<&str> =
             ses.get(&vs.se_group).map(|v| v.iter().map(String::as_str).collect()).unwrap_or_default();
         let want = wanted(ha_of(cfg, &vs.se_group), vs.scale).min(group.len());
-        let mut chosen: Vec<String> = cfg
-            .placements
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter(|se| group.contains(&se.as_str()))
-            .take(want)
-            .cloned()
-            .collect();
+        // Existing placements stay, even on SEs the leader does not see right
+        // now (after its own restart they redial one by one); only an SE known
+        // to be in another group is dropped.
+        let elsewhere = |se: &String| ses.iter().any(|(g, list)| *g != vs.se_group && list.contains(se));
+        let keep = wanted(ha_of(cfg, &vs.se_group), vs.scale).max(want);
+        let mut chosen: Vec<String> =
+            cfg.placements.get(name).into_iter().flatten().filter(|se| !elsewhere(se)).take(keep).cloned().collect();
         while chosen.len() < want {
-            let next = group
+            let Some(next) = group
                 .iter()
                 .filter(|se| !chosen.iter().any(|c| c == *se))
                 .min_by_key(|se| (load.get(**se).copied().unwrap_or(0), **se))
-                .expect("want is at most the group's size");
+            else {
+                break;
+            };
             chosen.push((*next).to_owned());
         }
         for se in &chosen {
@@ -129,6 +129,8 @@ mod tests {
         assert_eq!(c.placements["db"].len(), 2, "active-standby: active and standby");
         let again = place(&c, &ses());
         assert_eq!(again, c.placements, "placement is stable");
+        // A leader that just restarted sees no SE yet: placements stay.
+        assert_eq!(place(&c, &BTreeMap::new()), c.placements);
     }
 
     #[test]
@@ -143,7 +145,7 @@ mod tests {
         let s = serving(&c, &BTreeSet::from([active.clone()]));
         assert!(s[&standby].iter().any(|x| x.name == "db"), "failed over");
         let s = serving(&c, &BTreeSet::from(["a1".to_string()]));
-        assert!(!s.get("a1").is_some_and(|v| !v.is_empty()));
+        assert!(s.get("a1").is_none_or(|v| v.is_empty()));
         assert!(s["a2"].iter().any(|x| x.name == "web"));
     }
 

@@ -47,10 +47,14 @@ fn mismatched(state: &LeaderState, only: Option<&[String]>) -> Vec<(String, Vec<
     };
     let mut out = vec![];
     for n in state.cluster.snapshot() {
-        if n.role != Role::ServiceEngine
-            || n.state != NodeState::Up
-            || only.is_some_and(|o| !o.contains(&n.id.to_string()))
-        {
+        if n.role != Role::ServiceEngine || only.is_some_and(|o| !o.contains(&n.id.to_string())) {
+            continue;
+        }
+        if n.state != NodeState::Up {
+            // Named SEs that are not up cannot have converged: wait for them.
+            if only.is_some() {
+                out.push((n.id.to_string(), desired.get(n.id.as_str()).cloned().unwrap_or_default()));
+            }
             continue;
         }
         let want = desired.get(n.id.as_str()).cloned().unwrap_or_default();
@@ -145,75 +149,110 @@ pub struct ProbeStats {
     pub failed_probes: u64,
     /// Rounds probed.
     pub rounds: u64,
+    /// The first down slots: when, and what each placement answered.
+    pub down_slots: Vec<String>,
 }
 
-async fn probe(addr: std::net::SocketAddr) -> bool {
+/// One probe round: when it started, and per service each placement's outcome.
+type Round = (f64, Vec<(String, Vec<(std::net::SocketAddr, Probe)>)>);
+
+/// How one probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Ok,
+    Refused,
+    Timeout,
+    Bad,
+}
+
+async fn probe(addr: std::net::SocketAddr) -> Probe {
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n").await.ok()?;
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return Probe::Refused };
+        if s.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n").await.is_err() {
+            return Probe::Bad;
+        }
         let mut buf = [0u8; 12];
-        s.read_exact(&mut buf).await.ok()?;
-        Some(&buf[9..12] == b"200")
+        match s.read_exact(&mut buf).await {
+            Ok(_) if &buf[9..12] == b"200" => Probe::Ok,
+            _ => Probe::Bad,
+        }
     };
-    tokio::time::timeout(Duration::from_millis(300), attempt).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(Duration::from_secs(1), attempt).await.unwrap_or(Probe::Timeout)
 }
 
 /// Probes every virtual service on every SE it is placed on, every
 /// `interval`, until `stop`; returns the stats per service.
+///
+/// Rounds start at a fixed cadence whatever their probes take (a probe may
+/// wait up to a second on an SE that is going down), and each round is one
+/// time slot: a service is down for a slot when no placement answered.
 pub async fn probe_until(
     state: Arc<LeaderState>,
     interval: Duration,
     stop: CancellationToken,
 ) -> BTreeMap<String, ProbeStats> {
     let mut stats: BTreeMap<String, ProbeStats> = BTreeMap::new();
-    let mut last = Instant::now();
-    loop {
-        let targets: Vec<(String, Vec<std::net::SocketAddr>)> = {
-            let cfg = state.config.lock().expect("config lock");
-            let addrs: BTreeMap<String, std::net::IpAddr> = state
-                .cluster
-                .snapshot()
-                .into_iter()
-                .filter_map(|n| n.addr.parse::<std::net::SocketAddr>().ok().map(|a| (n.id.to_string(), a.ip())))
-                .collect();
-            cfg.virtual_services
-                .values()
-                .map(|vs| {
-                    let places = cfg.placements.get(&vs.name).into_iter().flatten();
-                    (vs.name.clone(), places.filter_map(|se| addrs.get(se)).map(|ip| (*ip, vs.port).into()).collect())
-                })
-                .collect()
-        };
-        let round: Vec<_> = targets
-            .into_iter()
-            .map(|(name, addrs)| {
-                tokio::spawn(async move {
-                    let results = futures_util::future::join_all(addrs.into_iter().map(probe)).await;
-                    (name, results)
-                })
-            })
-            .collect();
-        let elapsed = last.elapsed();
-        last = Instant::now();
-        for r in round {
-            let Ok((name, results)) = r.await else { continue };
+    let mut rounds = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let slot_ms = interval.as_millis() as u64;
+    let record = |stats: &mut BTreeMap<String, ProbeStats>, (at, round): Round| {
+        for (name, results) in round {
             let s = stats.entry(name.clone()).or_default();
             s.rounds += 1;
-            s.failed_probes += results.iter().filter(|ok| !**ok).count() as u64;
-            if !results.iter().any(|ok| *ok) {
-                s.measured_downtime_ms += elapsed.as_millis() as u64;
-                if s.measured_downtime_ms == elapsed.as_millis() as u64 {
+            s.failed_probes += results.iter().filter(|(_, p)| *p != Probe::Ok).count() as u64;
+            if !results.iter().any(|(_, p)| *p == Probe::Ok) {
+                if s.measured_downtime_ms == 0 {
                     warn!(service = %name, "virtual service not answering");
+                }
+                s.measured_downtime_ms += slot_ms;
+                if s.down_slots.len() < 10 {
+                    let detail: Vec<String> = results.iter().map(|(a, p)| format!("{a} {p:?}")).collect();
+                    s.down_slots.push(format!("{at:.3}: {}", detail.join(", ")));
                 }
             }
         }
+    };
+    loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+            Some(Ok(round)) = rounds.join_next(), if !rounds.is_empty() => record(&mut stats, round),
+            _ = tick.tick() => {
+                let targets = probe_targets(&state);
+                let at = super::status::now();
+                rounds.spawn(async move {
+                    let probes = targets.into_iter().map(|(name, addrs)| async move {
+                        let results = futures_util::future::join_all(addrs.iter().map(|a| probe(*a))).await;
+                        (name, addrs.into_iter().zip(results).collect::<Vec<_>>())
+                    });
+                    (at, futures_util::future::join_all(probes).await)
+                });
+            }
         }
+    }
+    while let Some(Ok(round)) = rounds.join_next().await {
+        record(&mut stats, round);
     }
     info!(services = stats.len(), "probing stopped");
     stats
+}
+
+/// Every virtual service with the addresses of the SEs it is placed on.
+fn probe_targets(state: &LeaderState) -> Vec<(String, Vec<std::net::SocketAddr>)> {
+    let addrs: BTreeMap<String, std::net::IpAddr> = state
+        .cluster
+        .snapshot()
+        .into_iter()
+        .filter_map(|n| n.addr.parse::<std::net::SocketAddr>().ok().map(|a| (n.id.to_string(), a.ip())))
+        .collect();
+    let cfg = state.config.lock().expect("config lock");
+    cfg.virtual_services
+        .values()
+        .map(|vs| {
+            let places = cfg.placements.get(&vs.name).into_iter().flatten();
+            (vs.name.clone(), places.filter_map(|se| addrs.get(se)).map(|ip| (*ip, vs.port).into()).collect())
+        })
+        .collect()
 }
 
 /// The SEs of `group` ordered for a rolling upgrade: those active for the

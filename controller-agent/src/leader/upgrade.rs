@@ -622,6 +622,15 @@ async fn commit_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
 
 async fn service_engines(state: &Arc<LeaderState>) -> Next {
     set_phase(state, "service_engines", 60);
+    // After the leader's own reboot the SEs redial one by one: traffic can
+    // only be moved between SEs the leader sees, so wait for all of them.
+    let all: Vec<NodeId> = journal(state).se_groups.values().flatten().cloned().collect();
+    let deadline = Instant::now() + state.settings.reform_timeout;
+    while !all.iter().all(|se| state.cluster.node(se).is_some_and(|(_, s)| s == NodeState::Up))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(POLL).await;
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     let prober = tokio::spawn(super::traffic::probe_until(state.clone(), Duration::from_millis(100), stop.clone()));
     let j = journal(state);
@@ -670,6 +679,7 @@ fn record_traffic(state: &LeaderState, stats: &BTreeMap<String, super::traffic::
         row["measured_downtime_ms"] = s.measured_downtime_ms.into();
         row["failed_probes"] = s.failed_probes.into();
         row["probe_rounds"] = s.rounds.into();
+        row["down_slots"] = serde_json::json!(s.down_slots);
     }
     for g in &mut b.current.se_groups {
         let name = g["name"].as_str().unwrap_or_default().to_owned();

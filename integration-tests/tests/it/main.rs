@@ -9,4 +9,5 @@ mod cluster;
 mod prestage;
 mod process;
 mod security;
+mod traffic;
 mod upgrade;

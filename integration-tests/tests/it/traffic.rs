@@ -1,0 +1,191 @@
+//! Virtual services that really serve, through rolling SE upgrades: what
+//! was predicted before the start is what the probes measure.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use integration_tests::{LocalCluster, bin};
+use molt::client::{Api, Connection};
+use serde_json::{Value, json};
+
+fn package(dir: &Path, broken_se: Option<&str>) -> std::path::PathBuf {
+    let payload = dir.join("payload");
+    std::fs::create_dir_all(payload.join("bin")).unwrap();
+    std::fs::copy(bin("controller-agent"), payload.join("bin/controller-agent")).unwrap();
+    let se = payload.join("bin/se-agent");
+    match broken_se {
+        None => {
+            std::fs::copy(bin("se-agent"), &se).unwrap();
+        }
+        Some(node) => {
+            let script = format!(
+                "#!/bin/sh\ncase \"$3\" in */nodes/{node}/*) echo 'cannot start' >&2; exit 1;; esac\nexec {} \"$@\"\n",
+                bin("se-agent").display()
+            );
+            std::fs::write(&se, script).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&se, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let out = dir.join("controller.pkg");
+    common::package::build(
+        &payload,
+        "2.0.0".parse().unwrap(),
+        "1.0.0".parse().unwrap(),
+        common::DeploymentKind::Vm,
+        &out,
+    )
+    .unwrap();
+    out
+}
+
+async fn get(api: &Api, path: &str) -> Value {
+    for _ in 0..300 {
+        if let Ok(v) = api.get(path).await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the leader stayed unreachable");
+}
+
+async fn run_upgrade(c: &LocalCluster, body: Value) -> (Value, Value) {
+    let api = Api::new(&Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap();
+    let mut predict = body.clone();
+    predict["prechecks_only"] = true.into();
+    let predicted = api.post("/api/cluster/upgrade", &predict).await.unwrap();
+    api.post("/api/cluster/upgrade", &body).await.unwrap();
+    loop {
+        let v = get(&api, "/api/cluster/upgrade/status").await;
+        if v["state"] != "in_progress" {
+            return (predicted, v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn by_name(rows: &Value) -> BTreeMap<String, Value> {
+    rows.as_array().unwrap().iter().map(|r| (r["name"].as_str().unwrap().to_owned(), r.clone())).collect()
+}
+
+async fn setup(groups: &str) -> (LocalCluster, Api, tempfile::TempDir) {
+    let c = LocalCluster::up(&[
+        "--controllers",
+        "1",
+        "--groups",
+        groups,
+        "--heartbeat-ms",
+        "300",
+        "--reform-timeout-secs",
+        "25",
+    ]);
+    let api = Api::new(&Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    (c, api, tmp)
+}
+
+async fn serves(c: &LocalCluster, se: &str, port: u16) -> Option<String> {
+    let v = c.cluster_json();
+    let addr = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == se)?["addr"].as_str()?.to_owned();
+    let ip = addr.rsplit_once(':')?.0.to_owned();
+    let mut s = tokio::net::TcpStream::connect((ip.as_str(), port)).await.ok()?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_ha_mode_keeps_serving_as_predicted_while_its_ses_upgrade() {
+    let (c, api, tmp) = setup("aa:active-active:2,nm:n-plus-m:2,as:active-standby:2").await;
+    for body in [
+        json!({"name": "web", "se_group": "aa", "port": 8080, "scale": 2}),
+        json!({"name": "one", "se_group": "nm", "port": 8081, "scale": 1}),
+        json!({"name": "two", "se_group": "nm", "port": 8082, "scale": 2}),
+        json!({"name": "db", "se_group": "as", "port": 8083}),
+    ] {
+        let created = api.post("/api/virtualservice", &body).await.unwrap();
+        assert!(!created["placements"].as_array().unwrap().is_empty(), "{created}");
+    }
+    let before = get(&api, "/api/virtualservice").await;
+    let web_on = before.as_array().unwrap().iter().find(|v| v["name"] == "web").unwrap()["placements"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut answered = None;
+    for _ in 0..50 {
+        answered = serves(&c, &web_on, 8080).await;
+        if answered.as_deref().is_some_and(|a| a.contains("200")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answered = answered.unwrap_or_default();
+    assert!(answered.contains("virtual service web on") && answered.contains("version 1.0.0"), "{answered}");
+    let image = api.upload(&package(tmp.path(), None), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
+    let (predicted, end) = run_upgrade(&c, json!({"image_path": image})).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    let predicted = by_name(&predicted["virtual_services"]);
+    let measured = by_name(&end["virtual_services"]);
+    for name in ["web", "two", "db"] {
+        assert_eq!(predicted[name]["predicted_disruption"], false, "{name}");
+        assert_eq!(measured[name]["measured_downtime_ms"], 0, "{name} must not lose traffic: {end:#}");
+        assert!(measured[name]["probe_rounds"].as_u64().unwrap() > 5, "{name} was probed");
+    }
+    assert_eq!(predicted["one"]["predicted_disruption"], true);
+    assert!(measured["one"]["measured_downtime_ms"].as_u64().unwrap() > 0, "{:#}", measured["one"]);
+    let nm = end["se_groups"].as_array().unwrap().iter().find(|g| g["name"] == "nm").unwrap();
+    assert_eq!(nm["vs_disrupted"], json!(["one"]));
+    assert_eq!(get(&api, "/api/virtualservice").await, before, "services and placements unchanged");
+    let after = serves(&c, &web_on, 8080).await.unwrap_or_default();
+    assert!(after.contains("version 2.0.0"), "the SE serves again, on the new version: {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disruptive_upgrades_a_group_at_once_moving_nothing() {
+    let (c, api, tmp) = setup("aa:active-active:2").await;
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "aa", "port": 8080, "scale": 2})).await.unwrap();
+    let image = api.upload(&package(tmp.path(), None), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
+    let (predicted, end) = run_upgrade(&c, json!({"image_path": image, "disruptive": true})).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(by_name(&predicted["virtual_services"])["web"]["predicted_disruption"], true);
+    // Nothing was moved: no SE was drained before its reboot.
+    for n in end["nodes"].as_array().unwrap().iter().filter(|n| n["role"] == "se") {
+        assert!(!n["events"].as_array().unwrap().iter().any(|e| e["task"] == "drain"), "{n}");
+    }
+    // Both SEs were applied together: their apply events overlap.
+    let applies: Vec<(f64, f64)> = end["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == "se")
+        .map(|n| {
+            let e = n["events"].as_array().unwrap().iter().find(|e| e["task"] == "apply").unwrap();
+            (e["start"].as_f64().unwrap(), e["end"].as_f64().unwrap())
+        })
+        .collect();
+    assert!(applies[0].0 < applies[1].1 && applies[1].0 < applies[0].1, "{applies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_se_that_cannot_start_suspends_its_group_while_the_other_group_completes() {
+    let (c, api, tmp) = setup("g1:active-active:2,g2:active-active:2").await;
+    let image =
+        api.upload(&package(tmp.path(), Some("g1-se1")), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
+    let (_, end) = run_upgrade(&c, json!({"image_path": image})).await;
+    assert_eq!(end["state"], "suspended", "{end:#}");
+    assert!(end["reason"].as_str().unwrap().contains("g1-se1"), "{end:#}");
+    let groups = by_name(&end["se_groups"]);
+    assert_eq!(groups["g1"]["state"], "suspended");
+    assert_eq!(groups["g2"]["state"], "completed");
+    let v = c.cluster_json();
+    for n in v["nodes"].as_array().unwrap() {
+        let want = match n["id"].as_str().unwrap() {
+            "g1-se1" => "1.0.0", // fell back through its boot loader
+            _ => "2.0.0",
+        };
+        if n["id"] != "g1-se2" {
+            assert_eq!(n["version"], want, "{n}");
+        }
+    }
+}
