@@ -64,6 +64,8 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/api/cluster/upgrade/prestage", post(prestage))
         .route("/api/cluster/upgrade/status", get(status))
         .route("/api/cluster/upgrade", post(start_upgrade))
+        .route("/api/cluster/upgrade/resume", post(resume))
+        .route("/api/cluster/upgrade/rollback", post(rollback))
         .route("/api/serviceenginegroup", get(list_groups).post(create_group))
         .route("/api/serviceenginegroup/{name}", get(get_group).put(put_group).delete(delete_group))
         .route("/api/virtualservice", get(list_vs).post(create_vs))
@@ -174,6 +176,16 @@ async fn start_upgrade(State(state): State<Arc<LeaderState>>, body: Bytes) -> Re
     let req: UpgradeRequest = parse_json(&body)?;
     let (code, v) = upgrade::start(&state, req).await?;
     Ok((code, Json(v)).into_response())
+}
+
+async fn resume(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: upgrade::GroupRequest = parse_json(&body)?;
+    Ok((StatusCode::ACCEPTED, Json(upgrade::resume_groups(&state, req)?)).into_response())
+}
+
+async fn rollback(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: upgrade::GroupRequest = parse_json(&body)?;
+    Ok((StatusCode::ACCEPTED, Json(upgrade::rollback_groups(&state, req)?)).into_response())
 }
 
 impl From<ConfigError> for ApiError {

@@ -70,6 +70,22 @@ enum Cmd {
         #[arg(num_args = 1..)]
         words: Vec<String>,
     },
+    /// `resume segroup NAME... [skip_suspended]`: resume suspended SE groups.
+    Resume {
+        /// Return once it has started.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(num_args = 1.., trailing_var_arg = true)]
+        words: Vec<String>,
+    },
+    /// `rollback segroup NAME...`: return SE groups to the previous version.
+    Rollback {
+        /// Return once it has started.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(num_args = 1.., trailing_var_arg = true)]
+        words: Vec<String>,
+    },
     /// Local clusters on this machine.
     Local {
         #[command(subcommand)]
@@ -243,6 +259,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             upgrade_cmd(&cli, &words, no_wait, json).await
         }
         Cmd::Show { json, watch, words } => show(&cli, words, *json, *watch).await,
+        Cmd::Resume { no_wait, words } => group_cmd(&cli, "resume", words, *no_wait).await,
+        Cmd::Rollback { no_wait, words } => group_cmd(&cli, "rollback", words, *no_wait).await,
         Cmd::Local { cmd } => local_cmd(cmd).await,
         Cmd::Demo { dir } => demo(dir.clone()).await,
     }
@@ -348,6 +366,30 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
         }
         other => Err(usage(format!("unknown upgrade action {other:?}: expected prestage or system"))),
     }
+}
+
+/// `resume segroup NAME... [skip_suspended]` / `rollback segroup NAME...`.
+async fn group_cmd(cli: &Cli, action: &str, words: &[String], no_wait: bool) -> Result<(), Failure> {
+    let (kw, rest) = words.split_first().ok_or_else(|| usage(format!("{action} what? `{action} segroup NAME...`")))?;
+    if kw != "segroup" {
+        return Err(usage(format!("{action} {kw:?}: expected `{action} segroup NAME...`")));
+    }
+    let skip = rest.iter().any(|w| w == "skip_suspended");
+    if skip && action != "resume" {
+        return Err(usage("skip_suspended goes with resume"));
+    }
+    let groups: Vec<&String> = rest.iter().filter(|w| *w != "skip_suspended").collect();
+    if groups.is_empty() && action == "rollback" {
+        return Err(usage("name the SE groups to roll back: `rollback segroup NAME...`"));
+    }
+    let api = api(cli)?;
+    let body = serde_json::json!({ "se_groups": groups, "skip_suspended": skip });
+    api.post(&format!("/api/cluster/upgrade/{action}"), &body).await?;
+    if no_wait {
+        println!("{action} started; follow it with `molt show upgrade status`");
+        return Ok(());
+    }
+    finish(&api, false, &format!("the {action}")).await
 }
 
 /// Follows the running operation to its end, shows it, and succeeds only

@@ -80,6 +80,8 @@ pub enum Step {
     ServiceEngines,
     /// Returning every controller to the old version.
     RollbackControllers,
+    /// Returning SE groups to the old version, on the operator's request.
+    RollbackSeGroups,
     /// Waiting for the controllers to rejoin on the old version.
     AwaitRollback,
     /// Finished (completed, suspended or aborted).
@@ -119,6 +121,15 @@ pub struct Journal {
     pub se_done: BTreeMap<String, Vec<NodeId>>,
     /// Suspended groups and why.
     pub suspended: BTreeMap<String, String>,
+    /// The SEs whose failure suspended their group.
+    #[serde(default)]
+    pub failed: BTreeMap<String, Vec<NodeId>>,
+    /// SEs left on the old version by `resume ... skip_suspended`.
+    #[serde(default)]
+    pub skipped: Vec<NodeId>,
+    /// SE groups to return to the old version (`rollback segroup`).
+    #[serde(default)]
+    pub rollback_groups: Vec<String>,
     /// The configuration when the upgrade started.
     pub config_snapshot: Config,
     /// Why it is failing, once it is.
@@ -289,6 +300,9 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         deadline: None,
         se_done: BTreeMap::new(),
         suspended: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        skipped: Vec::new(),
+        rollback_groups: Vec::new(),
         config_snapshot: state.config.lock().expect("config lock").clone(),
         reason: String::new(),
         outcome: None,
@@ -334,6 +348,92 @@ fn group_json(state: &LeaderState, name: &str, st: &str, progress: u8, ses: &[No
     })
 }
 
+/// What `resume` and `rollback` of SE groups ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRequest {
+    /// The groups (empty: every suspended one for resume; required for rollback).
+    #[serde(default)]
+    pub se_groups: Vec<String>,
+    /// Resume past the SEs that failed, leaving them on the old version.
+    #[serde(default)]
+    pub skip_suspended: bool,
+}
+
+fn refuse(status: StatusCode, message: String) -> Refused {
+    Refused { status, message, prechecks: vec![] }
+}
+
+/// Resumes suspended SE groups (`molt resume segroup`).
+pub fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+    let j = state.journal.lock().expect("journal lock").clone();
+    let Some(j) = j.filter(|j| j.outcome == Some(OpState::Suspended) && !j.is_running()) else {
+        return Err(refuse(StatusCode::CONFLICT, "no upgrade is suspended: nothing to resume".into()));
+    };
+    let groups: Vec<String> =
+        if req.se_groups.is_empty() { j.suspended.keys().cloned().collect() } else { req.se_groups };
+    if let Some(g) = groups.iter().find(|g| !j.suspended.contains_key(*g)) {
+        return Err(refuse(StatusCode::BAD_REQUEST, format!("SE group {g} is not suspended")));
+    }
+    update(state, |j| {
+        for g in &groups {
+            j.suspended.remove(g);
+            if req.skip_suspended {
+                j.skipped.extend(j.failed.remove(g).unwrap_or_default());
+            }
+        }
+        j.step = Step::ServiceEngines;
+        j.outcome = None;
+        j.reason.clear();
+    });
+    reopen(state, "service_engines");
+    info!(?groups, skip = req.skip_suspended, "resuming SE groups");
+    tokio::spawn(drive(state.clone()));
+    Ok(serde_json::to_value(state.status.lock().expect("status lock").view()).expect("serializes"))
+}
+
+/// Returns SE groups to the old version (`molt rollback segroup`).
+pub fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+    let j = state.journal.lock().expect("journal lock").clone();
+    let Some(j) = j.filter(|j| matches!(j.outcome, Some(OpState::Suspended | OpState::Completed)) && !j.is_running())
+    else {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "no finished or suspended upgrade whose SE groups could be rolled back".into(),
+        ));
+    };
+    if req.se_groups.is_empty() {
+        return Err(refuse(StatusCode::BAD_REQUEST, "name the SE groups to roll back".into()));
+    }
+    if let Some(g) = req.se_groups.iter().find(|g| !j.se_groups.contains_key(*g)) {
+        return Err(refuse(StatusCode::BAD_REQUEST, format!("no SE group {g} in this upgrade")));
+    }
+    update(state, |j| {
+        for g in &req.se_groups {
+            j.suspended.remove(g);
+        }
+        j.rollback_groups = req.se_groups.clone();
+        j.step = Step::RollbackSeGroups;
+        j.outcome = None;
+        j.reason.clear();
+    });
+    reopen(state, "rollback_se_groups");
+    info!(groups = ?req.se_groups, "rolling SE groups back");
+    tokio::spawn(drive(state.clone()));
+    Ok(serde_json::to_value(state.status.lock().expect("status lock").view()).expect("serializes"))
+}
+
+/// Puts the status of a finished operation back in progress.
+fn reopen(state: &LeaderState, phase: &str) {
+    let mut b = state.status.lock().expect("status lock");
+    b.current.state = OpState::InProgress;
+    b.current.phase = phase.into();
+    b.current.reason.clear();
+    b.current.ended_at = None;
+    drop(b);
+    state.save_status();
+}
+
 /// Resumes an upgrade the journal says is running (after the leader's
 /// reboot or a crash).
 pub fn resume(state: &Arc<LeaderState>) {
@@ -374,6 +474,7 @@ async fn drive(state: Arc<LeaderState>) {
             Step::AwaitControllers => await_controllers(&state, &j).await,
             Step::CommitControllers => commit_controllers(&state, &j).await,
             Step::ServiceEngines => se_phase::service_engines(&state).await,
+            Step::RollbackSeGroups => se_phase::rollback_groups(&state).await,
             Step::RollbackControllers => rollback_controllers(&state, &j).await,
             Step::AwaitRollback => await_rollback(&state, &j).await,
             Step::Done => return,

@@ -134,6 +134,13 @@ async fn each_ha_mode_keeps_serving_as_predicted_while_its_ses_upgrade() {
     }
     assert_eq!(predicted["one"]["predicted_disruption"], true);
     assert!(measured["one"]["measured_downtime_ms"].as_u64().unwrap() > 0, "{:#}", measured["one"]);
+    // Active-standby: the standby is upgraded first.
+    let db = before.as_array().unwrap().iter().find(|v| v["name"] == "db").unwrap()["placements"].clone();
+    let apply_start = |se: &Value| {
+        let n = end["nodes"].as_array().unwrap().iter().find(|n| n["id"] == *se).unwrap();
+        n["events"].as_array().unwrap().iter().find(|e| e["task"] == "apply").unwrap()["start"].as_f64().unwrap()
+    };
+    assert!(apply_start(&db[1]) < apply_start(&db[0]), "standby {} before active {}", db[1], db[0]);
     let nm = end["se_groups"].as_array().unwrap().iter().find(|g| g["name"] == "nm").unwrap();
     assert_eq!(nm["vs_disrupted"], json!(["one"]));
     assert_eq!(get(&api, "/api/virtualservice").await, before, "services and placements unchanged");
@@ -168,8 +175,10 @@ async fn disruptive_upgrades_a_group_at_once_moving_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_se_that_cannot_start_suspends_its_group_while_the_other_group_completes() {
+async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
     let (c, api, tmp) = setup("g1:active-active:2,g2:active-active:2").await;
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2})).await.unwrap();
+    let before = get(&api, "/api/virtualservice").await;
     let image =
         api.upload(&package(tmp.path(), Some("g1-se1")), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
     let (_, end) = run_upgrade(&c, json!({"image_path": image})).await;
@@ -188,4 +197,41 @@ async fn an_se_that_cannot_start_suspends_its_group_while_the_other_group_comple
             assert_eq!(n["version"], want, "{n}");
         }
     }
+
+    // Resume past the SE that failed: the group finishes, that SE stays on 1.0.0.
+    let out = c.molt(&["resume", "segroup", "g1", "skip_suspended"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let end = get(&api, "/api/cluster/upgrade/status").await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    assert!(end["reason"].as_str().unwrap().contains("g1-se1"), "the skipped SE is named: {end:#}");
+    let version_of = |id: &str| {
+        let v = c.cluster_json();
+        v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["version"].as_str().unwrap().to_owned()
+    };
+    assert_eq!((version_of("g1-se1"), version_of("g1-se2")), ("1.0.0".into(), "2.0.0".into()));
+
+    // Roll the group back: its SEs return to 1.0.0, its services to their placements.
+    let out = c.molt(&["rollback", "segroup", "g1"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let end = get(&api, "/api/cluster/upgrade/status").await;
+    let g1 = by_name(&end["se_groups"])["g1"].clone();
+    assert_eq!(g1["state"], "rolled_back", "{end:#}");
+    assert_eq!((version_of("g1-se1"), version_of("g1-se2")), ("1.0.0".into(), "1.0.0".into()));
+    assert_eq!(version_of("g2-se1"), "2.0.0", "the other group is untouched");
+    assert_eq!(get(&api, "/api/virtualservice").await, before);
+    for se in ["g1-se1", "g1-se2"] {
+        let mut answer = None;
+        for _ in 0..50 {
+            answer = serves(&c, se, 8080).await;
+            if answer.as_deref().is_some_and(|a| a.contains("version 1.0.0")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(answer.unwrap_or_default().contains("version 1.0.0"), "{se} serves web again on 1.0.0");
+    }
+    // Nothing left to resume.
+    let out = c.molt(&["resume", "segroup", "g1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to resume"));
 }

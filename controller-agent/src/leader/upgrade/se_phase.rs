@@ -51,7 +51,13 @@ pub(super) async fn service_engines(state: &Arc<LeaderState>) -> Next {
     }
     let j = journal(state);
     if j.suspended.is_empty() {
-        finish(state, OpState::Completed, String::new(), false);
+        let note = if j.skipped.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = j.skipped.iter().map(|s| s.to_string()).collect();
+            format!("skipped, still on {}: {}", j.from, ids.join(", "))
+        };
+        finish(state, OpState::Completed, note, false);
     } else {
         let why: Vec<String> = j.suspended.iter().map(|(g, r)| format!("SE group {g} suspended: {r}")).collect();
         finish(state, OpState::Suspended, why.join("; "), false);
@@ -106,8 +112,11 @@ fn set_group(state: &LeaderState, group: &str, st: &str, done: usize, total: usi
 async fn upgrade_group(state: Arc<LeaderState>, group: String) {
     let j = journal(&state);
     let ses = j.se_groups.get(&group).cloned().unwrap_or_default();
-    let todo: Vec<NodeId> =
-        ses.iter().filter(|s| !j.se_done.get(&group).is_some_and(|d| d.contains(s))).cloned().collect();
+    // Standbys first (for active-standby), never the SEs skipped by a resume.
+    let todo: Vec<NodeId> = crate::leader::traffic::rolling_order(&state, &ses)
+        .into_iter()
+        .filter(|s| !j.se_done.get(&group).is_some_and(|d| d.contains(s)) && !j.skipped.contains(s))
+        .collect();
     let batches: Vec<Vec<NodeId>> = if j.disruptive { vec![todo] } else { todo.into_iter().map(|s| vec![s]).collect() };
     set_group(&state, &group, "in_progress", ses.len() - batches.iter().map(Vec::len).sum::<usize>(), ses.len());
     for batch in batches {
@@ -136,6 +145,7 @@ async fn upgrade_group(state: Arc<LeaderState>, group: String) {
             warn!(%group, %reason, "SE group suspended");
             update(&state, |j| {
                 j.suspended.insert(group.clone(), reason);
+                j.failed.insert(group.clone(), batch.clone());
             });
             let done = journal(&state).se_done.get(&group).map(Vec::len).unwrap_or(0);
             set_group(&state, &group, "suspended", done, ses.len());
@@ -214,4 +224,89 @@ async fn upgrade_se(state: Arc<LeaderState>, se: NodeId, group: Vec<String>) -> 
         n.version = j.to.to_string();
     }
     result.map(|_| ())
+}
+
+/// Returns the SE groups the journal names to the old version: each SE that
+/// runs the new one is drained, rolled back (reboot) and put back in service,
+/// one at a time.
+pub(super) async fn rollback_groups(state: &Arc<LeaderState>) -> Next {
+    set_phase(state, "rollback_se_groups", 60);
+    let j = journal(state);
+    let tasks: Vec<_> = j
+        .rollback_groups
+        .iter()
+        .map(|g| {
+            let state = state.clone();
+            let ses = j.se_groups.get(g).cloned().unwrap_or_default();
+            let g = g.clone();
+            tokio::spawn(async move {
+                set_group(&state, &g, "rolling_back", 0, ses.len());
+                let members: Vec<String> = ses.iter().map(|s| s.to_string()).collect();
+                for (i, se) in ses.iter().enumerate() {
+                    if let Err(e) = rollback_se(&state, se, &members).await {
+                        update(&state, |j| {
+                            j.suspended.insert(g.clone(), format!("rollback of {se} failed: {e}"));
+                        });
+                        set_group(&state, &g, "suspended", i, ses.len());
+                        return;
+                    }
+                    set_group(&state, &g, "rolling_back", i + 1, ses.len());
+                }
+                set_group(&state, &g, "rolled_back", ses.len(), ses.len());
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let j = journal(state);
+    if j.suspended.is_empty() {
+        finish(
+            state,
+            OpState::Completed,
+            format!("SE groups {} rolled back to {}", j.rollback_groups.join(", "), j.from),
+            false,
+        );
+    } else {
+        let why: Vec<String> = j.suspended.iter().map(|(g, r)| format!("SE group {g}: {r}")).collect();
+        finish(state, OpState::Suspended, why.join("; "), false);
+    }
+    Some((Step::Done, String::new()))
+}
+
+async fn rollback_se(state: &Arc<LeaderState>, se: &NodeId, group: &[String]) -> Result<(), String> {
+    let j = journal(state);
+    let on_new = state.cluster.node(se).and_then(|(hb, _)| hb).is_some_and(|h| h.version == j.to);
+    if on_new {
+        crate::leader::traffic::drain(state, se.as_str(), group).await?;
+        state.status.lock().expect("status lock").begin(se.as_str(), "rollback");
+        let deadline = Instant::now() + state.settings.reform_timeout;
+        let c = cmd(state, &j, se, CommandKind::Rollback(j.from));
+        let result = async {
+            let (_, by) = run_command_on(state, se, &c, deadline).await?;
+            loop {
+                if let Some((Some(hb), NodeState::Up)) = state.cluster.node(se)
+                    && hb.boot_id != by
+                    && hb.version == j.from
+                {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("did not rejoin on {}", j.from));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        .await;
+        let mut b = state.status.lock().expect("status lock");
+        b.end(se.as_str(), result.is_ok(), result.as_ref().map(|_| "back on the old version").unwrap_or_else(|e| e));
+        if result.is_ok()
+            && let Some(n) = b.current.nodes.iter_mut().find(|n| n.id == se.as_str())
+        {
+            n.version = j.from.to_string();
+        }
+        drop(b);
+        result?;
+    }
+    crate::leader::traffic::undrain(state, se.as_str(), group).await
 }
