@@ -55,7 +55,7 @@ pub struct UpgradeRequest {
     /// Run the checks only; change nothing.
     #[serde(default)]
     pub prechecks_only: bool,
-    /// What an SE failure does to its group: `suspend` or `continue`.
+    /// What an SE failure does to its group: `suspend`, `continue` or `rollback`.
     #[serde(default = "suspend")]
     pub action_on_error: String,
 }
@@ -130,6 +130,9 @@ pub struct Journal {
     /// SE groups to return to the old version (`rollback segroup`).
     #[serde(default)]
     pub rollback_groups: Vec<String>,
+    /// Groups rolled back because an SE failed (`action_on_error: rollback`), and why.
+    #[serde(default)]
+    pub rolled_back: BTreeMap<String, String>,
     /// The configuration when the upgrade started.
     pub config_snapshot: Config,
     /// Why it is failing, once it is.
@@ -210,10 +213,10 @@ pub fn version_checks(
 /// Checks and, unless `prechecks_only`, starts an upgrade. Nothing changes
 /// when it is refused.
 pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(StatusCode, serde_json::Value), Refused> {
-    if !matches!(req.action_on_error.as_str(), "suspend" | "continue") {
+    if !matches!(req.action_on_error.as_str(), "suspend" | "continue" | "rollback") {
         return Err(Refused {
             status: StatusCode::BAD_REQUEST,
-            message: format!("action_on_error {:?}: expected suspend or continue", req.action_on_error),
+            message: format!("action_on_error {:?}: expected suspend, continue or rollback", req.action_on_error),
             prechecks: vec![],
         });
     }
@@ -303,6 +306,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         failed: BTreeMap::new(),
         skipped: Vec::new(),
         rollback_groups: Vec::new(),
+        rolled_back: BTreeMap::new(),
         config_snapshot: state.config.lock().expect("config lock").clone(),
         reason: String::new(),
         outcome: None,

@@ -235,3 +235,27 @@ async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to resume"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_on_error_rollback_returns_the_group_to_the_old_version() {
+    let (c, api, tmp) = setup("g1:active-active:2").await;
+    let web = api
+        .post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2}))
+        .await
+        .unwrap();
+    // The active SE goes last: it cannot start the new version, the other one did.
+    let (active, other) =
+        (web["placements"][0].as_str().unwrap().to_owned(), web["placements"][1].as_str().unwrap().to_owned());
+    let image =
+        api.upload(&package(tmp.path(), Some(&active)), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
+    let (_, end) = run_upgrade(&c, json!({"image_path": image, "action_on_error": "rollback"})).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(by_name(&end["se_groups"])["g1"]["state"], "rolled_back", "{end:#}");
+    assert!(end["reason"].as_str().unwrap().contains("rolled back"), "{end:#}");
+    for n in c.cluster_json()["nodes"].as_array().unwrap() {
+        let want = if n["role"] == "se" { "1.0.0" } else { "2.0.0" };
+        assert_eq!(n["version"], want, "{n}");
+    }
+    let rolled = end["nodes"].as_array().unwrap().iter().find(|n| n["id"] == other.as_str()).unwrap();
+    assert!(rolled["events"].as_array().unwrap().iter().any(|e| e["task"] == "rollback"), "{rolled}");
+}

@@ -51,12 +51,15 @@ pub(super) async fn service_engines(state: &Arc<LeaderState>) -> Next {
     }
     let j = journal(state);
     if j.suspended.is_empty() {
-        let note = if j.skipped.is_empty() {
-            String::new()
-        } else {
+        let mut notes = vec![];
+        if !j.skipped.is_empty() {
             let ids: Vec<String> = j.skipped.iter().map(|s| s.to_string()).collect();
-            format!("skipped, still on {}: {}", j.from, ids.join(", "))
-        };
+            notes.push(format!("skipped, still on {}: {}", j.from, ids.join(", ")));
+        }
+        for (g, why) in &j.rolled_back {
+            notes.push(format!("SE group {g} rolled back to {} because {why}", j.from));
+        }
+        let note = notes.join("; ");
         finish(state, OpState::Completed, note, false);
     } else {
         let why: Vec<String> = j.suspended.iter().map(|(g, r)| format!("SE group {g} suspended: {r}")).collect();
@@ -141,6 +144,28 @@ async fn upgrade_group(state: Arc<LeaderState>, group: String) {
             if j.action_on_error == "continue" {
                 warn!(%group, %reason, "SE failed; continuing as action_on_error says");
                 continue;
+            }
+            if j.action_on_error == "rollback" {
+                warn!(%group, %reason, "SE failed; rolling the group back as action_on_error says");
+                set_group(&state, &group, "rolling_back", 0, ses.len());
+                let members: Vec<String> = ses.iter().map(|s| s.to_string()).collect();
+                for se in &ses {
+                    if let Err(e) = rollback_se(&state, se, &members).await {
+                        update(&state, |j| {
+                            j.suspended
+                                .insert(group.clone(), format!("{reason}; then the rollback of {se} failed: {e}"));
+                        });
+                        set_group(&state, &group, "suspended", 0, ses.len());
+                        state.save_status();
+                        return;
+                    }
+                }
+                update(&state, |j| {
+                    j.rolled_back.insert(group.clone(), reason);
+                });
+                set_group(&state, &group, "rolled_back", ses.len(), ses.len());
+                state.save_status();
+                return;
             }
             warn!(%group, %reason, "SE group suspended");
             update(&state, |j| {
