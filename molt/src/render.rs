@@ -92,6 +92,19 @@ pub fn status(v: &Value) -> String {
                 g["progress"]
             );
         }
+        for vs in v["virtual_services"].as_array().into_iter().flatten() {
+            let measured = vs["measured_downtime_ms"]
+                .as_u64()
+                .map(|ms| format!("{ms} ms down"))
+                .unwrap_or_else(|| "not measured yet".into());
+            let _ = writeln!(
+                out,
+                "  virtual service {:<10} {:<22} {}",
+                s(&vs["name"]),
+                if vs["predicted_disruption"] == true { "predicted: disrupted" } else { "predicted: no impact" },
+                measured
+            );
+        }
         for n in v["nodes"].as_array().into_iter().flatten() {
             let last = n["events"].as_array().and_then(|e| e.last());
             let _ = writeln!(
