@@ -62,3 +62,34 @@ pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool)
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Builds a package of `version` (minimum compatible `min`) from this
+/// build's release binaries. With `broken = Some((binary, node))`, that
+/// binary of the package refuses to start on that node (it exits 1), and runs
+/// the real one everywhere else.
+pub fn release_package(dir: &Path, version: &str, min: &str, broken: Option<(&str, &str)>) -> PathBuf {
+    let payload = dir.join(format!("payload-{version}"));
+    std::fs::create_dir_all(payload.join("bin")).unwrap();
+    for name in ["controller-agent", "se-agent"] {
+        let dst = payload.join("bin").join(name);
+        match broken {
+            Some((b, node)) if b == name => {
+                // `run --config CONFIG`: $3 is the node's config path.
+                let script = format!(
+                    "#!/bin/sh\ncase \"$3\" in */nodes/{node}/*) echo 'this agent cannot start here' >&2; exit 1;; esac\nexec {} \"$@\"\n",
+                    bin(name).display()
+                );
+                std::fs::write(&dst, script).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            _ => {
+                std::fs::copy(bin(name), &dst).unwrap();
+            }
+        }
+    }
+    let out = dir.join(format!("controller-{version}.pkg"));
+    common::package::build(&payload, version.parse().unwrap(), min.parse().unwrap(), common::DeploymentKind::Vm, &out)
+        .unwrap();
+    out
+}

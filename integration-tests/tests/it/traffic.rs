@@ -3,39 +3,12 @@
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use integration_tests::{LocalCluster, bin};
+use integration_tests::LocalCluster;
 use molt::client::{Api, Connection};
 use serde_json::{Value, json};
 
 fn package(dir: &Path, broken_se: Option<&str>) -> std::path::PathBuf {
-    let payload = dir.join("payload");
-    std::fs::create_dir_all(payload.join("bin")).unwrap();
-    std::fs::copy(bin("controller-agent"), payload.join("bin/controller-agent")).unwrap();
-    let se = payload.join("bin/se-agent");
-    match broken_se {
-        None => {
-            std::fs::copy(bin("se-agent"), &se).unwrap();
-        }
-        Some(node) => {
-            let script = format!(
-                "#!/bin/sh\ncase \"$3\" in */nodes/{node}/*) echo 'cannot start' >&2; exit 1;; esac\nexec {} \"$@\"\n",
-                bin("se-agent").display()
-            );
-            std::fs::write(&se, script).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&se, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-    }
-    let out = dir.join("controller.pkg");
-    common::package::build(
-        &payload,
-        "2.0.0".parse().unwrap(),
-        "1.0.0".parse().unwrap(),
-        common::DeploymentKind::Vm,
-        &out,
-    )
-    .unwrap();
-    out
+    integration_tests::release_package(dir, "2.0.0", "1.0.0", broken_se.map(|n| ("se-agent", n)))
 }
 
 async fn get(api: &Api, path: &str) -> Value {

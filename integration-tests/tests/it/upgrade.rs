@@ -6,38 +6,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{LocalCluster, bin, process::molt};
+use integration_tests::{LocalCluster, process::molt};
 use molt::client::{Api, ClientError, Connection};
 use serde_json::{Value, json};
 
 const ARGS: &[&str] = &["--heartbeat-ms", "300", "--reform-timeout-secs", "25", "--self-revert-secs", "60"];
 
-/// Builds a package of `version` from this build's binaries. With
-/// `broken_on`, its controller agent refuses to start on that node.
 fn package(dir: &Path, version: &str, min: &str, broken_on: Option<&str>) -> PathBuf {
-    let payload = dir.join(format!("payload-{version}"));
-    std::fs::create_dir_all(payload.join("bin")).unwrap();
-    std::fs::copy(bin("se-agent"), payload.join("bin/se-agent")).unwrap();
-    let agent = payload.join("bin/controller-agent");
-    match broken_on {
-        None => {
-            std::fs::copy(bin("controller-agent"), &agent).unwrap();
-        }
-        Some(node) => {
-            // `run --config CONFIG`: $3 is the node's config path.
-            let script = format!(
-                "#!/bin/sh\ncase \"$3\" in */nodes/{node}/*) echo 'this agent cannot start here' >&2; exit 1;; esac\nexec {} \"$@\"\n",
-                bin("controller-agent").display()
-            );
-            std::fs::write(&agent, script).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-    }
-    let out = dir.join(format!("controller-{version}.pkg"));
-    common::package::build(&payload, version.parse().unwrap(), min.parse().unwrap(), common::DeploymentKind::Vm, &out)
-        .unwrap();
-    out
+    integration_tests::release_package(dir, version, min, broken_on.map(|n| ("controller-agent", n)))
 }
 
 fn api(c: &LocalCluster) -> Api {
