@@ -255,13 +255,18 @@ pub enum InstallError {
 mod tests {
     use super::*;
 
+    /// Writes the two agent binaries (with the given contents) into `dir`.
+    fn fake_bins(dir: &Path, controller: &[u8], se: &[u8]) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("controller-agent"), controller).unwrap();
+        std::fs::write(dir.join("se-agent"), se).unwrap();
+        dir.to_owned()
+    }
+
     #[test]
     fn install_then_read_active() {
         let d = tempfile::tempdir().unwrap();
-        let bins = d.path().join("bins");
-        std::fs::create_dir_all(&bins).unwrap();
-        std::fs::write(bins.join("controller-agent"), b"c").unwrap();
-        std::fs::write(bins.join("se-agent"), b"s").unwrap();
+        let bins = fake_bins(&d.path().join("bins"), b"c", b"s");
         let slots = Slots::new(&d.path().join("node"));
         assert!(matches!(slots.active(), Err(SlotError::NotInstalled(_))));
         slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
@@ -274,10 +279,7 @@ mod tests {
     #[test]
     fn install_activate_commit_and_switch_back() {
         let d = tempfile::tempdir().unwrap();
-        let bins = d.path().join("payload/bin");
-        std::fs::create_dir_all(&bins).unwrap();
-        std::fs::write(bins.join("controller-agent"), b"c2").unwrap();
-        std::fs::write(bins.join("se-agent"), b"s2").unwrap();
+        let bins = fake_bins(&d.path().join("payload/bin"), b"c2", b"s2");
         let pkg = d.path().join("p.pkg");
         crate::package::build(
             &d.path().join("payload"),
@@ -305,10 +307,7 @@ mod tests {
     #[test]
     fn a_corrupt_package_leaves_the_slots_as_they_were() {
         let d = tempfile::tempdir().unwrap();
-        let bins = d.path().join("bins");
-        std::fs::create_dir_all(&bins).unwrap();
-        std::fs::write(bins.join("controller-agent"), b"c").unwrap();
-        std::fs::write(bins.join("se-agent"), b"s").unwrap();
+        let bins = fake_bins(&d.path().join("bins"), b"c", b"s");
         let slots = Slots::new(&d.path().join("node"));
         slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
         let bad = d.path().join("bad.pkg");

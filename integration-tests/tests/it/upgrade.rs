@@ -16,6 +16,15 @@ fn package(dir: &Path, version: &str, min: &str, broken_on: Option<&str>) -> Pat
     integration_tests::release_package(dir, version, min, broken_on.map(|n| ("controller-agent", n)))
 }
 
+/// `molt local up` with `cluster` plus the upgrade tests' timing options.
+fn start(cluster: &[&str]) -> (LocalCluster, Api) {
+    let mut args = cluster.to_vec();
+    args.extend_from_slice(ARGS);
+    let c = LocalCluster::up(&args);
+    let api = api(&c);
+    (c, api)
+}
+
 fn api(c: &LocalCluster) -> Api {
     Api::new(&Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap()
 }
@@ -81,10 +90,7 @@ async fn upload(api: &Api, pkg: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() {
-    let mut args = vec!["--controllers", "3", "--groups", "g1:active-active:2,g2:n-plus-m:2"];
-    args.extend_from_slice(ARGS);
-    let c = LocalCluster::up(&args);
-    let api = api(&c);
+    let (c, api) = start(&["--controllers", "3", "--groups", "g1:active-active:2,g2:n-plus-m:2"]);
     api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2})).await.unwrap();
     api.post("/api/virtualservice", &json!({"name": "api", "se_group": "g2", "port": 8081})).await.unwrap();
     let before = config(&api).await;
@@ -138,10 +144,7 @@ async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_that_cannot_start_on_one_controller_rolls_every_controller_back() {
-    let mut args = vec!["--controllers", "3", "--groups", "g1:active-active:1"];
-    args.extend_from_slice(ARGS);
-    let c = LocalCluster::up(&args);
-    let api = api(&c);
+    let (c, api) = start(&["--controllers", "3", "--groups", "g1:active-active:1"]);
     api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080})).await.unwrap();
     let before = config(&api).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -163,10 +166,7 @@ async fn a_version_that_cannot_start_on_one_controller_rolls_every_controller_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_powered_off_mid_upgrade_aborts_and_rolls_back() {
-    let mut args = vec!["--controllers", "3"];
-    args.extend_from_slice(ARGS);
-    let c = LocalCluster::up(&args);
-    let api = api(&c);
+    let (c, api) = start(&["--controllers", "3"]);
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
@@ -199,10 +199,7 @@ async fn a_follower_powered_off_mid_upgrade_aborts_and_rolls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_in_the_se_phase_resumes_the_upgrade_after_power_on() {
-    let mut args = vec!["--controllers", "1", "--groups", "g1:active-active:3,g2:n-plus-m:3"];
-    args.extend_from_slice(ARGS);
-    let c = LocalCluster::up(&args);
-    let api = api(&c);
+    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:3,g2:n-plus-m:3"]);
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
@@ -225,10 +222,7 @@ async fn the_leader_killed_in_the_se_phase_resumes_the_upgrade_after_power_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_too_distant_version_needs_force_which_makes_it_disruptive() {
-    let mut args = vec!["--controllers", "1", "--groups", "g1:active-active:2"];
-    args.extend_from_slice(ARGS);
-    let c = LocalCluster::up(&args);
-    let api = api(&c);
+    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2"]);
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "3.0.0", "2.0.0", None)).await;
     let e = api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap_err();
