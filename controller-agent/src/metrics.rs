@@ -1,0 +1,317 @@
+//! `GET /metrics`: the leader's state in the Prometheus text exposition
+//! format (version 0.0.4). Rendering is a pure function of a cluster
+//! snapshot and the status document, so it is tested without a server.
+
+use std::fmt::Write as _;
+
+use crate::leader::{
+    cluster::{NodeState, NodeView},
+    status::{OpState, UpgradeStatus},
+};
+
+/// The content type Prometheus expects for the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Everything the metrics are rendered from, read under the leader's locks.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Cluster name.
+    pub cluster: String,
+    /// The leader's generation.
+    pub generation: u64,
+    /// Every node.
+    pub nodes: Vec<NodeView>,
+    /// The status document with history.
+    pub status: UpgradeStatus,
+    /// Image bytes served by `FetchImage` since the leader started.
+    pub bytes_served: u64,
+    /// Now, in Unix seconds (for durations of running operations).
+    pub now: f64,
+}
+
+const STATES: [(OpState, &str); 6] = [
+    (OpState::Idle, "idle"),
+    (OpState::Prechecking, "prechecking"),
+    (OpState::InProgress, "in_progress"),
+    (OpState::Completed, "completed"),
+    (OpState::Suspended, "suspended"),
+    (OpState::Aborted, "aborted"),
+];
+
+/// A family being written: `# HELP` and `# TYPE` once, then samples.
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Self { out, name }
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(self.name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", number(value));
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+}
+
+fn bool01(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// Renders the metrics.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let st = &s.status;
+    let cluster = s.cluster.as_str();
+
+    let mut f = Family::new(&mut out, "molt_leader_generation", "gauge", "Starts of the leader so far.");
+    f.sample(&[("cluster", cluster)], s.generation as f64);
+
+    let mut f = Family::new(
+        &mut out,
+        "molt_upgrade_state",
+        "gauge",
+        "1 for the state of the current or last operation, 0 for the others.",
+    );
+    for (state, name) in STATES {
+        f.sample(&[("state", name)], bool01(st.state == state));
+    }
+
+    let mut f = Family::new(&mut out, "molt_upgrade_phase", "gauge", "1 for the phase the current operation is in.");
+    if !st.phase.is_empty() {
+        f.sample(&[("operation", &st.operation), ("phase", &st.phase)], 1.0);
+    }
+
+    let mut f = Family::new(&mut out, "molt_upgrade_progress_percent", "gauge", "Progress of the current operation.");
+    f.sample(&[], f64::from(st.progress));
+
+    let mut f = Family::new(
+        &mut out,
+        "molt_upgrade_duration_seconds",
+        "gauge",
+        "How long the current or last operation has run (so far).",
+    );
+    if let Some(start) = st.started_at {
+        f.sample(&[("operation", &st.operation)], (st.ended_at.unwrap_or(s.now) - start).max(0.0));
+    }
+
+    let mut f = Family::new(&mut out, "molt_upgrade_info", "gauge", "Versions of the current or last operation.");
+    if !st.operation.is_empty() {
+        let force = if st.force { "true" } else { "false" };
+        let disruptive = if st.disruptive { "true" } else { "false" };
+        f.sample(
+            &[
+                ("from_version", &st.from_version),
+                ("to_version", &st.to_version),
+                ("force", force),
+                ("disruptive", disruptive),
+            ],
+            1.0,
+        );
+    }
+
+    let mut f =
+        Family::new(&mut out, "molt_upgrades_total", "counter", "Finished operations in the history, by outcome.");
+    for op in ["upgrade", "prestage"] {
+        for (state, name) in STATES.iter().filter(|(s, _)| !matches!(s, OpState::Idle | OpState::Prechecking)) {
+            let n = st.history.iter().filter(|h| h.operation == op && h.state == *state).count();
+            f.sample(&[("operation", op), ("state", name)], n as f64);
+        }
+    }
+
+    let mut f = Family::new(&mut out, "molt_node_up", "gauge", "1 while the node heartbeats to the leader.");
+    for n in &s.nodes {
+        let role = n.role.to_string();
+        f.sample(
+            &[("node", n.id.as_str()), ("role", &role), ("se_group", n.se_group.as_deref().unwrap_or(""))],
+            bool01(n.state == NodeState::Up),
+        );
+    }
+
+    let mut f = Family::new(&mut out, "molt_node_version_info", "gauge", "The version each node's active slot runs.");
+    for n in s.nodes.iter().filter(|n| !n.version.is_empty()) {
+        f.sample(&[("node", n.id.as_str()), ("version", &n.version)], 1.0);
+    }
+
+    let mut f =
+        Family::new(&mut out, "molt_node_heartbeat_age_seconds", "gauge", "Time since the node's last heartbeat.");
+    for n in &s.nodes {
+        if let Some(ms) = n.heartbeat_age_ms {
+            f.sample(&[("node", n.id.as_str())], ms as f64 / 1000.0);
+        }
+    }
+
+    let mut f = Family::new(
+        &mut out,
+        "molt_node_upgrade_state",
+        "gauge",
+        "1 for each node's state in the current operation (pending, running, done, failed).",
+    );
+    for n in &st.nodes {
+        f.sample(&[("node", &n.id), ("state", &n.state)], 1.0);
+    }
+
+    let mut f = Family::new(
+        &mut out,
+        "molt_node_image_received_bytes",
+        "gauge",
+        "Bytes of the current operation's image each node holds.",
+    );
+    for n in &st.nodes {
+        f.sample(&[("node", &n.id)], n.received as f64);
+    }
+
+    let mut f = Family::new(
+        &mut out,
+        "molt_image_bytes_served_total",
+        "counter",
+        "Image bytes the leader has streamed to nodes since it started.",
+    );
+    f.sample(&[], s.bytes_served as f64);
+
+    let mut f = Family::new(&mut out, "molt_se_group_progress_percent", "gauge", "Progress of each SE group.");
+    for g in &st.se_groups {
+        let name = g["name"].as_str().unwrap_or("");
+        let state = g["state"].as_str().unwrap_or("");
+        f.sample(&[("se_group", name), ("state", state)], g["progress"].as_f64().unwrap_or(0.0));
+    }
+
+    let mut f = Family::new(
+        &mut out,
+        "molt_vs_predicted_disruption",
+        "gauge",
+        "1 if the upgrade is predicted to interrupt the virtual service.",
+    );
+    for v in &st.virtual_services {
+        let name = v["name"].as_str().unwrap_or("");
+        f.sample(&[("virtual_service", name)], bool01(v["predicted_disruption"].as_bool().unwrap_or(false)));
+    }
+
+    let mut f = Family::new(
+        &mut out,
+        "molt_vs_measured_downtime_seconds",
+        "gauge",
+        "Downtime of each virtual service measured during the current or last upgrade.",
+    );
+    for v in &st.virtual_services {
+        if let Some(ms) = v["measured_downtime_ms"].as_u64() {
+            f.sample(&[("virtual_service", v["name"].as_str().unwrap_or(""))], ms as f64 / 1000.0);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leader::status::{HistoryEntry, NodeStatus};
+
+    fn node(id: &str, up: bool, age: Option<u64>) -> NodeView {
+        NodeView {
+            id: id.parse().expect("id"),
+            role: common::Role::Controller,
+            addr: "127.0.0.1:8443".into(),
+            version: "1.0.0".into(),
+            state: if up { NodeState::Up } else { NodeState::Down },
+            se_group: None,
+            deployment: None,
+            disk_free_bytes: None,
+            staged: vec![],
+            transfers: vec![],
+            heartbeat_age_ms: age,
+            boot_id: None,
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn renders_nodes_state_and_downtime() {
+        let status = UpgradeStatus {
+            state: OpState::InProgress,
+            operation: "upgrade".into(),
+            phase: "se_groups".into(),
+            progress: 70,
+            from_version: "1.0.0".into(),
+            to_version: "2.0.0".into(),
+            started_at: Some(100.0),
+            nodes: vec![NodeStatus {
+                id: "c1".into(),
+                role: "controller".into(),
+                state: "done".into(),
+                version: "2.0.0".into(),
+                received: 4096,
+                events: vec![],
+            }],
+            virtual_services: vec![
+                serde_json::json!({"name": "web", "predicted_disruption": false, "measured_downtime_ms": 0}),
+                serde_json::json!({"name": "one \"x\"", "predicted_disruption": true, "measured_downtime_ms": 1250}),
+            ],
+            history: vec![HistoryEntry {
+                operation: "upgrade".into(),
+                from_version: "0.9.0".into(),
+                to_version: "1.0.0".into(),
+                state: OpState::Completed,
+                started_at: 1.0,
+                ended_at: Some(2.0),
+                reason: String::new(),
+            }],
+            ..Default::default()
+        };
+        let text = render(&Snapshot {
+            cluster: "prod".into(),
+            generation: 3,
+            nodes: vec![node("c1", true, Some(250)), node("c2", false, None)],
+            status,
+            bytes_served: 1 << 30,
+            now: 112.5,
+        });
+        assert_eq!(value(&text, "molt_upgrade_state{state=\"in_progress\"}"), Some(1.0));
+        assert_eq!(value(&text, "molt_upgrade_state{state=\"idle\"}"), Some(0.0));
+        assert_eq!(value(&text, "molt_upgrade_phase{operation=\"upgrade\",phase=\"se_groups\"}"), Some(1.0));
+        assert_eq!(value(&text, "molt_upgrade_progress_percent"), Some(70.0));
+        assert_eq!(value(&text, "molt_upgrade_duration_seconds{operation=\"upgrade\"}"), Some(12.5));
+        assert_eq!(value(&text, "molt_node_up{node=\"c1\",role=\"controller\",se_group=\"\"}"), Some(1.0));
+        assert_eq!(value(&text, "molt_node_up{node=\"c2\",role=\"controller\",se_group=\"\"}"), Some(0.0));
+        assert_eq!(value(&text, "molt_node_heartbeat_age_seconds{node=\"c1\"}"), Some(0.25));
+        assert!(!text.contains("molt_node_heartbeat_age_seconds{node=\"c2\"}"), "no age for a node never heard");
+        assert_eq!(value(&text, "molt_node_image_received_bytes{node=\"c1\"}"), Some(4096.0));
+        assert_eq!(value(&text, "molt_image_bytes_served_total"), Some(1073741824.0));
+        assert_eq!(value(&text, "molt_vs_measured_downtime_seconds{virtual_service=\"web\"}"), Some(0.0));
+        assert_eq!(value(&text, "molt_vs_measured_downtime_seconds{virtual_service=\"one \\\"x\\\"\"}"), Some(1.25));
+        assert_eq!(value(&text, "molt_upgrades_total{operation=\"upgrade\",state=\"completed\"}"), Some(1.0));
+        assert_eq!(value(&text, "molt_upgrades_total{operation=\"upgrade\",state=\"aborted\"}"), Some(0.0));
+        // Every family is declared once, before its samples.
+        let declared: Vec<_> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let mut unique = declared.clone();
+        unique.dedup();
+        assert_eq!(declared, unique);
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().expect("name");
+            assert!(declared.iter().any(|d| d.split(' ').next() == Some(name)), "undeclared {name}");
+        }
+    }
+}
