@@ -71,6 +71,7 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/api/virtualservice", get(list_vs).post(create_vs))
         .route("/api/virtualservice/{name}", get(get_vs).put(put_vs).delete(delete_vs))
         .route("/api/{*rest}", axum::routing::any(not_found))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
             async move { authorize(&token, req, next).await }
@@ -114,6 +115,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such API path")
+}
+
+async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
+    let snapshot = crate::metrics::Snapshot {
+        cluster: state.settings.cluster.clone(),
+        generation: state.generation,
+        nodes: state.cluster.snapshot(),
+        status: state.status.lock().expect("status lock").view(),
+        bytes_served: state.bytes_served.load(std::sync::atomic::Ordering::Relaxed),
+        now: crate::leader::status::now(),
+    };
+    ([(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&snapshot)).into_response()
 }
 
 async fn cluster(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {

@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod leader;
+pub mod metrics;
+pub mod web;
 
 use agent_core::{Node, NodeHandle, node::NodeError};
 use common::config::NodeSettings;
@@ -39,11 +41,16 @@ pub async fn start(
             .base_routes()
             .add_service(leader::grpc::LeaderService::server(state.clone()))
             .into_axum_router()
-            .merge(api::router(state.clone()));
+            .merge(api::router(state.clone()))
+            .merge(web::router());
         Ok((node.start(app).await?, Some(state)))
     } else {
         let node = Node::new(settings.clone(), reboot)?;
-        let app = node.base_routes().into_axum_router().merge(api::follower_router(settings.leader.addr));
+        let app = node
+            .base_routes()
+            .into_axum_router()
+            .merge(api::follower_router(settings.leader.addr))
+            .merge(web::follower_page(settings.leader.addr));
         Ok((node.start(app).await?, None))
     }
 }

@@ -7,8 +7,10 @@
 //!   once (as a power cut would); restarting runs it again from its data dir.
 //! - [`bin`] and [`LocalCluster`]: the process-level layer, driving the
 //!   release binaries, where each node is a process in its own PID namespace.
+//! - [`browser`]: headless Chromium over the DevTools protocol.
 //! - Package and PKI helpers.
 
+pub mod browser;
 pub mod inproc;
 pub mod process;
 

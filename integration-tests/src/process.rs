@@ -56,6 +56,13 @@ impl LocalCluster {
         molt(&all)
     }
 
+    /// `molt local power on|off --dir DIR NODE`; panics unless it succeeds.
+    pub fn power(&self, on_off: &str, node: &str) {
+        let d = self.path();
+        let out = molt(&["local", "power", on_off, "--dir", d.to_str().unwrap(), node]);
+        assert!(out.status.success(), "power {on_off} {node}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// `molt show cluster --json`.
     pub fn cluster_json(&self) -> serde_json::Value {
         let out = self.molt(&["show", "cluster", "--json"]);

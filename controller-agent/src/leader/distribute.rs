@@ -168,6 +168,7 @@ pub async fn start(state: &Arc<LeaderState>, image_path: &str) -> Result<Upgrade
             to_version: m.version.to_string(),
             image_path: image.image_path.clone(),
             image_sha256: image.info.sha256.to_hex(),
+            image_size: image.info.size,
             started_at: Some(now()),
             nodes: super::status::node_rows(&nodes),
             prechecks: checks,

@@ -112,6 +112,8 @@ pub struct UpgradeStatus {
     pub image_path: String,
     /// The image's SHA-256.
     pub image_sha256: String,
+    /// The image's size in bytes.
+    pub image_size: u64,
     /// Forced past version compatibility.
     pub force: bool,
     /// SEs upgraded without moving traffic.

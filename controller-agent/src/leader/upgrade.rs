@@ -321,6 +321,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
             to_version: m.version.to_string(),
             image_path: image.image_path.clone(),
             image_sha256: image.info.sha256.to_hex(),
+            image_size: image.info.size,
             force: req.force,
             disruptive,
             started_at: Some(now()),

@@ -1,0 +1,260 @@
+//! What operators use besides the CLI: the web page (served, and driven in
+//! headless Chromium through a whole upgrade) and `GET /metrics`.
+
+use integration_tests::{LocalCluster, TestCluster, browser::Browser, make_package};
+use serde_json::json;
+
+use crate::security::raw_https;
+
+fn token(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("pki/admin.token")).unwrap().trim().to_owned()
+}
+
+fn addr(c: &TestCluster, id: &str) -> String {
+    c.file.nodes.iter().find(|n| n.id == id).unwrap().addr.clone()
+}
+
+/// The value of one sample line of a Prometheus text page.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn metrics(c: &TestCluster) -> String {
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token(&c.cluster_dir())
+    );
+    let resp = raw_https(c, &addr(c, "c1"), req.as_bytes(), false).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("content-type: text/plain; version=0.0.4"), "{resp}");
+    resp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_nodes_heartbeats_and_operations() {
+    let c = TestCluster::builder().group("g1", "active-active", 2).start().await;
+    let text = metrics(&c).await;
+    for (id, role, group) in [("c1", "controller", ""), ("g1-se1", "se", "g1"), ("g1-se2", "se", "g1")] {
+        let series = format!("molt_node_up{{node=\"{id}\",role=\"{role}\",se_group=\"{group}\"}}");
+        assert_eq!(sample(&text, &series), Some(1.0), "{series} in\n{text}");
+        let age = sample(&text, &format!("molt_node_heartbeat_age_seconds{{node=\"{id}\"}}")).unwrap();
+        assert!(age < 5.0, "{id} heartbeat age {age}");
+        assert_eq!(sample(&text, &format!("molt_node_version_info{{node=\"{id}\",version=\"1.0.0\"}}")), Some(1.0));
+    }
+    assert_eq!(sample(&text, "molt_upgrade_state{state=\"idle\"}"), Some(1.0));
+    assert_eq!(sample(&text, "molt_image_bytes_served_total"), Some(0.0));
+
+    // A prestage moves bytes and is counted once it completes.
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", common::DeploymentKind::Vm, 1 << 20);
+    c.api().upload(&pkg, "controller.pkg", |_| {}).await.unwrap();
+    c.api()
+        .post("/api/cluster/upgrade/prestage", &json!({ "image_path": "controller://upgrade_pkgs/controller.pkg" }))
+        .await
+        .unwrap();
+    assert_eq!(c.wait_operation(60).await["state"], "completed");
+    let text = metrics(&c).await;
+    let size = std::fs::metadata(&pkg).unwrap().len() as f64;
+    // The leader stages from its own store; the two SEs fetch over the network.
+    assert_eq!(sample(&text, "molt_image_bytes_served_total"), Some(2.0 * size), "{text}");
+    assert_eq!(sample(&text, "molt_node_image_received_bytes{node=\"g1-se1\"}"), Some(size), "{text}");
+    assert_eq!(sample(&text, "molt_upgrade_state{state=\"completed\"}"), Some(1.0));
+    assert_eq!(sample(&text, "molt_upgrades_total{operation=\"prestage\",state=\"completed\"}"), Some(1.0));
+    assert!(sample(&text, "molt_upgrade_duration_seconds{operation=\"prestage\"}").is_some_and(|d| d > 0.0));
+
+    // Like the API, metrics need the token.
+    let none =
+        raw_https(&c, &addr(&c, "c1"), b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false).await;
+    assert!(none.starts_with("HTTP/1.1 401"), "{none}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_ships_in_the_binary_and_followers_point_at_the_leader() {
+    let c = TestCluster::builder().controllers(3).start().await;
+    let get = async |id: &str, path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        raw_https(&c, &addr(&c, id), req.as_bytes(), false).await
+    };
+    // No token is needed for the page itself: it asks for one.
+    let page = get("c1", "/").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("text/html") && page.contains("content-security-policy: default-src 'self'"), "{page}");
+    for text in ["System Upgrade", "Begin System Upgrade", "admin.token", "/ui/app.js"] {
+        assert!(page.contains(text), "the page lacks {text:?}");
+    }
+    let js = get("c1", "/ui/app.js").await;
+    assert!(js.starts_with("HTTP/1.1 200") && js.contains("text/javascript"), "{js}");
+    assert!(js.contains("/api/cluster/upgrade/status"), "the script polls the status");
+    let css = get("c1", "/ui/app.css").await;
+    assert!(css.starts_with("HTTP/1.1 200") && css.contains("text/css"), "{css}");
+    // A follower's page says where the leader is.
+    let follower = get("c2", "/").await;
+    assert!(follower.contains("not the leader") && follower.contains(&format!("https://{}/", addr(&c, "c1"))));
+}
+
+/// The whole operator flow in a real browser against a local cluster whose
+/// nodes reboot for real: log in (a wrong token first), upload the package
+/// with the file picker, read the pre-checks and impact, begin, and watch it
+/// complete while the leader reboots under the page.
+#[test]
+fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
+    let shots = integration_tests::browser::target_dir().join("browser-test");
+    let _ = std::fs::remove_dir_all(&shots);
+    let c = LocalCluster::up(&[
+        "--controllers",
+        "3",
+        "--groups",
+        "g1:active-active:2",
+        "--heartbeat-ms",
+        "300",
+        "--reform-timeout-secs",
+        "25",
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", None);
+    let cluster = c.cluster_json();
+    let n_nodes = cluster["nodes"].as_array().unwrap().len();
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
+    let url = format!("{}/", file["leader_url"].as_str().unwrap());
+
+    let mut b = Browser::start(&shots);
+    b.goto(&url);
+    b.wait_for("!document.querySelector('#login').hidden", 10);
+    b.fill("#token", "not-the-token");
+    b.click("#login-button");
+    b.wait_for("document.querySelector('#login-error').innerText.includes('not this cluster')", 10);
+    b.screenshot("login-refused");
+
+    b.fill("#token", &token(&c.path()));
+    b.click("#login-button");
+    b.wait_for(&format!("document.querySelectorAll('#nodes tbody tr').length === {n_nodes}"), 15);
+    assert!(b.text("#nodes").contains("1.0.0"));
+    assert!(b.text("#groups-summary").contains("SE group g1: 1.0.0"), "{}", b.text("#groups-summary"));
+    b.screenshot("versions");
+
+    b.choose_file("#file", &pkg);
+    b.wait_for("!document.querySelector('#upload').disabled", 10);
+    b.click("#upload");
+    b.wait_for("document.querySelector('#upload-text').innerText.startsWith('Upload complete')", 120);
+    b.wait_for("document.querySelectorAll('#prechecks tbody tr').length > 0", 30);
+    b.wait_for("!document.querySelector('#begin').disabled", 30);
+    assert!(b.text("#image-info").contains("2.0.0"), "{}", b.text("#image-info"));
+    let checks = b.text("#prechecks");
+    assert!(!checks.contains("error"), "{checks}");
+    b.screenshot("uploaded-and-prechecked");
+
+    b.click("#begin");
+    b.wait_for("document.querySelector('#confirm').open", 5);
+    assert!(b.text("#confirm-text").contains("from 1.0.0 to 2.0.0"), "{}", b.text("#confirm-text"));
+    b.screenshot("confirm");
+    b.click("#confirm-go");
+
+    // Follow it, taking a picture of the page while the leader is away and
+    // of each phase as it comes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let state = b.eval("document.querySelector('#op-summary').dataset.state || ''");
+        if state == "completed" {
+            break;
+        }
+        assert!(
+            !matches!(state.as_str(), Some("aborted" | "suspended")),
+            "the upgrade stopped: {}",
+            b.text("#progress-card")
+        );
+        assert!(std::time::Instant::now() < deadline, "not completed after 180 s: {}", b.text("#progress-card"));
+        let away = b.eval("!window.molt.connected") == json!(true);
+        let phase = b.eval("(document.querySelector('#op-summary b') || {}).innerText || ''");
+        let key =
+            if away { "waiting-for-leader".to_owned() } else { format!("phase-{}", phase.as_str().unwrap_or("")) };
+        if seen.insert(key.clone()) {
+            b.screenshot(&key);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    // The page followed the leader through its reboot: it saw two generations.
+    let gens = b.eval("window.molt.generations");
+    assert!(gens.as_array().is_some_and(|g| g.len() >= 2), "the page never saw the leader restart: {gens}");
+    b.wait_for("document.querySelector('#history tbody tr') !== null", 10);
+    assert!(b.text("#history").contains("completed"), "{}", b.text("#history"));
+    b.wait_for(
+        &format!("[...document.querySelectorAll('#nodes tbody tr')].filter(r => r.innerText.includes('2.0.0')).length === {n_nodes}"),
+        30,
+    );
+    assert!(b.text("#phases").contains("SE group g1"), "{}", b.text("#phases"));
+    b.screenshot("completed");
+    // After the upgrade the same image is checked again: it is now the running version.
+    b.wait_for("document.querySelector('#prechecks').innerText.includes('nothing to upgrade')", 15);
+    assert_eq!(b.eval("document.querySelector('#begin').disabled"), json!(true));
+
+    // The leader's power is pulled: the page says it is waiting, then reconnects.
+    c.power("off", "c1");
+    b.wait_for("document.querySelector('#banner').innerText.includes('not answering')", 15);
+    b.screenshot("leader-away");
+    c.power("on", "c1");
+    b.wait_for("document.querySelector('#banner').innerText.includes('Reconnected')", 60);
+    b.screenshot("reconnected");
+    eprintln!("screenshots in {}", shots.display());
+}
+
+/// A 1 GiB image through the browser's file picker: it streams (the page
+/// shows progress while it goes) and arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_gib_image_uploads_from_the_browser_with_progress() {
+    let c = TestCluster::builder().start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", common::DeploymentKind::Vm, 1 << 30);
+    let size = std::fs::metadata(&pkg).unwrap().len();
+    let url = format!("https://{}/", addr(&c, "c1"));
+    let token = token(&c.cluster_dir());
+    let shots = integration_tests::browser::target_dir().join("browser-test-1gib");
+    let _ = std::fs::remove_dir_all(&shots);
+    let pkg2 = pkg.clone();
+    let (partial, secs) = tokio::task::spawn_blocking(move || {
+        let mut b = Browser::start(&shots);
+        b.goto(&url);
+        b.fill("#token", &token);
+        b.click("#login-button");
+        b.wait_for("!document.querySelector('#app').hidden", 15);
+        b.choose_file("#file", &pkg2);
+        b.wait_for("!document.querySelector('#upload').disabled", 10);
+        let started = std::time::Instant::now();
+        b.click("#upload");
+        let mut partial = vec![];
+        loop {
+            let text = b.text("#upload-text");
+            if text.starts_with("Upload complete") {
+                break;
+            }
+            assert!(!text.contains("refused") && !text.contains("cut off"), "{text}");
+            assert!(started.elapsed().as_secs() < 300, "upload unfinished: {text}");
+            if let Some(pct) =
+                text.split(" (").nth(1).and_then(|t| t.split('%').next()).and_then(|p| p.parse::<u32>().ok())
+                && (1..100).contains(&pct)
+            {
+                if partial.is_empty() {
+                    b.screenshot("uploading");
+                }
+                partial.push(pct);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        b.wait_for("document.querySelector('#image-info').innerText.includes('2.0.0')", 30);
+        b.screenshot("uploaded");
+        (partial, secs)
+    })
+    .await
+    .unwrap();
+    assert!(!partial.is_empty(), "the page never showed the upload part-way");
+    let stored = c.data_dir("c1").join("upgrade_pkgs").join(pkg.file_name().unwrap());
+    let hash = |p: &std::path::Path| common::package::hash_file(p).unwrap();
+    assert_eq!(hash(&stored), hash(&pkg), "the stored image is the file chosen");
+    eprintln!(
+        "browser upload: {:.2} GiB in {secs:.1} s ({:.2} GiB/s), progress seen at {partial:?}%",
+        size as f64 / (1u64 << 30) as f64,
+        size as f64 / (1u64 << 30) as f64 / secs
+    );
+}
