@@ -5,4 +5,5 @@ pub mod client;
 pub mod local;
 pub mod pki;
 pub mod render;
+pub mod shell;
 pub mod upgrade;

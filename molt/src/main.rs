@@ -91,6 +91,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LocalCmd,
     },
+    /// An interactive prompt taking the same commands (`help` lists them).
+    Shell,
     /// Run the main job on a throwaway local cluster: up, build a package, distribute it, report, down.
     Demo {
         /// Keep the cluster dir here instead of a temporary one (and leave it up).
@@ -214,13 +216,88 @@ fn main() -> ExitCode {
     common::tls::install_default_provider();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match rt.block_on(run(cli)) {
+    let result = if matches!(cli.cmd, Cmd::Shell) { shell(&cli, &rt) } else { rt.block_on(run(cli)) };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(msg, code)) => {
             eprintln!("error: {msg}");
             ExitCode::from(code)
         }
     }
+}
+
+/// `molt shell`: each line runs as `molt [connection options] WORDS...`.
+fn shell(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<(), Failure> {
+    let mut globals: Vec<std::ffi::OsString> = vec!["molt".into()];
+    let options = [
+        ("--cluster-dir", cli.cluster_dir.as_ref().map(|p| p.as_os_str())),
+        ("--controller", cli.controller.as_deref().map(std::ffi::OsStr::new)),
+        ("--token-file", cli.token_file.as_ref().map(|p| p.as_os_str())),
+        ("--ca", cli.ca.as_ref().map(|p| p.as_os_str())),
+    ];
+    for (flag, value) in options {
+        if let Some(v) = value {
+            globals.extend([flag.into(), v.to_owned()]);
+        }
+    }
+    let helper = molt::shell::ShellHelper::default();
+    let groups = helper.groups.clone();
+    let client = api(cli).ok();
+    let refresh = |groups: &std::sync::Mutex<Vec<String>>| {
+        let Some(api) = &client else { return };
+        if let Ok(v) = rt.block_on(api.get("/api/serviceenginegroup")) {
+            let names = v.as_array().into_iter().flatten().filter_map(|g| g["name"].as_str().map(str::to_owned));
+            *groups.lock().expect("groups lock") = names.collect();
+        }
+    };
+    let cluster = client.as_ref().and_then(|api| rt.block_on(api.get("/api/cluster")).ok());
+    let prompt = match &cluster {
+        Some(c) => format!("[molt:{}]: ", c["cluster"].as_str().unwrap_or("?")),
+        None => {
+            eprintln!("warning: the leader does not answer yet; commands will say why when they run");
+            "[molt]: ".to_owned()
+        }
+    };
+    refresh(&groups);
+    let history = std::env::var_os("MOLT_HISTORY")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".molt_history")));
+    println!("molt shell: `help` lists the commands, Tab completes, Ctrl-D leaves.");
+    molt::shell::run(&prompt, helper, history.as_deref(), |words| {
+        let argv = globals.iter().cloned().chain(words.iter().map(Into::into));
+        let ok = match Cli::try_parse_from(argv) {
+            Ok(Cli { cmd: Cmd::Shell, .. }) => {
+                eprintln!("error: already in the shell");
+                false
+            }
+            Ok(c) => {
+                let outcome = rt.block_on(async {
+                    tokio::select! {
+                        r = run(c) => r,
+                        _ = tokio::signal::ctrl_c() => Err(Failure(
+                            "interrupted; an operation the leader runs goes on: `show upgrade status` follows it".into(),
+                            130,
+                        )),
+                    }
+                });
+                match outcome {
+                    Ok(()) => true,
+                    Err(Failure(msg, _)) => {
+                        eprintln!("error: {msg}");
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = e.print();
+                false
+            }
+        };
+        refresh(&groups);
+        ok
+    })
+    .map_err(|e| Failure(format!("the shell's terminal: {e}"), 1))
+    .and_then(|last_ok| if last_ok { Ok(()) } else { Err(Failure("the last command failed".into(), 1)) })
 }
 
 fn api(cli: &Cli) -> Result<Api, Failure> {
@@ -263,6 +340,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Rollback { no_wait, words } => group_cmd(&cli, "rollback", words, *no_wait).await,
         Cmd::Local { cmd } => local_cmd(cmd).await,
         Cmd::Demo { dir } => demo(dir.clone()).await,
+        Cmd::Shell => Err(usage("already in the shell")),
     }
 }
 
@@ -433,19 +511,50 @@ async fn show(cli: &Cli, words: &[String], json: bool, watch: bool) -> Result<()
         _ => return Err(usage("show what? `show cluster` or `show upgrade status`")),
     };
     let api = api(cli)?;
-    loop {
+    if !watch {
         let v = api.get(path).await?;
+        if json {
+            print_json(&v)
+        } else {
+            print!("{}", render_fn(&v))
+        }
+        return Ok(());
+    }
+    // Watching: redraw every second; wait out the leader's reboot; end once
+    // an operation seen running has ended.
+    let mut seen_running = false;
+    let mut away_since: Option<std::time::Instant> = None;
+    loop {
+        let v = match api.get(path).await {
+            Ok(v) => {
+                away_since = None;
+                v
+            }
+            Err(ClientError::Unreachable { message, .. }) => {
+                let since = *away_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(300) {
+                    return Err(Failure(format!("the leader has not answered for 5 minutes: {message}"), 1));
+                }
+                println!("waiting for the leader ({} s): {message}", since.elapsed().as_secs());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let running = matches!(v["state"].as_str(), Some("in_progress" | "prechecking"));
         if json {
             print_json(&v);
         } else {
-            if watch {
-                print!("\x1b[2J\x1b[H");
+            print!("\x1b[2J\x1b[H");
+            if path.ends_with("/status") {
+                print!("{}", render::phase_bars(&v));
             }
             print!("{}", render_fn(&v));
         }
-        if !watch {
+        if seen_running && !running {
             return Ok(());
         }
+        seen_running |= running;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -153,3 +153,96 @@ pub fn prechecks(v: &Value) -> String {
     }
     out
 }
+
+/// One text progress bar: `[#######-------------]  35%`.
+fn bar(pct: u64) -> String {
+    const W: u64 = 30;
+    let pct = pct.min(100);
+    let full = (pct * W / 100) as usize;
+    format!("[{}{}] {pct:>3}%", "#".repeat(full), "-".repeat(W as usize - full))
+}
+
+fn task_done(n: &Value, task: &str) -> bool {
+    n["events"].as_array().into_iter().flatten().any(|e| e["task"] == task && e["status"] == "done")
+}
+
+/// `molt show upgrade status --watch`: a progress bar per phase (overall,
+/// distribution, controllers, each SE group), then the usual status.
+pub fn phase_bars(v: &Value) -> String {
+    let mut out = String::new();
+    if s(&v["state"]) == "idle" {
+        return out;
+    }
+    let row = |out: &mut String, name: &str, pct: u64, note: String| {
+        let _ = writeln!(out, "  {name:<16} {}  {note}", bar(pct));
+    };
+    let _ = writeln!(
+        out,
+        "{} {} → {}  {}  phase {}",
+        s(&v["operation"]),
+        s(&v["from_version"]),
+        s(&v["to_version"]),
+        s(&v["state"]),
+        s(&v["phase"])
+    );
+    row(&mut out, "overall", v["progress"].as_u64().unwrap_or(0), String::new());
+    let nodes: Vec<&Value> = v["nodes"].as_array().into_iter().flatten().collect();
+    let size = v["image_size"].as_u64().unwrap_or(0);
+    let (mut got, mut staged) = (0u64, 0usize);
+    for n in &nodes {
+        if task_done(n, "stage") {
+            got += size;
+            staged += 1;
+        } else {
+            got += n["received"].as_u64().unwrap_or(0).min(size);
+        }
+    }
+    let total = size * nodes.len() as u64;
+    let pct = (got * 100).checked_div(total).unwrap_or(0);
+    row(&mut out, "distribution", pct, format!("{staged}/{} nodes staged, {} moved", nodes.len(), bytes(got)));
+    if v["operation"] == "upgrade" {
+        let ctrls: Vec<&&Value> = nodes.iter().filter(|n| n["role"] == "controller").collect();
+        let committed = ctrls.iter().filter(|n| task_done(n, "commit")).count();
+        let applied = ctrls.iter().filter(|n| task_done(n, "apply")).count();
+        let pct = if ctrls.is_empty() { 0 } else { ((applied + committed) * 50 / ctrls.len()) as u64 };
+        row(&mut out, "controllers", pct, format!("{applied}/{} installed, {committed} committed", ctrls.len()));
+        for g in v["se_groups"].as_array().into_iter().flatten() {
+            let name = format!("SE group {}", s(&g["name"]));
+            let ses = g["ses"].as_array().map_or(0, Vec::len);
+            let note = format!("{} ({}, {ses} SEs)", s(&g["state"]), s(&g["ha_mode"]));
+            row(&mut out, &name, g["progress"].as_u64().unwrap_or(0), note);
+        }
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn phase_bars_show_each_phase() {
+        let v = json!({
+            "state": "in_progress", "operation": "upgrade", "phase": "service_engines", "progress": 60,
+            "from_version": "1.0.0", "to_version": "2.0.0", "image_size": 1000,
+            "nodes": [
+                {"id": "c1", "role": "controller", "received": 1000, "events": [
+                    {"task": "stage", "status": "done"}, {"task": "apply", "status": "done"},
+                    {"task": "commit", "status": "done"}]},
+                {"id": "se1", "role": "se", "received": 500, "events": [{"task": "stage", "status": "running"}]}
+            ],
+            "se_groups": [{"name": "g1", "ha_mode": "active-active", "state": "in_progress", "progress": 50, "ses": ["se1"]}]
+        });
+        let text = phase_bars(&v);
+        let line = |name: &str| text.lines().find(|l| l.trim_start().starts_with(name)).unwrap().to_owned();
+        assert!(line("overall").contains(&format!("[{}{}]  60%", "#".repeat(18), "-".repeat(12))), "{text}");
+        assert!(line("distribution").contains(" 75%") && line("distribution").contains("1/2 nodes staged"), "{text}");
+        assert!(line("controllers").contains("100%") && line("controllers").contains("1/1 installed"), "{text}");
+        assert!(line("SE group g1").contains(" 50%") && line("SE group g1").contains("active-active, 1 SEs"), "{text}");
+        assert!(text.starts_with("upgrade 1.0.0 → 2.0.0  in_progress  phase service_engines"), "{text}");
+        assert_eq!(phase_bars(&json!({"state": "idle"})), "");
+    }
+}

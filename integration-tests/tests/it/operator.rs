@@ -258,3 +258,54 @@ async fn a_1_gib_image_uploads_from_the_browser_with_progress() {
         size as f64 / (1u64 << 30) as f64 / secs
     );
 }
+
+/// `molt shell` with its commands on standard input, as a script would use
+/// it: the Avi-style commands run, a bad one says why and the shell goes on,
+/// `show upgrade status --watch` draws a bar per phase through the leader's
+/// reboot and ends with the upgrade, and the history is kept.
+#[test]
+fn the_shell_runs_an_upgrade_and_watches_it_with_progress_bars() {
+    use std::io::Write;
+    let c = LocalCluster::up(&[
+        "--controllers",
+        "1",
+        "--groups",
+        "g1:active-active:1",
+        "--heartbeat-ms",
+        "300",
+        "--reform-timeout-secs",
+        "25",
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", None);
+    let history = tmp.path().join("history");
+    let script = format!(
+        "show cluster\nshow bogus\nupgrade system image_path {} --no-wait\nshow upgrade status --watch\nhistory\nexit\n",
+        pkg.display()
+    );
+    let mut child = std::process::Command::new(integration_tests::bin("molt"))
+        .args(["--cluster-dir", c.path().to_str().unwrap(), "shell"])
+        .env("MOLT_HISTORY", &history)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("g1-se1") && stdout.contains("NODE"), "show cluster ran: {stdout}");
+    assert!(stderr.contains("show what?"), "a bad command says why: {stderr}");
+    // Frames of the watch: one bar per phase, the last one complete.
+    for phase in ["overall", "distribution", "controllers", "SE group g1"] {
+        assert!(stdout.contains(&format!("  {phase}")), "no {phase} bar in {stdout}");
+    }
+    let last = stdout.rsplit("\x1b[2J\x1b[H").next().unwrap();
+    assert!(last.contains("completed") && last.contains(&format!("[{}] 100%", "#".repeat(30))), "{last}");
+    assert!(stdout.contains("    2  show bogus\n") && stdout.contains("    5  history\n"), "{stdout}");
+    let kept = std::fs::read_to_string(&history).unwrap();
+    assert!(kept.contains("show upgrade status --watch") && kept.contains("show bogus"), "{kept}");
+    assert_eq!(c.cluster_json()["nodes"][0]["version"], "2.0.0");
+}
