@@ -1,5 +1,5 @@
-//! The command line both agent binaries share: `run --config FILE` and
-//! `boot --config FILE`.
+//! The command line both agent binaries share: `run --config FILE`,
+//! `boot --config FILE` and `install --config FILE --package PKG`.
 
 use std::{future::Future, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -32,6 +32,16 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// First installation on this node: verify PACKAGE and install it as the
+    /// version the boot loader starts. Later versions come through the leader.
+    Install {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// A package built by `molt package build` (its kind must be the node's deployment).
+        #[arg(long)]
+        package: PathBuf,
+    },
 }
 
 /// Parses the command line of agent `name` and runs it; `start` starts the
@@ -50,6 +60,21 @@ where
             // `boot` only returns on failure: on success it has exec'd the slot's agent.
             let Err(e) = crate::boot::boot(&config);
             Err(format!("boot failed: {e}"))
+        }
+        Cmd::Install { config, package } => {
+            NodeSettings::load(&config).map_err(|e| e.to_string()).and_then(|settings| {
+                let slots = common::slots::Slots::new(&settings.data_dir);
+                let m = slots
+                    .install_first(&package, settings.deployment)
+                    .map_err(|e| format!("{}: nothing was installed: {e}", package.display()))?;
+                println!(
+                    "installed {} into {}; start it with `systemctl enable --now molt-{}`",
+                    m.version,
+                    slots.slot_dir(common::slots::Slot::A).display(),
+                    if settings.role == common::Role::Controller { "controller" } else { "se" }
+                );
+                Ok(())
+            })
         }
         Cmd::Run { config } => match NodeSettings::load(&config) {
             Err(e) => Err(e.to_string()),

@@ -189,6 +189,42 @@ impl Slots {
     pub fn install_inactive(&self, package: &Path) -> Result<(Slot, SlotManifest), InstallError> {
         let record = self.boot_record()?;
         let slot = record.active.other();
+        let sm = self.unpack_into(slot, package)?;
+        Ok((slot, sm))
+    }
+
+    /// First installation on a real node, from a package: verify and unpack
+    /// it into slot `a`, then write the boot record (last, so that a failure
+    /// leaves the node as uninstalled as it was). Refuses a node that
+    /// already has a version: those are upgraded through the leader.
+    pub fn install_first(&self, package: &Path, kind: DeploymentKind) -> Result<SlotManifest, InstallError> {
+        if let Ok((_, m)) = self.active() {
+            return Err(InstallError::AlreadyInstalled(m.version));
+        }
+        if self.boot_record_path().exists() {
+            // A record whose slot is unreadable: say so rather than overwrite.
+            self.active()?;
+        }
+        let manifest = crate::package::read_manifest(std::io::BufReader::new(
+            std::fs::File::open(package).map_err(|source| SlotError::Io { path: package.to_owned(), source })?,
+        ))?;
+        if manifest.kind != kind {
+            return Err(InstallError::WrongKind { package: manifest.kind, node: kind });
+        }
+        let sm = self.unpack_into(Slot::A, package)?;
+        self.write_boot_record(&BootRecord {
+            format: 1,
+            active: Slot::A,
+            previous: None,
+            pending: false,
+            attempts: 0,
+        })?;
+        Ok(sm)
+    }
+
+    /// Verifies and unpacks `package` into `slot`, replacing what was there,
+    /// and fsyncs. Nothing of a failed unpack remains.
+    fn unpack_into(&self, slot: Slot, package: &Path) -> Result<SlotManifest, InstallError> {
         let dir = self.slot_dir(slot);
         let parent = self.data_dir.join("slots");
         let tmp = parent.join(format!(".{slot}.installing"));
@@ -196,6 +232,7 @@ impl Slots {
             let path = path.to_owned();
             move |source| InstallError::Slots(SlotError::Io { path, source })
         };
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
@@ -208,7 +245,7 @@ impl Slots {
         }
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         fsutil::fsync_dir(&parent).map_err(io(&parent))?;
-        Ok((slot, sm))
+        Ok(sm)
     }
 
     /// Makes `slot` the active slot on trial: the boot loader counts its
@@ -249,6 +286,17 @@ pub enum InstallError {
     /// The package did not unpack.
     #[error("{0}")]
     Package(#[from] crate::package::PackageError),
+    /// First installation on a node that already runs a version.
+    #[error("this node already runs {0}; upgrade it through the leader (`molt upgrade system`)")]
+    AlreadyInstalled(Version),
+    /// A package for another deployment kind.
+    #[error("the package is for {package} deployments but this node is deployed as {node}")]
+    WrongKind {
+        /// The package's kind.
+        package: DeploymentKind,
+        /// The node's kind.
+        node: DeploymentKind,
+    },
 }
 
 #[cfg(test)]
@@ -316,5 +364,33 @@ mod tests {
         assert!(!slots.slot_dir(Slot::B).exists());
         assert_eq!(std::fs::read_dir(d.path().join("node/slots")).unwrap().count(), 1, "no temp dir left");
         assert_eq!(slots.boot_record().unwrap().active, Slot::A);
+    }
+
+    #[test]
+    fn first_install_from_a_package_once_and_only_of_the_right_kind() {
+        let d = tempfile::tempdir().unwrap();
+        fake_bins(&d.path().join("payload/bin"), b"c1", b"s1");
+        let pkg = d.path().join("p.pkg");
+        let v1 = "1.0.0".parse().unwrap();
+        crate::package::build(&d.path().join("payload"), v1, v1, DeploymentKind::Vm, &pkg).unwrap();
+        let slots = Slots::new(&d.path().join("var-lib-molt"));
+        // The wrong kind, a truncated and a corrupt package leave nothing behind.
+        let e = slots.install_first(&pkg, DeploymentKind::Docker).unwrap_err();
+        assert!(e.to_string().contains("for vm deployments but this node is deployed as docker"), "{e}");
+        let bytes = std::fs::read(&pkg).unwrap();
+        let cut = d.path().join("cut.pkg");
+        std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+        assert!(slots.install_first(&cut, DeploymentKind::Vm).is_err());
+        assert!(matches!(slots.active(), Err(SlotError::NotInstalled(_))), "nothing installed");
+        assert!(!slots.slot_dir(Slot::A).exists());
+        // The real one installs and boots from slot a.
+        let m = slots.install_first(&pkg, DeploymentKind::Vm).unwrap();
+        assert_eq!(m.version.to_string(), "1.0.0");
+        let (r, _) = slots.active().unwrap();
+        assert_eq!((r.active, r.pending, r.previous), (Slot::A, false, None));
+        assert_eq!(std::fs::read(slots.slot_dir(Slot::A).join("bin/controller-agent")).unwrap(), b"c1");
+        // Twice is refused: upgrades go through the leader.
+        let e = slots.install_first(&pkg, DeploymentKind::Vm).unwrap_err();
+        assert!(e.to_string().contains("already runs 1.0.0"), "{e}");
     }
 }
