@@ -309,3 +309,51 @@ fn the_shell_runs_an_upgrade_and_watches_it_with_progress_bars() {
     assert!(kept.contains("show upgrade status --watch") && kept.contains("show bogus"), "{kept}");
     assert_eq!(c.cluster_json()["nodes"][0]["version"], "2.0.0");
 }
+
+/// A suspended SE group in the page: the reason and the group's actions are
+/// shown, and "Roll back group" returns its SEs to the old version.
+#[test]
+fn in_a_browser_a_suspended_group_is_rolled_back() {
+    let shots = integration_tests::browser::target_dir().join("browser-test-suspended");
+    let _ = std::fs::remove_dir_all(&shots);
+    let c = LocalCluster::up(&[
+        "--controllers",
+        "1",
+        "--groups",
+        "g1:active-active:2",
+        "--heartbeat-ms",
+        "300",
+        "--reform-timeout-secs",
+        "25",
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    // g1-se1 cannot start 2.0.0: its boot loader falls back and the group is suspended.
+    let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", Some(("se-agent", "g1-se1")));
+    let out = c.molt(&["upgrade", "system", "image_path", pkg.to_str().unwrap(), "--no-wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
+
+    let mut b = Browser::start(&shots);
+    b.goto(&format!("{}/", file["leader_url"].as_str().unwrap()));
+    b.fill("#token", &token(&c.path()));
+    b.click("#login-button");
+    b.wait_for("document.querySelector('.se-group[data-group=\"g1\"] button[data-act=\"rollback\"]')", 180);
+    assert!(b.text("#op-reason").contains("g1-se1"), "the reason names the SE: {}", b.text("#op-reason"));
+    assert!(b.text("#op-summary").contains("suspended"), "{}", b.text("#op-summary"));
+    b.screenshot("suspended");
+    b.click(".se-group[data-group=\"g1\"] button[data-act=\"rollback\"]");
+    b.wait_for(
+        "(document.querySelector('.se-group[data-group=\"g1\"] h3') || {}).innerText?.includes('rolled_back')",
+        180,
+    );
+    b.wait_for(
+        "[...document.querySelectorAll('#nodes tbody tr')].filter(r => r.innerText.includes('g1-se') && r.innerText.includes('1.0.0')).length === 2",
+        30,
+    );
+    b.screenshot("rolled-back");
+    let v = c.cluster_json();
+    for n in v["nodes"].as_array().unwrap().iter().filter(|n| n["role"] == "se") {
+        assert_eq!(n["version"], "1.0.0", "{n}");
+    }
+}
