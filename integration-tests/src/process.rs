@@ -17,6 +17,33 @@ pub fn bin(name: &str) -> PathBuf {
     })
 }
 
+/// `molt package build` of `version` (compatible from `min`) with this
+/// build's agents as the payload, as an operator builds one; returns its path.
+pub fn cli_package(dir: &std::path::Path, version: &str, min: &str) -> PathBuf {
+    let payload = dir.join(format!("payload-{version}"));
+    std::fs::create_dir_all(payload.join("bin")).unwrap();
+    for name in ["controller-agent", "se-agent"] {
+        std::fs::copy(bin(name), payload.join("bin").join(name)).unwrap();
+    }
+    let pkg = dir.join(format!("controller-{version}.pkg"));
+    let out = molt(&[
+        "package",
+        "build",
+        "--version",
+        version,
+        "--min-compatible",
+        min,
+        "--kind",
+        "vm",
+        "--payload",
+        payload.to_str().unwrap(),
+        "--out",
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "molt package build: {}", String::from_utf8_lossy(&out.stderr));
+    pkg
+}
+
 /// Runs `molt ARGS`; returns its output.
 pub fn molt(args: &[&str]) -> Output {
     Command::new(bin("molt")).args(args).output().unwrap()
@@ -41,6 +68,28 @@ impl LocalCluster {
         let out = molt(&all);
         assert!(out.status.success(), "molt local up failed: {}", String::from_utf8_lossy(&out.stderr));
         Self { dir }
+    }
+
+    /// A cluster of `controllers` and `groups` (`NAME:HA:COUNT,...`) with the
+    /// short heartbeat and re-formation deadline the upgrade tests use.
+    pub fn for_upgrades(controllers: &str, groups: &str) -> Self {
+        Self::up(&[
+            "--controllers",
+            controllers,
+            "--groups",
+            groups,
+            "--heartbeat-ms",
+            "300",
+            "--reform-timeout-secs",
+            "25",
+        ])
+    }
+
+    /// The leader's URL from `cluster.json`.
+    pub fn leader_url(&self) -> String {
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.path().join("cluster.json")).unwrap()).unwrap();
+        file["leader_url"].as_str().unwrap().to_owned()
     }
 
     /// The cluster dir.

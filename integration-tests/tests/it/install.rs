@@ -69,27 +69,7 @@ fn install_md_takes_nodes_from_nothing_to_a_cluster() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // 6. The first version, built as INSTALL.md says.
-    let payload = tmp.path().join("payload/bin");
-    std::fs::create_dir_all(&payload).unwrap();
-    for name in ["controller-agent", "se-agent"] {
-        std::fs::copy(bin(name), payload.join(name)).unwrap();
-    }
-    let pkg = tmp.path().join("controller-1.0.0.pkg");
-    let out = molt(&[
-        "package",
-        "build",
-        "--version",
-        "1.0.0",
-        "--min-compatible",
-        "1.0.0",
-        "--kind",
-        "vm",
-        "--payload",
-        tmp.path().join("payload").to_str().unwrap(),
-        "--out",
-        pkg.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pkg = integration_tests::process::cli_package(tmp.path(), "1.0.0", "1.0.0");
 
     // 3.-4. and 6. on each node: its files under a root of its own.
     let mut nodes = Nodes(vec![]);

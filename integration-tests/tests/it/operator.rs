@@ -100,23 +100,12 @@ async fn the_page_ships_in_the_binary_and_followers_point_at_the_leader() {
 fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
     let shots = integration_tests::browser::target_dir().join("browser-test");
     let _ = std::fs::remove_dir_all(&shots);
-    let c = LocalCluster::up(&[
-        "--controllers",
-        "3",
-        "--groups",
-        "g1:active-active:2",
-        "--heartbeat-ms",
-        "300",
-        "--reform-timeout-secs",
-        "25",
-    ]);
+    let c = LocalCluster::for_upgrades("3", "g1:active-active:2");
     let tmp = tempfile::tempdir().unwrap();
     let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", None);
     let cluster = c.cluster_json();
     let n_nodes = cluster["nodes"].as_array().unwrap().len();
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
-    let url = format!("{}/", file["leader_url"].as_str().unwrap());
+    let url = format!("{}/", c.leader_url());
 
     let mut b = Browser::start(&shots);
     b.goto(&url);
@@ -266,16 +255,7 @@ async fn a_1_gib_image_uploads_from_the_browser_with_progress() {
 #[test]
 fn the_shell_runs_an_upgrade_and_watches_it_with_progress_bars() {
     use std::io::Write;
-    let c = LocalCluster::up(&[
-        "--controllers",
-        "1",
-        "--groups",
-        "g1:active-active:1",
-        "--heartbeat-ms",
-        "300",
-        "--reform-timeout-secs",
-        "25",
-    ]);
+    let c = LocalCluster::for_upgrades("1", "g1:active-active:1");
     let tmp = tempfile::tempdir().unwrap();
     let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", None);
     let history = tmp.path().join("history");
@@ -316,26 +296,15 @@ fn the_shell_runs_an_upgrade_and_watches_it_with_progress_bars() {
 fn in_a_browser_a_suspended_group_is_rolled_back() {
     let shots = integration_tests::browser::target_dir().join("browser-test-suspended");
     let _ = std::fs::remove_dir_all(&shots);
-    let c = LocalCluster::up(&[
-        "--controllers",
-        "1",
-        "--groups",
-        "g1:active-active:2",
-        "--heartbeat-ms",
-        "300",
-        "--reform-timeout-secs",
-        "25",
-    ]);
+    let c = LocalCluster::for_upgrades("1", "g1:active-active:2");
     let tmp = tempfile::tempdir().unwrap();
     // g1-se1 cannot start 2.0.0: its boot loader falls back and the group is suspended.
     let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", Some(("se-agent", "g1-se1")));
     let out = c.molt(&["upgrade", "system", "image_path", pkg.to_str().unwrap(), "--no-wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
 
     let mut b = Browser::start(&shots);
-    b.goto(&format!("{}/", file["leader_url"].as_str().unwrap()));
+    b.goto(&format!("{}/", c.leader_url()));
     b.fill("#token", &token(&c.path()));
     b.click("#login-button");
     b.wait_for("document.querySelector('.se-group[data-group=\"g1\"] button[data-act=\"rollback\"]')", 180);

@@ -1,7 +1,7 @@
 //! The release binaries as an operator runs them: nodes are processes in
 //! PID namespaces of their own.
 
-use integration_tests::{LocalCluster, bin, process::molt};
+use integration_tests::{LocalCluster, process::molt};
 
 /// The innermost pid of `pid` (1 if it is the init of its own namespace).
 fn ns_pid(pid: u32) -> u32 {
@@ -47,27 +47,7 @@ fn local_cluster_nodes_run_in_pid_namespaces_and_take_a_prestage() {
 
     // Build a package from the real binaries and distribute it with the CLI.
     let tmp = tempfile::tempdir().unwrap();
-    let payload = tmp.path().join("payload/bin");
-    std::fs::create_dir_all(&payload).unwrap();
-    for b in ["controller-agent", "se-agent"] {
-        std::fs::copy(bin(b), payload.join(b)).unwrap();
-    }
-    let pkg = tmp.path().join("controller.pkg");
-    let out = molt(&[
-        "package",
-        "build",
-        "--version",
-        "2.0.0",
-        "--min-compatible",
-        "1.0.0",
-        "--kind",
-        "vm",
-        "--payload",
-        tmp.path().join("payload").to_str().unwrap(),
-        "--out",
-        pkg.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pkg = integration_tests::process::cli_package(tmp.path(), "2.0.0", "1.0.0");
     let (sha, _) = common::package::hash_file(&pkg).unwrap();
     let out = c.molt(&["upgrade", "prestage", "image_path", pkg.to_str().unwrap()]);
     assert!(
