@@ -811,7 +811,12 @@ async fn await_rollback(state: &Arc<LeaderState>, j: &Journal) -> Next {
 fn finish(state: &LeaderState, outcome: OpState, reason: String, rolled_back: bool) {
     {
         let mut b = state.status.lock().expect("status lock");
-        b.current.phase = if rolled_back { "rolled_back" } else { "done" }.into();
+        // A suspended upgrade stays in the phase it stopped in: it can go on from there.
+        if rolled_back {
+            b.current.phase = "rolled_back".into();
+        } else if outcome != OpState::Suspended {
+            b.current.phase = "done".into();
+        }
         b.finish(outcome, reason.clone());
     }
     state.save_status();

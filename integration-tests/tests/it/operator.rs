@@ -309,7 +309,8 @@ fn in_a_browser_a_suspended_group_is_rolled_back() {
     b.click("#login-button");
     b.wait_for("document.querySelector('.se-group[data-group=\"g1\"] button[data-act=\"rollback\"]')", 180);
     assert!(b.text("#op-reason").contains("g1-se1"), "the reason names the SE: {}", b.text("#op-reason"));
-    assert!(b.text("#op-summary").contains("suspended"), "{}", b.text("#op-summary"));
+    let summary = b.text("#op-summary");
+    assert!(summary.contains("suspended") && summary.contains("phase service_engines"), "{summary}");
     b.screenshot("suspended");
     b.click(".se-group[data-group=\"g1\"] button[data-act=\"rollback\"]");
     b.wait_for(

@@ -156,6 +156,7 @@ async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
         api.upload(&package(tmp.path(), Some("g1-se1")), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
     let (_, end) = run_upgrade(&c, json!({"image_path": image})).await;
     assert_eq!(end["state"], "suspended", "{end:#}");
+    assert_eq!(end["phase"], "service_engines", "it stays in the phase it can go on from: {end:#}");
     assert!(end["reason"].as_str().unwrap().contains("g1-se1"), "{end:#}");
     let groups = by_name(&end["se_groups"]);
     assert_eq!(groups["g1"]["state"], "suspended");
