@@ -71,8 +71,15 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// Integers as integers, the rest to the millisecond (times come from
+/// millisecond clocks; more digits would be noise).
 fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
 }
 
 fn bool01(b: bool) -> f64 {
@@ -134,7 +141,9 @@ pub fn render(s: &Snapshot) -> String {
     let mut f =
         Family::new(&mut out, "molt_upgrades_total", "counter", "Finished operations in the history, by outcome.");
     for op in ["upgrade", "prestage"] {
-        for (state, name) in STATES.iter().filter(|(s, _)| !matches!(s, OpState::Idle | OpState::Prechecking)) {
+        let finished =
+            STATES.iter().filter(|(s, _)| matches!(s, OpState::Completed | OpState::Suspended | OpState::Aborted));
+        for (state, name) in finished {
             let n = st.history.iter().filter(|h| h.operation == op && h.state == *state).count();
             f.sample(&[("operation", op), ("state", name)], n as f64);
         }
@@ -304,6 +313,9 @@ mod tests {
         assert_eq!(value(&text, "molt_vs_measured_downtime_seconds{virtual_service=\"one \\\"x\\\"\"}"), Some(1.25));
         assert_eq!(value(&text, "molt_upgrades_total{operation=\"upgrade\",state=\"completed\"}"), Some(1.0));
         assert_eq!(value(&text, "molt_upgrades_total{operation=\"upgrade\",state=\"aborted\"}"), Some(0.0));
+        assert!(!text.contains("molt_upgrades_total{operation=\"upgrade\",state=\"in_progress\"}"));
+        assert_eq!(number(6.180999994277954), "6.181");
+        assert_eq!(number(0.25), "0.25");
         // Every family is declared once, before its samples.
         let declared: Vec<_> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
         let mut unique = declared.clone();

@@ -626,7 +626,7 @@ async fn demo(dir: Option<PathBuf>) -> Result<(), Failure> {
             tmp.clone()
         }
     };
-    let result = demo_in(&dir).await;
+    let result = demo_in(&dir, keep).await;
     if !keep {
         let _ = local::down(&dir.join("cluster"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -640,7 +640,7 @@ fn tempdir() -> Result<PathBuf, Failure> {
     Ok(d)
 }
 
-async fn demo_in(dir: &Path) -> Result<(), Failure> {
+async fn demo_in(dir: &Path, keep: bool) -> Result<(), Failure> {
     let bin_dir = local::own_bin_dir();
     let spec = LocalSpec {
         dir: dir.join("cluster"),
@@ -706,5 +706,20 @@ async fn demo_in(dir: &Path) -> Result<(), Failure> {
     println!("\n== 5. molt show cluster, and the configuration after the upgrade");
     print!("{}", render::cluster(&api.get("/api/cluster").await?));
     println!("   virtual services: {}", api.get("/api/virtualservice").await?);
+    let cluster = spec.dir.display();
+    if keep {
+        let leader = molt::client::ClusterFile::load(&spec.dir)?.leader_url;
+        println!("\n== the cluster stays up");
+        println!(
+            "   web page  {leader}/  (log in with the contents of {cluster}/pki/admin.token; trust {cluster}/pki/ca.pem)"
+        );
+        println!("   shell     molt --cluster-dir {cluster} shell");
+        println!(
+            "   metrics   curl --cacert {cluster}/pki/ca.pem -H \"Authorization: Bearer $(cat {cluster}/pki/admin.token)\" {leader}/metrics"
+        );
+        println!("   down      sudo molt local down --dir {cluster}");
+    } else {
+        println!("\n(`molt demo --dir DIR` keeps the cluster up to try the web page, `molt shell` and /metrics)");
+    }
     Ok(())
 }
