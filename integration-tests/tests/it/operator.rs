@@ -106,6 +106,11 @@ fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
     let cluster = c.cluster_json();
     let n_nodes = cluster["nodes"].as_array().unwrap().len();
     let url = format!("{}/", c.leader_url());
+    // A service whose traffic the page predicts, then shows measured.
+    let api =
+        molt::client::Api::new(&molt::client::Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap();
+    let vs = json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2});
+    tokio::runtime::Runtime::new().unwrap().block_on(api.post("/api/virtualservice", &vs)).unwrap();
 
     let mut b = Browser::start(&shots);
     b.goto(&url);
@@ -131,6 +136,8 @@ fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
     assert!(b.text("#image-info").contains("2.0.0"), "{}", b.text("#image-info"));
     let checks = b.text("#prechecks");
     assert!(!checks.contains("error"), "{checks}");
+    let impact = b.text("#impact");
+    assert!(impact.contains("web") && impact.contains("no downtime"), "{impact}");
     b.screenshot("uploaded-and-prechecked");
 
     b.click("#begin");
@@ -173,6 +180,8 @@ fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
         30,
     );
     assert!(b.text("#phases").contains("SE group g1"), "{}", b.text("#phases"));
+    let traffic = b.text("#phase-traffic");
+    assert!(traffic.contains("web") && traffic.contains(" ms"), "measured downtime is shown: {traffic}");
     b.screenshot("completed");
     // After the upgrade the same image is checked again: it is now the running version.
     b.wait_for("document.querySelector('#prechecks').innerText.includes('nothing to upgrade')", 15);
@@ -326,4 +335,71 @@ fn in_a_browser_a_suspended_group_is_rolled_back() {
     for n in v["nodes"].as_array().unwrap().iter().filter(|n| n["role"] == "se") {
         assert_eq!(n["version"], "1.0.0", "{n}");
     }
+}
+
+/// `molt shell` on a real terminal (a pty made by util-linux's `script`):
+/// the prompt names the cluster, Tab completes commands and the cluster's SE
+/// group names, and the history file keeps what was run.
+#[test]
+fn the_shell_completes_commands_and_group_names_on_a_terminal() {
+    use std::io::Write;
+    let c = LocalCluster::up(&["--controllers", "1", "--groups", "g1:active-active:1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let history = tmp.path().join("history");
+    let cmd = format!("{} --cluster-dir {} shell", integration_tests::bin("molt").display(), c.path().display());
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("MOLT_HISTORY", &history)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = child.stdin.take().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let s2 = screen.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s2.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // Type as a person would: each key once the shell has answered the last.
+    let wait = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !screen.lock().unwrap().contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the terminal never showed {what:?}: {:?}",
+                screen.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let mut typed = |k: &str| {
+        keys.write_all(k.as_bytes()).unwrap();
+        keys.flush().unwrap();
+    };
+    // The prompt names the cluster; Tab completes `sh` and `cl`.
+    wait("[molt:local]: ");
+    typed("sh\t");
+    wait("[molt:local]: show ");
+    typed("cl\t");
+    wait("[molt:local]: show cluster ");
+    typed("\r");
+    // The completed command ran.
+    wait("g1-se1");
+    // Tab completes the cluster's SE group name.
+    typed("resume segroup \t");
+    wait("[molt:local]: resume segroup g1 ");
+    typed("\x15exit\r");
+    drop(keys);
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+    let kept = std::fs::read_to_string(&history).unwrap();
+    assert!(kept.contains("show cluster") && !kept.contains("resume"), "{kept}");
 }
