@@ -264,6 +264,7 @@ function upload() {
   uploaded = null;
   $("#image").hidden = true;
   $("#upload").disabled = true;
+  $("#upload-text").className = "muted";
   $("#upload-text").textContent = `Uploading ${file.name} (${bytes(file.size)})…`;
   xhr.upload.onprogress = (ev) => {
     if (!ev.lengthComputable) return;
@@ -274,6 +275,7 @@ function upload() {
   };
   xhr.onerror = () => {
     $("#upload").disabled = false;
+    $("#upload-text").className = "error";
     $("#upload-text").textContent = "The upload was cut off: the leader stopped answering. Choose the file and upload again.";
   };
   xhr.onload = () => {
@@ -283,6 +285,7 @@ function upload() {
     if (xhr.status === 401) return showLogin("The token was refused. Log in again.");
     if (xhr.status !== 200) {
       $("#upload-bar").style.width = "0";
+      $("#upload-text").className = "error";
       $("#upload-text").textContent = `Upload refused (${xhr.status}): ${body.error}`;
       return;
     }

@@ -127,6 +127,16 @@ fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
     assert!(b.text("#groups-summary").contains("SE group g1: 1.0.0"), "{}", b.text("#groups-summary"));
     b.screenshot("versions");
 
+    // A file that is not a package is refused with the reason, and nothing is kept.
+    let bogus = tmp.path().join("notes.txt");
+    std::fs::write(&bogus, "not a package\n".repeat(1000)).unwrap();
+    b.choose_file("#file", &bogus);
+    b.wait_for("!document.querySelector('#upload').disabled", 10);
+    b.click("#upload");
+    b.wait_for("document.querySelector('#upload-text').innerText.startsWith('Upload refused (400)')", 30);
+    assert!(b.eval("document.querySelector('#image').hidden") == json!(true), "no image to upgrade with");
+    b.screenshot("upload-refused");
+
     b.choose_file("#file", &pkg);
     b.wait_for("!document.querySelector('#upload').disabled", 10);
     b.click("#upload");
