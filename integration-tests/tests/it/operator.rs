@@ -310,7 +310,8 @@ fn the_shell_runs_an_upgrade_and_watches_it_with_progress_bars() {
 }
 
 /// A suspended SE group in the page: the reason and the group's actions are
-/// shown, and "Roll back group" returns its SEs to the old version.
+/// shown; "Resume" tries the failed SE again, and "Roll back group" returns
+/// the group's SEs to the old version.
 #[test]
 fn in_a_browser_a_suspended_group_is_rolled_back() {
     let shots = integration_tests::browser::target_dir().join("browser-test-suspended");
@@ -331,6 +332,13 @@ fn in_a_browser_a_suspended_group_is_rolled_back() {
     let summary = b.text("#op-summary");
     assert!(summary.contains("suspended") && summary.contains("phase service_engines"), "{summary}");
     b.screenshot("suspended");
+    // Resume tries the failed SE again: it fails again and the group is suspended again.
+    let applies = "[...document.querySelectorAll('.se-group[data-group=\"g1\"] tr')].find(r => r.innerText.includes('g1-se1')).innerText.split('apply').length - 1";
+    assert_eq!(b.eval(applies), json!(1));
+    b.click(".se-group[data-group=\"g1\"] button[data-act=\"resume\"]");
+    b.wait_for(&format!("{applies} >= 2"), 120);
+    b.wait_for("document.querySelector('.se-group[data-group=\"g1\"] button[data-act=\"rollback\"]')", 180);
+    b.screenshot("suspended-again");
     b.click(".se-group[data-group=\"g1\"] button[data-act=\"rollback\"]");
     b.wait_for(
         "(document.querySelector('.se-group[data-group=\"g1\"] h3') || {}).innerText?.includes('rolled_back')",
