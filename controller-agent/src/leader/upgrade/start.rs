@@ -1,0 +1,245 @@
+//! Starting an upgrade: the request, the pre-checks (those of distribution
+//! plus version compatibility), the predicted impact per virtual service, the
+//! journal's first record. Nothing changes when the upgrade is refused.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use common::{NodeId, Role, Version};
+use http::StatusCode;
+use serde::Deserialize;
+use tracing::info;
+
+use super::{ImageRecord, Journal, Step, drive};
+use crate::leader::{
+    LeaderState,
+    cluster::NodeView,
+    distribute::{self, Refused},
+    status::{OpState, Precheck, UpgradeStatus, now},
+};
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// `controller://...` path of the image.
+    pub image_path: String,
+    /// Upgrade even from below the image's minimum compatible version
+    /// (makes the upgrade disruptive).
+    #[serde(default)]
+    pub force: bool,
+    /// Upgrade each SE group's SEs together, moving no traffic.
+    #[serde(default)]
+    pub disruptive: bool,
+    /// Run the checks only; change nothing.
+    #[serde(default)]
+    pub prechecks_only: bool,
+    /// What an SE failure does to its group: `suspend`, `continue` or `rollback`.
+    #[serde(default = "suspend")]
+    pub action_on_error: String,
+}
+
+fn suspend() -> String {
+    "suspend".into()
+}
+
+/// The version the controllers run: the lowest one reported.
+fn cluster_version(nodes: &[NodeView]) -> Option<Version> {
+    nodes.iter().filter(|n| n.role == Role::Controller).filter_map(|n| n.version.parse().ok()).min()
+}
+
+/// The upgrade pre-checks on top of those of distribution: version and
+/// compatibility. Pure.
+pub fn version_checks(
+    from: Option<Version>,
+    to: Version,
+    min_compatible: Version,
+    force: bool,
+) -> (Precheck, Option<StatusCode>) {
+    let check = |result: &str, message: String| Precheck { check: "version".into(), result: result.into(), message };
+    let Some(from) = from else {
+        return (check("error", "no controller reports its version".into()), Some(StatusCode::PRECONDITION_FAILED));
+    };
+    if to <= from {
+        return (
+            check("error", format!("the cluster runs {from}; the image is {to}: nothing to upgrade")),
+            Some(StatusCode::BAD_REQUEST),
+        );
+    }
+    if from < min_compatible {
+        let msg =
+            format!("the cluster runs {from}, below {min_compatible}, the oldest version this image upgrades from");
+        if force {
+            return (check("warning", format!("{msg}; forced: the upgrade is disruptive")), None);
+        }
+        return (
+            check("error", format!("{msg}; upgrade through an intermediate version, or force (disruptive)")),
+            Some(StatusCode::PRECONDITION_FAILED),
+        );
+    }
+    (check("ok", format!("{from} → {to} (compatible from {min_compatible})")), None)
+}
+
+/// Checks and, unless `prechecks_only`, starts an upgrade. Nothing changes
+/// when it is refused.
+pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(StatusCode, serde_json::Value), Refused> {
+    if !matches!(req.action_on_error.as_str(), "suspend" | "continue" | "rollback") {
+        return Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("action_on_error {:?}: expected suspend, continue or rollback", req.action_on_error),
+            prechecks: vec![],
+        });
+    }
+    if state.operation_running() {
+        return Err(Refused {
+            status: StatusCode::CONFLICT,
+            message: "an upgrade or prestage is already running; follow it with `molt show upgrade status`".into(),
+            prechecks: vec![],
+        });
+    }
+    let image = state.images.get(&req.image_path).await?;
+    let nodes = state.cluster.snapshot();
+    let (mut checks, mut failed) = distribute::prechecks(&image, &nodes);
+    let m = &image.info.manifest;
+    let from = cluster_version(&nodes);
+    let (vcheck, vfailed) = version_checks(from, m.version, m.min_compatible, req.force);
+    checks.push(vcheck);
+    failed = failed.or(vfailed);
+    let disruptive = req.disruptive || req.force;
+    let predicted = {
+        let cfg = state.config.lock().expect("config lock");
+        crate::leader::placement::predict(&cfg, disruptive)
+    };
+    let hit: Vec<&str> = predicted.iter().filter(|(_, d, _)| *d).map(|(n, _, _)| n.as_str()).collect();
+    checks.push(Precheck {
+        check: "traffic".into(),
+        result: if hit.is_empty() { "ok" } else { "warning" }.into(),
+        message: if hit.is_empty() {
+            format!("no virtual service is interrupted ({} checked)", predicted.len())
+        } else {
+            format!("these virtual services will be interrupted while their SE reboots: {}", hit.join(", "))
+        },
+    });
+    let vs_rows: Vec<serde_json::Value> = predicted
+        .iter()
+        .map(|(n, d, why)| {
+            serde_json::json!({"name": n, "predicted_disruption": d, "reason": why, "measured_downtime_ms": null, "failed_probes": null})
+        })
+        .collect();
+    if req.prechecks_only {
+        let ok = failed.is_none();
+        return Ok((
+            StatusCode::OK,
+            serde_json::json!({
+                "prechecks_only": true, "ok": ok, "prechecks": checks, "virtual_services": vs_rows,
+                "from_version": from.map(|v| v.to_string()), "to_version": m.version.to_string(),
+                "force": req.force, "disruptive": disruptive,
+            }),
+        ));
+    }
+    if let Some(status) = failed {
+        let message =
+            checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
+        return Err(Refused { status, message, prechecks: checks });
+    }
+    let from = from.expect("checked above");
+    let mut controllers: Vec<NodeId> =
+        nodes.iter().filter(|n| n.role == Role::Controller).map(|n| n.id.clone()).collect();
+    // The leader reboots last.
+    controllers.sort_by_key(|id| *id == state.settings.node_id);
+    let mut se_groups: BTreeMap<String, Vec<NodeId>> = BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.role == Role::ServiceEngine) {
+        se_groups.entry(n.se_group.clone().unwrap_or_default()).or_default().push(n.id.clone());
+    }
+    let journal = Journal {
+        format: 1,
+        id: common::types::random_hex(4),
+        image: ImageRecord {
+            image_path: image.image_path.clone(),
+            sha256: image.info.sha256.to_hex(),
+            size: image.info.size,
+            kind: m.kind.to_string(),
+            min_compatible: m.min_compatible,
+        },
+        from,
+        to: m.version,
+        force: req.force,
+        disruptive,
+        action_on_error: req.action_on_error.clone(),
+        step: Step::Distribute,
+        controllers,
+        se_groups: se_groups.clone(),
+        boot_ids: BTreeMap::new(),
+        deadline: None,
+        se_done: BTreeMap::new(),
+        suspended: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        skipped: Vec::new(),
+        rollback_groups: Vec::new(),
+        rolled_back: BTreeMap::new(),
+        config_snapshot: state.config.lock().expect("config lock").clone(),
+        reason: String::new(),
+        outcome: None,
+    };
+    {
+        let mut board = state.status.lock().expect("status lock");
+        board.current = UpgradeStatus {
+            state: OpState::InProgress,
+            operation: "upgrade".into(),
+            phase: "distribute".into(),
+            from_version: from.to_string(),
+            to_version: m.version.to_string(),
+            image_path: image.image_path.clone(),
+            image_sha256: image.info.sha256.to_hex(),
+            image_size: image.info.size,
+            force: req.force,
+            disruptive,
+            started_at: Some(now()),
+            nodes: crate::leader::status::node_rows(&nodes),
+            se_groups: se_groups.keys().map(|g| group_json(state, g, "pending", 0, &se_groups[g])).collect(),
+            prechecks: checks,
+            virtual_services: vs_rows,
+            ..Default::default()
+        };
+    }
+    // From here the configuration is read-only: the journal says so.
+    state.save_journal(Some(journal)).map_err(|e| Refused {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("cannot write the upgrade journal: {e}"),
+        prechecks: vec![],
+    })?;
+    state.save_status();
+    info!(from = %from, to = %m.version, "upgrade started");
+    let view = state.status.lock().expect("status lock").view();
+    tokio::spawn(drive(state.clone()));
+    Ok((StatusCode::ACCEPTED, serde_json::to_value(view).expect("serializes")))
+}
+
+fn group_json(state: &LeaderState, name: &str, st: &str, progress: u8, ses: &[NodeId]) -> serde_json::Value {
+    let ha = state.config.lock().expect("config lock").se_groups.get(name).map(|g| g.ha_mode.clone());
+    serde_json::json!({
+        "name": name, "ha_mode": ha.unwrap_or_else(|| "unknown".into()), "state": st, "progress": progress,
+        "ses": ses, "vs_disrupted": [],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn version_rules() {
+        assert_eq!(version_checks(Some(v("1.0.0")), v("2.0.0"), v("1.0.0"), false).1, None);
+        let (c, code) = version_checks(Some(v("1.0.0")), v("3.0.0"), v("2.0.0"), false);
+        assert_eq!(code, Some(StatusCode::PRECONDITION_FAILED));
+        assert!(c.message.contains("force"), "{}", c.message);
+        let (c, code) = version_checks(Some(v("1.0.0")), v("3.0.0"), v("2.0.0"), true);
+        assert_eq!((code, c.result.as_str()), (None, "warning"));
+        assert!(c.message.contains("disruptive"));
+        assert_eq!(version_checks(Some(v("2.0.0")), v("2.0.0"), v("1.0.0"), true).1, Some(StatusCode::BAD_REQUEST));
+        assert_eq!(version_checks(None, v("2.0.0"), v("1.0.0"), false).1, Some(StatusCode::PRECONDITION_FAILED));
+    }
+}
