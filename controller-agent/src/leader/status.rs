@@ -126,9 +126,9 @@ pub struct UpgradeStatus {
     pub ended_at: Option<f64>,
     /// Per node.
     pub nodes: Vec<NodeStatus>,
-    /// Per SE group (the SE phase is not built yet: always empty).
+    /// Per SE group: name, ha_mode, state, progress, ses, vs_disrupted.
     pub se_groups: Vec<serde_json::Value>,
-    /// Per virtual service (not built yet: always empty).
+    /// Per virtual service: predicted and measured disruption.
     pub virtual_services: Vec<serde_json::Value>,
     /// Pre-check verdicts.
     pub prechecks: Vec<Precheck>,
