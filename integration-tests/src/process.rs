@@ -85,6 +85,12 @@ impl LocalCluster {
         ])
     }
 
+    /// A REST client of the leader, connected through the cluster dir.
+    pub fn api(&self) -> molt::client::Api {
+        let conn = molt::client::Connection::resolve(Some(&self.path()), None, None, None).unwrap();
+        molt::client::Api::new(&conn).unwrap()
+    }
+
     /// The leader's URL from `cluster.json`.
     pub fn leader_url(&self) -> String {
         let file: serde_json::Value =

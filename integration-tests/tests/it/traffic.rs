@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use integration_tests::LocalCluster;
-use molt::client::{Api, Connection};
+use molt::client::Api;
 use serde_json::{Value, json};
 
 fn package(dir: &Path, broken_se: Option<&str>) -> std::path::PathBuf {
@@ -22,7 +22,7 @@ async fn get(api: &Api, path: &str) -> Value {
 }
 
 async fn run_upgrade(c: &LocalCluster, body: Value) -> (Value, Value) {
-    let api = Api::new(&Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap();
+    let api = c.api();
     let mut predict = body.clone();
     predict["prechecks_only"] = true.into();
     let predicted = api.post("/api/cluster/upgrade", &predict).await.unwrap();
@@ -41,17 +41,8 @@ fn by_name(rows: &Value) -> BTreeMap<String, Value> {
 }
 
 async fn setup(groups: &str) -> (LocalCluster, Api, tempfile::TempDir) {
-    let c = LocalCluster::up(&[
-        "--controllers",
-        "1",
-        "--groups",
-        groups,
-        "--heartbeat-ms",
-        "300",
-        "--reform-timeout-secs",
-        "25",
-    ]);
-    let api = Api::new(&Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap();
+    let c = LocalCluster::for_upgrades("1", groups);
+    let api = c.api();
     let tmp = tempfile::tempdir().unwrap();
     (c, api, tmp)
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use integration_tests::{LocalCluster, process::molt};
-use molt::client::{Api, ClientError, Connection};
+use molt::client::{Api, ClientError};
 use serde_json::{Value, json};
 
 const ARGS: &[&str] = &["--heartbeat-ms", "300", "--reform-timeout-secs", "25", "--self-revert-secs", "60"];
@@ -21,12 +21,8 @@ fn start(cluster: &[&str]) -> (LocalCluster, Api) {
     let mut args = cluster.to_vec();
     args.extend_from_slice(ARGS);
     let c = LocalCluster::up(&args);
-    let api = api(&c);
+    let api = c.api();
     (c, api)
-}
-
-fn api(c: &LocalCluster) -> Api {
-    Api::new(&Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap()
 }
 
 /// GET that waits out the leader's own reboot.
@@ -265,7 +261,7 @@ async fn an_se_that_cannot_reach_the_leader_after_its_reboot_rolls_itself_back()
         "--self-revert-secs",
         "5",
     ]);
-    let api = api(&c);
+    let api = c.api();
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
