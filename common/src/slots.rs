@@ -198,12 +198,11 @@ impl Slots {
     /// leaves the node as uninstalled as it was). Refuses a node that
     /// already has a version: those are upgraded through the leader.
     pub fn install_first(&self, package: &Path, kind: DeploymentKind) -> Result<SlotManifest, InstallError> {
-        if let Ok((_, m)) = self.active() {
-            return Err(InstallError::AlreadyInstalled(m.version));
-        }
-        if self.boot_record_path().exists() {
+        match self.active() {
+            Ok((_, m)) => return Err(InstallError::AlreadyInstalled(m.version)),
+            Err(SlotError::NotInstalled(_)) => {}
             // A record whose slot is unreadable: say so rather than overwrite.
-            self.active()?;
+            Err(e) => return Err(e.into()),
         }
         let manifest = crate::package::read_manifest(std::io::BufReader::new(
             std::fs::File::open(package).map_err(|source| SlotError::Io { path: package.to_owned(), source })?,

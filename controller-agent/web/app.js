@@ -8,7 +8,7 @@ const $ = (sel) => document.querySelector(sel);
 const POLL_MS = 1000;
 
 // What the page has seen; the browser test reads it.
-window.molt = { connected: false, reconnects: 0, generations: [], lastOk: 0, polls: 0 };
+window.molt = { connected: false, generations: [], lastOk: 0 };
 
 let token = sessionStorage.getItem("molt-token") || "";
 let uploaded = null; // the answer of POST /api/upload
@@ -39,6 +39,11 @@ function took(a, b) {
   if (!a) return "";
   const s = Math.max(0, (b || Date.now() / 1000) - a);
   return s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+}
+
+// Whether a status document describes an operation still running.
+function isRunning(s) {
+  return !!s && ["in_progress", "prechecking"].includes(s.state);
 }
 
 class Unauthorized extends Error {}
@@ -86,7 +91,6 @@ async function login(candidate) {
 
 async function poll() {
   clearTimeout(pollTimer);
-  window.molt.polls++;
   try {
     const [cluster, status] = await Promise.all([api("GET", "/api/cluster"), api("GET", "/api/cluster/upgrade/status")]);
     if (cluster.status === 200) renderCluster(cluster.body);
@@ -109,7 +113,6 @@ function connected(cluster) {
   m.lastOk = Date.now();
   $("#conn").textContent = `leader ${cluster.leader} · generation ${cluster.generation}`;
   if (wasDown || restarted) {
-    m.reconnects++;
     banner(restarted ? `Reconnected: the leader ${cluster.leader} restarted and answers again.`
       : `Reconnected to the leader ${cluster.leader}.`, true);
     setTimeout(() => { if (window.molt.connected) $("#banner").hidden = true; }, 8000);
@@ -120,7 +123,7 @@ function disconnected(e) {
   const m = window.molt;
   m.connected = false;
   const since = m.lastOk ? Math.round((Date.now() - m.lastOk) / 1000) : 0;
-  const upgrading = lastStatus && ["in_progress", "prechecking"].includes(lastStatus.state);
+  const upgrading = isRunning(lastStatus);
   $("#conn").textContent = "leader not answering";
   banner((upgrading
     ? `Waiting for the leader: it is not answering (${since} s), as expected while it reboots into the new version. `
@@ -167,9 +170,9 @@ function lastMessage(events) {
 }
 
 function renderStatus(s) {
-  const wasRunning = lastStatus && ["in_progress", "prechecking"].includes(lastStatus.state);
+  const wasRunning = isRunning(lastStatus);
   lastStatus = s;
-  const running = ["in_progress", "prechecking"].includes(s.state);
+  const running = isRunning(s);
   // The cluster changed under the uploaded image: check it again.
   if (wasRunning && !running && uploaded) setTimeout(prechecks, 0);
   $("#begin").disabled = running || !uploaded;
@@ -338,8 +341,7 @@ async function prechecks() {
     $("#begin-error").textContent = b.error || "A pre-check failed: see above. Fix it (or choose Force if the version check is what failed) and the checks run again.";
     return;
   }
-  const running = lastStatus && ["in_progress", "prechecking"].includes(lastStatus.state);
-  $("#begin").disabled = !!running;
+  $("#begin").disabled = isRunning(lastStatus);
 }
 
 function confirmBegin() {
