@@ -107,8 +107,7 @@ fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
     let n_nodes = cluster["nodes"].as_array().unwrap().len();
     let url = format!("{}/", c.leader_url());
     // A service whose traffic the page predicts, then shows measured.
-    let api =
-        molt::client::Api::new(&molt::client::Connection::resolve(Some(&c.path()), None, None, None).unwrap()).unwrap();
+    let api = c.api();
     let vs = json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2});
     tokio::runtime::Runtime::new().unwrap().block_on(api.post("/api/virtualservice", &vs)).unwrap();
 
@@ -333,10 +332,17 @@ fn in_a_browser_a_suspended_group_is_rolled_back() {
     assert!(summary.contains("suspended") && summary.contains("phase service_engines"), "{summary}");
     b.screenshot("suspended");
     // Resume tries the failed SE again: it fails again and the group is suspended again.
-    let applies = "[...document.querySelectorAll('.se-group[data-group=\"g1\"] tr')].find(r => r.innerText.includes('g1-se1')).innerText.split('apply').length - 1";
-    assert_eq!(b.eval(applies), json!(1));
+    // How often a step of g1-se1 appears in its row (`apply`, or `✗` for a failed one).
+    let count = |what: &str| {
+        format!(
+            "[...document.querySelectorAll('.se-group[data-group=\"g1\"] tr')].find(r => r.innerText.includes('g1-se1')).innerText.split('{what}').length - 1"
+        )
+    };
+    assert_eq!(b.eval(&count("apply")), json!(1));
     b.click(".se-group[data-group=\"g1\"] button[data-act=\"resume\"]");
-    b.wait_for(&format!("{applies} >= 2"), 120);
+    b.wait_for(&format!("{} >= 2", count("apply")), 120);
+    // The second try fails too; only then is the group suspended again.
+    b.wait_for(&format!("{} >= 2", count("✗")), 180);
     b.wait_for("document.querySelector('.se-group[data-group=\"g1\"] button[data-act=\"rollback\"]')", 180);
     b.screenshot("suspended-again");
     b.click(".se-group[data-group=\"g1\"] button[data-act=\"rollback\"]");
