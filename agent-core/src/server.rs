@@ -1,7 +1,8 @@
 //! The one port. A TLS listener whose connections carry both gRPC (HTTP/2,
 //! client certificate required) and HTTPS for the REST API and web page
 //! (HTTP/1.1 or HTTP/2, token). Each request carries the connection's
-//! [`Peer`]; a gRPC request without a verified client certificate is
+//! [`Peer`]; a request for any path but the REST API, `/metrics` and the web
+//! page ([`needs_certificate`]) without a verified client certificate is
 //! answered `UNAUTHENTICATED` before it reaches any service.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -73,7 +74,7 @@ pub async fn serve(
                         let app = app.clone();
                         let peer = peer.clone();
                         async move {
-                            if is_grpc(&req) && peer.identity.is_none() {
+                            if needs_certificate(req.uri().path()) && peer.identity.is_none() {
                                 return Ok::<_, Infallible>(
                                     tonic::Status::unauthenticated(
                                         "gRPC needs a client certificate issued by the cluster CA",
@@ -97,9 +98,12 @@ pub async fn serve(
     conns.shutdown().await;
 }
 
-fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+/// Paths served to a caller without a client certificate: the REST API and
+/// `/metrics` (token), the web page (nothing secret). Everything else — every
+/// gRPC service, health and reflection included — needs a certificate of the
+/// cluster CA. The gate is by route, so no header (such as a content-type
+/// that does not say gRPC) can route around it.
+pub fn needs_certificate(path: &str) -> bool {
+    let open = path == "/" || path == "/metrics" || path.starts_with("/api/") || path.starts_with("/ui/");
+    !open
 }

@@ -11,9 +11,9 @@
 //! bounded, the payload's digest and size are known before it arrives, and
 //! every tar entry is checked as it passes. The package's own digest (as
 //! `sha256sum` prints it) is computed over the same pass. Nothing in a
-//! package is trusted before it is checked: sizes are bounded, and entries
-//! that are absolute, climb with `..`, or link outside the payload are
-//! refused.
+//! package is trusted before it is checked: sizes are bounded, and every
+//! entry must follow the payload rules of [`payload`], the same rules that
+//! unpacking applies.
 
 use std::{
     fs::File,
@@ -113,7 +113,7 @@ pub enum PackageError {
         /// The entry's path as stored.
         path: String,
         /// What makes it unsafe.
-        why: &'static str,
+        why: String,
     },
     /// Too many entries.
     #[error("the package has more than {MAX_ENTRIES} entries")]
@@ -209,10 +209,17 @@ pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
     Ok(PackageInfo { manifest, sha256: outer.digest(), size: outer.count, entries })
 }
 
-/// Unpacks a package's payload into `dest` (which must not exist), checking
-/// every entry as [`verify`] does and the payload digest at the end. On any
-/// error `dest` is removed: nothing half-installed remains.
+/// Unpacks a package's payload into `dest` (which must not exist), under
+/// exactly the rules [`verify`] applies (see [`payload`]), checking the payload
+/// digest at the end. On any error `dest` is removed: nothing half-installed
+/// remains, and nothing was ever written outside `dest`.
 pub fn unpack(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
+    if dest.exists() {
+        return Err(PackageError::Io(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", dest.display()),
+        )));
+    }
     let result = unpack_inner(package, dest);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dest);
@@ -223,19 +230,14 @@ pub fn unpack(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
 fn unpack_inner(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
     let mut outer = CountingReader::new(io::BufReader::with_capacity(1 << 20, File::open(package)?));
     let manifest = read_header(&mut outer)?;
-    std::fs::create_dir(dest)?;
+    let mut unpacker = payload::Unpacker::create(dest)?;
     let mut payload = CountingReader::new((&mut outer).take(manifest.payload_size));
-    walk_entries(&mut payload, |entry, rel| {
-        let target = dest.join(rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        entry.unpack(&target).map(|_| ())
-    })?;
+    let walked = walk_entries(&mut payload, |entry, admitted| unpacker.apply(admitted, entry));
     io::copy(&mut payload, &mut io::sink())?;
     if payload.count < manifest.payload_size {
         return Err(PackageError::Truncated { expected: manifest.payload_size, got: payload.count });
     }
+    walked?;
     let actual = payload.digest();
     if actual != manifest.payload_sha256 {
         return Err(PackageError::PayloadDigest { expected: manifest.payload_sha256, actual });
@@ -243,62 +245,34 @@ fn unpack_inner(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
     Ok(manifest)
 }
 
-/// Walks the tar entries, checking each before `on_entry` sees it (with its
-/// normalized relative path), and returns their count.
+/// Walks the tar entries, admitting each under [`payload::PayloadRules`]
+/// before `on_entry` sees it, then checks the payload as a whole; returns the
+/// entry count. `verify` and `unpack` both go through here.
 fn walk_entries<R: Read>(
     r: &mut R,
-    mut on_entry: impl FnMut(&mut tar::Entry<'_, &mut R>, &Path) -> io::Result<()>,
+    mut on_entry: impl FnMut(&mut tar::Entry<'_, &mut R>, &payload::Admitted) -> io::Result<()>,
 ) -> Result<u64, PackageError> {
     let mut archive = tar::Archive::new(r);
-    let mut count = 0u64;
-    let mut required = [false; REQUIRED_ENTRIES.len()];
+    let mut rules = payload::PayloadRules::default();
     let entries = archive.entries().map_err(|e| PackageError::BadPayload(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| PackageError::BadPayload(e.to_string()))?;
-        count += 1;
-        if count > MAX_ENTRIES {
-            return Err(PackageError::TooManyEntries);
-        }
         let path = entry.path().map_err(|e| PackageError::BadPayload(e.to_string()))?.into_owned();
-        let shown = path.display().to_string();
-        let rel = safe_relative(&path).ok_or(PackageError::UnsafeEntry {
-            path: shown.clone(),
-            why: "is absolute or climbs out of the payload directory",
-        })?;
         let kind = entry.header().entry_type();
-        match kind {
-            tar::EntryType::Regular | tar::EntryType::Directory => {}
+        let link = match kind {
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| PackageError::BadPayload(e.to_string()))?
-                    .ok_or(PackageError::UnsafeEntry { path: shown.clone(), why: "is a symlink without a target" })?;
-                let base = rel.parent().unwrap_or(Path::new(""));
-                if target.is_absolute() || safe_relative(&base.join(&target)).is_none() {
-                    return Err(PackageError::UnsafeEntry {
-                        path: shown,
-                        why: "is a symlink pointing outside the payload",
-                    });
-                }
+                entry.link_name().map_err(|e| PackageError::BadPayload(e.to_string()))?.map(|l| l.into_owned())
             }
-            _ => {
-                return Err(PackageError::UnsafeEntry {
-                    path: shown,
-                    why: "has a type other than file, directory or relative symlink",
-                });
-            }
-        }
-        if kind == tar::EntryType::Regular
-            && let Some(i) = REQUIRED_ENTRIES.iter().position(|r| Path::new(r) == rel)
-        {
-            required[i] = true;
-        }
-        on_entry(&mut entry, &rel).map_err(|e| PackageError::BadPayload(format!("entry {shown:?}: {e}")))?;
+            _ => None,
+        };
+        let mode = entry.header().mode().map_err(|e| PackageError::BadPayload(e.to_string()))?;
+        let Some(admitted) = rules.admit(&path, kind, link.as_deref(), mode)? else {
+            continue;
+        };
+        on_entry(&mut entry, &admitted)
+            .map_err(|e| PackageError::BadPayload(format!("entry {:?}: {e}", path.display().to_string())))?;
     }
-    if let Some(i) = required.iter().position(|seen| !seen) {
-        return Err(PackageError::MissingEntry(REQUIRED_ENTRIES[i]));
-    }
-    Ok(count)
+    rules.finish()
 }
 
 /// Normalizes a relative path lexically; `None` if it is absolute or would
@@ -440,5 +414,6 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+pub mod payload;
 #[cfg(test)]
 mod tests;

@@ -76,7 +76,15 @@ pub fn router(state: Arc<LeaderState>) -> Router {
             let token = token.clone();
             async move { authorize(&token, req, next).await }
         }))
+        .layer(middleware::map_response(nosniff))
         .with_state(state)
+}
+
+/// Every API answer is data, never something a browser should sniff into HTML.
+async fn nosniff(mut r: Response) -> Response {
+    r.headers_mut().insert(http::header::X_CONTENT_TYPE_OPTIONS, http::HeaderValue::from_static("nosniff"));
+    r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    r
 }
 
 /// What a follower controller answers on the REST port.
@@ -293,7 +301,7 @@ async fn get_vs(
 async fn create_vs(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
     writable(&state)?;
     let v: VirtualService = parse_json(&body)?;
-    state.change_config(|c| c.put_vs(v.clone(), false))?;
+    state.change_config(|c| c.put_vs(v.clone(), false, &agent_ports(&state)))?;
     let placed = place_now(&state, &v.name);
     Ok((StatusCode::CREATED, Json(vs_json(&v, placed.as_ref()))).into_response())
 }
@@ -308,7 +316,7 @@ async fn put_vs(
     if v.name != name {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", v.name)));
     }
-    state.change_config(|c| c.put_vs(v.clone(), true))?;
+    state.change_config(|c| c.put_vs(v.clone(), true, &agent_ports(&state)))?;
     let placed = place_now(&state, &v.name);
     Ok(Json(vs_json(&v, placed.as_ref())))
 }
@@ -320,6 +328,17 @@ async fn delete_vs(
     writable(&state)?;
     state.change_config(|c| c.delete_vs(&name))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The ports agents listen on: this leader's and every node's it knows of.
+fn agent_ports(state: &LeaderState) -> Vec<u16> {
+    let mut ports = vec![state.settings.listen.port()];
+    ports.extend(
+        state.cluster.snapshot().iter().filter_map(|n| n.addr.parse::<std::net::SocketAddr>().ok()).map(|a| a.port()),
+    );
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Places virtual services at once (the placer would within a second) and

@@ -107,7 +107,7 @@ mod tests {
         for (n, g, port, scale) in
             [("web", "aa", 80, 2), ("one", "nm", 81, 1), ("two", "nm", 82, 2), ("db", "as", 83, 1)]
         {
-            c.put_vs(VirtualService { name: n.into(), se_group: g.into(), port, scale }, false).unwrap();
+            c.put_vs(VirtualService { name: n.into(), se_group: g.into(), port, scale }, false, &[]).unwrap();
         }
         c
     }

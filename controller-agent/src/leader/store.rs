@@ -109,13 +109,21 @@ impl Config {
     }
 
     /// Validates and inserts (or updates) a virtual service.
-    pub fn put_vs(&mut self, v: VirtualService, replace: bool) -> Result<(), ConfigError> {
+    /// `agent_ports` are the ports the agents themselves listen on: an SE
+    /// could not bind a service there.
+    pub fn put_vs(&mut self, v: VirtualService, replace: bool, agent_ports: &[u16]) -> Result<(), ConfigError> {
         check_name("virtual service", &v.name)?;
         if !self.se_groups.contains_key(&v.se_group) {
             return Err(ConfigError::Invalid(format!("se_group {:?} does not exist; create it first", v.se_group)));
         }
         if v.port == 0 {
             return Err(ConfigError::Invalid("port must be 1-65535".into()));
+        }
+        if agent_ports.contains(&v.port) {
+            return Err(ConfigError::Invalid(format!(
+                "port {} is the molt agents' own port (gRPC and the API); an SE cannot serve a virtual service on it, choose another port",
+                v.port
+            )));
         }
         if !(1..=64).contains(&v.scale) {
             return Err(ConfigError::Invalid(format!("scale {}: must be 1-64", v.scale)));
@@ -193,9 +201,14 @@ mod tests {
         let mut c = Config::default();
         assert!(c.put_group(SeGroup { name: "g1".into(), ha_mode: "fancy".into() }, false).is_err());
         c.put_group(SeGroup { name: "g1".into(), ha_mode: "n-plus-m".into() }, false).unwrap();
-        assert!(matches!(c.put_vs(vs("web", "nope", 80), false), Err(ConfigError::Invalid(_))));
-        c.put_vs(vs("web", "g1", 80), false).unwrap();
-        assert!(matches!(c.put_vs(vs("api", "g1", 80), false), Err(ConfigError::Conflict(_))));
+        assert!(matches!(c.put_vs(vs("web", "nope", 80), false, &[8443]), Err(ConfigError::Invalid(_))));
+        c.put_vs(vs("web", "g1", 80), false, &[8443]).unwrap();
+        let on_agent_port = c.put_vs(vs("grpc", "g1", 8443), false, &[8443]).unwrap_err();
+        assert!(
+            matches!(on_agent_port, ConfigError::Invalid(ref m) if m.contains("agents' own port")),
+            "{on_agent_port}"
+        );
+        assert!(matches!(c.put_vs(vs("api", "g1", 80), false, &[8443]), Err(ConfigError::Conflict(_))));
         assert!(matches!(c.delete_group("g1"), Err(ConfigError::Conflict(_))));
         c.delete_vs("web").unwrap();
         c.delete_group("g1").unwrap();

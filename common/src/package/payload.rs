@@ -1,0 +1,317 @@
+//! The rules a package payload must follow, and the unpacking that applies
+//! them. [`PayloadRules`] is fed every tar entry, in order, by both
+//! `verify` and `unpack`: verification is a dry run of unpacking, so the two
+//! can never disagree about a package.
+//!
+//! The rules, each stated against what a hostile archive could do:
+//! - an entry's path is relative and has no `..` component;
+//! - no entry lies under a symlink or a file of the same archive (unpacking
+//!   would otherwise follow an earlier entry's symlink out of the slot);
+//! - no path appears twice (the last one would win after the required-file
+//!   check had passed), except a directory named again;
+//! - only regular files, directories and symlinks; a symlink's target is
+//!   relative, stays inside the slot when resolved from its own directory,
+//!   and passes through no other symlink of the archive on its way;
+//! - `manifest.json` at the root is the slot's own and may not come from a package;
+//! - modes are sanitized: no setuid, setgid, sticky, group- or world-writable bits.
+//!
+//! Unpacking then applies the entries without ever following a symlink:
+//! parents are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
+//! files are created with `O_EXCL | O_NOFOLLOW`. Even a rule missed here could
+//! not make the kernel write outside the slot.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::PermissionsExt,
+    },
+    path::{Component, Path, PathBuf},
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{OFlag, OpenHow, ResolveFlag, openat2},
+    sys::stat::{Mode, mkdirat},
+    unistd::symlinkat,
+};
+
+use super::{MAX_ENTRIES, PackageError, REQUIRED_ENTRIES};
+
+/// The slot's own manifest, written by the installer next to the payload.
+pub const RESERVED_ROOT_ENTRY: &str = "manifest.json";
+
+/// What an admitted entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symlink to this (relative) target.
+    Symlink(PathBuf),
+}
+
+/// An entry that passed the rules: where it goes, what it is, its mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// Path beneath the slot, normalized, never empty.
+    pub rel: PathBuf,
+    /// The entry's kind.
+    pub kind: EntryKind,
+    /// Sanitized permission bits.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    /// A directory named by an entry of its own.
+    Dir,
+    /// A directory only implied as the parent of an entry.
+    ImpliedDir,
+    File,
+    Symlink,
+}
+
+/// The payload's entries seen so far, checked one by one ([`Self::admit`])
+/// and as a whole at the end ([`Self::finish`]).
+#[derive(Debug, Default)]
+pub struct PayloadRules {
+    nodes: HashMap<PathBuf, Node>,
+    symlinks: Vec<(PathBuf, PathBuf)>,
+    count: u64,
+    required: [bool; REQUIRED_ENTRIES.len()],
+}
+
+fn unsafe_entry(path: &Path, why: impl Into<String>) -> PackageError {
+    PackageError::UnsafeEntry { path: path.display().to_string(), why: why.into() }
+}
+
+impl PayloadRules {
+    /// Checks one entry against the rules and the entries before it.
+    /// `Ok(None)` is an entry with nothing to do (the payload root itself).
+    pub fn admit(
+        &mut self,
+        path: &Path,
+        kind: tar::EntryType,
+        link: Option<&Path>,
+        mode: u32,
+    ) -> Result<Option<Admitted>, PackageError> {
+        self.count += 1;
+        if self.count > MAX_ENTRIES {
+            return Err(PackageError::TooManyEntries);
+        }
+        let rel = strict_relative(path).ok_or_else(|| unsafe_entry(path, "is absolute or has a `..` component"))?;
+        if rel.as_os_str().is_empty() {
+            return if kind == tar::EntryType::Directory {
+                Ok(None)
+            } else {
+                Err(unsafe_entry(path, "has an empty path"))
+            };
+        }
+        if rel == Path::new(RESERVED_ROOT_ENTRY) {
+            return Err(unsafe_entry(path, "is reserved for the slot's own manifest"));
+        }
+        let kind = match kind {
+            tar::EntryType::Regular => EntryKind::File,
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => {
+                let target = link.ok_or_else(|| unsafe_entry(path, "is a symlink without a target"))?;
+                check_link_lexically(&rel, target).map_err(|why| unsafe_entry(path, why))?;
+                EntryKind::Symlink(target.to_owned())
+            }
+            _ => return Err(unsafe_entry(path, "has a type other than file, directory or relative symlink")),
+        };
+        // Every parent must be a directory of this payload, never a symlink or a file.
+        let mut parent = PathBuf::new();
+        let depth = rel.components().count();
+        for c in rel.components().take(depth - 1) {
+            parent.push(c);
+            match self.nodes.get(&parent) {
+                Some(Node::Symlink) => {
+                    return Err(unsafe_entry(
+                        path,
+                        format!("lies under the symlink {:?}: unpacking it would follow that link", parent.display()),
+                    ));
+                }
+                Some(Node::File) => {
+                    return Err(unsafe_entry(path, format!("lies under the file {:?}", parent.display())));
+                }
+                Some(Node::Dir | Node::ImpliedDir) => {}
+                None => {
+                    self.nodes.insert(parent.clone(), Node::ImpliedDir);
+                }
+            }
+        }
+        let node = match kind {
+            EntryKind::File => Node::File,
+            EntryKind::Dir => Node::Dir,
+            EntryKind::Symlink(_) => Node::Symlink,
+        };
+        match (self.nodes.get(&rel), node) {
+            (None, _) | (Some(Node::ImpliedDir | Node::Dir), Node::Dir) => {
+                self.nodes.insert(rel.clone(), node);
+            }
+            (Some(_), _) => return Err(unsafe_entry(path, "appears more than once in the payload")),
+        }
+        if let EntryKind::Symlink(target) = &kind {
+            self.symlinks.push((rel.clone(), target.clone()));
+        }
+        if kind == EntryKind::File
+            && let Some(i) = REQUIRED_ENTRIES.iter().position(|r| Path::new(r) == rel)
+        {
+            self.required[i] = true;
+        }
+        let mode = match kind {
+            EntryKind::Dir => (mode & 0o755) | 0o700,
+            _ => mode & 0o755,
+        };
+        Ok(Some(Admitted { rel, kind, mode }))
+    }
+
+    /// The checks that need the whole payload: required files present, and
+    /// no symlink target passing through another symlink. Returns the entry count.
+    pub fn finish(self) -> Result<u64, PackageError> {
+        for (rel, target) in &self.symlinks {
+            let mut at: PathBuf = rel.parent().unwrap_or(Path::new("")).to_owned();
+            let parts: Vec<Component<'_>> = target.components().collect();
+            for (i, c) in parts.iter().enumerate() {
+                match c {
+                    Component::CurDir => continue,
+                    Component::ParentDir => {
+                        at.pop();
+                    }
+                    Component::Normal(n) => at.push(n),
+                    Component::RootDir | Component::Prefix(_) => unreachable!("checked in admit"),
+                }
+                let last = i + 1 == parts.len();
+                if !last && self.nodes.get(&at) == Some(&Node::Symlink) {
+                    return Err(unsafe_entry(
+                        rel,
+                        format!("is a symlink whose target passes through the symlink {:?}", at.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(i) = self.required.iter().position(|seen| !seen) {
+            return Err(PackageError::MissingEntry(REQUIRED_ENTRIES[i]));
+        }
+        Ok(self.count)
+    }
+}
+
+/// A relative path with no `..`, `.` dropped; `None` if absolute or climbing.
+fn strict_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// A symlink's target must be relative and, resolved lexically from the
+/// link's directory, never climb above the slot at any step.
+fn check_link_lexically(rel: &Path, target: &Path) -> Result<(), &'static str> {
+    if target.as_os_str().is_empty() {
+        return Err("is a symlink with an empty target");
+    }
+    let mut depth = rel.components().count() - 1;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => depth = depth.checked_sub(1).ok_or("is a symlink pointing outside the payload")?,
+            Component::RootDir | Component::Prefix(_) => return Err("is a symlink pointing outside the payload"),
+        }
+    }
+    Ok(())
+}
+
+/// Applies admitted entries beneath one directory without following symlinks.
+#[derive(Debug)]
+pub struct Unpacker {
+    root: OwnedFd,
+    /// The directory of the last entry, kept open: entries come grouped.
+    last_parent: Option<(PathBuf, OwnedFd)>,
+}
+
+fn errno_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+fn beneath(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+impl Unpacker {
+    /// Creates `dest` (which must not exist) and opens it as the root.
+    pub fn create(dest: &Path) -> io::Result<Self> {
+        std::fs::create_dir(dest)?;
+        let root = File::open(dest)?.into();
+        Ok(Self { root, last_parent: None })
+    }
+
+    /// Opens (creating the implied directories of) `dir` beneath the root.
+    fn open_dir(&mut self, dir: &Path) -> io::Result<&OwnedFd> {
+        if dir.as_os_str().is_empty() {
+            return Ok(&self.root);
+        }
+        if self.last_parent.as_ref().is_none_or(|(p, _)| p != dir) {
+            let mut cur: Option<OwnedFd> = None;
+            for c in dir.components() {
+                let at = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+                match mkdirat(at, c.as_os_str(), Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(errno_io(e)),
+                }
+                let fd = openat2(at, c.as_os_str(), beneath(OFlag::O_DIRECTORY | OFlag::O_RDONLY)).map_err(errno_io)?;
+                cur = Some(fd);
+            }
+            let fd = cur.expect("a non-empty path has a component");
+            self.last_parent = Some((dir.to_owned(), fd));
+        }
+        Ok(&self.last_parent.as_ref().expect("set above").1)
+    }
+
+    /// Creates one admitted entry; a file's contents come from `data`.
+    pub fn apply(&mut self, entry: &Admitted, data: &mut impl io::Read) -> io::Result<()> {
+        let parent = entry.rel.parent().unwrap_or(Path::new("")).to_owned();
+        let name = entry.rel.file_name().expect("admitted paths are not empty").to_owned();
+        let mode = Mode::from_bits_truncate(entry.mode);
+        let dir = self.open_dir(&parent)?;
+        match &entry.kind {
+            EntryKind::File => {
+                let fd = openat2(
+                    dir,
+                    name.as_os_str(),
+                    beneath(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL).mode(mode),
+                )
+                .map_err(errno_io)?;
+                let mut f = File::from(fd);
+                io::copy(data, &mut f)?;
+                f.set_permissions(std::fs::Permissions::from_mode(entry.mode))?;
+            }
+            EntryKind::Dir => {
+                match mkdirat(dir, name.as_os_str(), mode) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(errno_io(e)),
+                }
+                let fd =
+                    openat2(dir, name.as_os_str(), beneath(OFlag::O_DIRECTORY | OFlag::O_RDONLY)).map_err(errno_io)?;
+                File::from(fd).set_permissions(std::fs::Permissions::from_mode(entry.mode))?;
+            }
+            EntryKind::Symlink(target) => {
+                symlinkat(target.as_os_str(), dir, name.as_os_str()).map_err(errno_io)?;
+            }
+        }
+        Ok(())
+    }
+}
