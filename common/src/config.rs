@@ -77,6 +77,10 @@ pub struct NodeConfigFile {
     /// (and each SE to rejoin) before the upgrade fails (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reform_timeout_secs: Option<u64>,
+    /// Leader only: seconds an upload may go without a byte before it is
+    /// ended and deleted (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_stall_secs: Option<u64>,
     /// Certificate files.
     pub tls: TlsFiles,
     /// Leader only: the REST API.
@@ -149,6 +153,8 @@ pub struct NodeSettings {
     pub self_revert: Duration,
     /// How long nodes have to rejoin after an apply (leader only).
     pub reform_timeout: Duration,
+    /// An upload that receives nothing for this long is ended and deleted.
+    pub upload_stall: Duration,
 }
 
 /// A controller as the other nodes reach it.
@@ -278,6 +284,10 @@ impl NodeSettings {
             fetch_rate_limit: file.fetch_rate_limit_bytes.filter(|&r| r > 0),
             self_revert: secs("self_revert_secs", file.self_revert_secs, 600)?,
             reform_timeout: secs("reform_timeout_secs", file.reform_timeout_secs, 300)?,
+            upload_stall: match file.upload_stall_secs.unwrap_or(60) {
+                s @ 1..=3600 => Duration::from_secs(s),
+                s => return Err(invalid(format!("upload_stall_secs {s}: must be between 1 and 3600"))),
+            },
         })
     }
 }

@@ -158,17 +158,48 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let name = q
-        .name
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "name the file: POST /api/upload?name=controller.pkg"))?;
     let len = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let image = state.images.upload(&name, len, body.into_data_stream()).await?;
+    let early = match q.name {
+        None => Err(ApiError::new(StatusCode::BAD_REQUEST, "name the file: POST /api/upload?name=controller.pkg")),
+        Some(name) => state.images.precheck_upload(&name, len).map(|()| name).map_err(ApiError::from),
+    };
+    let mut data = body.into_data_stream();
+    let name = match early {
+        Ok(name) => name,
+        Err(e) => {
+            discard_briefly(&mut data).await;
+            return Err(e);
+        }
+    };
+    let image = match state.images.upload(&name, len, &mut data).await {
+        Ok(image) => image,
+        Err(e) => {
+            discard_briefly(&mut data).await;
+            return Err(e.into());
+        }
+    };
     Ok(Json(json!({
         "image_path": image.image_path,
         "sha256": image.info.sha256,
         "size": image.info.size,
         "manifest": image.info.manifest,
     })))
+}
+
+/// Reads and drops what a refused client is still sending, for at most 2 s
+/// and 8 MiB, so that it reads the JSON refusal: over HTTP/2 an answer sent
+/// while the request body still flows ends in a stream reset the client may
+/// report instead of the answer. Nothing of it is written anywhere.
+async fn discard_briefly(data: &mut axum::body::BodyDataStream) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut seen = 0usize;
+    while seen < 8 << 20 {
+        match tokio::time::timeout_at(deadline, data.next()).await {
+            Ok(Some(Ok(b))) => seen += b.len(),
+            _ => break,
+        }
+    }
 }
 
 #[derive(Deserialize)]

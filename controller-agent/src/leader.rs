@@ -61,7 +61,7 @@ impl LeaderState {
         let previous: u64 = std::fs::read_to_string(&gen_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let generation = previous + 1;
         fsutil::atomic_write(&gen_path, generation.to_string().as_bytes())?;
-        let images = ImageStore::open(&settings.data_dir)?;
+        let images = ImageStore::open(&settings.data_dir, settings.upload_stall)?;
         let store = Store::open(&settings.data_dir)?;
         let config = store.load::<Config>("config")?.unwrap_or_default();
         let journal = store.load::<Journal>("journal")?;

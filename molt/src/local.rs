@@ -229,6 +229,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             fetch_rate_limit_bytes: spec.fetch_rate_limit.filter(|_| n.id == "c1"),
             self_revert_secs: spec.self_revert_secs,
             reform_timeout_secs: spec.reform_timeout_secs.filter(|_| n.id == "c1"),
+            upload_stall_secs: None,
             tls: TlsFiles {
                 ca: pki_dir.join("ca.pem"),
                 cert: pki_dir.join(format!("{}.pem", n.id)),

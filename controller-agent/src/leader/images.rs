@@ -22,6 +22,10 @@ use tracing::info;
 
 /// The pseudo-URI scheme for paths under the leader's data dir.
 pub const SCHEME: &str = "controller://";
+/// Free space an upload always leaves on the leader's disk.
+pub const SPACE_RESERVE: u64 = 16 << 20;
+/// How often (in bytes written) an upload re-checks the free space.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
 /// Why an image was refused.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,14 @@ pub enum ImageError {
     /// The upload body broke off.
     #[error("the upload was interrupted after {0} bytes; nothing was kept, upload again")]
     Interrupted(u64),
+    /// No bytes arrived for too long.
+    #[error("the upload stalled: no bytes for {secs} s after {received} bytes; nothing was kept, upload again")]
+    Stalled {
+        /// The stall limit.
+        secs: u64,
+        /// Bytes received before it.
+        received: u64,
+    },
     /// Local I/O.
     #[error("I/O error on the leader: {0}")]
     Io(#[from] io::Error),
@@ -71,13 +83,15 @@ type CacheKey = (PathBuf, u64, Option<SystemTime>);
 pub struct ImageStore {
     data_dir: PathBuf,
     pkgs: PathBuf,
+    stall: std::time::Duration,
     verified: Mutex<HashMap<CacheKey, PackageInfo>>,
     by_sha: Mutex<HashMap<Sha256Digest, PathBuf>>,
 }
 
 impl ImageStore {
     /// Opens `<data_dir>/upgrade_pkgs`, removing uploads a crash interrupted.
-    pub fn open(data_dir: &Path) -> io::Result<Self> {
+    /// An upload that receives nothing for `stall` is ended and deleted.
+    pub fn open(data_dir: &Path, stall: std::time::Duration) -> io::Result<Self> {
         let pkgs = data_dir.join("upgrade_pkgs");
         fs::create_dir_all(&pkgs)?;
         for e in fs::read_dir(&pkgs)? {
@@ -86,7 +100,7 @@ impl ImageStore {
                 let _ = fs::remove_file(p);
             }
         }
-        Ok(Self { data_dir: data_dir.to_owned(), pkgs, verified: Mutex::default(), by_sha: Mutex::default() })
+        Ok(Self { data_dir: data_dir.to_owned(), pkgs, stall, verified: Mutex::default(), by_sha: Mutex::default() })
     }
 
     /// Resolves `controller://x/y` to `<data_dir>/x/y`, refusing paths that
@@ -146,21 +160,30 @@ impl ImageStore {
         self.by_sha.lock().expect("image lock").get(sha).cloned()
     }
 
+    /// What can be refused before reading a byte of an upload: the name, and
+    /// a declared length the disk cannot hold.
+    pub fn precheck_upload(&self, name: &str, expected_len: Option<u64>) -> Result<(), ImageError> {
+        check_name(name)?;
+        let free = fsutil::disk_free(&self.pkgs)?;
+        if let Some(len) = expected_len
+            && len.saturating_add(SPACE_RESERVE) > free
+        {
+            return Err(ImageError::NoSpace { need: len, free });
+        }
+        Ok(())
+    }
+
     /// Streams an upload into `upgrade_pkgs/NAME`, verifying it on the way.
     /// On any failure nothing is kept and an existing file of that name is
-    /// left as it was.
-    pub async fn upload<S, E>(&self, name: &str, expected_len: Option<u64>, body: S) -> Result<Image, ImageError>
+    /// left as it was; a refusal stops reading at once.
+    /// The caller keeps `body`: after a refusal it may read what the client
+    /// still sends (and drop it) so that the client reads the answer.
+    pub async fn upload<S, E>(&self, name: &str, expected_len: Option<u64>, body: &mut S) -> Result<Image, ImageError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        check_name(name)?;
-        let free = fsutil::disk_free(&self.pkgs)?;
-        if let Some(len) = expected_len
-            && len + (16 << 20) > free
-        {
-            return Err(ImageError::NoSpace { need: len, free });
-        }
+        self.precheck_upload(name, expected_len)?;
         let tmp = self.pkgs.join(format!(".upload-{}", common::types::random_hex(6)));
         let result = self.receive(&tmp, body).await;
         let info = match result {
@@ -181,22 +204,24 @@ impl ImageStore {
         Ok(Image { path: dst, image_path: format!("{SCHEME}upgrade_pkgs/{name}"), info })
     }
 
-    async fn receive<S, E>(&self, tmp: &Path, mut body: S) -> Result<PackageInfo, ImageError>
+    async fn receive<S, E>(&self, tmp: &Path, body: &mut S) -> Result<PackageInfo, ImageError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let file = fs::File::create(tmp)?;
+        let pkgs = self.pkgs.clone();
         // One thread writes and verifies: the package is checked in the same
-        // pass that puts it on disk.
+        // pass that puts it on disk. A refusal returns at once, which closes
+        // the channel and so stops the reading below.
         let worker = tokio::task::spawn_blocking(move || -> Result<PackageInfo, ImageError> {
-            let mut tee = TeeReader { rx, current: Bytes::new(), file, closed: false };
+            let mut tee = TeeReader::new(rx, file, pkgs);
             let verdict = package::verify(&mut tee);
-            // Whatever the verdict, the stream must be drained so the sender never blocks.
-            let drained = io::copy(&mut tee, &mut io::sink());
+            if let Some(free) = tee.out_of_space {
+                return Err(ImageError::NoSpace { need: tee.written + SPACE_RESERVE, free });
+            }
             let info = verdict?;
-            drained?;
             if !tee.closed {
                 return Err(ImageError::Io(io::Error::other("upload ended before the body")));
             }
@@ -204,27 +229,35 @@ impl ImageStore {
             Ok(info)
         });
         let mut received = 0u64;
-        let mut broken = false;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(b) => {
+        let mut ended = None;
+        loop {
+            match tokio::time::timeout(self.stall, body.next()).await {
+                Err(_) => {
+                    ended = Some(ImageError::Stalled { secs: self.stall.as_secs(), received });
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(b))) => {
                     received += b.len() as u64;
                     if tx.send(b).await.is_err() {
-                        break;
+                        break; // refused: the worker stopped reading
                     }
                 }
-                Err(_) => {
-                    broken = true;
+                Ok(Some(Err(_))) => {
+                    ended = Some(ImageError::Interrupted(received));
                     break;
                 }
             }
         }
         drop(tx);
         let verdict = worker.await.map_err(|e| io::Error::other(e.to_string()))?;
-        if broken {
-            return Err(ImageError::Interrupted(received));
+        match (verdict, ended) {
+            // A refusal found in what did arrive says more than the stall.
+            (Err(ImageError::Package(PackageError::Truncated { .. }) | ImageError::Io(_)), Some(end)) => Err(end),
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(end)) => Err(end),
+            (Ok(info), None) => Ok(info),
         }
-        verdict
     }
 }
 
@@ -242,12 +275,53 @@ fn check_name(name: &str) -> Result<(), ImageError> {
     }
 }
 
-/// Reads chunks from a channel, writing each to `file` as it passes.
+/// Reads chunks from a channel, writing each to `file` as it passes and
+/// watching the free space as it goes.
 struct TeeReader {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
     file: fs::File,
     closed: bool,
+    pkgs: PathBuf,
+    written: u64,
+    next_space_check: u64,
+    /// Set (to the free bytes) when the disk filled up.
+    out_of_space: Option<u64>,
+}
+
+impl TeeReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>, file: fs::File, pkgs: PathBuf) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+            file,
+            closed: false,
+            pkgs,
+            written: 0,
+            next_space_check: SPACE_CHECK_EVERY,
+            out_of_space: None,
+        }
+    }
+
+    fn write(&mut self, b: &[u8]) -> io::Result<()> {
+        let full = |free| io::Error::new(io::ErrorKind::StorageFull, format!("the disk is full ({free} bytes free)"));
+        if self.written + b.len() as u64 >= self.next_space_check {
+            self.next_space_check = self.written + SPACE_CHECK_EVERY;
+            let free = fsutil::disk_free(&self.pkgs)?;
+            if free < SPACE_RESERVE + b.len() as u64 {
+                self.out_of_space = Some(free);
+                return Err(full(free));
+            }
+        }
+        if let Err(e) = self.file.write_all(b) {
+            if e.kind() == io::ErrorKind::StorageFull {
+                self.out_of_space = Some(fsutil::disk_free(&self.pkgs).unwrap_or(0));
+            }
+            return Err(e);
+        }
+        self.written += b.len() as u64;
+        Ok(())
+    }
 }
 
 impl Read for TeeReader {
@@ -255,7 +329,7 @@ impl Read for TeeReader {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(b) => {
-                    self.file.write_all(&b)?;
+                    self.write(&b)?;
                     self.current = b;
                 }
                 None => {
@@ -267,5 +341,74 @@ impl Read for TeeReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicU64, Ordering},
+        },
+        time::Duration,
+    };
+
+    use super::*;
+
+    /// A body of `chunks` chunks of 1 MiB, the first starting with `head`;
+    /// counts how many chunks were pulled.
+    fn body(head: &'static [u8], chunks: u64, pulled: Arc<AtomicU64>) -> impl Stream<Item = Result<Bytes, io::Error>> {
+        futures_util::stream::iter(0..chunks).map(move |i| {
+            pulled.fetch_add(1, Ordering::Relaxed);
+            let mut b = vec![0u8; 1 << 20];
+            if i == 0 {
+                b[..head.len()].copy_from_slice(head);
+            }
+            Ok(Bytes::from(b))
+        })
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir.join("upgrade_pkgs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_upload_stops_reading_at_once_and_keeps_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(d.path(), Duration::from_secs(60)).unwrap();
+        let pulled = Arc::new(AtomicU64::new(0));
+        let err =
+            store.upload("x.pkg", None, &mut Box::pin(body(b"NOTAPKG!", 1000, pulled.clone()))).await.unwrap_err();
+        assert!(matches!(err, ImageError::Package(PackageError::NotAPackage)), "{err}");
+        // Refused after 8 bytes: at most the channel's worth was read, not 1000 MiB.
+        assert!(pulled.load(Ordering::Relaxed) < 40, "read {} MiB after the refusal", pulled.load(Ordering::Relaxed));
+        assert!(leftovers(d.path()).is_empty(), "{:?}", leftovers(d.path()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_upload_ends_and_is_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(d.path(), Duration::from_millis(300)).unwrap();
+        // A header announcing a 4 KiB manifest, then nothing.
+        let first = futures_util::stream::once(async { Ok::<_, io::Error>(Bytes::from_static(b"MOLTPKG1\0\0\x10\0")) });
+        let stalled = first.chain(futures_util::stream::pending());
+        let err = store.upload("x.pkg", None, &mut Box::pin(stalled)).await.unwrap_err();
+        assert!(matches!(err, ImageError::Stalled { received: 12, .. }), "{err}");
+        assert!(err.to_string().contains("no bytes for"), "{err}");
+        assert!(leftovers(d.path()).is_empty(), "{:?}", leftovers(d.path()));
+    }
+
+    #[test]
+    fn stale_partial_uploads_are_swept_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("upgrade_pkgs")).unwrap();
+        fs::write(d.path().join("upgrade_pkgs/.upload-abc123"), b"half").unwrap();
+        fs::write(d.path().join("upgrade_pkgs/kept.pkg"), b"x").unwrap();
+        ImageStore::open(d.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(leftovers(d.path()), vec!["kept.pkg".to_string()]);
     }
 }
