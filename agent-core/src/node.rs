@@ -234,7 +234,7 @@ impl Node {
             tokio::spawn(self_revert_watch(ctx.clone(), shutdown.clone()));
         }
         let task = tokio::spawn(async move {
-            let server = server::serve(listener, tls, app, shutdown.clone());
+            let server = server::serve(listener, tls, app, shutdown.clone(), ctx.settings.limits.clone());
             let session = session::run(ctx, shutdown.clone());
             tokio::join!(server, session);
         });

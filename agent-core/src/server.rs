@@ -5,38 +5,86 @@
 //! page ([`needs_certificate`]) without a verified client certificate is
 //! answered `UNAUTHENTICATED` before it reaches any service.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::body::Body;
-use common::identity::PeerIdentity;
+use common::{config::Limits, identity::PeerIdentity};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::auth::Peer;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keep-alive: a peer that does not answer a ping in time is gone.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// HTTP/2 frame size we accept: large frames roughly double upload throughput.
 const MAX_FRAME: u32 = 1 << 20;
 
+/// Connections without a cluster certificate, per source address.
+#[derive(Debug, Default)]
+struct AnonymousCount(Mutex<HashMap<IpAddr, usize>>);
+
+/// One counted connection; uncounted when dropped.
+struct AnonymousSlot(Arc<AnonymousCount>, IpAddr);
+
+impl AnonymousCount {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AnonymousSlot> {
+        let mut m = self.0.lock().expect("connection count lock");
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AnonymousSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.0.lock().expect("connection count lock");
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` is cancelled; then every
 /// open connection is dropped at once (as a power cut or reboot would).
+///
+/// Limits ([`Limits`]): at most `max_connections` at once; at most
+/// `max_anonymous_per_ip` per source address until a connection has shown a
+/// cluster certificate (a connection over either cap is closed at once, so
+/// the accept queue never fills); the TLS handshake within
+/// `handshake_timeout`; request headers within `header_timeout`, which also
+/// ends an idle HTTP/1.1 connection; HTTP/2 peers must answer keep-alive pings.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
     shutdown: CancellationToken,
+    limits: Limits,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let mut conns = JoinSet::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let anonymous = Arc::new(AnonymousCount::default());
+    let mut refused = 0u64;
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
     loop {
         tokio::select! {
@@ -51,11 +99,27 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        warn!(%remote, refused, max = limits.max_connections, "connection limit reached; connections are closed at once");
+                    }
+                    continue;
+                };
+                let Some(slot) = anonymous.take(remote.ip(), limits.max_anonymous_per_ip) else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        warn!(%remote, refused, max = limits.max_anonymous_per_ip, "per-address limit reached for connections without a certificate");
+                    }
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let app = app.clone();
+                let limits = limits.clone();
                 conns.spawn(async move {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let _permit = permit;
+                    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             debug!(%remote, error = %e, "TLS handshake refused");
@@ -69,6 +133,9 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|c| PeerIdentity::from_cert_der(c).ok());
+                    // A cluster certificate lifts the per-address count (nodes
+                    // behind one address, such as a local cluster, are many).
+                    let _slot = if identity.is_some() { drop(slot); None } else { Some(slot) };
                     let peer = Peer { identity, remote };
                     let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                         let app = app.clone();
@@ -87,7 +154,14 @@ pub async fn serve(
                         }
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http2().max_frame_size(MAX_FRAME).max_concurrent_streams(256);
+                    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+                    builder
+                        .http2()
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(H2_KEEPALIVE)
+                        .keep_alive_timeout(H2_KEEPALIVE)
+                        .max_frame_size(MAX_FRAME)
+                        .max_concurrent_streams(256);
                     if let Err(e) = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc)).await {
                         debug!(%remote, error = %e, "connection ended with an error");
                     }

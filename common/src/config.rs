@@ -81,6 +81,9 @@ pub struct NodeConfigFile {
     /// ended and deleted (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_stall_secs: Option<u64>,
+    /// Connection and stream limits; every field has a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsFile>,
     /// Certificate files.
     pub tls: TlsFiles,
     /// Leader only: the REST API.
@@ -88,6 +91,80 @@ pub struct NodeConfigFile {
     pub api: Option<ApiFile>,
     /// Every controller of the cluster.
     pub controllers: Vec<ControllerEntry>,
+}
+
+/// `[limits]`: what one agent accepts at once, and for how long.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Milliseconds a client has to finish the TLS handshake (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds a client has to send a request's headers, and the
+    /// longest an HTTP/1.1 connection may idle between requests (default 15000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout_ms: Option<u64>,
+    /// Open connections in all (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Open connections per source address without a cluster certificate (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_anonymous_per_ip: Option<usize>,
+    /// Leader: image streams one node may hold open (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_streams_per_node: Option<usize>,
+    /// Leader: image streams it serves at once (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_streams_total: Option<usize>,
+}
+
+/// The validated limits (see [`LimitsFile`] for each one's meaning and default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Request header (and HTTP/1.1 idle) timeout.
+    pub header_timeout: Duration,
+    /// Open connections in all.
+    pub max_connections: usize,
+    /// Open connections per source address without a cluster certificate.
+    pub max_anonymous_per_ip: usize,
+    /// Image streams per node.
+    pub fetch_streams_per_node: usize,
+    /// Image streams in all.
+    pub fetch_streams_total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from_file(&LimitsFile::default()).expect("the defaults are valid")
+    }
+}
+
+impl Limits {
+    /// Validates `[limits]`, filling in defaults; the error names the field.
+    pub fn from_file(f: &LimitsFile) -> Result<Self, String> {
+        fn ms(name: &str, v: Option<u64>, default: u64) -> Result<Duration, String> {
+            match v.unwrap_or(default) {
+                v @ 100..=600_000 => Ok(Duration::from_millis(v)),
+                v => Err(format!("limits.{name} {v}: must be between 100 and 600000")),
+            }
+        }
+        fn count(name: &str, v: Option<usize>, default: usize, max: usize) -> Result<usize, String> {
+            match v.unwrap_or(default) {
+                v if (1..=max).contains(&v) => Ok(v),
+                v => Err(format!("limits.{name} {v}: must be between 1 and {max}")),
+            }
+        }
+        Ok(Self {
+            handshake_timeout: ms("handshake_timeout_ms", f.handshake_timeout_ms, 10_000)?,
+            header_timeout: ms("header_timeout_ms", f.header_timeout_ms, 15_000)?,
+            max_connections: count("max_connections", f.max_connections, 4096, 1 << 20)?,
+            max_anonymous_per_ip: count("max_anonymous_per_ip", f.max_anonymous_per_ip, 64, 1 << 20)?,
+            fetch_streams_per_node: count("fetch_streams_per_node", f.fetch_streams_per_node, 2, 64)?,
+            fetch_streams_total: count("fetch_streams_total", f.fetch_streams_total, 32, 4096)?,
+        })
+    }
 }
 
 /// The TLS files of a node.
@@ -155,6 +232,8 @@ pub struct NodeSettings {
     pub reform_timeout: Duration,
     /// An upload that receives nothing for this long is ended and deleted.
     pub upload_stall: Duration,
+    /// Connection and stream limits.
+    pub limits: Limits,
 }
 
 /// A controller as the other nodes reach it.
@@ -284,6 +363,7 @@ impl NodeSettings {
             fetch_rate_limit: file.fetch_rate_limit_bytes.filter(|&r| r > 0),
             self_revert: secs("self_revert_secs", file.self_revert_secs, 600)?,
             reform_timeout: secs("reform_timeout_secs", file.reform_timeout_secs, 300)?,
+            limits: Limits::from_file(&file.limits.clone().unwrap_or_default()).map_err(invalid)?,
             upload_stall: match file.upload_stall_secs.unwrap_or(60) {
                 s @ 1..=3600 => Duration::from_secs(s),
                 s => return Err(invalid(format!("upload_stall_secs {s}: must be between 1 and 3600"))),

@@ -20,6 +20,7 @@ pub struct Builder {
     fetch_rate_limit: Option<u64>,
     docker_nodes: Vec<String>,
     small_disks: Vec<(String, u64)>,
+    limits: Vec<(String, String)>,
 }
 
 impl Default for Builder {
@@ -31,6 +32,7 @@ impl Default for Builder {
             fetch_rate_limit: None,
             docker_nodes: vec![],
             small_disks: vec![],
+            limits: vec![],
         }
     }
 }
@@ -64,6 +66,11 @@ impl Builder {
     /// Gives node `id` a data dir on a tmpfs of `bytes` (needs root).
     pub fn small_disk(mut self, id: &str, bytes: u64) -> Self {
         self.small_disks.push((id.into(), bytes));
+        self
+    }
+    /// Sets node `id`'s `[limits]` table (TOML lines such as `max_connections = 8`).
+    pub fn limits(mut self, id: &str, lines: &str) -> Self {
+        self.limits.push((id.into(), lines.into()));
         self
     }
     /// Starts the cluster and waits until every node heartbeats.
@@ -126,6 +133,11 @@ impl TestCluster {
             let p = spec.dir.join("nodes").join(id).join("node.toml");
             let t = std::fs::read_to_string(&p).unwrap().replace("deployment = \"vm\"", "deployment = \"docker\"");
             std::fs::write(p, t).unwrap();
+        }
+        for (id, lines) in &b.limits {
+            let p = spec.dir.join("nodes").join(id).join("node.toml");
+            let t = std::fs::read_to_string(&p).unwrap();
+            std::fs::write(p, format!("{t}\n[limits]\n{lines}\n")).unwrap();
         }
         let mut mounts = vec![];
         for (id, bytes) in &b.small_disks {

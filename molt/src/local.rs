@@ -230,6 +230,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             self_revert_secs: spec.self_revert_secs,
             reform_timeout_secs: spec.reform_timeout_secs.filter(|_| n.id == "c1"),
             upload_stall_secs: None,
+            limits: None,
             tls: TlsFiles {
                 ca: pki_dir.join("ca.pem"),
                 cert: pki_dir.join(format!("{}.pem", n.id)),

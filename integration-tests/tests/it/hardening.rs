@@ -155,3 +155,88 @@ async fn refused_uploads_answer_json_early_over_both_protocols() {
         assert!(upgrade_pkgs(&c).is_empty(), "{:?}", upgrade_pkgs(&c));
     }
 }
+
+/// A TCP connection to `addr` from the source address `from`.
+async fn tcp_from(from: &str, addr: &str) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Seconds until the server closes `s` (reading and dropping what comes), at most `limit`.
+async fn closed_within(mut s: impl tokio::io::AsyncRead + Unpin, limit: std::time::Duration) -> Option<f64> {
+    use tokio::io::AsyncReadExt;
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let done = tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    done.ok().map(|()| t.elapsed().as_secs_f64())
+}
+
+async fn tls_from(c: &TestCluster, from: &str, addr: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let ca = std::fs::read(c.cluster_dir().join("pki/ca.pem")).unwrap();
+    let cfg = common::tls::anonymous_client_config(&ca, &[b"http/1.1"]).unwrap();
+    let ip: std::net::SocketAddr = addr.parse().unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(rustls::pki_types::ServerName::from(ip.ip()), tcp_from(from, addr).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_capped_and_timed_out() {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::builder()
+        .group("g1", "active-active", 1)
+        .limits("c1", "handshake_timeout_ms = 500\nheader_timeout_ms = 500\nmax_anonymous_per_ip = 20")
+        .start()
+        .await;
+    let leader = addr_of(&c, "c1");
+    // 20 connections that never start TLS are held; the 21st and later are closed at once.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(tcp_from("127.0.0.99", &leader).await);
+    }
+    for _ in 0..10 {
+        let extra = tcp_from("127.0.0.99", &leader).await;
+        let t = closed_within(extra, Duration::from_secs(5)).await.expect("an extra connection is closed");
+        assert!(t < 0.4, "an extra connection stayed open {t} s");
+    }
+    // Meanwhile the API answers callers from other addresses, and the nodes keep their sessions.
+    assert_eq!(c.api().get("/api/cluster").await.unwrap()["leader"], "c1");
+    // The held ones are dropped once the handshake time is up.
+    for s in held {
+        let t = closed_within(s, Duration::from_secs(5)).await.expect("a silent connection is closed");
+        assert!(t < 2.0, "a connection without a handshake stayed open {t} s");
+    }
+    // A half-sent request, and a slow header, end after the header timeout.
+    let mut half = tls_from(&c, "127.0.0.99", &leader).await;
+    half.write_all(b"GET /api/cluster HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t = closed_within(half, Duration::from_secs(5)).await.expect("a half-sent request is closed");
+    assert!(t < 2.0, "a half-sent request stayed open {t} s");
+    let mut slow = tls_from(&c, "127.0.0.99", &leader).await;
+    let dribble = tokio::spawn(async move {
+        for b in b"GET /api/cluster HTTP/1.1\r\nHost: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" {
+            if slow.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    });
+    assert!(dribble.await.unwrap(), "a header sent a byte at a time was never cut off");
+    // An idle keep-alive connection ends too.
+    let mut idle = tls_from(&c, "127.0.0.99", &leader).await;
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let t = closed_within(idle, Duration::from_secs(5)).await.expect("an idle connection is closed");
+    assert!(t < 2.0, "an idle connection stayed open {t} s");
+}
