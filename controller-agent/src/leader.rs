@@ -48,6 +48,8 @@ pub struct LeaderState {
     pub journal: Mutex<Option<Journal>>,
     /// The version this leader runs.
     pub version: Version,
+    /// Who may fetch which image, and the open image streams.
+    pub fetch_gate: image_server::FetchGate,
     /// SEs taken out of service for their upgrade.
     pub drained: Mutex<std::collections::BTreeSet<String>>,
     /// Numbers `place` commands.
@@ -77,6 +79,10 @@ impl LeaderState {
             status: Mutex::new(status),
             generation,
             bytes_served: Default::default(),
+            fetch_gate: image_server::FetchGate::new(
+                settings.limits.fetch_streams_per_node,
+                settings.limits.fetch_streams_total,
+            ),
             store,
             config: Mutex::new(config),
             journal: Mutex::new(journal),

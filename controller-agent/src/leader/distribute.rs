@@ -255,6 +255,8 @@ pub async fn stage_everywhere(state: &Arc<LeaderState>, image: &ImageRef, nodes:
 pub async fn stage_on(state: &LeaderState, node: &NodeId, id: &str, image: ImageRef) -> Result<(), String> {
     let total = image.size;
     let sha = image.sha256;
+    // The node may fetch this image exactly while this drives its staging.
+    let _grant = state.fetch_gate.grant(node, sha);
     state.status.lock().expect("status lock").begin(node.as_str(), "stage");
     let cmd = Command { id: id.to_owned(), generation: state.generation, kind: CommandKind::Stage(image) };
     let mut last_sent: Option<Instant> = None;

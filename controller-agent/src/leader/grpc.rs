@@ -84,10 +84,11 @@ impl pb::leader_server::Leader for LeaderService {
         &self,
         req: Request<pb::FetchImageRequest>,
     ) -> Result<Response<Self::FetchImageStream>, Status> {
-        auth::caller(&req, &self.state.settings.cluster, &[Role::Controller, Role::ServiceEngine])?;
+        let peer = auth::caller(&req, &self.state.settings.cluster, &[Role::Controller, Role::ServiceEngine])?;
         let r = req.into_inner();
         let sha: Sha256Digest =
             r.sha256.parse().map_err(|e: common::types::ParseError| Status::invalid_argument(e.to_string()))?;
+        let permit = self.state.fetch_gate.open(&peer.node_id, &sha)?;
         let path = self
             .state
             .images
@@ -97,8 +98,13 @@ impl pb::leader_server::Leader for LeaderService {
         if r.offset > size {
             return Err(Status::out_of_range(format!("offset {} is past the image's {size} bytes", r.offset)));
         }
-        let rx =
-            image_server::stream(path, r.offset, self.state.settings.fetch_rate_limit, self.state.bytes_served.clone());
+        let rx = image_server::stream(
+            path,
+            r.offset,
+            self.state.settings.fetch_rate_limit,
+            self.state.bytes_served.clone(),
+            permit,
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -2,19 +2,28 @@
 //! Reading runs on a blocking thread feeding a small channel, so a slow or
 //! gone receiver stops the reader (the channel closes) and memory stays at a
 //! few chunks whatever the image size.
+//!
+//! [`FetchGate`] decides who may open a stream: only a node the leader is
+//! driving to stage that very image ([`FetchGate::grant`], held by
+//! `distribute::stage_on`), at most `fetch_streams_per_node` streams per node
+//! and `fetch_streams_total` in all (`RESOURCE_EXHAUSTED` beyond). A reader
+//! whose receiver takes no chunk for [`SEND_DEADLINE`] ends, so reader
+//! threads and memory are bounded by the limits × [`DEPTH`] chunks.
 
 use std::{
+    collections::HashMap,
     fs::File,
     io::{Read, Seek, SeekFrom},
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
+use common::{NodeId, Sha256Digest};
 use proto::v1::ImageChunk;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -22,17 +31,120 @@ use tonic::Status;
 /// Bytes per chunk.
 pub const CHUNK: usize = 1 << 20;
 /// Chunks buffered between the reader thread and the socket.
-const DEPTH: usize = 4;
+pub const DEPTH: usize = 4;
+/// A receiver that takes no chunk for this long loses its stream.
+pub const SEND_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Starts streaming `path` from `offset`. `rate` caps bytes per second.
+#[derive(Debug, Default)]
+struct GateState {
+    /// (node, image) → how many drivers granted it (a prestage and an upgrade may overlap).
+    grants: HashMap<(NodeId, Sha256Digest), usize>,
+    /// Open streams per node.
+    streams: HashMap<NodeId, usize>,
+    total: usize,
+}
+
+/// Who may fetch which image, and how many streams are open.
+#[derive(Debug)]
+pub struct FetchGate {
+    state: Arc<Mutex<GateState>>,
+    per_node: usize,
+    max_total: usize,
+}
+
+/// Lets `node` fetch `sha` while held.
+#[derive(Debug)]
+pub struct Grant {
+    state: Arc<Mutex<GateState>>,
+    key: (NodeId, Sha256Digest),
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().expect("fetch gate lock");
+        if let Some(n) = s.grants.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                s.grants.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One open stream; counted until dropped (when its reader ends).
+#[derive(Debug)]
+pub struct StreamPermit {
+    state: Arc<Mutex<GateState>>,
+    node: NodeId,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().expect("fetch gate lock");
+        s.total -= 1;
+        if let Some(n) = s.streams.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                s.streams.remove(&self.node);
+            }
+        }
+    }
+}
+
+impl FetchGate {
+    /// A gate with these limits.
+    pub fn new(per_node: usize, max_total: usize) -> Self {
+        Self { state: Arc::default(), per_node, max_total }
+    }
+
+    /// `node` may fetch `sha` until the returned grant is dropped.
+    pub fn grant(&self, node: &NodeId, sha: Sha256Digest) -> Grant {
+        let key = (node.clone(), sha);
+        *self.state.lock().expect("fetch gate lock").grants.entry(key.clone()).or_default() += 1;
+        Grant { state: self.state.clone(), key }
+    }
+
+    /// Opens a stream of `sha` for `node`, or says why not.
+    pub fn open(&self, node: &NodeId, sha: &Sha256Digest) -> Result<StreamPermit, Status> {
+        let mut s = self.state.lock().expect("fetch gate lock");
+        if !s.grants.contains_key(&(node.clone(), *sha)) {
+            return Err(Status::permission_denied(format!(
+                "{node} may not fetch image {}: the leader has not asked it to stage that image",
+                sha.short()
+            )));
+        }
+        let mine = s.streams.get(node).copied().unwrap_or(0);
+        if mine >= self.per_node {
+            return Err(Status::resource_exhausted(format!(
+                "{node} already holds {mine} image streams (limit {}); close one first",
+                self.per_node
+            )));
+        }
+        if s.total >= self.max_total {
+            return Err(Status::resource_exhausted(format!(
+                "the leader serves {} image streams, its limit; retry shortly",
+                s.total
+            )));
+        }
+        s.total += 1;
+        *s.streams.entry(node.clone()).or_default() += 1;
+        Ok(StreamPermit { state: self.state.clone(), node: node.clone() })
+    }
+}
+
+/// Starts streaming `path` from `offset`. `rate` caps bytes per second. The
+/// stream counts against `permit` until its reader ends.
 pub fn stream(
     path: PathBuf,
     offset: u64,
     rate: Option<u64>,
     served: Arc<AtomicU64>,
+    permit: StreamPermit,
 ) -> mpsc::Receiver<Result<ImageChunk, Status>> {
     let (tx, rx) = mpsc::channel(DEPTH);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut file = match File::open(&path).and_then(|mut f| f.seek(SeekFrom::Start(offset)).map(|_| f)) {
             Ok(f) => f,
             Err(e) => {
@@ -68,8 +180,10 @@ pub fn stream(
                 }
             }
             let chunk = ImageChunk { offset: pos, data: buf.freeze() };
-            if tx.blocking_send(Ok(chunk)).is_err() {
-                return; // the receiver went away
+            match runtime.block_on(tokio::time::timeout(SEND_DEADLINE, tx.send(Ok(chunk)))) {
+                Ok(Ok(())) => {}
+                // The receiver went away, or reads nothing: end the stream (it resumes from its offset).
+                Ok(Err(_)) | Err(_) => return,
             }
             pos += filled as u64;
             sent += filled as u64;
@@ -77,4 +191,33 @@ pub fn stream(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_need_a_grant_and_stay_within_the_limits() {
+        let gate = FetchGate::new(2, 3);
+        let (a, b): (NodeId, NodeId) = ("se-1".parse().unwrap(), "se-2".parse().unwrap());
+        let sha = Sha256Digest::of(b"image");
+        assert_eq!(gate.open(&a, &sha).unwrap_err().code(), tonic::Code::PermissionDenied);
+        let grant_a = gate.grant(&a, sha);
+        let again = gate.grant(&a, sha); // a prestage and an upgrade may overlap
+        let s1 = gate.open(&a, &sha).unwrap();
+        let s2 = gate.open(&a, &sha).unwrap();
+        assert_eq!(gate.open(&a, &sha).unwrap_err().code(), tonic::Code::ResourceExhausted, "per node");
+        let _grant_b = gate.grant(&b, sha);
+        let s3 = gate.open(&b, &sha).unwrap();
+        assert_eq!(gate.open(&b, &sha).unwrap_err().code(), tonic::Code::ResourceExhausted, "in total");
+        drop(s3);
+        drop(s1);
+        let _s4 = gate.open(&b, &sha).unwrap();
+        drop(again);
+        let _s5 = gate.open(&a, &sha).unwrap();
+        drop(grant_a);
+        drop(s2);
+        assert_eq!(gate.open(&a, &sha).unwrap_err().code(), tonic::Code::PermissionDenied, "grant gone");
+    }
 }

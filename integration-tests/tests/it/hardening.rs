@@ -240,3 +240,55 @@ async fn unauthenticated_connections_are_capped_and_timed_out() {
     let t = closed_within(idle, Duration::from_secs(5)).await.expect("an idle connection is closed");
     assert!(t < 2.0, "an idle connection stayed open {t} s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_streams_only_for_nodes_told_to_stage_and_bounded() {
+    use common::DeploymentKind;
+    use integration_tests::{eventually, make_package};
+    use proto::v1 as pb;
+    use tonic::Code;
+
+    let c = TestCluster::builder().group("g1", "active-active", 1).fetch_rate_limit(2 << 20).start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 12 << 20);
+    let (sha, _) = common::package::hash_file(&pkg).unwrap();
+    c.api().upload(&pkg, "controller.pkg", |_| {}).await.unwrap();
+    let pki = c.cluster_dir().join("pki");
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let fetch = async || {
+        let ch = crate::security::channel(&ca, &pki, Some("g1-se1"), &addr_of(&c, "c1")).await.unwrap();
+        pb::leader_client::LeaderClient::new(ch)
+            .fetch_image(pb::FetchImageRequest { sha256: sha.to_hex(), offset: 0 })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let e = fetch().await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("has not asked it to stage"), "{}", e.message());
+    // While the leader drives g1-se1's staging, it may fetch, within its limit (2, its own stream included).
+    c.api()
+        .post(
+            "/api/cluster/upgrade/prestage",
+            &serde_json::json!({"image_path": "controller://upgrade_pkgs/controller.pkg"}),
+        )
+        .await
+        .unwrap();
+    let part = c.data_dir("g1-se1").join("staging").join(format!("{sha}.part"));
+    eventually(30, "g1-se1 staging", async || std::fs::metadata(&part).map(|m| m.len() > 0).unwrap_or(false)).await;
+    let mut held = Vec::new();
+    let mut exhausted = 0;
+    for _ in 0..20 {
+        match fetch().await {
+            Ok(s) => held.push(s), // opened and never read
+            Err(e) if e.code() == Code::ResourceExhausted => exhausted += 1,
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+    }
+    assert!(held.len() <= 1 && exhausted >= 19, "{} streams opened, {exhausted} refused", held.len());
+    drop(held);
+    let end = c.wait_operation(60).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    // Staged: the grant is gone with the operation.
+    let e = fetch().await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+}

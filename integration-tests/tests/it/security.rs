@@ -36,7 +36,7 @@ fn pki_file(c: &TestCluster, name: &str) -> Vec<u8> {
 
 /// A gRPC channel to `addr` trusting the cluster CA, presenting `who`'s
 /// certificate from `pki_dir` (none if `who` is None).
-async fn channel(
+pub async fn channel(
     ca: &[u8],
     pki_dir: &std::path::Path,
     who: Option<&str>,
