@@ -40,10 +40,14 @@ impl TryFrom<pb::Heartbeat> for Heartbeat {
             node_id: field(M, "node_id", h.node_id.parse())?,
             role: field(M, "role", h.role.parse())?,
             version: field(M, "version", h.version.parse())?,
-            boot_id: h.boot_id,
+            boot_id: printable(M, "boot_id", h.boot_id, 64)?,
             deployment: field(M, "deployment", h.deployment.parse())?,
-            se_group: Some(h.se_group).filter(|g| !g.is_empty()),
-            addr: h.addr,
+            se_group: Some(printable(M, "se_group", h.se_group, 64)?).filter(|g| !g.is_empty()),
+            addr: {
+                let addr = printable(M, "addr", h.addr, 64)?;
+                field(M, "addr", addr.parse::<std::net::SocketAddr>())?;
+                addr
+            },
             disk_free_bytes: h.disk_free_bytes,
             staged: h
                 .staged
@@ -246,6 +250,18 @@ impl From<LeaderMessage> for pb::LeaderMessage {
 /// Wraps a heartbeat for the session stream.
 pub fn agent_message(h: Heartbeat) -> pb::AgentMessage {
     pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(h.into())) }
+}
+
+/// A string field of at most `max` bytes of printable characters: nothing
+/// from a peer reaches a log, a terminal or a page with control characters.
+fn printable(message: &'static str, name: &'static str, s: String, max: usize) -> Result<String, InvalidMessage> {
+    if s.len() > max {
+        return Err(InvalidMessage { message, field: name, reason: format!("longer than {max} bytes") });
+    }
+    if s.chars().any(char::is_control) {
+        return Err(InvalidMessage { message, field: name, reason: "holds control characters".into() });
+    }
+    Ok(s)
 }
 
 /// Unwraps a session stream message into a heartbeat.

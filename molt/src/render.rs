@@ -8,6 +8,19 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
+/// `v` with every control character in its strings shown escaped (`\u{1b}`),
+/// so that no value a node or the leader sends can drive the terminal.
+pub fn terminal_safe(v: &Value) -> Value {
+    match v {
+        Value::String(s) if s.chars().any(char::is_control) => Value::String(
+            s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.into() }).collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(terminal_safe).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), terminal_safe(v))).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Formats a byte count as KiB/MiB/GiB.
 pub fn bytes(n: u64) -> String {
     const U: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
@@ -22,6 +35,7 @@ pub fn bytes(n: u64) -> String {
 
 /// `molt show cluster`.
 pub fn cluster(v: &Value) -> String {
+    let v = &terminal_safe(v);
     let mut out = String::new();
     let _ = writeln!(out, "cluster {}  leader {}", s(&v["cluster"]), s(&v["leader"]));
     let _ = writeln!(
@@ -58,6 +72,7 @@ pub fn cluster(v: &Value) -> String {
 
 /// `molt show upgrade status`.
 pub fn status(v: &Value) -> String {
+    let v = &terminal_safe(v);
     let mut out = String::new();
     let state = s(&v["state"]);
     if state == "idle" {
@@ -139,6 +154,7 @@ pub fn status(v: &Value) -> String {
 
 /// `upgrade system ... prechecks_only`.
 pub fn prechecks(v: &Value) -> String {
+    let v = &terminal_safe(v);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -169,6 +185,7 @@ fn task_done(n: &Value, task: &str) -> bool {
 /// `molt show upgrade status --watch`: a progress bar per phase (overall,
 /// distribution, controllers, each SE group), then the usual status.
 pub fn phase_bars(v: &Value) -> String {
+    let v = &terminal_safe(v);
     let mut out = String::new();
     if s(&v["state"]) == "idle" {
         return out;
@@ -244,5 +261,16 @@ mod tests {
         assert!(line("SE group g1").contains(" 50%") && line("SE group g1").contains("active-active, 1 SEs"), "{text}");
         assert!(text.starts_with("upgrade 1.0.0 → 2.0.0  in_progress  phase service_engines"), "{text}");
         assert_eq!(phase_bars(&json!({"state": "idle"})), "");
+    }
+
+    #[test]
+    fn control_characters_from_the_cluster_are_shown_escaped() {
+        let v = serde_json::json!({"cluster": "c", "leader": "c1", "nodes": [
+            {"id": "se-1", "role": "se", "addr": "1.2.3.4:8443\u{1b}[2J\u{1b}]0;owned\u{7}", "version": "1.0.0",
+             "state": "up", "se_group": "g1\u{1b}[31m", "staged": []}
+        ]});
+        let text = cluster(&v);
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains("\\u{1b}[2J"), "{text}");
     }
 }

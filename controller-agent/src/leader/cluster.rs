@@ -124,9 +124,25 @@ impl ClusterView {
     }
 
     /// A session opened: `hb` is its first heartbeat. Returns the session id.
-    pub fn open_session(&self, hb: Heartbeat, tx: mpsc::Sender<LeaderMessage>) -> u64 {
+    ///
+    /// One live session per node id: while a node's session is open and its
+    /// heartbeats are fresh, another session under the same id is refused
+    /// (the running agent wins, so a stolen certificate cannot displace it).
+    /// Once the old session closed or missed [`MISSED_BEATS`] intervals — a
+    /// rebooted node's new session — the new one replaces it.
+    pub fn open_session(&self, hb: Heartbeat, tx: mpsc::Sender<LeaderMessage>) -> Result<u64, String> {
         let id = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = Instant::now();
         let mut nodes = self.nodes.lock().expect("cluster lock");
+        if let Some(e) = nodes.get(&hb.node_id)
+            && self.state_of(e, now) == NodeState::Up
+        {
+            let running = e.heartbeat.as_ref().map(|h| h.boot_id.clone()).unwrap_or_default();
+            return Err(format!(
+                "{} already has a live session (agent boot {running}); a second one is refused until it ends",
+                hb.node_id
+            ));
+        }
         let e = nodes.entry(hb.node_id.clone()).or_insert_with(|| Entry {
             role: hb.role,
             addr: hb.addr.clone(),
@@ -137,7 +153,7 @@ impl ClusterView {
         info!(node = %hb.node_id, version = %hb.version, boot = %hb.boot_id, "node joined");
         e.session = Some((id, tx));
         Self::apply(e, hb);
-        id
+        Ok(id)
     }
 
     /// A heartbeat arrived on session `session`.
@@ -306,7 +322,7 @@ mod tests {
         let view = ClusterView::new(&settings(d.path()));
         let (tx, _rx) = mpsc::channel(1);
         let id: NodeId = "g1-se1".parse().unwrap();
-        view.open_session(hb("g1-se1"), tx);
+        view.open_session(hb("g1-se1"), tx).unwrap();
         let nodes = view.nodes.lock().unwrap();
         let e = nodes.get(&id).unwrap();
         let seen = e.last_seen.unwrap();
@@ -320,8 +336,13 @@ mod tests {
         let view = ClusterView::new(&settings(d.path()));
         let id: NodeId = "g1-se1".parse().unwrap();
         let (tx, _rx) = mpsc::channel(1);
-        let old = view.open_session(hb("g1-se1"), tx.clone());
-        let new = view.open_session(hb("g1-se1"), tx);
+        let old = view.open_session(hb("g1-se1"), tx.clone()).unwrap();
+        // While the first session is live, a second one under the same id is refused.
+        let err = view.open_session(hb("g1-se1"), tx.clone()).unwrap_err();
+        assert!(err.contains("already has a live session"), "{err}");
+        // Once it missed its heartbeats (a rebooted node), the new session replaces it.
+        view.nodes.lock().unwrap().get_mut(&id).unwrap().last_seen = Some(Instant::now() - Duration::from_secs(5));
+        let new = view.open_session(hb("g1-se1"), tx).unwrap();
         view.close_session(&id, old); // the old session ending must not take the node down
         assert_eq!(view.node(&id).unwrap().1, NodeState::Up);
         view.close_session(&id, new);

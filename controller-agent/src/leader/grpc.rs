@@ -44,6 +44,7 @@ impl pb::leader_server::Leader for LeaderService {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let s = &self.state.settings;
         let peer = auth::caller(&req, &s.cluster, &[Role::Controller, Role::ServiceEngine])?;
+        let req_remote = req.extensions().get::<auth::Peer>().map(|p| p.remote);
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
@@ -56,6 +57,16 @@ impl pb::leader_server::Leader for LeaderService {
                 hb.role, hb.node_id
             )));
         }
+        // The configuration, not the heartbeat, says where a controller is.
+        if let Some(c) = s.controllers.iter().find(|c| c.id == hb.node_id)
+            && hb.addr != c.addr.to_string()
+        {
+            warn!(node = %hb.node_id, claimed = %hb.addr, configured = %c.addr, "heartbeat address refused");
+            return Err(Status::permission_denied(format!(
+                "{} claims address {}, but the cluster configuration has it at {}",
+                hb.node_id, hb.addr, c.addr
+            )));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel::<LeaderMessage>(32);
         let welcome = Welcome {
             leader_id: s.node_id.clone(),
@@ -64,7 +75,10 @@ impl pb::leader_server::Leader for LeaderService {
         };
         tx.try_send(LeaderMessage::Welcome(welcome)).expect("fresh channel has room");
         let node = hb.node_id.clone();
-        let session = self.state.cluster.open_session(hb, tx);
+        let session = self.state.cluster.open_session(hb, tx).map_err(|why| {
+            warn!(node = %peer.node_id, remote = ?req_remote, "{why}");
+            Status::already_exists(why)
+        })?;
         let state = self.state.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {

@@ -292,3 +292,49 @@ async fn image_streams_only_for_nodes_told_to_stage_and_bounded() {
     let e = fetch().await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_checked_and_one_session_per_node_lives() {
+    use proto::v1 as pb;
+    use tonic::Code;
+
+    let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
+    let pki = c.cluster_dir().join("pki");
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let open = async |who: &str, hb: pb::Heartbeat| {
+        let ch = crate::security::channel(&ca, &pki, Some(who), &addr_of(&c, "c1")).await.unwrap();
+        let first = pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(hb)) };
+        // Keep the stream open: a session that ended at once would prove nothing.
+        let msgs = tokio_stream::iter(vec![first]).chain(futures_util::stream::pending());
+        pb::leader_client::LeaderClient::new(ch).session(msgs).await.map(|_| ())
+    };
+    use futures_util::StreamExt;
+    let base = |id: &str, role: &str, addr: &str| pb::Heartbeat {
+        node_id: id.into(),
+        role: role.into(),
+        version: "1.0.0".into(),
+        boot_id: "intruder".into(),
+        deployment: "vm".into(),
+        se_group: if role == "se" { "g1".into() } else { String::new() },
+        addr: addr.into(),
+        ..Default::default()
+    };
+    // The real g1-se1 is live: a second session under its id is refused, and it stays up.
+    let e = open("g1-se1", base("g1-se1", "se", &addr_of(&c, "g1-se1"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    assert!(e.message().contains("already has a live session"), "{}", e.message());
+    let nodes = c.api().get("/api/cluster").await.unwrap();
+    let se = nodes["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "g1-se1").unwrap().clone();
+    assert_eq!(se["state"], "up");
+    assert_ne!(se["boot_id"], "intruder", "the real agent's session was displaced");
+    // Control characters in a field are refused.
+    let mut hb = base("g1-se1", "se", &addr_of(&c, "g1-se1"));
+    hb.boot_id = "x\u{1b}[2J".into();
+    let e = open("g1-se1", hb).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("control characters"), "{}", e.message());
+    // A controller may not claim an address other than the configured one.
+    let e = open("c1", base("c1", "controller", "127.0.0.1:9")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("cluster configuration has it at"), "{}", e.message());
+}
