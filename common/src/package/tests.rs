@@ -175,7 +175,11 @@ fn tree(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn verify_and_unpack(pkg: &[u8]) -> (Result<PackageInfo, PackageError>, Result<Manifest, PackageError>, PathBuf) {
+type Outcome = (Result<PackageInfo, PackageError>, Result<Manifest, PackageError>, PathBuf, tempfile::TempDir);
+
+/// Verifies and unpacks `pkg` in a [`sandbox`], checking that the two agree,
+/// that nothing outside the slot changed, and that a refusal leaves no slot.
+fn verify_and_unpack(pkg: &[u8]) -> Outcome {
     let (d, slot) = sandbox();
     let file = d.path().join("p.pkg");
     std::fs::write(&file, pkg).unwrap();
@@ -190,8 +194,7 @@ fn verify_and_unpack(pkg: &[u8]) -> (Result<PackageInfo, PackageError>, Result<M
     if unpacked.is_err() {
         assert!(!slot.exists(), "a refused unpack leaves nothing");
     }
-    std::mem::forget(d); // callers inspect the slot; the OS cleans /tmp
-    (verified, unpacked, slot)
+    (verified, unpacked, slot, d)
 }
 
 #[test]
@@ -206,7 +209,7 @@ fn a_symlink_chain_out_of_the_slot_is_refused_by_verify_and_unpack() {
         ("l1/l2/l3", Symlink, Some("..")),
         ("l1/l2/l3/outside/victim", Regular, None),
     ]);
-    let (v, u, _) = verify_and_unpack(&handmade(&all));
+    let (v, u, _, _d) = verify_and_unpack(&handmade(&all));
     let err = v.unwrap_err();
     assert!(err.to_string().contains("lies under the symlink \"x\""), "{err}");
     assert!(matches!(u.unwrap_err(), PackageError::UnsafeEntry { .. }));
@@ -219,7 +222,7 @@ fn a_symlink_whose_target_passes_through_another_symlink_is_refused() {
     for order in [[("l", Some(".")), ("a", Some("l/.."))], [("a", Some("l/..")), ("l", Some("."))]] {
         let mut all = BINS.to_vec();
         all.extend(order.iter().map(|(p, t)| (*p, Symlink, *t)));
-        let (v, _, _) = verify_and_unpack(&handmade(&all));
+        let (v, _, _, _d) = verify_and_unpack(&handmade(&all));
         assert!(v.unwrap_err().to_string().contains("passes through the symlink \"l\""));
     }
 }
@@ -229,21 +232,21 @@ fn duplicate_paths_and_the_reserved_manifest_are_refused() {
     use tar::EntryType::*;
     let mut dup = BINS.to_vec();
     dup.push(("bin/controller-agent", Symlink, Some("se-agent")));
-    let (v, _, _) = verify_and_unpack(&handmade(&dup));
+    let (v, _, _, _d) = verify_and_unpack(&handmade(&dup));
     assert!(v.unwrap_err().to_string().contains("appears more than once"));
     let mut file_then_dir = BINS.to_vec();
     file_then_dir.extend([("f", Regular, None), ("f/g", Regular, None)]);
-    let (v, _, _) = verify_and_unpack(&handmade(&file_then_dir));
+    let (v, _, _, _d) = verify_and_unpack(&handmade(&file_then_dir));
     assert!(v.unwrap_err().to_string().contains("lies under the file"));
     let mut reserved = BINS.to_vec();
     reserved.push(("manifest.json", Regular, None));
-    let (v, _, _) = verify_and_unpack(&handmade(&reserved));
+    let (v, _, _, _d) = verify_and_unpack(&handmade(&reserved));
     assert!(v.unwrap_err().to_string().contains("reserved"));
     // A directory named again after its files is fine (tar does that).
     let mut dir_again = vec![("bin", Directory, None)];
     dir_again.extend(BINS);
     dir_again.push(("bin", Directory, None));
-    let (v, u, _) = verify_and_unpack(&handmade(&dir_again));
+    let (v, u, _, _d) = verify_and_unpack(&handmade(&dir_again));
     v.unwrap();
     u.unwrap();
 }
@@ -258,7 +261,7 @@ fn modes_lose_setuid_setgid_and_group_or_world_write() {
         ("bin/se-agent", Regular, None, 0o2755),
         ("data", Regular, None, 0o666),
     ];
-    let (v, u, slot) = verify_and_unpack(&handmade_modes(&entries));
+    let (v, u, slot, _d) = verify_and_unpack(&handmade_modes(&entries));
     v.unwrap();
     u.unwrap();
     let mode = |p: &str| std::fs::metadata(slot.join(p)).unwrap().permissions().mode() & 0o7777;
@@ -277,9 +280,99 @@ fn in_slot_symlinks_are_unpacked() {
         ("lib/agent", Symlink, Some("../bin/se-agent")),
         ("cur", Symlink, Some(".")),
     ]);
-    let (v, u, slot) = verify_and_unpack(&handmade(&all));
+    let (v, u, slot, _d) = verify_and_unpack(&handmade(&all));
     assert_eq!(v.unwrap().entries, 5);
     u.unwrap();
     assert_eq!(std::fs::read_link(slot.join("lib/agent")).unwrap(), Path::new("../bin/se-agent"));
     assert_eq!(std::fs::read(slot.join("lib/agent")).unwrap(), b"abc");
+}
+
+/// A small deterministic generator (xorshift64*), so every case replays from its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len() as u64) as usize]
+    }
+}
+
+/// A random hostile-looking payload: paths and link targets built from
+/// components that collide, climb, and chain through each other.
+fn random_entries(rng: &mut Rng) -> Vec<(String, tar::EntryType, Option<String>, u32)> {
+    use tar::EntryType::*;
+    const PARTS: [&str; 8] = ["bin", "x", "l1", "l2", "..", ".", "a", "manifest.json"];
+    let path = |rng: &mut Rng| {
+        let depth = 1 + rng.below(3);
+        (0..depth).map(|_| rng.pick(&PARTS)).collect::<Vec<_>>().join("/")
+    };
+    let mut out: Vec<_> = Vec::new();
+    if rng.below(10) < 9 {
+        out.extend(BINS.iter().map(|(p, k, _)| (p.to_string(), *k, None, 0o755)));
+    }
+    for _ in 0..rng.below(7) {
+        let kind = match rng.below(20) {
+            0..=8 => Regular,
+            9..=11 => Directory,
+            12..=17 => Symlink,
+            18 => Link,
+            _ => Char,
+        };
+        let target = match kind {
+            Symlink | Link => Some(if rng.below(8) == 0 { format!("/{}", path(rng)) } else { path(rng) }),
+            _ => None,
+        };
+        let mode = [0o755, 0o644, 0o4777, 0o2755, 0o1777, 0o666][rng.below(6) as usize];
+        let at = rng.below(out.len() as u64 + 1) as usize;
+        out.insert(at, (path(rng), kind, target, mode));
+    }
+    out
+}
+
+/// Every path under `slot`, followed through symlinks, stays inside it.
+fn all_inside(slot: &Path) -> Result<(), String> {
+    let root = slot.canonicalize().unwrap();
+    for rel in tree(slot) {
+        if let Ok(real) = slot.join(&rel).canonicalize()
+            && !real.starts_with(&root)
+        {
+            return Err(format!("{} resolves to {} outside the slot", rel.display(), real.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The property, over many random payloads: verify and unpack agree; an
+/// accepted payload puts nothing outside the slot and nothing in it resolves
+/// outside; a refused one changes nothing (checked in `verify_and_unpack`).
+/// A failure names the seed, the case and the entries, so it replays.
+pub(crate) fn payload_property(seed: u64, cases: u64) -> Result<(u64, u64), String> {
+    let mut accepted = 0;
+    for case in 0..cases {
+        let mut rng = Rng(seed ^ case.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let entries = random_entries(&mut rng);
+        let borrowed: Vec<_> = entries.iter().map(|(p, k, t, m)| (p.as_str(), *k, t.as_deref(), *m)).collect();
+        let pkg = handmade_modes(&borrowed);
+        let outcome = std::panic::catch_unwind(|| verify_and_unpack(&pkg));
+        let (v, _, slot, _d) = outcome.map_err(|_| format!("seed {seed} case {case}: {entries:?}"))?;
+        if v.is_ok() {
+            accepted += 1;
+            all_inside(&slot).map_err(|e| format!("seed {seed} case {case}: {e}: {entries:?}"))?;
+        }
+    }
+    Ok((cases, accepted))
+}
+
+#[test]
+fn random_payloads_never_escape_and_verify_agrees_with_unpack() {
+    let (cases, accepted) = payload_property(0x6d6f_6c74, 10_000).unwrap();
+    // The generator must reach both verdicts, or the property says little.
+    assert!(accepted > 500 && accepted < cases - 500, "{accepted} of {cases} accepted");
 }

@@ -74,34 +74,67 @@ async fn stream_upload(
         .unwrap();
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
-    let stream = futures_util::stream::iter(0..chunks).map(move |i| {
+    let data = futures_util::stream::iter(0..chunks).map(move |i| {
         counter.fetch_add(1, Ordering::Relaxed);
         let mut b = vec![0u8; 1 << 20];
         if i == 0 {
             b[..head.len()].copy_from_slice(head);
         }
-        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(b)))
+        bytes::Bytes::from(b)
     });
-    let req = http::Request::post(path)
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(StreamBody::new(stream))
-        .unwrap();
-    let resp = if h2 {
+    let (status, body) = if h2 {
+        let frames = data.map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
+        let req = http::Request::post(path)
+            .header(http::header::HOST, addr.to_string())
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(StreamBody::new(frames))
+            .unwrap();
         let (mut s, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
         tokio::spawn(conn);
-        s.send_request(req).await.unwrap()
+        let resp = s.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
     } else {
-        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-        tokio::spawn(conn);
-        s.send_request(req).await.unwrap()
+        raw_h1_upload(tls, path, &token, addr, data).await
     };
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
     let json =
         serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({ "raw": String::from_utf8_lossy(&body) }));
     (status, json, sent.load(Ordering::Relaxed))
+}
+
+/// HTTP/1.1 by hand, reading while writing as curl does: a server that
+/// answers early and closes must still be heard, whatever the write says.
+async fn raw_h1_upload(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    path: &str,
+    token: &str,
+    addr: std::net::SocketAddr,
+    data: impl futures_util::Stream<Item = bytes::Bytes> + Send + 'static,
+) -> (u16, Vec<u8>) {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        let mut data = Box::pin(data);
+        wr.write_all(head.as_bytes()).await?;
+        while let Some(b) = data.next().await {
+            wr.write_all(format!("{:x}\r\n", b.len()).as_bytes()).await?;
+            wr.write_all(&b).await?;
+            wr.write_all(b"\r\n").await?;
+        }
+        wr.write_all(b"0\r\n\r\n").await
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), rd.read_to_end(&mut answer)).await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.as_bytes().to_vec()).unwrap_or_default();
+    (status, body)
 }
 
 fn upgrade_pkgs(c: &TestCluster) -> Vec<String> {

@@ -137,6 +137,7 @@ async fn a_node_cannot_open_a_session_as_another_node() {
         version: "1.0.0".into(),
         boot_id: "x".into(),
         deployment: "vm".into(),
+        addr: "127.0.0.1:8443".into(),
         ..Default::default()
     };
     let first = pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(hb)) };
