@@ -91,6 +91,22 @@ pub struct NodeConfigFile {
     pub api: Option<ApiFile>,
     /// Every controller of the cluster.
     pub controllers: Vec<ControllerEntry>,
+    /// Controllers: every Service Engine of the cluster, with its address
+    /// and SE group. The leader admits only these, only as configured here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_engines: Vec<ServiceEngineEntry>,
+}
+
+/// One `[[service_engines]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEngineEntry {
+    /// Node id (as in its certificate).
+    pub id: String,
+    /// Its listen address, `IP:PORT`.
+    pub addr: String,
+    /// Its SE group.
+    pub se_group: String,
 }
 
 /// `[limits]`: what one agent accepts at once, and for how long.
@@ -234,6 +250,19 @@ pub struct NodeSettings {
     pub upload_stall: Duration,
     /// Connection and stream limits.
     pub limits: Limits,
+    /// The cluster's Service Engines as configured (controllers only).
+    pub service_engines: Vec<ServiceEngine>,
+}
+
+/// A configured Service Engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEngine {
+    /// Node id.
+    pub id: NodeId,
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// SE group.
+    pub se_group: String,
 }
 
 /// A controller as the other nodes reach it.
@@ -313,6 +342,30 @@ impl NodeSettings {
         if role == Role::Controller && !controllers.iter().any(|c| c.id == node_id) {
             return Err(invalid(format!("controllers: this controller ({node_id}) must be listed")));
         }
+        let mut service_engines: Vec<ServiceEngine> = Vec::new();
+        if role != Role::Controller && !file.service_engines.is_empty() {
+            return Err(invalid("service_engines: only a controller lists the cluster's Service Engines".into()));
+        }
+        for e in &file.service_engines {
+            let id: NodeId = e.id.parse().map_err(|err| invalid(format!("service_engines: {err}")))?;
+            let addr: SocketAddr = e
+                .addr
+                .parse()
+                .map_err(|err| invalid(format!("service_engines: address {:?} of {id}: {err}", e.addr)))?;
+            if controllers.iter().any(|c| c.id == id) || service_engines.iter().any(|x| x.id == id) {
+                return Err(invalid(format!("service_engines: {id} is listed twice")));
+            }
+            let group_ok = !e.se_group.is_empty()
+                && e.se_group.len() <= 64
+                && e.se_group.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !group_ok {
+                return Err(invalid(format!(
+                    "service_engines: SE group {:?} of {id}: use 1-64 letters, digits, '.', '_' or '-'",
+                    e.se_group
+                )));
+            }
+            service_engines.push(ServiceEngine { id, addr, se_group: e.se_group.clone() });
+        }
         let tls = tls::TlsMaterial::load(&file.tls.ca, &file.tls.cert, &file.tls.key)
             .map_err(|e| invalid(format!("tls: {e}")))?;
         let expected = PeerIdentity { cluster: file.cluster.clone(), role, node_id: node_id.clone() };
@@ -363,6 +416,7 @@ impl NodeSettings {
             fetch_rate_limit: file.fetch_rate_limit_bytes.filter(|&r| r > 0),
             self_revert: secs("self_revert_secs", file.self_revert_secs, 600)?,
             reform_timeout: secs("reform_timeout_secs", file.reform_timeout_secs, 300)?,
+            service_engines,
             limits: Limits::from_file(&file.limits.clone().unwrap_or_default()).map_err(invalid)?,
             upload_stall: match file.upload_stall_secs.unwrap_or(60) {
                 s @ 1..=3600 => Duration::from_secs(s),

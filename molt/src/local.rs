@@ -212,6 +212,16 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
         .filter(|n| n.role == "controller")
         .map(|n| ControllerEntry { id: n.id.clone(), addr: n.addr.clone() })
         .collect();
+    let service_engines: Vec<common::config::ServiceEngineEntry> = nodes
+        .iter()
+        .filter_map(|n| {
+            n.se_group.as_ref().map(|g| common::config::ServiceEngineEntry {
+                id: n.id.clone(),
+                addr: n.addr.clone(),
+                se_group: g.clone(),
+            })
+        })
+        .collect();
     for n in &nodes {
         let ndir = node_dir(&spec.dir, &n.id);
         fs::create_dir_all(&n.data_dir).map_err(io(&n.data_dir))?;
@@ -238,6 +248,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             },
             api: (n.id == "c1").then(|| ApiFile { token_file: pki_dir.join("admin.token") }),
             controllers: controllers.clone(),
+            service_engines: if n.role == "controller" { service_engines.clone() } else { vec![] },
         };
         let toml = toml::to_string(&file).map_err(|e| LocalError::Invalid(e.to_string()))?;
         let path = ndir.join("node.toml");

@@ -102,25 +102,54 @@ pub struct ClusterView {
 pub struct NotConnected(pub NodeId);
 
 impl ClusterView {
-    /// A view that knows the configured controllers from the start.
+    /// A view that knows the configured nodes from the start (shown down
+    /// until they heartbeat).
     pub fn new(settings: &NodeSettings) -> Self {
+        let entry = |role, addr: std::net::SocketAddr| Entry {
+            role,
+            addr: addr.to_string(),
+            heartbeat: None,
+            last_seen: None,
+            session: None,
+        };
         let nodes = settings
             .controllers
             .iter()
-            .map(|c| {
-                (
-                    c.id.clone(),
-                    Entry {
-                        role: Role::Controller,
-                        addr: c.addr.to_string(),
-                        heartbeat: None,
-                        last_seen: None,
-                        session: None,
-                    },
-                )
-            })
+            .map(|c| (c.id.clone(), entry(Role::Controller, c.addr)))
+            .chain(settings.service_engines.iter().map(|e| (e.id.clone(), entry(Role::ServiceEngine, e.addr))))
             .collect();
         Self { nodes: Mutex::new(nodes), interval: settings.heartbeat_interval, next_session: 1.into() }
+    }
+
+    /// Whether the configuration admits `hb`'s node as it describes itself:
+    /// a listed node, at its configured address, in its configured SE group.
+    /// The configuration, not the heartbeat, is the source of truth.
+    pub fn check_membership(settings: &NodeSettings, hb: &Heartbeat) -> Result<(), String> {
+        let (addr, group) = if let Some(c) = settings.controllers.iter().find(|c| c.id == hb.node_id) {
+            (c.addr, None)
+        } else if let Some(e) = settings.service_engines.iter().find(|e| e.id == hb.node_id) {
+            (e.addr, Some(e.se_group.as_str()))
+        } else {
+            return Err(format!(
+                "{} is not a node of this cluster's configuration; add it to [[service_engines]] in the leader's node.toml",
+                hb.node_id
+            ));
+        };
+        if hb.addr != addr.to_string() {
+            return Err(format!(
+                "{} claims address {}, but the cluster configuration has it at {addr}",
+                hb.node_id, hb.addr
+            ));
+        }
+        if hb.se_group.as_deref() != group {
+            return Err(format!(
+                "{} claims SE group {}, but the cluster configuration has {}",
+                hb.node_id,
+                hb.se_group.as_deref().unwrap_or("none"),
+                group.unwrap_or("none")
+            ));
+        }
+        Ok(())
     }
 
     /// A session opened: `hb` is its first heartbeat. Returns the session id.
@@ -351,5 +380,28 @@ mod tests {
         let snap = view.snapshot();
         assert_eq!(snap[0].id.as_str(), "c1");
         assert_eq!(snap[0].state, NodeState::Down);
+    }
+
+    #[test]
+    fn the_configuration_decides_who_joins_where_and_in_which_group() {
+        let d = tempfile::tempdir().unwrap();
+        let s = settings(d.path());
+        let se = s.service_engines[0].clone();
+        let mut ok = hb(se.id.as_str());
+        ok.addr = se.addr.to_string();
+        ok.se_group = Some(se.se_group.clone());
+        ClusterView::check_membership(&s, &ok).unwrap();
+        let mut moved = ok.clone();
+        moved.addr = "127.0.0.1:8443".into();
+        assert!(ClusterView::check_membership(&s, &moved).unwrap_err().contains("configuration has it at"));
+        let mut regrouped = ok.clone();
+        regrouped.se_group = Some("g2".into());
+        assert!(ClusterView::check_membership(&s, &regrouped).unwrap_err().contains("claims SE group g2"));
+        let stranger = hb("g1-se9");
+        assert!(ClusterView::check_membership(&s, &stranger).unwrap_err().contains("[[service_engines]]"));
+        // Configured SEs are listed from the start, down until they heartbeat.
+        let view = ClusterView::new(&s);
+        let listed = view.snapshot();
+        assert!(listed.iter().any(|n| n.id == se.id && n.state == NodeState::Down), "{listed:?}");
     }
 }

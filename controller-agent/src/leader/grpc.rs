@@ -57,15 +57,9 @@ impl pb::leader_server::Leader for LeaderService {
                 hb.role, hb.node_id
             )));
         }
-        // The configuration, not the heartbeat, says where a controller is.
-        if let Some(c) = s.controllers.iter().find(|c| c.id == hb.node_id)
-            && hb.addr != c.addr.to_string()
-        {
-            warn!(node = %hb.node_id, claimed = %hb.addr, configured = %c.addr, "heartbeat address refused");
-            return Err(Status::permission_denied(format!(
-                "{} claims address {}, but the cluster configuration has it at {}",
-                hb.node_id, hb.addr, c.addr
-            )));
+        if let Err(why) = super::cluster::ClusterView::check_membership(s, &hb) {
+            warn!(node = %hb.node_id, remote = ?req_remote, "session refused: {why}");
+            return Err(Status::permission_denied(why));
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<LeaderMessage>(32);
         let welcome = Welcome {
@@ -83,7 +77,13 @@ impl pb::leader_server::Leader for LeaderService {
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
                 match convert::heartbeat_of(m) {
-                    Ok(hb) if hb.node_id == node => state.cluster.heartbeat(session, hb),
+                    Ok(hb) if hb.node_id == node => {
+                        if let Err(why) = super::cluster::ClusterView::check_membership(&state.settings, &hb) {
+                            warn!(%node, "session ended: {why}");
+                            break;
+                        }
+                        state.cluster.heartbeat(session, hb)
+                    }
                     Ok(hb) => warn!(%node, claimed = %hb.node_id, "heartbeat for another node ignored"),
                     Err(e) => warn!(%node, error = %e, "malformed heartbeat ignored"),
                 }

@@ -366,6 +366,14 @@ async fn heartbeats_are_checked_and_one_session_per_node_lives() {
     let e = open("g1-se1", hb).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert!(e.message().contains("control characters"), "{}", e.message());
+    // An SE may not claim another group or address than the configuration's.
+    let mut hb = base("g1-se1", "se", &addr_of(&c, "g1-se1"));
+    hb.se_group = "g2".into();
+    let e = open("g1-se1", hb).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("claims SE group g2"), "{}", e.message());
+    let e = open("g1-se1", base("g1-se1", "se", "127.0.0.1:9")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     // A controller may not claim an address other than the configured one.
     let e = open("c1", base("c1", "controller", "127.0.0.1:9")).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
