@@ -242,6 +242,11 @@ fn unpack_inner(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
     if actual != manifest.payload_sha256 {
         return Err(PackageError::PayloadDigest { expected: manifest.payload_sha256, actual });
     }
+    // As `verify`: a package is exactly its header and payload.
+    let trailing = io::copy(&mut outer, &mut io::sink())?;
+    if trailing > 0 {
+        return Err(PackageError::TrailingData(trailing));
+    }
     Ok(manifest)
 }
 
@@ -361,6 +366,50 @@ fn append_sorted<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> 
         }
     }
     Ok(())
+}
+
+/// One entry of [`raw_package`]: path, type, link target, mode.
+pub type RawEntry<'a> = (&'a str, tar::EntryType, Option<&'a str>, u32);
+
+/// Writes a package (version 2.0.0, min 1.0.0, vm) whose payload holds
+/// exactly `entries`, each regular file with the contents `abc`, bypassing
+/// every check of the tar builder and of this module: hostile archives for
+/// the verifier's tests and fuzzing. Paths and targets are cut at 100 bytes.
+pub fn raw_package(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, link, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(if *kind == tar::EntryType::Regular { 3 } else { 0 });
+        h.set_mode(*mode);
+        let name = &mut h.as_old_mut().name;
+        let n = path.len().min(100);
+        name[..n].copy_from_slice(&path.as_bytes()[..n]);
+        if let Some(l) = link {
+            let field = &mut h.as_old_mut().linkname;
+            let n = l.len().min(100);
+            field[..n].copy_from_slice(&l.as_bytes()[..n]);
+        }
+        h.set_cksum();
+        let data: &[u8] = if *kind == tar::EntryType::Regular { b"abc" } else { b"" };
+        b.append(&h, data).expect("writing to a Vec does not fail");
+    }
+    let tar = b.into_inner().expect("writing to a Vec does not fail");
+    let m = Manifest {
+        format: 1,
+        version: Version { major: 2, minor: 0, patch: 0 },
+        min_compatible: Version { major: 1, minor: 0, patch: 0 },
+        kind: DeploymentKind::Vm,
+        payload_sha256: Sha256Digest::of(&tar),
+        payload_size: tar.len() as u64,
+        built_at: 0,
+    };
+    let json = serde_json::to_vec(&m).expect("serializes");
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&tar);
+    out
 }
 
 /// A temporary path removed on drop unless renamed away.
