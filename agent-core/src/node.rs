@@ -233,11 +233,49 @@ impl Node {
         if self.on_trial {
             tokio::spawn(self_revert_watch(ctx.clone(), shutdown.clone()));
         }
+        tokio::spawn(credential_watch(ctx.settings.tls.clone(), shutdown.clone()));
         let task = tokio::spawn(async move {
-            let server = server::serve(listener, tls, app, shutdown.clone(), ctx.settings.limits.clone());
+            let server = server::serve(
+                listener,
+                tls,
+                ctx.settings.tls.clone(),
+                app,
+                shutdown.clone(),
+                ctx.settings.limits.clone(),
+            );
             let session = session::run(ctx, shutdown.clone());
             tokio::join!(server, session);
         });
         Ok(NodeHandle { addr, shutdown: self.shutdown, task })
+    }
+}
+
+/// How often a node looks for renewed certificates and a changed revocation list.
+pub const CREDENTIALS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Re-reads the node's certificate, key and revocation list when they
+/// change, until `shutdown`; says once why a change was not taken.
+async fn credential_watch(creds: Arc<common::credentials::Credentials>, shutdown: CancellationToken) {
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CREDENTIALS_POLL) => {}
+        }
+        let c = creds.clone();
+        match tokio::task::spawn_blocking(move || c.reload_if_changed()).await {
+            Ok(Ok(true)) => {
+                info!(identity = %creds.identity(), "TLS certificate or revocation list reloaded");
+                last_error.clear();
+            }
+            Ok(Ok(false)) | Err(_) => {}
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                if e != last_error {
+                    tracing::warn!(error = %e, "changed TLS files were not taken; the node keeps the ones in force");
+                    last_error = e;
+                }
+            }
+        }
     }
 }

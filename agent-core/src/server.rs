@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::body::Body;
-use common::{config::Limits, identity::PeerIdentity};
+use common::{config::Limits, credentials::Credentials, identity::PeerIdentity};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -76,6 +76,7 @@ impl Drop for AnonymousSlot {
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    creds: Arc<Credentials>,
     app: axum::Router,
     shutdown: CancellationToken,
     limits: Limits,
@@ -117,6 +118,7 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let app = app.clone();
                 let limits = limits.clone();
+                let creds = creds.clone();
                 conns.spawn(async move {
                     let _permit = permit;
                     let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -127,12 +129,8 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    let identity = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| PeerIdentity::from_cert_der(c).ok());
+                    let end_entity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                    let identity = end_entity.as_ref().and_then(|c| PeerIdentity::from_cert_der(c).ok());
                     // A cluster certificate lifts the per-address count (nodes
                     // behind one address, such as a local cluster, are many).
                     let _slot = if identity.is_some() { drop(slot); None } else { Some(slot) };
@@ -162,14 +160,32 @@ pub async fn serve(
                         .keep_alive_timeout(H2_KEEPALIVE)
                         .max_frame_size(MAX_FRAME)
                         .max_concurrent_streams(256);
-                    if let Err(e) = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc)).await {
-                        debug!(%remote, error = %e, "connection ended with an error");
+                    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            debug!(%remote, error = %e, "connection ended with an error");
+                        },
+                        () = revoked_later(&creds, end_entity.as_deref()) => {
+                            warn!(%remote, "closing a connection whose certificate was revoked");
+                        }
                     }
                 });
             }
         }
     }
     conns.shutdown().await;
+}
+
+/// Completes once the connection's certificate is revoked (never for a
+/// connection without one): revocation also ends connections already open.
+async fn revoked_later(creds: &Credentials, end_entity: Option<&[u8]>) {
+    let Some(der) = end_entity else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(crate::node::CREDENTIALS_POLL).await;
+        if creds.is_revoked(der) {
+            return;
+        }
+    }
 }
 
 /// Paths served to a caller without a client certificate: the REST API and

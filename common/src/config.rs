@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DeploymentKind, NodeId, Role, identity::PeerIdentity, tls};
+use crate::{DeploymentKind, NodeId, Role, identity::PeerIdentity};
 
 /// Why a node configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +193,10 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This node's private key (PEM).
     pub key: PathBuf,
+    /// Revoked node ids and certificate serials, one a line (optional;
+    /// re-read when it changes, checked at every handshake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<PathBuf>,
 }
 
 /// REST API settings.
@@ -236,8 +240,8 @@ pub struct NodeSettings {
     pub leader: Controller,
     /// All controllers, the leader included.
     pub controllers: Vec<Controller>,
-    /// TLS material, loaded and checked.
-    pub tls: tls::TlsMaterial,
+    /// TLS credentials, loaded and checked; re-read when the files change.
+    pub tls: std::sync::Arc<crate::credentials::Credentials>,
     /// The admin token (leader only).
     pub api_token: Option<String>,
     /// Distribution bandwidth cap per transfer (leader only).
@@ -366,17 +370,23 @@ impl NodeSettings {
             }
             service_engines.push(ServiceEngine { id, addr, se_group: e.se_group.clone() });
         }
-        let tls = tls::TlsMaterial::load(&file.tls.ca, &file.tls.cert, &file.tls.key)
-            .map_err(|e| invalid(format!("tls: {e}")))?;
+        let tls = crate::credentials::Credentials::load(
+            &file.tls.ca,
+            &file.tls.cert,
+            &file.tls.key,
+            file.tls.revoked.as_deref(),
+        )
+        .map_err(|e| invalid(format!("tls: {e}")))?;
         let expected = PeerIdentity { cluster: file.cluster.clone(), role, node_id: node_id.clone() };
-        if tls.identity != expected {
+        if *tls.identity() != expected {
             return Err(invalid(format!(
                 "tls: the certificate {} names {}, but this node is {}; use the certificate made for this node by `molt pki init`",
                 file.tls.cert.display(),
-                tls.identity,
+                tls.identity(),
                 expected
             )));
         }
+        let tls = std::sync::Arc::new(tls);
         let secs = |name: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
             s @ 5..=86_400 => Ok(Duration::from_secs(s)),
             s => Err(invalid(format!("{name} {s}: must be between 5 and 86400"))),

@@ -59,6 +59,46 @@ impl PeerIdentity {
     }
 }
 
+/// The host names and IP addresses a certificate is valid for (its DNS and
+/// IP SANs), as `molt pki init` wrote them.
+pub fn host_names(der: &[u8]) -> Result<Vec<String>, IdentityError> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+    let Some(san) = cert.subject_alternative_name().map_err(|e| IdentityError::Unparsable(e.to_string()))? else {
+        return Ok(vec![]);
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// The end of a certificate's validity, in seconds since the Unix epoch.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// A certificate's serial number as lowercase hex without separators or
+/// leading zeros (as `molt pki revoke` and `openssl x509 -serial` name it,
+/// case aside). `None` if the certificate does not parse.
+pub fn serial_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let hex = cert.tbs_certificate.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let trimmed = hex.trim_start_matches('0');
+    Some(if trimmed.is_empty() { "0".into() } else { trimmed.to_owned() })
+}
+
 impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} of cluster {}", self.role, self.node_id, self.cluster)

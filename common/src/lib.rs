@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod credentials;
 pub mod fsutil;
 pub mod identity;
 pub mod package;

@@ -1,10 +1,9 @@
-//! rustls configurations for the one port: the server accepts TLS 1.3 with
-//! an optional client certificate (gRPC requires one, the REST API uses a
-//! token), and agents dial with their node certificate.
+//! TLS material and client configurations. The server side of the one port
+//! is built from a node's [`crate::credentials::Credentials`], which reload.
 
 use std::{path::Path, sync::Arc};
 
-use rustls::{RootCertStore, ServerConfig, crypto::CryptoProvider, server::WebPkiClientVerifier};
+use rustls::{RootCertStore, crypto::CryptoProvider};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::identity::PeerIdentity;
@@ -87,7 +86,8 @@ impl TlsMaterial {
             .map_err(|e| TlsError::File { path: "key".into(), message: format!("no usable private key: {e}") })
     }
 
-    fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
+    /// The cluster CA as a root store.
+    pub fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
         let mut roots = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
             let c = c.map_err(|e| TlsError::File { path: "ca".into(), message: e.to_string() })?;
@@ -97,22 +97,6 @@ impl TlsMaterial {
             return Err(TlsError::File { path: "ca".into(), message: "no CA certificate found".into() });
         }
         Ok(Arc::new(roots))
-    }
-
-    /// The server side of the one port: TLS 1.3, client certificate
-    /// optional but verified against the cluster CA when presented, ALPN h2
-    /// then http/1.1.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::File { path: "ca".into(), message: e.to_string() })?;
-        let mut cfg = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain()?, self.key()?)?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(cfg))
     }
 
     /// A client config presenting this certificate, trusting only the

@@ -245,6 +245,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
                 ca: pki_dir.join("ca.pem"),
                 cert: pki_dir.join(format!("{}.pem", n.id)),
                 key: pki_dir.join(format!("{}.key", n.id)),
+                revoked: Some(pki_dir.join("revoked.txt")),
             },
             api: (n.id == "c1").then(|| ApiFile { token_file: pki_dir.join("admin.token") }),
             controllers: controllers.clone(),

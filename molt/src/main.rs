@@ -112,6 +112,29 @@ enum PkiCmd {
         /// ID=ROLE@HOST, repeated.
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
+        /// Days the node and admin certificates are valid.
+        #[arg(long, default_value_t = pki::DEFAULT_VALIDITY_DAYS)]
+        validity_days: u32,
+    },
+    /// Re-issue a node's certificate and key (same identity and hosts); the
+    /// node takes them within seconds, without a restart.
+    Renew {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node (or `admin`).
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value_t = pki::DEFAULT_VALIDITY_DAYS)]
+        validity_days: u32,
+    },
+    /// Revoke node ids or certificate serials (added to DIR/revoked.txt,
+    /// which nodes re-read; copy it to nodes that keep their own).
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node ids or hex serials.
+        #[arg(required = true)]
+        entries: Vec<String>,
     },
 }
 
@@ -316,13 +339,32 @@ fn print_json(v: &serde_json::Value) {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.cmd {
-        Cmd::Pki { cmd: PkiCmd::Init { dir, cluster, nodes } } => {
+        Cmd::Pki { cmd: PkiCmd::Init { dir, cluster, nodes, validity_days } } => {
             let specs: Vec<NodeSpec> = nodes.iter().map(|n| n.parse()).collect::<Result<_, _>>()?;
-            pki::init(dir, cluster, &specs)?;
+            pki::init_with(dir, cluster, &specs, *validity_days)?;
             println!(
-                "wrote CA, {} node certificates, admin certificate and admin.token to {}",
+                "wrote CA, {} node certificates (valid {validity_days} days), admin certificate and admin.token to {}",
                 specs.len(),
                 dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Pki { cmd: PkiCmd::Renew { dir, node, validity_days } } => {
+            let id: common::NodeId =
+                node.parse().map_err(|e| pki::PkiError::Invalid(format!("--node {node:?}: {e}")))?;
+            let r = pki::renew(dir, &id, *validity_days)?;
+            println!(
+                "renewed {id}: serial {} (replaces {}), valid until {} (Unix time); a running node takes it within seconds",
+                r.serial, r.replaces, r.not_after
+            );
+            Ok(())
+        }
+        Cmd::Pki { cmd: PkiCmd::Revoke { dir, entries } } => {
+            pki::revoke(dir, entries)?;
+            println!(
+                "revoked {} in {}; nodes that read it refuse and close their connections within seconds",
+                entries.join(", "),
+                dir.join(pki::REVOKED_FILE).display()
             );
             Ok(())
         }

@@ -1,6 +1,9 @@
 //! `molt pki init`: a cluster CA, one certificate per node naming its role and
 //! id (URI SAN `molt://CLUSTER/ROLE/ID`, plus the node's host as IP or DNS
-//! SAN), an admin client certificate and the admin token.
+//! SAN), an admin client certificate and the admin token. Node certificates
+//! are valid for [`DEFAULT_VALIDITY_DAYS`] (the CA for ten years);
+//! `molt pki renew` re-issues one, `molt pki revoke` lists one in
+//! `revoked.txt`, which every node of a local cluster reads.
 
 use std::{
     fs,
@@ -14,6 +17,14 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType, string::Ia5String,
 };
+use rustls_pki_types::pem::PemObject;
+
+/// Days a node certificate is valid unless `--validity-days` says otherwise.
+pub const DEFAULT_VALIDITY_DAYS: u32 = 825;
+/// Days the cluster CA is valid.
+const CA_VALIDITY_DAYS: i64 = 3650;
+/// The revocation list's file name in a PKI dir.
+pub const REVOKED_FILE: &str = "revoked.txt";
 
 /// Why PKI material could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +81,30 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
 }
 
 /// Creates `dir/ca.pem`, `dir/ca.key`, `dir/ID.pem` + `dir/ID.key` for each
-/// node and for `admin`, and `dir/admin.token`. Refuses to overwrite an
-/// existing CA.
+/// node and for `admin`, `dir/admin.token` and an empty `dir/revoked.txt`,
+/// with certificates valid for [`DEFAULT_VALIDITY_DAYS`]. Refuses to
+/// overwrite an existing CA.
 pub fn init(dir: &Path, cluster: &str, nodes: &[NodeSpec]) -> Result<(), PkiError> {
+    init_with(dir, cluster, nodes, DEFAULT_VALIDITY_DAYS)
+}
+
+fn check_validity(days: u32) -> Result<i64, PkiError> {
+    if !(1..=3650).contains(&days) {
+        return Err(PkiError::Invalid(format!("--validity-days {days}: must be between 1 and 3650")));
+    }
+    Ok(days.into())
+}
+
+fn set_validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    // An hour of slack for clocks a little behind the issuer's.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+/// As [`init`], with node certificates valid for `validity_days`.
+pub fn init_with(dir: &Path, cluster: &str, nodes: &[NodeSpec], validity_days: u32) -> Result<(), PkiError> {
+    let days = check_validity(validity_days)?;
     if cluster.is_empty() || !cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(PkiError::Invalid(format!("--cluster {cluster:?}: use letters, digits and '-'")));
     }
@@ -95,27 +127,101 @@ pub fn init(dir: &Path, cluster: &str, nodes: &[NodeSpec]) -> Result<(), PkiErro
     ca_params.distinguished_name.push(DnType::CommonName, format!("molt cluster CA {cluster}"));
     ca_params.key_usages =
         vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut ca_params, CA_VALIDITY_DAYS);
     let ca_cert = ca_params.self_signed(&ca_key)?;
     write(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), 0o644)?;
     write(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
     let issuer = Issuer::new(ca_params, ca_key);
     for n in nodes {
-        issue(dir, cluster, &n.id, n.role, Some(&n.host), &issuer)?;
+        issue(dir, cluster, &n.id, n.role, std::slice::from_ref(&n.host), &issuer, days)?;
     }
-    issue(dir, cluster, &"admin".parse().expect("valid id"), Role::Admin, None, &issuer)?;
+    issue(dir, cluster, &"admin".parse().expect("valid id"), Role::Admin, &[], &issuer, days)?;
+    write(
+        &dir.join(REVOKED_FILE),
+        b"# revoked node ids or certificate serials, one a line (molt pki revoke)\n",
+        0o644,
+    )?;
     let token = common::types::random_hex(32);
     write(&dir.join("admin.token"), format!("{token}\n").as_bytes(), 0o600)
 }
 
+/// A certificate `molt pki renew` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewed {
+    /// The new certificate's serial (hex).
+    pub serial: String,
+    /// Its end of validity, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// The serial it replaces.
+    pub replaces: String,
+}
+
+/// Re-issues `dir/ID.pem` and `dir/ID.key` with a new key, the same identity
+/// and hosts, valid for `validity_days`, signed by `dir/ca.key`. The key is
+/// replaced before the certificate; a node re-reads both when they change
+/// (and keeps the old pair until they match).
+pub fn renew(dir: &Path, id: &NodeId, validity_days: u32) -> Result<Renewed, PkiError> {
+    let days = check_validity(validity_days)?;
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
+    };
+    let old_pem = read(&format!("{id}.pem"))?;
+    let old = rustls_pki_types::CertificateDer::from_pem_slice(old_pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("{id}.pem: {e}")))?;
+    let identity = PeerIdentity::from_cert_der(&old).map_err(|e| PkiError::Invalid(format!("{id}.pem: {e}")))?;
+    let hosts = common::identity::host_names(&old).map_err(|e| PkiError::Invalid(format!("{id}.pem: {e}")))?;
+    let ca_key = KeyPair::from_pem(&read("ca.key")?).map_err(|e| {
+        PkiError::Invalid(format!("ca.key: {e}; renew needs the CA's key, in the PKI dir that made the cluster"))
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem")?, ca_key)?;
+    let replaces = common::identity::serial_hex(&old).unwrap_or_default();
+    let der = issue(dir, &identity.cluster, id, identity.role, &hosts, &issuer, days)?;
+    Ok(Renewed {
+        serial: common::identity::serial_hex(&der).unwrap_or_default(),
+        not_after: common::identity::not_after(&der).unwrap_or_default(),
+        replaces,
+    })
+}
+
+/// Adds node ids or certificate serials to `dir/revoked.txt` (made if
+/// missing). Every node re-reads its revocation list within seconds and
+/// refuses, and closes, connections with a revoked certificate.
+pub fn revoke(dir: &Path, entries: &[String]) -> Result<(), PkiError> {
+    for e in entries {
+        let ok = !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        if !ok {
+            return Err(PkiError::Invalid(format!("{e:?} is neither a node id nor a hex serial")));
+        }
+    }
+    let path = dir.join(REVOKED_FILE);
+    let mut text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(PkiError::Io { path, source }),
+    };
+    for e in entries {
+        if !text.lines().any(|l| l.split('#').next().unwrap_or("").trim() == e) {
+            text.push_str(e);
+            text.push('\n');
+        }
+    }
+    common::fsutil::atomic_write(&path, text.as_bytes()).map_err(|source| PkiError::Io { path, source })
+}
+
+/// Issues `dir/ID.pem` + `dir/ID.key` (key first, each replaced atomically);
+/// returns the certificate's DER.
 fn issue(
     dir: &Path,
     cluster: &str,
     id: &NodeId,
     role: Role,
-    host: Option<&str>,
+    hosts: &[String],
     issuer: &Issuer<'_, KeyPair>,
-) -> Result<(), PkiError> {
-    let mut params = CertificateParams::new(host.map(|h| vec![h.to_owned()]).unwrap_or_default())?;
+    days: i64,
+) -> Result<Vec<u8>, PkiError> {
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    set_validity(&mut params, days);
     let identity = PeerIdentity { cluster: cluster.to_owned(), role, node_id: id.clone() };
     params
         .subject_alt_names
@@ -125,8 +231,17 @@ fn issue(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
-    write(&dir.join(format!("{id}.pem")), cert.pem().as_bytes(), 0o644)?;
-    write(&dir.join(format!("{id}.key")), key.serialize_pem().as_bytes(), 0o600)
+    replace(&dir.join(format!("{id}.key")), key.serialize_pem().as_bytes(), 0o600)?;
+    replace(&dir.join(format!("{id}.pem")), cert.pem().as_bytes(), 0o644)?;
+    Ok(cert.der().to_vec())
+}
+
+/// Writes `path` through a temporary file renamed over it, so a node that
+/// reads it sees the old or the new contents, never a part.
+fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    write(&tmp, data, mode)?;
+    fs::rename(&tmp, path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
 }
 
 #[cfg(test)]
@@ -163,5 +278,52 @@ mod tests {
         for bad in ["c1", "c1=controller", "c1=king@h", "c1=admin@h", "C1=se@h", "c1=se@"] {
             assert!(bad.parse::<NodeSpec>().is_err(), "{bad}");
         }
+    }
+
+    fn cert_der(path: &Path) -> Vec<u8> {
+        rustls_pki_types::CertificateDer::from_pem_file(path).unwrap().to_vec()
+    }
+
+    #[test]
+    fn certificates_are_valid_825_days_and_renew_keeps_identity_and_hosts() {
+        let d = tempfile::tempdir().unwrap();
+        let nodes: Vec<NodeSpec> =
+            ["c1=controller@127.0.0.11", "se-1=se@se1.example"].iter().map(|s| s.parse().unwrap()).collect();
+        init(d.path(), "prod", &nodes).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let day = 86_400;
+        let old = cert_der(&d.path().join("se-1.pem"));
+        let end = common::identity::not_after(&old).unwrap();
+        assert!((end - now - 825 * day).abs() < day, "valid until {end}, now {now}");
+        let r = renew(d.path(), &"se-1".parse().unwrap(), 30).unwrap();
+        let new = cert_der(&d.path().join("se-1.pem"));
+        assert_ne!(r.serial, r.replaces);
+        assert_eq!(common::identity::serial_hex(&new).unwrap(), r.serial);
+        assert!((r.not_after - now - 30 * day).abs() < day);
+        assert_eq!(PeerIdentity::from_cert_der(&new).unwrap().uri(), "molt://prod/se/se-1");
+        assert_eq!(common::identity::host_names(&new).unwrap(), vec!["se1.example".to_string()]);
+        // The renewed pair loads and matches; the CA still verifies it.
+        common::credentials::Credentials::load(
+            &d.path().join("ca.pem"),
+            &d.path().join("se-1.pem"),
+            &d.path().join("se-1.key"),
+            None,
+        )
+        .unwrap();
+        assert!(matches!(renew(d.path(), &"se-1".parse().unwrap(), 0), Err(PkiError::Invalid(_))));
+        assert!(matches!(renew(d.path(), &"se-9".parse().unwrap(), 30), Err(PkiError::Io { .. })));
+    }
+
+    #[test]
+    fn revoke_appends_once_and_refuses_junk() {
+        let d = tempfile::tempdir().unwrap();
+        init(d.path(), "prod", &["se-1=se@h".parse().unwrap()]).unwrap();
+        revoke(d.path(), &["se-1".into(), "0a:1b".into()]).unwrap();
+        revoke(d.path(), &["se-1".into()]).unwrap();
+        let text = fs::read_to_string(d.path().join(REVOKED_FILE)).unwrap();
+        assert_eq!(text.lines().filter(|l| *l == "se-1").count(), 1, "{text}");
+        let list = common::credentials::RevocationList::parse(&text);
+        assert!(list.revokes("se-1", "") && list.revokes("x", "a1b"));
+        assert!(revoke(d.path(), &["se 1; rm -rf".into()]).is_err());
     }
 }

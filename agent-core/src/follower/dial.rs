@@ -11,9 +11,11 @@ pub const MAX_MESSAGE: usize = 4 << 20;
 
 /// An endpoint to the agent at `addr`.
 pub fn endpoint(settings: &NodeSettings, addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
+    // The certificate in force now: a renewed one is used from the next dial on.
+    let m = settings.tls.material();
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&settings.tls.ca_pem))
-        .identity(Identity::from_pem(&settings.tls.cert_pem, &settings.tls.key_pem));
+        .ca_certificate(Certificate::from_pem(&m.ca_pem))
+        .identity(Identity::from_pem(&m.cert_pem, &m.key_pem));
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         // Only the receiver's frame size counts for server streams: this is

@@ -103,7 +103,7 @@ pub fn case(rng: &mut Rng) -> Result<bool, String> {
     if s.role != Role::Controller && !s.service_engines.is_empty() {
         return fail("service_engines on an SE");
     }
-    if s.tls.identity.node_id != s.node_id {
+    if s.tls.identity().node_id != s.node_id {
         return fail("a certificate of another node");
     }
     Ok(true)

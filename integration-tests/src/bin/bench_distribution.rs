@@ -62,7 +62,12 @@ async fn plain_copy(pki: &Path, pkg: &Path, dst: &Path) -> Duration {
         )
         .unwrap()
     };
-    let server_cfg = m("c1").server_config().unwrap();
+    let server_cfg = std::sync::Arc::new(
+        common::credentials::Credentials::load(&pki.join("ca.pem"), &pki.join("c1.pem"), &pki.join("c1.key"), None)
+            .unwrap(),
+    )
+    .server_config()
+    .unwrap();
     let client_cfg = m("g1-se1").client_config(&[b"h2"]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.3.255.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -379,3 +379,65 @@ async fn heartbeats_are_checked_and_one_session_per_node_lives() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert!(e.message().contains("cluster configuration has it at"), "{}", e.message());
 }
+
+/// The certificate `addr` presents now.
+async fn served_serial(c: &TestCluster, addr: &str) -> String {
+    let tls = tls_from(c, "127.0.0.1", addr).await;
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    common::identity::serial_hex(&der).unwrap()
+}
+
+fn node_state(v: &serde_json::Value, id: &str) -> String {
+    v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["state"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_restart() {
+    use integration_tests::eventually;
+    use proto::v1 as pb;
+
+    let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
+    let pki = c.cluster_dir().join("pki");
+    let api = c.api();
+    // Revoked: its open session is closed, and it cannot come back.
+    molt::pki::revoke(&pki, &["g1-se1".into()]).unwrap();
+    eventually(15, "g1-se1 down once revoked", async || {
+        node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1") == "down"
+    })
+    .await;
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let refused = match crate::security::channel(&ca, &pki, Some("g1-se1"), &addr_of(&c, "c1")).await {
+        Err(_) => true,
+        Ok(ch) => pb::leader_client::LeaderClient::new(ch)
+            .fetch_image(pb::FetchImageRequest { sha256: "ab".repeat(32), offset: 0 })
+            .await
+            .is_err_and(|e| e.code() != tonic::Code::PermissionDenied),
+    };
+    assert!(refused, "a revoked certificate still completed a handshake");
+    // Taken off the list: it rejoins by itself.
+    std::fs::write(pki.join("revoked.txt"), "# nothing revoked\n").unwrap();
+    eventually(15, "g1-se1 up again", async || node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1") == "up")
+        .await;
+    // Renewed: the running node serves the new certificate, and stays up.
+    let before = served_serial(&c, &addr_of(&c, "g1-se1")).await;
+    let renewed = molt::pki::renew(&pki, &"g1-se1".parse().unwrap(), 30).unwrap();
+    assert_eq!(renewed.replaces, before);
+    eventually(15, "g1-se1 serving its renewed certificate", async || {
+        served_serial(&c, &addr_of(&c, "g1-se1")).await == renewed.serial
+    })
+    .await;
+    assert_eq!(node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1"), "up");
+    // Revoking the old serial ends the connections made with it; the node
+    // redials with its renewed certificate and stays in the cluster.
+    let boot = |v: &serde_json::Value| {
+        v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "g1-se1").unwrap()["boot_id"].clone()
+    };
+    let boot_before = boot(&api.get("/api/cluster").await.unwrap());
+    molt::pki::revoke(&pki, &[before]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    eventually(15, "g1-se1 up on its renewed certificate", async || {
+        node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1") == "up"
+    })
+    .await;
+    assert_eq!(boot(&api.get("/api/cluster").await.unwrap()), boot_before, "the node was not restarted");
+}
