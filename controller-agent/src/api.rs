@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    body::{Body, Bytes},
+    body::Body,
     extract::{Query, Request, State},
     http::{HeaderMap, StatusCode},
     middleware::{self, Next},
@@ -108,6 +108,7 @@ async fn authorize(token: &str, req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if token.is_empty() || !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        discard_briefly(&mut req.into_body().into_data_stream()).await;
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong token: send Authorization: Bearer <the contents of admin.token>",
@@ -208,14 +209,39 @@ struct PrestageRequest {
     image_path: String,
 }
 
+/// Largest JSON request body: molt's requests are small documents.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// Reads a JSON request body of at most [`MAX_JSON_BODY`] bytes and parses
+/// it. A larger body is answered 413 with the JSON error (after letting the
+/// client finish sending for a moment, so it reads the answer).
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    use futures_util::StreamExt;
+    let mut data = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = data.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the request body broke off: {e}")))?;
+        if buf.len() + chunk.len() > MAX_JSON_BODY {
+            discard_briefly(&mut data).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {MAX_JSON_BODY} bytes; molt's requests are small JSON documents"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    parse_json(&buf)
+}
+
 /// Parses a JSON body, answering 400 with the parser's words.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
 }
 
-async fn prestage(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: PrestageRequest = parse_json(&body)?;
+async fn prestage(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
+    let req: PrestageRequest = json_body(body).await?;
     let status = distribute::start(&state, &req.image_path).await?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
@@ -224,19 +250,19 @@ async fn status(State(state): State<Arc<LeaderState>>) -> Json<crate::leader::st
     Json(state.status.lock().expect("status lock").view())
 }
 
-async fn start_upgrade(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: UpgradeRequest = parse_json(&body)?;
+async fn start_upgrade(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
+    let req: UpgradeRequest = json_body(body).await?;
     let (code, v) = upgrade::start(&state, req).await?;
     Ok((code, Json(v)).into_response())
 }
 
-async fn resume(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: upgrade::GroupRequest = parse_json(&body)?;
+async fn resume(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
+    let req: upgrade::GroupRequest = json_body(body).await?;
     Ok((StatusCode::ACCEPTED, Json(upgrade::resume_groups(&state, req)?)).into_response())
 }
 
-async fn rollback(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: upgrade::GroupRequest = parse_json(&body)?;
+async fn rollback(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
+    let req: upgrade::GroupRequest = json_body(body).await?;
     Ok((StatusCode::ACCEPTED, Json(upgrade::rollback_groups(&state, req)?)).into_response())
 }
 
@@ -283,9 +309,9 @@ async fn get_group(
         .ok_or_else(|| ConfigError::NotFound(format!("no SE group {name}")).into())
 }
 
-async fn create_group(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn create_group(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     writable(&state)?;
-    let g: SeGroup = parse_json(&body)?;
+    let g: SeGroup = json_body(body).await?;
     state.change_config(|c| c.put_group(g.clone(), false))?;
     Ok((StatusCode::CREATED, Json(g)).into_response())
 }
@@ -293,10 +319,10 @@ async fn create_group(State(state): State<Arc<LeaderState>>, body: Bytes) -> Res
 async fn put_group(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<SeGroup>, ApiError> {
     writable(&state)?;
-    let g: SeGroup = parse_json(&body)?;
+    let g: SeGroup = json_body(body).await?;
     if g.name != name {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", g.name)));
     }
@@ -329,9 +355,9 @@ async fn get_vs(
         .ok_or_else(|| ConfigError::NotFound(format!("no virtual service {name}")).into())
 }
 
-async fn create_vs(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn create_vs(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     writable(&state)?;
-    let v: VirtualService = parse_json(&body)?;
+    let v: VirtualService = json_body(body).await?;
     state.change_config(|c| c.put_vs(v.clone(), false, &agent_ports(&state)))?;
     let placed = place_now(&state, &v.name);
     Ok((StatusCode::CREATED, Json(vs_json(&v, placed.as_ref()))).into_response())
@@ -340,10 +366,10 @@ async fn create_vs(State(state): State<Arc<LeaderState>>, body: Bytes) -> Result
 async fn put_vs(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     writable(&state)?;
-    let v: VirtualService = parse_json(&body)?;
+    let v: VirtualService = json_body(body).await?;
     if v.name != name {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", v.name)));
     }

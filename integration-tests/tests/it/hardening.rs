@@ -116,7 +116,7 @@ async fn raw_h1_upload(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut rd, mut wr) = tokio::io::split(tls);
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
     let writer = tokio::spawn(async move {
         let mut data = Box::pin(data);
@@ -186,6 +186,10 @@ async fn refused_uploads_answer_json_early_over_both_protocols() {
         assert_eq!(status, 400, "h2 {h2}: {json}");
         assert!(json["error"].as_str().unwrap().contains("plain file name"), "{json}");
         assert!(upgrade_pkgs(&c).is_empty(), "{:?}", upgrade_pkgs(&c));
+        // A JSON body far over the limit: 413 with the JSON error.
+        let (status, json, _) = stream_upload(&c, "/api/cluster/upgrade", b"{\"image_path\": \"", 3, h2).await;
+        assert_eq!(status, 413, "h2 {h2}: {json}");
+        assert!(json["error"].as_str().unwrap().contains("small JSON documents"), "{json}");
     }
 }
 
