@@ -5,11 +5,7 @@
 
 use integration_tests::TestCluster;
 
-use crate::security::raw_https;
-
-fn addr_of(c: &TestCluster, id: &str) -> String {
-    c.file.nodes.iter().find(|n| n.id == id).unwrap().addr.clone()
-}
+use crate::security::{addr_of, raw_https};
 
 /// A gRPC frame holding `ServerReflectionRequest { list_services: "" }`.
 const LIST_SERVICES: &[u8] = &[0, 0, 0, 0, 2, 0x3a, 0x00];
@@ -444,4 +440,32 @@ async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_resta
     })
     .await;
     assert_eq!(boot(&api.get("/api/cluster").await.unwrap()), boot_before, "the node was not restarted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_answers_are_not_sniffed_and_services_stay_off_the_agents_port() {
+    let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
+    let token = std::fs::read_to_string(c.cluster_dir().join("pki/admin.token")).unwrap();
+    for path in ["/api/cluster", "/api/nope", "/metrics"] {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        );
+        let answer = raw_https(&c, &addr_of(&c, "c1"), req.as_bytes(), false).await.to_ascii_lowercase();
+        assert!(answer.contains("x-content-type-options: nosniff"), "{path}: {answer}");
+    }
+    let api = c.api();
+    api.post("/api/serviceenginegroup", &serde_json::json!({"name": "g1", "ha_mode": "active-active"})).await.unwrap();
+    let e = api
+        .post("/api/virtualservice", &serde_json::json!({"name": "grpc", "se_group": "g1", "port": 8443}))
+        .await
+        .unwrap_err();
+    match e {
+        molt::client::ClientError::Api { status, message, .. } => {
+            assert_eq!(status.as_u16(), 400);
+            assert!(message.contains("agents' own port"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(api.get("/api/virtualservice/grpc").await.is_err(), "nothing was stored");
 }

@@ -51,7 +51,7 @@ pub async fn channel(
     Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await
 }
 
-fn addr_of(c: &TestCluster, id: &str) -> String {
+pub fn addr_of(c: &TestCluster, id: &str) -> String {
     c.file.nodes.iter().find(|n| n.id == id).unwrap().addr.clone()
 }
 
