@@ -278,12 +278,19 @@ impl From<ConfigError> for ApiError {
     }
 }
 
-/// Refuses configuration changes while an upgrade runs.
-fn writable(state: &LeaderState) -> Result<(), ApiError> {
+/// Changes the configuration unless an upgrade runs (503): the check and the
+/// change under the operation gate, so an upgrade starting at the same
+/// moment snapshots the configuration before or after the change, never
+/// between.
+fn config_write<T>(
+    state: &LeaderState,
+    f: impl FnOnce(&mut crate::leader::store::Config) -> Result<T, ConfigError>,
+) -> Result<T, ApiError> {
+    let _gate = state.operation_gate.lock().expect("operation gate");
     if state.read_only() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "upgrade in progress: configuration is read-only"));
     }
-    Ok(())
+    Ok(state.change_config(f)?)
 }
 
 fn vs_json(v: &VirtualService, placements: Option<&Vec<String>>) -> serde_json::Value {
@@ -310,9 +317,8 @@ async fn get_group(
 }
 
 async fn create_group(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
-    writable(&state)?;
     let g: SeGroup = json_body(body).await?;
-    state.change_config(|c| c.put_group(g.clone(), false))?;
+    config_write(&state, |c| c.put_group(g.clone(), false))?;
     Ok((StatusCode::CREATED, Json(g)).into_response())
 }
 
@@ -321,12 +327,11 @@ async fn put_group(
     axum::extract::Path(name): axum::extract::Path<String>,
     body: Body,
 ) -> Result<Json<SeGroup>, ApiError> {
-    writable(&state)?;
     let g: SeGroup = json_body(body).await?;
     if g.name != name {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", g.name)));
     }
-    state.change_config(|c| c.put_group(g.clone(), true))?;
+    config_write(&state, |c| c.put_group(g.clone(), true))?;
     Ok(Json(g))
 }
 
@@ -334,8 +339,7 @@ async fn delete_group(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    writable(&state)?;
-    state.change_config(|c| c.delete_group(&name))?;
+    config_write(&state, |c| c.delete_group(&name))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -356,9 +360,9 @@ async fn get_vs(
 }
 
 async fn create_vs(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
-    writable(&state)?;
     let v: VirtualService = json_body(body).await?;
-    state.change_config(|c| c.put_vs(v.clone(), false, &agent_ports(&state)))?;
+    let ports = agent_ports(&state);
+    config_write(&state, |c| c.put_vs(v.clone(), false, &ports))?;
     let placed = place_now(&state, &v.name);
     Ok((StatusCode::CREATED, Json(vs_json(&v, placed.as_ref()))).into_response())
 }
@@ -368,12 +372,12 @@ async fn put_vs(
     axum::extract::Path(name): axum::extract::Path<String>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    writable(&state)?;
     let v: VirtualService = json_body(body).await?;
     if v.name != name {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", v.name)));
     }
-    state.change_config(|c| c.put_vs(v.clone(), true, &agent_ports(&state)))?;
+    let ports = agent_ports(&state);
+    config_write(&state, |c| c.put_vs(v.clone(), true, &ports))?;
     let placed = place_now(&state, &v.name);
     Ok(Json(vs_json(&v, placed.as_ref())))
 }
@@ -382,8 +386,7 @@ async fn delete_vs(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    writable(&state)?;
-    state.change_config(|c| c.delete_vs(&name))?;
+    config_write(&state, |c| c.delete_vs(&name))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

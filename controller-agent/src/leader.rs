@@ -48,6 +48,11 @@ pub struct LeaderState {
     pub journal: Mutex<Option<Journal>>,
     /// The version this leader runs.
     pub version: Version,
+    /// Held while a request decides to start, resume or roll back an
+    /// operation, or to change the configuration: the check ("nothing is
+    /// running", "not read-only") and the act happen under it, so two
+    /// requests at once cannot both pass the check.
+    pub operation_gate: Mutex<()>,
     /// Who may fetch which image, and the open image streams.
     pub fetch_gate: image_server::FetchGate,
     /// SEs taken out of service for their upgrade.
@@ -79,6 +84,7 @@ impl LeaderState {
             status: Mutex::new(status),
             generation,
             bytes_served: Default::default(),
+            operation_gate: Mutex::new(()),
             fetch_gate: image_server::FetchGate::new(
                 settings.limits.fetch_streams_per_node,
                 settings.limits.fetch_streams_total,

@@ -34,6 +34,9 @@ pub enum NodeState {
 struct Entry {
     role: Role,
     addr: String,
+    /// The SE group from the configuration (heartbeats must agree), known
+    /// before the node's first heartbeat.
+    se_group: Option<String>,
     heartbeat: Option<Heartbeat>,
     last_seen: Option<Instant>,
     session: Option<(u64, mpsc::Sender<LeaderMessage>)>,
@@ -105,9 +108,10 @@ impl ClusterView {
     /// A view that knows the configured nodes from the start (shown down
     /// until they heartbeat).
     pub fn new(settings: &NodeSettings) -> Self {
-        let entry = |role, addr: std::net::SocketAddr| Entry {
+        let entry = |role, addr: std::net::SocketAddr, se_group: Option<&String>| Entry {
             role,
             addr: addr.to_string(),
+            se_group: se_group.cloned(),
             heartbeat: None,
             last_seen: None,
             session: None,
@@ -115,8 +119,13 @@ impl ClusterView {
         let nodes = settings
             .controllers
             .iter()
-            .map(|c| (c.id.clone(), entry(Role::Controller, c.addr)))
-            .chain(settings.service_engines.iter().map(|e| (e.id.clone(), entry(Role::ServiceEngine, e.addr))))
+            .map(|c| (c.id.clone(), entry(Role::Controller, c.addr, None)))
+            .chain(
+                settings
+                    .service_engines
+                    .iter()
+                    .map(|e| (e.id.clone(), entry(Role::ServiceEngine, e.addr, Some(&e.se_group)))),
+            )
             .collect();
         Self { nodes: Mutex::new(nodes), interval: settings.heartbeat_interval, next_session: 1.into() }
     }
@@ -175,6 +184,7 @@ impl ClusterView {
         let e = nodes.entry(hb.node_id.clone()).or_insert_with(|| Entry {
             role: hb.role,
             addr: hb.addr.clone(),
+            se_group: hb.se_group.clone(),
             heartbeat: None,
             last_seen: None,
             session: None,
@@ -263,7 +273,7 @@ impl ClusterView {
                     addr: e.addr.clone(),
                     version: hb.map(|h| h.version.to_string()).unwrap_or_default(),
                     state: self.state_of(e, now),
-                    se_group: hb.and_then(|h| h.se_group.clone()),
+                    se_group: e.se_group.clone().or_else(|| hb.and_then(|h| h.se_group.clone())),
                     deployment: hb.map(|h| h.deployment.to_string()),
                     disk_free_bytes: hb.map(|h| h.disk_free_bytes),
                     staged: hb
@@ -402,6 +412,11 @@ mod tests {
         // Configured SEs are listed from the start, down until they heartbeat.
         let view = ClusterView::new(&s);
         let listed = view.snapshot();
-        assert!(listed.iter().any(|n| n.id == se.id && n.state == NodeState::Down), "{listed:?}");
+        assert!(
+            listed
+                .iter()
+                .any(|n| n.id == se.id && n.state == NodeState::Down && n.se_group.as_ref() == Some(&se.se_group)),
+            "a configured SE is listed down, in its group, before it heartbeats: {listed:?}"
+        );
     }
 }

@@ -151,6 +151,14 @@ pub async fn start(state: &Arc<LeaderState>, image_path: &str) -> Result<Upgrade
         return Err(Refused { status, message, prechecks: checks });
     }
     let view = {
+        let _gate = state.operation_gate.lock().expect("operation gate");
+        if state.read_only() {
+            return Err(Refused {
+                status: StatusCode::CONFLICT,
+                message: "an upgrade is running; follow it with `molt show upgrade status`".into(),
+                prechecks: vec![],
+            });
+        }
         let mut board = state.status.lock().expect("status lock");
         if board.current.is_running() {
             return Err(Refused {

@@ -169,6 +169,7 @@ fn refuse(status: StatusCode, message: String) -> Refused {
 
 /// Resumes suspended SE groups (`molt resume segroup`).
 pub fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+    let _gate = state.operation_gate.lock().expect("operation gate");
     let j = state.journal.lock().expect("journal lock").clone();
     let Some(j) = j.filter(|j| j.outcome == Some(OpState::Suspended) && !j.is_running()) else {
         return Err(refuse(StatusCode::CONFLICT, "no upgrade is suspended: nothing to resume".into()));
@@ -197,6 +198,7 @@ pub fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serd
 
 /// Returns SE groups to the old version (`molt rollback segroup`).
 pub fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+    let _gate = state.operation_gate.lock().expect("operation gate");
     let j = state.journal.lock().expect("journal lock").clone();
     let Some(j) = j.filter(|j| matches!(j.outcome, Some(OpState::Suspended | OpState::Completed)) && !j.is_running())
     else {

@@ -8,6 +8,7 @@
 mod cluster;
 mod hardening;
 mod install;
+mod operations;
 mod operator;
 mod prestage;
 mod process;

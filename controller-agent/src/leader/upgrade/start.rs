@@ -176,10 +176,29 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         skipped: Vec::new(),
         rollback_groups: Vec::new(),
         rolled_back: BTreeMap::new(),
-        config_snapshot: state.config.lock().expect("config lock").clone(),
+        // Taken again under the gate below, so no configuration write can fall between.
+        config_snapshot: Default::default(),
         reason: String::new(),
         outcome: None,
     };
+    // Check and act under the operation gate: of requests at once, one starts.
+    let _gate = state.operation_gate.lock().expect("operation gate");
+    let mut journal = journal;
+    journal.config_snapshot = state.config.lock().expect("config lock").clone();
+    if state.operation_running() {
+        return Err(Refused {
+            status: StatusCode::CONFLICT,
+            message: "an upgrade or prestage is already running; follow it with `molt show upgrade status`".into(),
+            prechecks: vec![],
+        });
+    }
+    // From here the configuration is read-only: the journal says so. It is
+    // written first; if it cannot be, nothing has started.
+    state.save_journal(Some(journal)).map_err(|e| Refused {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("cannot write the upgrade journal, so the upgrade did not start: {e}"),
+        prechecks: vec![],
+    })?;
     {
         let mut board = state.status.lock().expect("status lock");
         board.current = UpgradeStatus {
@@ -201,12 +220,6 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
             ..Default::default()
         };
     }
-    // From here the configuration is read-only: the journal says so.
-    state.save_journal(Some(journal)).map_err(|e| Refused {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: format!("cannot write the upgrade journal: {e}"),
-        prechecks: vec![],
-    })?;
     state.save_status();
     info!(from = %from, to = %m.version, "upgrade started");
     let view = state.status.lock().expect("status lock").view();
