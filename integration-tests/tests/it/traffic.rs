@@ -199,6 +199,19 @@ async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
     let out = c.molt(&["resume", "segroup", "g1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to resume"));
+    // g1 on 1.0.0, the rest on 2.0.0: a third version is refused, even forced,
+    // naming the group that holds the old one.
+    let next = integration_tests::release_package(tmp.path(), "2.1.0", "2.0.0", None);
+    let image = api.upload(&next, "controller-2.1.pkg", |_| {}).await.unwrap()["image_path"].clone();
+    for force in [false, true] {
+        match api.post("/api/cluster/upgrade", &json!({"image_path": image, "force": force})).await {
+            Err(molt::client::ClientError::Api { status, message, .. }) => {
+                assert_eq!(status.as_u16(), 412, "{message}");
+                assert!(message.contains("SE group g1 on 1.0.0") && message.contains("three versions"), "{message}");
+            }
+            other => panic!("a third version was not refused (force {force}): {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,48 @@ pub fn version_checks(
     (check("ok", format!("{from} → {to} (compatible from {min_compatible})")), None)
 }
 
+/// At most two versions may be live in the system: what every node runs now,
+/// plus the image's. Pure; the error names who runs which version, the
+/// oldest first, since that is what stands in the way.
+pub fn two_versions_check(nodes: &[NodeView], to: Version) -> Precheck {
+    let mut by_version: BTreeMap<Version, Vec<String>> = BTreeMap::new();
+    for n in nodes {
+        if let Ok(v) = n.version.parse::<Version>() {
+            let who = match (&n.role, &n.se_group) {
+                (Role::ServiceEngine, Some(g)) => format!("SE group {g}"),
+                (Role::Controller, _) => "the controllers".to_owned(),
+                _ => n.id.to_string(),
+            };
+            let list = by_version.entry(v).or_default();
+            if !list.contains(&who) {
+                list.push(who);
+            }
+        }
+    }
+    by_version.entry(to).or_default();
+    let check = |result: &str, message: String| Precheck { check: "versions".into(), result: result.into(), message };
+    if by_version.len() <= 2 {
+        let live: Vec<String> = by_version.keys().map(|v| v.to_string()).collect();
+        return check("ok", format!("versions live during the upgrade: {}", live.join(" and ")));
+    }
+    let described: Vec<String> = by_version
+        .iter()
+        .filter(|(_, who)| !who.is_empty())
+        .map(|(v, who)| format!("{} on {v}", who.join(", ")))
+        .collect();
+    let (oldest, who) = by_version.iter().next().expect("more than two");
+    let next = by_version.keys().nth(1).expect("more than two");
+    check(
+        "error",
+        format!(
+            "{}: upgrading to {to} would put three versions in the system, and at most two may be live; \
+             bring {} from {oldest} to {next} first",
+            described.join("; "),
+            who.join(", ")
+        ),
+    )
+}
+
 /// Checks and, unless `prechecks_only`, starts an upgrade. Nothing changes
 /// when it is refused.
 pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(StatusCode, serde_json::Value), Refused> {
@@ -104,6 +146,12 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     let (vcheck, vfailed) = version_checks(from, m.version, m.min_compatible, req.force);
     checks.push(vcheck);
     failed = failed.or(vfailed);
+    // Even forced: a third version would leave nodes that may not talk to each other.
+    let two = two_versions_check(&nodes, m.version);
+    if two.result == "error" {
+        failed = failed.or(Some(StatusCode::PRECONDITION_FAILED));
+    }
+    checks.push(two);
     let disruptive = req.disruptive || req.force;
     let predicted = {
         let cfg = state.config.lock().expect("config lock");
@@ -254,5 +302,44 @@ mod tests {
         assert!(c.message.contains("disruptive"));
         assert_eq!(version_checks(Some(v("2.0.0")), v("2.0.0"), v("1.0.0"), true).1, Some(StatusCode::BAD_REQUEST));
         assert_eq!(version_checks(None, v("2.0.0"), v("1.0.0"), false).1, Some(StatusCode::PRECONDITION_FAILED));
+    }
+
+    fn node(id: &str, role: Role, group: Option<&str>, version: &str) -> NodeView {
+        NodeView {
+            id: id.parse().unwrap(),
+            role,
+            addr: "127.0.0.1:8443".into(),
+            version: version.into(),
+            state: crate::leader::cluster::NodeState::Up,
+            se_group: group.map(Into::into),
+            deployment: None,
+            disk_free_bytes: None,
+            staged: vec![],
+            transfers: vec![],
+            heartbeat_age_ms: None,
+            boot_id: None,
+        }
+    }
+
+    #[test]
+    fn a_third_version_is_refused_naming_the_group_on_the_old_one() {
+        // After `molt rollback segroup g2`: g2 on 1.0.0, everything else on 2.0.0.
+        let nodes = vec![
+            node("c1", Role::Controller, None, "2.0.0"),
+            node("g1-se1", Role::ServiceEngine, Some("g1"), "2.0.0"),
+            node("g2-se1", Role::ServiceEngine, Some("g2"), "1.0.0"),
+            node("g2-se2", Role::ServiceEngine, Some("g2"), "1.0.0"),
+        ];
+        let c = two_versions_check(&nodes, v("2.1.0"));
+        assert_eq!(c.result, "error", "{}", c.message);
+        assert!(c.message.contains("SE group g2 on 1.0.0"), "{}", c.message);
+        assert!(c.message.contains("bring SE group g2 from 1.0.0 to 2.0.0 first"), "{}", c.message);
+        // Two versions are fine: all on 2.0.0 going to 2.1.0, or g2 catching up to 2.0.0.
+        assert_eq!(two_versions_check(&nodes[..2], v("2.1.0")).result, "ok");
+        assert_eq!(two_versions_check(&nodes, v("2.0.0")).result, "ok");
+        // A node that never reported a version does not count.
+        let mut quiet = nodes[..2].to_vec();
+        quiet.push(node("g3-se1", Role::ServiceEngine, Some("g3"), ""));
+        assert_eq!(two_versions_check(&quiet, v("2.1.0")).result, "ok");
     }
 }
