@@ -186,8 +186,15 @@ impl Slots {
     /// Installs a verified package into the inactive slot: unpack into a
     /// temporary dir, write the slot manifest, swap it in, fsync. The boot
     /// record is not touched; call [`Slots::activate_on_trial`] next.
+    /// Refused while the active slot is on trial: the inactive slot then
+    /// holds the last version known to boot, the boot loader's way back.
     pub fn install_inactive(&self, package: &Path) -> Result<(Slot, SlotManifest), InstallError> {
         let record = self.boot_record()?;
+        if record.pending {
+            let (_, running) = self.active()?;
+            let good = record.previous.and_then(|p| self.slot_manifest(p).ok()).map(|m| m.version);
+            return Err(InstallError::OnTrial { running: running.version, known_good: good });
+        }
         let slot = record.active.other();
         let sm = self.unpack_into(slot, package)?;
         Ok((slot, sm))
@@ -288,6 +295,17 @@ pub enum InstallError {
     /// First installation on a node that already runs a version.
     #[error("this node already runs {0}; upgrade it through the leader (`molt upgrade system`)")]
     AlreadyInstalled(Version),
+    /// The running version is still on trial.
+    #[error(
+        "this node runs {running} on trial (not committed); installing now would overwrite {}, its last known-good version: commit or roll back first",
+        known_good.map(|v| v.to_string()).unwrap_or_else(|| "the previous slot".into())
+    )]
+    OnTrial {
+        /// The uncommitted version.
+        running: Version,
+        /// The version in the previous slot.
+        known_good: Option<Version>,
+    },
     /// A package for another deployment kind.
     #[error("the package is for {package} deployments but this node is deployed as {node}")]
     WrongKind {
@@ -345,6 +363,11 @@ mod tests {
         slots.activate_on_trial(slot).unwrap();
         let (r, m) = slots.active().unwrap();
         assert!(r.pending && r.previous == Some(Slot::A) && m.version.to_string() == "2.0.0");
+        // On trial, the inactive slot is the last known-good one: never overwritten.
+        let err = slots.install_inactive(&pkg).unwrap_err();
+        assert!(matches!(err, InstallError::OnTrial { .. }), "{err}");
+        assert!(err.to_string().contains("commit or roll back"), "{err}");
+        assert_eq!(slots.slot_manifest(Slot::A).unwrap().version.to_string(), "1.0.0");
         assert!(!slots.commit().unwrap().pending);
         let back = slots.switch_to_previous().unwrap().unwrap();
         assert_eq!((back.active, back.previous), (Slot::A, Some(Slot::B)));

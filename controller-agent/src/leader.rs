@@ -61,12 +61,42 @@ pub struct LeaderState {
     pub place_seq: std::sync::atomic::AtomicU64,
 }
 
+/// The generation the last leader on this node took: 0 only when the file
+/// does not exist (a new cluster). A file that cannot be read or parsed is an
+/// error: starting again from 0 would have every follower's fence refuse
+/// this leader's commands, so the leader does not start.
+pub fn read_generation(path: &std::path::Path) -> std::io::Result<u64> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read the leader generation {}: {e}; the leader does not start without it",
+                    path.display()
+                ),
+            ));
+        }
+    };
+    text.trim().parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the leader generation {} holds {:?} ({e}); write a number above every node's fence \
+                 (`fence` in each node's data dir) into it, or restore it, then start again",
+                path.display(),
+                text.trim()
+            ),
+        )
+    })
+}
+
 impl LeaderState {
     /// Sets up the leader on this node, taking the next generation.
     pub fn new(settings: Arc<NodeSettings>) -> std::io::Result<Arc<Self>> {
         let gen_path = settings.data_dir.join("leader-generation");
-        let previous: u64 = std::fs::read_to_string(&gen_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        let generation = previous + 1;
+        let generation = read_generation(&gen_path)? + 1;
         fsutil::atomic_write(&gen_path, generation.to_string().as_bytes())?;
         let images = ImageStore::open(&settings.data_dir, settings.upload_stall)?;
         let store = Store::open(&settings.data_dir)?;
@@ -164,5 +194,23 @@ impl LeaderState {
             return;
         }
         *cfg = snapshot.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unreadable_generation_is_an_error_not_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("leader-generation");
+        assert_eq!(super::read_generation(&p).unwrap(), 0, "a new cluster starts at 0");
+        std::fs::write(&p, "41\n").unwrap();
+        assert_eq!(super::read_generation(&p).unwrap(), 41);
+        std::fs::write(&p, "4\u{0}1").unwrap();
+        let e = super::read_generation(&p).unwrap_err();
+        assert!(e.to_string().contains("above every node's fence"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap(); // unreadable as a file
+        assert!(super::read_generation(&p).is_err());
     }
 }

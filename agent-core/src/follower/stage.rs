@@ -118,6 +118,8 @@ pub type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Chunk, String>
 struct State {
     staged: BTreeMap<Sha256Digest, StagedImage>,
     transfers: HashMap<Sha256Digest, Transfer>,
+    /// One staging per digest at a time: a second waits for the first.
+    busy: HashMap<Sha256Digest, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// A node's staging area.
@@ -194,7 +196,12 @@ impl Stager {
     }
 
     /// Stages `image` from `source`; returns at once if it is already staged.
+    /// Two stagings of one image (a prestage and an upgrade) never write the
+    /// same `.part` together: the second waits for the first, then finds the
+    /// image staged (or resumes what the first left).
     pub async fn stage(&self, image: &ImageRef, source: &dyn ImageSource) -> Result<StagedImage, StageError> {
+        let busy = self.state.lock().expect("stager lock").busy.entry(image.sha256).or_default().clone();
+        let _one_at_a_time = busy.lock().await;
         if let Some(s) = self.state.lock().expect("stager lock").staged.get(&image.sha256) {
             return Ok(s.clone());
         }

@@ -151,3 +151,20 @@ async fn a_stream_longer_than_announced_is_refused() {
     assert!(matches!(err, StageError::Protocol(_)), "{err}");
     assert_eq!(fs::read_dir(d.path().join("node/staging")).unwrap().count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stagings_of_one_image_at_once_share_one_transfer() {
+    // A prestage and an upgrade can ask for the same image at the same moment;
+    // they must not append into the same `.part` file.
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_bytes(d.path(), DeploymentKind::Vm);
+    let source = Fake::new(bytes.clone(), None);
+    let stager = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    let image = image_of(&bytes, DeploymentKind::Vm);
+    let (a, b) = tokio::join!(stager.stage(&image, &source), stager.stage(&image, &source));
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(source.served.load(Ordering::SeqCst), bytes.len() as u64, "the image was fetched once");
+    let staged = stager.path_of(&image.sha256).unwrap();
+    assert_eq!(fs::read(staged).unwrap(), bytes);
+}
