@@ -509,7 +509,19 @@ async fn group_cmd(cli: &Cli, action: &str, words: &[String], no_wait: bool) -> 
         println!("{action} started; follow it with `molt show upgrade status`");
         return Ok(());
     }
-    finish(&api, false, &format!("the {action}")).await
+    if action != "rollback" {
+        return finish(&api, false, &format!("the {action}")).await;
+    }
+    let end = upgrade::follow(&api, false).await?;
+    print!("{}", render::status(&end));
+    let asked: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    match render::rollback_verdict(&end, &asked) {
+        Ok(done) => {
+            println!("{done}");
+            Ok(())
+        }
+        Err(why) => Err(Failure(why, 1)),
+    }
 }
 
 /// Follows the running operation to its end, shows it, and succeeds only

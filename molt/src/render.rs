@@ -21,6 +21,29 @@ pub fn terminal_safe(v: &Value) -> Value {
     }
 }
 
+/// What `molt rollback segroup NAME...` reports: about the groups it was
+/// asked for, whatever state the others are in.
+pub fn rollback_verdict(end: &Value, asked: &[String]) -> Result<String, String> {
+    let state_of = |g: &str| {
+        end["se_groups"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == g))
+            .and_then(|x| x["state"].as_str())
+            .unwrap_or("unknown")
+            .to_owned()
+    };
+    let not_back: Vec<String> = asked
+        .iter()
+        .filter(|g| state_of(g) != "rolled_back")
+        .map(|g| format!("SE group {g} is {}", state_of(g)))
+        .collect();
+    if not_back.is_empty() {
+        return Ok(format!("rolled back: SE group {}", asked.join(", SE group ")));
+    }
+    let reason = end["reason"].as_str().filter(|r| !r.is_empty()).map(|r| format!(" ({r})")).unwrap_or_default();
+    Err(format!("the rollback did not finish: {}{reason}", not_back.join("; ")))
+}
+
 /// Formats a byte count as KiB/MiB/GiB.
 pub fn bytes(n: u64) -> String {
     const U: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
@@ -272,5 +295,15 @@ mod tests {
         let text = cluster(&v);
         assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
         assert!(text.contains("\\u{1b}[2J"), "{text}");
+    }
+
+    #[test]
+    fn a_rollback_is_judged_by_the_groups_asked_for() {
+        let end = serde_json::json!({"state": "suspended", "reason": "SE group g2: g2-se1 did not rejoin",
+            "se_groups": [{"name": "g1", "state": "rolled_back"}, {"name": "g2", "state": "suspended"}]});
+        let ok = rollback_verdict(&end, &["g1".into()]).unwrap();
+        assert_eq!(ok, "rolled back: SE group g1");
+        let err = rollback_verdict(&end, &["g1".into(), "g2".into()]).unwrap_err();
+        assert!(err.contains("SE group g2 is suspended") && !err.contains("g1 is"), "{err}");
     }
 }

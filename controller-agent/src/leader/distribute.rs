@@ -328,5 +328,8 @@ fn refresh_progress(state: &LeaderState, total: u64) {
     let c = &mut board.current;
     let all = (total as u128) * (c.nodes.len().max(1) as u128);
     let got: u128 = c.nodes.iter().map(|n| n.received as u128).sum();
-    c.progress = ((got * 100) / all.max(1)).min(100) as u8;
+    let pct = ((got * 100) / all.max(1)).min(100) as u8;
+    // A prestage is all distribution; in an upgrade it is the first tenth.
+    let overall = if c.operation == "upgrade" { pct / 10 } else { pct };
+    board.advance(overall);
 }

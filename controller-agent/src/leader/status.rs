@@ -165,6 +165,21 @@ pub struct StatusBoard {
     pub current: UpgradeStatus,
     /// Finished operations.
     pub history: Vec<HistoryEntry>,
+    /// What the next [`StatusBoard::finish`] records in the history when it
+    /// is not the current operation as such (an SE group rollback, which
+    /// reopens a finished upgrade's status).
+    #[serde(default)]
+    pub recording: Option<HistoryEntry>,
+}
+
+fn state_word(s: OpState) -> &'static str {
+    match s {
+        OpState::Completed => "completed",
+        OpState::Suspended => "suspended",
+        OpState::Aborted => "aborted",
+        OpState::Idle => "idle",
+        OpState::Prechecking | OpState::InProgress => "in progress",
+    }
 }
 
 impl StatusBoard {
@@ -206,21 +221,135 @@ impl StatusBoard {
 
     /// Ends the current operation in `state`, recording it in history.
     pub fn finish(&mut self, state: OpState, reason: String) {
+        let ended = now();
         let c = &mut self.current;
         c.state = state;
         c.reason = reason.clone();
-        c.ended_at = Some(now());
+        c.ended_at = Some(ended);
         if state == OpState::Completed {
             c.progress = 100;
         }
-        self.history.push(HistoryEntry {
+        // Nothing shows running under an ended operation.
+        for n in &mut c.nodes {
+            for ev in n.events.iter_mut().filter(|e| e.end.is_none()) {
+                ev.status = "stopped".into();
+                ev.end = Some(ended);
+                ev.message = format!("not finished: the operation ended {}", state_word(state));
+            }
+            if matches!(n.state.as_str(), "running" | "pending") {
+                n.state = "stopped".into();
+            }
+        }
+        for g in &mut c.se_groups {
+            let next = match g["state"].as_str() {
+                Some("pending") => Some("not_started"),
+                Some("running" | "upgrading" | "in_progress" | "rolling_back") => Some("stopped"),
+                _ => None,
+            };
+            if let Some(next) = next {
+                g["state"] = next.into();
+            }
+        }
+        let mut entry = self.recording.take().unwrap_or_else(|| HistoryEntry {
             operation: c.operation.clone(),
             from_version: c.from_version.clone(),
             to_version: c.to_version.clone(),
             state,
             started_at: c.started_at.unwrap_or_default(),
-            ended_at: c.ended_at,
-            reason,
+            ended_at: None,
+            reason: String::new(),
         });
+        entry.state = state;
+        entry.ended_at = Some(ended);
+        entry.reason = reason;
+        self.history.push(entry);
+    }
+
+    /// Raises the operation's progress to `p`; it never goes back within an
+    /// operation.
+    pub fn advance(&mut self, p: u8) {
+        self.current.progress = self.current.progress.max(p.min(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board() -> StatusBoard {
+        let mut b = StatusBoard::default();
+        b.current = UpgradeStatus {
+            state: OpState::InProgress,
+            operation: "upgrade".into(),
+            from_version: "1.0.0".into(),
+            to_version: "2.0.0".into(),
+            started_at: Some(1.0),
+            nodes: ["c1", "c2", "se-1"]
+                .iter()
+                .map(|id| NodeStatus {
+                    id: (*id).into(),
+                    role: "controller".into(),
+                    state: "pending".into(),
+                    version: "1.0.0".into(),
+                    received: 0,
+                    events: vec![],
+                })
+                .collect(),
+            se_groups: vec![serde_json::json!({"name": "g1", "state": "pending"})],
+            ..Default::default()
+        };
+        b
+    }
+
+    #[test]
+    fn an_ended_operation_shows_nothing_running() {
+        let mut b = board();
+        b.begin("c1", "stage");
+        b.end("c1", true, "staged");
+        b.begin("c1", "apply");
+        b.begin("c2", "rejoin");
+        b.finish(OpState::Aborted, "c3 did not come back".into());
+        let v = b.view();
+        for n in &v.nodes {
+            assert!(n.events.iter().all(|e| e.end.is_some() && e.status != "running"), "{n:?}");
+            assert!(!matches!(n.state.as_str(), "running" | "pending"), "{n:?}");
+        }
+        assert_eq!(v.nodes[0].events[0].status, "done", "a finished event keeps its outcome");
+        assert_eq!(v.nodes[0].events[1].status, "stopped");
+        assert_eq!(v.se_groups[0]["state"], "not_started");
+    }
+
+    #[test]
+    fn progress_never_goes_back_within_an_operation() {
+        let mut b = board();
+        let mut seen = vec![];
+        for p in [5, 42, 81, 10, 30, 50, 60, 80, 100] {
+            b.advance(p);
+            seen.push(b.current.progress);
+        }
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    }
+
+    #[test]
+    fn a_group_rollback_is_recorded_as_such() {
+        let mut b = board();
+        b.finish(OpState::Completed, String::new());
+        b.recording = Some(HistoryEntry {
+            operation: "se_group_rollback".into(),
+            from_version: "2.0.0".into(),
+            to_version: "1.0.0".into(),
+            state: OpState::InProgress,
+            started_at: 5.0,
+            ended_at: None,
+            reason: String::new(),
+        });
+        b.finish(OpState::Completed, String::new());
+        let h = &b.history;
+        assert_eq!((h[0].operation.as_str(), h[1].operation.as_str()), ("upgrade", "se_group_rollback"));
+        assert_eq!(
+            (h[1].from_version.as_str(), h[1].to_version.as_str(), h[1].state),
+            ("2.0.0", "1.0.0", OpState::Completed)
+        );
+        assert!(b.recording.is_none());
     }
 }

@@ -111,6 +111,10 @@ pub struct Journal {
     /// Groups rolled back because an SE failed (`action_on_error: rollback`), and why.
     #[serde(default)]
     pub rolled_back: BTreeMap<String, String>,
+    /// Groups that went on past failed SEs (`action_on_error: continue`), and why;
+    /// those SEs are in `skipped`, still on the old version.
+    #[serde(default)]
+    pub continued: BTreeMap<String, String>,
     /// The configuration when the upgrade started.
     pub config_snapshot: Config,
     /// Why it is failing, once it is.
@@ -223,6 +227,21 @@ pub fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<se
         j.reason.clear();
     });
     reopen(state, "rollback_se_groups");
+    {
+        // A group rollback is an operation of its own in the history, and its
+        // progress starts again.
+        let mut b = state.status.lock().expect("status lock");
+        b.recording = Some(crate::leader::status::HistoryEntry {
+            operation: "se_group_rollback".into(),
+            from_version: j.to.to_string(),
+            to_version: j.from.to_string(),
+            state: OpState::InProgress,
+            started_at: crate::leader::status::now(),
+            ended_at: None,
+            reason: String::new(),
+        });
+        b.current.progress = 0;
+    }
     info!(groups = ?req.se_groups, "rolling SE groups back");
     tokio::spawn(drive(state.clone()));
     Ok(serde_json::to_value(state.status.lock().expect("status lock").view()).expect("serializes"))
@@ -265,7 +284,7 @@ fn update(state: &LeaderState, f: impl FnOnce(&mut Journal)) -> Journal {
 fn set_phase(state: &LeaderState, phase: &str, progress: u8) {
     let mut b = state.status.lock().expect("status lock");
     b.current.phase = phase.into();
-    b.current.progress = b.current.progress.max(progress);
+    b.advance(progress);
     drop(b);
     state.save_status();
 }

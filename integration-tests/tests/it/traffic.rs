@@ -181,6 +181,12 @@ async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
     let end = get(&api, "/api/cluster/upgrade/status").await;
     let g1 = by_name(&end["se_groups"])["g1"].clone();
     assert_eq!(g1["state"], "rolled_back", "{end:#}");
+    let last = end["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["operation"].as_str(), last["from_version"].as_str(), last["to_version"].as_str()),
+        (Some("se_group_rollback"), Some("2.0.0"), Some("1.0.0")),
+        "a group rollback is recorded as one, not as another upgrade: {last}"
+    );
     assert_eq!((version_of("g1-se1"), version_of("g1-se2")), ("1.0.0".into(), "1.0.0".into()));
     assert_eq!(version_of("g2-se1"), "2.0.0", "the other group is untouched");
     assert_eq!(get(&api, "/api/virtualservice").await, before);
@@ -236,4 +242,26 @@ async fn action_on_error_rollback_returns_the_group_to_the_old_version() {
     }
     let rolled = end["nodes"].as_array().unwrap().iter().find(|n| n["id"] == other.as_str()).unwrap();
     assert!(rolled["events"].as_array().unwrap().iter().any(|e| e["task"] == "rollback"), "{rolled}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_on_error_continue_completes_saying_who_stayed_behind() {
+    let (c, api, tmp) = setup("g1:active-active:2").await;
+    let image =
+        api.upload(&package(tmp.path(), Some("g1-se1")), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
+    let (_, end) = run_upgrade(&c, json!({"image_path": image, "action_on_error": "continue"})).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains("g1-se1") && reason.contains("continue"), "the failure is recorded: {reason}");
+    for n in c.cluster_json()["nodes"].as_array().unwrap() {
+        let want = if n["id"] == "g1-se1" { "1.0.0" } else { "2.0.0" };
+        assert_eq!(n["version"], want, "{n}");
+    }
+    // Nothing shows running under the ended operation, and history says what happened.
+    for n in end["nodes"].as_array().unwrap() {
+        assert!(n["events"].as_array().unwrap().iter().all(|e| e["status"] != "running"), "{n}");
+    }
+    let last = end["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["operation"].as_str(), last["state"].as_str()), (Some("upgrade"), Some("completed")));
+    assert!(last["reason"].as_str().unwrap().contains("g1-se1"), "{last}");
 }

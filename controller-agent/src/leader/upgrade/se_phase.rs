@@ -59,6 +59,9 @@ pub(super) async fn service_engines(state: &Arc<LeaderState>) -> Next {
         for (g, why) in &j.rolled_back {
             notes.push(format!("SE group {g} rolled back to {} because {why}", j.from));
         }
+        for (g, why) in &j.continued {
+            notes.push(format!("SE group {g} went on past failed SEs (action_on_error: continue): {why}"));
+        }
         let note = notes.join("; ");
         finish(state, OpState::Completed, note, false);
     } else {
@@ -108,7 +111,7 @@ fn set_group(state: &LeaderState, group: &str, st: &str, done: usize, total: usi
     }
     let total_groups = b.current.se_groups.len().max(1);
     let sum: u64 = b.current.se_groups.iter().map(|g| g["progress"].as_u64().unwrap_or(0)).sum();
-    b.current.progress = (60 + (sum * 40) / (100 * total_groups as u64)).min(99) as u8;
+    b.advance((60 + (sum * 40) / (100 * total_groups as u64)).min(99) as u8);
 }
 
 /// One group: its SEs one at a time (all at once when disruptive).
@@ -143,6 +146,15 @@ async fn upgrade_group(state: Arc<LeaderState>, group: String) {
             let reason = failed.join("; ");
             if j.action_on_error == "continue" {
                 warn!(%group, %reason, "SE failed; continuing as action_on_error says");
+                // Recorded before going on: the operation ends saying who stayed behind.
+                update(&state, |j| {
+                    j.skipped.extend(batch.iter().cloned());
+                    let why = j.continued.entry(group.clone()).or_default();
+                    if !why.is_empty() {
+                        why.push_str("; ");
+                    }
+                    why.push_str(&reason);
+                });
                 continue;
             }
             if j.action_on_error == "rollback" {

@@ -224,6 +224,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         skipped: Vec::new(),
         rollback_groups: Vec::new(),
         rolled_back: BTreeMap::new(),
+        continued: BTreeMap::new(),
         // Taken again under the gate below, so no configuration write can fall between.
         config_snapshot: Default::default(),
         reason: String::new(),
