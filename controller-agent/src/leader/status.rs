@@ -277,8 +277,7 @@ mod tests {
     use super::*;
 
     fn board() -> StatusBoard {
-        let mut b = StatusBoard::default();
-        b.current = UpgradeStatus {
+        let current = UpgradeStatus {
             state: OpState::InProgress,
             operation: "upgrade".into(),
             from_version: "1.0.0".into(),
@@ -298,7 +297,7 @@ mod tests {
             se_groups: vec![serde_json::json!({"name": "g1", "state": "pending"})],
             ..Default::default()
         };
-        b
+        StatusBoard { current, ..Default::default() }
     }
 
     #[test]
