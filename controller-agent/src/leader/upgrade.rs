@@ -330,6 +330,30 @@ fn fail(reason: String) -> Next {
 
 async fn distribute_step(state: &Arc<LeaderState>, j: &Journal) -> Next {
     set_phase(state, "distribute", 0);
+    // After the leader's restart its image index is empty: register the
+    // journal's image again (verified), and make sure it is the same one.
+    match state.images.get(&j.image.image_path).await {
+        Ok(image) if image.info.sha256.to_hex() == j.image.sha256 => {}
+        Ok(image) => {
+            let why = format!(
+                "{} changed during the upgrade (SHA-256 {} instead of {}); nothing was installed",
+                j.image.image_path,
+                image.info.sha256.short(),
+                &j.image.sha256[..12.min(j.image.sha256.len())]
+            );
+            finish(state, OpState::Aborted, why, false);
+            return Some((Step::Done, String::new()));
+        }
+        Err(e) => {
+            finish(
+                state,
+                OpState::Aborted,
+                format!("the image is no longer usable, nothing was installed: {e}"),
+                false,
+            );
+            return Some((Step::Done, String::new()));
+        }
+    }
     let nodes = state.cluster.snapshot();
     let failures = distribute::stage_everywhere(state, &j.image_ref(), &nodes, &j.id).await;
     if failures.is_empty() {
