@@ -102,6 +102,8 @@ impl LeaderState {
         let store = Store::open(&settings.data_dir)?;
         let config = store.load::<Config>("config")?.unwrap_or_default();
         let journal = store.load::<Journal>("journal")?;
+        // A running upgrade's drained SEs stay drained until it goes on.
+        let drained = journal.as_ref().filter(|j| j.is_running()).map(|j| j.drained.clone()).unwrap_or_default();
         let mut status = store.load::<StatusBoard>("status")?.unwrap_or_default();
         if status.current.is_running() && !journal.as_ref().is_some_and(Journal::is_running) {
             // A prestage cannot survive a restart of the leader: say so.
@@ -123,7 +125,7 @@ impl LeaderState {
             config: Mutex::new(config),
             journal: Mutex::new(journal),
             version,
-            drained: Mutex::default(),
+            drained: Mutex::new(drained),
             place_seq: Default::default(),
             settings,
         }))

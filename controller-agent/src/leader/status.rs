@@ -132,6 +132,9 @@ pub struct UpgradeStatus {
     pub virtual_services: Vec<serde_json::Value>,
     /// Pre-check verdicts.
     pub prechecks: Vec<Precheck>,
+    /// SEs out of service right now (their services moved to the others of
+    /// their group); empty once the operation has ended.
+    pub drained: Vec<String>,
     /// Past operations, newest last.
     pub history: Vec<HistoryEntry>,
 }

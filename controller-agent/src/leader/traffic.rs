@@ -122,10 +122,28 @@ pub async fn converge(state: &LeaderState, ses: &[String], timeout: Duration) ->
     }
 }
 
+/// Changes the drained set and shows it in the status.
+fn set_drained(state: &LeaderState, f: impl FnOnce(&mut std::collections::BTreeSet<String>)) {
+    let now: Vec<String> = {
+        let mut d = state.drained.lock().expect("drained lock");
+        f(&mut d);
+        d.iter().cloned().collect()
+    };
+    state.status.lock().expect("status lock").current.drained = now;
+}
+
 /// Takes `se` out of service before it reboots: the others of its group
 /// take over first (make), then `se` stops (break).
 pub async fn drain(state: &LeaderState, se: &str, group: &[String]) -> Result<(), String> {
-    state.drained.lock().expect("drained lock").insert(se.to_owned());
+    // Journaled before anything moves: a restarted leader knows it.
+    state
+        .update_journal(|j| {
+            j.drained.insert(se.to_owned());
+        })
+        .map_err(|e| format!("cannot write the upgrade journal, so {se} stays in service: {e}"))?;
+    set_drained(state, |d| {
+        d.insert(se.to_owned());
+    });
     let others: Vec<String> = group.iter().filter(|s| *s != se).cloned().collect();
     converge(state, &others, Duration::from_secs(20)).await?;
     converge(state, &[se.to_owned()], Duration::from_secs(20)).await
@@ -134,7 +152,14 @@ pub async fn drain(state: &LeaderState, se: &str, group: &[String]) -> Result<()
 /// Puts `se` back in service after its upgrade: it serves first, then the
 /// others let go of what they took over.
 pub async fn undrain(state: &LeaderState, se: &str, group: &[String]) -> Result<(), String> {
-    state.drained.lock().expect("drained lock").remove(se);
+    set_drained(state, |d| {
+        d.remove(se);
+    });
+    // If this write fails the SE is back in service anyway; the operation's
+    // end clears the journal's set too.
+    let _ = state.update_journal(|j| {
+        j.drained.remove(se);
+    });
     converge(state, &[se.to_owned()], Duration::from_secs(20)).await?;
     let others: Vec<String> = group.iter().filter(|s| *s != se).cloned().collect();
     converge(state, &others, Duration::from_secs(20)).await

@@ -111,6 +111,16 @@ pub struct Journal {
     /// Groups rolled back because an SE failed (`action_on_error: rollback`), and why.
     #[serde(default)]
     pub rolled_back: BTreeMap<String, String>,
+    /// SEs taken out of service (their services moved to the other SEs of
+    /// their group), written before the move: a restarted leader knows them,
+    /// and no SE stays drained once the operation ends.
+    #[serde(default)]
+    pub drained: std::collections::BTreeSet<String>,
+    /// Groups being rolled back because an SE failed (`action_on_error:
+    /// rollback`), and why: written before the first SE is rolled back, so a
+    /// restarted leader goes on rolling back instead of upgrading.
+    #[serde(default)]
+    pub rolling_back: BTreeMap<String, String>,
     /// Groups that went on past failed SEs (`action_on_error: continue`), and why;
     /// those SEs are in `skipped`, still on the old version.
     #[serde(default)]
@@ -652,6 +662,13 @@ async fn await_rollback(state: &Arc<LeaderState>, j: &Journal) -> Next {
 }
 
 fn finish(state: &LeaderState, outcome: OpState, reason: String, rolled_back: bool) {
+    // No SE stays out of service once the operation has ended: the placer
+    // gives every SE its placements back within a second.
+    let undrained: Vec<String> =
+        std::mem::take(&mut *state.drained.lock().expect("drained lock")).into_iter().collect();
+    if !undrained.is_empty() {
+        info!(ses = ?undrained, "the operation ended: drained SEs are back in service");
+    }
     {
         let mut b = state.status.lock().expect("status lock");
         // A suspended upgrade stays in the phase it stopped in: it can go on from there.
@@ -665,10 +682,16 @@ fn finish(state: &LeaderState, outcome: OpState, reason: String, rolled_back: bo
     state.save_status();
     update(state, |j| {
         j.outcome = Some(outcome);
+        j.drained.clear();
         if j.reason.is_empty() {
             j.reason = reason;
         }
     });
+    {
+        let mut b = state.status.lock().expect("status lock");
+        b.current.drained.clear();
+    }
+    state.save_status();
     info!(?outcome, "upgrade finished; the configuration is writable again");
 }
 

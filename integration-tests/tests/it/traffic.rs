@@ -163,6 +163,19 @@ async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
         }
     }
 
+    // Suspended is an end: no SE stays out of service, so the failed SE (back
+    // on 1.0.0 through its boot loader) serves its placement again.
+    assert_eq!(end["drained"], json!([]), "{end:#}");
+    let mut answer = None;
+    for _ in 0..50 {
+        answer = serves(&c, "g1-se1", 8080).await;
+        if answer.as_deref().is_some_and(|a| a.contains("version 1.0.0")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answer.unwrap_or_default().contains("version 1.0.0"), "g1-se1 was left drained after the suspension");
+
     // Resume past the SE that failed: the group finishes, that SE stays on 1.0.0.
     let out = c.molt(&["resume", "segroup", "g1", "skip_suspended"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -236,6 +249,7 @@ async fn action_on_error_rollback_returns_the_group_to_the_old_version() {
     assert_eq!(end["state"], "completed", "{end:#}");
     assert_eq!(by_name(&end["se_groups"])["g1"]["state"], "rolled_back", "{end:#}");
     assert!(end["reason"].as_str().unwrap().contains("rolled back"), "{end:#}");
+    assert_eq!(end["drained"], json!([]), "{end:#}");
     for n in c.cluster_json()["nodes"].as_array().unwrap() {
         let want = if n["role"] == "se" { "1.0.0" } else { "2.0.0" };
         assert_eq!(n["version"], want, "{n}");

@@ -115,9 +115,42 @@ fn set_group(state: &LeaderState, group: &str, st: &str, done: usize, total: usi
 }
 
 /// One group: its SEs one at a time (all at once when disruptive).
+/// Returns every SE of `group` to the old version after one failed
+/// (`action_on_error: rollback`); the journal already says so. Idempotent:
+/// an SE already on the old version is left as it is.
+async fn roll_group_back(state: &Arc<LeaderState>, group: &str, ses: &[NodeId], reason: String) {
+    set_group(state, group, "rolling_back", 0, ses.len());
+    let members: Vec<String> = ses.iter().map(|s| s.to_string()).collect();
+    for se in ses {
+        if let Err(e) = rollback_se(state, se, &members).await {
+            update(state, |j| {
+                j.rolling_back.remove(group);
+                j.suspended.insert(group.to_owned(), format!("{reason}; then the rollback of {se} failed: {e}"));
+            });
+            set_group(state, group, "suspended", 0, ses.len());
+            state.save_status();
+            return;
+        }
+    }
+    update(state, |j| {
+        j.rolling_back.remove(group);
+        j.rolled_back.insert(group.to_owned(), reason);
+    });
+    set_group(state, group, "rolled_back", ses.len(), ses.len());
+    state.save_status();
+}
+
 async fn upgrade_group(state: Arc<LeaderState>, group: String) {
     let j = journal(&state);
     let ses = j.se_groups.get(&group).cloned().unwrap_or_default();
+    if let Some(reason) = j.rolling_back.get(&group) {
+        // The leader restarted in the middle of this group's rollback: finish it.
+        roll_group_back(&state, &group, &ses, reason.clone()).await;
+        return;
+    }
+    if j.rolled_back.contains_key(&group) {
+        return;
+    }
     // Standbys first (for active-standby), never the SEs skipped by a resume.
     let todo: Vec<NodeId> = crate::leader::traffic::rolling_order(&state, &ses)
         .into_iter()
@@ -159,24 +192,11 @@ async fn upgrade_group(state: Arc<LeaderState>, group: String) {
             }
             if j.action_on_error == "rollback" {
                 warn!(%group, %reason, "SE failed; rolling the group back as action_on_error says");
-                set_group(&state, &group, "rolling_back", 0, ses.len());
-                let members: Vec<String> = ses.iter().map(|s| s.to_string()).collect();
-                for se in &ses {
-                    if let Err(e) = rollback_se(&state, se, &members).await {
-                        update(&state, |j| {
-                            j.suspended
-                                .insert(group.clone(), format!("{reason}; then the rollback of {se} failed: {e}"));
-                        });
-                        set_group(&state, &group, "suspended", 0, ses.len());
-                        state.save_status();
-                        return;
-                    }
-                }
+                // Journaled before the first SE moves: a restarted leader rolls back, not forward.
                 update(&state, |j| {
-                    j.rolled_back.insert(group.clone(), reason);
+                    j.rolling_back.insert(group.clone(), reason.clone());
                 });
-                set_group(&state, &group, "rolled_back", ses.len(), ses.len());
-                state.save_status();
+                roll_group_back(&state, &group, &ses, reason).await;
                 return;
             }
             warn!(%group, %reason, "SE group suspended");

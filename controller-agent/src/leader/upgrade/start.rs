@@ -225,6 +225,8 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         rollback_groups: Vec::new(),
         rolled_back: BTreeMap::new(),
         continued: BTreeMap::new(),
+        drained: Default::default(),
+        rolling_back: BTreeMap::new(),
         // Taken again under the gate below, so no configuration write can fall between.
         config_snapshot: Default::default(),
         reason: String::new(),
