@@ -252,6 +252,11 @@ pub fn agent_message(h: Heartbeat) -> pb::AgentMessage {
     pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(h.into())) }
 }
 
+/// One chunk of an image on the wire.
+pub fn image_chunk(offset: u64, data: bytes::Bytes) -> pb::ImageChunk {
+    pb::ImageChunk { offset, data }
+}
+
 /// A string field of at most `max` bytes of printable characters: nothing
 /// from a peer reaches a log, a terminal or a page with control characters.
 fn printable(message: &'static str, name: &'static str, s: String, max: usize) -> Result<String, InvalidMessage> {

@@ -36,7 +36,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl pb::leader_server::Leader for LeaderService {
     type SessionStream = BoxStream<pb::LeaderMessage>;
-    type FetchImageStream = ReceiverStream<Result<pb::ImageChunk, Status>>;
+    type FetchImageStream = BoxStream<pb::ImageChunk>;
 
     async fn session(
         &self,
@@ -119,6 +119,7 @@ impl pb::leader_server::Leader for LeaderService {
             self.state.bytes_served.clone(),
             permit,
         );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let chunks = ReceiverStream::new(rx).map(|r| r.map(|c| convert::image_chunk(c.offset, c.data)));
+        Ok(Response::new(Box::pin(chunks)))
     }
 }

@@ -22,9 +22,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use common::{NodeId, Sha256Digest};
-use proto::v1::ImageChunk;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -132,6 +131,15 @@ impl FetchGate {
     }
 }
 
+/// One chunk of an image: where it starts, and its bytes.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Offset in the image.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
 /// Starts streaming `path` from `offset`. `rate` caps bytes per second. The
 /// stream counts against `permit` until its reader ends.
 pub fn stream(
@@ -140,7 +148,7 @@ pub fn stream(
     rate: Option<u64>,
     served: Arc<AtomicU64>,
     permit: StreamPermit,
-) -> mpsc::Receiver<Result<ImageChunk, Status>> {
+) -> mpsc::Receiver<Result<Chunk, Status>> {
     let (tx, rx) = mpsc::channel(DEPTH);
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -179,7 +187,7 @@ pub fn stream(
                     std::thread::sleep(wait);
                 }
             }
-            let chunk = ImageChunk { offset: pos, data: buf.freeze() };
+            let chunk = Chunk { offset: pos, data: buf.freeze() };
             match runtime.block_on(tokio::time::timeout(SEND_DEADLINE, tx.send(Ok(chunk)))) {
                 Ok(Ok(())) => {}
                 // The receiver went away, or reads nothing: end the stream (it resumes from its offset).
