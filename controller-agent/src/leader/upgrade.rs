@@ -121,6 +121,11 @@ pub struct Journal {
     /// restarted leader goes on rolling back instead of upgrading.
     #[serde(default)]
     pub rolling_back: BTreeMap<String, String>,
+    /// Set in memory only when the driver stopped because the journal could
+    /// not be written: nothing may go on from this process (a restarted
+    /// leader resumes from the journal on disk, which never has it).
+    #[serde(skip)]
+    pub halted: Option<String>,
     /// Groups that went on past failed SEs (`action_on_error: continue`), and why;
     /// those SEs are in `skipped`, still on the old version.
     #[serde(default)]
@@ -188,6 +193,12 @@ pub fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serd
     let Some(j) = j.filter(|j| j.outcome == Some(OpState::Suspended) && !j.is_running()) else {
         return Err(refuse(StatusCode::CONFLICT, "no upgrade is suspended: nothing to resume".into()));
     };
+    if let Some(why) = &j.halted {
+        return Err(refuse(StatusCode::CONFLICT, format!("{why}; SE groups cannot be resumed from here")));
+    }
+    if j.suspended.is_empty() {
+        return Err(refuse(StatusCode::CONFLICT, "no SE group is suspended: nothing to resume".into()));
+    }
     let groups: Vec<String> =
         if req.se_groups.is_empty() { j.suspended.keys().cloned().collect() } else { req.se_groups };
     if let Some(g) = groups.iter().find(|g| !j.suspended.contains_key(*g)) {
@@ -206,7 +217,7 @@ pub fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serd
     });
     reopen(state, "service_engines");
     info!(?groups, skip = req.skip_suspended, "resuming SE groups");
-    tokio::spawn(drive(state.clone()));
+    spawn_drive(state.clone());
     Ok(serde_json::to_value(state.status.lock().expect("status lock").view()).expect("serializes"))
 }
 
@@ -221,6 +232,9 @@ pub fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<se
             "no finished or suspended upgrade whose SE groups could be rolled back".into(),
         ));
     };
+    if let Some(why) = &j.halted {
+        return Err(refuse(StatusCode::CONFLICT, format!("{why}; SE groups cannot be rolled back from here")));
+    }
     if req.se_groups.is_empty() {
         return Err(refuse(StatusCode::BAD_REQUEST, "name the SE groups to roll back".into()));
     }
@@ -253,7 +267,7 @@ pub fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<se
         b.current.progress = 0;
     }
     info!(groups = ?req.se_groups, "rolling SE groups back");
-    tokio::spawn(drive(state.clone()));
+    spawn_drive(state.clone());
     Ok(serde_json::to_value(state.status.lock().expect("status lock").view()).expect("serializes"))
 }
 
@@ -274,7 +288,7 @@ pub fn resume(state: &Arc<LeaderState>) {
     let running = state.journal.lock().expect("journal lock").as_ref().is_some_and(Journal::is_running);
     if running {
         info!("resuming the upgrade from the journal");
-        tokio::spawn(drive(state.clone()));
+        spawn_drive(state.clone());
     }
 }
 
@@ -286,9 +300,53 @@ fn journal(state: &LeaderState) -> Journal {
 /// concurrent SE groups never lose each other's updates.
 fn update(state: &LeaderState, f: impl FnOnce(&mut Journal)) -> Journal {
     state.update_journal(f).unwrap_or_else(|e| {
-        // Without the journal the next step must not act: stop here.
-        panic!("cannot write the upgrade journal: {e}")
+        // Without the journal the next step must not act: stop the driver
+        // here, wherever it is; `spawn_drive` ends the operation cleanly.
+        std::panic::panic_any(JournalWriteFailed(e.to_string()))
     })
+}
+
+/// Why the upgrade driver stopped: the journal could not be written.
+#[derive(Debug)]
+struct JournalWriteFailed(String);
+
+/// Runs the driver; if it stops for want of a journal (or by any other
+/// panic), the operation ends `suspended` with the reason, and the
+/// configuration is writable again. Nothing acts after the failed write; a
+/// restarted leader resumes from the last journal that was written.
+pub(crate) fn spawn_drive(state: Arc<LeaderState>) {
+    use futures_util::FutureExt;
+    tokio::spawn(async move {
+        let Err(panic) = std::panic::AssertUnwindSafe(drive(state.clone())).catch_unwind().await else {
+            return;
+        };
+        let why = match panic.downcast::<JournalWriteFailed>() {
+            Ok(j) => format!(
+                "cannot write the upgrade journal ({}): the upgrade stopped where it was; \
+                 free or fix the leader's disk, then restart the leader, which resumes from the last journal written",
+                j.0
+            ),
+            Err(other) => {
+                let msg = other
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| other.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                format!("the upgrade driver stopped on an internal error ({msg}); restart the leader to resume it")
+            }
+        };
+        tracing::error!(%why, "upgrade stopped");
+        if let Some(j) = state.journal.lock().expect("journal lock").as_mut() {
+            // In memory only (the disk refused): the configuration is not
+            // locked, and nothing goes on from this process.
+            j.step = Step::Done;
+            j.outcome = Some(OpState::Suspended);
+            j.reason = why.clone();
+            j.halted = Some(why.clone());
+        }
+        state.status.lock().expect("status lock").finish(OpState::Suspended, why);
+        state.save_status();
+    });
 }
 
 fn set_phase(state: &LeaderState, phase: &str, progress: u8) {

@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use tracing::info;
 
-use super::{ImageRecord, Journal, Step, drive};
+use super::{ImageRecord, Journal, Step};
 use crate::leader::{
     LeaderState,
     cluster::NodeView,
@@ -227,6 +227,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         continued: BTreeMap::new(),
         drained: Default::default(),
         rolling_back: BTreeMap::new(),
+        halted: None,
         // Taken again under the gate below, so no configuration write can fall between.
         config_snapshot: Default::default(),
         reason: String::new(),
@@ -274,7 +275,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     state.save_status();
     info!(from = %from, to = %m.version, "upgrade started");
     let view = state.status.lock().expect("status lock").view();
-    tokio::spawn(drive(state.clone()));
+    super::spawn_drive(state.clone());
     Ok((StatusCode::ACCEPTED, serde_json::to_value(view).expect("serializes")))
 }
 
