@@ -53,6 +53,10 @@ pub struct LeaderState {
     /// running", "not read-only") and the act happen under it, so two
     /// requests at once cannot both pass the check.
     pub operation_gate: Mutex<()>,
+    /// Cancelled when the node stops: every leader task ends with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The tasks started through [`LeaderState::spawn`] (finished ones are pruned).
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Who may fetch which image, and the open image streams.
     pub fetch_gate: image_server::FetchGate,
     /// SEs taken out of service for their upgrade.
@@ -117,6 +121,8 @@ impl LeaderState {
             generation,
             bytes_served: Default::default(),
             operation_gate: Mutex::new(()),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            tasks: Mutex::default(),
             fetch_gate: image_server::FetchGate::new(
                 settings.limits.fetch_streams_per_node,
                 settings.limits.fetch_streams_total,
@@ -129,6 +135,43 @@ impl LeaderState {
             place_seq: Default::default(),
             settings,
         }))
+    }
+
+    /// Spawns a leader task that ends when the leader stops (it is aborted
+    /// at its next await once [`LeaderState::shutdown`] is cancelled). Every
+    /// task of the leader starts here.
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handle = tokio::spawn(fut);
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        tasks.retain(|t| !t.is_finished());
+        if self.shutdown.is_cancelled() {
+            handle.abort();
+        } else {
+            tasks.push(handle.abort_handle());
+        }
+        handle
+    }
+
+    /// Stops the leader's tasks once `node` (the node's token) is cancelled.
+    pub fn stop_with(self: &Arc<Self>, node: tokio_util::sync::CancellationToken) {
+        let weak = Arc::downgrade(self);
+        let own = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = node.cancelled() => {}
+                _ = own.cancelled() => {}
+            }
+            if let Some(state) = weak.upgrade() {
+                state.shutdown.cancel();
+                for t in state.tasks.lock().expect("tasks lock").drain(..) {
+                    t.abort();
+                }
+            }
+        });
     }
 
     /// Whether an upgrade or prestage is running.

@@ -34,6 +34,8 @@ pub async fn start(
         let local: agent_core::follower::session::LocalImages =
             std::sync::Arc::new(move |sha| store.images.path_of(sha));
         let node = Node::with_local_images(settings, Some(local), reboot)?;
+        // Every leader task ends when the node stops.
+        state.stop_with(node.shutdown_token());
         leader::upgrade::resume(&state);
         leader::upgrade::spawn_reconciler(state.clone());
         leader::traffic::spawn_placer(state.clone());

@@ -186,7 +186,7 @@ pub async fn start(state: &Arc<LeaderState>, image_path: &str) -> Result<Upgrade
     };
     info!(image = %image.image_path, sha = %image.info.sha256.short(), nodes = nodes.len(), "prestage started");
     let state = state.clone();
-    tokio::spawn(async move { run(state, image, nodes).await });
+    state.clone().spawn(async move { run(state, image, nodes).await });
     Ok(view)
 }
 
@@ -239,7 +239,7 @@ pub async fn stage_everywhere(state: &Arc<LeaderState>, image: &ImageRef, nodes:
                 let image = image.clone();
                 let id = format!("stage-{}-{op}-{}", image.sha256.short(), n.id);
                 let node = n.id.clone();
-                tokio::spawn(async move {
+                state.clone().spawn(async move {
                     let r = stage_on(&state, &node, &id, image).await;
                     (node, r)
                 })

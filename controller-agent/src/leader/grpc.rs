@@ -74,7 +74,7 @@ impl pb::leader_server::Leader for LeaderService {
             Status::already_exists(why)
         })?;
         let state = self.state.clone();
-        tokio::spawn(async move {
+        state.clone().spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
                 match convert::heartbeat_of(m) {
                     Ok(hb) if hb.node_id == node => {

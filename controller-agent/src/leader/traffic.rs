@@ -70,7 +70,7 @@ fn mismatched(state: &LeaderState, only: Option<&[String]>) -> Vec<(String, Vec<
 
 /// Keeps placements computed and every SE serving what they say.
 pub fn spawn_placer(state: Arc<LeaderState>) {
-    tokio::spawn(async move {
+    state.clone().spawn(async move {
         let mut last_push: BTreeMap<String, Instant> = BTreeMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -316,7 +316,7 @@ struct JournalWriteFailed(String);
 /// restarted leader resumes from the last journal that was written.
 pub(crate) fn spawn_drive(state: Arc<LeaderState>) {
     use futures_util::FutureExt;
-    tokio::spawn(async move {
+    state.clone().spawn(async move {
         let Err(panic) = std::panic::AssertUnwindSafe(drive(state.clone())).catch_unwind().await else {
             return;
         };
@@ -501,7 +501,7 @@ async fn apply_controllers(state: &Arc<LeaderState>, _: &Journal) -> Next {
             let state = state.clone();
             let command = cmd(&state, &j, c, CommandKind::Apply(j.image_ref()));
             let c = c.clone();
-            tokio::spawn(async move {
+            state.clone().spawn(async move {
                 state.status.lock().expect("status lock").begin(c.as_str(), "apply");
                 let r = run_command(&state, &c, &command, deadline).await;
                 state.status.lock().expect("status lock").end(c.as_str(), r.is_ok(), r.as_ref().unwrap_or_else(|e| e));
@@ -651,7 +651,7 @@ async fn rollback_controllers(state: &Arc<LeaderState>, j: &Journal) -> Next {
             let state = state.clone();
             let command = cmd(&state, j, c, CommandKind::Rollback(j.from));
             let c = c.clone();
-            tokio::spawn(async move {
+            state.clone().spawn(async move {
                 state.status.lock().expect("status lock").begin(c.as_str(), "rollback");
                 let r = run_command(&state, &c, &command, deadline).await;
                 state.status.lock().expect("status lock").end(c.as_str(), r.is_ok(), r.as_ref().unwrap_or_else(|e| e));
@@ -756,7 +756,7 @@ fn finish(state: &LeaderState, outcome: OpState, reason: String, rolled_back: bo
 /// After an aborted upgrade, nodes that come back on the new, uncommitted
 /// version (they were down during the rollback) are rolled back too.
 pub fn spawn_reconciler(state: Arc<LeaderState>) {
-    tokio::spawn(async move {
+    state.clone().spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let Some(j) = state.journal.lock().expect("journal lock").clone() else { continue };

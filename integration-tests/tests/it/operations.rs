@@ -82,3 +82,26 @@ async fn a_journal_that_cannot_be_written_stops_the_upgrade_and_unlocks_the_conf
     drop(filler);
     std::fs::remove_file(c.data_dir("c1").join("filler")).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_leaves_no_task_running() {
+    let mut c = TestCluster::builder().group("g1", "active-active", 2).fetch_rate_limit(1 << 20).start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 8 << 20);
+    let api = c.api();
+    let image = api.upload(&pkg, "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
+    // An upgrade in its distribution, with a transfer per SE under way.
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let state = c.leader();
+    c.stop_node("c1").await;
+    let mut holders = 0;
+    for _ in 0..50 {
+        holders = std::sync::Arc::strong_count(&state) - 1;
+        if holders == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(holders, 0, "tasks of the stopped leader still hold its state");
+}

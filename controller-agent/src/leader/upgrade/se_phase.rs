@@ -28,14 +28,17 @@ pub(super) async fn service_engines(state: &Arc<LeaderState>) -> Next {
         tokio::time::sleep(POLL).await;
     }
     let stop = tokio_util::sync::CancellationToken::new();
-    let prober =
-        tokio::spawn(crate::leader::traffic::probe_until(state.clone(), Duration::from_millis(100), stop.clone()));
+    let prober = state.clone().spawn(crate::leader::traffic::probe_until(
+        state.clone(),
+        Duration::from_millis(100),
+        stop.clone(),
+    ));
     let j = journal(state);
     let tasks: Vec<_> = j
         .se_groups
         .keys()
         .filter(|g| !j.suspended.contains_key(*g))
-        .map(|g| tokio::spawn(upgrade_group(state.clone(), g.clone())))
+        .map(|g| state.clone().spawn(upgrade_group(state.clone(), g.clone())))
         .collect();
     let groups: Vec<String> = j.se_groups.keys().filter(|g| !j.suspended.contains_key(*g)).cloned().collect();
     for (g, t) in groups.iter().zip(tasks) {
@@ -160,8 +163,10 @@ async fn upgrade_group(state: Arc<LeaderState>, group: String) {
     set_group(&state, &group, "in_progress", ses.len() - batches.iter().map(Vec::len).sum::<usize>(), ses.len());
     for batch in batches {
         let members: Vec<String> = ses.iter().map(|s| s.to_string()).collect();
-        let tasks: Vec<_> =
-            batch.iter().map(|se| tokio::spawn(upgrade_se(state.clone(), se.clone(), members.clone()))).collect();
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|se| state.clone().spawn(upgrade_se(state.clone(), se.clone(), members.clone())))
+            .collect();
         let mut failed = vec![];
         for (se, t) in batch.iter().zip(tasks) {
             match t.await {
@@ -296,7 +301,7 @@ pub(super) async fn rollback_groups(state: &Arc<LeaderState>) -> Next {
             let state = state.clone();
             let ses = j.se_groups.get(g).cloned().unwrap_or_default();
             let g = g.clone();
-            tokio::spawn(async move {
+            state.clone().spawn(async move {
                 set_group(&state, &g, "rolling_back", 0, ses.len());
                 let members: Vec<String> = ses.iter().map(|s| s.to_string()).collect();
                 for (i, se) in ses.iter().enumerate() {
