@@ -230,7 +230,8 @@ function phases(s) {
       </tbody></table></div>`);
 
     for (const g of s.se_groups || []) {
-      const suspended = g.state === "suspended";
+      // Actionable only once the operation has ended suspended (the API answers 409 before).
+      const suspended = g.state === "suspended" && s.state === "suspended";
       const ses = (g.ses || []).map((id) => s.nodes.find((n) => n.id === id)).filter(Boolean);
       out.push(`<div class="phase se-group" data-group="${esc(g.name)}"><h3>SE group ${esc(g.name)} ${badge(g.state)}
         <span class="muted">${esc(g.ha_mode)}</span></h3>
