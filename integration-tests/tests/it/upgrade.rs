@@ -306,35 +306,36 @@ async fn an_se_that_cannot_reach_the_leader_after_its_reboot_rolls_itself_back()
     all_up_on(&api, "2.0.0", &[], 30).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_powered_off_during_distribution_resumes_and_completes() {
-    // 8 MiB/s per transfer: distribution lasts long enough to cut it.
-    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2", "--fetch-rate-limit", "8388608"]);
+/// Starts an upgrade on `cluster`, cuts the leader's power once `phase` is
+/// reached, powers it on again, and checks that the upgrade completes on
+/// every node after the leader resumed it from its journal.
+async fn leader_power_cut_in(phase: &str, cluster: &[&str]) {
+    let (c, api) = start(cluster);
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
-    wait_phase(&api, "distribute").await;
+    wait_phase(&api, phase).await;
     let d = c.path();
     assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c1"]).status.success());
     assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c1"]).status.success());
     let end = wait_end(&api, 180).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end["state"], "completed", "{phase}: {end:#}");
     all_up_on(&api, "2.0.0", &[], 30).await;
     let log = std::fs::read_to_string(c.path().join("nodes/c1/agent.log")).unwrap();
-    assert!(log.contains("resuming the upgrade from the journal"), "the leader resumed");
+    assert!(log.contains("resuming the upgrade from the journal"), "{phase}: the leader resumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_powered_off_during_distribution_resumes_and_completes() {
+    // 8 MiB/s per transfer: distribution lasts long enough to cut it.
+    leader_power_cut_in(
+        "distribute",
+        &["--controllers", "1", "--groups", "g1:active-active:2", "--fetch-rate-limit", "8388608"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_powered_off_in_the_controllers_phase_resumes_and_completes() {
-    let (c, api) = start(&["--controllers", "3", "--groups", "g1:active-active:1"]);
-    let tmp = tempfile::tempdir().unwrap();
-    let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
-    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
-    wait_phase(&api, "controllers").await;
-    let d = c.path();
-    assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c1"]).status.success());
-    assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c1"]).status.success());
-    let end = wait_end(&api, 180).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
-    all_up_on(&api, "2.0.0", &[], 30).await;
+    leader_power_cut_in("controllers", &["--controllers", "3", "--groups", "g1:active-active:1"]).await;
 }
