@@ -133,7 +133,7 @@ pub async fn serve(
                     let identity = end_entity.as_ref().and_then(|c| PeerIdentity::from_cert_der(c).ok());
                     // A cluster certificate lifts the per-address count (nodes
                     // behind one address, such as a local cluster, are many).
-                    let _slot = if identity.is_some() { drop(slot); None } else { Some(slot) };
+                    let _slot = identity.is_none().then_some(slot);
                     let peer = Peer { identity, remote };
                     let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                         let app = app.clone();

@@ -19,3 +19,13 @@ pub use types::{DeploymentKind, NodeId, Role, Sha256Digest, Version};
 
 /// The gRPC/HTTPS port every agent listens on unless configured otherwise.
 pub const DEFAULT_PORT: u16 = 8443;
+
+/// The message a panic carried (`panic!` with a string or a format), or
+/// an empty string for any other payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}

@@ -160,12 +160,8 @@ pub fn campaign(target: &Target, seed: u64, first: u64, cases: u64) -> Report {
             Ok(Ok(false)) => {}
             Ok(Err(message)) => report.failures.push(Failure { case, message }),
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                report.failures.push(Failure { case, message: format!("panicked: {message}") });
+                let message = format!("panicked: {}", common::panic_message(&*panic));
+                report.failures.push(Failure { case, message });
             }
         }
     }

@@ -246,7 +246,7 @@ impl StatusBoard {
         for g in &mut c.se_groups {
             let next = match g["state"].as_str() {
                 Some("pending") => Some("not_started"),
-                Some("running" | "upgrading" | "in_progress" | "rolling_back") => Some("stopped"),
+                Some("in_progress" | "rolling_back") => Some("stopped"),
                 _ => None,
             };
             if let Some(next) = next {

@@ -326,14 +326,10 @@ pub(crate) fn spawn_drive(state: Arc<LeaderState>) {
                  free or fix the leader's disk, then restart the leader, which resumes from the last journal written",
                 j.0
             ),
-            Err(other) => {
-                let msg = other
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| other.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                format!("the upgrade driver stopped on an internal error ({msg}); restart the leader to resume it")
-            }
+            Err(other) => format!(
+                "the upgrade driver stopped on an internal error ({}); restart the leader to resume it",
+                common::panic_message(&*other)
+            ),
         };
         tracing::error!(%why, "upgrade stopped");
         if let Some(j) = state.journal.lock().expect("journal lock").as_mut() {
