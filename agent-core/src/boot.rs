@@ -7,12 +7,11 @@ use std::{convert::Infallible, os::unix::process::CommandExt, path::Path};
 use common::{
     Role,
     config::{ConfigError, NodeSettings},
-    slots::{BootRecord, SlotError, Slots},
+    slots::{SlotError, Slots},
 };
 use tracing::{info, warn};
 
-/// Boots of a pending slot tried before falling back.
-pub const MAX_BOOT_ATTEMPTS: u32 = 3;
+pub use common::slots::{MAX_BOOT_ATTEMPTS, next_record};
 
 /// Why the boot loader could not hand over to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -31,23 +30,6 @@ pub enum BootError {
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// The boot record to write before booting, given the one found. Pure.
-pub fn next_record(r: &BootRecord, max_attempts: u32) -> BootRecord {
-    let mut next = r.clone();
-    if r.pending {
-        match r.previous {
-            Some(prev) if r.attempts >= max_attempts => {
-                next.active = prev;
-                next.previous = Some(r.active);
-                next.pending = false;
-                next.attempts = 0;
-            }
-            _ => next.attempts += 1,
-        }
-    }
-    next
 }
 
 /// Chooses the slot and execs its agent with `run --config CONFIG`.
@@ -80,29 +62,5 @@ pub async fn wait_for_stop_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use common::slots::Slot;
-
-    use super::*;
-
-    fn rec(pending: bool, attempts: u32) -> BootRecord {
-        BootRecord { format: 1, active: Slot::B, previous: Some(Slot::A), pending, attempts }
-    }
-
-    #[test]
-    fn committed_slot_boots_unchanged() {
-        assert_eq!(next_record(&rec(false, 0), 3), rec(false, 0));
-    }
-
-    #[test]
-    fn pending_slot_counts_attempts_then_falls_back() {
-        assert_eq!(next_record(&rec(true, 0), 3).attempts, 1);
-        assert_eq!(next_record(&rec(true, 2), 3).attempts, 3);
-        let fell = next_record(&rec(true, 3), 3);
-        assert_eq!((fell.active, fell.previous, fell.pending), (Slot::A, Some(Slot::B), false));
     }
 }

@@ -61,6 +61,26 @@ pub struct BootRecord {
     pub attempts: u32,
 }
 
+/// Boots of a pending slot tried before falling back.
+pub const MAX_BOOT_ATTEMPTS: u32 = 3;
+
+/// The boot record to write before booting, given the one found. Pure.
+pub fn next_record(r: &BootRecord, max_attempts: u32) -> BootRecord {
+    let mut next = r.clone();
+    if r.pending {
+        match r.previous {
+            Some(prev) if r.attempts >= max_attempts => {
+                next.active = prev;
+                next.previous = Some(r.active);
+                next.pending = false;
+                next.attempts = 0;
+            }
+            _ => next.attempts += 1,
+        }
+    }
+    next
+}
+
 /// What the installed layout says about the running version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +339,23 @@ pub enum InstallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(pending: bool, attempts: u32) -> BootRecord {
+        BootRecord { format: 1, active: Slot::B, previous: Some(Slot::A), pending, attempts }
+    }
+
+    #[test]
+    fn committed_slot_boots_unchanged() {
+        assert_eq!(next_record(&rec(false, 0), 3), rec(false, 0));
+    }
+
+    #[test]
+    fn pending_slot_counts_attempts_then_falls_back() {
+        assert_eq!(next_record(&rec(true, 0), 3).attempts, 1);
+        assert_eq!(next_record(&rec(true, 2), 3).attempts, 3);
+        let fell = next_record(&rec(true, 3), 3);
+        assert_eq!((fell.active, fell.previous, fell.pending), (Slot::A, Some(Slot::B), false));
+    }
 
     /// Writes the two agent binaries (with the given contents) into `dir`.
     fn fake_bins(dir: &Path, controller: &[u8], se: &[u8]) -> PathBuf {

@@ -6,7 +6,7 @@ pub mod distribute;
 pub mod grpc;
 pub mod image_server;
 pub mod images;
-pub mod placement;
+pub use coordinator::placement;
 pub mod status;
 pub mod store;
 pub mod traffic;

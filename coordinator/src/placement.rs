@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::session::ServiceSpec;
 
-use super::store::Config;
+use crate::config::Config;
 
 /// SEs a service of `ha_mode` and `scale` is placed on.
 pub fn wanted(ha_mode: &str, scale: u32) -> usize {
@@ -73,6 +73,16 @@ pub fn serving(cfg: &Config, drained: &BTreeSet<String>) -> BTreeMap<String, Vec
     out
 }
 
+/// The SEs of a group ordered for a rolling upgrade: those active for the
+/// fewest services first (for active-standby: the standby first), ties by id.
+pub fn rolling_order(cfg: &Config, ses: &[common::NodeId]) -> Vec<common::NodeId> {
+    let active_for =
+        |se: &common::NodeId| cfg.placements.values().filter(|p| p.first().is_some_and(|a| a == se.as_str())).count();
+    let mut v = ses.to_vec();
+    v.sort_by_key(|se| (active_for(se), se.clone()));
+    v
+}
+
 /// Per virtual service: will a rolling SE upgrade interrupt it, and why.
 pub fn predict(cfg: &Config, disruptive: bool) -> Vec<(String, bool, String)> {
     cfg.virtual_services
@@ -97,7 +107,7 @@ pub fn predict(cfg: &Config, disruptive: bool) -> Vec<(String, bool, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leader::store::{SeGroup, VirtualService};
+    use crate::config::{SeGroup, VirtualService};
 
     fn cfg() -> Config {
         let mut c = Config::default();

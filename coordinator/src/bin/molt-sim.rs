@@ -1,0 +1,107 @@
+//! `molt-sim`: runs the coordinator's deterministic simulation over seeded
+//! fault schedules and checks the invariants after every step.
+//!
+//! ```text
+//! molt-sim [--schedules N] [--seed S] [--mutant NAME] [--list-mutants] [--trace]
+//! ```
+//! Prints the faults injected (kind × step), the outcomes, each violation
+//! with the command that replays it, and as its last line
+//! `schedules: N, violations: V`; exits 1 when V > 0.
+
+use std::collections::BTreeMap;
+
+use coordinator::{Mutant, sim};
+
+fn usage() -> ! {
+    eprintln!("usage: molt-sim [--schedules N] [--seed S] [--mutant NAME] [--list-mutants] [--trace]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let mut schedules = 1_000u64;
+    let mut seed = 1u64;
+    let mut mutant = None;
+    let mut trace = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--schedules" => schedules = value().parse().unwrap_or_else(|_| usage()),
+            "--seed" => seed = value().parse().unwrap_or_else(|_| usage()),
+            "--mutant" => {
+                let name = value();
+                mutant = Some(Mutant::parse(&name).unwrap_or_else(|| {
+                    eprintln!("error: no mutant {name:?}; `molt-sim --list-mutants` lists them");
+                    std::process::exit(2)
+                }));
+            }
+            "--trace" => trace = true,
+            "--list-mutants" => {
+                for m in Mutant::ALL {
+                    println!("{:<22} {}", m.name(), m.describe());
+                }
+                return;
+            }
+            "-h" | "--help" => usage(),
+            _ => usage(),
+        }
+    }
+    if trace {
+        let (r, lines) = sim::run_traced(seed, mutant);
+        for l in lines {
+            println!("{l}");
+        }
+        for v in &r.violations {
+            println!("VIOLATION {v}");
+        }
+        return;
+    }
+    let started = std::time::Instant::now();
+    let mut faults: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut violations = 0u64;
+    let mut first_failing = None;
+    let mut virtual_ms = 0u64;
+    for s in seed..seed + schedules {
+        let r = sim::run(s, mutant);
+        for (k, n) in r.faults {
+            *faults.entry(k).or_default() += n;
+        }
+        for (k, n) in r.outcomes {
+            *outcomes.entry(k).or_default() += n;
+        }
+        virtual_ms += r.virtual_ms;
+        if !r.violations.is_empty() {
+            violations += 1;
+            if violations <= 5 {
+                println!("seed {s}: {}", r.violations[0]);
+                for v in &r.violations[1..] {
+                    println!("    {v}");
+                }
+                println!("    replay: {}", sim::replay_command(s, mutant));
+            }
+            first_failing.get_or_insert(s);
+        }
+    }
+    println!("faults injected (kind × step):");
+    for ((kind, step), n) in &faults {
+        println!("  {kind:<22} {step:<16} {n}");
+    }
+    println!("operations ended:");
+    for (k, n) in &outcomes {
+        println!("  {k:<30} {n}");
+    }
+    println!(
+        "virtual time: {:.1} h in {:.1} s{}",
+        virtual_ms as f64 / 3.6e6,
+        started.elapsed().as_secs_f64(),
+        mutant.map(|m| format!(", mutant {}", m.name())).unwrap_or_default()
+    );
+    if let Some(s) = first_failing {
+        println!("first failing seed: {s}");
+    }
+    println!("schedules: {schedules}, violations: {violations}");
+    if violations > 0 {
+        std::process::exit(1);
+    }
+}

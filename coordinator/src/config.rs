@@ -1,0 +1,176 @@
+//! The configuration the leader keeps (SE groups, virtual services and
+//! where they are placed), with its validation: pure data, shared by the
+//! leader's store, the coordinator and the simulation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// HA modes of an SE group.
+pub const HA_MODES: [&str; 3] = ["active-active", "n-plus-m", "active-standby"];
+
+/// An SE group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeGroup {
+    /// Name.
+    pub name: String,
+    /// `active-active`, `n-plus-m` or `active-standby`.
+    pub ha_mode: String,
+}
+
+/// A virtual service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualService {
+    /// Name.
+    pub name: String,
+    /// The SE group that serves it.
+    pub se_group: String,
+    /// TCP port it listens on.
+    pub port: u16,
+    /// SEs it is placed on.
+    #[serde(default = "one")]
+    pub scale: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// SE groups by name.
+    pub se_groups: BTreeMap<String, SeGroup>,
+    /// Virtual services by name.
+    pub virtual_services: BTreeMap<String, VirtualService>,
+    /// Where each virtual service is placed: SE ids, the active first.
+    #[serde(default)]
+    pub placements: BTreeMap<String, Vec<String>>,
+}
+
+/// Why a configuration change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Invalid object.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such object.
+    #[error("{0}")]
+    NotFound(String),
+    /// Already exists, or still referenced.
+    #[error("{0}")]
+    Conflict(String),
+    /// Could not be saved.
+    #[error("cannot save the configuration: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(ConfigError::Invalid(format!("{what} name {name:?}: use 1-63 letters, digits, '-', '_' or '.'")));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Validates and inserts (or, with `replace`, updates) an SE group.
+    pub fn put_group(&mut self, g: SeGroup, replace: bool) -> Result<(), ConfigError> {
+        check_name("SE group", &g.name)?;
+        if !HA_MODES.contains(&g.ha_mode.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "ha_mode {:?}: expected active-active, n-plus-m or active-standby",
+                g.ha_mode
+            )));
+        }
+        match (self.se_groups.contains_key(&g.name), replace) {
+            (true, false) => return Err(ConfigError::Conflict(format!("SE group {} already exists", g.name))),
+            (false, true) => return Err(ConfigError::NotFound(format!("no SE group {}", g.name))),
+            _ => {}
+        }
+        self.se_groups.insert(g.name.clone(), g);
+        Ok(())
+    }
+
+    /// Removes an SE group that no virtual service uses.
+    pub fn delete_group(&mut self, name: &str) -> Result<(), ConfigError> {
+        if let Some(vs) = self.virtual_services.values().find(|v| v.se_group == name) {
+            return Err(ConfigError::Conflict(format!("SE group {name} still serves virtual service {}", vs.name)));
+        }
+        self.se_groups.remove(name).map(|_| ()).ok_or_else(|| ConfigError::NotFound(format!("no SE group {name}")))
+    }
+
+    /// Validates and inserts (or updates) a virtual service.
+    /// `agent_ports` are the ports the agents themselves listen on: an SE
+    /// could not bind a service there.
+    pub fn put_vs(&mut self, v: VirtualService, replace: bool, agent_ports: &[u16]) -> Result<(), ConfigError> {
+        check_name("virtual service", &v.name)?;
+        if !self.se_groups.contains_key(&v.se_group) {
+            return Err(ConfigError::Invalid(format!("se_group {:?} does not exist; create it first", v.se_group)));
+        }
+        if v.port == 0 {
+            return Err(ConfigError::Invalid("port must be 1-65535".into()));
+        }
+        if agent_ports.contains(&v.port) {
+            return Err(ConfigError::Invalid(format!(
+                "port {} is the molt agents' own port (gRPC and the API); an SE cannot serve a virtual service on it, choose another port",
+                v.port
+            )));
+        }
+        if !(1..=64).contains(&v.scale) {
+            return Err(ConfigError::Invalid(format!("scale {}: must be 1-64", v.scale)));
+        }
+        if let Some(other) =
+            self.virtual_services.values().find(|o| o.port == v.port && o.name != v.name && o.se_group == v.se_group)
+        {
+            return Err(ConfigError::Conflict(format!(
+                "port {} is already used by {} in {}",
+                v.port, other.name, v.se_group
+            )));
+        }
+        match (self.virtual_services.contains_key(&v.name), replace) {
+            (true, false) => return Err(ConfigError::Conflict(format!("virtual service {} already exists", v.name))),
+            (false, true) => return Err(ConfigError::NotFound(format!("no virtual service {}", v.name))),
+            _ => {}
+        }
+        self.virtual_services.insert(v.name.clone(), v);
+        Ok(())
+    }
+
+    /// Removes a virtual service.
+    pub fn delete_vs(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.placements.remove(name);
+        self.virtual_services
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| ConfigError::NotFound(format!("no virtual service {name}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vs(name: &str, group: &str, port: u16) -> VirtualService {
+        VirtualService { name: name.into(), se_group: group.into(), port, scale: 1 }
+    }
+
+    #[test]
+    fn objects_are_validated_and_references_kept() {
+        let mut c = Config::default();
+        assert!(c.put_group(SeGroup { name: "g1".into(), ha_mode: "fancy".into() }, false).is_err());
+        c.put_group(SeGroup { name: "g1".into(), ha_mode: "n-plus-m".into() }, false).unwrap();
+        assert!(matches!(c.put_vs(vs("web", "nope", 80), false, &[8443]), Err(ConfigError::Invalid(_))));
+        c.put_vs(vs("web", "g1", 80), false, &[8443]).unwrap();
+        let on_agent_port = c.put_vs(vs("grpc", "g1", 8443), false, &[8443]).unwrap_err();
+        assert!(
+            matches!(on_agent_port, ConfigError::Invalid(ref m) if m.contains("agents' own port")),
+            "{on_agent_port}"
+        );
+        assert!(matches!(c.put_vs(vs("api", "g1", 80), false, &[8443]), Err(ConfigError::Conflict(_))));
+        assert!(matches!(c.delete_group("g1"), Err(ConfigError::Conflict(_))));
+        c.delete_vs("web").unwrap();
+        c.delete_group("g1").unwrap();
+    }
+}

@@ -1,0 +1,987 @@
+//! The decision function: `next(journal, observed, ctx) -> (journal', actions)`.
+//!
+//! Pure: no clock, no I/O, no randomness. It reads the journal and what the
+//! nodes' heartbeats say, and returns the journal to write and the actions
+//! to carry out once it is written. Every step re-reads the nodes rather
+//! than trusting memory, so a restarted leader (or a repeated decision)
+//! picks up where the cluster really is; commands carry ids derived from
+//! the journal, so a repeated send is answered, not run twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{
+    NodeId, Version,
+    session::{Command, CommandKind, CommandState, ImageRef, ServiceSpec},
+};
+
+use crate::{
+    Mutant,
+    config::Config,
+    journal::{ActionOnError, GroupState, Journal, Member, Ms, NodeOp, Operation, Outcome, Phase, Step},
+    placement,
+};
+
+/// A node as its heartbeats show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Heartbeats arrive.
+    pub up: bool,
+    /// Version of its active slot.
+    pub version: Version,
+    /// Its agent's boot.
+    pub boot_id: String,
+    /// Its active slot is on trial.
+    pub pending: bool,
+    /// Version in its previous slot.
+    pub previous: Option<Version>,
+    /// Virtual services it serves (SEs).
+    pub serving: Vec<String>,
+    /// Results of commands, by id, with the boot that reported each.
+    pub results: BTreeMap<String, Reported>,
+}
+
+/// A command's result as a node reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reported {
+    /// Where it stands.
+    pub state: CommandState,
+    /// What it did, or why it failed.
+    pub message: String,
+    /// The boot of the agent that reported it.
+    pub boot_id: String,
+}
+
+/// What the leader sees of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Nodes that have sent a heartbeat.
+    pub nodes: BTreeMap<NodeId, Seen>,
+}
+
+impl Observed {
+    fn up(&self, id: &NodeId) -> Option<&Seen> {
+        self.nodes.get(id).filter(|s| s.up)
+    }
+
+    fn result(&self, id: &NodeId, command: &str) -> Option<&Reported> {
+        self.nodes.get(id).and_then(|s| s.results.get(command))
+    }
+}
+
+/// How long each kind of wait lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A node's apply and reboot, and the controllers' re-formation.
+    pub reform: Ms,
+    /// Staging the image on a node.
+    pub stage: Ms,
+    /// Moving an SE's virtual services to the others, or back.
+    pub drain: Ms,
+    /// A commit.
+    pub commit: Ms,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { reform: 300_000, stage: 1_800_000, drain: 20_000, commit: 60_000 }
+    }
+}
+
+/// What the decision needs besides the journal and the cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// The driver's clock.
+    pub now: Ms,
+    /// The leader's generation (fences its commands at the agents).
+    pub generation: u64,
+    /// Waits.
+    pub timeouts: Timeouts,
+    /// A known defect put back (simulation only; `None` in the product).
+    pub mutant: Option<Mutant>,
+}
+
+/// An effect, carried out by the driver after the journal is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Deliver this command (again: the node answers a repeated id without
+    /// running it twice; the driver re-sends at most every couple of seconds).
+    Send {
+        /// To whom.
+        node: NodeId,
+        /// What.
+        command: Command,
+    },
+    /// Put the configuration back as it was when the operation started.
+    RestoreConfig(Config),
+}
+
+/// A decision: the journal to write, then the actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The journal after this step.
+    pub journal: Journal,
+    /// What to do once it is written.
+    pub actions: Vec<Action>,
+}
+
+/// The ids of an operation's commands.
+pub fn command_id(kind: &str, journal_id: &str, tries: u32, node: &NodeId) -> String {
+    format!("{kind}-{journal_id}-{tries}-{node}")
+}
+
+/// Decides the next step of the operation in `journal`.
+pub fn next(journal: &Journal, obs: &Observed, ctx: &Ctx) -> Decision {
+    let mut d = Decider { j: journal.clone(), obs, ctx, actions: vec![] };
+    match d.j.phase {
+        Phase::Distribute => d.distribute(),
+        Phase::Controllers => d.controllers(),
+        Phase::ServiceEngines | Phase::RollbackSeGroups => d.service_engines(),
+        Phase::RollbackControllers => d.rollback_controllers(),
+        Phase::Done => d.reconcile(),
+    }
+    let raw = d.progress();
+    d.j.progress = d.j.progress.max(raw);
+    Decision { journal: d.j, actions: d.actions }
+}
+
+/// What each SE should serve while `journal` runs (or, with `None`, once
+/// nothing runs): its placements minus the SEs out of service, with
+/// make-before-break — an SE being drained keeps serving until the others
+/// have taken over, and the others keep serving until an SE coming back
+/// serves again.
+pub fn desired_serving(config: &Config, journal: Option<&Journal>) -> BTreeMap<String, Vec<ServiceSpec>> {
+    let Some(j) = journal.filter(|j| j.is_running()) else {
+        return placement::serving(config, &BTreeSet::new());
+    };
+    let drained: BTreeSet<String> = j.drained_set().iter().map(|s| s.to_string()).collect();
+    let restoring: Vec<&NodeId> = j.ses().filter(|(_, n)| n.step == Step::Restoring).map(|(id, _)| id).collect();
+    let draining: Vec<&NodeId> = j.ses().filter(|(_, n)| n.step == Step::Draining).map(|(id, _)| id).collect();
+    let mut base = drained.clone();
+    base.extend(restoring.iter().map(|s| s.to_string()));
+    let mut out = placement::serving(config, &base);
+    // A draining SE keeps what it served without its own drain.
+    for se in &draining {
+        let mut d = base.clone();
+        d.remove(se.as_str());
+        out.insert(se.to_string(), placement::serving(config, &d).remove(se.as_str()).unwrap_or_default());
+    }
+    // An SE coming back serves as if it were no longer drained.
+    for se in &restoring {
+        let mut d = base.clone();
+        d.remove(se.as_str());
+        out.insert(se.to_string(), placement::serving(config, &d).remove(se.as_str()).unwrap_or_default());
+    }
+    out
+}
+
+/// What the placer pushes: for each SE that is up and does not serve what
+/// it should, the services to serve now. Make-before-break everywhere: a
+/// service is added at once, but taken off an SE only once another SE is
+/// seen serving it (or nothing else is meant to serve it, as with a
+/// single placement).
+pub fn placements_to_push(
+    config: &Config,
+    journal: Option<&Journal>,
+    ses: &[NodeId],
+    obs: &Observed,
+) -> Vec<(NodeId, Vec<ServiceSpec>)> {
+    let desired = desired_serving(config, journal);
+    let serving_elsewhere = |se: &NodeId, name: &str| {
+        ses.iter().any(|o| o != se && obs.up(o).is_some_and(|s| s.serving.iter().any(|x| x == name)))
+    };
+    let meant_elsewhere = |se: &NodeId, name: &str| {
+        desired.iter().any(|(o, list)| o != se.as_str() && list.iter().any(|x| x.name == name))
+    };
+    let mut out = vec![];
+    for se in ses {
+        let Some(s) = obs.up(se) else { continue };
+        let want = desired.get(se.as_str()).cloned().unwrap_or_default();
+        let mut next: Vec<ServiceSpec> = want.clone();
+        for name in &s.serving {
+            if want.iter().any(|w| w.name == *name) {
+                continue;
+            }
+            let keep = meant_elsewhere(se, name) && !serving_elsewhere(se, name);
+            if let Some(vs) = config.virtual_services.get(name).filter(|_| keep) {
+                next.push(ServiceSpec { name: vs.name.clone(), port: vs.port });
+            }
+        }
+        next.sort();
+        let mut names: Vec<&str> = next.iter().map(|x| x.name.as_str()).collect();
+        names.sort_unstable();
+        let mut have: Vec<&str> = s.serving.iter().map(String::as_str).collect();
+        have.sort_unstable();
+        if names != have {
+            out.push((se.clone(), next));
+        }
+    }
+    out
+}
+
+/// Whether an SE serves what it should (an SE that is down has not converged).
+fn converged(obs: &Observed, desired: &BTreeMap<String, Vec<ServiceSpec>>, se: &NodeId) -> bool {
+    let Some(s) = obs.up(se) else { return false };
+    let mut want: Vec<&str> = desired.get(se.as_str()).into_iter().flatten().map(|s| s.name.as_str()).collect();
+    want.sort_unstable();
+    let mut have: Vec<&str> = s.serving.iter().map(String::as_str).collect();
+    have.sort_unstable();
+    want == have
+}
+
+/// Queues an SE for its group's rollback (a fresh attempt: new command ids).
+pub(crate) fn queue_rollback(n: &mut NodeOp) {
+    n.rollback = true;
+    n.tries += 1;
+    n.step = Step::Waiting;
+    n.by = None;
+    n.deadline = None;
+}
+
+/// The services `se` serves that nothing else would serve if it stopped,
+/// although they are placed on several SEs (another SE is out of service).
+fn uncovered(config: &Config, desired: &BTreeMap<String, Vec<ServiceSpec>>, se: &NodeId) -> Vec<String> {
+    let mine = desired.get(se.as_str()).into_iter().flatten();
+    mine.filter(|s| config.placements.get(&s.name).is_some_and(|p| p.len() >= 2))
+        .filter(|s| !desired.iter().any(|(other, list)| other != se.as_str() && list.contains(s)))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// SEs already out of service go first: draining another one first would
+/// leave their services to nobody.
+fn drained_first(j: &Journal, ses: &mut [NodeId]) {
+    let drained = j.drained_set();
+    ses.sort_by_key(|s| !drained.contains(s));
+}
+
+struct Decider<'a> {
+    j: Journal,
+    obs: &'a Observed,
+    ctx: &'a Ctx,
+    actions: Vec<Action>,
+}
+
+/// How one node's step went.
+enum Went {
+    /// Still in it, or moved on.
+    On,
+    /// It failed; the node's note says why.
+    Failed,
+}
+
+impl Decider<'_> {
+    fn now(&self) -> Ms {
+        self.ctx.now
+    }
+
+    fn image(&self) -> ImageRef {
+        let i = &self.j.image;
+        ImageRef { sha256: i.sha256, size: i.size, version: self.j.to, kind: i.kind, min_compatible: i.min_compatible }
+    }
+
+    fn command(&self, node: &NodeId, kind: CommandKind) -> Command {
+        let tries = self.j.nodes[node].tries;
+        Command { id: command_id(kind.name(), &self.j.id, tries, node), generation: self.ctx.generation, kind }
+    }
+
+    fn send(&mut self, node: &NodeId, command: Command) {
+        if self.obs.up(node).is_some() {
+            self.actions.push(Action::Send { node: node.clone(), command });
+        }
+    }
+
+    fn node(&mut self, id: &NodeId) -> &mut NodeOp {
+        self.j.nodes.get_mut(id).expect("a node of the journal")
+    }
+
+    fn set(&mut self, id: &NodeId, step: Step, deadline: Option<Ms>) {
+        let n = self.node(id);
+        n.step = step;
+        n.deadline = deadline;
+    }
+
+    fn fail(&mut self, id: &NodeId, why: String) -> Went {
+        let n = self.node(id);
+        n.step = Step::Failed;
+        n.deadline = None;
+        n.note = why;
+        Went::Failed
+    }
+
+    fn past(&self, id: &NodeId) -> bool {
+        self.j.nodes[id].deadline.is_some_and(|d| self.now() > d)
+    }
+
+    fn down_or_up(&self, id: &NodeId) -> &'static str {
+        if self.obs.up(id).is_some() { "up" } else { "down" }
+    }
+
+    fn is_se(&self, id: &NodeId) -> bool {
+        matches!(self.j.nodes[id].member, Member::ServiceEngine(_))
+    }
+
+    /// Where a node goes once it runs the new version.
+    fn after_rejoin(&mut self, id: &NodeId) {
+        if self.is_se(id) {
+            let d = self.now() + self.ctx.timeouts.commit;
+            self.set(id, Step::Committing, Some(d));
+        } else {
+            self.set(id, Step::Rejoined, None);
+        }
+    }
+
+    /// Where a node goes once it runs the old version again.
+    fn after_rollback(&mut self, id: &NodeId) {
+        if self.is_se(id) && !self.j.disruptive {
+            self.restore(id);
+        } else {
+            self.set(id, Step::RolledBack, None);
+        }
+    }
+
+    /// Puts an SE back in service: it serves first, then the others let go.
+    fn restore(&mut self, id: &NodeId) {
+        let d = self.now() + self.ctx.timeouts.drain;
+        self.j.drained.remove(id);
+        self.j.volatile.drained.remove(id);
+        self.set(id, Step::Restoring, Some(d));
+    }
+
+    /// Advances a node in apply, rejoin, commit, rollback or rollback-rejoin.
+    fn advance(&mut self, id: &NodeId) -> Went {
+        let (from, to) = (self.j.from, self.j.to);
+        let step = self.j.nodes[id].step;
+        match step {
+            Step::Applying => {
+                let c = self.command(id, CommandKind::Apply(self.image()));
+                match self.obs.result(id, &c.id) {
+                    Some(r) if r.state == CommandState::Succeeded => {
+                        let by = r.boot_id.clone();
+                        if self.obs.up(id).is_some_and(|s| s.version == to) {
+                            self.after_rejoin(id);
+                        } else {
+                            self.node(id).by = Some(by);
+                            self.node(id).step = Step::Rejoining;
+                        }
+                    }
+                    Some(r) if r.state == CommandState::Failed => {
+                        let why = format!("apply failed: {}", r.message);
+                        return self.fail(id, why);
+                    }
+                    _ if self.past(id) => {
+                        let why = format!("no answer to apply within the deadline (node {})", self.down_or_up(id));
+                        return self.fail(id, why);
+                    }
+                    _ => self.send(id, c),
+                }
+            }
+            Step::Rejoining => {
+                let by = self.j.nodes[id].by.clone();
+                if let Some(s) = self.obs.up(id).filter(|s| Some(&s.boot_id) != by.as_ref()) {
+                    if s.version == to {
+                        self.after_rejoin(id);
+                        return Went::On;
+                    }
+                    if s.version == from {
+                        return self.fail(
+                            id,
+                            format!("came back on {from}: {to} did not start there and its boot loader fell back"),
+                        );
+                    }
+                }
+                if self.past(id) {
+                    let s = self.ctx.timeouts.reform / 1000;
+                    return self.fail(id, format!("did not rejoin on {to} within {s} s"));
+                }
+            }
+            Step::Committing => {
+                let c = self.command(id, CommandKind::Commit(to));
+                match self.obs.result(id, &c.id) {
+                    Some(r) if r.state == CommandState::Succeeded => {
+                        if self.is_se(id) && !self.j.disruptive {
+                            self.restore(id);
+                        } else {
+                            self.set(id, Step::Upgraded, None);
+                        }
+                    }
+                    Some(r) if r.state == CommandState::Failed => {
+                        let why = format!("commit failed: {}", r.message);
+                        return self.fail(id, why);
+                    }
+                    _ if self.past(id) => {
+                        let why = format!("no answer to commit within the deadline (node {})", self.down_or_up(id));
+                        return self.fail(id, why);
+                    }
+                    _ => self.send(id, c),
+                }
+            }
+            Step::RollingBack => {
+                if self.obs.up(id).is_some_and(|s| s.version == from && !s.pending) {
+                    self.after_rollback(id);
+                    return Went::On;
+                }
+                let c = self.command(id, CommandKind::Rollback(from));
+                match self.obs.result(id, &c.id) {
+                    Some(r) if r.state == CommandState::Succeeded => {
+                        let by = r.boot_id.clone();
+                        if self.obs.up(id).is_some_and(|s| s.version == from) {
+                            self.after_rollback(id);
+                        } else {
+                            self.node(id).by = Some(by);
+                            self.node(id).step = Step::RollbackRejoining;
+                        }
+                    }
+                    Some(r) if r.state == CommandState::Failed => {
+                        let why = format!("rollback failed: {}", r.message);
+                        return self.fail(id, why);
+                    }
+                    _ if self.past(id) => {
+                        let why = if self.obs.up(id).is_some() {
+                            "no answer to rollback within the deadline".to_owned()
+                        } else {
+                            format!(
+                                "down; it returns to {from} when it comes back (the leader rolls it back, or it reverts itself)"
+                            )
+                        };
+                        return self.fail(id, why);
+                    }
+                    _ => self.send(id, c),
+                }
+            }
+            Step::RollbackRejoining => {
+                let by = self.j.nodes[id].by.clone();
+                if self.obs.up(id).is_some_and(|s| Some(&s.boot_id) != by.as_ref() && s.version == from) {
+                    self.after_rollback(id);
+                } else if self.past(id) {
+                    return self.fail(id, format!("did not come back on {from}"));
+                }
+            }
+            _ => {}
+        }
+        Went::On
+    }
+
+    // ---- distribute ----
+
+    fn distribute(&mut self) {
+        let ids: Vec<NodeId> = self.j.nodes.keys().cloned().collect();
+        for id in &ids {
+            match self.j.nodes[id].step {
+                Step::Waiting => {
+                    let d = self.now() + self.ctx.timeouts.stage;
+                    self.set(id, Step::Staging, Some(d));
+                }
+                Step::Staging => {}
+                _ => continue,
+            }
+            let c = self.command(id, CommandKind::Stage(self.image()));
+            match self.obs.result(id, &c.id) {
+                Some(r) if r.state == CommandState::Succeeded => self.set(id, Step::Staged, None),
+                Some(r) if r.state == CommandState::Failed => {
+                    let why = r.message.clone();
+                    self.fail(id, why);
+                }
+                _ if self.past(id) => {
+                    let why = format!("not staged within the deadline (node {})", self.down_or_up(id));
+                    self.fail(id, why);
+                }
+                _ => self.send(id, c),
+            }
+        }
+        let failed: Vec<String> = self
+            .j
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.step == Step::Failed)
+            .map(|(id, n)| format!("{id}: {}", n.note))
+            .collect();
+        if !failed.is_empty() {
+            self.finish(Outcome::Aborted, format!("distribution failed, nothing was installed: {}", failed.join("; ")));
+            return;
+        }
+        if self.j.nodes.values().all(|n| n.step == Step::Staged) {
+            if self.j.operation == Operation::Prestage {
+                let to = self.j.to;
+                self.finish(Outcome::Completed, format!("{to} staged on every node"));
+            } else {
+                self.j.phase = Phase::Controllers;
+                self.controllers();
+            }
+        }
+    }
+
+    // ---- controllers ----
+
+    fn controllers(&mut self) {
+        let all = self.j.controllers();
+        let leader = self.j.leader.clone();
+        let reform = self.ctx.timeouts.reform;
+        for c in all.iter().filter(|c| **c != leader) {
+            if matches!(self.j.nodes[c].step, Step::Waiting | Step::Staged) {
+                let d = self.now() + reform;
+                self.set(c, Step::Applying, Some(d));
+            }
+        }
+        let followers_off = all.iter().filter(|c| **c != leader).all(|c| {
+            matches!(self.j.nodes[c].step, Step::Rejoining | Step::Rejoined | Step::Committing | Step::Upgraded)
+        });
+        if followers_off
+            && self.j.nodes.contains_key(&leader)
+            && matches!(self.j.nodes[&leader].step, Step::Waiting | Step::Staged)
+        {
+            let d = self.now() + reform;
+            self.set(&leader, Step::Applying, Some(d));
+        }
+        for c in &all {
+            self.advance(c);
+        }
+        let failed: Vec<String> = all
+            .iter()
+            .filter(|c| self.j.nodes[*c].step == Step::Failed)
+            .map(|c| format!("{c}: {}", self.j.nodes[c].note))
+            .collect();
+        if !failed.is_empty() {
+            self.start_controller_rollback(format!("the controllers did not re-form: {}", failed.join("; ")));
+            return;
+        }
+        if all.iter().all(|c| self.j.nodes[c].step == Step::Rejoined) {
+            for c in &all {
+                let d = self.now() + self.ctx.timeouts.commit;
+                self.set(c, Step::Committing, Some(d));
+                self.advance(c);
+            }
+        }
+        if all.iter().all(|c| self.j.nodes[c].step == Step::Upgraded) {
+            self.j.phase = Phase::ServiceEngines;
+            self.j.phase_deadline = Some(self.now() + reform);
+            self.service_engines();
+        }
+    }
+
+    fn start_controller_rollback(&mut self, reason: String) {
+        self.j.phase = Phase::RollbackControllers;
+        self.j.reason = reason;
+        let d = self.now() + self.ctx.timeouts.reform;
+        let leader = self.j.leader.clone();
+        for c in self.j.controllers() {
+            let n = self.node(&c);
+            if matches!(n.step, Step::Waiting | Step::Staging | Step::Staged) {
+                n.step = Step::RolledBack;
+                n.deadline = None;
+            } else {
+                n.step = Step::RollingBack;
+                n.tries += 1;
+                n.by = None;
+                n.deadline = if c == leader { None } else { Some(d) };
+            }
+        }
+        self.rollback_controllers();
+    }
+
+    fn rollback_controllers(&mut self) {
+        let all = self.j.controllers();
+        let leader = self.j.leader.clone();
+        let settled = |d: &Self, c: &NodeId| matches!(d.j.nodes[c].step, Step::RolledBack | Step::Failed);
+        for c in all.iter().filter(|c| **c != leader) {
+            self.advance(c);
+        }
+        // The leader last: its own rollback reboots it. Its wait starts now.
+        if all.iter().filter(|c| **c != leader).all(|c| settled(self, c)) && self.j.nodes.contains_key(&leader) {
+            if self.j.nodes[&leader].step == Step::RollingBack && self.j.nodes[&leader].deadline.is_none() {
+                let d = self.now() + self.ctx.timeouts.reform;
+                self.node(&leader).deadline = Some(d);
+            }
+            self.advance(&leader);
+        }
+        if !all.iter().all(|c| settled(self, c)) {
+            return;
+        }
+        let from = self.j.from;
+        let left: Vec<String> = all
+            .iter()
+            .filter(|c| self.j.nodes[*c].step == Step::Failed)
+            .map(|c| format!("{c} {}", self.j.nodes[c].note))
+            .collect();
+        let mut reason = self.j.reason.clone();
+        if !left.is_empty() {
+            reason = format!("{reason}. Not back on {from} yet: {}", left.join("; "));
+        }
+        let snapshot = self.j.config.clone();
+        self.actions.push(Action::RestoreConfig(snapshot));
+        self.finish(Outcome::Aborted, reason);
+    }
+
+    // ---- service engines ----
+
+    fn service_engines(&mut self) {
+        let pending: Vec<String> =
+            self.j.groups.iter().filter(|(_, g)| g.state == GroupState::Pending).map(|(n, _)| n.clone()).collect();
+        if !pending.is_empty() {
+            // Traffic only moves between SEs the leader sees: after its own
+            // reboot they redial one by one.
+            let all_up = self.j.ses().all(|(id, _)| self.obs.up(id).is_some());
+            if !all_up && self.j.phase_deadline.is_some_and(|d| self.now() <= d) {
+                return;
+            }
+            for g in pending {
+                self.j.groups.get_mut(&g).expect("group").state = GroupState::InProgress;
+            }
+        }
+        let groups: Vec<String> = self.j.groups.keys().cloned().collect();
+        for g in &groups {
+            if self.rolling(g) || self.j.groups[g].state == GroupState::InProgress {
+                self.group(g);
+            }
+        }
+        if self.j.groups.values().any(|g| g.state.active()) || !self.j.volatile.rolling_back.is_empty() {
+            return;
+        }
+        self.end_service_engines();
+    }
+
+    fn rolling(&self, g: &str) -> bool {
+        self.j.groups[g].state == GroupState::RollingBack || self.j.volatile.rolling_back.contains_key(g)
+    }
+
+    fn end_service_engines(&mut self) {
+        let from = self.j.from;
+        // A group rollback answers for the groups it rolled back only.
+        let rollback_op = self.j.operation == Operation::SeGroupRollback;
+        let in_rollback = |g: &crate::journal::GroupOp| g.ses.iter().any(|s| self.j.nodes[s].rollback);
+        let suspended: Vec<String> = self
+            .j
+            .groups
+            .iter()
+            .filter(|(_, g)| g.state == GroupState::Suspended && (!rollback_op || in_rollback(g)))
+            .map(|(n, g)| format!("SE group {n} suspended: {}", g.reason))
+            .collect();
+        if !suspended.is_empty() {
+            self.finish(Outcome::Suspended, suspended.join("; "));
+            return;
+        }
+        let mut notes = vec![];
+        if self.j.operation == Operation::SeGroupRollback {
+            let names: Vec<&str> = self
+                .j
+                .groups
+                .iter()
+                .filter(|(_, g)| g.state == GroupState::RolledBack && in_rollback(g))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            notes.push(format!("SE groups {} rolled back to {from}", names.join(", ")));
+        } else {
+            let skipped: Vec<String> =
+                self.j.ses().filter(|(_, n)| n.step == Step::Skipped).map(|(id, _)| id.to_string()).collect();
+            if !skipped.is_empty() {
+                notes.push(format!("skipped, still on {from}: {}", skipped.join(", ")));
+            }
+            for (g, op) in &self.j.groups {
+                if op.state == GroupState::RolledBack {
+                    notes.push(format!("SE group {g} rolled back to {from} because {}", op.reason));
+                }
+                if !op.passed.is_empty() {
+                    notes.push(format!(
+                        "SE group {g} went on past failed SEs (action_on_error: continue): {}",
+                        op.passed.join("; ")
+                    ));
+                }
+            }
+        }
+        self.finish(Outcome::Completed, notes.join("; "));
+    }
+
+    /// One SE group: its SEs one at a time (all at once when disruptive).
+    fn group(&mut self, g: &str) {
+        let ses = self.j.groups[g].ses.clone();
+        let desired = desired_serving(&self.j.config, Some(&self.j));
+        for se in &ses {
+            if self.j.nodes[se].step.in_flight() {
+                self.se_step(se, &ses, &desired);
+            }
+        }
+        if ses.iter().any(|s| self.j.nodes[s].step.in_flight()) {
+            return;
+        }
+        if self.rolling(g) {
+            self.group_rollback_next(g, &ses);
+            return;
+        }
+        let failed: Vec<NodeId> = ses.iter().filter(|s| self.j.nodes[*s].step == Step::Failed).cloned().collect();
+        if !failed.is_empty() {
+            let reason: Vec<String> = failed.iter().map(|s| format!("{s}: {}", self.j.nodes[s].note)).collect();
+            let reason = reason.join("; ");
+            match self.j.on_error {
+                ActionOnError::Suspend => {
+                    let op = self.j.groups.get_mut(g).expect("group");
+                    op.state = GroupState::Suspended;
+                    op.reason = reason;
+                    return;
+                }
+                ActionOnError::Continue => {
+                    for s in &failed {
+                        self.set(s, Step::Skipped, None);
+                        self.j.drained.remove(s);
+                        self.j.volatile.drained.remove(s);
+                    }
+                    self.j.groups.get_mut(g).expect("group").passed.push(reason);
+                }
+                ActionOnError::Rollback => {
+                    self.start_group_rollback(g, reason);
+                    return;
+                }
+            }
+        }
+        let mut todo: Vec<NodeId> =
+            ses.iter().filter(|s| matches!(self.j.nodes[*s].step, Step::Waiting | Step::Staged)).cloned().collect();
+        drained_first(&self.j, &mut todo);
+        if todo.is_empty() {
+            self.j.groups.get_mut(g).expect("group").state = GroupState::Completed;
+            return;
+        }
+        if self.j.disruptive {
+            let d = self.now() + self.ctx.timeouts.reform;
+            for s in &todo {
+                self.set(s, Step::Applying, Some(d));
+                self.advance(s);
+            }
+        } else {
+            let s = &todo[0];
+            self.drain(s);
+        }
+    }
+
+    fn drain(&mut self, se: &NodeId) {
+        let d = self.now() + self.ctx.timeouts.drain;
+        if self.ctx.mutant == Some(Mutant::DrainedInMemory) {
+            self.j.volatile.drained.insert(se.clone());
+        } else {
+            self.j.drained.insert(se.clone());
+        }
+        self.set(se, Step::Draining, Some(d));
+    }
+
+    /// Returns a group to the old version: written here, before any SE moves.
+    fn start_group_rollback(&mut self, g: &str, reason: String) {
+        let ses = self.j.groups[g].ses.clone();
+        if self.ctx.mutant == Some(Mutant::RollbackUnjournaled) {
+            // The defect: every SE is told at once, the group's state kept in memory.
+            self.j.volatile.rolling_back.insert(g.to_owned(), reason);
+            let d = self.now() + self.ctx.timeouts.reform;
+            for s in &ses {
+                if !matches!(self.j.nodes[s].step, Step::Waiting | Step::Staged | Step::Skipped) {
+                    let n = self.node(s);
+                    n.rollback = true;
+                    n.tries += 1;
+                    n.step = Step::RollingBack;
+                    n.deadline = Some(d);
+                    self.advance(s);
+                }
+            }
+            return;
+        }
+        let op = self.j.groups.get_mut(g).expect("group");
+        op.state = GroupState::RollingBack;
+        op.reason = reason;
+        for s in &ses {
+            if !matches!(self.j.nodes[s].step, Step::Waiting | Step::Staged | Step::Skipped) {
+                queue_rollback(self.node(s));
+            }
+        }
+    }
+
+    /// The next SE of a group that is rolling back, or the group's end.
+    fn group_rollback_next(&mut self, g: &str, ses: &[NodeId]) {
+        let reason = self.j.groups[g].reason.clone();
+        if let Some(s) = ses.iter().find(|s| self.j.nodes[*s].rollback && self.j.nodes[*s].step == Step::Failed) {
+            let why = format!("{reason}; then the rollback of {s} failed: {}", self.j.nodes[s].note);
+            self.j.volatile.rolling_back.remove(g);
+            let op = self.j.groups.get_mut(g).expect("group");
+            op.state = GroupState::Suspended;
+            op.reason = why;
+            return;
+        }
+        let mut queued: Vec<NodeId> = ses
+            .iter()
+            .filter(|s| self.j.nodes[*s].rollback && self.j.nodes[*s].step == Step::Waiting)
+            .cloned()
+            .collect();
+        drained_first(&self.j, &mut queued);
+        let Some(s) = queued.first() else {
+            let why = self.j.volatile.rolling_back.remove(g).unwrap_or(reason);
+            let op = self.j.groups.get_mut(g).expect("group");
+            op.state = GroupState::RolledBack;
+            op.reason = why;
+            return;
+        };
+        let s = s.clone();
+        let on_old = self.obs.up(&s).is_some_and(|x| x.version == self.j.from && !x.pending);
+        if on_old {
+            self.after_rollback(&s);
+        } else if self.j.disruptive {
+            let d = self.now() + self.ctx.timeouts.reform;
+            self.set(&s, Step::RollingBack, Some(d));
+            self.advance(&s);
+        } else {
+            self.drain(&s);
+        }
+    }
+
+    /// Advances one SE of a group.
+    fn se_step(&mut self, se: &NodeId, group: &[NodeId], desired: &BTreeMap<String, Vec<ServiceSpec>>) {
+        let others = || group.iter().filter(move |s| *s != se);
+        let step = self.j.nodes[se].step;
+        match step {
+            Step::Draining => {
+                let uncovered = uncovered(&self.j.config, desired, se);
+                if uncovered.is_empty() && others().all(|o| converged(self.obs, desired, o)) {
+                    let d = self.now() + self.ctx.timeouts.drain;
+                    self.set(se, Step::Stopping, Some(d));
+                } else if self.past(se) {
+                    let s = self.ctx.timeouts.drain / 1000;
+                    if !uncovered.is_empty() {
+                        let why = format!(
+                            "no other SE of its group is in service for {} within {s} s; it stays in service",
+                            uncovered.join(", ")
+                        );
+                        self.fail(se, why);
+                        return;
+                    }
+                    let late: Vec<String> =
+                        others().filter(|o| !converged(self.obs, desired, o)).map(|o| o.to_string()).collect();
+                    self.fail(se, format!("{} did not take its virtual services within {s} s", late.join(", ")));
+                }
+            }
+            Step::Stopping => {
+                if converged(self.obs, desired, se) || self.obs.up(se).is_none() {
+                    let d = self.now() + self.ctx.timeouts.reform;
+                    let next = if self.j.nodes[se].rollback { Step::RollingBack } else { Step::Applying };
+                    self.set(se, next, Some(d));
+                    self.advance(se);
+                } else if self.past(se) {
+                    let s = self.ctx.timeouts.drain / 1000;
+                    self.fail(se, format!("did not stop serving within {s} s"));
+                }
+            }
+            Step::Restoring => {
+                if converged(self.obs, desired, se) {
+                    let d = self.now() + self.ctx.timeouts.drain;
+                    self.set(se, Step::Releasing, Some(d));
+                } else if self.past(se) {
+                    let s = self.ctx.timeouts.drain / 1000;
+                    self.fail(se, format!("did not serve its virtual services again within {s} s"));
+                }
+            }
+            Step::Releasing => {
+                if others().all(|o| converged(self.obs, desired, o) || self.obs.up(o).is_none()) {
+                    let done = if self.j.nodes[se].rollback { Step::RolledBack } else { Step::Upgraded };
+                    self.set(se, done, None);
+                } else if self.past(se) {
+                    let s = self.ctx.timeouts.drain / 1000;
+                    self.fail(se, format!("the other SEs did not hand its virtual services back within {s} s"));
+                }
+            }
+            _ => {
+                self.advance(se);
+            }
+        }
+    }
+
+    // ---- end ----
+
+    fn finish(&mut self, outcome: Outcome, reason: String) {
+        let now = self.now();
+        let j = &mut self.j;
+        j.phase = Phase::Done;
+        j.phase_deadline = None;
+        j.outcome = Some(outcome);
+        if j.reason.is_empty() || outcome == Outcome::Aborted {
+            j.reason = reason;
+        } else if !reason.is_empty() && !j.reason.contains(&reason) {
+            j.reason = format!("{}; {reason}", j.reason);
+        }
+        j.ended = Some(now);
+        // No SE stays out of service once the operation has ended.
+        j.drained.clear();
+        j.volatile.drained.clear();
+        j.volatile.rolling_back.clear();
+        for g in j.groups.values_mut() {
+            if matches!(g.state, GroupState::Pending | GroupState::InProgress) {
+                g.state = GroupState::NotStarted;
+            } else if g.state == GroupState::RollingBack {
+                g.state = GroupState::Suspended;
+            }
+        }
+        for n in j.nodes.values_mut() {
+            if n.step.running_event().is_some() {
+                n.note = format!("stopped in {:?}: the operation ended", n.step).to_lowercase();
+                n.step = if n.step == Step::Staging { Step::Waiting } else { Step::Failed };
+            }
+            n.deadline = None;
+        }
+        if outcome == Outcome::Completed && j.operation != Operation::SeGroupRollback {
+            j.progress = 100;
+        }
+    }
+
+    /// After an aborted upgrade, nodes that come back on the new version
+    /// (they were down during the rollback) are rolled back.
+    fn reconcile(&mut self) {
+        if self.j.outcome != Some(Outcome::Aborted) || self.j.operation != Operation::Upgrade {
+            return;
+        }
+        let (from, to) = (self.j.from, self.j.to);
+        for (id, s) in &self.obs.nodes {
+            if s.up && s.version == to && s.previous == Some(from) {
+                let command = Command {
+                    id: format!("reconcile-{}-{id}-{}", self.j.id, s.boot_id),
+                    generation: self.ctx.generation,
+                    kind: CommandKind::Rollback(from),
+                };
+                self.actions.push(Action::Send { node: id.clone(), command });
+            }
+        }
+    }
+
+    /// Progress in percent, from the steps (the journal keeps the maximum).
+    fn progress(&self) -> u8 {
+        let j = &self.j;
+        let frac = |done: usize, total: usize| if total == 0 { 1.0 } else { done as f64 / total as f64 };
+        let pct = match j.phase {
+            Phase::Done => return j.progress,
+            Phase::Distribute => {
+                let staged = j.nodes.values().filter(|n| n.step == Step::Staged).count();
+                let span = if j.operation == Operation::Prestage { 99.0 } else { 40.0 };
+                span * frac(staged, j.nodes.len())
+            }
+            Phase::Controllers => {
+                let cs = j.controllers();
+                let weight: f64 = cs
+                    .iter()
+                    .map(|c| match j.nodes[c].step {
+                        Step::Applying => 0.2,
+                        Step::Rejoining => 0.4,
+                        Step::Rejoined | Step::Committing => 0.8,
+                        Step::Upgraded => 1.0,
+                        _ => 0.0,
+                    })
+                    .sum();
+                40.0 + 20.0 * weight / cs.len().max(1) as f64
+            }
+            Phase::ServiceEngines if j.operation == Operation::Upgrade => {
+                let total = j.ses().count();
+                let done = j
+                    .ses()
+                    .filter(|(_, n)| matches!(n.step, Step::Upgraded | Step::Skipped | Step::RolledBack))
+                    .count();
+                60.0 + 40.0 * frac(done, total)
+            }
+            Phase::ServiceEngines | Phase::RollbackSeGroups => {
+                let moving: Vec<&NodeOp> = j.ses().filter(|(_, n)| n.rollback).map(|(_, n)| n).collect();
+                let done = moving.iter().filter(|n| n.step == Step::RolledBack).count();
+                100.0 * frac(done, moving.len())
+            }
+            Phase::RollbackControllers => return j.progress,
+        };
+        (pct as u8).min(99)
+    }
+}

@@ -1,0 +1,183 @@
+//! The invariants, written once: checked after every step of the
+//! simulation, over the journal, its view and the nodes as they really are.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{NodeId, Version};
+
+use crate::{
+    config::Config,
+    core::desired_serving,
+    journal::{GroupState, Journal, Member, Operation, Outcome, Step},
+    placement,
+    view::view,
+};
+
+/// A node as it really is (not as the leader sees it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealNode {
+    /// Controller or SE.
+    pub member: Member,
+    /// Its agent runs.
+    pub up: bool,
+    /// Down, or just back, because of an injected fault (not because the
+    /// coordinator rebooted it): its services' absence is not the coordinator's.
+    pub excused: bool,
+    /// The version of the slot its boot record names.
+    pub active_version: Option<Version>,
+    /// The virtual services it serves.
+    pub serving: Vec<String>,
+}
+
+/// The world the invariants look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Reality<'a> {
+    /// Every node.
+    pub nodes: &'a BTreeMap<NodeId, RealNode>,
+    /// The leader's configuration (on its disk).
+    pub config: &'a Config,
+}
+
+/// A broken invariant.
+pub type Violation = String;
+
+/// Remembers what "never decreases" and "once ended" need across steps.
+#[derive(Debug, Default, Clone)]
+pub struct Monitor {
+    progress: Option<(String, u64, u8)>,
+    /// The services that were served when the current operation started.
+    served_at_start: Option<((String, u64), BTreeSet<String>)>,
+    last_outcome: Option<(String, Option<Outcome>)>,
+}
+
+impl Monitor {
+    /// The invariants that hold after every step.
+    pub fn after_step(&mut self, j: Option<&Journal>, real: &Reality<'_>) -> Vec<Violation> {
+        let mut out = vec![];
+        // At most two versions live.
+        let versions: BTreeSet<Version> = real.nodes.values().filter_map(|n| n.active_version).collect();
+        if versions.len() > 2 {
+            let list: Vec<String> = versions.iter().map(Version::to_string).collect();
+            out.push(format!("two-versions: {} versions live: {}", versions.len(), list.join(", ")));
+        }
+        // Every boot record names a slot that holds a manifest.
+        for (id, n) in real.nodes {
+            if n.active_version.is_none() {
+                out.push(format!("bootable: {id}'s boot record names a slot without a manifest"));
+            }
+        }
+        let Some(j) = j else { return out };
+        // Every service predicted non-disruptive (and served when the
+        // operation started) keeps a serving placement.
+        let op = (j.id.clone(), j.started);
+        if self.served_at_start.as_ref().is_none_or(|(k, _)| *k != op) {
+            let served = real.nodes.values().filter(|n| n.up).flat_map(|n| n.serving.iter().cloned()).collect();
+            self.served_at_start = Some((op, served));
+        }
+        let served_at_start = &self.served_at_start.as_ref().expect("set above").1;
+        if j.is_running() {
+            for (vs, hit, _) in placement::predict(&j.config, j.disruptive) {
+                if hit || !served_at_start.contains(&vs) {
+                    continue;
+                }
+                let places = j.config.placements.get(&vs).cloned().unwrap_or_default();
+                let served = places.iter().any(|p| {
+                    p.parse::<NodeId>()
+                        .ok()
+                        .and_then(|id| real.nodes.get(&id))
+                        .is_some_and(|n| n.excused || (n.up && n.serving.contains(&vs)))
+                });
+                if !served {
+                    out.push(format!(
+                        "traffic: {vs}, predicted non-disruptive, has no serving placement ({})",
+                        places.join(", ")
+                    ));
+                }
+            }
+            // The configuration is read-only while an operation runs.
+            if *real.config != j.config {
+                out.push("read-only: the configuration changed while an operation runs".into());
+            }
+        }
+        let v = view(j);
+        if !j.is_running() {
+            if let Some(n) = v.nodes.iter().find(|n| n.running.is_some()) {
+                out.push(format!("ended: {} still shows a running {:?}", n.id, n.running));
+            }
+            if !v.drained.is_empty() {
+                out.push(format!("ended: SEs still drained: {}", v.drained.join(", ")));
+            }
+            if let Some(g) = v.se_groups.iter().find(|g| g.state == "pending" || g.state == "in_progress") {
+                out.push(format!("ended: group {} still {}", g.name, g.state));
+            }
+        }
+        // Progress never decreases within an operation.
+        let key = (format!("{}:{}", j.id, j.operation.name()), j.started);
+        if let Some((id, started, last)) = &self.progress
+            && (id, *started) == (&key.0, key.1)
+            && v.progress < *last
+        {
+            out.push(format!("progress: went from {last} to {}", v.progress));
+        }
+        self.progress = Some((key.0.clone(), key.1, v.progress));
+        // On abort the configuration is the snapshot.
+        let now = (key.0, j.outcome);
+        if j.outcome == Some(Outcome::Aborted) && self.last_outcome.as_ref() != Some(&now) && *real.config != j.config {
+            out.push("abort: the configuration is not the one the upgrade started from".into());
+        }
+        self.last_outcome = Some(now);
+        out
+    }
+
+    /// The invariants that hold once the cluster has settled after an
+    /// operation ended (every node up, no fault for a while).
+    pub fn at_rest(&self, j: Option<&Journal>, real: &Reality<'_>) -> Vec<Violation> {
+        let mut out = vec![];
+        // No SE left out of service: each serves its placements.
+        let want = desired_serving(real.config, None);
+        for (id, n) in real.nodes {
+            if !matches!(n.member, Member::ServiceEngine(_)) {
+                continue;
+            }
+            let mut w: Vec<String> = want.get(id.as_str()).into_iter().flatten().map(|s| s.name.clone()).collect();
+            w.sort();
+            let mut have = n.serving.clone();
+            have.sort();
+            if n.up && w != have {
+                out.push(format!("at rest: {id} serves [{}], its placements say [{}]", have.join(", "), w.join(", ")));
+            }
+        }
+        let Some(j) = j.filter(|j| !j.is_running()) else { return out };
+        // The status says where every node is.
+        let on = |id: &NodeId| real.nodes.get(id).and_then(|n| n.active_version);
+        let mut expect = |id: &NodeId, v: Version, why: &str| {
+            if on(id) != Some(v) {
+                out.push(format!("truth: {id} runs {:?} but {why} says {v}", on(id).map(|v| v.to_string())));
+            }
+        };
+        match (j.operation, j.outcome) {
+            (Operation::Upgrade, Some(Outcome::Completed | Outcome::Suspended)) => {
+                for c in j.controllers() {
+                    expect(&c, j.to, "the completed controllers phase");
+                }
+            }
+            (Operation::Upgrade, Some(Outcome::Aborted)) if j.nodes.values().any(|n| n.step != Step::Waiting) => {
+                for c in j.controllers() {
+                    expect(&c, j.from, "the aborted upgrade");
+                }
+            }
+            _ => {}
+        }
+        for g in j.groups.values() {
+            for se in &g.ses {
+                let step = j.nodes[se].step;
+                match g.state {
+                    GroupState::Completed if step == Step::Upgraded => expect(se, j.to, "its completed group"),
+                    GroupState::RolledBack => expect(se, j.from, "its rolled-back group"),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,388 @@
+//! The typed journal: everything an operation needs to go on after the
+//! leader restarts — the image, the versions, each node's and each group's
+//! step, the SEs out of service, the configuration as it was. The driver
+//! writes it before it carries out any action decided from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{DeploymentKind, NodeId, Sha256Digest, Version};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// Milliseconds on the driver's clock (Unix time for the real leader,
+/// virtual time in the simulation).
+pub type Ms = u64;
+
+/// The journal's format; older journals are not resumed.
+pub const FORMAT: u32 = 2;
+
+/// What an SE failure does to its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOnError {
+    /// The group stops; the operation ends suspended, and can be resumed.
+    Suspend,
+    /// The SE stays on the old version; the group goes on.
+    Continue,
+    /// Every SE of the group returns to the old version.
+    Rollback,
+}
+
+impl ActionOnError {
+    /// Parses the request's word.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "suspend" => Some(Self::Suspend),
+            "continue" => Some(Self::Continue),
+            "rollback" => Some(Self::Rollback),
+            _ => None,
+        }
+    }
+}
+
+/// Which operation the journal describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// `molt upgrade system`.
+    Upgrade,
+    /// `molt upgrade prestage`: distribution only.
+    Prestage,
+    /// `molt rollback segroup`, after an upgrade.
+    SeGroupRollback,
+}
+
+impl Operation {
+    /// As the status and history name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Upgrade => "upgrade",
+            Operation::Prestage => "prestage",
+            Operation::SeGroupRollback => "se_group_rollback",
+        }
+    }
+}
+
+/// Where the operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Staging the image on every node.
+    Distribute,
+    /// Controllers: followers at once, then the leader; then commit.
+    Controllers,
+    /// SE groups in parallel, the SEs of a group one at a time.
+    ServiceEngines,
+    /// Returning the controllers to the old version (the upgrade failed).
+    RollbackControllers,
+    /// Returning SE groups to the old version (operator's request).
+    RollbackSeGroups,
+    /// Ended: see the outcome.
+    Done,
+}
+
+impl Phase {
+    /// As the status names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Distribute => "distribute",
+            Phase::Controllers => "controllers",
+            Phase::ServiceEngines => "service_engines",
+            Phase::RollbackControllers => "rollback",
+            Phase::RollbackSeGroups => "rollback_se_groups",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every node it was asked to move moved (skipped SEs are named in the reason).
+    Completed,
+    /// Stopped on a failure; SE groups can be resumed or rolled back.
+    Suspended,
+    /// Undone: the controllers are back on the old version, the configuration restored.
+    Aborted,
+}
+
+impl Outcome {
+    /// As the status names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Suspended => "suspended",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// The image of the operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// `controller://` path in the leader's image store.
+    pub path: String,
+    /// SHA-256 of the package.
+    pub sha256: Sha256Digest,
+    /// Its size.
+    pub size: u64,
+    /// Its deployment kind.
+    pub kind: DeploymentKind,
+    /// The oldest version it upgrades from.
+    pub min_compatible: Version,
+}
+
+/// A node's part in the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Nothing asked of it yet.
+    Waiting,
+    /// Fetching and verifying the image.
+    Staging,
+    /// Holds the image.
+    Staged,
+    /// (SE) the others of its group take over its virtual services.
+    Draining,
+    /// (SE) it stops serving, now that the others serve.
+    Stopping,
+    /// Installing the image into its inactive slot; then it reboots.
+    Applying,
+    /// Rebooting into the new version.
+    Rejoining,
+    /// (Controller) back on the new version, waiting for the others.
+    Rejoined,
+    /// Keeping the new version for good.
+    Committing,
+    /// (SE) serving its virtual services again, while the others still serve them.
+    Restoring,
+    /// (SE) the others let go of what they took over.
+    Releasing,
+    /// On the new version, committed, serving.
+    Upgraded,
+    /// Failed; the note says why.
+    Failed,
+    /// (SE) left on the old version (`action_on_error: continue`, or resumed with `skip_suspended`).
+    Skipped,
+    /// Returning to the previous slot; then it reboots.
+    RollingBack,
+    /// Rebooting into the old version.
+    RollbackRejoining,
+    /// Back on the old version.
+    RolledBack,
+}
+
+impl Step {
+    /// The event a node shows while in this step, if it is one that runs.
+    pub fn running_event(self) -> Option<&'static str> {
+        match self {
+            Step::Staging => Some("stage"),
+            Step::Draining | Step::Stopping => Some("drain"),
+            Step::Applying => Some("apply"),
+            Step::Rejoining | Step::RollbackRejoining => Some("rejoin"),
+            Step::Committing => Some("commit"),
+            Step::Restoring | Step::Releasing => Some("restore"),
+            Step::RollingBack => Some("rollback"),
+            Step::Waiting
+            | Step::Staged
+            | Step::Rejoined
+            | Step::Upgraded
+            | Step::Failed
+            | Step::Skipped
+            | Step::RolledBack => None,
+        }
+    }
+
+    /// Steps of an SE that is being moved (its group has one at a time).
+    pub fn in_flight(self) -> bool {
+        matches!(
+            self,
+            Step::Draining
+                | Step::Stopping
+                | Step::Applying
+                | Step::Rejoining
+                | Step::Committing
+                | Step::Restoring
+                | Step::Releasing
+                | Step::RollingBack
+                | Step::RollbackRejoining
+        )
+    }
+}
+
+/// Whether a node is a controller or an SE of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Member {
+    /// A controller.
+    Controller,
+    /// A Service Engine of this group.
+    ServiceEngine(String),
+}
+
+/// One node in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeOp {
+    /// Controller or SE.
+    pub member: Member,
+    /// Its step.
+    pub step: Step,
+    /// Bumped on every new attempt (resume, rollback), so commands get fresh ids.
+    pub tries: u32,
+    /// The boot of the agent that reported the apply (or rollback) done:
+    /// any other boot is its reboot.
+    pub by: Option<String>,
+    /// When the current step gives up.
+    pub deadline: Option<Ms>,
+    /// (SE) it is being returned to the old version.
+    pub rollback: bool,
+    /// What happened (a failure's reason).
+    pub note: String,
+}
+
+impl NodeOp {
+    /// A node at the start of an operation.
+    pub fn new(member: Member) -> Self {
+        Self { member, step: Step::Waiting, tries: 0, by: None, deadline: None, rollback: false, note: String::new() }
+    }
+}
+
+/// Where an SE group is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupState {
+    /// Not started yet.
+    Pending,
+    /// Its SEs are being upgraded.
+    InProgress,
+    /// Every SE done (skipped ones are named).
+    Completed,
+    /// Stopped on a failure.
+    Suspended,
+    /// Its SEs are returning to the old version.
+    RollingBack,
+    /// Every SE back on the old version.
+    RolledBack,
+    /// The operation ended before the group started.
+    NotStarted,
+}
+
+impl GroupState {
+    /// As the status names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Pending => "pending",
+            GroupState::InProgress => "in_progress",
+            GroupState::Completed => "completed",
+            GroupState::Suspended => "suspended",
+            GroupState::RollingBack => "rolling_back",
+            GroupState::RolledBack => "rolled_back",
+            GroupState::NotStarted => "not_started",
+        }
+    }
+
+    /// Whether the group is still moving.
+    pub fn active(self) -> bool {
+        matches!(self, GroupState::Pending | GroupState::InProgress | GroupState::RollingBack)
+    }
+}
+
+/// One SE group in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOp {
+    /// Its SEs in rolling order (standbys and the least active first).
+    pub ses: Vec<NodeId>,
+    /// Its state.
+    pub state: GroupState,
+    /// Why it is suspended or rolled back.
+    pub reason: String,
+    /// SEs it went on past (`action_on_error: continue`), and why.
+    pub passed: Vec<String>,
+}
+
+/// The persisted state of an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// Unique id (command ids derive from it).
+    pub id: String,
+    /// Which operation.
+    pub operation: Operation,
+    /// The image.
+    pub image: Image,
+    /// The version the cluster ran.
+    pub from: Version,
+    /// The image's version.
+    pub to: Version,
+    /// The leader that started it (it reboots last among the controllers).
+    pub leader: NodeId,
+    /// SE groups upgraded all at once, moving no traffic.
+    pub disruptive: bool,
+    /// Forced past version compatibility.
+    pub force: bool,
+    /// What an SE failure does.
+    pub on_error: ActionOnError,
+    /// Where it is.
+    pub phase: Phase,
+    /// When waiting at the start of a phase gives up.
+    pub phase_deadline: Option<Ms>,
+    /// Every node of the operation.
+    pub nodes: BTreeMap<NodeId, NodeOp>,
+    /// Every SE group.
+    pub groups: BTreeMap<String, GroupOp>,
+    /// SEs out of service: their virtual services moved to the other SEs of their group.
+    pub drained: BTreeSet<NodeId>,
+    /// The configuration when it started.
+    pub config: Config,
+    /// Progress in percent; never goes down within an operation.
+    pub progress: u8,
+    /// When it started.
+    pub started: Ms,
+    /// When it ended.
+    pub ended: Option<Ms>,
+    /// How it ended.
+    pub outcome: Option<Outcome>,
+    /// Why it failed, or what it left behind.
+    pub reason: String,
+    /// State a known defect keeps in memory only (see [`crate::Mutant`]);
+    /// always empty otherwise.
+    #[serde(skip)]
+    pub volatile: Volatile,
+}
+
+/// What the mutants keep in memory instead of the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Volatile {
+    /// `drained-in-memory`.
+    pub drained: BTreeSet<NodeId>,
+    /// `rollback-unjournaled`: groups rolling back, and why.
+    pub rolling_back: BTreeMap<String, String>,
+}
+
+impl Journal {
+    /// Whether an operation is running (the configuration is read-only).
+    pub fn is_running(&self) -> bool {
+        self.phase != Phase::Done
+    }
+
+    /// The SEs out of service (including those a mutant keeps in memory).
+    pub fn drained_set(&self) -> BTreeSet<NodeId> {
+        self.drained.union(&self.volatile.drained).cloned().collect()
+    }
+
+    /// The SEs of the operation, by group.
+    pub fn ses(&self) -> impl Iterator<Item = (&NodeId, &NodeOp)> {
+        self.nodes.iter().filter(|(_, n)| matches!(n.member, Member::ServiceEngine(_)))
+    }
+
+    /// The controllers, the leader last.
+    pub fn controllers(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.member == Member::Controller).map(|(id, _)| id.clone()).collect();
+        v.sort_by_key(|id| *id == self.leader);
+        v
+    }
+}

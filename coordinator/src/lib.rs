@@ -1,0 +1,66 @@
+//! molt's upgrade coordinator, pure: the configuration model and placement,
+//! the typed journal, the decision function [`core::next`], operators'
+//! requests ([`request`]), the status as a view of the journal ([`view`]),
+//! the invariants ([`invariants`]) and a deterministic simulation ([`sim`])
+//! that checks them over seeded fault schedules (`molt-sim`).
+//!
+//! Nothing here does I/O or reads a clock: the leader's driver feeds it what
+//! its heartbeats say and carries out the actions it returns, after writing
+//! the journal it returns.
+
+pub mod config;
+pub mod core;
+pub mod invariants;
+pub mod journal;
+pub mod placement;
+pub mod request;
+pub mod sim;
+pub mod view;
+
+/// A known defect, put back on purpose so the simulation can show it finds
+/// it. Only `molt-sim` and the simulation tests set one; the product passes
+/// `None` everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutant {
+    /// The start's check ("nothing runs") and its act (write the journal)
+    /// happen under different locks, so two starts at once both pass.
+    ConcurrentStart,
+    /// A group rolled back after an SE failure is told to roll back before
+    /// the journal says so, all its SEs at once, none drained.
+    RollbackUnjournaled,
+    /// The SEs out of service are kept in memory only.
+    DrainedInMemory,
+    /// The two-versions pre-check looks at the controllers only.
+    TwoVersions,
+}
+
+impl Mutant {
+    /// Every mutant.
+    pub const ALL: [Mutant; 4] =
+        [Mutant::ConcurrentStart, Mutant::RollbackUnjournaled, Mutant::DrainedInMemory, Mutant::TwoVersions];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::ConcurrentStart => "concurrent-start",
+            Mutant::RollbackUnjournaled => "rollback-unjournaled",
+            Mutant::DrainedInMemory => "drained-in-memory",
+            Mutant::TwoVersions => "two-versions",
+        }
+    }
+
+    /// What it breaks.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mutant::ConcurrentStart => "the start checks then acts outside the operation gate",
+            Mutant::RollbackUnjournaled => "the group rollback acts before it journals (all SEs at once, undrained)",
+            Mutant::DrainedInMemory => "the drained set is not journaled",
+            Mutant::TwoVersions => "the two-versions check looks at the controllers only",
+        }
+    }
+
+    /// By name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+}

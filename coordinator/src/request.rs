@@ -1,0 +1,419 @@
+//! Operators' requests decided purely: start an upgrade or a prestage, resume
+//! SE groups, roll SE groups back, change the configuration. Each returns
+//! the journal to write (or the configuration to keep) or a refusal whose
+//! kind the HTTP layer maps to a status code. The caller holds one lock
+//! around the decision and the write, so two requests at once cannot both
+//! pass a check.
+
+use std::collections::BTreeMap;
+
+use common::{NodeId, Version};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Mutant,
+    config::Config,
+    core::queue_rollback,
+    journal::{
+        ActionOnError, FORMAT, GroupOp, GroupState, Image, Journal, Member, Ms, NodeOp, Operation, Outcome, Phase, Step,
+    },
+    placement,
+};
+
+/// Why a request was refused; the HTTP layer maps it to a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The request itself is wrong (400).
+    BadRequest,
+    /// Another operation, or none, is running (409).
+    Conflict,
+    /// A pre-check failed (412).
+    PreconditionFailed,
+}
+
+/// A refused request: nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// What kind.
+    pub kind: RefusalKind,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// The pre-checks, when they decided.
+    pub prechecks: Vec<Precheck>,
+}
+
+fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
+    Refusal { kind, message: message.into(), prechecks: vec![] }
+}
+
+/// One pre-check's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Precheck {
+    /// Which check.
+    pub check: String,
+    /// `ok`, `warning` or `error`.
+    pub result: String,
+    /// What it found.
+    pub message: String,
+}
+
+impl Precheck {
+    fn new(check: &str, result: &str, message: String) -> Self {
+        Self { check: check.into(), result: result.into(), message }
+    }
+}
+
+/// A node as the pre-checks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSummary {
+    /// Its id.
+    pub id: NodeId,
+    /// Controller or SE of a group.
+    pub member: Member,
+    /// The version it reports, if it has reported one.
+    pub version: Option<Version>,
+}
+
+/// The version the controllers run: the lowest one reported.
+pub fn cluster_version(nodes: &[NodeSummary]) -> Option<Version> {
+    nodes.iter().filter(|n| n.member == Member::Controller).filter_map(|n| n.version).min()
+}
+
+/// Version and compatibility.
+pub fn version_checks(
+    from: Option<Version>,
+    to: Version,
+    min_compatible: Version,
+    force: bool,
+) -> (Precheck, Option<RefusalKind>) {
+    let check = |result: &str, message: String| Precheck::new("version", result, message);
+    let Some(from) = from else {
+        return (check("error", "no controller reports its version".into()), Some(RefusalKind::PreconditionFailed));
+    };
+    if to <= from {
+        return (
+            check("error", format!("the cluster runs {from}; the image is {to}: nothing to upgrade")),
+            Some(RefusalKind::BadRequest),
+        );
+    }
+    if from < min_compatible {
+        let msg =
+            format!("the cluster runs {from}, below {min_compatible}, the oldest version this image upgrades from");
+        if force {
+            return (check("warning", format!("{msg}; forced: the upgrade is disruptive")), None);
+        }
+        return (
+            check("error", format!("{msg}; upgrade through an intermediate version, or force (disruptive)")),
+            Some(RefusalKind::PreconditionFailed),
+        );
+    }
+    (check("ok", format!("{from} → {to} (compatible from {min_compatible})")), None)
+}
+
+/// At most two versions may be live in the system: what every node runs now,
+/// plus the image's. The error names who runs which version, the oldest
+/// first, since that is what stands in the way.
+pub fn two_versions_check<'a>(nodes: impl IntoIterator<Item = &'a NodeSummary>, to: Version) -> Precheck {
+    let mut by_version: BTreeMap<Version, Vec<String>> = BTreeMap::new();
+    for n in nodes {
+        let Some(v) = n.version else { continue };
+        let who = match &n.member {
+            Member::ServiceEngine(g) => format!("SE group {g}"),
+            Member::Controller => "the controllers".to_owned(),
+        };
+        let list = by_version.entry(v).or_default();
+        if !list.contains(&who) {
+            list.push(who);
+        }
+    }
+    by_version.entry(to).or_default();
+    let check = |result: &str, message: String| Precheck::new("versions", result, message);
+    if by_version.len() <= 2 {
+        let live: Vec<String> = by_version.keys().map(|v| v.to_string()).collect();
+        return check("ok", format!("versions live during the upgrade: {}", live.join(" and ")));
+    }
+    let described: Vec<String> = by_version
+        .iter()
+        .filter(|(_, who)| !who.is_empty())
+        .map(|(v, who)| format!("{} on {v}", who.join(", ")))
+        .collect();
+    let (oldest, who) = by_version.iter().next().expect("more than two");
+    let next = by_version.keys().nth(1).expect("more than two");
+    check(
+        "error",
+        format!(
+            "{}: upgrading to {to} would put three versions in the system, and at most two may be live; \
+             bring {} from {oldest} to {next} first",
+            described.join("; "),
+            who.join(", ")
+        ),
+    )
+}
+
+/// The predicted impact on the virtual services, as a pre-check.
+pub fn traffic_check(config: &Config, disruptive: bool) -> Precheck {
+    let predicted = placement::predict(config, disruptive);
+    let hit: Vec<&str> = predicted.iter().filter(|(_, d, _)| *d).map(|(n, _, _)| n.as_str()).collect();
+    if hit.is_empty() {
+        Precheck::new("traffic", "ok", format!("no virtual service is interrupted ({} checked)", predicted.len()))
+    } else {
+        Precheck::new(
+            "traffic",
+            "warning",
+            format!("these virtual services will be interrupted while their SE reboots: {}", hit.join(", ")),
+        )
+    }
+}
+
+/// What an operator asks to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    /// Upgrade or prestage.
+    pub operation: Operation,
+    /// The image (verified, in the leader's store).
+    pub image: Image,
+    /// Its version.
+    pub to: Version,
+    /// Past version compatibility (disruptive).
+    pub force: bool,
+    /// SE groups all at once.
+    pub disruptive: bool,
+    /// What an SE failure does.
+    pub on_error: ActionOnError,
+}
+
+/// Where a start request is decided.
+#[derive(Debug, Clone, Copy)]
+pub struct StartCtx<'a> {
+    /// The journal on disk, if any.
+    pub current: Option<&'a Journal>,
+    /// Every node the leader knows, with its version.
+    pub nodes: &'a [NodeSummary],
+    /// The configuration now (it becomes the snapshot).
+    pub config: &'a Config,
+    /// This leader.
+    pub leader: &'a NodeId,
+    /// The new journal's id.
+    pub id: &'a str,
+    /// The clock.
+    pub now: Ms,
+    /// A known defect put back (simulation only).
+    pub mutant: Option<Mutant>,
+}
+
+/// The pre-checks of a start (the distribution's own checks, disk space
+/// and image kind, are the driver's: they need the nodes' reports).
+pub fn start_checks(req: &StartRequest, ctx: &StartCtx<'_>) -> (Vec<Precheck>, Option<RefusalKind>) {
+    let from = cluster_version(ctx.nodes);
+    let mut checks = vec![];
+    let mut failed = None;
+    // A node that has not reported (it may still be redialling a leader
+    // that just started) could hide a third version, or miss the image.
+    let silent: Vec<String> = ctx.nodes.iter().filter(|n| n.version.is_none()).map(|n| n.id.to_string()).collect();
+    if !silent.is_empty() {
+        checks.push(Precheck::new(
+            "nodes",
+            "error",
+            format!("{} not reported its version yet; wait until every node is up (`molt show cluster`)", {
+                let who = silent.join(", ");
+                if silent.len() == 1 { format!("{who} has") } else { format!("{who} have") }
+            }),
+        ));
+        failed = Some(RefusalKind::PreconditionFailed);
+    }
+    if req.operation == Operation::Upgrade {
+        let (c, f) = version_checks(from, req.to, req.image.min_compatible, req.force);
+        checks.push(c);
+        failed = failed.or(f);
+        // Even forced: a third version would leave nodes that may not talk to each other.
+        let two = if ctx.mutant == Some(Mutant::TwoVersions) {
+            two_versions_check(ctx.nodes.iter().filter(|n| n.member == Member::Controller), req.to)
+        } else {
+            two_versions_check(ctx.nodes, req.to)
+        };
+        if two.result == "error" {
+            failed = failed.or(Some(RefusalKind::PreconditionFailed));
+        }
+        checks.push(two);
+        checks.push(traffic_check(ctx.config, req.disruptive || req.force));
+    }
+    (checks, failed)
+}
+
+/// Decides a start: the journal to write first, or why not.
+pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal> {
+    if ctx.current.is_some_and(Journal::is_running) {
+        return Err(refuse(
+            RefusalKind::Conflict,
+            "an upgrade or prestage is already running; follow it with `molt show upgrade status`",
+        ));
+    }
+    let (checks, failed) = start_checks(req, ctx);
+    if let Some(kind) = failed {
+        let message =
+            checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
+        return Err(Refusal { kind, message, prechecks: checks });
+    }
+    let from = match req.operation {
+        Operation::Upgrade => cluster_version(ctx.nodes).expect("checked"),
+        _ => cluster_version(ctx.nodes).unwrap_or(req.to),
+    };
+    let mut nodes = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<NodeId>> = BTreeMap::new();
+    for n in ctx.nodes {
+        nodes.insert(n.id.clone(), NodeOp::new(n.member.clone()));
+        if let Member::ServiceEngine(g) = &n.member {
+            groups.entry(g.clone()).or_default().push(n.id.clone());
+        }
+    }
+    let groups = if req.operation == Operation::Upgrade {
+        groups
+            .into_iter()
+            .map(|(g, ses)| {
+                let ses = placement::rolling_order(ctx.config, &ses);
+                (g, GroupOp { ses, state: GroupState::Pending, reason: String::new(), passed: vec![] })
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    Ok(Journal {
+        format: FORMAT,
+        id: ctx.id.to_owned(),
+        operation: req.operation,
+        image: req.image.clone(),
+        from,
+        to: req.to,
+        leader: ctx.leader.clone(),
+        disruptive: req.disruptive || req.force,
+        force: req.force,
+        on_error: req.on_error,
+        phase: Phase::Distribute,
+        phase_deadline: None,
+        nodes,
+        groups,
+        drained: Default::default(),
+        config: ctx.config.clone(),
+        progress: 0,
+        started: ctx.now,
+        ended: None,
+        outcome: None,
+        reason: String::new(),
+        volatile: Default::default(),
+    })
+}
+
+/// Decides `molt resume segroup`: the suspended groups named (all of them
+/// when none is named) go on; their failed SEs are tried again, or left on
+/// the old version with `skip_suspended`.
+pub fn resume(
+    current: Option<&Journal>,
+    groups: &[String],
+    skip_failed: bool,
+    config: &Config,
+) -> Result<Journal, Refusal> {
+    let Some(j) = current.filter(|j| !j.is_running() && j.operation != Operation::Prestage) else {
+        return Err(refuse(RefusalKind::Conflict, "no upgrade is suspended: nothing to resume"));
+    };
+    let suspended: Vec<String> =
+        j.groups.iter().filter(|(_, g)| g.state == GroupState::Suspended).map(|(n, _)| n.clone()).collect();
+    if suspended.is_empty() {
+        return Err(refuse(RefusalKind::Conflict, "no SE group is suspended: nothing to resume"));
+    }
+    let named: Vec<String> = if groups.is_empty() { suspended.clone() } else { groups.to_vec() };
+    if let Some(g) = named.iter().find(|g| !suspended.contains(g)) {
+        return Err(refuse(RefusalKind::BadRequest, format!("SE group {g} is not suspended")));
+    }
+    let mut j = j.clone();
+    let mut upgrading = false;
+    for g in &named {
+        let ses = j.groups[g].ses.clone();
+        // A group suspended while rolling back goes on rolling back.
+        let rollback = ses.iter().any(|s| j.nodes[s].rollback);
+        upgrading |= !rollback;
+        let op = j.groups.get_mut(g).expect("a suspended group");
+        op.state = if rollback { GroupState::RollingBack } else { GroupState::InProgress };
+        if !rollback {
+            op.reason.clear();
+        }
+        for se in ses {
+            let n = j.nodes.get_mut(&se).expect("an SE of the journal");
+            if rollback {
+                if n.rollback && n.step == Step::Failed {
+                    queue_rollback(n);
+                }
+            } else if matches!(n.step, Step::Failed | Step::Waiting) {
+                n.tries += 1;
+                n.step = if skip_failed && n.step == Step::Failed { Step::Skipped } else { Step::Waiting };
+            }
+        }
+    }
+    if upgrading {
+        j.operation = Operation::Upgrade;
+    }
+    j.phase = if j.operation == Operation::Upgrade { Phase::ServiceEngines } else { Phase::RollbackSeGroups };
+    // Read-only again from here, as it is now.
+    j.config = config.clone();
+    j.outcome = None;
+    j.ended = None;
+    j.reason.clear();
+    Ok(j)
+}
+
+/// Decides `molt rollback segroup`: the named groups return to the old
+/// version, one SE at a time; it is an operation of its own in the history.
+pub fn rollback_groups(
+    current: Option<&Journal>,
+    groups: &[String],
+    config: &Config,
+    now: Ms,
+) -> Result<Journal, Refusal> {
+    let Some(j) = current
+        .filter(|j| matches!(j.outcome, Some(Outcome::Suspended | Outcome::Completed)) && !j.is_running())
+        .filter(|j| j.operation != Operation::Prestage)
+    else {
+        return Err(refuse(
+            RefusalKind::Conflict,
+            "no finished or suspended upgrade whose SE groups could be rolled back",
+        ));
+    };
+    if groups.is_empty() {
+        return Err(refuse(RefusalKind::BadRequest, "name the SE groups to roll back"));
+    }
+    if let Some(g) = groups.iter().find(|g| !j.groups.contains_key(*g)) {
+        return Err(refuse(RefusalKind::BadRequest, format!("no SE group {g} in this upgrade")));
+    }
+    let mut j = j.clone();
+    for g in groups {
+        let op = j.groups.get_mut(g).expect("checked");
+        op.state = GroupState::RollingBack;
+        op.reason = "the operator asked for it".into();
+        for se in op.ses.clone() {
+            queue_rollback(j.nodes.get_mut(&se).expect("an SE of the journal"));
+        }
+    }
+    j.operation = Operation::SeGroupRollback;
+    j.phase = Phase::RollbackSeGroups;
+    j.config = config.clone();
+    j.progress = 0;
+    j.started = now;
+    j.outcome = None;
+    j.ended = None;
+    j.reason.clear();
+    Ok(j)
+}
+
+/// Whether the configuration may change: not while an operation runs.
+pub fn config_writable(current: Option<&Journal>) -> Result<(), Refusal> {
+    match current.filter(|j| j.is_running()) {
+        Some(j) => Err(refuse(
+            RefusalKind::Conflict,
+            format!(
+                "the configuration is read-only while the {} runs; try again when `molt show upgrade status` shows it ended",
+                j.operation.name().replace('_', " ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}

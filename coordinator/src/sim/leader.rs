@@ -1,0 +1,321 @@
+//! The simulated leader: the same driver loop as the product's — observe,
+//! decide with [`core::next`], write the journal, then act — over a
+//! simulated disk that keeps only what is serialized.
+
+use std::collections::BTreeMap;
+
+use common::{NodeId, Version, session::Command};
+
+use super::image;
+use crate::{
+    Mutant,
+    config::{Config, VirtualService},
+    core::{self, Action, Ctx, Observed, Seen, Timeouts},
+    journal::{ActionOnError, Journal, Member, Ms, Operation},
+    placement,
+    request::{self, NodeSummary, StartCtx, StartRequest},
+};
+
+/// A heartbeat's age after which the node counts as down.
+const DOWN_AFTER: Ms = 3_000;
+/// A command is sent again at most this often.
+const RESEND: Ms = 2_000;
+
+/// What survives the leader: its store.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    journal: Option<String>,
+    /// `journal` as read back (what a restarted leader gets).
+    parsed: Option<Journal>,
+    /// The configuration.
+    pub config: Config,
+    generation: u64,
+}
+
+impl Disk {
+    /// A fresh store.
+    pub fn new(config: Config) -> Self {
+        Self { journal: None, parsed: None, config, generation: 0 }
+    }
+
+    /// The journal as written (and read back).
+    pub fn journal(&self) -> Option<&Journal> {
+        self.parsed.as_ref()
+    }
+
+    fn write(&mut self, j: &Journal) {
+        let text = serde_json::to_string(j).expect("serializes");
+        self.parsed = Some(serde_json::from_str(&text).expect("the journal round-trips"));
+        self.journal = Some(text);
+    }
+}
+
+/// An operator's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `molt upgrade system`.
+    Start { to: Version, min_compatible: Version, on_error: ActionOnError, disruptive: bool },
+    /// `molt upgrade prestage`.
+    Prestage { to: Version },
+    /// `molt resume segroup`.
+    Resume { skip: bool },
+    /// `molt rollback segroup`.
+    RollbackGroups(Vec<String>),
+    /// A configuration change.
+    ConfigWrite,
+}
+
+impl Request {
+    /// For fault counts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Start { .. } => "start",
+            Request::Prestage { .. } => "prestage",
+            Request::Resume { .. } => "resume",
+            Request::RollbackGroups(_) => "rollback",
+            Request::ConfigWrite => "config-write",
+        }
+    }
+}
+
+/// What travels.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A node's heartbeat.
+    Heartbeat(Box<Seen>),
+    /// A command to a node.
+    Command(Command),
+}
+
+/// A message in flight.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// When it arrives.
+    pub at: Ms,
+    /// The node at the other end.
+    pub node: NodeId,
+    /// What.
+    pub payload: Payload,
+}
+
+/// The leader process; gone when its node is down.
+#[derive(Debug)]
+pub struct Leader {
+    /// Its journal in memory.
+    pub journal: Option<Journal>,
+    cluster: BTreeMap<NodeId, (Seen, Ms)>,
+    config: Config,
+    generation: u64,
+    sent: BTreeMap<String, Ms>,
+    placed: BTreeMap<NodeId, (Vec<String>, Ms)>,
+    seq: u64,
+    /// Requests received, decided at the next step.
+    pub inbox: Vec<Request>,
+    me: NodeId,
+}
+
+impl Leader {
+    /// Starts from the store.
+    pub fn start(disk: &mut Disk, me: NodeId) -> Self {
+        disk.generation += 1;
+        Self {
+            journal: disk.journal().cloned(),
+            cluster: BTreeMap::new(),
+            config: disk.config.clone(),
+            generation: disk.generation,
+            sent: BTreeMap::new(),
+            placed: BTreeMap::new(),
+            seq: 0,
+            inbox: vec![],
+            me,
+        }
+    }
+
+    /// A heartbeat arrived.
+    pub fn heartbeat(&mut self, node: NodeId, seen: Seen, now: Ms) {
+        self.cluster.insert(node, (seen, now));
+    }
+
+    fn observed(&self, now: Ms) -> Observed {
+        let nodes = self
+            .cluster
+            .iter()
+            .map(|(id, (s, at))| {
+                let mut s = s.clone();
+                s.up = now.saturating_sub(*at) <= DOWN_AFTER;
+                (id.clone(), s)
+            })
+            .collect();
+        Observed { nodes }
+    }
+
+    fn persist(&mut self, disk: &mut Disk, j: Journal, violations: &mut Vec<String>) {
+        if let Some(old) = disk.journal()
+            && old.is_running()
+            && old.id != j.id
+        {
+            violations.push(format!("one-operation: the running operation {} was replaced by {}", old.id, j.id));
+        }
+        disk.write(&j);
+        self.journal = Some(j);
+    }
+
+    /// One step of the driver; returns the commands to send.
+    pub fn tick(
+        &mut self,
+        now: Ms,
+        disk: &mut Disk,
+        members: &[(NodeId, Member)],
+        mutant: Option<Mutant>,
+        violations: &mut Vec<String>,
+    ) -> Vec<(NodeId, Command)> {
+        let obs = self.observed(now);
+        let mut out = vec![];
+        self.requests(now, disk, members, &obs, mutant, violations);
+        if let Some(j) = self.journal.clone() {
+            let ctx = Ctx { now, generation: self.generation, timeouts: sim_timeouts(), mutant };
+            let d = core::next(&j, &obs, &ctx);
+            if d.journal != j {
+                self.persist(disk, d.journal, violations);
+            }
+            for a in d.actions {
+                match a {
+                    Action::Send { node, command } => {
+                        if self.sent.get(&command.id).is_none_or(|t| now >= t + RESEND) {
+                            self.sent.insert(command.id.clone(), now);
+                            out.push((node, command));
+                        }
+                    }
+                    Action::RestoreConfig(c) => {
+                        disk.config = c.clone();
+                        self.config = c;
+                    }
+                }
+            }
+        }
+        // The placer: every SE serves what it should.
+        let ses: Vec<NodeId> =
+            members.iter().filter(|(_, m)| matches!(m, Member::ServiceEngine(_))).map(|(id, _)| id.clone()).collect();
+        for (id, want) in core::placements_to_push(&self.config, self.journal.as_ref(), &ses, &obs) {
+            let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
+            if self.placed.get(&id).is_some_and(|(n, at)| *n == names && now < at + 1_000) {
+                continue;
+            }
+            self.seq += 1;
+            self.placed.insert(id.clone(), (names, now));
+            let command = Command {
+                id: format!("place-{}-{}", self.generation, self.seq),
+                generation: self.generation,
+                kind: common::session::CommandKind::Place(want),
+            };
+            out.push((id, command));
+        }
+        out
+    }
+
+    fn requests(
+        &mut self,
+        now: Ms,
+        disk: &mut Disk,
+        members: &[(NodeId, Member)],
+        obs: &Observed,
+        mutant: Option<Mutant>,
+        violations: &mut Vec<String>,
+    ) {
+        let inbox = std::mem::take(&mut self.inbox);
+        let summaries: Vec<NodeSummary> = members
+            .iter()
+            .map(|(id, m)| NodeSummary {
+                id: id.clone(),
+                member: m.clone(),
+                version: obs.nodes.get(id).map(|s| s.version),
+            })
+            .collect();
+        // The defect: every start checks against the same state, then all act.
+        let checked_together = mutant == Some(Mutant::ConcurrentStart);
+        let before = self.journal.clone();
+        let mut decided = vec![];
+        for (k, r) in inbox.into_iter().enumerate() {
+            let current = if checked_together { before.clone() } else { self.journal.clone() };
+            let id = format!("op{}-{}-{k}", self.generation, now);
+            let decision = match &r {
+                Request::Start { to, min_compatible, on_error, disruptive } => {
+                    let req = StartRequest {
+                        operation: Operation::Upgrade,
+                        image: image(*to, *min_compatible),
+                        to: *to,
+                        force: false,
+                        disruptive: *disruptive,
+                        on_error: *on_error,
+                    };
+                    self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
+                }
+                Request::Prestage { to } => {
+                    let req = StartRequest {
+                        operation: Operation::Prestage,
+                        image: image(*to, *to),
+                        to: *to,
+                        force: false,
+                        disruptive: false,
+                        on_error: ActionOnError::Suspend,
+                    };
+                    self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
+                }
+                Request::Resume { skip } => request::resume(current.as_ref(), &[], *skip, &self.config).ok(),
+                Request::RollbackGroups(g) => request::rollback_groups(current.as_ref(), g, &self.config, now).ok(),
+                Request::ConfigWrite => {
+                    if request::config_writable(current.as_ref()).is_ok() {
+                        self.write_config(disk, members);
+                    }
+                    None
+                }
+            };
+            match decision {
+                Some(j) if checked_together => decided.push(j),
+                Some(j) => self.persist(disk, j, violations),
+                None => {}
+            }
+        }
+        for j in decided {
+            self.persist(disk, j, violations);
+        }
+    }
+
+    fn decide_start(
+        &self,
+        req: &StartRequest,
+        current: Option<&Journal>,
+        nodes: &[NodeSummary],
+        id: &str,
+        now: Ms,
+        mutant: Option<Mutant>,
+    ) -> Option<Journal> {
+        let ctx = StartCtx { current, nodes, config: &self.config, leader: &self.me, id, now, mutant };
+        request::start(req, &ctx).ok()
+    }
+
+    fn write_config(&mut self, disk: &mut Disk, members: &[(NodeId, Member)]) {
+        let mut ses: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, m) in members {
+            if let Member::ServiceEngine(g) = m {
+                ses.entry(g.clone()).or_default().push(id.to_string());
+            }
+        }
+        let mut c = self.config.clone();
+        let name = format!("extra-{}", c.virtual_services.len());
+        let group = c.se_groups.keys().next().cloned().unwrap_or_default();
+        let port = 9000 + c.virtual_services.len() as u16;
+        let vs = VirtualService { name, se_group: group, port, scale: 2 };
+        if c.put_vs(vs, false, &[8443]).is_ok() {
+            c.placements = placement::place(&c, &ses);
+            disk.config = c.clone();
+            self.config = c;
+        }
+    }
+}
+
+/// The waits in the simulation: short, so that schedules are quick, in the
+/// same proportions as the product's.
+pub fn sim_timeouts() -> Timeouts {
+    Timeouts { reform: 60_000, stage: 120_000, drain: 20_000, commit: 30_000 }
+}

@@ -1,0 +1,634 @@
+//! Deterministic simulation of a cluster under the coordinator.
+//!
+//! One seed decides everything: the cluster's shape, the operator's
+//! requests, and the faults injected at every step — leader crashes, nodes
+//! powered off and on in each of their steps, messages lost or delayed, a
+//! full disk while staging, an image that does not boot, requests at the
+//! same moment. Time is virtual (100 ms steps); the leader's driver is the
+//! same loop as the product's: observe, decide with [`crate::core::next`],
+//! write the journal (here: serialized to the simulated disk, so whatever
+//! the journal does not hold is lost in a crash), then act. After every
+//! step the [`crate::invariants`] are checked; a failing seed prints the
+//! command that replays it.
+
+mod leader;
+mod node;
+
+use std::collections::BTreeMap;
+
+use common::{NodeId, Sha256Digest, Version};
+
+use self::{
+    leader::{Disk, Leader, Request},
+    node::{Node, id},
+};
+use crate::{
+    Mutant,
+    config::{Config, SeGroup, VirtualService},
+    core::Timeouts,
+    invariants::{Monitor, RealNode, Reality},
+    journal::{ActionOnError, Image, Journal, Member, Ms, Operation, Outcome, Phase, Step},
+    placement,
+};
+
+/// A small deterministic generator (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// In `[lo, hi)`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    /// One of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.range(0, items.len() as u64) as usize]
+    }
+}
+
+/// The step of a virtual minute-by-minute run.
+const TICK: Ms = 100;
+/// An operation that has not ended after this long is a violation.
+const BOUND: Ms = 3 * 3_600_000;
+
+/// What one schedule found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Its seed.
+    pub seed: u64,
+    /// Broken invariants (the first few), with the virtual time.
+    pub violations: Vec<String>,
+    /// Faults injected: (kind, step) → count.
+    pub faults: BTreeMap<(String, String), u64>,
+    /// Virtual time simulated.
+    pub virtual_ms: Ms,
+    /// Operations that ended, by outcome.
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// The versions the simulation moves between.
+fn v(n: u32) -> Version {
+    Version { major: n, minor: 0, patch: 0 }
+}
+
+fn image(to: Version, min_compatible: Version) -> Image {
+    Image {
+        path: format!("controller://molt-{to}.pkg"),
+        sha256: Sha256Digest::of(to.to_string().as_bytes()),
+        size: 1 << 30,
+        kind: common::DeploymentKind::Vm,
+        min_compatible,
+    }
+}
+
+/// The simulated cluster.
+struct World {
+    rng: Rng,
+    now: Ms,
+    nodes: BTreeMap<NodeId, Node>,
+    leader_id: NodeId,
+    leader: Option<Leader>,
+    disk: Disk,
+    /// Messages in flight.
+    net: Vec<leader::Message>,
+    /// Per channel, the last delivery time (streams keep their order).
+    channel_at: BTreeMap<(bool, NodeId), Ms>,
+    faults: BTreeMap<(String, String), u64>,
+    faults_on: bool,
+    mutant: Option<Mutant>,
+    monitor: Monitor,
+    violations: Vec<String>,
+    operator: Operator,
+    outcomes: BTreeMap<String, u64>,
+    /// Nodes powered off by a fault, and when they come back.
+    power_ons: Vec<(Ms, NodeId)>,
+    /// When the faults stopped (the cluster settles from then).
+    settling_since: Option<Ms>,
+    /// What happened, when traced.
+    trace: Option<Vec<String>>,
+}
+
+/// The operator's script, decided by the seed as it goes.
+#[derive(Debug, Default)]
+struct Operator {
+    /// Requests to send at a time.
+    planned: Vec<(Ms, Request)>,
+    /// Follow-ups sent after operations ended.
+    follow_ups: u32,
+    /// The id and outcome last reacted to.
+    handled: Option<(String, Option<Outcome>)>,
+    group_rollback_done: bool,
+    third_version_tried: bool,
+    next_look: Ms,
+}
+
+impl World {
+    fn new(seed: u64, mutant: Option<Mutant>) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut nodes = BTreeMap::new();
+        let controllers = if rng.chance(0.2) { 1 } else { 3 };
+        for i in 1..=controllers {
+            nodes.insert(id(&format!("c{i}")), Node::new(Member::Controller, v(1)));
+        }
+        let mut config = Config::default();
+        let modes = ["active-standby", "active-active", "n-plus-m"];
+        let groups = rng.range(1, 4) as usize;
+        let mut ses_by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for g in 0..groups {
+            // Every run has an active-standby group: failover is where make-before-break matters.
+            let ha = if g == 0 { modes[0] } else { *rng.pick(&modes) };
+            let name = format!("g{g}");
+            config.put_group(SeGroup { name: name.clone(), ha_mode: ha.into() }, false).expect("valid");
+            for s in 0..rng.range(2, 4) {
+                let se = format!("{name}-se{s}");
+                nodes.insert(id(&se), Node::new(Member::ServiceEngine(name.clone()), v(1)));
+                ses_by_group.entry(name.clone()).or_default().push(se);
+            }
+            for k in 0..rng.range(1, 3) {
+                let scale = if rng.chance(0.25) { 1 } else { 2 };
+                let vs =
+                    VirtualService { name: format!("vs-{g}-{k}"), se_group: name.clone(), port: 80 + k as u16, scale };
+                config.put_vs(vs, false, &[8443]).expect("valid");
+            }
+        }
+        config.placements = placement::place(&config, &ses_by_group);
+        let want = placement::serving(&config, &Default::default());
+        for (se, services) in &want {
+            if let Some(n) = nodes.get_mut(&id(se)) {
+                n.serving = services.iter().map(|s| s.name.clone()).collect();
+            }
+        }
+        let se_ids: Vec<NodeId> = nodes.keys().filter(|n| n.as_str().contains("-se")).cloned().collect();
+        let all_ids: Vec<NodeId> = nodes.keys().cloned().collect();
+        let mut faults = BTreeMap::new();
+        let mut count = |kind: &str, step: &str| *faults.entry((kind.to_owned(), step.to_owned())).or_insert(0) += 1;
+        if rng.chance(0.15) {
+            let n = rng.pick(&all_ids).clone();
+            nodes.get_mut(&n).expect("node").disk_full = true;
+            count("disk-full", "stage");
+        }
+        if rng.chance(0.15) {
+            let n = rng.pick(&se_ids).clone();
+            nodes.get_mut(&n).expect("node").bad.insert(v(2));
+            count("image-does-not-boot", "reboot");
+        }
+        if rng.chance(0.05) {
+            let n = id("c1");
+            nodes.get_mut(&n).expect("node").bad.insert(v(2));
+            count("image-does-not-boot", "reboot");
+        }
+        let on_error = *rng.pick(&[ActionOnError::Suspend, ActionOnError::Continue, ActionOnError::Rollback]);
+        let disruptive = rng.chance(0.1);
+        let start = Request::Start { to: v(2), min_compatible: v(1), on_error, disruptive };
+        let mut operator = Operator::default();
+        operator.planned.push((5_000, start.clone()));
+        if rng.chance(0.3) {
+            // Another start at the same moment.
+            operator.planned.push((5_000, start));
+            count("request-at-once", "start");
+        }
+        for _ in 0..rng.range(0, 4) {
+            let at = rng.range(5_000, 90_000);
+            let r = match rng.range(0, 5) {
+                0 => Request::Start { to: v(2), min_compatible: v(1), on_error, disruptive: false },
+                1 => Request::Prestage { to: v(2) },
+                2 => Request::Resume { skip: rng.chance(0.5) },
+                3 => Request::RollbackGroups(vec!["g0".into()]),
+                _ => Request::ConfigWrite,
+            };
+            count("request-at-once", r.name());
+            operator.planned.push((at, r));
+        }
+        let disk = Disk::new(config);
+        World {
+            rng,
+            now: 0,
+            nodes,
+            leader_id: id("c1"),
+            leader: None,
+            disk,
+            net: vec![],
+            channel_at: BTreeMap::new(),
+            faults,
+            faults_on: true,
+            mutant,
+            monitor: Monitor::default(),
+            violations: vec![],
+            operator,
+            outcomes: BTreeMap::new(),
+            power_ons: vec![],
+            settling_since: None,
+            trace: None,
+        }
+    }
+
+    fn count(&mut self, kind: &str, step: &str) {
+        *self.faults.entry((kind.to_owned(), step.to_owned())).or_insert(0) += 1;
+    }
+
+    fn log(&mut self, what: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            t.push(format!("t={:.1}s {}", self.now as f64 / 1000.0, what()));
+        }
+    }
+
+    /// The journal as the leader holds it (or, with no leader, on disk).
+    fn journal(&self) -> Option<&Journal> {
+        match &self.leader {
+            Some(l) => l.journal.as_ref(),
+            None => self.disk.journal(),
+        }
+    }
+
+    /// The step a node is in, as fault labels name it.
+    fn step_of(&self, j: Option<&Journal>, n: &NodeId) -> &'static str {
+        let Some(op) = j.filter(|j| j.is_running()).and_then(|j| j.nodes.get(n)) else { return "idle" };
+        let up = self.nodes[n].agent_up;
+        match op.step {
+            Step::Staging => "stage",
+            Step::Draining | Step::Stopping | Step::Restoring | Step::Releasing => "drain",
+            Step::Applying => "apply",
+            Step::Rejoining | Step::RollbackRejoining if !up => "reboot",
+            Step::Rejoining | Step::RollbackRejoining => "rejoin",
+            Step::Committing => "commit",
+            Step::RollingBack => "rollback",
+            _ => "idle",
+        }
+    }
+
+    /// Sends a message on its channel, maybe losing or delaying it.
+    fn send(&mut self, to_leader: bool, node: NodeId, payload: leader::Payload) {
+        let step = self.step_of(self.journal(), &node);
+        if self.faults_on && self.rng.chance(0.02) {
+            self.count("message-lost", step);
+            return;
+        }
+        let delay = if self.faults_on && self.rng.chance(0.05) {
+            self.count("message-delayed", step);
+            self.rng.range(500, 3_000)
+        } else {
+            self.rng.range(0, 100)
+        };
+        let key = (to_leader, node.clone());
+        let at = (self.now + delay).max(self.channel_at.get(&key).copied().unwrap_or(0));
+        self.channel_at.insert(key, at);
+        self.net.push(leader::Message { at, node, payload });
+    }
+
+    fn inject_faults(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let j = self.journal().cloned();
+        if self.rng.chance(0.002) {
+            // A node powered off, more often one that is in a step.
+            let busy: Vec<NodeId> =
+                self.nodes.keys().filter(|n| self.step_of(j.as_ref(), n) != "idle").cloned().collect();
+            let all: Vec<NodeId> = self.nodes.keys().cloned().collect();
+            let n = if !busy.is_empty() && self.rng.chance(0.7) { self.rng.pick(&busy) } else { self.rng.pick(&all) }
+                .clone();
+            let step = self.step_of(j.as_ref(), &n);
+            let r = self.rng.range(0, 100);
+            let off = if r < 60 {
+                self.rng.range(500, 5_000)
+            } else if r < 96 {
+                self.rng.range(5_000, 40_000)
+            } else {
+                self.rng.range(200_000, 400_000)
+            };
+            if self.nodes[&n].powered {
+                self.count("power-off", step);
+                self.log(|| format!("FAULT power-off {n} in {step} for {off} ms"));
+                self.power_cycle(&n, off);
+            }
+        }
+        if self.rng.chance(0.0008) {
+            let phase = j.as_ref().filter(|j| j.is_running()).map(|j| j.phase.name()).unwrap_or("idle");
+            let l = self.leader_id.clone();
+            let off = self.rng.range(200, 3_000);
+            if self.nodes[&l].powered {
+                self.count("leader-crash", phase);
+                self.log(|| format!("FAULT leader crash in {phase}"));
+                self.power_cycle(&l, off);
+            }
+        }
+    }
+
+    fn power_cycle(&mut self, n: &NodeId, off: Ms) {
+        let node = self.nodes.get_mut(n).expect("node");
+        if !node.powered {
+            return;
+        }
+        node.power_off();
+        node.fault_off = true;
+        node.excused = true;
+        self.power_ons.push((self.now + off, n.clone()));
+    }
+}
+
+impl World {
+    fn members(&self) -> Vec<(NodeId, Member)> {
+        self.nodes.iter().map(|(id, n)| (id.clone(), n.member.clone())).collect()
+    }
+
+    /// One step of virtual time.
+    fn step(&mut self) {
+        let now = self.now;
+        let due: Vec<NodeId> = self.power_ons.iter().filter(|(t, _)| *t <= now).map(|(_, n)| n.clone()).collect();
+        self.power_ons.retain(|(t, _)| *t > now);
+        for n in due {
+            let node = self.nodes.get_mut(&n).expect("node");
+            node.fault_off = false;
+            node.power_on(now, &mut self.rng);
+        }
+        self.inject_faults();
+        // Deliver what has arrived.
+        let (arrived, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net).into_iter().partition(|m| m.at <= now);
+        self.net = later;
+        for m in arrived {
+            match m.payload {
+                leader::Payload::Heartbeat(seen) => {
+                    if let Some(l) = self.leader.as_mut() {
+                        l.heartbeat(m.node, *seen, now);
+                    }
+                }
+                leader::Payload::Command(c) => {
+                    if let Some(n) = self.nodes.get_mut(&m.node) {
+                        n.receive(c, now, &mut self.rng);
+                    }
+                }
+            }
+        }
+        // The nodes.
+        let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+        for n in &ids {
+            let hb = self.nodes.get_mut(n).expect("node").tick(now, &mut self.rng);
+            if let Some(seen) = hb {
+                self.send(true, n.clone(), leader::Payload::Heartbeat(Box::new(seen)));
+            }
+        }
+        // The leader lives and dies with its node.
+        let leader_up = self.nodes[&self.leader_id].agent_up;
+        if !leader_up {
+            self.leader = None;
+        } else if self.leader.is_none() {
+            self.leader = Some(Leader::start(&mut self.disk, self.leader_id.clone()));
+        }
+        self.operate();
+        let members = self.members();
+        let before = if self.trace.is_some() { self.disk.journal().cloned() } else { None };
+        if let Some(l) = self.leader.as_mut() {
+            let out = l.tick(now, &mut self.disk, &members, self.mutant, &mut self.violations);
+            if self.trace.is_some() {
+                let after = self.disk.journal().cloned();
+                self.trace_journal(before.as_ref(), after.as_ref());
+                for (node, c) in &out {
+                    let (node, c) = (node.clone(), c.clone());
+                    self.log(|| format!("send {node} {} {:?}", c.id, c.kind));
+                }
+            }
+            for (node, c) in out {
+                self.send(false, node, leader::Payload::Command(c));
+            }
+        }
+    }
+
+    /// The operator: sends what is planned, and reacts to ended operations.
+    fn operate(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.operator.planned).into_iter().partition(|(t, _)| *t <= now);
+        self.operator.planned = later;
+        for (_, r) in due {
+            match self.leader.as_mut() {
+                Some(l) => l.inbox.push(r),
+                // Connection refused: the operator tries again.
+                None => self.operator.planned.push((now + 2_000, r)),
+            }
+        }
+        if now < self.operator.next_look {
+            return;
+        }
+        self.operator.next_look = now + 1_000;
+        let Some(j) = self.disk.journal().filter(|j| !j.is_running()).cloned() else { return };
+        let key = (j.id.clone() + j.operation.name(), j.outcome);
+        if self.operator.handled.as_ref() == Some(&key) {
+            return;
+        }
+        self.operator.handled = Some(key);
+        let outcome = j.outcome.map(Outcome::name).unwrap_or("none");
+        *self.outcomes.entry(format!("{}:{outcome}", j.operation.name())).or_insert(0) += 1;
+        if self.operator.follow_ups >= 4 || !self.operator.planned.is_empty() {
+            return;
+        }
+        let at = now + self.rng.range(500, 5_000);
+        let group_names: Vec<String> = j.groups.keys().cloned().collect();
+        let next = match (j.operation, j.outcome) {
+            (_, Some(Outcome::Suspended)) => {
+                let suspended: Vec<String> = j
+                    .groups
+                    .iter()
+                    .filter(|(_, g)| g.state == crate::journal::GroupState::Suspended)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if self.rng.chance(0.6) || suspended.is_empty() {
+                    Some(Request::Resume { skip: self.rng.chance(0.5) })
+                } else {
+                    Some(Request::RollbackGroups(vec![self.rng.pick(&suspended).clone()]))
+                }
+            }
+            (Operation::Upgrade, Some(Outcome::Completed)) if j.to == v(2) && !group_names.is_empty() => {
+                if !self.operator.group_rollback_done && self.rng.chance(0.6) {
+                    self.operator.group_rollback_done = true;
+                    Some(Request::RollbackGroups(vec![self.rng.pick(&group_names).clone()]))
+                } else if !self.operator.third_version_tried && self.rng.chance(0.5) {
+                    self.operator.third_version_tried = true;
+                    Some(Request::Start {
+                        to: v(3),
+                        min_compatible: v(2),
+                        on_error: ActionOnError::Suspend,
+                        disruptive: false,
+                    })
+                } else {
+                    None
+                }
+            }
+            (Operation::SeGroupRollback, Some(Outcome::Completed)) if !self.operator.third_version_tried => {
+                // The group is back on 1.0.0: a third version must be refused.
+                self.operator.third_version_tried = true;
+                Some(Request::Start {
+                    to: v(3),
+                    min_compatible: v(2),
+                    on_error: ActionOnError::Suspend,
+                    disruptive: false,
+                })
+            }
+            (Operation::Upgrade, Some(Outcome::Aborted)) if self.rng.chance(0.3) => Some(Request::Start {
+                to: j.to,
+                min_compatible: v(1),
+                on_error: ActionOnError::Suspend,
+                disruptive: false,
+            }),
+            _ => None,
+        };
+        if let Some(r) = next {
+            self.operator.follow_ups += 1;
+            self.operator.planned.push((at, r));
+        }
+    }
+
+    fn trace_journal(&mut self, before: Option<&Journal>, after: Option<&Journal>) {
+        let Some(a) = after else { return };
+        let b = before.filter(|b| b.id == a.id);
+        if b.map(|b| (b.phase, b.outcome)) != Some((a.phase, a.outcome)) {
+            let (p, o, r) = (a.phase, a.outcome, a.reason.clone());
+            self.log(|| format!("journal {} {:?} phase {p:?} outcome {o:?} {r}", a.id, a.operation));
+        }
+        for (id, n) in &a.nodes {
+            let old = b.and_then(|b| b.nodes.get(id));
+            if old.map(|o| (o.step, o.rollback)) != Some((n.step, n.rollback)) {
+                let (id, step, note, rb) = (id.clone(), n.step, n.note.clone(), n.rollback);
+                self.log(|| format!("  {id} -> {step:?}{} {note}", if rb { " (rollback)" } else { "" }));
+            }
+        }
+        for (g, op) in &a.groups {
+            if b.and_then(|b| b.groups.get(g)).map(|o| o.state) != Some(op.state) {
+                let (g, st, r) = (g.clone(), op.state, op.reason.clone());
+                self.log(|| format!("  group {g} -> {st:?} {r}"));
+            }
+        }
+        if b.map(|b| &b.drained) != Some(&a.drained) {
+            let d: Vec<String> = a.drained.iter().map(|s| s.to_string()).collect();
+            self.log(|| format!("  drained: {}", d.join(", ")));
+        }
+    }
+
+    fn reality(&self) -> BTreeMap<NodeId, RealNode> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| {
+                let real = RealNode {
+                    member: n.member.clone(),
+                    up: n.agent_up,
+                    excused: n.fault_off || n.excused,
+                    active_version: n.active_version(),
+                    serving: n.serving.clone(),
+                };
+                (id.clone(), real)
+            })
+            .collect()
+    }
+
+    fn check(&mut self, at_rest: bool) {
+        let nodes = self.reality();
+        let j = match &self.leader {
+            Some(l) => l.journal.as_ref(),
+            None => self.disk.journal(),
+        };
+        let real = Reality { nodes: &nodes, config: &self.disk.config };
+        let mut found = self.monitor.after_step(j, &real);
+        if at_rest {
+            found.extend(self.monitor.at_rest(j, &real));
+        }
+        let t = self.now as f64 / 1000.0;
+        self.violations.extend(found.into_iter().map(|v| format!("t={t:.1}s {v}")));
+    }
+
+    /// Whether the operator is done and the last operation ended.
+    fn quiet(&self) -> bool {
+        self.operator.planned.is_empty()
+            && self.leader.as_ref().is_none_or(|l| l.inbox.is_empty())
+            && match self.disk.journal() {
+                Some(j) => !j.is_running() && self.operator.handled.is_some(),
+                None => self.now > 100_000,
+            }
+    }
+}
+
+/// Runs the schedule of `seed`, with `mutant` put back if given.
+pub fn run(seed: u64, mutant: Option<Mutant>) -> Report {
+    run_with(seed, mutant, false).0
+}
+
+/// Like [`run`], with a trace of what happened (faults, journal steps, commands).
+pub fn run_traced(seed: u64, mutant: Option<Mutant>) -> (Report, Vec<String>) {
+    run_with(seed, mutant, true)
+}
+
+fn run_with(seed: u64, mutant: Option<Mutant>, traced: bool) -> (Report, Vec<String>) {
+    let mut w = World::new(seed, mutant);
+    if traced {
+        w.trace = Some(vec![]);
+    }
+    let violations_before = w.violations.len();
+    loop {
+        w.now += TICK;
+        w.step();
+        let settled = w.settling_since.is_some_and(|t| w.now >= t + 60_000);
+        w.check(settled);
+        if w.violations.len() > violations_before || settled {
+            break;
+        }
+        if w.settling_since.is_none() && w.quiet() && w.now.is_multiple_of(1_000) {
+            // No more faults: everything is powered on and settles.
+            w.faults_on = false;
+            w.settling_since = Some(w.now);
+            let off: Vec<NodeId> = w.power_ons.drain(..).map(|(_, n)| n).collect();
+            for n in off {
+                let node = w.nodes.get_mut(&n).expect("node");
+                node.fault_off = false;
+                node.power_on(w.now, &mut w.rng);
+            }
+        }
+        if w.settling_since.is_some() && !w.quiet() {
+            // An operation started meanwhile (a follow-up): faults stay off.
+            w.settling_since = Some(w.now);
+        }
+        if w.now > BOUND {
+            let phase = w.journal().map(|j| j.phase).unwrap_or(Phase::Done);
+            w.violations.push(format!("liveness: the operation has not ended after 3 h (phase {phase:?})"));
+            break;
+        }
+    }
+    w.violations.truncate(5);
+    let trace = w.trace.take().unwrap_or_default();
+    (Report { seed, violations: w.violations, faults: w.faults, virtual_ms: w.now, outcomes: w.outcomes }, trace)
+}
+
+/// Runs `count` schedules from `seed` on; returns every report.
+pub fn run_many(seed: u64, count: u64, mutant: Option<Mutant>) -> Vec<Report> {
+    (seed..seed + count).map(|s| run(s, mutant)).collect()
+}
+
+/// The command that replays one schedule.
+pub fn replay_command(seed: u64, mutant: Option<Mutant>) -> String {
+    match mutant {
+        Some(m) => format!("target/release/molt-sim --seed {seed} --schedules 1 --mutant {}", m.name()),
+        None => format!("target/release/molt-sim --seed {seed} --schedules 1"),
+    }
+}
+
+/// The default waits of the product, for reference in reports.
+pub fn product_timeouts() -> Timeouts {
+    Timeouts::default()
+}
