@@ -8,43 +8,57 @@
 //! with the command that replays it, and as its last line
 //! `schedules: N, violations: V`; exits 1 when V > 0.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, process::ExitCode};
 
 use coordinator::{Mutant, sim};
 
-fn usage() -> ! {
-    eprintln!("usage: molt-sim [--schedules N] [--seed S] [--mutant NAME] [--list-mutants] [--trace]");
-    std::process::exit(2)
+const USAGE: &str = "usage: molt-sim [--schedules N] [--seed S] [--mutant NAME] [--list-mutants] [--trace]";
+
+struct Args {
+    schedules: u64,
+    seed: u64,
+    mutant: Option<Mutant>,
+    trace: bool,
+    list: bool,
 }
 
-fn main() {
-    let mut schedules = 1_000u64;
-    let mut seed = 1u64;
-    let mut mutant = None;
-    let mut trace = false;
+fn parse() -> Result<Args, String> {
+    let mut a = Args { schedules: 1_000, seed: 1, mutant: None, trace: false, list: false };
     let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage());
-        match a.as_str() {
-            "--schedules" => schedules = value().parse().unwrap_or_else(|_| usage()),
-            "--seed" => seed = value().parse().unwrap_or_else(|_| usage()),
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{v:?} is not a number\n{USAGE}"));
+        match flag.as_str() {
+            "--schedules" => a.schedules = number(value()?)?,
+            "--seed" => a.seed = number(value()?)?,
             "--mutant" => {
-                let name = value();
-                mutant = Some(Mutant::parse(&name).unwrap_or_else(|| {
-                    eprintln!("error: no mutant {name:?}; `molt-sim --list-mutants` lists them");
-                    std::process::exit(2)
-                }));
+                let name = value()?;
+                a.mutant = Some(
+                    Mutant::parse(&name)
+                        .ok_or_else(|| format!("no mutant {name:?}; `molt-sim --list-mutants` lists them"))?,
+                );
             }
-            "--trace" => trace = true,
-            "--list-mutants" => {
-                for m in Mutant::ALL {
-                    println!("{:<22} {}", m.name(), m.describe());
-                }
-                return;
-            }
-            "-h" | "--help" => usage(),
-            _ => usage(),
+            "--trace" => a.trace = true,
+            "--list-mutants" => a.list = true,
+            _ => return Err(USAGE.into()),
         }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let Args { schedules, seed, mutant, trace, list } = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if list {
+        for m in Mutant::ALL {
+            println!("{:<22} {}", m.name(), m.describe());
+        }
+        return ExitCode::SUCCESS;
     }
     if trace {
         let (r, lines) = sim::run_traced(seed, mutant);
@@ -54,7 +68,7 @@ fn main() {
         for v in &r.violations {
             println!("VIOLATION {v}");
         }
-        return;
+        return if r.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let started = std::time::Instant::now();
     let mut faults: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -101,7 +115,5 @@ fn main() {
         println!("first failing seed: {s}");
     }
     println!("schedules: {schedules}, violations: {violations}");
-    if violations > 0 {
-        std::process::exit(1);
-    }
+    if violations > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
