@@ -1,19 +1,20 @@
 //! The coordinator under seeded fault schedules: no invariant breaks over
 //! 2,000 schedules, and every known defect put back is found.
 
-use std::collections::BTreeMap;
-
-use coordinator::{Mutant, sim};
+use coordinator::{
+    Mutant,
+    sim::{self, FaultCounts},
+};
 
 /// Runs `count` schedules from `seed` on two threads; returns the failing
 /// seeds with their first violation, and the faults injected.
-fn run(seed: u64, count: u64, mutant: Option<Mutant>) -> (Vec<(u64, String)>, BTreeMap<(String, String), u64>) {
+fn run(seed: u64, count: u64, mutant: Option<Mutant>) -> (Vec<(u64, String)>, FaultCounts) {
     let half = count / 2;
     let parts = [(seed, half), (seed + half, count - half)];
     let handles: Vec<_> =
         parts.into_iter().map(|(s, n)| std::thread::spawn(move || sim::run_many(s, n, mutant))).collect();
     let mut failing = vec![];
-    let mut faults: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut faults = FaultCounts::new();
     for h in handles {
         for r in h.join().expect("simulation thread") {
             for (k, n) in r.faults {

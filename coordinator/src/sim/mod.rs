@@ -71,6 +71,9 @@ const TICK: Ms = 100;
 /// An operation that has not ended after this long is a violation.
 const BOUND: Ms = 3 * 3_600_000;
 
+/// Faults injected: (kind, step) → count.
+pub type FaultCounts = BTreeMap<(String, String), u64>;
+
 /// What one schedule found.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -78,8 +81,8 @@ pub struct Report {
     pub seed: u64,
     /// Broken invariants (the first few), with the virtual time.
     pub violations: Vec<String>,
-    /// Faults injected: (kind, step) → count.
-    pub faults: BTreeMap<(String, String), u64>,
+    /// Faults injected.
+    pub faults: FaultCounts,
     /// Virtual time simulated.
     pub virtual_ms: Ms,
     /// Operations that ended, by outcome.
