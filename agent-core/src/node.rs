@@ -183,14 +183,16 @@ impl Node {
                 shutdown.clone(),
             )
         });
-        let mut executor = Executor::new(&settings.data_dir, stager.clone(), source, reboot, shutdown.clone());
+        let boot_id = random_hex(8);
+        let mut executor =
+            Executor::new(&settings.data_dir, stager.clone(), source, reboot, shutdown.clone()).with_boot_id(&boot_id);
         if let Some(dp) = &dataplane {
             executor = executor.with_dataplane(dp.clone());
         }
         let ctx = Arc::new(NodeCtx {
             settings,
             version: manifest.version,
-            boot_id: random_hex(8),
+            boot_id,
             stager,
             executor,
             dataplane,

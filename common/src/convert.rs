@@ -129,7 +129,8 @@ impl TryFrom<pb::CommandResult> for CommandResult {
                 });
             }
         };
-        Ok(CommandResult { id: r.id, state, message: r.message })
+        let boot_id = printable("command result", "boot_id", r.boot_id, 64)?;
+        Ok(CommandResult { id: r.id, state, message: r.message, boot_id })
     }
 }
 
@@ -140,7 +141,7 @@ impl From<CommandResult> for pb::CommandResult {
             CommandState::Succeeded => pb::CommandState::Succeeded,
             CommandState::Failed => pb::CommandState::Failed,
         };
-        pb::CommandResult { id: r.id, state: state as i32, message: r.message }
+        pb::CommandResult { id: r.id, state: state as i32, message: r.message, boot_id: r.boot_id }
     }
 }
 

@@ -80,6 +80,9 @@ pub struct CommandResult {
     pub state: CommandState,
     /// Why it failed, or what it did.
     pub message: String,
+    /// The boot of the agent that ran it, when it is not the one reporting
+    /// it (empty: the reporting one).
+    pub boot_id: String,
 }
 
 /// An order from the leader. Idempotent by `id`; fenced by `generation`.

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::leader::{
     LeaderState,
-    distribute::{self, Refused},
+    distribute::Refused,
     images::ImageError,
     store::{ConfigError, SeGroup, VirtualService},
     upgrade::{self, UpgradeRequest},
@@ -131,7 +131,7 @@ async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
         cluster: state.settings.cluster.clone(),
         generation: state.generation,
         nodes: state.cluster.snapshot(),
-        status: state.status.lock().expect("status lock").view(),
+        status: state.status(),
         bytes_served: state.bytes_served.load(std::sync::atomic::Ordering::Relaxed),
         now: crate::leader::status::now(),
     };
@@ -242,12 +242,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 async fn prestage(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let req: PrestageRequest = json_body(body).await?;
-    let status = distribute::start(&state, &req.image_path).await?;
+    let status = upgrade::prestage(&state, &req.image_path).await?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
 async fn status(State(state): State<Arc<LeaderState>>) -> Json<crate::leader::status::UpgradeStatus> {
-    Json(state.status.lock().expect("status lock").view())
+    Json(state.status())
 }
 
 async fn start_upgrade(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
@@ -258,12 +258,12 @@ async fn start_upgrade(State(state): State<Arc<LeaderState>>, body: Body) -> Res
 
 async fn resume(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let req: upgrade::GroupRequest = json_body(body).await?;
-    Ok((StatusCode::ACCEPTED, Json(upgrade::resume_groups(&state, req)?)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(upgrade::resume_groups(&state, req).await?)).into_response())
 }
 
 async fn rollback(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let req: upgrade::GroupRequest = json_body(body).await?;
-    Ok((StatusCode::ACCEPTED, Json(upgrade::rollback_groups(&state, req)?)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(upgrade::rollback_groups(&state, req).await?)).into_response())
 }
 
 impl From<ConfigError> for ApiError {
@@ -278,19 +278,19 @@ impl From<ConfigError> for ApiError {
     }
 }
 
-/// Changes the configuration unless an upgrade runs (503): the check and the
-/// change under the operation gate, so an upgrade starting at the same
+/// Changes the configuration unless an operation runs (503): the check and
+/// the change under the operation gate, so an upgrade starting at the same
 /// moment snapshots the configuration before or after the change, never
 /// between.
-fn config_write<T>(
+async fn config_write<T>(
     state: &LeaderState,
     f: impl FnOnce(&mut crate::leader::store::Config) -> Result<T, ConfigError>,
 ) -> Result<T, ApiError> {
-    let _gate = state.operation_gate.lock().expect("operation gate");
-    if state.read_only() {
+    let _gate = state.operation_gate.lock().await;
+    if coordinator::request::config_writable(state.journal().as_ref()).is_err() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "upgrade in progress: configuration is read-only"));
     }
-    Ok(state.change_config(f)?)
+    Ok(state.change_config(f).await?)
 }
 
 fn vs_json(v: &VirtualService, placements: Option<&Vec<String>>) -> serde_json::Value {
@@ -318,7 +318,7 @@ async fn get_group(
 
 async fn create_group(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let g: SeGroup = json_body(body).await?;
-    config_write(&state, |c| c.put_group(g.clone(), false))?;
+    config_write(&state, |c| c.put_group(g.clone(), false)).await?;
     Ok((StatusCode::CREATED, Json(g)).into_response())
 }
 
@@ -331,7 +331,7 @@ async fn put_group(
     if g.name != name {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", g.name)));
     }
-    config_write(&state, |c| c.put_group(g.clone(), true))?;
+    config_write(&state, |c| c.put_group(g.clone(), true)).await?;
     Ok(Json(g))
 }
 
@@ -339,7 +339,7 @@ async fn delete_group(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    config_write(&state, |c| c.delete_group(&name))?;
+    config_write(&state, |c| c.delete_group(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -362,8 +362,8 @@ async fn get_vs(
 async fn create_vs(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let v: VirtualService = json_body(body).await?;
     let ports = agent_ports(&state);
-    config_write(&state, |c| c.put_vs(v.clone(), false, &ports))?;
-    let placed = place_now(&state, &v.name);
+    config_write(&state, |c| c.put_vs(v.clone(), false, &ports)).await?;
+    let placed = place_now(&state, &v.name).await;
     Ok((StatusCode::CREATED, Json(vs_json(&v, placed.as_ref()))).into_response())
 }
 
@@ -377,8 +377,8 @@ async fn put_vs(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", v.name)));
     }
     let ports = agent_ports(&state);
-    config_write(&state, |c| c.put_vs(v.clone(), true, &ports))?;
-    let placed = place_now(&state, &v.name);
+    config_write(&state, |c| c.put_vs(v.clone(), true, &ports)).await?;
+    let placed = place_now(&state, &v.name).await;
     Ok(Json(vs_json(&v, placed.as_ref())))
 }
 
@@ -386,7 +386,7 @@ async fn delete_vs(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    config_write(&state, |c| c.delete_vs(&name))?;
+    config_write(&state, |c| c.delete_vs(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -403,11 +403,12 @@ fn agent_ports(state: &LeaderState) -> Vec<u16> {
 
 /// Places virtual services at once (the placer would within a second) and
 /// returns where `name` went.
-fn place_now(state: &LeaderState, name: &str) -> Option<Vec<String>> {
+async fn place_now(state: &LeaderState, name: &str) -> Option<Vec<String>> {
     let ses = crate::leader::traffic::ses_by_group(state);
-    let _ = state.change_config(|c| {
+    let _ = config_write(state, |c| {
         c.placements = crate::leader::placement::place(c, &ses);
         Ok(())
-    });
+    })
+    .await;
     state.config.lock().expect("config lock").placements.get(name).cloned()
 }

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod distribute;
+pub mod driver;
 pub mod grpc;
 pub mod image_server;
 pub mod images;
@@ -12,6 +13,8 @@ pub mod store;
 pub mod traffic;
 pub mod upgrade;
 
+pub use coordinator::journal::Journal;
+
 use std::sync::{Arc, Mutex};
 
 use common::{Version, config::NodeSettings, fsutil, slots::Slots};
@@ -20,9 +23,8 @@ use tracing::error;
 use self::{
     cluster::ClusterView,
     images::ImageStore,
-    status::StatusBoard,
+    status::HistoryEntry,
     store::{Config, Store},
-    upgrade::Journal,
 };
 
 /// Everything the leader's services share.
@@ -34,8 +36,13 @@ pub struct LeaderState {
     pub cluster: ClusterView,
     /// Uploaded and verified images.
     pub images: ImageStore,
-    /// The current operation and the history of past ones.
-    pub status: Mutex<StatusBoard>,
+    /// Operations that ended, oldest first (`store/history.json`).
+    pub history: Mutex<Vec<HistoryEntry>>,
+    /// Set when the journal could not be written: the operation stopped
+    /// in this process (a restarted leader resumes from the journal on disk).
+    pub halted: Mutex<Option<String>>,
+    /// Wakes the driver (a request changed the journal).
+    pub wake: tokio::sync::Notify,
     /// This leader's generation: one more than the last leader start's.
     pub generation: u64,
     /// Bytes of image data served by `FetchImage` since start.
@@ -44,23 +51,23 @@ pub struct LeaderState {
     pub store: Store,
     /// The configuration (SE groups, virtual services).
     pub config: Mutex<Config>,
-    /// The upgrade journal (the last upgrade's, once it is done).
-    pub journal: Mutex<Option<Journal>>,
+    /// The journal of the current or last operation, as written.
+    journal: Mutex<Option<Journal>>,
     /// The version this leader runs.
     pub version: Version,
     /// Held while a request decides to start, resume or roll back an
-    /// operation, or to change the configuration: the check ("nothing is
-    /// running", "not read-only") and the act happen under it, so two
-    /// requests at once cannot both pass the check.
-    pub operation_gate: Mutex<()>,
+    /// operation, or to change the configuration, and while the driver
+    /// decides a step: the check ("nothing is running", "not read-only") and
+    /// the act (the journal or configuration written) happen under it, so
+    /// two requests at once cannot both pass the check. An async lock: the
+    /// writes under it run on the blocking pool.
+    pub operation_gate: tokio::sync::Mutex<()>,
     /// Cancelled when the node stops: every leader task ends with it.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The tasks started through [`LeaderState::spawn`] (finished ones are pruned).
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Who may fetch which image, and the open image streams.
     pub fetch_gate: image_server::FetchGate,
-    /// SEs taken out of service for their upgrade.
-    pub drained: Mutex<std::collections::BTreeSet<String>>,
     /// Numbers `place` commands.
     pub place_seq: std::sync::atomic::AtomicU64,
 }
@@ -106,21 +113,17 @@ impl LeaderState {
         let store = Store::open(&settings.data_dir)?;
         let config = store.load::<Config>("config")?.unwrap_or_default();
         let journal = store.load::<Journal>("journal")?;
-        // A running upgrade's drained SEs stay drained until it goes on.
-        let drained = journal.as_ref().filter(|j| j.is_running()).map(|j| j.drained.clone()).unwrap_or_default();
-        let mut status = store.load::<StatusBoard>("status")?.unwrap_or_default();
-        if status.current.is_running() && !journal.as_ref().is_some_and(Journal::is_running) {
-            // A prestage cannot survive a restart of the leader: say so.
-            status.finish(status::OpState::Aborted, "the leader restarted during the operation".into());
-        }
+        let history = store.load::<Vec<HistoryEntry>>("history")?.unwrap_or_default();
         let version = Slots::new(&settings.data_dir).active().map_err(std::io::Error::other)?.1.version;
         Ok(Arc::new(Self {
             cluster: ClusterView::new(&settings),
             images,
-            status: Mutex::new(status),
+            history: Mutex::new(history),
+            halted: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
             generation,
             bytes_served: Default::default(),
-            operation_gate: Mutex::new(()),
+            operation_gate: tokio::sync::Mutex::new(()),
             shutdown: tokio_util::sync::CancellationToken::new(),
             tasks: Mutex::default(),
             fetch_gate: image_server::FetchGate::new(
@@ -131,7 +134,6 @@ impl LeaderState {
             config: Mutex::new(config),
             journal: Mutex::new(journal),
             version,
-            drained: Mutex::new(drained),
             place_seq: Default::default(),
             settings,
         }))
@@ -174,14 +176,14 @@ impl LeaderState {
         });
     }
 
-    /// Whether an upgrade or prestage is running.
-    pub fn operation_running(&self) -> bool {
-        self.status.lock().expect("status lock").current.is_running() || self.read_only()
-    }
-
-    /// Whether configuration changes are refused (an upgrade is running).
+    /// Whether an operation is running (the configuration is read-only).
     pub fn read_only(&self) -> bool {
         self.journal.lock().expect("journal lock").as_ref().is_some_and(Journal::is_running)
+    }
+
+    /// The journal of the current or last operation.
+    pub fn journal(&self) -> Option<Journal> {
+        self.journal.lock().expect("journal lock").clone()
     }
 
     /// The version this leader's node runs.
@@ -189,56 +191,87 @@ impl LeaderState {
         self.version
     }
 
-    /// Persists the journal (before the step it describes acts).
-    pub fn save_journal(&self, j: Option<Journal>) -> std::io::Result<()> {
-        if let Some(j) = &j {
-            self.store.save("journal", j)?;
+    /// Writes the journal (on the blocking pool), then makes it current;
+    /// an operation that ends here goes into the history. The caller holds
+    /// the operation gate.
+    pub async fn write_journal(&self, j: Journal) -> std::io::Result<()> {
+        let store = self.store.clone();
+        let copy = j.clone();
+        tokio::task::spawn_blocking(move || store.save("journal", &copy)).await.map_err(std::io::Error::other)??;
+        let ended = {
+            let mut cur = self.journal.lock().expect("journal lock");
+            let was_running = cur.as_ref().is_some_and(|c| c.id == j.id && c.is_running());
+            let ended = was_running && !j.is_running();
+            *cur = Some(j.clone());
+            ended
+        };
+        *self.halted.lock().expect("halted lock") = None;
+        if ended {
+            self.record_history(&j).await;
         }
-        *self.journal.lock().expect("journal lock") = j;
         Ok(())
     }
 
-    /// Changes the running upgrade's journal and writes it, atomically with
-    /// respect to other changes.
-    pub fn update_journal(&self, f: impl FnOnce(&mut Journal)) -> std::io::Result<Journal> {
-        let mut guard = self.journal.lock().expect("journal lock");
-        let mut j = guard.clone().ok_or_else(|| std::io::Error::other("no upgrade journal"))?;
-        f(&mut j);
-        self.store.save("journal", &j)?;
-        *guard = Some(j.clone());
-        Ok(j)
+    /// The journal's operation stopped because the journal could not be
+    /// written: it ends suspended in memory only, the configuration is
+    /// writable, and nothing goes on from this process.
+    pub async fn halt(&self, why: String) {
+        let halted = {
+            let mut cur = self.journal.lock().expect("journal lock");
+            let Some(j) = cur.as_mut().filter(|j| j.is_running()) else { return };
+            j.phase = coordinator::journal::Phase::Done;
+            j.outcome = Some(coordinator::journal::Outcome::Suspended);
+            j.reason = why.clone();
+            j.ended = Some(driver::now_ms());
+            j.drained.clear();
+            j.clone()
+        };
+        *self.halted.lock().expect("halted lock") = Some(why);
+        self.record_history(&halted).await;
     }
 
-    /// Persists the status and history, so they survive the leader's reboot.
-    pub fn save_status(&self) {
-        let board = self.status.lock().expect("status lock");
-        if let Err(e) = self.store.save("status", &*board) {
-            error!(error = %e, "cannot save the upgrade status");
+    async fn record_history(&self, j: &Journal) {
+        let entry = status::history_entry(j);
+        let all = {
+            let mut h = self.history.lock().expect("history lock");
+            h.push(entry);
+            h.clone()
+        };
+        let store = self.store.clone();
+        let saved = tokio::task::spawn_blocking(move || store.save("history", &all)).await;
+        if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+            error!(error = %e, "cannot save the history");
         }
     }
 
-    /// Applies a change to the configuration and saves it; nothing changes
-    /// if `f` refuses or the save fails.
-    pub fn change_config<T>(
+    /// The status: a view of the journal, the cluster and the history.
+    pub fn status(&self) -> status::UpgradeStatus {
+        let j = self.journal();
+        let history = self.history.lock().expect("history lock").clone();
+        status::view(j.as_ref(), history, &self.cluster.snapshot())
+    }
+
+    /// Applies a change to the configuration and saves it (on the blocking
+    /// pool); nothing changes if `f` refuses or the save fails. The caller
+    /// holds the operation gate.
+    pub async fn change_config<T>(
         &self,
         f: impl FnOnce(&mut Config) -> Result<T, store::ConfigError>,
     ) -> Result<T, store::ConfigError> {
-        let mut cfg = self.config.lock().expect("config lock");
-        let mut next = cfg.clone();
+        let mut next = self.config.lock().expect("config lock").clone();
         let out = f(&mut next)?;
-        self.store.save("config", &next)?;
-        *cfg = next;
+        self.save_config(next).await?;
         Ok(out)
     }
 
-    /// Puts back a configuration snapshot (an aborted upgrade).
-    pub fn restore_config(&self, snapshot: &Config) {
-        let mut cfg = self.config.lock().expect("config lock");
-        if let Err(e) = self.store.save("config", snapshot) {
-            error!(error = %e, "cannot restore the configuration snapshot");
-            return;
-        }
-        *cfg = snapshot.clone();
+    /// Saves and installs a configuration (a change, or an aborted
+    /// upgrade's snapshot put back).
+    pub async fn save_config(&self, next: Config) -> std::io::Result<()> {
+        let store = self.store.clone();
+        let copy = next.clone();
+        tokio::task::spawn_blocking(move || store.save("config", &copy)).await.map_err(std::io::Error::other)??;
+        *self.config.lock().expect("config lock") = next;
+        Ok(())
     }
 }
 

@@ -36,8 +36,7 @@ pub async fn start(
         let node = Node::with_local_images(settings, Some(local), reboot)?;
         // Every leader task ends when the node stops.
         state.stop_with(node.shutdown_token());
-        leader::upgrade::resume(&state);
-        leader::upgrade::spawn_reconciler(state.clone());
+        leader::driver::spawn(state.clone());
         leader::traffic::spawn_placer(state.clone());
         let app = node
             .base_routes()

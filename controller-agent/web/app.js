@@ -217,7 +217,7 @@ function phases(s) {
         <td>${e ? badge(e.status) : badge("pending")}</td><td class="events">${esc(e && e.message)}</td></tr>`;
     }).join("")}</tbody></table></div>`);
 
-  if (s.operation === "upgrade") {
+  if (s.operation === "upgrade" || s.operation === "se_group_rollback") {
     const ctrls = s.nodes.filter((n) => n.role === "controller");
     const ctrlState = (n) => {
       const ev = (n.events || []).filter((e) => e.task !== "stage");

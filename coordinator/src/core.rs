@@ -17,7 +17,7 @@ use common::{
 use crate::{
     Mutant,
     config::Config,
-    journal::{ActionOnError, GroupState, Journal, Member, Ms, NodeOp, Operation, Outcome, Phase, Step},
+    journal::{ActionOnError, Event, GroupState, Journal, Member, Ms, NodeOp, Operation, Outcome, Phase, Step},
     placement,
 };
 
@@ -38,6 +38,8 @@ pub struct Seen {
     pub serving: Vec<String>,
     /// Results of commands, by id, with the boot that reported each.
     pub results: BTreeMap<String, Reported>,
+    /// Bytes of each image received (verified) so far, while staging it.
+    pub received: BTreeMap<common::Sha256Digest, u64>,
 }
 
 /// A command's result as a node reported it.
@@ -56,6 +58,9 @@ pub struct Reported {
 pub struct Observed {
     /// Nodes that have sent a heartbeat.
     pub nodes: BTreeMap<NodeId, Seen>,
+    /// Why the operation's image cannot be served any more (it changed, or
+    /// is gone from the leader's store), if so.
+    pub image_unusable: Option<String>,
 }
 
 impl Observed {
@@ -141,7 +146,58 @@ pub fn next(journal: &Journal, obs: &Observed, ctx: &Ctx) -> Decision {
     }
     let raw = d.progress();
     d.j.progress = d.j.progress.max(raw);
+    record_events(journal, &mut d.j, ctx.now);
     Decision { journal: d.j, actions: d.actions }
+}
+
+/// Closes and opens each node's events as its step changed.
+fn record_events(before: &Journal, after: &mut Journal, now: Ms) {
+    for (id, n) in after.nodes.iter_mut() {
+        let Some(old) = before.nodes.get(id) else { continue };
+        if old.step == n.step {
+            continue;
+        }
+        if let Some(open) = n.events.last_mut().filter(|e| e.end.is_none()) {
+            let stopped = n.note.starts_with("stopped in");
+            let retried = old.step == Step::Rejoining && n.step == Step::Applying;
+            open.status = match n.step {
+                Step::Failed if stopped => "stopped",
+                Step::Failed => "failed",
+                _ if retried => "failed",
+                _ if stopped => "stopped",
+                _ => "done",
+            }
+            .into();
+            open.end = Some(now);
+            open.message =
+                if n.step == Step::Failed || stopped || retried { n.note.clone() } else { describe(old.step, n.step) };
+        }
+        if let Some(task) = n.step.running_event()
+            && n.events.last().is_none_or(|e| e.end.is_some() || e.task != task)
+        {
+            n.events.push(Event {
+                task: task.into(),
+                status: "running".into(),
+                start: now,
+                end: None,
+                message: String::new(),
+            });
+        }
+    }
+}
+
+/// What a finished step did, for its event.
+fn describe(from: Step, to: Step) -> String {
+    match (from, to) {
+        (Step::Staging, _) => "staged".into(),
+        (Step::Draining | Step::Stopping, _) => "its virtual services moved to the other SEs".into(),
+        (Step::Applying, Step::Rejoining) => "installed; rebooting into it".into(),
+        (Step::Applying | Step::Rejoining, _) => "rejoined on the new version".into(),
+        (Step::Committing, _) => "committed".into(),
+        (Step::Restoring | Step::Releasing, _) => "serving its virtual services again".into(),
+        (Step::RollingBack | Step::RollbackRejoining, _) => "back on the old version".into(),
+        (a, b) => format!("{a:?} → {b:?}").to_lowercase(),
+    }
 }
 
 /// What each SE should serve while `journal` runs (or, with `None`, once
@@ -383,6 +439,19 @@ impl Decider<'_> {
                         return Went::On;
                     }
                     if s.version == from {
+                        // Once, it is applied again: it may have reverted
+                        // itself because the leader was unreachable, or
+                        // failed one boot. A second time, the image is at fault.
+                        if self.j.nodes[id].fell_back == 0 {
+                            let d = self.now() + self.ctx.timeouts.reform;
+                            let n = self.node(id);
+                            n.fell_back += 1;
+                            n.tries += 1;
+                            n.by = None;
+                            n.note = format!("came back on {from}; applying {to} once more");
+                            self.set(id, Step::Applying, Some(d));
+                            return Went::On;
+                        }
                         return self.fail(
                             id,
                             format!("came back on {from}: {to} did not start there and its boot loader fell back"),
@@ -464,6 +533,10 @@ impl Decider<'_> {
     // ---- distribute ----
 
     fn distribute(&mut self) {
+        if let Some(why) = self.obs.image_unusable.clone() {
+            self.finish(Outcome::Aborted, format!("the image is no longer usable, nothing was installed: {why}"));
+            return;
+        }
         let ids: Vec<NodeId> = self.j.nodes.keys().cloned().collect();
         for id in &ids {
             match self.j.nodes[id].step {
@@ -949,9 +1022,21 @@ impl Decider<'_> {
         let pct = match j.phase {
             Phase::Done => return j.progress,
             Phase::Distribute => {
-                let staged = j.nodes.values().filter(|n| n.step == Step::Staged).count();
+                // Bytes received, a staged node counting whole.
+                let size = j.image.size.max(1) as f64;
+                let got: f64 = j
+                    .nodes
+                    .iter()
+                    .map(|(id, n)| match n.step {
+                        Step::Staged => 1.0,
+                        _ => {
+                            let r = self.obs.nodes.get(id).and_then(|s| s.received.get(&j.image.sha256));
+                            (r.copied().unwrap_or(0) as f64 / size).min(1.0)
+                        }
+                    })
+                    .sum();
                 let span = if j.operation == Operation::Prestage { 99.0 } else { 40.0 };
-                span * frac(staged, j.nodes.len())
+                span * got / j.nodes.len().max(1) as f64
             }
             Phase::Controllers => {
                 let cs = j.controllers();

@@ -238,15 +238,59 @@ pub struct NodeOp {
     pub deadline: Option<Ms>,
     /// (SE) it is being returned to the old version.
     pub rollback: bool,
+    /// Times it came back on the old version and was applied again.
+    #[serde(default)]
+    pub fell_back: u32,
     /// What happened (a failure's reason).
     pub note: String,
+    /// Its steps so far, as the status lists them.
+    #[serde(default)]
+    pub events: Vec<Event>,
 }
 
 impl NodeOp {
     /// A node at the start of an operation.
     pub fn new(member: Member) -> Self {
-        Self { member, step: Step::Waiting, tries: 0, by: None, deadline: None, rollback: false, note: String::new() }
+        Self {
+            member,
+            step: Step::Waiting,
+            tries: 0,
+            by: None,
+            deadline: None,
+            rollback: false,
+            fell_back: 0,
+            note: String::new(),
+            events: vec![],
+        }
     }
+}
+
+/// One step of a node's part, as the status lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `stage`, `drain`, `apply`, `rejoin`, `commit`, `restore` or `rollback`.
+    pub task: String,
+    /// `running`, `done`, `failed` or `stopped`.
+    pub status: String,
+    /// When it started.
+    pub start: Ms,
+    /// When it ended.
+    pub end: Option<Ms>,
+    /// What happened.
+    pub message: String,
+}
+
+/// What the probes measured of one virtual service during the SE phase.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measured {
+    /// Time during which no placement answered.
+    pub downtime_ms: u64,
+    /// Probes (one per placement per round) that failed.
+    pub failed_probes: u64,
+    /// Rounds probed.
+    pub rounds: u64,
+    /// The first down slots: when, and what each placement answered.
+    pub down_slots: Vec<String>,
 }
 
 /// Where an SE group is.
@@ -347,6 +391,12 @@ pub struct Journal {
     pub outcome: Option<Outcome>,
     /// Why it failed, or what it left behind.
     pub reason: String,
+    /// The pre-checks it passed.
+    #[serde(default)]
+    pub prechecks: Vec<crate::request::Precheck>,
+    /// What the probes measured, per virtual service (the driver writes it).
+    #[serde(default)]
+    pub measured: BTreeMap<String, Measured>,
     /// State a known defect keeps in memory only (see [`crate::Mutant`]);
     /// always empty otherwise.
     #[serde(skip)]

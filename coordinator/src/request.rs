@@ -29,6 +29,8 @@ pub enum RefusalKind {
     Conflict,
     /// A pre-check failed (412).
     PreconditionFailed,
+    /// A node lacks the disk space for the image (507).
+    InsufficientStorage,
 }
 
 /// A refused request: nothing changed.
@@ -300,6 +302,8 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
         ended: None,
         outcome: None,
         reason: String::new(),
+        prechecks: checks,
+        measured: BTreeMap::new(),
         volatile: Default::default(),
     })
 }

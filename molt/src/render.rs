@@ -246,6 +246,8 @@ pub fn phase_bars(v: &Value) -> String {
         let applied = ctrls.iter().filter(|n| task_done(n, "apply")).count();
         let pct = if ctrls.is_empty() { 0 } else { ((applied + committed) * 50 / ctrls.len()) as u64 };
         row(&mut out, "controllers", pct, format!("{applied}/{} installed, {committed} committed", ctrls.len()));
+    }
+    if v["operation"] == "upgrade" || v["operation"] == "se_group_rollback" {
         for g in v["se_groups"].as_array().into_iter().flatten() {
             let name = format!("SE group {}", s(&g["name"]));
             let ses = g["ses"].as_array().map_or(0, Vec::len);

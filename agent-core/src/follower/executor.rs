@@ -38,6 +38,37 @@ fn done(message: String) -> Outcome {
 /// Outcomes kept for heartbeats and repeated ids.
 const KEEP_RESULTS: usize = 64;
 
+/// Where the commands that rebooted the node are kept, in its data dir.
+const KEPT_FILE: &str = "commands.json";
+/// How many of them are kept.
+const KEEP_REBOOTS: usize = 16;
+
+/// A command that rebooted the node, and the boot that ran it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Kept {
+    id: String,
+    message: String,
+    boot_id: String,
+}
+
+fn load_kept(path: &std::path::Path) -> Vec<Kept> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            warn!(path = %path.display(), error = %e, "ignoring unreadable kept commands");
+            vec![]
+        }),
+        Err(_) => vec![],
+    }
+}
+
+fn keep(path: &std::path::Path, k: Kept) -> std::io::Result<()> {
+    let mut all = load_kept(path);
+    all.push(k);
+    let skip = all.len().saturating_sub(KEEP_REBOOTS);
+    let all: Vec<Kept> = all.into_iter().skip(skip).collect();
+    fsutil::atomic_write(path, &serde_json::to_vec(&all).map_err(std::io::Error::other)?)
+}
+
 #[derive(Debug, Default)]
 struct Log {
     order: VecDeque<String>,
@@ -62,6 +93,10 @@ impl Log {
 #[derive(Clone)]
 pub struct Executor {
     log: Arc<Mutex<Log>>,
+    /// This boot of the agent.
+    boot_id: String,
+    /// Commands that rebooted the node, kept across its reboots.
+    kept_path: PathBuf,
     generation: Arc<Mutex<u64>>,
     fence_path: PathBuf,
     stager: Stager,
@@ -89,9 +124,21 @@ impl Executor {
         shutdown: CancellationToken,
     ) -> Self {
         let fence_path = data_dir.join("fence");
+        let kept_path = data_dir.join(KEPT_FILE);
         let generation = std::fs::read_to_string(&fence_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let mut log = Log::default();
+        for k in load_kept(&kept_path) {
+            log.record(CommandResult {
+                id: k.id,
+                state: CommandState::Succeeded,
+                message: k.message,
+                boot_id: k.boot_id,
+            });
+        }
         Self {
-            log: Arc::default(),
+            log: Arc::new(Mutex::new(log)),
+            boot_id: String::new(),
+            kept_path,
             generation: Arc::new(Mutex::new(generation)),
             fence_path,
             stager,
@@ -105,6 +152,12 @@ impl Executor {
     }
 
     /// Gives this (SE) executor the data plane `place` commands drive.
+    /// Names this boot of the agent (kept with the commands that reboot it).
+    pub fn with_boot_id(mut self, boot_id: &str) -> Self {
+        self.boot_id = boot_id.to_owned();
+        self
+    }
+
     pub fn with_dataplane(mut self, dp: crate::dataplane::DataPlane) -> Self {
         self.dataplane = Some(dp);
         self
@@ -122,11 +175,16 @@ impl Executor {
             return r.clone();
         }
         if let Err(message) = self.fence(cmd.generation) {
-            let r = CommandResult { id: cmd.id, state: CommandState::Failed, message };
+            let r = CommandResult { id: cmd.id, state: CommandState::Failed, message, boot_id: String::new() };
             self.log.lock().expect("log lock").record(r.clone());
             return r;
         }
-        let running = CommandResult { id: cmd.id.clone(), state: CommandState::Running, message: String::new() };
+        let running = CommandResult {
+            id: cmd.id.clone(),
+            state: CommandState::Running,
+            message: String::new(),
+            boot_id: String::new(),
+        };
         self.log.lock().expect("log lock").record(running.clone());
         info!(id = %cmd.id, command = cmd.kind.name(), generation = cmd.generation, "command accepted");
         let this = self.clone();
@@ -142,7 +200,22 @@ impl Executor {
                     (CommandState::Failed, m, false)
                 }
             };
-            this.log.lock().expect("log lock").record(CommandResult { id: cmd.id.clone(), state, message });
+            if reboot {
+                // Kept before the reboot: the next boot answers this id
+                // instead of running it again.
+                let kept = Kept { id: cmd.id.clone(), message: message.clone(), boot_id: this.boot_id.clone() };
+                let path = this.kept_path.clone();
+                let saved = tokio::task::spawn_blocking(move || keep(&path, kept)).await;
+                if let Err(e) = saved.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                    warn!(id = %cmd.id, error = %e, "cannot keep the command across the reboot");
+                }
+            }
+            this.log.lock().expect("log lock").record(CommandResult {
+                id: cmd.id.clone(),
+                state,
+                message,
+                boot_id: String::new(),
+            });
             this.settled.notify_one();
             if reboot {
                 tokio::time::sleep(REPORT_BEFORE_REBOOT).await;
@@ -152,6 +225,7 @@ impl Executor {
                     id: cmd.id,
                     state: CommandState::Failed,
                     message: e,
+                    boot_id: String::new(),
                 });
                 this.settled.notify_one();
             }

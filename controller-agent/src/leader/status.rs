@@ -1,9 +1,17 @@
 //! The operation status the REST API shows (`GET /api/cluster/upgrade/status`),
-//! in the contract's shape. Times are Unix seconds with millisecond precision.
+//! in the contract's shape: a view of the journal, computed on every read,
+//! never a document edited in place. Times are Unix seconds with millisecond
+//! precision.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    collections::BTreeMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
+use coordinator::journal::{Journal, Member, Ms, Outcome, Step};
 use serde::{Deserialize, Serialize};
+
+use super::cluster::NodeView;
 
 /// Seconds since the Unix epoch, to the millisecond.
 pub fn now() -> f64 {
@@ -62,16 +70,7 @@ pub struct NodeStatus {
     pub events: Vec<Event>,
 }
 
-/// A pre-check's verdict.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Precheck {
-    /// Which check.
-    pub check: String,
-    /// `ok`, `warning` or `error`.
-    pub result: String,
-    /// What it found.
-    pub message: String,
-}
+pub use coordinator::request::Precheck;
 
 /// A past operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,21 +138,6 @@ pub struct UpgradeStatus {
     pub history: Vec<HistoryEntry>,
 }
 
-/// The per-node rows of a new operation, from the cluster view.
-pub fn node_rows(nodes: &[super::cluster::NodeView]) -> Vec<NodeStatus> {
-    nodes
-        .iter()
-        .map(|n| NodeStatus {
-            id: n.id.to_string(),
-            role: n.role.to_string(),
-            state: "pending".into(),
-            version: n.version.clone(),
-            received: 0,
-            events: vec![],
-        })
-        .collect()
-}
-
 impl UpgradeStatus {
     /// Whether an operation is running.
     pub fn is_running(&self) -> bool {
@@ -161,197 +145,139 @@ impl UpgradeStatus {
     }
 }
 
-/// The current operation plus history.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct StatusBoard {
-    /// The current or last operation.
-    pub current: UpgradeStatus,
-    /// Finished operations.
-    pub history: Vec<HistoryEntry>,
-    /// What the next [`StatusBoard::finish`] records in the history when it
-    /// is not the current operation as such (an SE group rollback, which
-    /// reopens a finished upgrade's status).
-    #[serde(default)]
-    pub recording: Option<HistoryEntry>,
+fn secs(ms: Ms) -> f64 {
+    ms as f64 / 1000.0
 }
 
-fn state_word(s: OpState) -> &'static str {
-    match s {
-        OpState::Completed => "completed",
-        OpState::Suspended => "suspended",
-        OpState::Aborted => "aborted",
-        OpState::Idle => "idle",
-        OpState::Prechecking | OpState::InProgress => "in progress",
+fn op_state(j: &Journal) -> OpState {
+    match j.outcome {
+        None => OpState::InProgress,
+        Some(Outcome::Completed) => OpState::Completed,
+        Some(Outcome::Suspended) => OpState::Suspended,
+        Some(Outcome::Aborted) => OpState::Aborted,
     }
 }
 
-impl StatusBoard {
-    /// The document to show, with history.
-    pub fn view(&self) -> UpgradeStatus {
-        UpgradeStatus { history: self.history.clone(), ..self.current.clone() }
+/// The history line of an operation that ended.
+pub fn history_entry(j: &Journal) -> HistoryEntry {
+    let v = coordinator::view::view(j);
+    HistoryEntry {
+        operation: v.operation.into(),
+        from_version: v.from_version,
+        to_version: v.to_version,
+        state: op_state(j),
+        started_at: secs(j.started),
+        ended_at: j.ended.map(secs),
+        reason: j.reason.clone(),
     }
+}
 
-    /// Starts a step `task` of `node`'s part.
-    pub fn begin(&mut self, node: &str, task: &str) {
-        if let Some(n) = self.current.nodes.iter_mut().find(|n| n.id == node) {
-            n.state = "running".into();
-            n.events.push(Event {
-                task: task.into(),
-                status: "running".into(),
-                start: now(),
-                end: None,
-                message: String::new(),
-            });
-        }
-    }
-
-    /// Whether `node`'s last step is still running.
-    pub fn has_open_event(&self, node: &str) -> bool {
-        self.current.nodes.iter().find(|n| n.id == node).and_then(|n| n.events.last()).is_some_and(|e| e.end.is_none())
-    }
-
-    /// Ends the last step of `node`'s part.
-    pub fn end(&mut self, node: &str, ok: bool, message: &str) {
-        if let Some(n) = self.current.nodes.iter_mut().find(|n| n.id == node) {
-            n.state = if ok { "done" } else { "failed" }.into();
-            if let Some(ev) = n.events.last_mut() {
-                ev.status = if ok { "done" } else { "failed" }.into();
-                ev.end = Some(now());
-                ev.message = message.to_owned();
-            }
-        }
-    }
-
-    /// Ends the current operation in `state`, recording it in history.
-    pub fn finish(&mut self, state: OpState, reason: String) {
-        let ended = now();
-        let c = &mut self.current;
-        c.state = state;
-        c.reason = reason.clone();
-        c.ended_at = Some(ended);
-        if state == OpState::Completed {
-            c.progress = 100;
-        }
-        // Nothing shows running under an ended operation.
-        for n in &mut c.nodes {
-            for ev in n.events.iter_mut().filter(|e| e.end.is_none()) {
-                ev.status = "stopped".into();
-                ev.end = Some(ended);
-                ev.message = format!("not finished: the operation ended {}", state_word(state));
-            }
-            if matches!(n.state.as_str(), "running" | "pending") {
-                n.state = "stopped".into();
-            }
-        }
-        for g in &mut c.se_groups {
-            let next = match g["state"].as_str() {
-                Some("pending") => Some("not_started"),
-                Some("in_progress" | "rolling_back") => Some("stopped"),
-                _ => None,
+/// The status: a view of the journal (what the leader acts on), with the
+/// versions and bytes the nodes report, and the history.
+pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView]) -> UpgradeStatus {
+    let Some(j) = j else { return UpgradeStatus { history, ..Default::default() } };
+    let v = coordinator::view::view(j);
+    let by_id: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let node_rows = v
+        .nodes
+        .iter()
+        .map(|line| {
+            let n = &j.nodes[&line.id.parse::<common::NodeId>().expect("journal ids are valid")];
+            let seen = by_id.get(line.id.as_str());
+            let received = match n.step {
+                Step::Waiting | Step::Staging => seen
+                    .and_then(|s| s.transfers.iter().find(|t| t.sha256 == j.image.sha256.to_hex()))
+                    .map(|t| t.received)
+                    .unwrap_or(0),
+                _ => j.image.size,
             };
-            if let Some(next) = next {
-                g["state"] = next.into();
+            let state = match n.step {
+                _ if line.running.is_some() => "running",
+                Step::Failed if n.note.starts_with("stopped in") => "stopped",
+                Step::Failed => "failed",
+                Step::Waiting if j.is_running() => "pending",
+                Step::Waiting => "stopped",
+                _ => "done",
+            };
+            NodeStatus {
+                id: line.id.clone(),
+                role: match n.member {
+                    Member::Controller => common::Role::Controller.to_string(),
+                    Member::ServiceEngine(_) => common::Role::ServiceEngine.to_string(),
+                },
+                state: state.into(),
+                version: seen.map(|s| s.version.clone()).unwrap_or_default(),
+                received,
+                events: n
+                    .events
+                    .iter()
+                    .map(|e| Event {
+                        task: e.task.clone(),
+                        status: e.status.clone(),
+                        start: secs(e.start),
+                        end: e.end.map(secs),
+                        message: e.message.clone(),
+                    })
+                    .collect(),
             }
-        }
-        let mut entry = self.recording.take().unwrap_or_else(|| HistoryEntry {
-            operation: c.operation.clone(),
-            from_version: c.from_version.clone(),
-            to_version: c.to_version.clone(),
-            state,
-            started_at: c.started_at.unwrap_or_default(),
-            ended_at: None,
-            reason: String::new(),
-        });
-        entry.state = state;
-        entry.ended_at = Some(ended);
-        entry.reason = reason;
-        self.history.push(entry);
-    }
-
-    /// Raises the operation's progress to `p`; it never goes back within an
-    /// operation.
-    pub fn advance(&mut self, p: u8) {
-        self.current.progress = self.current.progress.max(p.min(100));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn board() -> StatusBoard {
-        let current = UpgradeStatus {
-            state: OpState::InProgress,
-            operation: "upgrade".into(),
-            from_version: "1.0.0".into(),
-            to_version: "2.0.0".into(),
-            started_at: Some(1.0),
-            nodes: ["c1", "c2", "se-1"]
+        })
+        .collect();
+    let vs_group: BTreeMap<&str, &str> =
+        j.config.virtual_services.values().map(|s| (s.name.as_str(), s.se_group.as_str())).collect();
+    let se_groups = v
+        .se_groups
+        .iter()
+        .map(|g| {
+            let disrupted: Vec<&String> = j
+                .measured
                 .iter()
-                .map(|id| NodeStatus {
-                    id: (*id).into(),
-                    role: "controller".into(),
-                    state: "pending".into(),
-                    version: "1.0.0".into(),
-                    received: 0,
-                    events: vec![],
-                })
-                .collect(),
-            se_groups: vec![serde_json::json!({"name": "g1", "state": "pending"})],
-            ..Default::default()
-        };
-        StatusBoard { current, ..Default::default() }
-    }
-
-    #[test]
-    fn an_ended_operation_shows_nothing_running() {
-        let mut b = board();
-        b.begin("c1", "stage");
-        b.end("c1", true, "staged");
-        b.begin("c1", "apply");
-        b.begin("c2", "rejoin");
-        b.finish(OpState::Aborted, "c3 did not come back".into());
-        let v = b.view();
-        for n in &v.nodes {
-            assert!(n.events.iter().all(|e| e.end.is_some() && e.status != "running"), "{n:?}");
-            assert!(!matches!(n.state.as_str(), "running" | "pending"), "{n:?}");
-        }
-        assert_eq!(v.nodes[0].events[0].status, "done", "a finished event keeps its outcome");
-        assert_eq!(v.nodes[0].events[1].status, "stopped");
-        assert_eq!(v.se_groups[0]["state"], "not_started");
-    }
-
-    #[test]
-    fn progress_never_goes_back_within_an_operation() {
-        let mut b = board();
-        let mut seen = vec![];
-        for p in [5, 42, 81, 10, 30, 50, 60, 80, 100] {
-            b.advance(p);
-            seen.push(b.current.progress);
-        }
-        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
-    }
-
-    #[test]
-    fn a_group_rollback_is_recorded_as_such() {
-        let mut b = board();
-        b.finish(OpState::Completed, String::new());
-        b.recording = Some(HistoryEntry {
-            operation: "se_group_rollback".into(),
-            from_version: "2.0.0".into(),
-            to_version: "1.0.0".into(),
-            state: OpState::InProgress,
-            started_at: 5.0,
-            ended_at: None,
-            reason: String::new(),
-        });
-        b.finish(OpState::Completed, String::new());
-        let h = &b.history;
-        assert_eq!((h[0].operation.as_str(), h[1].operation.as_str()), ("upgrade", "se_group_rollback"));
-        assert_eq!(
-            (h[1].from_version.as_str(), h[1].to_version.as_str(), h[1].state),
-            ("2.0.0", "1.0.0", OpState::Completed)
-        );
-        assert!(b.recording.is_none());
+                .filter(|(vs, m)| m.downtime_ms > 0 && vs_group.get(vs.as_str()) == Some(&g.name.as_str()))
+                .map(|(vs, _)| vs)
+                .collect();
+            serde_json::json!({
+                "name": g.name,
+                "ha_mode": j.config.se_groups.get(&g.name).map(|x| x.ha_mode.as_str()).unwrap_or("unknown"),
+                "state": g.state,
+                "progress": g.progress,
+                "ses": j.groups[&g.name].ses,
+                "reason": g.reason,
+                "vs_disrupted": disrupted,
+            })
+        })
+        .collect();
+    let virtual_services = coordinator::placement::predict(&j.config, j.disruptive)
+        .into_iter()
+        .map(|(name, hit, why)| {
+            let m = j.measured.get(&name);
+            serde_json::json!({
+                "name": name, "predicted_disruption": hit, "reason": why,
+                "measured_downtime_ms": m.map(|m| m.downtime_ms),
+                "failed_probes": m.map(|m| m.failed_probes),
+                "probe_rounds": m.map(|m| m.rounds),
+                "down_slots": m.map(|m| m.down_slots.clone()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    UpgradeStatus {
+        state: op_state(j),
+        operation: v.operation.into(),
+        phase: v.phase.into(),
+        progress: v.progress,
+        from_version: v.from_version,
+        to_version: v.to_version,
+        image_path: j.image.path.clone(),
+        image_sha256: j.image.sha256.to_hex(),
+        image_size: j.image.size,
+        force: j.force,
+        disruptive: j.disruptive,
+        reason: j.reason.clone(),
+        started_at: Some(secs(j.started)),
+        ended_at: j.ended.map(secs),
+        nodes: node_rows,
+        se_groups,
+        virtual_services,
+        prechecks: j.prechecks.clone(),
+        drained: v.drained,
+        history,
     }
 }

@@ -1,6 +1,6 @@
 //! Virtual service traffic, from the leader's side: keeping every SE's
-//! listeners as the placements say, draining an SE before it reboots
-//! (make-before-break), and probing every service during the SE phase to
+//! listeners as the coordinator says (an SE being upgraded is drained
+//! make-before-break), and probing every service during the SE phase to
 //! measure real downtime.
 
 use std::{
@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{LeaderState, cluster::NodeState, placement};
+use coordinator::core;
+
+use super::{LeaderState, placement};
 
 /// SEs by SE group, as the cluster view knows them.
 pub fn ses_by_group(state: &LeaderState) -> BTreeMap<String, Vec<String>> {
@@ -31,47 +33,12 @@ pub fn ses_by_group(state: &LeaderState) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-fn push(state: &LeaderState, se: &str, services: Vec<common::session::ServiceSpec>) {
-    let Ok(id) = se.parse::<NodeId>() else { return };
-    let seq = state.place_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let c =
-        Command { id: format!("place-{se}-{seq}"), generation: state.generation, kind: CommandKind::Place(services) };
-    let _ = state.cluster.send(&id, LeaderMessage::Command(c));
-}
-
-/// SEs whose reported services differ from what they should serve.
-fn mismatched(state: &LeaderState, only: Option<&[String]>) -> Vec<(String, Vec<common::session::ServiceSpec>)> {
-    let desired = {
-        let cfg = state.config.lock().expect("config lock");
-        placement::serving(&cfg, &state.drained.lock().expect("drained lock"))
-    };
-    let mut out = vec![];
-    for n in state.cluster.snapshot() {
-        if n.role != Role::ServiceEngine || only.is_some_and(|o| !o.contains(&n.id.to_string())) {
-            continue;
-        }
-        if n.state != NodeState::Up {
-            // Named SEs that are not up cannot have converged: wait for them.
-            if only.is_some() {
-                out.push((n.id.to_string(), desired.get(n.id.as_str()).cloned().unwrap_or_default()));
-            }
-            continue;
-        }
-        let want = desired.get(n.id.as_str()).cloned().unwrap_or_default();
-        let mut have = state.cluster.node(&n.id).and_then(|(hb, _)| hb).map(|h| h.serving).unwrap_or_default();
-        have.sort();
-        let names: Vec<String> = want.iter().map(|s| s.name.clone()).collect();
-        if have != names {
-            out.push((n.id.to_string(), want));
-        }
-    }
-    out
-}
-
-/// Keeps placements computed and every SE serving what they say.
+/// Keeps placements computed (when nothing runs) and every SE serving what
+/// the coordinator says, make-before-break ([`coordinator::core::placements_to_push`]):
+/// a service is added at once, taken off an SE only once another serves it.
 pub fn spawn_placer(state: Arc<LeaderState>) {
     state.clone().spawn(async move {
-        let mut last_push: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut last_push: BTreeMap<NodeId, (Vec<String>, Instant)> = BTreeMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
             if !state.read_only() {
@@ -79,90 +46,39 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
                 let next = placement::place(&state.config.lock().expect("config lock"), &ses);
                 let changed = state.config.lock().expect("config lock").placements != next;
                 if changed {
-                    let _ = state.change_config(|c| {
-                        c.placements = next;
-                        Ok(())
-                    });
+                    let _gate = state.operation_gate.lock().await;
+                    if !state.read_only() {
+                        let _ = state
+                            .change_config(|c| {
+                                c.placements = next;
+                                Ok(())
+                            })
+                            .await;
+                    }
                 }
             }
-            for (se, want) in mismatched(&state, None) {
-                if last_push.get(&se).is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
-                    push(&state, &se, want);
-                    last_push.insert(se, Instant::now());
+            let se_ids: Vec<NodeId> =
+                state.cluster.snapshot().into_iter().filter(|n| n.role == Role::ServiceEngine).map(|n| n.id).collect();
+            let obs = super::driver::observed(&state);
+            let cfg = state.config.lock().expect("config lock").clone();
+            let journal = state.journal();
+            for (se, want) in core::placements_to_push(&cfg, journal.as_ref(), &se_ids, &obs) {
+                let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
+                if last_push.get(&se).is_some_and(|(n, t)| *n == names && t.elapsed() < Duration::from_secs(1)) {
+                    continue;
+                }
+                let seq = state.place_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let c = Command {
+                    id: format!("place-{se}-{}-{seq}", state.generation),
+                    generation: state.generation,
+                    kind: CommandKind::Place(want),
+                };
+                if state.cluster.send(&se, LeaderMessage::Command(c)).is_ok() {
+                    last_push.insert(se, (names, Instant::now()));
                 }
             }
         }
     });
-}
-
-/// Pushes the desired services to `ses` and waits until they serve them.
-pub async fn converge(state: &LeaderState, ses: &[String], timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut pushed = Instant::now() - Duration::from_secs(10);
-    loop {
-        let left = mismatched(state, Some(ses));
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let names: Vec<String> = left.into_iter().map(|(se, _)| se).collect();
-            return Err(format!(
-                "{} did not take their virtual services within {} s",
-                names.join(", "),
-                timeout.as_secs()
-            ));
-        }
-        if pushed.elapsed() > Duration::from_secs(1) {
-            for (se, want) in left {
-                push(state, &se, want);
-            }
-            pushed = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Changes the drained set and shows it in the status.
-fn set_drained(state: &LeaderState, f: impl FnOnce(&mut std::collections::BTreeSet<String>)) {
-    let now: Vec<String> = {
-        let mut d = state.drained.lock().expect("drained lock");
-        f(&mut d);
-        d.iter().cloned().collect()
-    };
-    state.status.lock().expect("status lock").current.drained = now;
-}
-
-/// Takes `se` out of service before it reboots: the others of its group
-/// take over first (make), then `se` stops (break).
-pub async fn drain(state: &LeaderState, se: &str, group: &[String]) -> Result<(), String> {
-    // Journaled before anything moves: a restarted leader knows it.
-    state
-        .update_journal(|j| {
-            j.drained.insert(se.to_owned());
-        })
-        .map_err(|e| format!("cannot write the upgrade journal, so {se} stays in service: {e}"))?;
-    set_drained(state, |d| {
-        d.insert(se.to_owned());
-    });
-    let others: Vec<String> = group.iter().filter(|s| *s != se).cloned().collect();
-    converge(state, &others, Duration::from_secs(20)).await?;
-    converge(state, &[se.to_owned()], Duration::from_secs(20)).await
-}
-
-/// Puts `se` back in service after its upgrade: it serves first, then the
-/// others let go of what they took over.
-pub async fn undrain(state: &LeaderState, se: &str, group: &[String]) -> Result<(), String> {
-    set_drained(state, |d| {
-        d.remove(se);
-    });
-    // If this write fails the SE is back in service anyway; the operation's
-    // end clears the journal's set too.
-    let _ = state.update_journal(|j| {
-        j.drained.remove(se);
-    });
-    converge(state, &[se.to_owned()], Duration::from_secs(20)).await?;
-    let others: Vec<String> = group.iter().filter(|s| *s != se).cloned().collect();
-    converge(state, &others, Duration::from_secs(20)).await
 }
 
 /// Probe results of one virtual service.
@@ -278,15 +194,4 @@ fn probe_targets(state: &LeaderState) -> Vec<(String, Vec<std::net::SocketAddr>)
             (vs.name.clone(), places.filter_map(|se| addrs.get(se)).map(|ip| (*ip, vs.port).into()).collect())
         })
         .collect()
-}
-
-/// The SEs of `group` ordered for a rolling upgrade: those active for the
-/// fewest services first (for active-standby: the standby first).
-pub fn rolling_order(state: &LeaderState, ses: &[NodeId]) -> Vec<NodeId> {
-    let cfg = state.config.lock().expect("config lock");
-    let active_for =
-        |se: &NodeId| cfg.placements.values().filter(|p| p.first().is_some_and(|a| a == se.as_str())).count();
-    let mut v = ses.to_vec();
-    v.sort_by_key(|se| (active_for(se), se.clone()));
-    v
 }

@@ -146,7 +146,7 @@ impl Leader {
                 (id.clone(), s)
             })
             .collect();
-        Observed { nodes }
+        Observed { nodes, image_unusable: None }
     }
 
     fn persist(&mut self, disk: &mut Disk, j: Journal, violations: &mut Vec<String>) {

@@ -263,6 +263,7 @@ impl Node {
             previous: if switched { active } else { self.record.previous.and_then(|p| self.slots[idx(p)]) },
             serving: self.serving.clone(),
             results,
+            received: Default::default(),
         }
     }
 

@@ -1,0 +1,243 @@
+//! The driver: the only place where the leader's operations have effects.
+//!
+//! Every step it reads what the heartbeats say, asks the pure coordinator
+//! ([`coordinator::core::next`]) what to do, writes the journal it returns
+//! (on the blocking pool, under the operation gate), and only then carries
+//! out the actions: commands to nodes, the configuration put back. It also
+//! holds the image-fetch grants of the nodes that are staging, and runs the
+//! traffic probes during the SE phase. A journal that cannot be written
+//! stops the operation in this process (see [`LeaderState::halt`]).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use common::{NodeId, session::LeaderMessage};
+use coordinator::{
+    core::{self, Action, Ctx, Observed, Reported, Seen, Timeouts},
+    journal::{Journal, Measured, Ms, Phase, Step},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{LeaderState, cluster::NodeState, image_server::Grant, traffic};
+
+/// How often the driver decides.
+const POLL: Duration = Duration::from_millis(100);
+/// A command is sent again at most this often (a node answers a repeated
+/// id without running it twice).
+const RESEND: Duration = Duration::from_secs(2);
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> Ms {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as Ms
+}
+
+/// Starts the driver for the leader's lifetime. It resumes whatever the
+/// journal on disk says is running.
+pub fn spawn(state: Arc<LeaderState>) {
+    if let Some(j) = state.journal().filter(|j| j.is_running()) {
+        let what = j.operation.name().replace('_', " ");
+        info!(phase = j.phase.name(), "resuming the {what} from the journal");
+    }
+    state.clone().spawn(async move {
+        let mut d = Driver::default();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = state.wake.notified() => {}
+            }
+            d.step(&state).await;
+        }
+    });
+}
+
+/// The traffic probes of one operation's SE phase.
+struct Probe {
+    journal: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<BTreeMap<String, traffic::ProbeStats>>,
+}
+
+#[derive(Default)]
+struct Driver {
+    /// The operation whose image was checked in the leader's store, and why
+    /// it is unusable if it is.
+    image_checked: Option<(String, Option<String>)>,
+    sent: HashMap<String, Instant>,
+    grants: HashMap<NodeId, Grant>,
+    probe: Option<Probe>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("sent", &self.sent.len()).field("grants", &self.grants.len()).finish()
+    }
+}
+
+/// The coordinator's waits, from the node's settings.
+fn timeouts(state: &LeaderState) -> Timeouts {
+    let reform = state.settings.reform_timeout.as_millis() as Ms;
+    Timeouts { reform, ..Timeouts::default() }
+}
+
+/// What the heartbeats say, in the coordinator's terms.
+pub fn observed(state: &LeaderState) -> Observed {
+    observed_with(state, None)
+}
+
+fn observed_with(state: &LeaderState, image_unusable: Option<String>) -> Observed {
+    let mut nodes = BTreeMap::new();
+    for n in state.cluster.snapshot() {
+        let Some((Some(hb), live)) = state.cluster.node(&n.id) else { continue };
+        let results = hb
+            .results
+            .iter()
+            .map(|r| {
+                let boot_id = if r.boot_id.is_empty() { hb.boot_id.clone() } else { r.boot_id.clone() };
+                (r.id.clone(), Reported { state: r.state, message: r.message.clone(), boot_id })
+            })
+            .collect();
+        let seen = Seen {
+            up: live == NodeState::Up,
+            version: hb.version,
+            boot_id: hb.boot_id.clone(),
+            pending: hb.pending,
+            previous: hb.previous_version,
+            serving: hb.serving.clone(),
+            results,
+            received: hb.transfers.iter().map(|t| (t.sha256, t.received)).collect(),
+        };
+        nodes.insert(n.id.clone(), seen);
+    }
+    Observed { nodes, image_unusable }
+}
+
+impl Driver {
+    /// After the leader's restart its image index is empty: the journal's
+    /// image is registered again (verified), and must be the same one.
+    async fn check_image(&mut self, state: &LeaderState) -> Option<String> {
+        let j = state.journal().filter(|j| j.is_running() && j.phase == Phase::Distribute)?;
+        if let Some((id, why)) = &self.image_checked
+            && *id == j.id
+        {
+            return why.clone();
+        }
+        let why = match state.images.get(&j.image.path).await {
+            Ok(image) if image.info.sha256 == j.image.sha256 => None,
+            Ok(image) => Some(format!(
+                "{} changed during the upgrade (SHA-256 {} instead of {})",
+                j.image.path,
+                image.info.sha256.short(),
+                j.image.sha256.short()
+            )),
+            Err(e) => Some(e.to_string()),
+        };
+        self.image_checked = Some((j.id, why.clone()));
+        why
+    }
+
+    async fn step(&mut self, state: &Arc<LeaderState>) {
+        let image_unusable = self.check_image(state).await;
+        let decision = {
+            let _gate = state.operation_gate.lock().await;
+            if state.halted.lock().expect("halted lock").is_some() {
+                return;
+            }
+            let Some(j) = state.journal() else { return };
+            let ctx = Ctx { now: now_ms(), generation: state.generation, timeouts: timeouts(state), mutant: None };
+            let d = core::next(&j, &observed_with(state, image_unusable), &ctx);
+            if d.journal != j {
+                if let Err(e) = state.write_journal(d.journal.clone()).await {
+                    let why = format!(
+                        "cannot write the upgrade journal ({e}): the upgrade stopped where it was; free or fix the \
+                         leader's disk, then restart the leader, which resumes from the last journal written"
+                    );
+                    error!(%why, "upgrade stopped");
+                    state.halt(why).await;
+                    return;
+                }
+                if j.phase != d.journal.phase || j.outcome != d.journal.outcome {
+                    info!(
+                        operation = d.journal.operation.name(),
+                        phase = d.journal.phase.name(),
+                        outcome = ?d.journal.outcome,
+                        reason = %d.journal.reason,
+                        "operation step"
+                    );
+                }
+            }
+            d
+        };
+        self.keep_grants(state, &decision.journal);
+        self.probes(state, &decision.journal).await;
+        for a in decision.actions {
+            match a {
+                Action::Send { node, command } => {
+                    if self.sent.get(&command.id).is_some_and(|t| t.elapsed() < RESEND) {
+                        continue;
+                    }
+                    if state.cluster.send(&node, LeaderMessage::Command(command.clone())).is_ok() {
+                        self.sent.insert(command.id, Instant::now());
+                    }
+                }
+                Action::RestoreConfig(c) => {
+                    let _gate = state.operation_gate.lock().await;
+                    match state.save_config(c).await {
+                        Ok(()) => info!("the configuration is back as it was when the upgrade started"),
+                        Err(e) => error!(error = %e, "cannot restore the configuration snapshot"),
+                    }
+                }
+            }
+        }
+        self.sent.retain(|_, t| t.elapsed() < Duration::from_secs(600));
+    }
+
+    /// A node may fetch the operation's image exactly while it is staging it.
+    fn keep_grants(&mut self, state: &LeaderState, j: &Journal) {
+        let staging: Vec<&NodeId> = if j.is_running() {
+            j.nodes.iter().filter(|(_, n)| n.step == Step::Staging).map(|(id, _)| id).collect()
+        } else {
+            vec![]
+        };
+        self.grants.retain(|id, _| staging.contains(&id));
+        for id in staging {
+            self.grants.entry(id.clone()).or_insert_with(|| state.fetch_gate.grant(id, j.image.sha256));
+        }
+    }
+
+    /// Probes every virtual service while the SEs move; writes what was
+    /// measured into the journal when they are done.
+    async fn probes(&mut self, state: &Arc<LeaderState>, j: &Journal) {
+        let moving = matches!(j.phase, Phase::ServiceEngines | Phase::RollbackSeGroups);
+        match (&self.probe, moving) {
+            (None, true) => {
+                let stop = CancellationToken::new();
+                let task = state.spawn(traffic::probe_until(state.clone(), Duration::from_millis(100), stop.clone()));
+                self.probe = Some(Probe { journal: j.id.clone(), stop, task });
+            }
+            (Some(p), _) if !moving || p.journal != j.id => {
+                let p = self.probe.take().expect("checked");
+                p.stop.cancel();
+                let Ok(stats) = p.task.await else { return };
+                let _gate = state.operation_gate.lock().await;
+                let Some(mut cur) = state.journal().filter(|c| c.id == p.journal) else { return };
+                for (vs, s) in stats {
+                    let m = cur.measured.entry(vs).or_default();
+                    *m = Measured {
+                        downtime_ms: m.downtime_ms + s.measured_downtime_ms,
+                        failed_probes: m.failed_probes + s.failed_probes,
+                        rounds: m.rounds + s.rounds,
+                        down_slots: m.down_slots.iter().chain(&s.down_slots).take(10).cloned().collect(),
+                    };
+                }
+                if let Err(e) = state.write_journal(cur).await {
+                    warn!(error = %e, "cannot record the measured downtime");
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The pure core, step by step: ordering, traffic moves, requests, and the
+//! decisions the review found wrong before (each named after its finding).
+
+use std::collections::BTreeMap;
+
+use common::{
+    NodeId, Sha256Digest, Version,
+    session::{CommandKind, CommandState},
+};
+use coordinator::{
+    config::{Config, SeGroup, VirtualService},
+    core::{self, Action, Ctx, Observed, Reported, Seen, Timeouts},
+    journal::{ActionOnError, GroupState, Image, Journal, Member, Operation, Outcome, Phase, Step},
+    placement,
+    request::{self, NodeSummary, RefusalKind, StartCtx, StartRequest},
+};
+
+fn v(s: &str) -> Version {
+    s.parse().unwrap()
+}
+
+fn id(s: &str) -> NodeId {
+    s.parse().unwrap()
+}
+
+/// One controller, one active-standby group of two SEs serving `db`.
+fn config() -> Config {
+    let mut c = Config::default();
+    c.put_group(SeGroup { name: "g1".into(), ha_mode: "active-standby".into() }, false).unwrap();
+    c.put_vs(VirtualService { name: "db".into(), se_group: "g1".into(), port: 80, scale: 1 }, false, &[]).unwrap();
+    let ses = BTreeMap::from([("g1".to_string(), vec!["s1".to_string(), "s2".to_string()])]);
+    c.placements = placement::place(&c, &ses);
+    c
+}
+
+fn nodes(se_version: &str) -> Vec<NodeSummary> {
+    vec![
+        NodeSummary { id: id("c1"), member: Member::Controller, version: Some(v("1.0.0")) },
+        NodeSummary { id: id("s1"), member: Member::ServiceEngine("g1".into()), version: Some(v(se_version)) },
+        NodeSummary { id: id("s2"), member: Member::ServiceEngine("g1".into()), version: Some(v(se_version)) },
+    ]
+}
+
+fn image(to: &str) -> Image {
+    Image {
+        path: "controller://upgrade_pkgs/x.pkg".into(),
+        sha256: Sha256Digest::of(to.as_bytes()),
+        size: 10,
+        kind: common::DeploymentKind::Vm,
+        min_compatible: v("1.0.0"),
+    }
+}
+
+fn start(on_error: ActionOnError) -> Journal {
+    let cfg = config();
+    let ns = nodes("1.0.0");
+    let req = StartRequest {
+        operation: Operation::Upgrade,
+        image: image("2.0.0"),
+        to: v("2.0.0"),
+        force: false,
+        disruptive: false,
+        on_error,
+    };
+    let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
+    request::start(&req, &ctx).unwrap()
+}
+
+fn seen(version: &str, boot: &str, serving: &[&str]) -> Seen {
+    Seen {
+        up: true,
+        version: v(version),
+        boot_id: boot.into(),
+        pending: false,
+        previous: None,
+        serving: serving.iter().map(|s| s.to_string()).collect(),
+        results: BTreeMap::new(),
+        received: BTreeMap::new(),
+    }
+}
+
+fn ctx(now: u64) -> Ctx {
+    Ctx { now, generation: 1, timeouts: Timeouts::default(), mutant: None }
+}
+
+fn succeeded(s: &mut Seen, command: &str) {
+    let boot = s.boot_id.clone();
+    s.results.insert(command.into(), Reported { state: CommandState::Succeeded, message: "ok".into(), boot_id: boot });
+}
+
+/// A journal in the SE phase with `s1` failed and `s2` upgraded, in a group
+/// of the given policy.
+fn se_failure(on_error: ActionOnError) -> (Journal, Observed) {
+    let mut j = start(on_error);
+    j.phase = Phase::ServiceEngines;
+    for n in j.nodes.values_mut() {
+        n.step = Step::Upgraded;
+    }
+    j.groups.get_mut("g1").unwrap().state = GroupState::InProgress;
+    let s1 = j.nodes.get_mut(&id("s1")).unwrap();
+    s1.step = Step::Failed;
+    s1.note = "came back on 1.0.0".into();
+    j.drained.insert(id("s1"));
+    let obs = Observed {
+        nodes: BTreeMap::from([
+            (id("c1"), seen("2.0.0", "b1", &[])),
+            (id("s1"), seen("1.0.0", "b2", &[])),
+            (id("s2"), seen("2.0.0", "b3", &["db"])),
+        ]),
+        image_unusable: None,
+    };
+    (j, obs)
+}
+
+#[test]
+fn the_standby_is_upgraded_first() {
+    let cfg = config();
+    let active = cfg.placements["db"][0].clone();
+    let order = placement::rolling_order(&cfg, &[id("s1"), id("s2")]);
+    assert_ne!(order[0].as_str(), active, "{order:?}");
+}
+
+#[test]
+fn a_drained_se_keeps_serving_until_another_serves() {
+    let cfg = config();
+    let active = id(&cfg.placements["db"][0]);
+    let standby = id(&cfg.placements["db"][1]);
+    let mut j = start(ActionOnError::Suspend);
+    j.phase = Phase::ServiceEngines;
+    j.drained.insert(active.clone());
+    j.nodes.get_mut(&active).unwrap().step = Step::Draining;
+    let mut obs = Observed {
+        nodes: BTreeMap::from([
+            (active.clone(), seen("1.0.0", "a", &["db"])),
+            (standby.clone(), seen("1.0.0", "b", &[])),
+        ]),
+        image_unusable: None,
+    };
+    let ses = [active.clone(), standby.clone()];
+    // Draining: the standby takes db over, the active keeps it.
+    let push = core::placements_to_push(&cfg, Some(&j), &ses, &obs);
+    assert_eq!(push.len(), 1, "{push:?}");
+    assert_eq!((&push[0].0, push[0].1[0].name.as_str()), (&standby, "db"));
+    // Stopping while the standby does not serve yet: the active keeps db.
+    j.nodes.get_mut(&active).unwrap().step = Step::Stopping;
+    let push = core::placements_to_push(&cfg, Some(&j), &ses, &obs);
+    assert!(push.iter().all(|(se, _)| *se != active), "break before make: {push:?}");
+    // Once the standby serves, the active lets go.
+    obs.nodes.get_mut(&standby).unwrap().serving = vec!["db".into()];
+    let push = core::placements_to_push(&cfg, Some(&j), &ses, &obs);
+    assert_eq!(push, vec![(active, vec![])]);
+}
+
+#[test]
+fn a_third_version_is_refused_naming_the_group_on_the_old_one() {
+    // After `molt rollback segroup g1`: g1 on 1.0.0, the controller on 2.0.0.
+    let mut ns = nodes("1.0.0");
+    ns[0].version = Some(v("2.0.0"));
+    let cfg = config();
+    let req = StartRequest {
+        operation: Operation::Upgrade,
+        image: Image { min_compatible: v("2.0.0"), ..image("2.1.0") },
+        to: v("2.1.0"),
+        force: true,
+        disruptive: false,
+        on_error: ActionOnError::Suspend,
+    };
+    let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
+    let e = request::start(&req, &ctx).unwrap_err();
+    assert_eq!(e.kind, RefusalKind::PreconditionFailed, "even forced");
+    assert!(e.message.contains("SE group g1 on 1.0.0"), "{}", e.message);
+    assert!(e.message.contains("bring SE group g1 from 1.0.0 to 2.0.0 first"), "{}", e.message);
+    // The mutant that looks at the controllers only lets it through.
+    let m = StartCtx { mutant: Some(coordinator::Mutant::TwoVersions), ..ctx };
+    assert!(request::start(&req, &m).is_ok());
+}
+
+#[test]
+fn a_node_that_has_not_reported_blocks_the_start() {
+    let mut ns = nodes("1.0.0");
+    ns[2].version = None;
+    let cfg = config();
+    let req = StartRequest {
+        operation: Operation::Upgrade,
+        image: image("2.0.0"),
+        to: v("2.0.0"),
+        force: false,
+        disruptive: false,
+        on_error: ActionOnError::Suspend,
+    };
+    let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
+    let e = request::start(&req, &ctx).unwrap_err();
+    assert!(e.message.contains("s2 has not reported its version"), "{}", e.message);
+}
+
+#[test]
+fn a_second_start_while_one_runs_is_a_conflict() {
+    let j = start(ActionOnError::Suspend);
+    let cfg = config();
+    let ns = nodes("1.0.0");
+    let req = StartRequest {
+        operation: Operation::Prestage,
+        image: image("2.0.0"),
+        to: v("2.0.0"),
+        force: false,
+        disruptive: false,
+        on_error: ActionOnError::Suspend,
+    };
+    let ctx =
+        StartCtx { current: Some(&j), nodes: &ns, config: &cfg, leader: &id("c1"), id: "op2", now: 0, mutant: None };
+    assert_eq!(request::start(&req, &ctx).unwrap_err().kind, RefusalKind::Conflict);
+    assert_eq!(request::config_writable(Some(&j)).unwrap_err().kind, RefusalKind::Conflict);
+}
+
+#[test]
+fn rollback_is_journaled_before_any_se_moves() {
+    let (j, obs) = se_failure(ActionOnError::Rollback);
+    let d = core::next(&j, &obs, &ctx(1));
+    assert_eq!(d.journal.groups["g1"].state, GroupState::RollingBack, "the journal says rolling back");
+    assert!(d.journal.nodes[&id("s2")].rollback, "s2 is queued for the rollback");
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { command, .. } if matches!(command.kind, CommandKind::Rollback(_)))),
+        "no rollback command in the decision that journals it: {:?}",
+        d.actions
+    );
+}
+
+#[test]
+fn continue_records_who_stayed_behind() {
+    let (j, obs) = se_failure(ActionOnError::Continue);
+    let d = core::next(&j, &obs, &ctx(1));
+    let j = d.journal;
+    assert_eq!(j.nodes[&id("s1")].step, Step::Skipped);
+    assert!(!j.drained.contains(&id("s1")), "back in service");
+    assert_eq!(j.outcome, Some(Outcome::Completed));
+    assert!(j.reason.contains("skipped, still on 1.0.0: s1"), "{}", j.reason);
+    assert!(j.reason.contains("action_on_error: continue"), "{}", j.reason);
+}
+
+#[test]
+fn an_ended_operation_shows_nothing_running_and_nobody_drained() {
+    let (mut j, obs) = se_failure(ActionOnError::Suspend);
+    j.nodes.get_mut(&id("s2")).unwrap().step = Step::Upgraded;
+    let d = core::next(&j, &obs, &ctx(1));
+    let view = coordinator::view::view(&d.journal);
+    assert_eq!(view.state, "suspended");
+    assert_eq!(view.phase, "service_engines", "it stays in the phase it can go on from");
+    assert!(view.nodes.iter().all(|n| n.running.is_none()), "{view:?}");
+    assert!(view.drained.is_empty());
+}
+
+#[test]
+fn an_apply_reported_after_the_reboot_is_not_mistaken_for_a_fallback() {
+    let mut j = start(ActionOnError::Suspend);
+    j.phase = Phase::ServiceEngines;
+    j.groups.get_mut("g1").unwrap().state = GroupState::InProgress;
+    for n in j.nodes.values_mut() {
+        n.step = Step::Upgraded;
+    }
+    j.nodes.get_mut(&id("s1")).unwrap().step = Step::Applying;
+    j.nodes.get_mut(&id("s1")).unwrap().deadline = Some(1_000_000);
+    let cmd = core::command_id("apply", "op", 0, &id("s1"));
+    // The result, kept across the reboot, names the boot that ran it.
+    let mut s1 = seen("2.0.0", "new", &[]);
+    s1.results.insert(cmd, Reported { state: CommandState::Succeeded, message: "ok".into(), boot_id: "old".into() });
+    let obs = Observed { nodes: BTreeMap::from([(id("s1"), s1)]), image_unusable: None };
+    let d = core::next(&j, &obs, &ctx(1));
+    assert_eq!(d.journal.nodes[&id("s1")].step, Step::Committing);
+}
+
+#[test]
+fn progress_never_goes_back_within_an_operation() {
+    let mut j = start(ActionOnError::Suspend);
+    let mut obs = Observed::default();
+    let mut seen_progress = vec![];
+    for n in ["c1", "s1", "s2"] {
+        obs.nodes.insert(id(n), seen("1.0.0", "b", &[]));
+    }
+    for t in 1..40u64 {
+        let d = core::next(&j, &obs, &ctx(t));
+        // Nodes report staging done one by one.
+        for c in d.actions.iter() {
+            if let Action::Send { node, command } = c {
+                succeeded(obs.nodes.get_mut(node).unwrap(), &command.id);
+            }
+        }
+        seen_progress.push(d.journal.progress);
+        j = d.journal;
+    }
+    assert!(seen_progress.windows(2).all(|w| w[0] <= w[1]), "{seen_progress:?}");
+    assert!(j.phase != Phase::Distribute, "distribution ended: {:?}", j.phase);
+}
