@@ -23,13 +23,22 @@ pub struct DataPlane {
     ip: IpAddr,
     banner: String,
     serving: Arc<Mutex<BTreeMap<String, (u16, CancellationToken)>>>,
+    /// The ticket of the last placement applied; held while one applies, so
+    /// placements apply one at a time and an older one never undoes a newer.
+    applied: Arc<tokio::sync::Mutex<u64>>,
     shutdown: CancellationToken,
 }
 
 impl DataPlane {
     /// A data plane on `ip` for SE `node` running `version`.
     pub fn new(ip: IpAddr, node: &str, version: &str, shutdown: CancellationToken) -> Self {
-        Self { ip, banner: format!("on {node} version {version}"), serving: Arc::default(), shutdown }
+        Self {
+            ip,
+            banner: format!("on {node} version {version}"),
+            serving: Arc::default(),
+            applied: Arc::default(),
+            shutdown,
+        }
     }
 
     /// The services answering now.
@@ -38,7 +47,14 @@ impl DataPlane {
     }
 
     /// Serves exactly `services`: starts missing listeners, stops the others.
-    pub async fn apply(&self, services: &[ServiceSpec]) -> Result<String, String> {
+    /// `ticket` numbers placements in the order they arrived: one older than
+    /// the last applied is superseded and changes nothing.
+    pub async fn apply(&self, ticket: u64, services: &[ServiceSpec]) -> Result<String, String> {
+        let mut applied = self.applied.lock().await;
+        if ticket < *applied {
+            return Ok(format!("superseded by a newer placement (ticket {ticket} < {})", *applied));
+        }
+        *applied = ticket;
         let wanted: BTreeMap<&str, u16> = services.iter().map(|s| (s.name.as_str(), s.port)).collect();
         {
             let mut serving = self.serving.lock().expect("dataplane lock");

@@ -99,8 +99,8 @@ impl Monitor {
                 out.push("read-only: the configuration changed while an operation runs".into());
             }
         }
-        let v = view(j);
         if !j.is_running() {
+            let v = view(j);
             if let Some(n) = v.nodes.iter().find(|n| n.running.is_some()) {
                 out.push(format!("ended: {} still shows a running {:?}", n.id, n.running));
             }
@@ -115,11 +115,11 @@ impl Monitor {
         let key = (format!("{}:{}", j.id, j.operation.name()), j.started);
         if let Some((id, started, last)) = &self.progress
             && (id, *started) == (&key.0, key.1)
-            && v.progress < *last
+            && j.progress < *last
         {
-            out.push(format!("progress: went from {last} to {}", v.progress));
+            out.push(format!("progress: went from {last} to {}", j.progress));
         }
-        self.progress = Some((key.0.clone(), key.1, v.progress));
+        self.progress = Some((key.0.clone(), key.1, j.progress));
         // On abort the configuration is the snapshot.
         let now = (key.0, j.outcome);
         if j.outcome == Some(Outcome::Aborted) && self.last_outcome.as_ref() != Some(&now) && *real.config != j.config {

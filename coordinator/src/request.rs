@@ -66,6 +66,12 @@ impl Precheck {
     }
 }
 
+/// The refusal of failed pre-checks: their errors, with every verdict.
+pub fn failed_checks(kind: RefusalKind, checks: Vec<Precheck>) -> Refusal {
+    let errors: Vec<&str> = checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect();
+    Refusal { kind, message: errors.join("; "), prechecks: checks }
+}
+
 /// A node as the pre-checks see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSummary {
@@ -253,9 +259,7 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
     }
     let (checks, failed) = start_checks(req, ctx);
     if let Some(kind) = failed {
-        let message =
-            checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
-        return Err(Refusal { kind, message, prechecks: checks });
+        return Err(failed_checks(kind, checks));
     }
     let from = match req.operation {
         Operation::Upgrade => cluster_version(ctx.nodes).expect("checked"),

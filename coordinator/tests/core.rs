@@ -51,17 +51,22 @@ fn image(to: &str) -> Image {
     }
 }
 
+/// An upgrade to `to`, suspending on an SE failure.
+fn upgrade_to(to: &str) -> StartRequest {
+    StartRequest {
+        operation: Operation::Upgrade,
+        image: image(to),
+        to: v(to),
+        force: false,
+        disruptive: false,
+        on_error: ActionOnError::Suspend,
+    }
+}
+
 fn start(on_error: ActionOnError) -> Journal {
     let cfg = config();
     let ns = nodes("1.0.0");
-    let req = StartRequest {
-        operation: Operation::Upgrade,
-        image: image("2.0.0"),
-        to: v("2.0.0"),
-        force: false,
-        disruptive: false,
-        on_error,
-    };
+    let req = StartRequest { on_error, ..upgrade_to("2.0.0") };
     let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
     request::start(&req, &ctx).unwrap()
 }
@@ -158,12 +163,9 @@ fn a_third_version_is_refused_naming_the_group_on_the_old_one() {
     ns[0].version = Some(v("2.0.0"));
     let cfg = config();
     let req = StartRequest {
-        operation: Operation::Upgrade,
         image: Image { min_compatible: v("2.0.0"), ..image("2.1.0") },
-        to: v("2.1.0"),
         force: true,
-        disruptive: false,
-        on_error: ActionOnError::Suspend,
+        ..upgrade_to("2.1.0")
     };
     let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
     let e = request::start(&req, &ctx).unwrap_err();
@@ -180,14 +182,7 @@ fn a_node_that_has_not_reported_blocks_the_start() {
     let mut ns = nodes("1.0.0");
     ns[2].version = None;
     let cfg = config();
-    let req = StartRequest {
-        operation: Operation::Upgrade,
-        image: image("2.0.0"),
-        to: v("2.0.0"),
-        force: false,
-        disruptive: false,
-        on_error: ActionOnError::Suspend,
-    };
+    let req = upgrade_to("2.0.0");
     let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
     let e = request::start(&req, &ctx).unwrap_err();
     assert!(e.message.contains("s2 has not reported its version"), "{}", e.message);
@@ -198,14 +193,7 @@ fn a_second_start_while_one_runs_is_a_conflict() {
     let j = start(ActionOnError::Suspend);
     let cfg = config();
     let ns = nodes("1.0.0");
-    let req = StartRequest {
-        operation: Operation::Prestage,
-        image: image("2.0.0"),
-        to: v("2.0.0"),
-        force: false,
-        disruptive: false,
-        on_error: ActionOnError::Suspend,
-    };
+    let req = StartRequest { operation: Operation::Prestage, ..upgrade_to("2.0.0") };
     let ctx =
         StartCtx { current: Some(&j), nodes: &ns, config: &cfg, leader: &id("c1"), id: "op2", now: 0, mutant: None };
     assert_eq!(request::start(&req, &ctx).unwrap_err().kind, RefusalKind::Conflict);

@@ -97,6 +97,8 @@ pub struct Executor {
     boot_id: String,
     /// Commands that rebooted the node, kept across its reboots.
     kept_path: PathBuf,
+    /// Numbers placements in the order they arrive.
+    place_tickets: Arc<std::sync::atomic::AtomicU64>,
     generation: Arc<Mutex<u64>>,
     fence_path: PathBuf,
     stager: Stager,
@@ -139,6 +141,7 @@ impl Executor {
             log: Arc::new(Mutex::new(log)),
             boot_id: String::new(),
             kept_path,
+            place_tickets: Arc::default(),
             generation: Arc::new(Mutex::new(generation)),
             fence_path,
             stager,
@@ -188,10 +191,11 @@ impl Executor {
         self.log.lock().expect("log lock").record(running.clone());
         info!(id = %cmd.id, command = cmd.kind.name(), generation = cmd.generation, "command accepted");
         let this = self.clone();
+        let ticket = self.place_tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         tokio::spawn(async move {
             let outcome = tokio::select! {
                 _ = this.shutdown.cancelled() => return,
-                r = this.run(&cmd.kind) => r,
+                r = this.run(&cmd.kind, ticket) => r,
             };
             let (state, message, reboot) = match outcome {
                 Ok(o) => (CommandState::Succeeded, o.message, o.reboot),
@@ -248,7 +252,8 @@ impl Executor {
         Ok(())
     }
 
-    async fn run(&self, kind: &CommandKind) -> Result<Outcome, String> {
+    /// Runs a command; `ticket` orders placements by arrival.
+    async fn run(&self, kind: &CommandKind, ticket: u64) -> Result<Outcome, String> {
         match kind {
             CommandKind::Stage(image) => self
                 .stager
@@ -260,7 +265,7 @@ impl Executor {
             CommandKind::Commit(v) => self.commit(*v),
             CommandKind::Rollback(v) => self.rollback(*v),
             CommandKind::Place(services) => match &self.dataplane {
-                Some(dp) => dp.apply(services).await.map(done),
+                Some(dp) => dp.apply(ticket, services).await.map(done),
                 None => Err("this node is not a Service Engine: it serves no virtual services".into()),
             },
         }

@@ -1,6 +1,6 @@
 //! The leader's store under `<data_dir>/store/`, outside the slots so it
 //! survives upgrades: the configuration (SE groups, virtual services), the
-//! upgrade journal and the status with its history. Each is one JSON file,
+//! upgrade journal and the history of operations. Each is one JSON file,
 //! replaced atomically (temp, fsync, rename, fsync dir) on every change; the
 //! data is a few kilobytes, so a whole-file rewrite is cheap and a reader
 //! (or an operator with `cat`) never sees half a write.

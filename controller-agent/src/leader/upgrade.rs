@@ -176,9 +176,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     }
     refuse_if_running(state)?;
     if let Some(kind) = dist_failed.or(v_failed) {
-        let message =
-            checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
-        return Err(Refused { status: distribute::status_of(kind), message, prechecks: checks });
+        return Err(request::failed_checks(kind, checks).into());
     }
     let mut j = request::start(&sreq, &ctx).map_err(Refused::from)?;
     j.prechecks = checks;
@@ -194,9 +192,7 @@ pub async fn prestage(state: &Arc<LeaderState>, image_path: &str) -> Result<Upgr
     let nodes = state.cluster.snapshot();
     let (checks, failed) = distribute::prechecks(&image, &nodes);
     if let Some(kind) = failed {
-        let message =
-            checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
-        return Err(Refused { status: distribute::status_of(kind), message, prechecks: checks });
+        return Err(request::failed_checks(kind, checks).into());
     }
     let summaries = summaries(&nodes);
     let m = &image.info.manifest;

@@ -76,8 +76,21 @@ fn main() -> ExitCode {
     let mut violations = 0u64;
     let mut first_failing = None;
     let mut virtual_ms = 0u64;
-    for s in seed..seed + schedules {
-        let r = sim::run(s, mutant);
+    // Schedules are independent: run them on every core, report in seed order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let chunk = schedules.div_ceil(threads).max(1);
+    let reports: Vec<sim::Report> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let from = seed + t * chunk;
+                let count = chunk.min((seed + schedules).saturating_sub(from));
+                scope.spawn(move || sim::run_many(from, count, mutant))
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("simulation thread")).collect()
+    });
+    for r in reports {
+        let s = r.seed;
         for (k, n) in r.faults {
             *faults.entry(k).or_default() += n;
         }

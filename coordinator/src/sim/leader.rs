@@ -44,9 +44,14 @@ impl Disk {
     }
 
     fn write(&mut self, j: &Journal) {
-        let text = serde_json::to_string(j).expect("serializes");
-        self.parsed = Some(serde_json::from_str(&text).expect("the journal round-trips"));
-        self.journal = Some(text);
+        self.journal = Some(serde_json::to_string(j).expect("serializes"));
+        // What a reader gets: the journal without what it does not hold.
+        self.parsed = Some(Journal { volatile: Default::default(), ..j.clone() });
+    }
+
+    /// The journal read back from its text, as a restarted leader reads it.
+    fn read(&self) -> Option<Journal> {
+        self.journal.as_ref().map(|t| serde_json::from_str(t).expect("the journal round-trips"))
     }
 }
 
@@ -103,7 +108,10 @@ pub struct Message {
 pub struct Leader {
     /// Its journal in memory.
     pub journal: Option<Journal>,
-    cluster: BTreeMap<NodeId, (Seen, Ms)>,
+    /// What the heartbeats said, with `up` as of the last step.
+    cluster: Observed,
+    /// When each node's last heartbeat arrived.
+    last_heartbeat: BTreeMap<NodeId, Ms>,
     config: Config,
     generation: u64,
     sent: BTreeMap<String, Ms>,
@@ -119,8 +127,9 @@ impl Leader {
     pub fn start(disk: &mut Disk, me: NodeId) -> Self {
         disk.generation += 1;
         Self {
-            journal: disk.journal().cloned(),
-            cluster: BTreeMap::new(),
+            journal: disk.read(),
+            cluster: Observed::default(),
+            last_heartbeat: BTreeMap::new(),
             config: disk.config.clone(),
             generation: disk.generation,
             sent: BTreeMap::new(),
@@ -133,20 +142,15 @@ impl Leader {
 
     /// A heartbeat arrived.
     pub fn heartbeat(&mut self, node: NodeId, seen: Seen, now: Ms) {
-        self.cluster.insert(node, (seen, now));
+        self.last_heartbeat.insert(node.clone(), now);
+        self.cluster.nodes.insert(node, seen);
     }
 
-    fn observed(&self, now: Ms) -> Observed {
-        let nodes = self
-            .cluster
-            .iter()
-            .map(|(id, (s, at))| {
-                let mut s = s.clone();
-                s.up = now.saturating_sub(*at) <= DOWN_AFTER;
-                (id.clone(), s)
-            })
-            .collect();
-        Observed { nodes, image_unusable: None }
+    /// Marks the nodes whose heartbeats stopped as down.
+    fn observe(&mut self, now: Ms) {
+        for (id, s) in self.cluster.nodes.iter_mut() {
+            s.up = self.last_heartbeat.get(id).is_some_and(|at| now.saturating_sub(*at) <= DOWN_AFTER);
+        }
     }
 
     fn persist(&mut self, disk: &mut Disk, j: Journal, violations: &mut Vec<String>) {
@@ -169,7 +173,8 @@ impl Leader {
         mutant: Option<Mutant>,
         violations: &mut Vec<String>,
     ) -> Vec<(NodeId, Command)> {
-        let obs = self.observed(now);
+        self.observe(now);
+        let obs = std::mem::take(&mut self.cluster);
         let mut out = vec![];
         self.requests(now, disk, members, &obs, mutant, violations);
         if let Some(j) = self.journal.clone() {
@@ -210,6 +215,7 @@ impl Leader {
             };
             out.push((id, command));
         }
+        self.cluster = obs;
         out
     }
 

@@ -94,6 +94,11 @@ fn v(n: u32) -> Version {
     Version { major: n, minor: 0, patch: 0 }
 }
 
+/// An upgrade to 3.0.0, which upgrades from 2.0.0 only.
+fn third_version() -> Request {
+    Request::Start { to: v(3), min_compatible: v(2), on_error: ActionOnError::Suspend, disruptive: false }
+}
+
 fn image(to: Version, min_compatible: Version) -> Image {
     Image {
         path: format!("controller://molt-{to}.pkg"),
@@ -302,9 +307,9 @@ impl World {
         if !self.faults_on {
             return;
         }
-        let j = self.journal().cloned();
         if self.rng.chance(0.002) {
             // A node powered off, more often one that is in a step.
+            let j = self.journal().cloned();
             let busy: Vec<NodeId> =
                 self.nodes.keys().filter(|n| self.step_of(j.as_ref(), n) != "idle").cloned().collect();
             let all: Vec<NodeId> = self.nodes.keys().cloned().collect();
@@ -326,7 +331,7 @@ impl World {
             }
         }
         if self.rng.chance(0.0008) {
-            let phase = j.as_ref().filter(|j| j.is_running()).map(|j| j.phase.name()).unwrap_or("idle");
+            let phase = self.journal().filter(|j| j.is_running()).map(|j| j.phase.name()).unwrap_or("idle");
             let l = self.leader_id.clone();
             let off = self.rng.range(200, 3_000);
             if self.nodes[&l].powered {
@@ -466,12 +471,7 @@ impl World {
                     Some(Request::RollbackGroups(vec![self.rng.pick(&group_names).clone()]))
                 } else if !self.operator.third_version_tried && self.rng.chance(0.5) {
                     self.operator.third_version_tried = true;
-                    Some(Request::Start {
-                        to: v(3),
-                        min_compatible: v(2),
-                        on_error: ActionOnError::Suspend,
-                        disruptive: false,
-                    })
+                    Some(third_version())
                 } else {
                     None
                 }
@@ -479,12 +479,7 @@ impl World {
             (Operation::SeGroupRollback, Some(Outcome::Completed)) if !self.operator.third_version_tried => {
                 // The group is back on 1.0.0: a third version must be refused.
                 self.operator.third_version_tried = true;
-                Some(Request::Start {
-                    to: v(3),
-                    min_compatible: v(2),
-                    on_error: ActionOnError::Suspend,
-                    disruptive: false,
-                })
+                Some(third_version())
             }
             (Operation::Upgrade, Some(Outcome::Aborted)) if self.rng.chance(0.3) => Some(Request::Start {
                 to: j.to,

@@ -34,7 +34,8 @@ enum Then {
     Installed(Version),
     Committed,
     SwitchedBack,
-    Serve(Vec<String>),
+    /// Serve these (a placement numbered in arrival order).
+    Serve(u64, Vec<String>),
 }
 
 /// A node of the simulated cluster.
@@ -65,6 +66,9 @@ pub struct Node {
     generation: u64,
     staged: BTreeSet<Version>,
     pub serving: Vec<String>,
+    /// Placements numbered as they arrive, and the last applied.
+    tickets: u64,
+    placed: u64,
     /// Versions that do not boot here.
     pub bad: BTreeSet<Version>,
     /// The next stage fails for want of space.
@@ -100,6 +104,8 @@ impl Node {
             generation: 0,
             staged: BTreeSet::new(),
             serving: vec![],
+            tickets: 0,
+            placed: 0,
             bad: BTreeSet::new(),
             disk_full: false,
             tasks: vec![],
@@ -151,6 +157,8 @@ impl Node {
         self.agent_up = true;
         self.results.clear();
         self.serving.clear();
+        self.tickets = 0;
+        self.placed = 0;
         self.next_heartbeat = now;
     }
 
@@ -230,9 +238,13 @@ impl Node {
                 self.record.attempts = 0;
                 true
             }
-            Then::Serve(names) => {
-                self.serving = names.clone();
-                self.excused = false;
+            Then::Serve(ticket, names) => {
+                // As the real data plane: an older placement never undoes a newer one.
+                if *ticket >= self.placed {
+                    self.placed = *ticket;
+                    self.serving = names.clone();
+                    self.excused = false;
+                }
                 false
             }
         }
@@ -323,7 +335,8 @@ impl Node {
             CommandKind::Place(services) => {
                 if matches!(self.member, Member::ServiceEngine(_)) {
                     let names = services.iter().map(|s| s.name.clone()).collect();
-                    (rng.range(10, 200), CommandState::Succeeded, "placed".into(), Then::Serve(names))
+                    self.tickets += 1;
+                    (rng.range(10, 200), CommandState::Succeeded, "placed".into(), Then::Serve(self.tickets, names))
                 } else {
                     (10, CommandState::Failed, "not a Service Engine".into(), Then::Nothing)
                 }
