@@ -136,3 +136,27 @@ async fn serve(listener: tokio::net::TcpListener, body: String, stop: Cancellati
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Found by the simulation: two placements in flight, the older one
+    /// applied last, took a service off the only SE still serving it.
+    #[tokio::test]
+    async fn an_older_placement_never_undoes_a_newer_one() {
+        let dp = DataPlane::new("127.0.0.1".parse().unwrap(), "se1", "1.0.0", CancellationToken::new());
+        let (a, b) = (free_port(), free_port());
+        let spec = |name: &str, port| ServiceSpec { name: name.into(), port };
+        dp.apply(2, &[spec("a", a), spec("b", b)]).await.unwrap();
+        let late = dp.apply(1, &[spec("a", a)]).await.unwrap();
+        assert!(late.contains("superseded"), "{late}");
+        assert_eq!(dp.serving(), ["a", "b"]);
+        dp.apply(3, &[spec("a", a)]).await.unwrap();
+        assert_eq!(dp.serving(), ["a"]);
+    }
+}

@@ -416,4 +416,23 @@ mod tests {
         assert_eq!(again.submit(stage("old2", 4, DeploymentKind::Vm)).state, CommandState::Failed);
         assert_eq!(source.0.load(Ordering::SeqCst), 0, "a refused command fetched nothing");
     }
+
+    #[tokio::test]
+    async fn a_command_that_rebooted_the_node_is_answered_not_run_again_after_the_reboot() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(KEPT_FILE);
+        keep(&path, Kept { id: "apply-x".into(), message: "installed".into(), boot_id: "before".into() }).unwrap();
+        for k in 0..KEEP_REBOOTS + 2 {
+            keep(&path, Kept { id: format!("old-{k}"), message: String::new(), boot_id: "b".into() }).unwrap();
+        }
+        keep(&path, Kept { id: "apply-y".into(), message: "installed".into(), boot_id: "before".into() }).unwrap();
+        // The next boot answers the repeated id with the boot that ran it.
+        let (e, source) = executor(d.path());
+        let r = e.submit(stage("apply-y", 1, DeploymentKind::Vm));
+        assert_eq!((r.state, r.boot_id.as_str(), r.message.as_str()), (CommandState::Succeeded, "before", "installed"));
+        assert_eq!(source.0.load(Ordering::SeqCst), 0, "nothing ran");
+        // Only the last few are kept.
+        assert_eq!(load_kept(&path).len(), KEEP_REBOOTS);
+        assert!(!load_kept(&path).iter().any(|k| k.id == "apply-x"));
+    }
 }
