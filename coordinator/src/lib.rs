@@ -10,11 +10,14 @@
 
 pub mod config;
 pub mod core;
+mod events;
 pub mod invariants;
 pub mod journal;
+pub mod observed;
 pub mod placement;
 pub mod request;
 pub mod sim;
+pub mod traffic;
 pub mod view;
 
 /// A known defect, put back on purpose so the simulation can show it finds

@@ -1,0 +1,289 @@
+//! The SE phase of the decision: groups in parallel, the SEs of a group one
+//! at a time (all at once when disruptive), drained make-before-break;
+//! `action_on_error`; SE group rollbacks.
+
+use std::collections::BTreeMap;
+
+use common::{NodeId, session::ServiceSpec};
+
+use super::{Decider, queue_rollback};
+use crate::{
+    Mutant,
+    journal::{ActionOnError, GroupState, Operation, Outcome, Step},
+    traffic::{converged, desired_serving, drained_first, uncovered},
+};
+
+impl Decider<'_> {
+    pub(super) fn service_engines(&mut self) {
+        let pending: Vec<String> =
+            self.j.groups.iter().filter(|(_, g)| g.state == GroupState::Pending).map(|(n, _)| n.clone()).collect();
+        if !pending.is_empty() {
+            // Traffic only moves between SEs the leader sees: after its own
+            // reboot they redial one by one.
+            let all_up = self.j.ses().all(|(id, _)| self.obs.up(id).is_some());
+            if !all_up && self.j.phase_deadline.is_some_and(|d| self.now() <= d) {
+                return;
+            }
+            for g in pending {
+                self.j.groups.get_mut(&g).expect("group").state = GroupState::InProgress;
+            }
+        }
+        let groups: Vec<String> = self.j.groups.keys().cloned().collect();
+        for g in &groups {
+            if self.rolling(g) || self.j.groups[g].state == GroupState::InProgress {
+                self.group(g);
+            }
+        }
+        if self.j.groups.values().any(|g| g.state.active()) || !self.j.volatile.rolling_back.is_empty() {
+            return;
+        }
+        self.end_service_engines();
+    }
+
+    fn rolling(&self, g: &str) -> bool {
+        self.j.groups[g].state == GroupState::RollingBack || self.j.volatile.rolling_back.contains_key(g)
+    }
+
+    fn end_service_engines(&mut self) {
+        let from = self.j.from;
+        // A group rollback answers for the groups it rolled back only.
+        let rollback_op = self.j.operation == Operation::SeGroupRollback;
+        let in_rollback = |g: &crate::journal::GroupOp| g.ses.iter().any(|s| self.j.nodes[s].rollback);
+        let suspended: Vec<String> = self
+            .j
+            .groups
+            .iter()
+            .filter(|(_, g)| g.state == GroupState::Suspended && (!rollback_op || in_rollback(g)))
+            .map(|(n, g)| format!("SE group {n} suspended: {}", g.reason))
+            .collect();
+        if !suspended.is_empty() {
+            self.finish(Outcome::Suspended, suspended.join("; "));
+            return;
+        }
+        let mut notes = vec![];
+        if self.j.operation == Operation::SeGroupRollback {
+            let names: Vec<&str> = self
+                .j
+                .groups
+                .iter()
+                .filter(|(_, g)| g.state == GroupState::RolledBack && in_rollback(g))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            notes.push(format!("SE groups {} rolled back to {from}", names.join(", ")));
+        } else {
+            let skipped: Vec<String> =
+                self.j.ses().filter(|(_, n)| n.step == Step::Skipped).map(|(id, _)| id.to_string()).collect();
+            if !skipped.is_empty() {
+                notes.push(format!("skipped, still on {from}: {}", skipped.join(", ")));
+            }
+            for (g, op) in &self.j.groups {
+                if op.state == GroupState::RolledBack {
+                    notes.push(format!("SE group {g} rolled back to {from} because {}", op.reason));
+                }
+                if !op.passed.is_empty() {
+                    notes.push(format!(
+                        "SE group {g} went on past failed SEs (action_on_error: continue): {}",
+                        op.passed.join("; ")
+                    ));
+                }
+            }
+        }
+        self.finish(Outcome::Completed, notes.join("; "));
+    }
+
+    /// One SE group: its SEs one at a time (all at once when disruptive).
+    fn group(&mut self, g: &str) {
+        let ses = self.j.groups[g].ses.clone();
+        let desired = desired_serving(&self.j.config, Some(&self.j));
+        for se in &ses {
+            if self.j.nodes[se].step.in_flight() {
+                self.se_step(se, &ses, &desired);
+            }
+        }
+        if ses.iter().any(|s| self.j.nodes[s].step.in_flight()) {
+            return;
+        }
+        if self.rolling(g) {
+            self.group_rollback_next(g, &ses);
+            return;
+        }
+        let failed: Vec<NodeId> = ses.iter().filter(|s| self.j.nodes[*s].step == Step::Failed).cloned().collect();
+        if !failed.is_empty() {
+            let reason: Vec<String> = failed.iter().map(|s| format!("{s}: {}", self.j.nodes[s].note)).collect();
+            let reason = reason.join("; ");
+            match self.j.on_error {
+                ActionOnError::Suspend => {
+                    let op = self.j.groups.get_mut(g).expect("group");
+                    op.state = GroupState::Suspended;
+                    op.reason = reason;
+                    return;
+                }
+                ActionOnError::Continue => {
+                    for s in &failed {
+                        self.set(s, Step::Skipped, None);
+                        self.j.drained.remove(s);
+                        self.j.volatile.drained.remove(s);
+                    }
+                    self.j.groups.get_mut(g).expect("group").passed.push(reason);
+                }
+                ActionOnError::Rollback => {
+                    self.start_group_rollback(g, reason);
+                    return;
+                }
+            }
+        }
+        let mut todo: Vec<NodeId> =
+            ses.iter().filter(|s| matches!(self.j.nodes[*s].step, Step::Waiting | Step::Staged)).cloned().collect();
+        drained_first(&self.j, &mut todo);
+        if todo.is_empty() {
+            self.j.groups.get_mut(g).expect("group").state = GroupState::Completed;
+            return;
+        }
+        if self.j.disruptive {
+            let d = self.now() + self.ctx.timeouts.reform;
+            for s in &todo {
+                self.set(s, Step::Applying, Some(d));
+                self.advance(s);
+            }
+        } else {
+            let s = &todo[0];
+            self.drain(s);
+        }
+    }
+
+    fn drain(&mut self, se: &NodeId) {
+        let d = self.now() + self.ctx.timeouts.drain;
+        if self.ctx.mutant == Some(Mutant::DrainedInMemory) {
+            self.j.volatile.drained.insert(se.clone());
+        } else {
+            self.j.drained.insert(se.clone());
+        }
+        self.set(se, Step::Draining, Some(d));
+    }
+
+    /// Returns a group to the old version: written here, before any SE moves.
+    fn start_group_rollback(&mut self, g: &str, reason: String) {
+        let ses = self.j.groups[g].ses.clone();
+        if self.ctx.mutant == Some(Mutant::RollbackUnjournaled) {
+            // The defect: every SE is told at once, the group's state kept in memory.
+            self.j.volatile.rolling_back.insert(g.to_owned(), reason);
+            let d = self.now() + self.ctx.timeouts.reform;
+            for s in &ses {
+                if !matches!(self.j.nodes[s].step, Step::Waiting | Step::Staged | Step::Skipped) {
+                    let n = self.node(s);
+                    n.rollback = true;
+                    n.tries += 1;
+                    n.step = Step::RollingBack;
+                    n.deadline = Some(d);
+                    self.advance(s);
+                }
+            }
+            return;
+        }
+        let op = self.j.groups.get_mut(g).expect("group");
+        op.state = GroupState::RollingBack;
+        op.reason = reason;
+        for s in &ses {
+            if !matches!(self.j.nodes[s].step, Step::Waiting | Step::Staged | Step::Skipped) {
+                queue_rollback(self.node(s));
+            }
+        }
+    }
+
+    /// The next SE of a group that is rolling back, or the group's end.
+    fn group_rollback_next(&mut self, g: &str, ses: &[NodeId]) {
+        let reason = self.j.groups[g].reason.clone();
+        if let Some(s) = ses.iter().find(|s| self.j.nodes[*s].rollback && self.j.nodes[*s].step == Step::Failed) {
+            let why = format!("{reason}; then the rollback of {s} failed: {}", self.j.nodes[s].note);
+            self.j.volatile.rolling_back.remove(g);
+            let op = self.j.groups.get_mut(g).expect("group");
+            op.state = GroupState::Suspended;
+            op.reason = why;
+            return;
+        }
+        let mut queued: Vec<NodeId> = ses
+            .iter()
+            .filter(|s| self.j.nodes[*s].rollback && self.j.nodes[*s].step == Step::Waiting)
+            .cloned()
+            .collect();
+        drained_first(&self.j, &mut queued);
+        let Some(s) = queued.first() else {
+            let why = self.j.volatile.rolling_back.remove(g).unwrap_or(reason);
+            let op = self.j.groups.get_mut(g).expect("group");
+            op.state = GroupState::RolledBack;
+            op.reason = why;
+            return;
+        };
+        let s = s.clone();
+        let on_old = self.obs.up(&s).is_some_and(|x| x.version == self.j.from && !x.pending);
+        if on_old {
+            self.after_rollback(&s);
+        } else if self.j.disruptive {
+            let d = self.now() + self.ctx.timeouts.reform;
+            self.set(&s, Step::RollingBack, Some(d));
+            self.advance(&s);
+        } else {
+            self.drain(&s);
+        }
+    }
+
+    /// Advances one SE of a group.
+    fn se_step(&mut self, se: &NodeId, group: &[NodeId], desired: &BTreeMap<String, Vec<ServiceSpec>>) {
+        let others = || group.iter().filter(move |s| *s != se);
+        let step = self.j.nodes[se].step;
+        match step {
+            Step::Draining => {
+                let uncovered = uncovered(&self.j.config, desired, se);
+                if uncovered.is_empty() && others().all(|o| converged(self.obs, desired, o)) {
+                    let d = self.now() + self.ctx.timeouts.drain;
+                    self.set(se, Step::Stopping, Some(d));
+                } else if self.past(se) {
+                    let s = self.ctx.timeouts.drain / 1000;
+                    if !uncovered.is_empty() {
+                        let why = format!(
+                            "no other SE of its group is in service for {} within {s} s; it stays in service",
+                            uncovered.join(", ")
+                        );
+                        self.fail(se, why);
+                        return;
+                    }
+                    let late: Vec<String> =
+                        others().filter(|o| !converged(self.obs, desired, o)).map(|o| o.to_string()).collect();
+                    self.fail(se, format!("{} did not take its virtual services within {s} s", late.join(", ")));
+                }
+            }
+            Step::Stopping => {
+                if converged(self.obs, desired, se) || self.obs.up(se).is_none() {
+                    let d = self.now() + self.ctx.timeouts.reform;
+                    let next = if self.j.nodes[se].rollback { Step::RollingBack } else { Step::Applying };
+                    self.set(se, next, Some(d));
+                    self.advance(se);
+                } else if self.past(se) {
+                    let s = self.ctx.timeouts.drain / 1000;
+                    self.fail(se, format!("did not stop serving within {s} s"));
+                }
+            }
+            Step::Restoring => {
+                if converged(self.obs, desired, se) {
+                    let d = self.now() + self.ctx.timeouts.drain;
+                    self.set(se, Step::Releasing, Some(d));
+                } else if self.past(se) {
+                    let s = self.ctx.timeouts.drain / 1000;
+                    self.fail(se, format!("did not serve its virtual services again within {s} s"));
+                }
+            }
+            Step::Releasing => {
+                if others().all(|o| converged(self.obs, desired, o) || self.obs.up(o).is_none()) {
+                    let done = if self.j.nodes[se].rollback { Step::RolledBack } else { Step::Upgraded };
+                    self.set(se, done, None);
+                } else if self.past(se) {
+                    let s = self.ctx.timeouts.drain / 1000;
+                    self.fail(se, format!("the other SEs did not hand its virtual services back within {s} s"));
+                }
+            }
+            _ => {
+                self.advance(se);
+            }
+        }
+    }
+}
