@@ -92,6 +92,53 @@ fn journal_image(image: &Image) -> JournalImage {
     }
 }
 
+/// What a start is decided against, read under the operation gate.
+struct Current {
+    journal: Option<coordinator::journal::Journal>,
+    config: coordinator::config::Config,
+    id: String,
+}
+
+impl Current {
+    fn read(state: &LeaderState) -> Self {
+        Current {
+            journal: state.journal(),
+            config: state.config.lock().expect("config lock").clone(),
+            id: common::types::random_hex(4),
+        }
+    }
+
+    fn ctx<'a>(&'a self, state: &'a LeaderState, nodes: &'a [NodeSummary]) -> StartCtx<'a> {
+        StartCtx {
+            current: self.journal.as_ref(),
+            nodes,
+            config: &self.config,
+            leader: &state.settings.node_id,
+            id: &self.id,
+            now: now_ms(),
+            mutant: None,
+        }
+    }
+}
+
+/// A start of `operation` with `image`.
+fn start_request(
+    image: &Image,
+    operation: Operation,
+    force: bool,
+    disruptive: bool,
+    on_error: ActionOnError,
+) -> StartRequest {
+    StartRequest {
+        operation,
+        image: journal_image(image),
+        to: image.info.manifest.version,
+        force,
+        disruptive,
+        on_error,
+    }
+}
+
 /// Writes a new journal under the gate the caller holds, and wakes the driver.
 async fn begin(state: &LeaderState, j: coordinator::journal::Journal) -> Result<(), Refused> {
     let what = j.operation.name().replace('_', " ");
@@ -131,34 +178,17 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     let (mut checks, dist_failed) = distribute::prechecks(&image, &nodes);
     let summaries = summaries(&nodes);
     let m = &image.info.manifest;
-    let sreq = StartRequest {
-        operation: Operation::Upgrade,
-        image: journal_image(&image),
-        to: m.version,
-        force: req.force,
-        disruptive: req.disruptive,
-        on_error,
-    };
+    let sreq = start_request(&image, Operation::Upgrade, req.force, req.disruptive, on_error);
     // Check and act under the operation gate: of requests at once, one starts.
     let _gate = state.operation_gate.lock().await;
-    let config = state.config.lock().expect("config lock").clone();
-    let current = state.journal();
-    let id = common::types::random_hex(4);
-    let me = &state.settings.node_id;
-    let ctx = StartCtx {
-        current: current.as_ref(),
-        nodes: &summaries,
-        config: &config,
-        leader: me,
-        id: &id,
-        now: now_ms(),
-        mutant: None,
-    };
+    let current = Current::read(state);
+    let config = &current.config;
+    let ctx = current.ctx(state, &summaries);
     let (vchecks, v_failed) = request::start_checks(&sreq, &ctx);
     checks.extend(vchecks);
     if req.prechecks_only {
         let disruptive = req.disruptive || req.force;
-        let vs_rows: Vec<serde_json::Value> = coordinator::placement::predict(&config, disruptive)
+        let vs_rows: Vec<serde_json::Value> = coordinator::placement::predict(config, disruptive)
             .into_iter()
             .map(|(n, d, why)| {
                 serde_json::json!({"name": n, "predicted_disruption": d, "reason": why, "measured_downtime_ms": null, "failed_probes": null})
@@ -195,29 +225,11 @@ pub async fn prestage(state: &Arc<LeaderState>, image_path: &str) -> Result<Upgr
         return Err(request::failed_checks(kind, checks).into());
     }
     let summaries = summaries(&nodes);
-    let m = &image.info.manifest;
-    let sreq = StartRequest {
-        operation: Operation::Prestage,
-        image: journal_image(&image),
-        to: m.version,
-        force: false,
-        disruptive: false,
-        on_error: ActionOnError::Suspend,
-    };
+    let sreq = start_request(&image, Operation::Prestage, false, false, ActionOnError::Suspend);
     let _gate = state.operation_gate.lock().await;
     refuse_if_running(state)?;
-    let config = state.config.lock().expect("config lock").clone();
-    let current = state.journal();
-    let id = common::types::random_hex(4);
-    let ctx = StartCtx {
-        current: current.as_ref(),
-        nodes: &summaries,
-        config: &config,
-        leader: &state.settings.node_id,
-        id: &id,
-        now: now_ms(),
-        mutant: None,
-    };
+    let current = Current::read(state);
+    let ctx = current.ctx(state, &summaries);
     let mut j = request::start(&sreq, &ctx).map_err(Refused::from)?;
     j.prechecks = checks;
     info!(image = %image.image_path, sha = %image.info.sha256.short(), nodes = nodes.len(), "prestage started");
