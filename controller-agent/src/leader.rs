@@ -103,6 +103,32 @@ pub fn read_generation(path: &std::path::Path) -> std::io::Result<u64> {
     })
 }
 
+/// The journal on disk. One written by an older molt (another format) is
+/// set aside as `journal-format-N.json` with a warning rather than stopping
+/// the leader: this version cannot resume it.
+fn load_journal(store: &Store) -> std::io::Result<Option<Journal>> {
+    match store.load::<Journal>("journal") {
+        Ok(j) => Ok(j),
+        Err(e) => {
+            let format = store.load::<serde_json::Value>("journal")?.and_then(|v| v["format"].as_u64());
+            match format {
+                Some(f) if f != u64::from(coordinator::journal::FORMAT) => {
+                    let aside = format!("journal-format-{f}");
+                    store.rename("journal", &aside)?;
+                    tracing::warn!(
+                        format = f,
+                        file = %aside,
+                        "the upgrade journal was written by an older molt and cannot be resumed by this one; \
+                         set aside: check `molt show cluster` and finish that upgrade by hand if it was running"
+                    );
+                    Ok(None)
+                }
+                _ => Err(e),
+            }
+        }
+    }
+}
+
 impl LeaderState {
     /// Sets up the leader on this node, taking the next generation.
     pub fn new(settings: Arc<NodeSettings>) -> std::io::Result<Arc<Self>> {
@@ -112,7 +138,7 @@ impl LeaderState {
         let images = ImageStore::open(&settings.data_dir, settings.upload_stall)?;
         let store = Store::open(&settings.data_dir)?;
         let config = store.load::<Config>("config")?.unwrap_or_default();
-        let journal = store.load::<Journal>("journal")?;
+        let journal = load_journal(&store)?;
         let history = store.load::<Vec<HistoryEntry>>("history")?.unwrap_or_default();
         let version = Slots::new(&settings.data_dir).active().map_err(std::io::Error::other)?.1.version;
         Ok(Arc::new(Self {
@@ -277,6 +303,19 @@ impl LeaderState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_journal_of_an_older_format_is_set_aside_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let store = super::Store::open(d.path()).unwrap();
+        std::fs::write(d.path().join("store/journal.json"), r#"{"format": 1, "step": "done"}"#).unwrap();
+        assert!(super::load_journal(&store).unwrap().is_none());
+        assert!(d.path().join("store/journal-format-1.json").exists());
+        assert!(!d.path().join("store/journal.json").exists());
+        // A corrupt journal of this format still stops the leader.
+        std::fs::write(d.path().join("store/journal.json"), r#"{"format": 2, "phase": 7}"#).unwrap();
+        assert!(super::load_journal(&store).is_err());
+    }
+
     #[test]
     fn an_unreadable_generation_is_an_error_not_zero() {
         let d = tempfile::tempdir().unwrap();

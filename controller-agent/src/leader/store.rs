@@ -37,6 +37,11 @@ impl Store {
         }
     }
 
+    /// Renames `name.json` to `to.json`.
+    pub fn rename(&self, name: &str, to: &str) -> std::io::Result<()> {
+        std::fs::rename(self.dir.join(format!("{name}.json")), self.dir.join(format!("{to}.json")))
+    }
+
     /// Replaces `name.json` atomically.
     pub fn save<T: Serialize>(&self, name: &str, v: &T) -> std::io::Result<()> {
         let p = self.dir.join(format!("{name}.json"));
