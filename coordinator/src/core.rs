@@ -118,14 +118,6 @@ struct Decider<'a> {
     actions: Vec<Action>,
 }
 
-/// How one node's step went.
-enum Went {
-    /// Still in it, or moved on.
-    On,
-    /// It failed; the node's note says why.
-    Failed,
-}
-
 impl Decider<'_> {
     fn now(&self) -> Ms {
         self.ctx.now
@@ -157,12 +149,11 @@ impl Decider<'_> {
         n.deadline = deadline;
     }
 
-    fn fail(&mut self, id: &NodeId, why: String) -> Went {
+    fn fail(&mut self, id: &NodeId, why: String) {
         let n = self.node(id);
         n.step = Step::Failed;
         n.deadline = None;
         n.note = why;
-        Went::Failed
     }
 
     fn past(&self, id: &NodeId) -> bool {
@@ -205,7 +196,7 @@ impl Decider<'_> {
     }
 
     /// Advances a node in apply, rejoin, commit, rollback or rollback-rejoin.
-    fn advance(&mut self, id: &NodeId) -> Went {
+    fn advance(&mut self, id: &NodeId) {
         let (from, to) = (self.j.from, self.j.to);
         let step = self.j.nodes[id].step;
         match step {
@@ -223,11 +214,11 @@ impl Decider<'_> {
                     }
                     Some(r) if r.state == CommandState::Failed => {
                         let why = format!("apply failed: {}", r.message);
-                        return self.fail(id, why);
+                        self.fail(id, why);
                     }
                     _ if self.past(id) => {
                         let why = format!("no answer to apply within the deadline (node {})", self.down_or_up(id));
-                        return self.fail(id, why);
+                        self.fail(id, why);
                     }
                     _ => self.send(id, c),
                 }
@@ -237,7 +228,7 @@ impl Decider<'_> {
                 if let Some(s) = self.obs.up(id).filter(|s| Some(&s.boot_id) != by.as_ref()) {
                     if s.version == to {
                         self.after_rejoin(id);
-                        return Went::On;
+                        return;
                     }
                     if s.version == from {
                         // Once, it is applied again: it may have reverted
@@ -251,17 +242,18 @@ impl Decider<'_> {
                             n.by = None;
                             n.note = format!("came back on {from}; applying {to} once more");
                             self.set(id, Step::Applying, Some(d));
-                            return Went::On;
+                            return;
                         }
-                        return self.fail(
+                        self.fail(
                             id,
                             format!("came back on {from}: {to} did not start there and its boot loader fell back"),
                         );
+                        return;
                     }
                 }
                 if self.past(id) {
                     let s = self.ctx.timeouts.reform / 1000;
-                    return self.fail(id, format!("did not rejoin on {to} within {s} s"));
+                    self.fail(id, format!("did not rejoin on {to} within {s} s"));
                 }
             }
             Step::Committing => {
@@ -276,11 +268,11 @@ impl Decider<'_> {
                     }
                     Some(r) if r.state == CommandState::Failed => {
                         let why = format!("commit failed: {}", r.message);
-                        return self.fail(id, why);
+                        self.fail(id, why);
                     }
                     _ if self.past(id) => {
                         let why = format!("no answer to commit within the deadline (node {})", self.down_or_up(id));
-                        return self.fail(id, why);
+                        self.fail(id, why);
                     }
                     _ => self.send(id, c),
                 }
@@ -288,7 +280,7 @@ impl Decider<'_> {
             Step::RollingBack => {
                 if self.obs.up(id).is_some_and(|s| s.version == from && !s.pending) {
                     self.after_rollback(id);
-                    return Went::On;
+                    return;
                 }
                 let c = self.command(id, CommandKind::Rollback(from));
                 match self.obs.result(id, &c.id) {
@@ -303,7 +295,7 @@ impl Decider<'_> {
                     }
                     Some(r) if r.state == CommandState::Failed => {
                         let why = format!("rollback failed: {}", r.message);
-                        return self.fail(id, why);
+                        self.fail(id, why);
                     }
                     _ if self.past(id) => {
                         let why = if self.obs.up(id).is_some() {
@@ -313,7 +305,7 @@ impl Decider<'_> {
                                 "down; it returns to {from} when it comes back (the leader rolls it back, or it reverts itself)"
                             )
                         };
-                        return self.fail(id, why);
+                        self.fail(id, why);
                     }
                     _ => self.send(id, c),
                 }
@@ -323,12 +315,11 @@ impl Decider<'_> {
                 if self.obs.up(id).is_some_and(|s| Some(&s.boot_id) != by.as_ref() && s.version == from) {
                     self.after_rollback(id);
                 } else if self.past(id) {
-                    return self.fail(id, format!("did not come back on {from}"));
+                    self.fail(id, format!("did not come back on {from}"));
                 }
             }
             _ => {}
         }
-        Went::On
     }
 
     // ---- distribute ----

@@ -25,7 +25,6 @@ use self::{
 use crate::{
     Mutant,
     config::{Config, SeGroup, VirtualService},
-    core::Timeouts,
     invariants::{Monitor, RealNode, Reality},
     journal::{ActionOnError, Image, Journal, Member, Ms, Operation, Outcome, Phase, Step},
     placement,
@@ -624,9 +623,4 @@ pub fn replay_command(seed: u64, mutant: Option<Mutant>) -> String {
         Some(m) => format!("target/release/molt-sim --seed {seed} --schedules 1 --mutant {}", m.name()),
         None => format!("target/release/molt-sim --seed {seed} --schedules 1"),
     }
-}
-
-/// The default waits of the product, for reference in reports.
-pub fn product_timeouts() -> Timeouts {
-    Timeouts::default()
 }
