@@ -280,3 +280,116 @@ fn progress_never_goes_back_within_an_operation() {
     assert!(seen_progress.windows(2).all(|w| w[0] <= w[1]), "{seen_progress:?}");
     assert!(j.phase != Phase::Distribute, "distribution ended: {:?}", j.phase);
 }
+
+/// Found by the simulation: the leader's own rollback shared the followers'
+/// deadline, so after waiting for a follower that was down it gave up on
+/// itself without sending anything.
+#[test]
+fn the_leader_waits_for_its_own_rollback_after_the_followers() {
+    let mut j = start(ActionOnError::Suspend);
+    j.phase = Phase::Controllers;
+    j.nodes.insert(id("c2"), coordinator::journal::NodeOp::new(Member::Controller));
+    j.nodes.get_mut(&id("c1")).unwrap().step = Step::Rejoining;
+    let c2 = j.nodes.get_mut(&id("c2")).unwrap();
+    c2.step = Step::Failed;
+    c2.note = "apply failed".into();
+    // c1 (the leader) is up on 2.0.0; c2 is down.
+    let obs = Observed { nodes: BTreeMap::from([(id("c1"), seen("2.0.0", "b1", &[]))]), image_unusable: None };
+    let j = core::next(&j, &obs, &ctx(1)).journal;
+    assert_eq!(j.phase, Phase::RollbackControllers);
+    let reform = Timeouts::default().reform;
+    let d = core::next(&j, &obs, &ctx(reform + 10));
+    assert_eq!(d.journal.nodes[&id("c2")].step, Step::Failed, "c2 given up");
+    assert_eq!(d.journal.nodes[&id("c1")].step, Step::RollingBack, "the leader still tries");
+    assert!(
+        d.actions.iter().any(|a| matches!(a, Action::Send { node, command } if *node == id("c1") && matches!(command.kind, CommandKind::Rollback(_)))),
+        "{:?}",
+        d.actions
+    );
+}
+
+/// Found by the simulation: after an abort, a controller that had committed
+/// the new version before another failed stayed on it.
+#[test]
+fn after_an_abort_a_committed_node_on_the_new_version_is_rolled_back() {
+    let mut j = start(ActionOnError::Suspend);
+    j.phase = Phase::Done;
+    j.outcome = Some(Outcome::Aborted);
+    let mut c1 = seen("2.0.0", "b1", &[]);
+    c1.previous = Some(v("1.0.0"));
+    let obs = Observed { nodes: BTreeMap::from([(id("c1"), c1)]), image_unusable: None };
+    let d = core::next(&j, &obs, &ctx(1));
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { command, .. } if matches!(command.kind, CommandKind::Rollback(_)))),
+        "{:?}",
+        d.actions
+    );
+}
+
+/// Found by the simulation: a group rollback ended suspended because another
+/// group was still suspended from the upgrade, and resuming that group
+/// declared it rolled back without moving an SE.
+#[test]
+fn a_group_rollback_answers_for_its_own_groups() {
+    let mut j = start(ActionOnError::Suspend);
+    j.operation = Operation::SeGroupRollback;
+    j.phase = Phase::RollbackSeGroups;
+    j.groups.get_mut("g1").unwrap().state = GroupState::RollingBack;
+    for se in ["s1", "s2"] {
+        let n = j.nodes.get_mut(&id(se)).unwrap();
+        n.rollback = true;
+        n.step = Step::RolledBack;
+    }
+    let mut s3 = coordinator::journal::NodeOp::new(Member::ServiceEngine("g2".into()));
+    s3.step = Step::Failed;
+    j.nodes.insert(id("s3"), s3);
+    j.groups.insert(
+        "g2".into(),
+        coordinator::journal::GroupOp {
+            ses: vec![id("s3")],
+            state: GroupState::Suspended,
+            reason: "s3: came back on 1.0.0".into(),
+            passed: vec![],
+        },
+    );
+    let j = core::next(&j, &Observed::default(), &ctx(1)).journal;
+    assert_eq!(j.outcome, Some(Outcome::Completed), "{}", j.reason);
+    assert_eq!(j.groups["g1"].state, GroupState::RolledBack);
+    // g2 is still suspended from the upgrade: resuming it upgrades it again.
+    let r = request::resume(Some(&j), &["g2".into()], false, &config()).unwrap();
+    assert_eq!((r.operation, r.phase), (Operation::Upgrade, Phase::ServiceEngines));
+    assert_eq!(r.groups["g2"].state, GroupState::InProgress);
+    assert_eq!(r.nodes[&id("s3")].step, Step::Waiting);
+}
+
+/// Found by the simulation: an SE was drained while the other SE of its
+/// group was still out of service, leaving its services to nobody.
+#[test]
+fn a_drain_waits_while_no_other_se_is_in_service() {
+    let mut j = start(ActionOnError::Suspend);
+    j.phase = Phase::ServiceEngines;
+    j.groups.get_mut("g1").unwrap().state = GroupState::InProgress;
+    let cfg = config();
+    let (active, standby) = (id(&cfg.placements["db"][0]), id(&cfg.placements["db"][1]));
+    j.drained.insert(standby.clone());
+    j.nodes.get_mut(&standby).unwrap().step = Step::Failed;
+    j.drained.insert(active.clone());
+    let n = j.nodes.get_mut(&active).unwrap();
+    n.step = Step::Draining;
+    n.deadline = Some(1_000);
+    let obs = Observed {
+        nodes: BTreeMap::from([
+            (active.clone(), seen("1.0.0", "a", &["db"])),
+            (standby.clone(), seen("1.0.0", "b", &[])),
+        ]),
+        image_unusable: None,
+    };
+    let d = core::next(&j, &obs, &ctx(500));
+    assert_eq!(d.journal.nodes[&active].step, Step::Draining, "it keeps serving db");
+    let d = core::next(&d.journal, &obs, &ctx(2_000));
+    let n = &d.journal.nodes[&active];
+    assert_eq!(n.step, Step::Failed);
+    assert!(n.note.contains("no other SE of its group is in service for db"), "{}", n.note);
+}
