@@ -27,6 +27,9 @@ use self::{
     store::{Config, Store},
 };
 
+/// A placement pushed to an SE: the services, when, and the command's id.
+pub type Placed = (Vec<String>, std::time::Instant, String);
+
 /// Everything the leader's services share.
 #[derive(Debug)]
 pub struct LeaderState {
@@ -68,6 +71,9 @@ pub struct LeaderState {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Who may fetch which image, and the open image streams.
     pub fetch_gate: image_server::FetchGate,
+    /// What each SE was last told to serve, when, and by which command (the
+    /// placer's pushes; in flight until the SE reports that command done).
+    pub placing: Mutex<std::collections::BTreeMap<common::NodeId, Placed>>,
     /// Numbers `place` commands.
     pub place_seq: std::sync::atomic::AtomicU64,
 }
@@ -160,6 +166,7 @@ impl LeaderState {
             config: Mutex::new(config),
             journal: Mutex::new(journal),
             version,
+            placing: Default::default(),
             place_seq: Default::default(),
             settings,
         }))

@@ -20,6 +20,10 @@ pub struct Seen {
     pub previous: Option<Version>,
     /// Virtual services it serves (SEs).
     pub serving: Vec<String>,
+    /// The services it was last told to serve, until it reports that
+    /// placement done (placements apply in the order they arrive, so then
+    /// every earlier one is applied too).
+    pub placing: Option<Vec<String>>,
     /// Results of commands, by id, with the boot that reported each.
     pub results: BTreeMap<String, Reported>,
     /// Bytes of each image received (verified) so far, while staging it.
@@ -54,5 +58,18 @@ impl Observed {
 
     pub(crate) fn result(&self, id: &NodeId, command: &str) -> Option<&Reported> {
         self.nodes.get(id).and_then(|s| s.results.get(command))
+    }
+}
+
+impl Seen {
+    /// Whether it serves `name` for sure: it reports serving it and has no
+    /// placement in flight (one that is would make the report stale).
+    pub fn serves(&self, name: &str) -> bool {
+        self.placing.is_none() && self.serving.iter().any(|s| s == name)
+    }
+
+    /// Whether the command `id` has settled (succeeded or failed) on it.
+    pub fn settled(&self, id: &str) -> bool {
+        self.results.get(id).is_some_and(|r| r.state != CommandState::Running)
     }
 }

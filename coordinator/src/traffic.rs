@@ -46,8 +46,8 @@ pub fn desired_serving(config: &Config, journal: Option<&Journal>) -> BTreeMap<S
 /// What the placer pushes: for each SE that is up and does not serve what
 /// it should, the services to serve now. Make-before-break everywhere: a
 /// service is added at once, but taken off an SE only once another SE is
-/// seen serving it (or nothing else is meant to serve it, as with a
-/// single placement).
+/// seen serving it with no placement in flight — or nothing else is meant
+/// to serve it, as with a single placement.
 pub fn placements_to_push(
     config: &Config,
     journal: Option<&Journal>,
@@ -55,9 +55,8 @@ pub fn placements_to_push(
     obs: &Observed,
 ) -> Vec<(NodeId, Vec<ServiceSpec>)> {
     let desired = desired_serving(config, journal);
-    let serving_elsewhere = |se: &NodeId, name: &str| {
-        ses.iter().any(|o| o != se && obs.up(o).is_some_and(|s| s.serving.iter().any(|x| x == name)))
-    };
+    let serving_elsewhere =
+        |se: &NodeId, name: &str| ses.iter().any(|o| o != se && obs.up(o).is_some_and(|s| s.serves(name)));
     let meant_elsewhere = |se: &NodeId, name: &str| {
         desired.iter().any(|(o, list)| o != se.as_str() && list.iter().any(|x| x.name == name))
     };
@@ -80,7 +79,8 @@ pub fn placements_to_push(
         names.sort_unstable();
         let mut have: Vec<&str> = s.serving.iter().map(String::as_str).collect();
         have.sort_unstable();
-        if names != have {
+        // Pushed again (at most every second) until a placement is done.
+        if names != have || s.placing.is_some() {
             out.push((se.clone(), next));
         }
     }
@@ -94,7 +94,7 @@ pub(crate) fn converged(obs: &Observed, desired: &BTreeMap<String, Vec<ServiceSp
     want.sort_unstable();
     let mut have: Vec<&str> = s.serving.iter().map(String::as_str).collect();
     have.sort_unstable();
-    want == have
+    want == have && s.placing.is_none()
 }
 
 /// The services `se` serves that nothing else would serve if it stopped,

@@ -100,16 +100,25 @@ fn observed_with(state: &LeaderState, image_unusable: Option<String>) -> Observe
                 (r.id.clone(), Reported { state: r.state, message: r.message.clone(), boot_id })
             })
             .collect();
-        let seen = Seen {
+        let mut seen = Seen {
             up: live == NodeState::Up,
             version: hb.version,
             boot_id: hb.boot_id.clone(),
             pending: hb.pending,
             previous: hb.previous_version,
             serving: hb.serving.clone(),
+            placing: None,
             results,
             received: hb.transfers.iter().map(|t| (t.sha256, t.received)).collect(),
         };
+        // A placement is in flight until the SE reports its command done.
+        seen.placing = state
+            .placing
+            .lock()
+            .expect("placing lock")
+            .get(&n.id)
+            .filter(|(_, _, id)| !seen.settled(id))
+            .map(|(names, _, _)| names.clone());
         nodes.insert(n.id.clone(), seen);
     }
     Observed { nodes, image_unusable }

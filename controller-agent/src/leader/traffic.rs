@@ -38,7 +38,6 @@ pub fn ses_by_group(state: &LeaderState) -> BTreeMap<String, Vec<String>> {
 /// a service is added at once, taken off an SE only once another serves it.
 pub fn spawn_placer(state: Arc<LeaderState>) {
     state.clone().spawn(async move {
-        let mut last_push: BTreeMap<NodeId, (Vec<String>, Instant)> = BTreeMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
             if !state.read_only() {
@@ -64,17 +63,20 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
             let journal = state.journal();
             for (se, want) in core::placements_to_push(&cfg, journal.as_ref(), &se_ids, &obs) {
                 let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
-                if last_push.get(&se).is_some_and(|(n, t)| *n == names && t.elapsed() < Duration::from_secs(1)) {
+                let recent = state
+                    .placing
+                    .lock()
+                    .expect("placing lock")
+                    .get(&se)
+                    .is_some_and(|(n, t, _)| *n == names && t.elapsed() < Duration::from_secs(1));
+                if recent {
                     continue;
                 }
                 let seq = state.place_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let c = Command {
-                    id: format!("place-{se}-{}-{seq}", state.generation),
-                    generation: state.generation,
-                    kind: CommandKind::Place(want),
-                };
+                let id = format!("place-{se}-{}-{seq}", state.generation);
+                let c = Command { id: id.clone(), generation: state.generation, kind: CommandKind::Place(want) };
                 if state.cluster.send(&se, LeaderMessage::Command(c)).is_ok() {
-                    last_push.insert(se, (names, Instant::now()));
+                    state.placing.lock().expect("placing lock").insert(se, (names, Instant::now(), id));
                 }
             }
         }

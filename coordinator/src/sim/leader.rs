@@ -115,7 +115,7 @@ pub struct Leader {
     config: Config,
     generation: u64,
     sent: BTreeMap<String, Ms>,
-    placed: BTreeMap<NodeId, (Vec<String>, Ms)>,
+    placed: BTreeMap<NodeId, (Vec<String>, Ms, String)>,
     seq: u64,
     /// Requests received, decided at the next step.
     pub inbox: Vec<Request>,
@@ -150,6 +150,7 @@ impl Leader {
     fn observe(&mut self, now: Ms) {
         for (id, s) in self.cluster.nodes.iter_mut() {
             s.up = self.last_heartbeat.get(id).is_some_and(|at| now.saturating_sub(*at) <= DOWN_AFTER);
+            s.placing = self.placed.get(id).filter(|(_, _, c)| !s.settled(c)).map(|(n, _, _)| n.clone());
         }
     }
 
@@ -203,16 +204,14 @@ impl Leader {
             members.iter().filter(|(_, m)| matches!(m, Member::ServiceEngine(_))).map(|(id, _)| id.clone()).collect();
         for (id, want) in core::placements_to_push(&self.config, self.journal.as_ref(), &ses, &obs) {
             let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
-            if self.placed.get(&id).is_some_and(|(n, at)| *n == names && now < at + 1_000) {
+            if self.placed.get(&id).is_some_and(|(n, at, _)| *n == names && now < at + 1_000) {
                 continue;
             }
             self.seq += 1;
-            self.placed.insert(id.clone(), (names, now));
-            let command = Command {
-                id: format!("place-{}-{}", self.generation, self.seq),
-                generation: self.generation,
-                kind: common::session::CommandKind::Place(want),
-            };
+            let cid = format!("place-{}-{}", self.generation, self.seq);
+            self.placed.insert(id.clone(), (names, now, cid.clone()));
+            let command =
+                Command { id: cid, generation: self.generation, kind: common::session::CommandKind::Place(want) };
             out.push((id, command));
         }
         self.cluster = obs;

@@ -274,6 +274,7 @@ impl Node {
             pending: self.record.pending && !switched,
             previous: if switched { active } else { self.record.previous.and_then(|p| self.slots[idx(p)]) },
             serving: self.serving.clone(),
+            placing: None,
             results,
             received: Default::default(),
         }
