@@ -168,6 +168,14 @@ impl Decider<'_> {
         matches!(self.j.nodes[id].member, Member::ServiceEngine(_))
     }
 
+    /// Whether a node runs the old version and will stay on it: not on
+    /// trial, and not switched to the new one for a reboot still to come (a
+    /// node that ever held the new version gets the rollback command, which
+    /// it answers at once when there is nothing to undo).
+    fn settled_on_old(&self, s: &crate::observed::Seen) -> bool {
+        s.version == self.j.from && !s.pending && s.previous != Some(self.j.to)
+    }
+
     /// Where a node goes once it runs the new version.
     fn after_rejoin(&mut self, id: &NodeId) {
         if self.is_se(id) {
@@ -278,7 +286,7 @@ impl Decider<'_> {
                 }
             }
             Step::RollingBack => {
-                if self.obs.up(id).is_some_and(|s| s.version == from && !s.pending) {
+                if self.obs.up(id).is_some_and(|s| self.settled_on_old(s)) {
                     self.after_rollback(id);
                     return;
                 }

@@ -417,3 +417,23 @@ fn an_se_with_a_placement_in_flight_does_not_count_as_serving() {
     let push = core::placements_to_push(&cfg, Some(&j), &[active.clone(), standby.clone()], &obs);
     assert!(push.iter().all(|(se, want)| *se != active || !want.is_empty()), "break before make: {push:?}");
 }
+
+/// Found by the simulation (seed 2506 of 10,000): an SE whose apply had
+/// switched its slots but which had not rebooted yet still reported the
+/// old version; the group rollback took it as rolled back, and it then
+/// rebooted into the new one. It gets the rollback like any SE that held
+/// the new version.
+#[test]
+fn an_se_switched_for_a_reboot_is_not_taken_as_rolled_back() {
+    let (mut j, mut obs) = se_failure(ActionOnError::Rollback);
+    j.nodes.get_mut(&id("s2")).unwrap().step = Step::Waiting; // never applied
+    // s1 applied 2.0.0 (slots switched) and has not rebooted yet.
+    let s1 = obs.nodes.get_mut(&id("s1")).unwrap();
+    s1.previous = Some(v("2.0.0"));
+    let j = core::next(&j, &obs, &ctx(1)).journal;
+    assert_eq!(j.groups["g1"].state, GroupState::RollingBack);
+    let j = core::next(&j, &obs, &ctx(2)).journal;
+    let s1 = &j.nodes[&id("s1")];
+    assert!(matches!(s1.step, Step::Draining | Step::Stopping | Step::RollingBack), "{:?}", s1.step);
+    assert_ne!(j.groups["g1"].state, GroupState::RolledBack);
+}

@@ -215,7 +215,7 @@ impl Decider<'_> {
             return;
         };
         let s = s.clone();
-        let on_old = self.obs.up(&s).is_some_and(|x| x.version == self.j.from && !x.pending);
+        let on_old = self.obs.up(&s).is_some_and(|x| self.settled_on_old(x));
         if on_old {
             self.after_rollback(&s);
         } else if self.j.disruptive {
