@@ -150,7 +150,9 @@ impl Browser {
     /// Opens `url` and waits for the page to load.
     pub fn goto(&mut self, url: &str) {
         self.call("Page.navigate", json!({ "url": url }));
-        self.wait_for("document.readyState === 'complete'", 30);
+        // The old document (about:blank) is complete already: wait for the new one.
+        let target = serde_json::to_string(url).expect("a string");
+        self.wait_for(&format!("location.href.startsWith({target}) && document.readyState === 'complete'"), 30);
     }
 
     /// Evaluates `expr` in the page (awaiting a promise) and returns its value.
