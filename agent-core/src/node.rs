@@ -96,6 +96,9 @@ pub struct NodeCtx {
     pub dataplane: Option<crate::dataplane::DataPlane>,
     /// Becomes true when the session with the leader is established.
     pub joined: tokio::sync::watch::Sender<bool>,
+    /// The controller this node believes leads (sessions and image
+    /// fetches dial it).
+    pub leader: crate::follower::session::LeaderAddr,
     seq: AtomicU64,
 }
 
@@ -174,7 +177,8 @@ impl Node {
         let (record, manifest) = Slots::new(&settings.data_dir).active()?;
         let shutdown = CancellationToken::new();
         let stager = Stager::open(&settings.data_dir, settings.deployment)?;
-        let source = Arc::new(LeaderImageSource::new(settings.clone(), local));
+        let leader = crate::follower::session::LeaderAddr::new(&settings);
+        let source = Arc::new(LeaderImageSource::new(settings.clone(), leader.clone(), local));
         let dataplane = (settings.role == common::Role::ServiceEngine).then(|| {
             crate::dataplane::DataPlane::new(
                 settings.listen.ip(),
@@ -197,6 +201,7 @@ impl Node {
             executor,
             dataplane,
             joined: tokio::sync::watch::channel(false).0,
+            leader,
             seq: AtomicU64::new(0),
         });
         Ok(Self { ctx, shutdown, on_trial: record.pending })

@@ -58,7 +58,9 @@ pub struct NodeConfigFile {
     pub data_dir: PathBuf,
     /// `vm` or `docker`.
     pub deployment: String,
-    /// The id of the leader controller.
+    /// The controller that founds the controllers' raft group on the
+    /// cluster's first start, and that agents dial first. Once the group
+    /// exists any controller may lead: elections decide.
     pub leader: String,
     /// Milliseconds between heartbeats (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,7 +238,7 @@ pub struct NodeSettings {
     pub heartbeat_interval: Duration,
     /// SE group (Service Engines only).
     pub se_group: Option<String>,
-    /// The leader controller.
+    /// The founding controller, dialed first (elections decide who leads).
     pub leader: Controller,
     /// All controllers, the leader included.
     pub controllers: Vec<Controller>,
@@ -279,11 +281,6 @@ pub struct Controller {
 }
 
 impl NodeSettings {
-    /// Whether this node is the cluster's leader.
-    pub fn is_leader(&self) -> bool {
-        self.node_id == self.leader.id
-    }
-
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
@@ -391,8 +388,7 @@ impl NodeSettings {
             s @ 5..=86_400 => Ok(Duration::from_secs(s)),
             s => Err(invalid(format!("{name} {s}: must be between 5 and 86400"))),
         };
-        let is_leader = node_id == leader.id;
-        let api_token = match (&file.api, is_leader) {
+        let api_token = match (&file.api, role == Role::Controller) {
             (Some(api), _) => {
                 let t = std::fs::read_to_string(&api.token_file)
                     .map_err(|e| invalid(format!("api.token_file {}: {e}", api.token_file.display())))?;
@@ -406,7 +402,10 @@ impl NodeSettings {
                 Some(t)
             }
             (None, true) => {
-                return Err(invalid("api.token_file: the leader serves the REST API and needs the admin token".into()));
+                return Err(invalid(
+                    "api.token_file: every controller may lead and serve the REST API, so each needs the admin token"
+                        .into(),
+                ));
             }
             (None, false) => None,
         };

@@ -55,10 +55,12 @@ impl From<ImageError> for ApiError {
     }
 }
 
-/// The leader's REST routes.
+/// The REST routes every controller serves. Only the leader answers
+/// `/api/*`; the others redirect there, or answer reads from their replica
+/// (marked stale) and refuse writes while no leader is elected.
 pub fn router(state: Arc<LeaderState>) -> Router {
     let token: Arc<str> = state.settings.api_token.clone().unwrap_or_default().into();
-    Router::new()
+    let api = Router::new()
         .route("/api/cluster", get(cluster))
         .route("/api/upload", post(upload))
         .route("/api/cluster/upgrade/prestage", post(prestage))
@@ -66,11 +68,16 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/api/cluster/upgrade", post(start_upgrade))
         .route("/api/cluster/upgrade/resume", post(resume))
         .route("/api/cluster/upgrade/rollback", post(rollback))
+        .route("/api/cluster/controllers", get(controllers).post(add_controller))
+        .route("/api/cluster/controllers/{id}", axum::routing::delete(remove_controller))
         .route("/api/serviceenginegroup", get(list_groups).post(create_group))
         .route("/api/serviceenginegroup/{name}", get(get_group).put(put_group).delete(delete_group))
         .route("/api/virtualservice", get(list_vs).post(create_vs))
         .route("/api/virtualservice/{name}", get(get_vs).put(put_vs).delete(delete_vs))
         .route("/api/{*rest}", axum::routing::any(not_found))
+        .route_layer(middleware::from_fn_with_state(state.clone(), follow_leader));
+    Router::new()
+        .merge(api)
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
@@ -80,24 +87,58 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .with_state(state)
 }
 
+/// Header naming the controller that leads, on every API answer.
+pub const LEADER_HEADER: &str = "x-molt-leader";
+/// Header set on a read answered from a replica while no leader is known.
+pub const STALE_HEADER: &str = "x-molt-stale";
+
+/// The leader answers; a controller that knows another leader forwards the
+/// call there and streams the answer back; with no leader, reads come from
+/// this controller's replica marked stale, and writes get 503. Every answer
+/// names the leader in [`LEADER_HEADER`].
+async fn follow_leader(State(state): State<Arc<LeaderState>>, req: Request, next: Next) -> Response {
+    let me = state.settings.node_id.as_str();
+    if let Some(why) = state.consensus.fatal()
+        && req.method() != http::Method::GET
+    {
+        discard_briefly(&mut req.into_body().into_data_stream()).await;
+        return ApiError::from(crate::raft::WriteError::Fatal(why)).into_response();
+    }
+    let leader = state.consensus.leader().filter(|m| m.id != me);
+    let (mut r, leader_id) = match leader {
+        _ if state.leading() => (next.run(req).await, Some(me.to_owned())),
+        Some(m) if !req.headers().contains_key(crate::forward::FORWARDED) => {
+            let ca = state.settings.tls.material().ca_pem.clone();
+            (crate::forward::forward(&ca, me, &m, req).await, Some(m.id))
+        }
+        _ if req.method() == http::Method::GET => {
+            let mut r = next.run(req).await;
+            r.headers_mut().insert(STALE_HEADER, http::HeaderValue::from_static("true"));
+            (r, None)
+        }
+        _ => {
+            discard_briefly(&mut req.into_body().into_data_stream()).await;
+            let r = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no quorum: {me} cannot reach a majority of the controllers and no leader is elected; \
+                     writes are refused until one is (reads answer from this controller's copy, marked {STALE_HEADER})"
+                ),
+            );
+            (r.into_response(), None)
+        }
+    };
+    if let Some(v) = leader_id.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().entry(LEADER_HEADER).or_insert(v);
+    }
+    r
+}
+
 /// Every API answer is data, never something a browser should sniff into HTML.
 async fn nosniff(mut r: Response) -> Response {
     r.headers_mut().insert(http::header::X_CONTENT_TYPE_OPTIONS, http::HeaderValue::from_static("nosniff"));
     r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
     r
-}
-
-/// What a follower controller answers on the REST port.
-pub fn follower_router(leader_addr: std::net::SocketAddr) -> Router {
-    Router::new().route(
-        "/api/{*rest}",
-        axum::routing::any(move || async move {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("this controller is not the leader; use the API at https://{leader_addr}"),
-            )
-        }),
-    )
 }
 
 async fn authorize(token: &str, req: Request, next: Next) -> Response {
@@ -129,7 +170,7 @@ async fn not_found() -> ApiError {
 async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
     let snapshot = crate::metrics::Snapshot {
         cluster: state.settings.cluster.clone(),
-        generation: state.generation,
+        generation: state.generation(),
         nodes: state.cluster.snapshot(),
         status: state.status(),
         bytes_served: state.bytes_served.load(std::sync::atomic::Ordering::Relaxed),
@@ -140,12 +181,77 @@ async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
 
 async fn cluster(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
     let s = &state.settings;
+    let leader = state.consensus.leader().map(|m| m.id);
     Json(json!({
         "cluster": s.cluster,
-        "leader": s.node_id,
-        "generation": state.generation,
+        "leader": leader,
+        "generation": state.generation(),
+        "controllers": state.consensus.member_views(),
         "nodes": state.cluster.snapshot(),
     }))
+}
+
+async fn controllers(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
+    Json(json!({ "controllers": state.consensus.member_views() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddController {
+    id: String,
+    addr: String,
+}
+
+/// Membership changes run under the operation gate and are refused while
+/// an operation runs: the controllers phase counts on a fixed group.
+async fn membership_gate(state: &LeaderState) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+    let gate = state.operation_gate.lock().await;
+    if state.read_only() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "an upgrade is in progress: controllers are added or removed only between upgrades",
+        ));
+    }
+    Ok(gate)
+}
+
+async fn add_controller(
+    State(state): State<Arc<LeaderState>>,
+    body: Result<Json<AddController>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad body: {e}; expected {{\"id\": \"c4\", \"addr\": \"IP:PORT\"}}"),
+        )
+    })?;
+    let id: common::NodeId = req.id.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("id: {e}")))?;
+    let addr: std::net::SocketAddr = req
+        .addr
+        .parse()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("addr {:?}: {e}; expected IP:PORT", req.addr)))?;
+    let _gate = membership_gate(&state).await?;
+    if state.consensus.member_views().iter().any(|m| m.id == id.as_str() && m.raft == "voter") {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("{id} is already a controller of this cluster")));
+    }
+    state.consensus.add_controller(&id, addr).await?;
+    Ok(Json(json!({ "controllers": state.consensus.member_views() })))
+}
+
+async fn remove_controller(
+    State(state): State<Arc<LeaderState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: common::NodeId = id.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("id: {e}")))?;
+    let _gate = membership_gate(&state).await?;
+    if !state.consensus.member_views().iter().any(|m| m.id == id.as_str()) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("{id} is not a controller of this cluster")));
+    }
+    if state.consensus.member_views().len() == 1 {
+        return Err(ApiError::new(StatusCode::CONFLICT, "the last controller cannot be removed"));
+    }
+    state.consensus.remove_controller(&id).await?;
+    Ok(Json(json!({ "controllers": state.consensus.member_views() })))
 }
 
 #[derive(Deserialize)]
@@ -278,6 +384,21 @@ impl From<ConfigError> for ApiError {
     }
 }
 
+impl From<crate::raft::WriteError> for ApiError {
+    fn from(e: crate::raft::WriteError) -> Self {
+        ApiError::new(e.status(), e.to_string())
+    }
+}
+
+impl From<crate::leader::ChangeError> for ApiError {
+    fn from(e: crate::leader::ChangeError) -> Self {
+        match e {
+            crate::leader::ChangeError::Refused(e) => e.into(),
+            crate::leader::ChangeError::Write(e) => e.into(),
+        }
+    }
+}
+
 /// Changes the configuration unless an operation runs (503): the check and
 /// the change under the operation gate, so an upgrade starting at the same
 /// moment snapshots the configuration before or after the change, never
@@ -300,7 +421,7 @@ fn vs_json(v: &VirtualService, placements: Option<&Vec<String>>) -> serde_json::
 }
 
 async fn list_groups(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
-    let cfg = state.config.lock().expect("config lock");
+    let cfg = state.config();
     Json(json!(cfg.se_groups.values().collect::<Vec<_>>()))
 }
 
@@ -308,7 +429,7 @@ async fn get_group(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<SeGroup>, ApiError> {
-    let cfg = state.config.lock().expect("config lock");
+    let cfg = state.config();
     cfg.se_groups
         .get(&name)
         .cloned()
@@ -344,7 +465,7 @@ async fn delete_group(
 }
 
 async fn list_vs(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
-    let cfg = state.config.lock().expect("config lock");
+    let cfg = state.config();
     Json(json!(cfg.virtual_services.values().map(|v| vs_json(v, cfg.placements.get(&v.name))).collect::<Vec<_>>()))
 }
 
@@ -352,7 +473,7 @@ async fn get_vs(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let cfg = state.config.lock().expect("config lock");
+    let cfg = state.config();
     cfg.virtual_services
         .get(&name)
         .map(|v| Json(vs_json(v, cfg.placements.get(&v.name))))
@@ -410,5 +531,5 @@ async fn place_now(state: &LeaderState, name: &str) -> Option<Vec<String>> {
         Ok(())
     })
     .await;
-    state.config.lock().expect("config lock").placements.get(name).cloned()
+    state.config().placements.get(name).cloned()
 }

@@ -3,8 +3,10 @@
 //! REST API and the cluster view.
 
 pub mod api;
+pub mod forward;
 pub mod leader;
 pub mod metrics;
+pub mod raft;
 pub mod web;
 
 use agent_core::{Node, NodeHandle, node::NodeError};
@@ -21,37 +23,29 @@ pub enum StartError {
     Leader(#[from] std::io::Error),
 }
 
-/// Starts a controller agent with validated settings.
+/// Starts a controller agent with validated settings. Every controller
+/// runs raft, holds a replica of the configuration, journal and history,
+/// and serves the REST API and the leader's gRPC service; the leader's
+/// tasks run only while raft makes it leader.
 pub async fn start(
     settings: NodeSettings,
     reboot: std::sync::Arc<dyn agent_core::reboot::Reboot>,
-) -> Result<(NodeHandle, Option<std::sync::Arc<leader::LeaderState>>), StartError> {
+) -> Result<(NodeHandle, std::sync::Arc<leader::LeaderState>), StartError> {
     let settings = std::sync::Arc::new(settings);
-    if settings.is_leader() {
-        let state = leader::LeaderState::new(settings.clone())?;
-        // The leader stages from its own image store: no copy over the network.
-        let store = state.clone();
-        let local: agent_core::follower::session::LocalImages =
-            std::sync::Arc::new(move |sha| store.images.path_of(sha));
-        let node = Node::with_local_images(settings, Some(local), reboot)?;
-        // Every leader task ends when the node stops.
-        state.stop_with(node.shutdown_token());
-        leader::driver::spawn(state.clone());
-        leader::traffic::spawn_placer(state.clone());
-        let app = node
-            .base_routes()
-            .add_service(leader::grpc::LeaderService::server(state.clone()))
-            .into_axum_router()
-            .merge(api::router(state.clone()))
-            .merge(web::router());
-        Ok((node.start(app).await?, Some(state)))
-    } else {
-        let node = Node::new(settings.clone(), reboot)?;
-        let app = node
-            .base_routes()
-            .into_axum_router()
-            .merge(api::follower_router(settings.leader.addr))
-            .merge(web::follower_page(settings.leader.addr));
-        Ok((node.start(app).await?, None))
-    }
+    let state = leader::LeaderState::new(settings.clone()).await?;
+    // A leader stages from its own image store: no copy over the network.
+    let store = state.clone();
+    let local: agent_core::follower::session::LocalImages = std::sync::Arc::new(move |sha| store.images.path_of(sha));
+    let node = Node::with_local_images(settings, Some(local), reboot)?;
+    // Every leader task ends when the node stops.
+    state.stop_with(node.shutdown_token());
+    state.follow_leadership();
+    let app = node
+        .base_routes()
+        .add_service(leader::grpc::LeaderService::server(state.clone()))
+        .add_service(raft::network::RaftService::server(state.consensus.raft.clone(), state.settings.clone()))
+        .into_axum_router()
+        .merge(api::router(state.clone()))
+        .merge(web::router());
+    Ok((node.start(app).await?, state))
 }

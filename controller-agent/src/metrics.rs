@@ -92,7 +92,12 @@ pub fn render(s: &Snapshot) -> String {
     let st = &s.status;
     let cluster = s.cluster.as_str();
 
-    let mut f = Family::new(&mut out, "molt_leader_generation", "gauge", "Starts of the leader so far.");
+    let mut f = Family::new(
+        &mut out,
+        "molt_leader_generation",
+        "gauge",
+        "The leader's generation (its raft term << 32): it grows with every new leader.",
+    );
     f.sample(&[("cluster", cluster)], s.generation as f64);
 
     let mut f = Family::new(

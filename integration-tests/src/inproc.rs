@@ -180,7 +180,7 @@ impl TestCluster {
             common::Role::Controller => {
                 let (handle, leader) =
                     controller_agent::start(settings, Arc::new(agent_core::reboot::NoReboot)).await.unwrap();
-                Running { handle, leader }
+                Running { handle, leader: Some(leader) }
             }
             _ => Running {
                 handle: se_agent::start(settings, Arc::new(agent_core::reboot::NoReboot)).await.unwrap(),
@@ -197,9 +197,15 @@ impl TestCluster {
         let _ = tokio::time::timeout(Duration::from_secs(10), r.handle.task).await;
     }
 
-    /// The leader's state.
+    /// The leading controller's state (c1's while none leads yet).
     pub fn leader(&self) -> Arc<LeaderState> {
-        self.running.get("c1").and_then(|r| r.leader.clone()).expect("the leader c1 is running")
+        let states: Vec<Arc<LeaderState>> = self.running.values().filter_map(|r| r.leader.clone()).collect();
+        states
+            .iter()
+            .find(|s| s.leading())
+            .cloned()
+            .or_else(|| self.running.get("c1").and_then(|r| r.leader.clone()))
+            .expect("a controller is running")
     }
 
     /// A REST client with the admin token.

@@ -25,7 +25,7 @@ pub enum ClientError {
     #[error("{0}")]
     Config(String),
     /// Cannot reach the leader.
-    #[error("cannot reach the leader at {addr}: {message}")]
+    #[error("cannot reach a leading controller (last tried {addr}): {message}")]
     Unreachable {
         /// Address.
         addr: String,
@@ -54,6 +54,9 @@ pub struct ClusterFile {
     pub cluster: String,
     /// `https://IP:PORT` of the leader.
     pub leader_url: String,
+    /// Every controller's URL: the CLI moves to whichever leads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controller_urls: Vec<String>,
     /// CA file.
     pub ca: PathBuf,
     /// Token file.
@@ -95,8 +98,10 @@ impl ClusterFile {
 /// Where the leader is and how to authenticate.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    /// `https://HOST:PORT`.
+    /// `https://HOST:PORT`: the controller tried first.
     pub url: String,
+    /// The other controllers, tried when it cannot be reached or has no leader.
+    pub others: Vec<String>,
     /// CA file.
     pub ca: PathBuf,
     /// Token file.
@@ -114,10 +119,16 @@ impl Connection {
     ) -> Result<Self, ClientError> {
         if let Some(dir) = cluster_dir {
             let f = ClusterFile::load(dir)?;
-            return Ok(Self { url: f.leader_url, ca: f.ca, token_file: f.token_file });
+            let others = f.controller_urls.iter().filter(|u| **u != f.leader_url).cloned().collect();
+            return Ok(Self { url: f.leader_url, others, ca: f.ca, token_file: f.token_file });
         }
         match (controller, token_file, ca) {
-            (Some(url), Some(t), Some(c)) => Ok(Self { url: url.to_owned(), ca: c.to_owned(), token_file: t.to_owned() }),
+            // Several controllers: URL,URL,... (any of them may lead).
+            (Some(urls), Some(t), Some(c)) => {
+                let mut all = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
+                let url = all.next().unwrap_or_default();
+                Ok(Self { url, others: all.collect(), ca: c.to_owned(), token_file: t.to_owned() })
+            }
             _ => Err(ClientError::Config(
                 "say which cluster: --cluster-dir DIR (a local cluster), or --controller URL --token-file FILE --ca FILE \
                  (or MOLT_CLUSTER_DIR / MOLT_CONTROLLER, MOLT_TOKEN_FILE, MOLT_CA)"
@@ -130,26 +141,43 @@ impl Connection {
 /// A client of the leader's REST API.
 #[derive(Clone, Debug)]
 pub struct Api {
-    addr: SocketAddr,
-    host: String,
+    /// The controller that answered last (shared by clones).
+    current: Arc<std::sync::Mutex<SocketAddr>>,
+    /// Every controller known, the first one first.
+    controllers: Arc<Vec<SocketAddr>>,
+    /// Only ever talk to `current` (to see what one controller answers).
+    pinned: bool,
     tls: Arc<rustls::ClientConfig>,
     token: String,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
+fn parse_url(url: &str) -> Result<SocketAddr, ClientError> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| ClientError::Config(format!("controller URL {url:?} must start with https://")))?;
+    let hostport = rest.split('/').next().unwrap_or_default();
+    hostport
+        .parse()
+        .or_else(|_| format!("{hostport}:{}", common::DEFAULT_PORT).parse())
+        .map_err(|_| ClientError::Config(format!("controller URL {url:?}: expected https://IP:PORT")))
+}
+
+/// How long a request keeps looking for a leader (an election takes a few
+/// heartbeats).
+const FIND_LEADER: std::time::Duration = std::time::Duration::from_secs(20);
+
 impl Api {
-    /// A client for `conn`.
     pub fn new(conn: &Connection) -> Result<Self, ClientError> {
-        let rest = conn
-            .url
-            .strip_prefix("https://")
-            .ok_or_else(|| ClientError::Config(format!("controller URL {:?} must start with https://", conn.url)))?;
-        let hostport = rest.trim_end_matches('/');
-        let addr: SocketAddr = hostport
-            .parse()
-            .or_else(|_| format!("{hostport}:{}", common::DEFAULT_PORT).parse())
-            .map_err(|_| ClientError::Config(format!("controller URL {:?}: expected https://IP:PORT", conn.url)))?;
+        let first = parse_url(&conn.url)?;
+        let mut controllers = vec![first];
+        for u in &conn.others {
+            let a = parse_url(u)?;
+            if !controllers.contains(&a) {
+                controllers.push(a);
+            }
+        }
         let ca =
             std::fs::read(&conn.ca).map_err(|e| ClientError::Config(format!("CA file {}: {e}", conn.ca.display())))?;
         let token = std::fs::read_to_string(&conn.token_file)
@@ -158,16 +186,52 @@ impl Api {
             .to_owned();
         let tls = common::tls::anonymous_client_config(&ca, &[b"http/1.1"])
             .map_err(|e| ClientError::Config(e.to_string()))?;
-        Ok(Self { addr, host: addr.ip().to_string(), tls, token })
+        Ok(Self {
+            current: Arc::new(std::sync::Mutex::new(first)),
+            controllers: Arc::new(controllers),
+            pinned: false,
+            tls,
+            token,
+        })
     }
 
-    async fn send(&self, req: Request<Body>) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
-        let unreachable = |message: String| ClientError::Unreachable { addr: self.addr.to_string(), message };
-        let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(self.addr))
+    /// A client that talks to `addr` only: no redirect followed, no other
+    /// controller tried.
+    pub fn pinned(&self, addr: SocketAddr) -> Self {
+        Self {
+            current: Arc::new(std::sync::Mutex::new(addr)),
+            controllers: Arc::new(vec![addr]),
+            pinned: true,
+            ..self.clone()
+        }
+    }
+
+    /// The controller this client talks to now.
+    pub fn controller(&self) -> SocketAddr {
+        *self.current.lock().expect("api lock")
+    }
+
+    fn move_to(&self, addr: SocketAddr) {
+        *self.current.lock().expect("api lock") = addr;
+    }
+
+    fn next_controller(&self) {
+        let cur = self.controller();
+        let i = self.controllers.iter().position(|a| *a == cur).map_or(0, |i| (i + 1) % self.controllers.len());
+        self.move_to(self.controllers[i]);
+    }
+
+    async fn send_to(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let unreachable = |message: String| ClientError::Unreachable { addr: addr.to_string(), message };
+        let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr))
             .await
             .map_err(|_| unreachable("connection timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        let name = ServerName::try_from(self.host.clone()).map_err(|e| unreachable(e.to_string()))?;
+        let name = ServerName::try_from(addr.ip().to_string()).map_err(|e| unreachable(e.to_string()))?;
         let tls = TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await
@@ -178,60 +242,72 @@ impl Api {
         sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))
     }
 
+    /// Sends `make()`'s request to the leader: follows a controller's
+    /// redirect to the leader, and tries the other controllers when one
+    /// cannot be reached or has no leader, for up to [`FIND_LEADER`].
+    async fn send(&self, make: impl Fn() -> Request<Body>) -> Result<Answer, ClientError> {
+        let deadline = std::time::Instant::now() + FIND_LEADER;
+        loop {
+            let addr = self.controller();
+            let last = std::time::Instant::now() >= deadline || self.pinned;
+            match self.send_to(addr, make()).await {
+                Err(e) if last => return Err(e),
+                Err(_) => self.next_controller(),
+                Ok(resp) => {
+                    let answer = Answer::read(addr, resp).await?;
+                    let moved = answer.status == StatusCode::TEMPORARY_REDIRECT;
+                    let no_leader =
+                        answer.status == StatusCode::SERVICE_UNAVAILABLE && answer.message().starts_with("no quorum");
+                    match answer.location() {
+                        Some(to) if moved && !self.pinned && !last => self.move_to(to),
+                        _ if no_leader && !last => self.next_controller(),
+                        _ => return Ok(answer),
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     fn request(&self, method: Method, path: &str, body: Body) -> Request<Body> {
         Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, self.addr.to_string())
+            .header(http::header::HOST, self.controller().to_string())
             .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body)
             .expect("valid request")
     }
 
-    async fn json(&self, req: Request<Body>) -> Result<serde_json::Value, ClientError> {
-        let resp = self.send(req).await?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Unreachable { addr: self.addr.to_string(), message: e.to_string() })?
-            .to_bytes();
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
-        if status.is_success() {
-            Ok(body)
-        } else {
-            let message = body.get("error").and_then(|e| e.as_str()).unwrap_or("request failed").to_owned();
-            Err(ClientError::Api { status, message, body })
-        }
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let bytes = Bytes::from(body.map(|b| serde_json::to_vec(b).expect("serializes")).unwrap_or_default());
+        self.send(|| self.request(method.clone(), path, Full::new(bytes.clone()).map_err(|e| match e {}).boxed()))
+            .await?
+            .into_result()
     }
 
-    /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        self.json(self.request(Method::GET, path, empty())).await
+        self.call(Method::GET, path, None).await
     }
 
-    /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
-        let b = Full::new(Bytes::from(serde_json::to_vec(body).expect("serializes"))).map_err(|e| match e {}).boxed();
-        self.json(self.request(Method::POST, path, b)).await
+        self.call(Method::POST, path, Some(body)).await
     }
 
-    /// `PUT path` with a JSON body.
     pub async fn put(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
-        let b = Full::new(Bytes::from(serde_json::to_vec(body).expect("serializes"))).map_err(|e| match e {}).boxed();
-        self.json(self.request(Method::PUT, path, b)).await
+        self.call(Method::PUT, path, Some(body)).await
     }
 
-    /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        self.json(self.request(Method::DELETE, path, empty())).await
+        self.call(Method::DELETE, path, None).await
     }
 
-    /// Uploads a file to `POST /api/upload?name=NAME`, streaming it;
-    /// `progress` is called with the bytes sent so far.
     pub async fn upload(
         &self,
         file: &Path,
@@ -250,14 +326,52 @@ impl Api {
             })
         });
         let body = BodyExt::boxed(StreamBody::new(stream));
+        // A stream is sent once: find the leader first, then upload to it.
+        self.get("/api/cluster").await?;
         let mut req = self.request(Method::POST, &format!("/api/upload?name={name}"), body);
         req.headers_mut().insert(http::header::CONTENT_LENGTH, len.into());
         req.headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
-        self.json(req).await
+        let addr = self.controller();
+        Answer::read(addr, self.send_to(addr, req).await?).await?.into_result()
     }
 }
 
-fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+/// A controller's answer, read whole.
+struct Answer {
+    status: StatusCode,
+    location: Option<String>,
+    body: serde_json::Value,
+}
+
+impl Answer {
+    async fn read(addr: SocketAddr, resp: http::Response<hyper::body::Incoming>) -> Result<Self, ClientError> {
+        let status = resp.status();
+        let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Unreachable { addr: addr.to_string(), message: e.to_string() })?
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
+        Ok(Self { status, location, body })
+    }
+
+    fn message(&self) -> &str {
+        self.body.get("error").and_then(|e| e.as_str()).unwrap_or("request failed")
+    }
+
+    fn location(&self) -> Option<SocketAddr> {
+        parse_url(self.location.as_deref()?).ok()
+    }
+
+    fn into_result(self) -> Result<serde_json::Value, ClientError> {
+        if self.status.is_success() {
+            Ok(self.body)
+        } else {
+            Err(ClientError::Api { status: self.status, message: self.message().to_owned(), body: self.body })
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod local;
+pub mod partition;
 pub mod pki;
 pub mod render;
 pub mod shell;

@@ -247,7 +247,8 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
                 key: pki_dir.join(format!("{}.key", n.id)),
                 revoked: Some(pki_dir.join("revoked.txt")),
             },
-            api: (n.id == "c1").then(|| ApiFile { token_file: pki_dir.join("admin.token") }),
+            // Every controller may lead, so every one serves the REST API.
+            api: (n.role == "controller").then(|| ApiFile { token_file: pki_dir.join("admin.token") }),
             controllers: controllers.clone(),
             service_engines: if n.role == "controller" { service_engines.clone() } else { vec![] },
         };
@@ -258,6 +259,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
     let cf = ClusterFile {
         cluster: cluster.into(),
         leader_url: format!("https://{}", nodes[0].addr),
+        controller_urls: controllers.iter().map(|c| format!("https://{}", c.addr)).collect(),
         ca: pki_dir.join("ca.pem"),
         token_file: pki_dir.join("admin.token"),
         nodes,

@@ -86,6 +86,11 @@ enum Cmd {
         #[arg(num_args = 1.., trailing_var_arg = true)]
         words: Vec<String>,
     },
+    /// Controller membership: `cluster add-controller ID=ADDR` | `cluster remove-controller ID`.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// Local clusters on this machine.
     Local {
         #[command(subcommand)]
@@ -99,6 +104,16 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Add a controller (ID=IP:PORT): it joins as a learner, catches up
+    /// with the replicated state, then votes. Refused during an upgrade.
+    AddController { spec: String },
+    /// Remove a controller (a dead one, before adding its replacement).
+    /// Refused during an upgrade.
+    RemoveController { id: String },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +209,18 @@ enum LocalCmd {
     },
     /// Power every node off (the cluster dir stays).
     Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Cut these nodes off from all the others (nftables; replaces an earlier partition).
+    Partition {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Reconnect every node.
+    Heal {
         #[arg(long)]
         dir: PathBuf,
     },
@@ -380,6 +407,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Show { json, watch, words } => show(&cli, words, *json, *watch).await,
         Cmd::Resume { no_wait, words } => group_cmd(&cli, "resume", words, *no_wait).await,
         Cmd::Rollback { no_wait, words } => group_cmd(&cli, "rollback", words, *no_wait).await,
+        Cmd::Cluster { cmd } => {
+            let api = api(&cli)?;
+            let v = match cmd {
+                ClusterCmd::AddController { spec } => {
+                    let (id, addr) = spec
+                        .split_once('=')
+                        .ok_or_else(|| usage(format!("{spec:?}: expected ID=IP:PORT, such as c4=10.0.0.4:8443")))?;
+                    api.post("/api/cluster/controllers", &serde_json::json!({"id": id, "addr": addr})).await?
+                }
+                ClusterCmd::RemoveController { id } => api.delete(&format!("/api/cluster/controllers/{id}")).await?,
+            };
+            for m in v["controllers"].as_array().into_iter().flatten() {
+                let lead = if m["leader"] == true { "  (leader)" } else { "" };
+                println!(
+                    "{:<12} {:<22} {}{lead}",
+                    m["id"].as_str().unwrap_or(""),
+                    m["addr"].as_str().unwrap_or(""),
+                    m["raft"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
         Cmd::Local { cmd } => local_cmd(cmd).await,
         Cmd::Demo { dir } => demo(dir.clone()).await,
         Cmd::Shell => Err(usage("already in the shell")),
@@ -652,6 +701,8 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
             Ok(())
         }
         LocalCmd::Down { dir } => Ok(local::down(dir)?),
+        LocalCmd::Partition { dir, nodes } => Ok(molt::partition::partition(dir, nodes)?),
+        LocalCmd::Heal { dir } => Ok(molt::partition::heal(dir)?),
         LocalCmd::Power { state, dir, node } => match state.as_str() {
             "on" => Ok(local::power_on(dir, node)?),
             "off" => Ok(local::power_off(dir, node)?),

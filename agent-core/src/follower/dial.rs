@@ -16,7 +16,12 @@ pub fn endpoint(settings: &NodeSettings, addr: SocketAddr) -> Result<Endpoint, t
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&m.ca_pem))
         .identity(Identity::from_pem(&m.cert_pem, &m.key_pem));
+    // From this node's own address when it listens on one: on a host with
+    // several addresses (a local cluster on loopback) the peer, and the
+    // network, see which node is talking.
+    let local = Some(settings.listen.ip()).filter(|ip| !ip.is_unspecified());
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .local_address(local)
         .tls_config(tls)?
         // Only the receiver's frame size counts for server streams: this is
         // what lets an image arrive at full speed (see shared/perf.md).

@@ -21,6 +21,78 @@ use super::{
 };
 use crate::node::NodeCtx;
 
+/// The gRPC metadata key under which a controller that does not lead
+/// names the leader's address.
+pub const LEADER_HINT: &str = "molt-leader";
+
+/// The address of the controller this node believes leads: the one
+/// `node.toml` names first, then whatever a controller answered it with,
+/// or the next controller in the list when the last one could not be
+/// reached.
+#[derive(Debug, Clone)]
+pub struct LeaderAddr {
+    current: Arc<std::sync::Mutex<std::net::SocketAddr>>,
+    controllers: Arc<Vec<std::net::SocketAddr>>,
+}
+
+impl LeaderAddr {
+    /// Starts at the leader `settings` name.
+    pub fn new(settings: &common::config::NodeSettings) -> Self {
+        Self {
+            current: Arc::new(std::sync::Mutex::new(settings.leader.addr)),
+            controllers: Arc::new(settings.controllers.iter().map(|c| c.addr).collect()),
+        }
+    }
+
+    /// The address to dial.
+    pub fn get(&self) -> std::net::SocketAddr {
+        *self.current.lock().expect("leader lock")
+    }
+
+    fn set(&self, addr: std::net::SocketAddr) {
+        *self.current.lock().expect("leader lock") = addr;
+    }
+
+    /// After a failure: the hinted leader if the answer named one, else
+    /// the next controller. Returns whether a hint was followed.
+    fn follow(&self, hint: Option<std::net::SocketAddr>) -> bool {
+        if let Some(h) = hint {
+            self.set(h);
+            return true;
+        }
+        let cur = self.get();
+        let i = self.controllers.iter().position(|a| *a == cur).map_or(0, |i| (i + 1) % self.controllers.len());
+        self.set(self.controllers[i]);
+        false
+    }
+}
+
+/// Why a session attempt ended.
+struct Ended {
+    message: String,
+    /// The leader a controller that does not lead pointed to.
+    hint: Option<std::net::SocketAddr>,
+    /// The session had been established (the leader went away later).
+    established: bool,
+}
+
+impl From<String> for Ended {
+    fn from(message: String) -> Self {
+        Self { message, hint: None, established: false }
+    }
+}
+
+impl From<&str> for Ended {
+    fn from(message: &str) -> Self {
+        Self { message: message.to_owned(), hint: None, established: false }
+    }
+}
+
+fn status_ended(s: tonic::Status) -> Ended {
+    let hint = s.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    Ended { message: s.message().to_owned(), hint, established: false }
+}
+
 /// Keeps a session with the leader until `shutdown`.
 pub async fn run(ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
     let mut failures = 0u32;
@@ -29,18 +101,34 @@ pub async fn run(ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             r = session_once(&ctx) => r,
         };
+        let mut hinted = false;
         match outcome {
             Ok(()) => failures = 0,
             Err(e) => {
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(10) {
-                    warn!(leader = %ctx.settings.leader.id, error = %e, "session with the leader failed; redialing");
+                let was = ctx.leader.get();
+                if e.established {
+                    failures = 0;
+                }
+                hinted = ctx.leader.follow(e.hint) && e.hint != Some(was);
+                if hinted {
+                    debug!(from = %was, to = %ctx.leader.get(), "a controller named the leader; dialing it");
                 } else {
-                    debug!(error = %e, "session attempt failed");
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        warn!(controller = %was, error = %e.message, "session with the leader failed; trying the next controller");
+                    } else {
+                        debug!(error = %e.message, "session attempt failed");
+                    }
                 }
             }
         }
-        let wait = Duration::from_millis((100u64 << failures.min(5)).min(2_000));
+        // A named leader is dialed at once (a short pause keeps two
+        // controllers with stale views from bouncing a node fast).
+        let wait = if hinted {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis((100u64 << failures.min(5)).min(2_000))
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -48,13 +136,23 @@ pub async fn run(ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
     }
 }
 
-async fn session_once(ctx: &NodeCtx) -> Result<(), String> {
-    let channel = dial::connect(&ctx.settings, ctx.settings.leader.addr).await.map_err(|e| format!("dial: {e:?}"))?;
+async fn session_once(ctx: &NodeCtx) -> Result<(), Ended> {
+    let addr = ctx.leader.get();
+    let channel = dial::connect(&ctx.settings, addr).await.map_err(|e| format!("dial {addr}: {e:?}"))?;
     let mut client = LeaderClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|e| e.to_string())?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await.map_err(|e| e.message().to_owned())?.into_inner();
-    info!(leader = %ctx.settings.leader.id, "session established");
+    let mut inbound = client.session(ReceiverStream::new(rx)).await.map_err(status_ended)?.into_inner();
+    info!(leader = %addr, "session established");
+    let r = session_loop(ctx, &tx, &mut inbound).await;
+    r.map_err(|message| Ended { message, hint: None, established: true })
+}
+
+async fn session_loop(
+    ctx: &NodeCtx,
+    tx: &tokio::sync::mpsc::Sender<proto::v1::AgentMessage>,
+    inbound: &mut tonic::Streaming<proto::v1::LeaderMessage>,
+) -> Result<(), String> {
     ctx.joined.send_replace(true);
     let mut tick = tokio::time::interval(ctx.settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -96,19 +194,20 @@ pub type LocalImages = Arc<dyn Fn(&common::Sha256Digest) -> Option<std::path::Pa
 /// image stream never queues behind or ahead of the session.
 pub struct LeaderImageSource {
     settings: Arc<common::config::NodeSettings>,
+    leader: LeaderAddr,
     local: Option<LocalImages>,
 }
 
 impl std::fmt::Debug for LeaderImageSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaderImageSource").field("leader", &self.settings.leader.addr).finish_non_exhaustive()
+        f.debug_struct("LeaderImageSource").field("leader", &self.leader.get()).finish_non_exhaustive()
     }
 }
 
 impl LeaderImageSource {
-    /// A source dialing the configured leader, looking in `local` first.
-    pub fn new(settings: Arc<common::config::NodeSettings>, local: Option<LocalImages>) -> Self {
-        Self { settings, local }
+    /// A source dialing the leader, looking in `local` first.
+    pub fn new(settings: Arc<common::config::NodeSettings>, leader: LeaderAddr, local: Option<LocalImages>) -> Self {
+        Self { settings, leader, local }
     }
 }
 
@@ -119,9 +218,9 @@ impl ImageSource for LeaderImageSource {
 
     fn fetch(&self, sha: common::Sha256Digest, offset: u64) -> BoxFuture<'_, Result<ChunkStream, String>> {
         async move {
-            let channel: Channel = dial::connect(&self.settings, self.settings.leader.addr)
-                .await
-                .map_err(|e| format!("dial {}: {e:?}", self.settings.leader.addr))?;
+            let addr = self.leader.get();
+            let channel: Channel =
+                dial::connect(&self.settings, addr).await.map_err(|e| format!("dial {addr}: {e:?}"))?;
             let mut client = LeaderClient::new(channel)
                 .max_decoding_message_size(dial::MAX_MESSAGE)
                 .max_encoding_message_size(dial::MAX_MESSAGE);

@@ -223,6 +223,18 @@ impl ClusterView {
         }
     }
 
+    /// This controller stopped leading: every session closes (its agent
+    /// redials and finds the new leader) and what the heartbeats said is
+    /// forgotten, so a later term starts from fresh reports.
+    pub fn close_all(&self) {
+        let mut nodes = self.nodes.lock().expect("cluster lock");
+        for e in nodes.values_mut() {
+            e.session = None;
+            e.heartbeat = None;
+            e.last_seen = None;
+        }
+    }
+
     /// Sends a command down `node`'s session.
     pub fn send(&self, node: &NodeId, msg: LeaderMessage) -> Result<(), NotConnected> {
         let nodes = self.nodes.lock().expect("cluster lock");

@@ -5,8 +5,10 @@
 //! (on the blocking pool, under the operation gate), and only then carries
 //! out the actions: commands to nodes, the configuration put back. It also
 //! holds the image-fetch grants of the nodes that are staging, and runs the
-//! traffic probes during the SE phase. A journal that cannot be written
-//! stops the operation in this process (see [`LeaderState::halt`]).
+//! traffic probes during the SE phase. The journal is written through raft:
+//! a write a majority does not confirm is decided again at the next step
+//! (nothing is done meanwhile); a storage failure stops the operation in
+//! this process (see [`LeaderState::halt`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{LeaderState, cluster::NodeState, image_server::Grant, traffic};
+use crate::raft::WriteError;
 
 /// How often the driver decides.
 const POLL: Duration = Duration::from_millis(100);
@@ -142,6 +145,9 @@ impl Driver {
                 image.info.sha256.short(),
                 j.image.sha256.short()
             )),
+            // A controller that became leader during the upgrade holds the
+            // image in its staging (verified there), not among its uploads.
+            Err(_) if state.image_path(&j.image.sha256).is_some() => None,
             Err(e) => Some(e.to_string()),
         };
         self.image_checked = Some((j.id, why.clone()));
@@ -156,17 +162,27 @@ impl Driver {
                 return;
             }
             let Some(j) = state.journal() else { return };
-            let ctx = Ctx { now: now_ms(), generation: state.generation, timeouts: timeouts(state), mutant: None };
+            let ctx = Ctx { now: now_ms(), generation: state.generation(), timeouts: timeouts(state), mutant: None };
             let d = core::next(&j, &observed_with(state, image_unusable), &ctx);
             if d.journal != j {
-                if let Err(e) = state.write_journal(d.journal.clone()).await {
-                    let why = format!(
-                        "cannot write the upgrade journal ({e}): the upgrade stopped where it was; free or fix the \
-                         leader's disk, then restart the leader, which resumes from the last journal written"
-                    );
-                    error!(%why, "upgrade stopped");
-                    state.halt(why).await;
-                    return;
+                match state.write_journal(d.journal.clone()).await {
+                    Ok(()) => {}
+                    // Not committed: nothing is done, the step is decided again.
+                    Err(WriteError::NoQuorum) => {
+                        warn!("the journal is not confirmed by a majority of the controllers; waiting for them");
+                        return;
+                    }
+                    // The term ended: the next leader carries on.
+                    Err(WriteError::NotLeader(_)) => return,
+                    Err(e) => {
+                        let why = format!(
+                            "cannot write the upgrade journal ({e}): the upgrade stopped where it was; free or fix \
+                             this controller's disk, then restart it: the controllers resume from the replicated journal"
+                        );
+                        error!(%why, "upgrade stopped");
+                        state.halt(why).await;
+                        return;
+                    }
                 }
                 if j.phase != d.journal.phase || j.outcome != d.journal.outcome {
                     info!(

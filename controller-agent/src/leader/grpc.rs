@@ -31,6 +31,22 @@ impl LeaderService {
     }
 }
 
+/// The answer of a controller that does not lead: `UNAVAILABLE`, with the
+/// leader's address in the `molt-leader` metadata when it is known, so the
+/// agent dials it next.
+pub fn not_leader(state: &LeaderState) -> Status {
+    match state.consensus.leader().filter(|m| m.id != state.settings.node_id.as_str()) {
+        Some(m) => {
+            let mut s = Status::unavailable(format!("not the leader: {} leads at {}", m.id, m.addr));
+            if let Ok(v) = m.addr.parse() {
+                s.metadata_mut().insert(agent_core::follower::session::LEADER_HINT, v);
+            }
+            s
+        }
+        None => Status::unavailable("not the leader, and no leader is known yet: the controllers are electing one"),
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -44,6 +60,9 @@ impl pb::leader_server::Leader for LeaderService {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let s = &self.state.settings;
         let peer = auth::caller(&req, &s.cluster, &[Role::Controller, Role::ServiceEngine])?;
+        if !self.state.leading() {
+            return Err(not_leader(&self.state));
+        }
         let req_remote = req.extensions().get::<auth::Peer>().map(|p| p.remote);
         let mut inbound = req.into_inner();
         let first = inbound
@@ -64,7 +83,7 @@ impl pb::leader_server::Leader for LeaderService {
         let (tx, rx) = tokio::sync::mpsc::channel::<LeaderMessage>(32);
         let welcome = Welcome {
             leader_id: s.node_id.clone(),
-            generation: self.state.generation,
+            generation: self.state.generation(),
             heartbeat_interval_ms: s.heartbeat_interval.as_millis() as u32,
         };
         tx.try_send(LeaderMessage::Welcome(welcome)).expect("fresh channel has room");
@@ -105,8 +124,7 @@ impl pb::leader_server::Leader for LeaderService {
         let permit = self.state.fetch_gate.open(&peer.node_id, &sha)?;
         let path = self
             .state
-            .images
-            .path_of(&sha)
+            .image_path(&sha)
             .ok_or_else(|| Status::not_found(format!("the leader holds no image {}", sha.short())))?;
         let size = std::fs::metadata(&path).map_err(|e| Status::internal(e.to_string()))?.len();
         if r.offset > size {

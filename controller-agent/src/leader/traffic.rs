@@ -42,8 +42,8 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
             tokio::time::sleep(Duration::from_millis(300)).await;
             if !state.read_only() {
                 let ses = ses_by_group(&state);
-                let next = placement::place(&state.config.lock().expect("config lock"), &ses);
-                let changed = state.config.lock().expect("config lock").placements != next;
+                let next = placement::place(&state.config(), &ses);
+                let changed = state.config().placements != next;
                 if changed {
                     let _gate = state.operation_gate.lock().await;
                     if !state.read_only() {
@@ -59,7 +59,7 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
             let se_ids: Vec<NodeId> =
                 state.cluster.snapshot().into_iter().filter(|n| n.role == Role::ServiceEngine).map(|n| n.id).collect();
             let obs = super::driver::observed(&state);
-            let cfg = state.config.lock().expect("config lock").clone();
+            let cfg = state.config().clone();
             let journal = state.journal();
             for (se, want) in core::placements_to_push(&cfg, journal.as_ref(), &se_ids, &obs) {
                 let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
@@ -73,8 +73,8 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
                     continue;
                 }
                 let seq = state.place_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let id = format!("place-{se}-{}-{seq}", state.generation);
-                let c = Command { id: id.clone(), generation: state.generation, kind: CommandKind::Place(want) };
+                let id = format!("place-{se}-{}-{seq}", state.generation());
+                let c = Command { id: id.clone(), generation: state.generation(), kind: CommandKind::Place(want) };
                 if state.cluster.send(&se, LeaderMessage::Command(c)).is_ok() {
                     state.placing.lock().expect("placing lock").insert(se, (names, Instant::now(), id));
                 }
@@ -188,7 +188,7 @@ fn probe_targets(state: &LeaderState) -> Vec<(String, Vec<std::net::SocketAddr>)
         .into_iter()
         .filter_map(|n| n.addr.parse::<std::net::SocketAddr>().ok().map(|a| (n.id.to_string(), a.ip())))
         .collect();
-    let cfg = state.config.lock().expect("config lock");
+    let cfg = state.config();
     cfg.virtual_services
         .values()
         .map(|vs| {

@@ -101,11 +101,7 @@ struct Current {
 
 impl Current {
     fn read(state: &LeaderState) -> Self {
-        Current {
-            journal: state.journal(),
-            config: state.config.lock().expect("config lock").clone(),
-            id: common::types::random_hex(4),
-        }
+        Current { journal: state.journal(), config: state.config().clone(), id: common::types::random_hex(4) }
     }
 
     fn ctx<'a>(&'a self, state: &'a LeaderState, nodes: &'a [NodeSummary]) -> StartCtx<'a> {
@@ -143,10 +139,7 @@ fn start_request(
 async fn begin(state: &LeaderState, j: coordinator::journal::Journal) -> Result<(), Refused> {
     let what = j.operation.name().replace('_', " ");
     state.write_journal(j).await.map_err(|e| {
-        refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot write the upgrade journal, so the {what} did not start: {e}"),
-        )
+        refuse(e.status(), format!("cannot write the upgrade journal, so the {what} did not start: {e}"))
     })?;
     state.wake.notify_one();
     Ok(())
@@ -248,7 +241,7 @@ fn refuse_if_halted(state: &LeaderState, what: &str) -> Result<(), Refused> {
 pub async fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
     let _gate = state.operation_gate.lock().await;
     refuse_if_halted(state, "resumed")?;
-    let config = state.config.lock().expect("config lock").clone();
+    let config = state.config().clone();
     let j = request::resume(state.journal().as_ref(), &req.se_groups, req.skip_suspended, &config)?;
     info!(groups = ?req.se_groups, skip = req.skip_suspended, "resuming SE groups");
     begin(state, j).await?;
@@ -259,7 +252,7 @@ pub async fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Resul
 pub async fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
     let _gate = state.operation_gate.lock().await;
     refuse_if_halted(state, "rolled back")?;
-    let config = state.config.lock().expect("config lock").clone();
+    let config = state.config().clone();
     let j = request::rollback_groups(state.journal().as_ref(), &req.se_groups, &config, now_ms())?;
     info!(groups = ?req.se_groups, "rolling SE groups back");
     begin(state, j).await?;

@@ -97,8 +97,8 @@ pub fn case(rng: &mut Rng) -> Result<bool, String> {
     if (s.role == Role::ServiceEngine) != s.se_group.is_some() || s.role == Role::Admin {
         return fail("role and SE group");
     }
-    if s.is_leader() && s.api_token.is_none() {
-        return fail("a leader without a token");
+    if s.role == Role::Controller && s.api_token.is_none() {
+        return fail("a controller without a token");
     }
     if s.role != Role::Controller && !s.service_engines.is_empty() {
         return fail("service_engines on an SE");

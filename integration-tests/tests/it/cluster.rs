@@ -37,12 +37,29 @@ async fn a_stopped_node_is_down_and_rejoins_with_a_new_boot_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_controller_points_rest_clients_at_the_leader() {
+async fn a_follower_controller_forwards_rest_calls_to_the_leader() {
     let c = TestCluster::builder().controllers(3).start().await;
-    let mut conn = molt::client::Connection::resolve(Some(&c.cluster_dir()), None, None, None).unwrap();
+    let api = c.api();
     let c2 = c.file.nodes.iter().find(|n| n.id == "c2").unwrap();
-    conn.url = format!("https://{}", c2.addr);
-    let err = molt::client::Api::new(&conn).unwrap().get("/api/cluster").await.unwrap_err();
-    let msg = err.to_string();
-    assert!(msg.contains("not the leader") && msg.contains(&c.file.nodes[0].addr), "{msg}");
+    // Asked alone, c2 forwards the write to the leader and returns its answer.
+    let via_c2 = api.pinned(c2.addr.parse().unwrap());
+    let body = serde_json::json!({"name": "g9", "ha_mode": "active-active"});
+    via_c2.post("/api/serviceenginegroup", &body).await.unwrap();
+    let v = via_c2.get("/api/cluster").await.unwrap();
+    assert_eq!(v["leader"], "c1");
+    let nodes = v["nodes"].as_array().unwrap();
+    assert!(nodes.iter().all(|n| n["state"] == "up"), "the leader's view, not c2's: {v}");
+    let members: Vec<&str> = v["controllers"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(members, ["c1", "c2", "c3"], "{v}");
+    // The write is replicated to every controller's copy of the configuration.
+    for id in ["c1", "c2", "c3"] {
+        let path = c.data_dir(id).join("store/config.json");
+        eventually(5, "the configuration replicated", async || {
+            std::fs::read_to_string(&path).is_ok_and(|t| t.contains("\"g9\""))
+        })
+        .await;
+    }
+    // An existing name is refused by the leader, through c2 as well.
+    let e = via_c2.post("/api/serviceenginegroup", &body).await.unwrap_err();
+    assert!(e.to_string().contains("HTTP 409"), "{e}");
 }

@@ -2,10 +2,11 @@
 //!
 //! - `cluster`, `prestage`, `security`: the in-process cluster (real agents,
 //!   real mTLS on loopback, tasks instead of processes).
-//! - `process`: the release binaries, each node a process in its own PID
+//! - `process`, `upgrade`, `failover`: the release binaries, each node a process in its own PID
 //!   namespace, driven through the `molt` CLI as an operator would.
 
 mod cluster;
+mod failover;
 mod hardening;
 mod install;
 mod operations;
@@ -13,5 +14,6 @@ mod operator;
 mod prestage;
 mod process;
 mod security;
+mod support;
 mod traffic;
 mod upgrade;

@@ -71,28 +71,43 @@ fn stage_command(generation: u64) -> pb::Command {
     }
 }
 
-async fn execute(c: &TestCluster, who: Option<&str>, target: &str) -> Result<pb::CommandAck, tonic::Status> {
+async fn execute_at(
+    c: &TestCluster,
+    who: Option<&str>,
+    target: &str,
+    generation: u64,
+) -> Result<pb::CommandAck, tonic::Status> {
     let pki = c.cluster_dir().join("pki");
     let ch = channel(&pki_file(c, "ca.pem"), &pki, who, &addr_of(c, target))
         .await
         .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
-    pb::control_client::ControlClient::new(ch).execute(stage_command(1_000)).await.map(|r| r.into_inner())
+    pb::control_client::ControlClient::new(ch).execute(stage_command(generation)).await.map(|r| r.into_inner())
+}
+
+async fn execute(c: &TestCluster, who: Option<&str>, target: &str) -> Result<pb::CommandAck, tonic::Status> {
+    execute_at(c, who, target, 1_000).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_leader_may_command_a_node() {
+async fn only_controllers_command_nodes_and_a_deposed_leaders_generation_is_refused() {
     let c = TestCluster::builder().controllers(3).group("g1", "active-active", 2).start().await;
     let e = execute(&c, Some("g1-se1"), "g1-se2").await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "an SE commands another SE: {e}");
     let e = execute(&c, Some("g1-se1"), "c2").await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "an SE commands a controller: {e}");
-    let e = execute(&c, Some("c2"), "g1-se1").await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "a follower controller commands: {e}");
-    assert!(e.message().contains("only the leader"), "{}", e.message());
     let e = execute(&c, Some("admin"), "g1-se1").await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "the admin certificate is not a controller: {e}");
-    let ack = execute(&c, Some("c1"), "g1-se1").await.unwrap();
-    assert_eq!(ack.result.unwrap().id, "probe-1000", "the leader's command is accepted");
+    // The leader's generation comes from its raft term: above any number a
+    // leader took before raft.
+    let generation = c.leader().generation();
+    assert!(generation >= 1 << 32, "generation {generation}");
+    let ack = execute_at(&c, Some("c1"), "g1-se1", generation).await.unwrap();
+    assert_eq!(ack.result.unwrap().state, pb::CommandState::Running as i32, "the leader's command is taken");
+    // A command of an older generation — a deposed leader's — is refused,
+    // whichever controller sends it.
+    let ack = execute_at(&c, Some("c2"), "g1-se1", generation - 1).await.unwrap().result.unwrap();
+    assert_eq!(ack.state, pb::CommandState::Failed as i32, "{ack:?}");
+    assert!(ack.message.contains("has already commanded this node"), "{}", ack.message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

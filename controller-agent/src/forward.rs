@@ -1,0 +1,76 @@
+//! A controller that does not lead forwards REST calls to the one that
+//! does, as they came (method, path, token, streamed body), and streams the
+//! answer back: the CLI, scripts and the web page work through any
+//! controller. TLS to the leader trusts only the cluster CA.
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::Request,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::{api::ApiError, raft::Member};
+
+/// Set on a forwarded request: a controller never forwards one again (two
+/// controllers that each think the other leads answer 503 instead of
+/// bouncing it).
+pub const FORWARDED: &str = "x-molt-forwarded-by";
+
+/// Headers of one connection, not of the request.
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"];
+
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("{0}")]
+    Connect(String),
+}
+
+/// Sends `req` to `leader` and returns its answer (or 503 saying why it
+/// could not be reached).
+pub async fn forward(ca_pem: &[u8], me: &str, leader: &Member, req: Request) -> Response {
+    match send(ca_pem, me, leader, req).await {
+        Ok(r) => r,
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{me} does not lead and cannot reach the leader {} at {}: {e}", leader.id, leader.addr),
+        )
+        .into_response(),
+    }
+}
+
+async fn send(ca_pem: &[u8], me: &str, leader: &Member, req: Request) -> Result<Response, ForwardError> {
+    let err = |e: &dyn std::fmt::Display| ForwardError::Connect(e.to_string());
+    let addr: SocketAddr = leader.addr.parse().map_err(|e| err(&e))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| err(&"connection timed out"))?
+        .map_err(|e| err(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let config = common::tls::anonymous_client_config(ca_pem, &[b"http/1.1"]).map_err(|e| err(&e))?;
+    let name = ServerName::try_from(addr.ip().to_string()).map_err(|e| err(&e))?;
+    let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| err(&format!("TLS: {e}")))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| err(&e))?;
+    tokio::spawn(conn);
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    parts.uri = path.parse().map_err(|e| err(&e))?;
+    parts.version = http::Version::HTTP_11;
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    parts.headers.insert(http::header::HOST, HeaderValue::from_str(&leader.addr).map_err(|e| err(&e))?);
+    parts.headers.insert(FORWARDED, HeaderValue::from_str(me).map_err(|e| err(&e))?);
+    let resp = sender.send_request(http::Request::from_parts(parts, body)).await.map_err(|e| err(&e))?;
+    let (mut parts, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
+}

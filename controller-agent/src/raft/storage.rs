@@ -1,0 +1,382 @@
+//! The raft log and the replicated state machine, on disk in one redb file
+//! (`<data_dir>/store/raft.redb`). Every write is a redb transaction
+//! committed with `Durability::Immediate` (fsynced) before openraft is told
+//! it happened; all of them run on the blocking pool.
+//!
+//! The state machine is small (the configuration, the journal, the
+//! history): it is kept whole in memory and written whole, with the last
+//! applied log id and membership, in the same transaction, so a crash
+//! leaves either the old or the new state. Commands are whole values, so
+//! applying one again after a crash gives the same state.
+
+// The error type is openraft's `StorageError`, fixed by its traits.
+#![allow(clippy::result_large_err)]
+
+use std::{io::Cursor, ops::RangeBounds, sync::Arc};
+
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+    storage::{LogFlushed, RaftLogStorage, RaftStateMachine},
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Change, Member, Replicated, TypeConfig};
+
+type Nid = u64;
+type SErr = StorageError<Nid>;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Opens (creates) the raft database.
+pub fn open(path: &std::path::Path) -> Result<Arc<Database>, redb::DatabaseError> {
+    let db = Database::create(path)?;
+    Ok(Arc::new(db))
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> SErr {
+    StorageIOError::write(AnyError::error(format!("{what}: {e}"))).into()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, SErr> + Send + 'static) -> Result<T, SErr> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| io_err("storage task", e))?
+}
+
+fn get_meta<T: for<'a> Deserialize<'a>>(db: &Database, key: &str) -> Result<Option<T>, SErr> {
+    let r = db.begin_read().map_err(|e| io_err("read", e))?;
+    let t = match r.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(io_err("open meta", e)),
+    };
+    match t.get(key).map_err(|e| io_err("read meta", e))? {
+        Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(|e| io_err(key, e)),
+        None => Ok(None),
+    }
+}
+
+/// Writes `f`'s changes in one fsynced transaction.
+fn write_txn(db: &Database, f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>) -> Result<(), SErr> {
+    let w = db.begin_write().map_err(|e| io_err("begin", e))?;
+    f(&w).map_err(|e| io_err("write", e))?;
+    w.commit().map_err(|e| io_err("commit", e))
+}
+
+fn put_meta(w: &redb::WriteTransaction, key: &str, v: &impl Serialize) -> Result<(), redb::Error> {
+    let bytes = serde_json::to_vec(v).expect("serializes");
+    w.open_table(META)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+/// The raft log.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// The log in `db`.
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let db = self.db.clone();
+        let start = range.start_bound().cloned();
+        let end = range.end_bound().cloned();
+        blocking(move || {
+            let r = db.begin_read().map_err(|e| io_err("read", e))?;
+            let t = match r.open_table(LOG) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+                Err(e) => return Err(io_err("open log", e)),
+            };
+            let mut out = vec![];
+            for item in t.range::<u64>((start, end)).map_err(|e| io_err("read log", e))? {
+                let (_, v) = item.map_err(|e| io_err("read log", e))?;
+                out.push(serde_json::from_slice(v.value()).map_err(|e| io_err("log entry", e))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let db = self.db.clone();
+        blocking(move || {
+            let purged: Option<LogId<Nid>> = get_meta(&db, "purged")?;
+            let r = db.begin_read().map_err(|e| io_err("read", e))?;
+            let last = match r.open_table(LOG) {
+                Ok(t) => match t.last().map_err(|e| io_err("read log", e))? {
+                    Some((_, v)) => {
+                        let e: Entry<TypeConfig> =
+                            serde_json::from_slice(v.value()).map_err(|e| io_err("log entry", e))?;
+                        Some(e.log_id)
+                    }
+                    None => None,
+                },
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(io_err("open log", e)),
+            };
+            Ok(LogState { last_purged_log_id: purged, last_log_id: last.or(purged) })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<Nid>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        let vote = *vote;
+        blocking(move || write_txn(&db, |w| put_meta(w, "vote", &vote))).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<Nid>>, SErr> {
+        let db = self.db.clone();
+        blocking(move || get_meta(&db, "vote")).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<Nid>>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        blocking(move || write_txn(&db, |w| put_meta(w, "committed", &committed))).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<Nid>>, SErr> {
+        let db = self.db.clone();
+        blocking(move || Ok(get_meta::<Option<LogId<Nid>>>(&db, "committed")?.flatten())).await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let db = self.db.clone();
+        let entries: Vec<(u64, Vec<u8>)> =
+            entries.into_iter().map(|e| (e.log_id.index, serde_json::to_vec(&e).expect("serializes"))).collect();
+        let r = blocking(move || {
+            write_txn(&db, |w| {
+                let mut t = w.open_table(LOG)?;
+                for (i, bytes) in &entries {
+                    t.insert(*i, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+        })
+        .await;
+        callback.log_io_completed(r.clone().map_err(std::io::Error::other));
+        r
+    }
+
+    async fn truncate(&mut self, log_id: LogId<Nid>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, |w| {
+                w.open_table(LOG)?.retain_in(log_id.index.., |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<Nid>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, |w| {
+                w.open_table(LOG)?.retain_in(..=log_id.index, |_, _| false)?;
+                put_meta(w, "purged", &log_id)
+            })
+        })
+        .await
+    }
+}
+
+/// What the state machine persists: the replicated data and how far the
+/// log has been applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    /// The last log entry applied.
+    pub last_applied: Option<LogId<Nid>>,
+    /// The membership in force.
+    pub membership: StoredMembership<Nid, Member>,
+    /// The data.
+    pub data: Replicated,
+}
+
+/// The replicated state machine.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    state: Arc<std::sync::Mutex<Applied>>,
+    /// Every applied state, for the controller's readers.
+    tx: Arc<watch::Sender<Arc<Replicated>>>,
+    /// Where the configuration is mirrored for operators (`store/config.json`).
+    mirror: crate::leader::store::Store,
+}
+
+impl StateMachine {
+    /// The state machine in `db`, as last applied.
+    pub fn open(db: Arc<Database>, mirror: crate::leader::store::Store) -> Result<Self, SErr> {
+        let state: Applied = get_meta(&db, "applied")?.unwrap_or_default();
+        let tx = Arc::new(watch::channel(Arc::new(state.data.clone())).0);
+        Ok(Self { db, state: Arc::new(std::sync::Mutex::new(state)), tx, mirror })
+    }
+
+    /// Follows every applied state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Replicated>> {
+        self.tx.subscribe()
+    }
+
+    fn persist(&self, next: Applied, config_changed: bool) -> Result<(), SErr> {
+        write_txn(&self.db, |w| put_meta(w, "applied", &next))?;
+        if config_changed && let Some(c) = &next.data.config {
+            // The operators' copy; the database is the truth.
+            if let Err(e) = self.mirror.save("config", c) {
+                tracing::warn!(error = %e, "cannot mirror the configuration to store/config.json");
+            }
+        }
+        let data = Arc::new(next.data.clone());
+        *self.state.lock().expect("sm lock") = next;
+        self.tx.send_replace(data);
+        Ok(())
+    }
+
+    fn snapshot_of(a: &Applied) -> Snapshot<TypeConfig> {
+        let id = a.last_applied.map(|l| format!("{}-{}", l.leader_id.term, l.index)).unwrap_or_else(|| "0-0".into());
+        Snapshot {
+            meta: SnapshotMeta { last_log_id: a.last_applied, last_membership: a.membership.clone(), snapshot_id: id },
+            snapshot: Box::new(Cursor::new(serde_json::to_vec(&a.data).expect("serializes"))),
+        }
+    }
+}
+
+/// Applies one command to the data.
+pub fn apply_change(data: &mut Replicated, change: Change) {
+    match change {
+        Change::Config(c) => data.config = Some(c),
+        Change::Journal(j) => {
+            let ended = data.journal.as_ref().is_some_and(|c| c.id == j.id && c.is_running()) && !j.is_running();
+            if ended {
+                data.history.push(crate::leader::status::history_entry(&j));
+            }
+            data.journal = Some(j);
+        }
+        Change::Seed(seed) => {
+            if data.config.is_none() {
+                *data = seed;
+                data.config.get_or_insert_default();
+            }
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let a = self.state.lock().expect("sm lock").clone();
+        let snap = Self::snapshot_of(&a);
+        let db = self.db.clone();
+        let meta = snap.meta.clone();
+        let data = serde_json::to_vec(&a.data).expect("serializes");
+        blocking(move || {
+            write_txn(&db, |w| {
+                put_meta(w, "snapshot_meta", &meta)?;
+                w.open_table(META)?.insert("snapshot_data", data.as_slice())?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(snap)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<Nid>>, StoredMembership<Nid, Member>), SErr> {
+        let a = self.state.lock().expect("sm lock");
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut next = self.state.lock().expect("sm lock").clone();
+        let before = next.data.config.clone();
+        let mut out = vec![];
+        for e in entries {
+            next.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(change) => apply_change(&mut next.data, change),
+                EntryPayload::Membership(m) => next.membership = StoredMembership::new(Some(e.log_id), m),
+            }
+            out.push(());
+        }
+        let changed = next.data.config != before;
+        let me = self.clone();
+        blocking(move || me.persist(next, changed)).await?;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<Nid, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let bytes = snapshot.into_inner();
+        let data: Replicated = serde_json::from_slice(&bytes).map_err(|e| io_err("snapshot", e))?;
+        let next = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), data };
+        let db = self.db.clone();
+        let meta = meta.clone();
+        let me = self.clone();
+        blocking(move || {
+            write_txn(&db, |w| {
+                put_meta(w, "snapshot_meta", &meta)?;
+                w.open_table(META)?.insert("snapshot_data", bytes.as_slice())?;
+                Ok(())
+            })?;
+            me.persist(next, true)
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let db = self.db.clone();
+        blocking(move || {
+            let Some(meta) = get_meta::<SnapshotMeta<Nid, Member>>(&db, "snapshot_meta")? else { return Ok(None) };
+            let r = db.begin_read().map_err(|e| io_err("read", e))?;
+            let t = r.open_table(META).map_err(|e| io_err("open meta", e))?;
+            let data = t
+                .get("snapshot_data")
+                .map_err(|e| io_err("read snapshot", e))?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        })
+        .await
+    }
+}
