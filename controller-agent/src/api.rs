@@ -109,7 +109,22 @@ async fn follow_leader(State(state): State<Arc<LeaderState>>, req: Request, next
         _ if state.leading() => (next.run(req).await, Some(me.to_owned())),
         Some(m) if !req.headers().contains_key(crate::forward::FORWARDED) => {
             let ca = state.settings.tls.material().ca_pem.clone();
-            (crate::forward::forward(&ca, me, &m, req).await, Some(m.id))
+            // A read the leader cannot answer is answered here, marked stale.
+            let read = (req.method() == http::Method::GET).then(|| (req.uri().clone(), req.headers().clone()));
+            match crate::forward::forward(&ca, me, &m, req).await {
+                Ok(r) => (r, Some(m.id)),
+                Err(why) => match read {
+                    Some((uri, headers)) => {
+                        let mut local = Request::new(Body::empty());
+                        *local.uri_mut() = uri;
+                        *local.headers_mut() = headers;
+                        let mut r = next.run(local).await;
+                        r.headers_mut().insert(STALE_HEADER, http::HeaderValue::from_static("true"));
+                        (r, None)
+                    }
+                    None => (crate::forward::no_leader(me, &why), None),
+                },
+            }
         }
         _ if req.method() == http::Method::GET => {
             let mut r = next.run(req).await;
@@ -285,6 +300,10 @@ async fn upload(
             return Err(e.into());
         }
     };
+    let change = crate::raft::Change::Image { path: image.image_path.clone(), sha256: image.info.sha256 };
+    if let Err(e) = state.consensus.write(change).await {
+        tracing::warn!(error = %e, image = %image.image_path, "cannot register the upload with the other controllers");
+    }
     Ok(Json(json!({
         "image_path": image.image_path,
         "sha256": image.info.sha256,
@@ -526,10 +545,14 @@ fn agent_ports(state: &LeaderState) -> Vec<u16> {
 /// returns where `name` went.
 async fn place_now(state: &LeaderState, name: &str) -> Option<Vec<String>> {
     let ses = crate::leader::traffic::ses_by_group(state);
-    let _ = config_write(state, |c| {
-        c.placements = crate::leader::placement::place(c, &ses);
-        Ok(())
-    })
-    .await;
+    // Written only when they change: an unchanged placement costs no
+    // replicated write.
+    if crate::leader::placement::place(&state.config(), &ses) != state.config().placements {
+        let _ = config_write(state, |c| {
+            c.placements = crate::leader::placement::place(c, &ses);
+            Ok(())
+        })
+        .await;
+    }
     state.config().placements.get(name).cloned()
 }

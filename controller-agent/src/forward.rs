@@ -32,17 +32,24 @@ enum ForwardError {
     Connect(String),
 }
 
-/// Sends `req` to `leader` and returns its answer (or 503 saying why it
-/// could not be reached).
-pub async fn forward(ca_pem: &[u8], me: &str, leader: &Member, req: Request) -> Response {
-    match send(ca_pem, me, leader, req).await {
-        Ok(r) => r,
-        Err(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{me} does not lead and cannot reach the leader {} at {}: {e}", leader.id, leader.addr),
-        )
-        .into_response(),
-    }
+/// Sends `req` to `leader` and returns its answer; `Err` with why when the
+/// leader cannot be reached (it may be gone: an election follows).
+pub async fn forward(ca_pem: &[u8], me: &str, leader: &Member, req: Request) -> Result<Response, String> {
+    send(ca_pem, me, leader, req)
+        .await
+        .map_err(|e| format!("the leader {} at {} cannot be reached: {e}", leader.id, leader.addr))
+}
+
+/// The answer to a write that found no leader to go to.
+pub fn no_leader(me: &str, why: &str) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "no quorum: {me} does not lead and {why}; the controllers elect a new leader if it is gone: retry \
+             (reads answer from this controller's copy meanwhile)"
+        ),
+    )
+    .into_response()
 }
 
 async fn send(ca_pem: &[u8], me: &str, leader: &Member, req: Request) -> Result<Response, ForwardError> {

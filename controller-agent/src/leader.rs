@@ -81,6 +81,27 @@ pub struct LeaderState {
     pub place_seq: std::sync::atomic::AtomicU64,
 }
 
+/// How many times this controller began leading: 0 only when the file does
+/// not exist. A file that cannot be read or parsed is an error: counting
+/// again from 0 could repeat a generation, and with it command ids.
+pub fn read_starts(path: &std::path::Path) -> std::io::Result<u64> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
+    };
+    text.trim().parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} holds {:?} ({e}); write a number above the last (or remove it if the raft term moved on), then restart",
+                path.display(),
+                text.trim()
+            ),
+        )
+    })
+}
+
 /// The journal on disk. One written by an older molt (another format) is
 /// set aside as `journal-format-N.json` with a warning rather than stopping
 /// the leader: this version cannot resume it.
@@ -149,6 +170,30 @@ impl LeaderState {
         })
     }
 
+    /// The image `image_path` names: this controller's upload, or, for an
+    /// image uploaded to another controller (registered in the replicated
+    /// state), the copy this controller staged and verified. A new
+    /// registration is replicated.
+    pub async fn image(&self, image_path: &str) -> Result<images::Image, images::ImageError> {
+        let image = match self.images.get(image_path).await {
+            Err(images::ImageError::NotFound(p)) => {
+                let sha = self.consensus.replicated().images.get(image_path).copied();
+                match sha.and_then(|sha| self.image_path(&sha)) {
+                    Some(staged) => self.images.get_at(staged, image_path).await?,
+                    None => return Err(images::ImageError::NotFound(p)),
+                }
+            }
+            r => r?,
+        };
+        if self.consensus.replicated().images.get(image_path) != Some(&image.info.sha256) {
+            let change = crate::raft::Change::Image { path: image_path.to_owned(), sha256: image.info.sha256 };
+            if let Err(e) = self.consensus.write(change).await {
+                warn!(error = %e, image = image_path, "cannot register the image with the other controllers");
+            }
+        }
+        Ok(image)
+    }
+
     /// This leader's generation: derived from the raft term it leads in.
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::SeqCst)
@@ -166,6 +211,7 @@ impl LeaderState {
             config: Some(self.store.load::<Config>("config")?.unwrap_or_default()),
             journal: load_journal(&self.store)?,
             history: self.store.load::<Vec<HistoryEntry>>("history")?.unwrap_or_default(),
+            images: Default::default(),
         })
     }
 
@@ -175,7 +221,25 @@ impl LeaderState {
     pub async fn begin_term(self: &Arc<Self>, term: u64) {
         *self.halted.lock().expect("halted lock") = None;
         *self.halted_journal.lock().expect("halted lock") = None;
-        self.generation.store(crate::raft::generation_of(term), std::sync::atomic::Ordering::SeqCst);
+        // A leader restarted in its term (openraft keeps a committed vote)
+        // still takes a new generation: its command ids never repeat.
+        let path = self.settings.data_dir.join("leader-starts");
+        let starts = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let n = read_starts(&path)? + 1;
+            common::fsutil::atomic_write(&path, n.to_string().as_bytes())?;
+            Ok(n)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let starts = match starts {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "cannot record this leader's start: it does not lead");
+                return;
+            }
+        };
+        self.generation.store(crate::raft::generation_of(term, starts), std::sync::atomic::Ordering::SeqCst);
         info!(term, generation = self.generation(), "this controller leads");
         if self.consensus.replicated().config.is_none() {
             match self.pre_raft_state() {
@@ -234,10 +298,15 @@ impl LeaderState {
                         }
                         state.end_term();
                     }
+                    term = None;
                     if let Some(t) = now {
-                        state.begin_term(t).await;
+                        // Before deciding anything, this leader's replica
+                        // holds every write committed before its term.
+                        if state.consensus.caught_up().await {
+                            state.begin_term(t).await;
+                            term = now;
+                        }
                     }
-                    term = now;
                 }
                 tokio::select! {
                     _ = state.shutdown.cancelled() => break,
@@ -392,6 +461,17 @@ pub enum ChangeError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unreadable_start_count_is_an_error_not_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("leader-starts");
+        assert_eq!(super::read_starts(&p).unwrap(), 0, "a new controller starts at 0");
+        std::fs::write(&p, "41\n").unwrap();
+        assert_eq!(super::read_starts(&p).unwrap(), 41);
+        std::fs::write(&p, "4\u{0}1").unwrap();
+        assert!(super::read_starts(&p).unwrap_err().to_string().contains("write a number above"));
+    }
+
     #[test]
     fn a_journal_of_an_older_format_is_set_aside_not_fatal() {
         let d = tempfile::tempdir().unwrap();

@@ -42,6 +42,11 @@ pub struct Replicated {
     pub journal: Option<Journal>,
     /// Operations that ended, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// The images registered (uploaded to a controller), by
+    /// `controller://` path: any controller that holds a verified copy
+    /// (its upload, or what it staged) can serve the path.
+    #[serde(default)]
+    pub images: BTreeMap<String, common::Sha256Digest>,
 }
 
 /// A replicated write. Each carries a whole value, so applying it twice
@@ -52,6 +57,13 @@ pub enum Change {
     Config(Config),
     /// The journal, replaced; an operation that ends goes into the history.
     Journal(Journal),
+    /// An image registered under its `controller://` path.
+    Image {
+        /// The path.
+        path: String,
+        /// Its digest.
+        sha256: common::Sha256Digest,
+    },
     /// The state a controller had before it ran raft (its `store/*.json`):
     /// taken only if nothing was seeded yet.
     Seed(Replicated),
@@ -144,16 +156,17 @@ impl std::fmt::Debug for Consensus {
     }
 }
 
-/// openraft's timing from the heartbeat interval: raft heartbeats three
-/// times as often as agents, and an election starts after 1.5 to 3 agent
-/// heartbeats without one.
+/// openraft's timing from the agents' heartbeat interval: raft heartbeats
+/// four times as often, and a follower that hears no leader for one to two
+/// agent heartbeats starts an election (a lost leader is replaced within
+/// a few seconds at the default 1 s).
 pub fn raft_config(settings: &NodeSettings) -> openraft::Config {
     let hb = settings.heartbeat_interval.as_millis() as u64;
     openraft::Config {
         cluster_name: settings.cluster.clone(),
-        heartbeat_interval: (hb / 3).max(50),
-        election_timeout_min: (hb * 3 / 2).max(150),
-        election_timeout_max: (hb * 3).max(300),
+        heartbeat_interval: (hb / 4).max(25),
+        election_timeout_min: hb.max(150),
+        election_timeout_max: (hb * 2).max(300),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
         max_in_snapshot_log_to_keep: 100,
         ..Default::default()
@@ -212,6 +225,14 @@ impl Consensus {
     pub fn leading_term(&self) -> Option<u64> {
         let m = self.raft.metrics().borrow().clone();
         (m.state == ServerState::Leader && m.current_leader == Some(self.me)).then_some(m.current_term)
+    }
+
+    /// Waits until this leader's replica has applied every entry committed
+    /// before its term (openraft commits a blank entry at the start of each
+    /// term): what the driver and the API read from it is then current.
+    pub async fn caught_up(&self) -> bool {
+        let within = Duration::from_millis(self.raft.config().election_timeout_max * 2);
+        matches!(tokio::time::timeout(within, self.raft.ensure_linearizable()).await, Ok(Ok(_)))
     }
 
     /// Whether a majority of the voters answers this leader now (always
@@ -319,8 +340,12 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> WriteError {
     }
 }
 
-/// The generation of the leader of `term`: above every generation a
-/// leader took before raft (a counter kept per node, far below 2^32).
-pub fn generation_of(term: u64) -> u64 {
-    term << 32
+/// The generation of a leader: the raft term in the high 32 bits, so a
+/// deposed leader (an older term) is always below the new one, and this
+/// controller's count of leader starts in the low ones, so a leader that
+/// restarts within its term (openraft keeps a committed vote across a
+/// restart) still takes a new generation. Above every generation a leader
+/// took before raft (a small counter).
+pub fn generation_of(term: u64, starts: u64) -> u64 {
+    (term << 32) | (starts & 0xFFFF_FFFF)
 }

@@ -35,12 +35,21 @@ pub enum Mutant {
     DrainedInMemory,
     /// The two-versions pre-check looks at the controllers only.
     TwoVersions,
+    /// A leader acts without checking that a majority of the controllers
+    /// still answers it: cut off and replaced, it goes on writing and
+    /// commanding on its old term.
+    StaleLeader,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 4] =
-        [Mutant::ConcurrentStart, Mutant::RollbackUnjournaled, Mutant::DrainedInMemory, Mutant::TwoVersions];
+    pub const ALL: [Mutant; 5] = [
+        Mutant::ConcurrentStart,
+        Mutant::RollbackUnjournaled,
+        Mutant::DrainedInMemory,
+        Mutant::TwoVersions,
+        Mutant::StaleLeader,
+    ];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -49,6 +58,7 @@ impl Mutant {
             Mutant::RollbackUnjournaled => "rollback-unjournaled",
             Mutant::DrainedInMemory => "drained-in-memory",
             Mutant::TwoVersions => "two-versions",
+            Mutant::StaleLeader => "stale-leader",
         }
     }
 
@@ -59,6 +69,7 @@ impl Mutant {
             Mutant::RollbackUnjournaled => "the group rollback acts before it journals (all SEs at once, undrained)",
             Mutant::DrainedInMemory => "the drained set is not journaled",
             Mutant::TwoVersions => "the two-versions check looks at the controllers only",
+            Mutant::StaleLeader => "a leader cut off from the other controllers goes on writing and commanding",
         }
     }
 

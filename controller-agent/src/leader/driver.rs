@@ -137,7 +137,7 @@ impl Driver {
         {
             return why.clone();
         }
-        let why = match state.images.get(&j.image.path).await {
+        let why = match state.image(&j.image.path).await {
             Ok(image) if image.info.sha256 == j.image.sha256 => None,
             Ok(image) => Some(format!(
                 "{} changed during the upgrade (SHA-256 {} instead of {})",
@@ -156,6 +156,7 @@ impl Driver {
 
     async fn step(&mut self, state: &Arc<LeaderState>) {
         let image_unusable = self.check_image(state).await;
+        let mut written = false;
         let decision = {
             let _gate = state.operation_gate.lock().await;
             if state.halted.lock().expect("halted lock").is_some() {
@@ -166,7 +167,7 @@ impl Driver {
             let d = core::next(&j, &observed_with(state, image_unusable), &ctx);
             if d.journal != j {
                 match state.write_journal(d.journal.clone()).await {
-                    Ok(()) => {}
+                    Ok(()) => written = true,
                     // Not committed: nothing is done, the step is decided again.
                     Err(WriteError::NoQuorum) => {
                         warn!("the journal is not confirmed by a majority of the controllers; waiting for them");
@@ -196,6 +197,17 @@ impl Driver {
             }
             d
         };
+        // Commands decided from a journal this step did not write (a
+        // resend) go out only while a majority still answers this leader: a
+        // leader cut off from the others, not yet aware it was replaced,
+        // sends nothing on an old term's journal.
+        let due = decision.actions.iter().any(|a| match a {
+            Action::Send { command, .. } => self.sent.get(&command.id).is_none_or(|t| t.elapsed() >= RESEND),
+            Action::RestoreConfig(_) => true,
+        });
+        if !written && due && !state.consensus.quorum_answers().await {
+            return;
+        }
         self.keep_grants(state, &decision.journal);
         self.probes(state, &decision.journal).await;
         for a in decision.actions {

@@ -135,6 +135,12 @@ impl ImageStore {
     /// Resolves and verifies an image (cached while the file is unchanged).
     pub async fn get(&self, image_path: &str) -> Result<Image, ImageError> {
         let path = self.resolve(image_path)?;
+        self.get_at(path, image_path).await
+    }
+
+    /// The image `image_path` names, held in the file at `path` (on this
+    /// controller: its upload, or its verified staged copy), verified once.
+    pub async fn get_at(&self, path: PathBuf, image_path: &str) -> Result<Image, ImageError> {
         let meta = fs::metadata(&path)?;
         let key = (path.clone(), meta.len(), meta.modified().ok());
         let cached = self.verified.lock().expect("image lock").get(&key).cloned();

@@ -61,6 +61,7 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
             let obs = super::driver::observed(&state);
             let cfg = state.config().clone();
             let journal = state.journal();
+            let mut confirmed = None;
             for (se, want) in core::placements_to_push(&cfg, journal.as_ref(), &se_ids, &obs) {
                 let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
                 let recent = state
@@ -71,6 +72,14 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
                     .is_some_and(|(n, t, _)| *n == names && t.elapsed() < Duration::from_secs(1));
                 if recent {
                     continue;
+                }
+                // Pushed only while a majority answers this leader (a leader
+                // cut off from the others commands nothing).
+                if confirmed.is_none() {
+                    confirmed = Some(state.consensus.quorum_answers().await);
+                }
+                if confirmed == Some(false) {
+                    break;
                 }
                 let seq = state.place_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let id = format!("place-{se}-{}-{seq}", state.generation());

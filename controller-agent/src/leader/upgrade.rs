@@ -166,7 +166,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     if !req.prechecks_only {
         refuse_if_running(state)?;
     }
-    let image = state.images.get(&req.image_path).await?;
+    let image = state.image(&req.image_path).await?;
     let nodes = state.cluster.snapshot();
     let (mut checks, dist_failed) = distribute::prechecks(&image, &nodes);
     let summaries = summaries(&nodes);
@@ -211,7 +211,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
 /// Starts prestaging `image_path` on every node.
 pub async fn prestage(state: &Arc<LeaderState>, image_path: &str) -> Result<UpgradeStatus, Refused> {
     refuse_if_running(state)?;
-    let image = state.images.get(image_path).await?;
+    let image = state.image(image_path).await?;
     let nodes = state.cluster.snapshot();
     let (checks, failed) = distribute::prechecks(&image, &nodes);
     if let Some(kind) = failed {

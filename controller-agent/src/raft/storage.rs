@@ -4,10 +4,13 @@
 //! it happened; all of them run on the blocking pool.
 //!
 //! The state machine is small (the configuration, the journal, the
-//! history): it is kept whole in memory and written whole, with the last
-//! applied log id and membership, in the same transaction, so a crash
-//! leaves either the old or the new state. Commands are whole values, so
-//! applying one again after a crash gives the same state.
+//! history): it is kept whole in memory and made durable as a snapshot
+//! (every 500 entries, fsynced, with the last applied log id and the
+//! membership). The log after the snapshot is durable (every entry is
+//! fsynced on a majority before it is applied), so after a crash openraft
+//! applies it again onto the snapshot: applying is never on the disk's
+//! path. Commands are whole values, so applying one again gives the same
+//! state.
 
 // The error type is openraft's `StorageError`, fixed by its traits.
 #![allow(clippy::result_large_err)]
@@ -150,16 +153,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || get_meta(&db, "vote")).await
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<Nid>>) -> Result<(), SErr> {
-        let db = self.db.clone();
-        blocking(move || write_txn(&db, |w| put_meta(w, "committed", &committed))).await
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<Nid>>, SErr> {
-        let db = self.db.clone();
-        blocking(move || Ok(get_meta::<Option<LogId<Nid>>>(&db, "committed")?.flatten())).await
-    }
-
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
@@ -224,16 +217,44 @@ pub struct StateMachine {
     state: Arc<std::sync::Mutex<Applied>>,
     /// Every applied state, for the controller's readers.
     tx: Arc<watch::Sender<Arc<Replicated>>>,
-    /// Where the configuration is mirrored for operators (`store/config.json`).
-    mirror: crate::leader::store::Store,
+    /// The configuration to mirror for operators (`store/config.json`),
+    /// written by a task of its own, off the write path.
+    mirror: Arc<watch::Sender<Option<crate::leader::store::Config>>>,
 }
 
 impl StateMachine {
     /// The state machine in `db`, as last applied.
-    pub fn open(db: Arc<Database>, mirror: crate::leader::store::Store) -> Result<Self, SErr> {
-        let state: Applied = get_meta(&db, "applied")?.unwrap_or_default();
+    pub fn open(db: Arc<Database>, store: crate::leader::store::Store) -> Result<Self, SErr> {
+        // The last snapshot: the log after it is applied again by openraft.
+        let state = match get_meta::<SnapshotMeta<Nid, Member>>(&db, "snapshot_meta")? {
+            Some(meta) => {
+                let r = db.begin_read().map_err(|e| io_err("read", e))?;
+                let t = r.open_table(META).map_err(|e| io_err("open meta", e))?;
+                let bytes = t.get("snapshot_data").map_err(|e| io_err("read snapshot", e))?;
+                let data: Replicated = match bytes {
+                    Some(b) => serde_json::from_slice(b.value()).map_err(|e| io_err("snapshot", e))?,
+                    None => Replicated::default(),
+                };
+                Applied { last_applied: meta.last_log_id, membership: meta.last_membership, data }
+            }
+            None => Applied::default(),
+        };
         let tx = Arc::new(watch::channel(Arc::new(state.data.clone())).0);
-        Ok(Self { db, state: Arc::new(std::sync::Mutex::new(state)), tx, mirror })
+        let (mirror, mut rx) = watch::channel(state.data.config.clone());
+        // The copy operators read with cat: the latest configuration applied,
+        // written whole (atomically) whenever it changes; the database is
+        // the truth, so this is never on the write path.
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(c) = rx.borrow_and_update().clone() else { continue };
+                let store = store.clone();
+                let saved = tokio::task::spawn_blocking(move || store.save("config", &c)).await;
+                if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+                    tracing::warn!(error = %e, "cannot mirror the configuration to store/config.json");
+                }
+            }
+        });
+        Ok(Self { db, state: Arc::new(std::sync::Mutex::new(state)), tx, mirror: Arc::new(mirror) })
     }
 
     /// Follows every applied state.
@@ -241,18 +262,14 @@ impl StateMachine {
         self.tx.subscribe()
     }
 
-    fn persist(&self, next: Applied, config_changed: bool) -> Result<(), SErr> {
-        write_txn(&self.db, |w| put_meta(w, "applied", &next))?;
-        if config_changed && let Some(c) = &next.data.config {
-            // The operators' copy; the database is the truth.
-            if let Err(e) = self.mirror.save("config", c) {
-                tracing::warn!(error = %e, "cannot mirror the configuration to store/config.json");
-            }
+    /// Installs the applied state in memory and tells the readers.
+    fn install(&self, next: Applied, config_changed: bool) {
+        if config_changed {
+            self.mirror.send_replace(next.data.config.clone());
         }
         let data = Arc::new(next.data.clone());
         *self.state.lock().expect("sm lock") = next;
         self.tx.send_replace(data);
-        Ok(())
     }
 
     fn snapshot_of(a: &Applied) -> Snapshot<TypeConfig> {
@@ -274,6 +291,9 @@ pub fn apply_change(data: &mut Replicated, change: Change) {
                 data.history.push(crate::leader::status::history_entry(&j));
             }
             data.journal = Some(j);
+        }
+        Change::Image { path, sha256 } => {
+            data.images.insert(path, sha256);
         }
         Change::Seed(seed) => {
             if data.config.is_none() {
@@ -329,8 +349,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             out.push(());
         }
         let changed = next.data.config != before;
-        let me = self.clone();
-        blocking(move || me.persist(next, changed)).await?;
+        self.install(next, changed);
         Ok(out)
     }
 
@@ -352,16 +371,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let next = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), data };
         let db = self.db.clone();
         let meta = meta.clone();
-        let me = self.clone();
         blocking(move || {
             write_txn(&db, |w| {
                 put_meta(w, "snapshot_meta", &meta)?;
                 w.open_table(META)?.insert("snapshot_data", bytes.as_slice())?;
                 Ok(())
-            })?;
-            me.persist(next, true)
+            })
         })
-        .await
+        .await?;
+        self.install(next, true);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {

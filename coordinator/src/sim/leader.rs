@@ -21,21 +21,44 @@ const DOWN_AFTER: Ms = 3_000;
 /// A command is sent again at most this often.
 const RESEND: Ms = 2_000;
 
-/// What survives the leader: its store.
+/// What survives a leader: the controllers' replicated store, as raft
+/// keeps it (what a majority has committed). It also checks raft's
+/// guarantees as molt relies on them: one leader writes per term, and no
+/// write of an older term is taken once a newer term wrote.
 #[derive(Debug, Clone)]
 pub struct Disk {
     journal: Option<String>,
-    /// `journal` as read back (what a restarted leader gets).
+    /// `journal` as read back (what a new leader gets).
     parsed: Option<Journal>,
     /// The configuration.
     pub config: Config,
-    generation: u64,
+    /// Who wrote in each term.
+    writers: BTreeMap<u64, NodeId>,
 }
 
 impl Disk {
     /// A fresh store.
     pub fn new(config: Config) -> Self {
-        Self { journal: None, parsed: None, config, generation: 0 }
+        Self { journal: None, parsed: None, config, writers: BTreeMap::new() }
+    }
+
+    /// A write of `who`, leading in `term`, is taken: the checks of the
+    /// replicated store.
+    fn accept(&mut self, term: u64, who: &NodeId, violations: &mut Vec<String>) {
+        if let Some((newest, by)) = self.writers.last_key_value()
+            && *newest > term
+        {
+            violations
+                .push(format!("stale-leader: {who} wrote in term {term} after {by} wrote in the newer term {newest}"));
+        }
+        match self.writers.get(&term) {
+            Some(other) if other != who => {
+                violations.push(format!("one-leader-per-term: {who} and {other} both wrote in term {term}"))
+            }
+            _ => {
+                self.writers.insert(term, who.clone());
+            }
+        }
     }
 
     /// The journal as written (and read back).
@@ -113,6 +136,8 @@ pub struct Leader {
     /// When each node's last heartbeat arrived.
     last_heartbeat: BTreeMap<NodeId, Ms>,
     config: Config,
+    /// The raft term it leads in; its generation is derived from it.
+    pub term: u64,
     generation: u64,
     sent: BTreeMap<String, Ms>,
     placed: BTreeMap<NodeId, (Vec<String>, Ms, String)>,
@@ -123,21 +148,26 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// Starts from the store.
-    pub fn start(disk: &mut Disk, me: NodeId) -> Self {
-        disk.generation += 1;
+    /// Starts leading in `term`, from the replicated store.
+    pub fn start(disk: &Disk, me: NodeId, term: u64) -> Self {
         Self {
             journal: disk.read(),
             cluster: Observed::default(),
             last_heartbeat: BTreeMap::new(),
             config: disk.config.clone(),
-            generation: disk.generation,
+            term,
+            generation: term << 32,
             sent: BTreeMap::new(),
             placed: BTreeMap::new(),
             seq: 0,
             inbox: vec![],
             me,
         }
+    }
+
+    /// The controller it runs on.
+    pub fn me(&self) -> &NodeId {
+        &self.me
     }
 
     /// A heartbeat arrived.
@@ -154,7 +184,13 @@ impl Leader {
         }
     }
 
-    fn persist(&mut self, disk: &mut Disk, j: Journal, violations: &mut Vec<String>) {
+    /// Writes the journal through raft: taken only with a majority (or
+    /// without, behind the stale-leader mutant). Returns whether it was.
+    fn persist(&mut self, disk: &mut Disk, j: Journal, quorum: bool, violations: &mut Vec<String>) -> bool {
+        if !quorum {
+            return false;
+        }
+        disk.accept(self.term, &self.me, violations);
         if let Some(old) = disk.journal()
             && old.is_running()
             && old.id != j.id
@@ -163,9 +199,13 @@ impl Leader {
         }
         disk.write(&j);
         self.journal = Some(j);
+        true
     }
 
-    /// One step of the driver; returns the commands to send.
+    /// One step of the driver; returns the commands to send. `quorum`:
+    /// whether a majority of the controllers answers this leader now (a
+    /// leader cut off from them writes nothing and sends nothing).
+    #[allow(clippy::too_many_arguments)]
     pub fn tick(
         &mut self,
         now: Ms,
@@ -173,16 +213,25 @@ impl Leader {
         members: &[(NodeId, Member)],
         mutant: Option<Mutant>,
         violations: &mut Vec<String>,
+        quorum: bool,
     ) -> Vec<(NodeId, Command)> {
+        // The defect: a leader acts without asking a majority.
+        let quorum = quorum || mutant == Some(Mutant::StaleLeader);
         self.observe(now);
         let obs = std::mem::take(&mut self.cluster);
         let mut out = vec![];
+        if !quorum {
+            // Nothing is decided or sent on a term a majority may have left.
+            self.cluster = obs;
+            return out;
+        }
         self.requests(now, disk, members, &obs, mutant, violations);
         if let Some(j) = self.journal.clone() {
             let ctx = Ctx { now, generation: self.generation, timeouts: sim_timeouts(), mutant };
             let d = core::next(&j, &obs, &ctx);
-            if d.journal != j {
-                self.persist(disk, d.journal, violations);
+            if d.journal != j && !self.persist(disk, d.journal, quorum, violations) {
+                self.cluster = obs;
+                return out;
             }
             for a in d.actions {
                 match a {
@@ -193,6 +242,7 @@ impl Leader {
                         }
                     }
                     Action::RestoreConfig(c) => {
+                        disk.accept(self.term, &self.me, violations);
                         disk.config = c.clone();
                         self.config = c;
                     }
@@ -270,19 +320,21 @@ impl Leader {
                 Request::RollbackGroups(g) => request::rollback_groups(current.as_ref(), g, &self.config, now).ok(),
                 Request::ConfigWrite => {
                     if request::config_writable(current.as_ref()).is_ok() {
-                        self.write_config(disk, members);
+                        self.write_config(disk, members, violations);
                     }
                     None
                 }
             };
             match decision {
                 Some(j) if checked_together => decided.push(j),
-                Some(j) => self.persist(disk, j, violations),
+                Some(j) => {
+                    self.persist(disk, j, true, violations);
+                }
                 None => {}
             }
         }
         for j in decided {
-            self.persist(disk, j, violations);
+            self.persist(disk, j, true, violations);
         }
     }
 
@@ -299,7 +351,7 @@ impl Leader {
         request::start(req, &ctx).ok()
     }
 
-    fn write_config(&mut self, disk: &mut Disk, members: &[(NodeId, Member)]) {
+    fn write_config(&mut self, disk: &mut Disk, members: &[(NodeId, Member)], violations: &mut Vec<String>) {
         let mut ses: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (id, m) in members {
             if let Member::ServiceEngine(g) = m {
@@ -313,6 +365,7 @@ impl Leader {
         let vs = VirtualService { name, se_group: group, port, scale: 2 };
         if c.put_vs(vs, false, &[8443]).is_ok() {
             c.placements = placement::place(&c, &ses);
+            disk.accept(self.term, &self.me, violations);
             disk.config = c.clone();
             self.config = c;
         }

@@ -67,6 +67,9 @@ impl Rng {
 
 /// The step of a virtual minute-by-minute run.
 const TICK: Ms = 100;
+/// How long the controllers go without a leader that has a majority before
+/// one of them is elected (openraft's election timeout, at 1 s heartbeats).
+const ELECTION: Ms = 2_000;
 /// An operation that has not ended after this long is a violation.
 const BOUND: Ms = 3 * 3_600_000;
 
@@ -113,8 +116,18 @@ struct World {
     rng: Rng,
     now: Ms,
     nodes: BTreeMap<NodeId, Node>,
+    /// The controller raft elected last, and its leader process.
     leader_id: NodeId,
     leader: Option<Leader>,
+    /// The raft term of the last election.
+    term: u64,
+    /// A deposed leader that has not heard of the newer term yet (it is
+    /// cut off from the other controllers): it goes on stepping.
+    stale: Option<Leader>,
+    /// A controller cut off from every other node, until when.
+    cut: Option<(NodeId, Ms)>,
+    /// Since when no leader has had a majority.
+    leaderless_since: Option<Ms>,
     disk: Disk,
     /// Messages in flight.
     net: Vec<leader::Message>,
@@ -233,6 +246,10 @@ impl World {
             nodes,
             leader_id: id("c1"),
             leader: None,
+            term: 0,
+            stale: None,
+            cut: None,
+            leaderless_since: None,
             disk,
             net: vec![],
             channel_at: BTreeMap::new(),
@@ -329,6 +346,16 @@ impl World {
                 self.power_cycle(&n, off);
             }
         }
+        let controllers = self.nodes.values().filter(|n| n.member == Member::Controller).count();
+        if controllers == 3 && self.cut.is_none() && self.rng.chance(0.0006) {
+            // The leader is cut off from every other node for a while.
+            let phase = self.journal().filter(|j| j.is_running()).map(|j| j.phase.name()).unwrap_or("idle");
+            let l = self.leader_id.clone();
+            let until = self.now + self.rng.range(2_000, 20_000);
+            self.count("leader-partitioned", phase);
+            self.log(|| format!("FAULT {l} cut off until t={:.1}s", until as f64 / 1000.0));
+            self.cut = Some((l, until));
+        }
         if self.rng.chance(0.0008) {
             let phase = self.journal().filter(|j| j.is_running()).map(|j| j.phase.name()).unwrap_or("idle");
             let l = self.leader_id.clone();
@@ -337,6 +364,67 @@ impl World {
                 self.count("leader-crash", phase);
                 self.log(|| format!("FAULT leader crash in {phase}"));
                 self.power_cycle(&l, off);
+            }
+        }
+    }
+
+    /// Whether `a` and `b` can talk (both up, not on two sides of a cut).
+    fn reachable(&self, a: &NodeId, b: &NodeId) -> bool {
+        let up = |n: &NodeId| self.nodes.get(n).is_some_and(|x| x.agent_up);
+        let apart = self.cut.as_ref().is_some_and(|(c, _)| (c == a) != (c == b));
+        up(a) && up(b) && !apart
+    }
+
+    /// Whether a majority of the controllers answers `l`.
+    fn quorum(&self, l: &NodeId) -> bool {
+        let controllers: Vec<&NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.member == Member::Controller).map(|(id, _)| id).collect();
+        let answering = controllers.iter().filter(|c| self.reachable(l, c)).count();
+        answering * 2 > controllers.len()
+    }
+
+    /// Raft as molt relies on it: a leader needs a majority; without one for
+    /// an election timeout, a controller that has one is elected in a new
+    /// term; a deposed leader cut off from the others steps on until it
+    /// hears of the newer term (or its node goes down).
+    fn elect(&mut self, now: Ms) {
+        if self.cut.as_ref().is_some_and(|(_, until)| now >= *until) {
+            self.cut = None;
+            self.log(|| "FAULT healed".into());
+        }
+        if self.leader.is_some() && !self.nodes[&self.leader_id].agent_up {
+            self.leader = None; // the process died with its node
+        }
+        let leading = self.leader.is_some() && self.quorum(&self.leader_id);
+        if leading {
+            self.leaderless_since = None;
+        } else {
+            let since = *self.leaderless_since.get_or_insert(now);
+            if self.term == 0 || now >= since + ELECTION {
+                let candidates: Vec<NodeId> = self
+                    .nodes
+                    .iter()
+                    .filter(|(id, n)| n.member == Member::Controller && self.quorum(id))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if !candidates.is_empty() {
+                    let c = self.rng.pick(&candidates).clone();
+                    self.term += 1;
+                    if let Some(old) = self.leader.take() {
+                        self.stale = Some(old);
+                    }
+                    let term = self.term;
+                    self.log(|| format!("ELECTED {c} in term {term}"));
+                    self.leader = Some(Leader::start(&self.disk, c.clone(), term));
+                    self.leader_id = c;
+                    self.leaderless_since = None;
+                }
+            }
+        }
+        if let Some(s) = &self.stale {
+            let me = s.me().clone();
+            if !self.nodes[&me].agent_up || self.quorum(&me) {
+                self.stale = None;
             }
         }
     }
@@ -375,7 +463,13 @@ impl World {
         for m in arrived {
             match m.payload {
                 leader::Payload::Heartbeat(seen) => {
-                    if let Some(l) = self.leader.as_mut() {
+                    // A node's session is with whichever leader it can reach.
+                    let to_leader = self.reachable(&m.node, &self.leader_id);
+                    let to_stale = self.stale.as_ref().is_some_and(|s| self.reachable(&m.node, s.me()));
+                    if to_stale && let Some(s) = self.stale.as_mut() {
+                        s.heartbeat(m.node.clone(), (*seen).clone(), now);
+                    }
+                    if to_leader && let Some(l) = self.leader.as_mut() {
                         l.heartbeat(m.node, *seen, now);
                     }
                 }
@@ -394,18 +488,13 @@ impl World {
                 self.send(true, n.clone(), leader::Payload::Heartbeat(Box::new(seen)));
             }
         }
-        // The leader lives and dies with its node.
-        let leader_up = self.nodes[&self.leader_id].agent_up;
-        if !leader_up {
-            self.leader = None;
-        } else if self.leader.is_none() {
-            self.leader = Some(Leader::start(&mut self.disk, self.leader_id.clone()));
-        }
+        self.elect(now);
         self.operate();
         let members = self.members();
         let before = if self.trace.is_some() { self.disk.journal().cloned() } else { None };
+        let quorum = self.quorum(&self.leader_id);
         if let Some(l) = self.leader.as_mut() {
-            let out = l.tick(now, &mut self.disk, &members, self.mutant, &mut self.violations);
+            let out = l.tick(now, &mut self.disk, &members, self.mutant, &mut self.violations, quorum);
             if self.trace.is_some() {
                 let after = self.disk.journal().cloned();
                 self.trace_journal(before.as_ref(), after.as_ref());
@@ -414,7 +503,25 @@ impl World {
                     self.log(|| format!("send {node} {} {:?}", c.id, c.kind));
                 }
             }
-            for (node, c) in out {
+            let from = self.leader_id.clone();
+            self.send_commands(&from, out);
+        }
+        if let Some(mut s) = self.stale.take() {
+            let me = s.me().clone();
+            let quorum = self.quorum(&me);
+            let out = s.tick(now, &mut self.disk, &members, self.mutant, &mut self.violations, quorum);
+            if !out.is_empty() {
+                self.log(|| format!("stale leader {me} sends {} commands", out.len()));
+            }
+            self.send_commands(&me, out);
+            self.stale = Some(s);
+        }
+    }
+
+    /// Commands from the leader on `from` to the nodes it can reach.
+    fn send_commands(&mut self, from: &NodeId, out: Vec<(NodeId, common::session::Command)>) {
+        for (node, c) in out {
+            if self.reachable(from, &node) {
                 self.send(false, node, leader::Payload::Command(c));
             }
         }

@@ -1,0 +1,114 @@
+//! Controller failover benchmark, all figures from one run on one local
+//! cluster of three controllers (heartbeats every second, real processes):
+//!
+//! 1. the latency of REST configuration writes (each replicated to a
+//!    majority, fsynced, applied) over loopback: p50 and p99;
+//! 2. the leader's power cut, and the time from then to the first write a
+//!    new leader accepts.
+//!
+//! ```text
+//! cargo build --release --workspace && target/release/bench_failover [--writes 500]
+//! ```
+
+use std::time::{Duration, Instant};
+
+use integration_tests::bin;
+use molt::client::{Api, Connection};
+use serde_json::json;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_owned())
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    common::tls::install_default_provider();
+    let writes: usize = arg("--writes", "500").parse().expect("--writes N");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("cluster");
+    let st = std::process::Command::new(bin("molt"))
+        .args(["local", "up", "--dir", dir.to_str().unwrap(), "--controllers", "3", "--groups", "g1:active-active:1"])
+        .args(["--subnet", "127.5.20", "--heartbeat-ms", "1000"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "molt local up failed");
+    let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
+    let leader = api.get("/api/cluster").await.unwrap()["leader"].as_str().unwrap().to_owned();
+
+    // 0. A read at the leader: the cost of the REST call itself (a new TLS
+    // connection per call, as the CLI makes), without consensus.
+    let mut reads = Vec::with_capacity(writes);
+    for _ in 0..writes {
+        let t = Instant::now();
+        api.get("/api/serviceenginegroup").await.unwrap();
+        reads.push(t.elapsed());
+    }
+    reads.sort();
+    println!("config reads (no consensus): {writes}, p50 {:.2} ms, p99 {:.2} ms", pct(&reads, 0.50), pct(&reads, 0.99));
+
+    // 1. Write latency at the leader: SE groups created (one replicated
+    // write each), then a virtual service updated (its placement checked too).
+    let mut lat = Vec::with_capacity(writes);
+    for i in 0..writes {
+        let body = json!({"name": format!("bench-{i}"), "ha_mode": "active-active"});
+        let t = Instant::now();
+        api.post("/api/serviceenginegroup", &body).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "config writes on 3 controllers (POST serviceenginegroup): {writes}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+    let mut lat = Vec::with_capacity(writes);
+    for i in 0..writes {
+        let body = json!({"name": "bench", "se_group": "g1", "port": 9000 + (i % 100) as u16});
+        let t = Instant::now();
+        if i == 0 {
+            api.post("/api/virtualservice", &body).await.unwrap();
+        } else {
+            api.put("/api/virtualservice/bench", &body).await.unwrap();
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "config writes on 3 controllers (PUT virtualservice): {writes}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+
+    // 2. The leader's power is cut; how long until a write is accepted again?
+    let off = std::process::Command::new(bin("molt"))
+        .args(["local", "power", "off", "--dir", dir.to_str().unwrap(), &leader])
+        .status()
+        .unwrap();
+    assert!(off.success());
+    let lost = Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let body = json!({"name": "bench", "se_group": "g1", "port": 9500});
+        if api.put("/api/virtualservice/bench", &body).await.is_ok() {
+            break;
+        }
+        assert!(lost.elapsed() < Duration::from_secs(60), "no write accepted 60 s after the leader was lost");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = lost.elapsed();
+    let new_leader = api.get("/api/cluster").await.unwrap()["leader"].as_str().unwrap_or("?").to_owned();
+    println!(
+        "leader {leader} lost -> first accepted write on the new leader {new_leader}: {:.2} s ({tries} attempts)",
+        took.as_secs_f64()
+    );
+    let _ = std::process::Command::new(bin("molt")).args(["local", "down", "--dir", dir.to_str().unwrap()]).status();
+}
