@@ -28,26 +28,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     r
 }
 
-/// The leader's page.
+/// The System Upgrade page (every controller serves it).
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
-}
-
-/// What a follower controller shows at `/`: where the leader's page is.
-pub fn follower_page(leader: std::net::SocketAddr) -> Router {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>molt</title></head><body>\
-         <h1>This controller is not the leader</h1><p>The System Upgrade page is served by the leader: \
-         <a href=\"https://{leader}/\">https://{leader}/</a></p></body></html>"
-    );
-    Router::new().route(
-        "/",
-        get(move || {
-            let html = html.clone();
-            async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html) }
-        }),
-    )
 }

@@ -57,6 +57,11 @@ pub fn spawn(state: Arc<LeaderState>) {
     });
 }
 
+/// Whether SEs move (their services with them) in `j`'s phase.
+fn moving(j: &Journal) -> bool {
+    j.is_running() && matches!(j.phase, Phase::ServiceEngines | Phase::RollbackSeGroups)
+}
+
 /// The traffic probes of one operation's SE phase.
 struct Probe {
     journal: String,
@@ -164,7 +169,8 @@ impl Driver {
             }
             let Some(j) = state.journal() else { return };
             let ctx = Ctx { now: now_ms(), generation: state.generation(), timeouts: timeouts(state), mutant: None };
-            let d = core::next(&j, &observed_with(state, image_unusable), &ctx);
+            let mut d = core::next(&j, &observed_with(state, image_unusable), &ctx);
+            self.finish_probes(state, &mut d.journal).await;
             if d.journal != j {
                 match state.write_journal(d.journal.clone()).await {
                     Ok(()) => written = true,
@@ -209,7 +215,7 @@ impl Driver {
             return;
         }
         self.keep_grants(state, &decision.journal);
-        self.probes(state, &decision.journal).await;
+        self.probes(state, &decision.journal);
         for a in decision.actions {
             match a {
                 Action::Send { node, command } => {
@@ -245,36 +251,41 @@ impl Driver {
         }
     }
 
-    /// Probes every virtual service while the SEs move; writes what was
-    /// measured into the journal when they are done.
-    async fn probes(&mut self, state: &Arc<LeaderState>, j: &Journal) {
-        let moving = matches!(j.phase, Phase::ServiceEngines | Phase::RollbackSeGroups);
-        match (&self.probe, moving) {
-            (None, true) => {
-                let stop = CancellationToken::new();
-                let task = state.spawn(traffic::probe_until(state.clone(), Duration::from_millis(100), stop.clone()));
-                self.probe = Some(Probe { journal: j.id.clone(), stop, task });
+    /// Probes every virtual service while the SEs move.
+    fn probes(&mut self, state: &Arc<LeaderState>, j: &Journal) {
+        if self.probe.is_none() && moving(j) {
+            let stop = CancellationToken::new();
+            let task = state.spawn(traffic::probe_until(state.clone(), Duration::from_millis(100), stop.clone()));
+            self.probe = Some(Probe { journal: j.id.clone(), stop, task });
+        }
+    }
+
+    /// When the SEs stop moving: the probes end, and what they measured
+    /// goes into `next`, the journal about to be written — the status never
+    /// shows the phase ended without its measurements. (The operation of
+    /// the probes, if it is not `next`'s, gets them in a write of its own.)
+    async fn finish_probes(&mut self, state: &LeaderState, next: &mut Journal) {
+        let Some(p) = self.probe.take_if(|p| !moving(next) || p.journal != next.id) else { return };
+        p.stop.cancel();
+        let Ok(stats) = p.task.await else { return };
+        let merge = |j: &mut Journal| {
+            for (vs, s) in &stats {
+                let m = j.measured.entry(vs.clone()).or_default();
+                *m = Measured {
+                    downtime_ms: m.downtime_ms + s.measured_downtime_ms,
+                    failed_probes: m.failed_probes + s.failed_probes,
+                    rounds: m.rounds + s.rounds,
+                    down_slots: m.down_slots.iter().chain(&s.down_slots).take(10).cloned().collect(),
+                };
             }
-            (Some(p), _) if !moving || p.journal != j.id => {
-                let p = self.probe.take().expect("checked");
-                p.stop.cancel();
-                let Ok(stats) = p.task.await else { return };
-                let _gate = state.operation_gate.lock().await;
-                let Some(mut cur) = state.journal().filter(|c| c.id == p.journal) else { return };
-                for (vs, s) in stats {
-                    let m = cur.measured.entry(vs).or_default();
-                    *m = Measured {
-                        downtime_ms: m.downtime_ms + s.measured_downtime_ms,
-                        failed_probes: m.failed_probes + s.failed_probes,
-                        rounds: m.rounds + s.rounds,
-                        down_slots: m.down_slots.iter().chain(&s.down_slots).take(10).cloned().collect(),
-                    };
-                }
-                if let Err(e) = state.write_journal(cur).await {
-                    warn!(error = %e, "cannot record the measured downtime");
-                }
+        };
+        if p.journal == next.id {
+            merge(next);
+        } else if let Some(mut other) = state.journal().filter(|c| c.id == p.journal) {
+            merge(&mut other);
+            if let Err(e) = state.write_journal(other).await {
+                warn!(error = %e, "cannot record the measured downtime");
             }
-            _ => {}
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Sessions, heartbeats and the cluster view.
 
 use integration_tests::{TestCluster, eventually};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_heartbeats_with_role_version_and_group() {
@@ -43,7 +44,7 @@ async fn a_follower_controller_forwards_rest_calls_to_the_leader() {
     let c2 = c.file.nodes.iter().find(|n| n.id == "c2").unwrap();
     // Asked alone, c2 forwards the write to the leader and returns its answer.
     let via_c2 = api.pinned(c2.addr.parse().unwrap());
-    let body = serde_json::json!({"name": "g9", "ha_mode": "active-active"});
+    let body = json!({"name": "g9", "ha_mode": "active-active"});
     via_c2.post("/api/serviceenginegroup", &body).await.unwrap();
     let v = via_c2.get("/api/cluster").await.unwrap();
     assert_eq!(v["leader"], "c1");
@@ -62,4 +63,52 @@ async fn a_follower_controller_forwards_rest_calls_to_the_leader() {
     // An existing name is refused by the leader, through c2 as well.
     let e = via_c2.post("/api/serviceenginegroup", &body).await.unwrap_err();
     assert!(e.to_string().contains("HTTP 409"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_controller_is_removed_and_its_replacement_added_but_not_during_an_upgrade() {
+    let mut c = TestCluster::builder().controllers(3).fetch_rate_limit(1 << 20).start().await;
+    let api = c.api();
+    let voters = async |api: &molt::client::Api| -> Vec<String> {
+        let v = api.get("/api/cluster/controllers").await.unwrap();
+        let mut ids: Vec<String> = v["controllers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["raft"] == "voter")
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(voters(&api).await, ["c1", "c2", "c3"]);
+    // c3 is lost for good: removed, the two others go on taking writes.
+    c.stop_node("c3").await;
+    let v = api.delete("/api/cluster/controllers/c3").await.unwrap();
+    assert_eq!(v["controllers"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(voters(&api).await, ["c1", "c2"]);
+    api.post("/api/serviceenginegroup", &json!({"name": "g7", "ha_mode": "n-plus-m"})).await.unwrap();
+    let e = api.delete("/api/cluster/controllers/c9").await.unwrap_err();
+    assert!(e.to_string().contains("not a controller of this cluster"), "{e}");
+    // Its replacement (a new disk) joins: it catches up, then votes.
+    std::fs::remove_dir_all(c.data_dir("c3").join("store")).unwrap();
+    c.start_node("c3").await;
+    let addr = c.file.nodes.iter().find(|n| n.id == "c3").unwrap().addr.clone();
+    let e = api.post("/api/cluster/controllers", &json!({"id": "c3", "addr": "nowhere"})).await.unwrap_err();
+    assert!(e.to_string().contains("expected IP:PORT"), "{e}");
+    api.post("/api/cluster/controllers", &json!({"id": "c3", "addr": addr})).await.unwrap();
+    assert_eq!(voters(&api).await, ["c1", "c2", "c3"]);
+    let mirror = c.data_dir("c3").join("store/config.json");
+    eventually(10, "the new controller holds the configuration", async || {
+        std::fs::read_to_string(&mirror).is_ok_and(|t| t.contains("\"g7\""))
+    })
+    .await;
+    // Refused while an operation runs (a prestage at 1 MiB/s).
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = integration_tests::make_package(tmp.path(), "2.0.0", common::DeploymentKind::Vm, 8 << 20);
+    let image = api.upload(&pkg, "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
+    api.post("/api/cluster/upgrade/prestage", &json!({"image_path": image})).await.unwrap();
+    let e = api.delete("/api/cluster/controllers/c2").await.unwrap_err();
+    assert!(e.to_string().contains("HTTP 409") && e.to_string().contains("between upgrades"), "{e}");
+    assert_eq!(voters(&api).await, ["c1", "c2", "c3"], "nothing changed");
 }

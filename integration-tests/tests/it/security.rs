@@ -111,6 +111,29 @@ async fn only_controllers_command_nodes_and_a_deposed_leaders_generation_is_refu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_controllers_reach_the_raft_service() {
+    let c = TestCluster::builder().controllers(3).group("g1", "active-active", 1).start().await;
+    let pki = c.cluster_dir().join("pki");
+    let vote = |who: &'static str| {
+        let (pki, c2) = (pki.clone(), addr_of(&c, "c2"));
+        let ca = pki_file(&c, "ca.pem");
+        async move {
+            let ch = channel(&ca, &pki, Some(who), &c2).await.unwrap();
+            let msg = pb::RaftMessage { json: b"{}".to_vec() };
+            pb::raft_client::RaftClient::new(ch).vote(msg).await
+        }
+    };
+    for who in ["g1-se1", "admin"] {
+        let e = vote(who).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e}");
+    }
+    // A controller passes the check, and a malformed message is refused as such.
+    let e = vote("c1").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("malformed raft message"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_without_a_cluster_certificate_reaches_no_method() {
     let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
     // No client certificate.
