@@ -15,7 +15,10 @@ pub mod upgrade;
 
 pub use coordinator::journal::Journal;
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use common::{Version, config::NodeSettings, slots::Slots};
 use tracing::{error, info, warn};
@@ -79,6 +82,8 @@ pub struct LeaderState {
     pub placing: Mutex<std::collections::BTreeMap<common::NodeId, Placed>>,
     /// Numbers `place` commands.
     pub place_seq: std::sync::atomic::AtomicU64,
+    /// When a majority of the controllers last confirmed this leader.
+    confirmed_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// How many times this controller began leading: 0 only when the file does
@@ -156,6 +161,7 @@ impl LeaderState {
             version,
             placing: Default::default(),
             place_seq: Default::default(),
+            confirmed_at: Mutex::new(None),
             settings,
         }))
     }
@@ -192,6 +198,27 @@ impl LeaderState {
             }
         }
         Ok(image)
+    }
+
+    /// Asks the other controllers whether they still follow this leader;
+    /// remembers when a majority last said so.
+    pub async fn confirm_majority(&self) -> bool {
+        let ok = self.consensus.quorum_answers().await;
+        if ok {
+            *self.confirmed_at.lock().expect("confirmed lock") = Some(std::time::Instant::now());
+        }
+        ok
+    }
+
+    /// Whether this leader may act now: a majority confirmed it within the
+    /// last heartbeat interval (shorter than any election), or does now.
+    pub async fn may_act(&self) -> bool {
+        let fresh = self
+            .confirmed_at
+            .lock()
+            .expect("confirmed lock")
+            .is_some_and(|t| t.elapsed() < self.settings.heartbeat_interval);
+        fresh || self.confirm_majority().await
     }
 
     /// This leader's generation: derived from the raft term it leads in.
@@ -278,17 +305,20 @@ impl LeaderState {
         let state = self.clone();
         let mut metrics = self.consensus.raft.metrics();
         let every = self.settings.heartbeat_interval;
+        // Stepping down aborts the driver: only after a majority has been
+        // silent for a few election timeouts, not on one slow answer.
+        let silence = Duration::from_millis(self.consensus.raft.config().election_timeout_max * 3);
         tokio::spawn(async move {
             let mut term = None;
-            let mut confirmed = true;
             let mut next_check = tokio::time::Instant::now() + every;
             loop {
                 let raft_term = state.consensus.leading_term();
-                if raft_term.is_none() || raft_term != term {
-                    confirmed = true; // a fresh election is a majority's answer
-                } else if tokio::time::Instant::now() >= next_check {
-                    confirmed = state.consensus.quorum_answers().await;
+                let mut confirmed = true;
+                if raft_term.is_some() && raft_term == term && tokio::time::Instant::now() >= next_check {
+                    state.confirm_majority().await;
                     next_check = tokio::time::Instant::now() + every;
+                    let last = *state.confirmed_at.lock().expect("confirmed lock");
+                    confirmed = last.is_some_and(|t| t.elapsed() < silence);
                 }
                 let now = raft_term.filter(|_| confirmed);
                 if now != term {
@@ -303,6 +333,7 @@ impl LeaderState {
                         // Before deciding anything, this leader's replica
                         // holds every write committed before its term.
                         if state.consensus.caught_up().await {
+                            *state.confirmed_at.lock().expect("confirmed lock") = Some(std::time::Instant::now());
                             state.begin_term(t).await;
                             term = now;
                         }
@@ -312,6 +343,9 @@ impl LeaderState {
                     _ = state.shutdown.cancelled() => break,
                     r = metrics.changed() => if r.is_err() { break },
                     _ = tokio::time::sleep_until(next_check) => {}
+                }
+                if term.is_none() {
+                    next_check = tokio::time::Instant::now() + every;
                 }
             }
             state.end_term();

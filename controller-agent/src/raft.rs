@@ -242,7 +242,7 @@ impl Consensus {
         if voters <= 1 {
             return true;
         }
-        let within = Duration::from_millis(self.raft.config().election_timeout_max);
+        let within = Duration::from_millis(self.raft.config().election_timeout_max * 2);
         matches!(tokio::time::timeout(within, self.raft.ensure_linearizable()).await, Ok(Ok(_)))
     }
 

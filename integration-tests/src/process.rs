@@ -147,5 +147,17 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         let d = self.path();
         let _ = molt(&["local", "down", "--dir", d.to_str().unwrap()]);
+        if std::thread::panicking() {
+            // What the controllers said last: the failing test's evidence.
+            for c in ["c1", "c2", "c3"] {
+                let Ok(log) = std::fs::read_to_string(d.join("nodes").join(c).join("agent.log")) else { continue };
+                let lines: Vec<&str> =
+                    log.lines().filter(|l| !l.contains("openraft::") && !l.contains("RPCError")).collect();
+                eprintln!("---- last lines of {c}'s agent.log ----");
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
     }
 }

@@ -211,7 +211,7 @@ impl Driver {
             Action::Send { command, .. } => self.sent.get(&command.id).is_none_or(|t| t.elapsed() >= RESEND),
             Action::RestoreConfig(_) => true,
         });
-        if !written && due && !state.consensus.quorum_answers().await {
+        if !written && due && !state.may_act().await {
             return;
         }
         self.keep_grants(state, &decision.journal);

@@ -76,7 +76,7 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
                 // Pushed only while a majority answers this leader (a leader
                 // cut off from the others commands nothing).
                 if confirmed.is_none() {
-                    confirmed = Some(state.consensus.quorum_answers().await);
+                    confirmed = Some(state.may_act().await);
                 }
                 if confirmed == Some(false) {
                     break;
