@@ -168,6 +168,10 @@ fn parse_url(url: &str) -> Result<SocketAddr, ClientError> {
 /// heartbeats).
 const FIND_LEADER: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// How long a read answered from a replica (no leader known there) waits
+/// for a leading controller's answer before it is shown as it is.
+const STALE_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
+
 impl Api {
     pub fn new(conn: &Connection) -> Result<Self, ClientError> {
         let first = parse_url(&conn.url)?;
@@ -246,12 +250,15 @@ impl Api {
     /// redirect to the leader, and tries the other controllers when one
     /// cannot be reached or has no leader, for up to [`FIND_LEADER`].
     async fn send(&self, make: impl Fn() -> Request<Body>) -> Result<Answer, ClientError> {
-        let deadline = std::time::Instant::now() + FIND_LEADER;
+        let started = std::time::Instant::now();
+        // A read answered from a replica while no leader is known: kept,
+        // and given only if no controller leads within STALE_WAIT.
+        let mut stale: Option<Answer> = None;
         loop {
             let addr = self.controller();
-            let last = std::time::Instant::now() >= deadline || self.pinned;
+            let last = started.elapsed() >= FIND_LEADER || self.pinned;
             match self.send_to(addr, make()).await {
-                Err(e) if last => return Err(e),
+                Err(e) if last => return stale.ok_or(e),
                 Err(_) => self.next_controller(),
                 Ok(resp) => {
                     let answer = Answer::read(addr, resp).await?;
@@ -261,6 +268,10 @@ impl Api {
                     match answer.location() {
                         Some(to) if moved && !self.pinned && !last => self.move_to(to),
                         _ if no_leader && !last => self.next_controller(),
+                        _ if answer.stale && !self.pinned && started.elapsed() < STALE_WAIT => {
+                            stale = Some(answer);
+                            self.next_controller();
+                        }
                         _ => return Ok(answer),
                     }
                 }
@@ -341,6 +352,8 @@ impl Api {
 struct Answer {
     status: StatusCode,
     location: Option<String>,
+    /// Answered from a controller's replica while it knew no leader.
+    stale: bool,
     body: serde_json::Value,
 }
 
@@ -348,6 +361,7 @@ impl Answer {
     async fn read(addr: SocketAddr, resp: http::Response<hyper::body::Incoming>) -> Result<Self, ClientError> {
         let status = resp.status();
         let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let stale = resp.headers().contains_key("x-molt-stale");
         let bytes = resp
             .into_body()
             .collect()
@@ -356,7 +370,7 @@ impl Answer {
             .to_bytes();
         let body: serde_json::Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
-        Ok(Self { status, location, body })
+        Ok(Self { status, location, stale, body })
     }
 
     fn message(&self) -> &str {

@@ -304,21 +304,24 @@ pub fn apply_change(data: &mut Replicated, change: Change) {
     }
 }
 
+/// Makes a snapshot durable: its meta and data in one fsynced transaction.
+async fn save_snapshot(db: &Arc<Database>, meta: SnapshotMeta<Nid, Member>, data: Vec<u8>) -> Result<(), SErr> {
+    let db = db.clone();
+    blocking(move || {
+        write_txn(&db, |w| {
+            put_meta(w, "snapshot_meta", &meta)?;
+            w.open_table(META)?.insert("snapshot_data", data.as_slice())?;
+            Ok(())
+        })
+    })
+    .await
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let a = self.state.lock().expect("sm lock").clone();
         let snap = Self::snapshot_of(&a);
-        let db = self.db.clone();
-        let meta = snap.meta.clone();
-        let data = serde_json::to_vec(&a.data).expect("serializes");
-        blocking(move || {
-            write_txn(&db, |w| {
-                put_meta(w, "snapshot_meta", &meta)?;
-                w.open_table(META)?.insert("snapshot_data", data.as_slice())?;
-                Ok(())
-            })
-        })
-        .await?;
+        save_snapshot(&self.db, snap.meta.clone(), serde_json::to_vec(&a.data).expect("serializes")).await?;
         Ok(snap)
     }
 }
@@ -369,16 +372,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let data: Replicated = serde_json::from_slice(&bytes).map_err(|e| io_err("snapshot", e))?;
         let next = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), data };
-        let db = self.db.clone();
-        let meta = meta.clone();
-        blocking(move || {
-            write_txn(&db, |w| {
-                put_meta(w, "snapshot_meta", &meta)?;
-                w.open_table(META)?.insert("snapshot_data", bytes.as_slice())?;
-                Ok(())
-            })
-        })
-        .await?;
+        save_snapshot(&self.db, meta.clone(), bytes).await?;
         self.install(next, true);
         Ok(())
     }
