@@ -26,6 +26,18 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// Prints the count, p50, p99 and max of `lat`.
+fn report(what: &str, mut lat: Vec<Duration>) {
+    lat.sort();
+    println!(
+        "{what}: {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     common::tls::install_default_provider();
@@ -49,8 +61,7 @@ async fn main() {
         api.get("/api/serviceenginegroup").await.unwrap();
         reads.push(t.elapsed());
     }
-    reads.sort();
-    println!("config reads (no consensus): {writes}, p50 {:.2} ms, p99 {:.2} ms", pct(&reads, 0.50), pct(&reads, 0.99));
+    report("config reads (no consensus)", reads);
 
     // 1. Write latency at the leader: SE groups created (one replicated
     // write each), then a virtual service updated (its placement checked too).
@@ -61,13 +72,7 @@ async fn main() {
         api.post("/api/serviceenginegroup", &body).await.unwrap();
         lat.push(t.elapsed());
     }
-    lat.sort();
-    println!(
-        "config writes on 3 controllers (POST serviceenginegroup): {writes}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct(&lat, 0.50),
-        pct(&lat, 0.99),
-        pct(&lat, 1.0)
-    );
+    report("config writes on 3 controllers (POST serviceenginegroup)", lat);
     let mut lat = Vec::with_capacity(writes);
     for i in 0..writes {
         let body = json!({"name": "bench", "se_group": "g1", "port": 9000 + (i % 100) as u16});
@@ -79,13 +84,7 @@ async fn main() {
         }
         lat.push(t.elapsed());
     }
-    lat.sort();
-    println!(
-        "config writes on 3 controllers (PUT virtualservice): {writes}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct(&lat, 0.50),
-        pct(&lat, 0.99),
-        pct(&lat, 1.0)
-    );
+    report("config writes on 3 controllers (PUT virtualservice)", lat);
 
     // 2. The leader's power is cut; how long until a write is accepted again?
     let off = std::process::Command::new(bin("molt"))
