@@ -22,6 +22,9 @@ pub enum BootError {
     /// Boot record or slot problem.
     #[error("{0}")]
     Slots(#[from] SlotError),
+    /// Docker Engine could not run the node's container.
+    #[error("{0}")]
+    Docker(String),
     /// The slot's agent could not be executed.
     #[error("cannot execute {path}: {source}")]
     Exec {

@@ -4,11 +4,11 @@
 use std::{future::Future, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
-use common::config::NodeSettings;
+use common::{DeploymentKind, config::NodeSettings};
 
 use crate::{
     NodeHandle,
-    reboot::{Reboot, SystemReboot},
+    reboot::{ContainerReboot, Reboot, SystemReboot},
 };
 
 #[derive(Parser)]
@@ -31,6 +31,10 @@ enum Cmd {
         /// Node config (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// A docker node: run the slot's image as the node's container, and
+        /// again after each reboot (a host unit, `molt-docker-boot.service`).
+        #[arg(long)]
+        docker: bool,
     },
     /// First installation on this node: verify PACKAGE and install it as the
     /// version the boot loader starts. Later versions come through the leader.
@@ -56,7 +60,11 @@ where
     common::tls::install_default_provider();
     let cli = Cli::parse_from(std::env::args_os().enumerate().map(|(i, a)| if i == 0 { name.into() } else { a }));
     let outcome: Result<(), String> = match cli.cmd {
-        Cmd::Boot { config } => {
+        Cmd::Boot { config, docker: true } => match tokio::runtime::Runtime::new() {
+            Err(e) => Err(format!("cannot start the runtime: {e}")),
+            Ok(rt) => rt.block_on(crate::docker_node::supervise(&config)).map_err(|e| format!("boot failed: {e}")),
+        },
+        Cmd::Boot { config, docker: false } => {
             // `boot` only returns on failure: on success it has exec'd the slot's agent.
             let Err(e) = crate::boot::boot(&config);
             Err(format!("boot failed: {e}"))
@@ -81,7 +89,11 @@ where
             Ok(settings) => match tokio::runtime::Runtime::new() {
                 Err(e) => Err(format!("cannot start the runtime: {e}")),
                 Ok(rt) => rt.block_on(async move {
-                    let handle = start(settings, Arc::new(SystemReboot)).await.map_err(|e| e.to_string())?;
+                    let reboot: Arc<dyn Reboot> = match settings.deployment {
+                        DeploymentKind::Vm => Arc::new(SystemReboot),
+                        DeploymentKind::Docker => Arc::new(ContainerReboot),
+                    };
+                    let handle = start(settings, reboot).await.map_err(|e| e.to_string())?;
                     crate::boot::wait_for_stop_signal().await;
                     handle.shutdown.cancel();
                     let _ = handle.task.await;

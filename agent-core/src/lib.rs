@@ -7,6 +7,7 @@ pub mod boot;
 pub mod cli;
 pub mod control;
 pub mod dataplane;
+pub mod docker_node;
 pub mod follower;
 pub mod node;
 pub mod reboot;

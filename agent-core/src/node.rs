@@ -188,8 +188,9 @@ impl Node {
             )
         });
         let boot_id = random_hex(8);
-        let mut executor =
-            Executor::new(&settings.data_dir, stager.clone(), source, reboot, shutdown.clone()).with_boot_id(&boot_id);
+        let mut executor = Executor::new(&settings.data_dir, stager.clone(), source, reboot, shutdown.clone())
+            .with_boot_id(&boot_id)
+            .with_deployment(settings.deployment, settings.role);
         if let Some(dp) = &dataplane {
             executor = executor.with_dataplane(dp.clone());
         }

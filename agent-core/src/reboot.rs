@@ -25,6 +25,23 @@ impl Reboot for SystemReboot {
     }
 }
 
+/// A docker node's agent: the init of its container's PID namespace, where
+/// `reboot(2)` (allowed by `CAP_SYS_BOOT`) ends the container with exit code
+/// 129 and the node's supervisor boots the boot record's slot. Refused unless
+/// the agent is PID 1: in a container sharing the host's PID namespace it
+/// would restart the host.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerReboot;
+
+impl Reboot for ContainerReboot {
+    fn reboot(&self) -> Result<Infallible, String> {
+        if nix::unistd::getpid().as_raw() != 1 {
+            return Err("this docker node's agent is not its container's init (PID 1), so reboot(2) would restart the host: run it as the container's command, without --pid=host".into());
+        }
+        SystemReboot.reboot()
+    }
+}
+
 /// For agents running inside a test process: refuses to reboot.
 #[derive(Debug, Clone, Copy)]
 pub struct NoReboot;

@@ -280,14 +280,28 @@ pub struct Controller {
     pub addr: SocketAddr,
 }
 
+impl NodeConfigFile {
+    /// Reads and parses a config file (not validated: see [`NodeSettings::load`]).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })
+    }
+
+    /// The files the node reads besides its data dir: the TLS files, the
+    /// revocation list and the API token. A container of the node mounts them.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.tls.ca.clone(), self.tls.cert.clone(), self.tls.key.clone()];
+        files.extend(self.tls.revoked.clone());
+        files.extend(self.api.as_ref().map(|a| a.token_file.clone()));
+        files
+    }
+}
+
 impl NodeSettings {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let file: NodeConfigFile =
-            toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
-        Self::validate(file, path)
+        Self::validate(NodeConfigFile::read(path)?, path)
     }
 
     /// Validates a parsed config; `path` only names the source in errors.

@@ -35,8 +35,19 @@ pub const MAX_MANIFEST_BYTES: u32 = 64 * 1024;
 pub const MAX_ENTRIES: u64 = 100_000;
 /// Largest payload accepted (64 GiB).
 pub const MAX_PAYLOAD_BYTES: u64 = 64 << 30;
-/// Files a payload must contain: the binaries a node runs after booting it.
+/// Files a VM payload must contain: the binaries a node runs after booting it.
 pub const REQUIRED_ENTRIES: [&str; 2] = ["bin/controller-agent", "bin/se-agent"];
+/// The file a docker payload must contain: a `docker save` archive holding
+/// the images `molt-controller:VERSION` and `molt-se:VERSION`.
+pub const DOCKER_IMAGE_ENTRY: &str = "image.tar";
+
+/// The files a payload of `kind` must contain.
+pub fn required_entries(kind: DeploymentKind) -> &'static [&'static str] {
+    match kind {
+        DeploymentKind::Vm => &REQUIRED_ENTRIES,
+        DeploymentKind::Docker => &[DOCKER_IMAGE_ENTRY],
+    }
+}
 
 /// What a package says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,7 +202,7 @@ pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
     let header_len = outer.count;
     let expected_total = header_len + manifest.payload_size;
     let mut payload = CountingReader::new((&mut outer).take(manifest.payload_size));
-    let walked = walk_entries(&mut payload, |entry, _| io::copy(entry, &mut io::sink()).map(|_| ()));
+    let walked = walk_entries(&mut payload, manifest.kind, |entry, _| io::copy(entry, &mut io::sink()).map(|_| ()));
     // Drain what the tar reader did not consume (end-of-archive padding).
     io::copy(&mut payload, &mut io::sink())?;
     if payload.count < manifest.payload_size {
@@ -232,7 +243,7 @@ fn unpack_inner(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
     let manifest = read_header(&mut outer)?;
     let mut unpacker = payload::Unpacker::create(dest)?;
     let mut payload = CountingReader::new((&mut outer).take(manifest.payload_size));
-    let walked = walk_entries(&mut payload, |entry, admitted| unpacker.apply(admitted, entry));
+    let walked = walk_entries(&mut payload, manifest.kind, |entry, admitted| unpacker.apply(admitted, entry));
     io::copy(&mut payload, &mut io::sink())?;
     if payload.count < manifest.payload_size {
         return Err(PackageError::Truncated { expected: manifest.payload_size, got: payload.count });
@@ -255,10 +266,11 @@ fn unpack_inner(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
 /// entry count. `verify` and `unpack` both go through here.
 fn walk_entries<R: Read>(
     r: &mut R,
+    kind: DeploymentKind,
     mut on_entry: impl FnMut(&mut tar::Entry<'_, &mut R>, &payload::Admitted) -> io::Result<()>,
 ) -> Result<u64, PackageError> {
     let mut archive = tar::Archive::new(r);
-    let mut rules = payload::PayloadRules::default();
+    let mut rules = payload::PayloadRules::new(required_entries(kind));
     let entries = archive.entries().map_err(|e| PackageError::BadPayload(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| PackageError::BadPayload(e.to_string()))?;
@@ -313,7 +325,7 @@ pub fn build(
     if min_compatible > version {
         return Err(PackageError::Build(format!("--min-compatible {min_compatible} is above --version {version}")));
     }
-    for req in REQUIRED_ENTRIES {
+    for req in required_entries(kind) {
         if !payload_dir.join(req).is_file() {
             return Err(PackageError::Build(format!(
                 "payload directory {} lacks {req}: a node could not boot this package",

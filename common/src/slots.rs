@@ -207,9 +207,16 @@ impl Slots {
     /// temporary dir, write the slot manifest, swap it in, fsync. The boot
     /// record is not touched; call [`Slots::activate_on_trial`] next.
     /// Refused while the active slot is on trial: the inactive slot then
-    /// holds the last version known to boot, the boot loader's way back.
-    pub fn install_inactive(&self, package: &Path) -> Result<(Slot, SlotManifest), InstallError> {
+    /// holds the last version known to boot, the boot loader's way back; and
+    /// refused for a package of another deployment kind than the node's.
+    pub fn install_inactive(&self, package: &Path, kind: DeploymentKind) -> Result<(Slot, SlotManifest), InstallError> {
         let record = self.boot_record()?;
+        let manifest = crate::package::read_manifest(std::io::BufReader::new(
+            std::fs::File::open(package).map_err(|source| SlotError::Io { path: package.to_owned(), source })?,
+        ))?;
+        if manifest.kind != kind {
+            return Err(InstallError::WrongKind { package: manifest.kind, node: kind });
+        }
         if record.pending {
             let (_, running) = self.active()?;
             let good = record.previous.and_then(|p| self.slot_manifest(p).ok()).map(|m| m.version);
@@ -393,7 +400,7 @@ mod tests {
         .unwrap();
         let slots = Slots::new(&d.path().join("node"));
         slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
-        let (slot, m) = slots.install_inactive(&pkg).unwrap();
+        let (slot, m) = slots.install_inactive(&pkg, DeploymentKind::Vm).unwrap();
         assert_eq!((slot, m.version.to_string()), (Slot::B, "2.0.0".into()));
         assert_eq!(std::fs::read(slots.slot_dir(Slot::B).join("bin/se-agent")).unwrap(), b"s2");
         assert_eq!(slots.boot_record().unwrap().active, Slot::A, "installing does not switch");
@@ -401,7 +408,7 @@ mod tests {
         let (r, m) = slots.active().unwrap();
         assert!(r.pending && r.previous == Some(Slot::A) && m.version.to_string() == "2.0.0");
         // On trial, the inactive slot is the last known-good one: never overwritten.
-        let err = slots.install_inactive(&pkg).unwrap_err();
+        let err = slots.install_inactive(&pkg, DeploymentKind::Vm).unwrap_err();
         assert!(matches!(err, InstallError::OnTrial { .. }), "{err}");
         assert!(err.to_string().contains("commit or roll back"), "{err}");
         assert_eq!(slots.slot_manifest(Slot::A).unwrap().version.to_string(), "1.0.0");
@@ -409,6 +416,19 @@ mod tests {
         let back = slots.switch_to_previous().unwrap().unwrap();
         assert_eq!((back.active, back.previous), (Slot::A, Some(Slot::B)));
         assert_eq!(slots.active().unwrap().1.version.to_string(), "1.0.0");
+    }
+
+    /// A package of `kind` whose payload has the files that kind requires.
+    fn pkg_of_kind(dir: &Path, kind: DeploymentKind) -> PathBuf {
+        let payload = dir.join(format!("payload-{}", kind.as_str()));
+        for entry in crate::package::required_entries(kind) {
+            std::fs::create_dir_all(payload.join(entry).parent().unwrap()).unwrap();
+            std::fs::write(payload.join(entry), b"x").unwrap();
+        }
+        let pkg = dir.join(format!("{}.pkg", kind.as_str()));
+        let v = "2.0.0".parse().unwrap();
+        crate::package::build(&payload, v, v, kind, &pkg).unwrap();
+        pkg
     }
 
     #[test]
@@ -419,7 +439,11 @@ mod tests {
         slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
         let bad = d.path().join("bad.pkg");
         std::fs::write(&bad, b"MOLTPKG1\0\0\0\x02{}").unwrap();
-        assert!(slots.install_inactive(&bad).is_err());
+        assert!(slots.install_inactive(&bad, DeploymentKind::Vm).is_err());
+        assert!(matches!(
+            slots.install_inactive(&pkg_of_kind(d.path(), DeploymentKind::Docker), DeploymentKind::Vm),
+            Err(InstallError::WrongKind { .. })
+        ));
         assert!(!slots.slot_dir(Slot::B).exists());
         assert_eq!(std::fs::read_dir(d.path().join("node/slots")).unwrap().count(), 1, "no temp dir left");
         assert_eq!(slots.boot_record().unwrap().active, Slot::A);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{
-    Version, fsutil,
+    DeploymentKind, Role, Version, fsutil,
     session::{Command, CommandKind, CommandResult, CommandState, ImageRef},
     slots::Slots,
 };
@@ -108,6 +108,8 @@ pub struct Executor {
     slots: Slots,
     reboot: Arc<dyn Reboot>,
     dataplane: Option<crate::dataplane::DataPlane>,
+    /// How this node is deployed, and (for docker) its role, which names its image.
+    deployment: (DeploymentKind, Role),
 }
 
 impl std::fmt::Debug for Executor {
@@ -151,6 +153,7 @@ impl Executor {
             slots: Slots::new(data_dir),
             reboot,
             dataplane: None,
+            deployment: (DeploymentKind::Vm, Role::ServiceEngine),
         }
     }
 
@@ -158,6 +161,12 @@ impl Executor {
     /// Names this boot of the agent (kept with the commands that reboot it).
     pub fn with_boot_id(mut self, boot_id: &str) -> Self {
         self.boot_id = boot_id.to_owned();
+        self
+    }
+
+    /// How the node is deployed: a docker node loads its image on apply.
+    pub fn with_deployment(mut self, kind: DeploymentKind, role: Role) -> Self {
+        self.deployment = (kind, role);
         self
     }
 
@@ -283,13 +292,18 @@ impl Executor {
             .path_of(&image.sha256)
             .ok_or_else(|| format!("image {} is not staged on this node; prestage it first", image.sha256.short()))?;
         let slots = self.slots.clone();
-        let (slot, m) = tokio::task::spawn_blocking(move || {
-            let (slot, m) = slots.install_inactive(&path).map_err(|e| e.to_string())?;
-            slots.activate_on_trial(slot).map_err(|e| e.to_string())?;
-            Ok::<_, String>((slot, m))
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let (kind, role) = self.deployment;
+        let (slot, m) = tokio::task::spawn_blocking(move || slots.install_inactive(&path, kind))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if kind == DeploymentKind::Docker {
+            // Loaded before the slot is activated: an image that does not
+            // load leaves the boot record as it was.
+            let tag = crate::docker_node::load_slot_image(&self.slots, slot, role).await?;
+            info!(%tag, "image loaded");
+        }
+        self.slots.activate_on_trial(slot).map_err(|e| e.to_string())?;
         info!(version = %m.version, %slot, "installed and activated on trial");
         Ok(Outcome { message: format!("installed {} in slot {slot}; rebooting into it", m.version), reboot: true })
     }

@@ -38,7 +38,7 @@ use nix::{
     unistd::symlinkat,
 };
 
-use super::{MAX_ENTRIES, PackageError, REQUIRED_ENTRIES};
+use super::{MAX_ENTRIES, PackageError};
 
 /// The slot's own manifest, written by the installer next to the payload.
 pub const RESERVED_ROOT_ENTRY: &str = "manifest.json";
@@ -77,12 +77,13 @@ enum Node {
 
 /// The payload's entries seen so far, checked one by one ([`Self::admit`])
 /// and as a whole at the end ([`Self::finish`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PayloadRules {
     nodes: HashMap<PathBuf, Node>,
     symlinks: Vec<(PathBuf, PathBuf)>,
     count: u64,
-    required: [bool; REQUIRED_ENTRIES.len()],
+    /// The files the payload must hold, and whether each was seen.
+    required: Vec<(&'static str, bool)>,
 }
 
 fn unsafe_entry(path: &Path, why: impl Into<String>) -> PackageError {
@@ -90,6 +91,16 @@ fn unsafe_entry(path: &Path, why: impl Into<String>) -> PackageError {
 }
 
 impl PayloadRules {
+    /// Rules for a payload that must hold the files `required`.
+    pub fn new(required: &[&'static str]) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            symlinks: Vec::new(),
+            count: 0,
+            required: required.iter().map(|r| (*r, false)).collect(),
+        }
+    }
+
     /// Checks one entry against the rules and the entries before it.
     /// `Ok(None)` is an entry with nothing to do (the payload root itself).
     pub fn admit(
@@ -160,9 +171,9 @@ impl PayloadRules {
             self.symlinks.push((rel.clone(), target.clone()));
         }
         if kind == EntryKind::File
-            && let Some(i) = REQUIRED_ENTRIES.iter().position(|r| Path::new(r) == rel)
+            && let Some(seen) = self.required.iter_mut().find(|(r, _)| Path::new(r) == rel)
         {
-            self.required[i] = true;
+            seen.1 = true;
         }
         let mode = match kind {
             EntryKind::Dir => (mode & 0o755) | 0o700,
@@ -195,8 +206,8 @@ impl PayloadRules {
                 }
             }
         }
-        if let Some(i) = self.required.iter().position(|seen| !seen) {
-            return Err(PackageError::MissingEntry(REQUIRED_ENTRIES[i]));
+        if let Some((missing, _)) = self.required.iter().find(|(_, seen)| !seen) {
+            return Err(PackageError::MissingEntry(missing));
         }
         Ok(self.count)
     }
