@@ -177,9 +177,10 @@ impl Slots {
         Ok((r, m))
     }
 
-    /// First installation: copies `bin_dir`'s agent binaries into slot `a`,
-    /// writes its manifest, then the boot record. Refuses to overwrite an
-    /// existing installation.
+    /// First installation: copies `bin_dir`'s agent binaries into slot `a`
+    /// (a docker node's slot holds only the manifest: its image,
+    /// `molt-ROLE:VERSION`, is in Docker's store), writes its manifest, then
+    /// the boot record. Leaves an existing installation as it is.
     pub fn install_initial(&self, version: Version, kind: DeploymentKind, bin_dir: &Path) -> Result<(), SlotError> {
         if self.boot_record_path().exists() {
             return Ok(());
@@ -189,8 +190,10 @@ impl Slots {
             let path = path.to_owned();
             move |source| SlotError::Io { path, source }
         };
-        std::fs::create_dir_all(dir.join("bin")).map_err(io(&dir))?;
-        for name in crate::package::REQUIRED_ENTRIES {
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let binaries: &[&str] = if kind == DeploymentKind::Vm { &crate::package::REQUIRED_ENTRIES } else { &[] };
+        for name in binaries {
+            std::fs::create_dir_all(dir.join("bin")).map_err(io(&dir))?;
             let src = bin_dir.join(Path::new(name).file_name().expect("has a name"));
             let dst = dir.join(name);
             std::fs::copy(&src, &dst).map_err(io(&src))?;

@@ -126,6 +126,8 @@ impl TestCluster {
             port: common::DEFAULT_PORT,
             self_revert_secs: None,
             reform_timeout_secs: None,
+            deployment: molt::local::LocalDeployment::Vm,
+            cluster: "local".into(),
         };
         std::fs::create_dir_all(&spec.dir).unwrap();
         let file = local::prepare(&spec).unwrap();

@@ -53,6 +53,8 @@ async fn demo_in(dir: &Path, keep: bool) -> Result<(), Failure> {
         port: common::DEFAULT_PORT,
         self_revert_secs: None,
         reform_timeout_secs: None,
+        deployment: local::LocalDeployment::Vm,
+        cluster: "local".into(),
     };
     println!(
         "== 1. a local cluster: 3 controllers, SE groups g1 (active-active, 2 SEs) and g2 (N+M, 2 SEs), version 1.0.0"

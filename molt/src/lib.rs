@@ -2,6 +2,7 @@
 //! drive the same code an operator runs.
 
 pub mod client;
+pub mod docker;
 pub mod local;
 pub mod partition;
 pub mod pki;

@@ -61,6 +61,9 @@ pub enum LocalError {
     /// Nodes did not come up.
     #[error("{0}")]
     NotUp(String),
+    /// Docker images.
+    #[error("{0}")]
+    Docker(#[from] crate::docker::DockerBuildError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
@@ -128,6 +131,45 @@ pub struct LocalSpec {
     pub self_revert_secs: Option<u64>,
     /// The leader's re-formation deadline.
     pub reform_timeout_secs: Option<u64>,
+    /// How the nodes are deployed.
+    pub deployment: LocalDeployment,
+    /// The cluster's name (in certificates, and in container names `molt-CLUSTER-NODE`).
+    pub cluster: String,
+}
+
+/// How the nodes of a local cluster are deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalDeployment {
+    /// Every node is a process in its own PID namespace.
+    Vm,
+    /// Every node is a Docker container.
+    Docker,
+    /// Controllers on vm, SEs on docker.
+    Mixed,
+}
+
+impl LocalDeployment {
+    /// The deployment kind of a node of `role`.
+    pub fn kind_of(self, role: &str) -> DeploymentKind {
+        match (self, role) {
+            (LocalDeployment::Vm, _) | (LocalDeployment::Mixed, "controller") => DeploymentKind::Vm,
+            _ => DeploymentKind::Docker,
+        }
+    }
+}
+
+impl FromStr for LocalDeployment {
+    type Err = LocalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vm" => Ok(Self::Vm),
+            "docker" => Ok(Self::Docker),
+            "mixed" => Ok(Self::Mixed),
+            _ => Err(LocalError::Invalid(format!(
+                "--deployment {s:?}: expected vm, docker or mixed (controllers on vm, SEs on docker)"
+            ))),
+        }
+    }
 }
 
 /// Facts about a local cluster that `cluster.json` does not hold.
@@ -158,6 +200,7 @@ pub fn parse_subnet(s: &str) -> Result<[u8; 3], LocalError> {
 
 /// Writes the PKI, installs the first version in every node's slot `a`, and
 /// writes the configs, `cluster.json` and `local.json`. Starts nothing.
+/// Docker nodes need the images `molt-ROLE:VERSION` ([`up`] makes them).
 pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
     if !matches!(spec.controllers, 1 | 3) {
         return Err(LocalError::Invalid("--controllers is 1 or 3".into()));
@@ -205,7 +248,12 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
         .iter()
         .map(|n| format!("{}={}@{}", n.id, n.role, n.addr.rsplit_once(':').expect("ip:port").0).parse())
         .collect::<Result<_, _>>()?;
-    let cluster = "local";
+    let cluster = spec.cluster.as_str();
+    if cluster.is_empty() || cluster.len() > 30 || !cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(LocalError::Invalid(format!(
+            "--cluster {cluster:?}: 1-30 letters, digits and dashes (it names the containers molt-CLUSTER-NODE)"
+        )));
+    }
     pki::init(&pki_dir, cluster, &specs)?;
     let controllers: Vec<ControllerEntry> = nodes
         .iter()
@@ -225,14 +273,15 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
     for n in &nodes {
         let ndir = node_dir(&spec.dir, &n.id);
         fs::create_dir_all(&n.data_dir).map_err(io(&n.data_dir))?;
-        Slots::new(&n.data_dir).install_initial(spec.version, DeploymentKind::Vm, &spec.bin_dir)?;
+        let kind = spec.deployment.kind_of(&n.role);
+        Slots::new(&n.data_dir).install_initial(spec.version, kind, &spec.bin_dir)?;
         let file = NodeConfigFile {
             cluster: cluster.into(),
             node_id: n.id.clone(),
             role: n.role.clone(),
             listen: n.addr.clone(),
             data_dir: n.data_dir.clone(),
-            deployment: "vm".into(),
+            deployment: kind.as_str().into(),
             leader: "c1".into(),
             heartbeat_interval_ms: Some(spec.heartbeat_ms),
             se_group: n.se_group.clone(),
@@ -301,7 +350,14 @@ fn known_node(dir: &Path, id: &str) -> Result<ClusterFile, LocalError> {
     Ok(cf)
 }
 
-/// Powers a node on: starts its supervisor, detached from this process.
+/// A local node's config.
+fn node_config(dir: &Path, id: &str) -> Result<NodeConfigFile, LocalError> {
+    NodeConfigFile::read(&node_dir(dir, id).join("node.toml")).map_err(|e| LocalError::Invalid(e.to_string()))
+}
+
+/// Powers a node on: starts its supervisor, detached from this process. A
+/// vm node's is `molt local supervise`; a docker node's is its agent's
+/// `boot --docker`, which runs the node's container.
 pub fn power_on(dir: &Path, id: &str) -> Result<(), LocalError> {
     known_node(dir, id)?;
     if is_on(dir, id) {
@@ -311,11 +367,19 @@ pub fn power_on(dir: &Path, id: &str) -> Result<(), LocalError> {
     let log_path = nd.join("agent.log");
     let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
     let err_log = log.try_clone().map_err(io(&log_path))?;
-    let exe = std::env::current_exe().map_err(io(Path::new("molt")))?;
-    Command::new(exe)
-        .args(["local", "supervise", "--dir"])
-        .arg(dir)
-        .arg(id)
+    let config = node_config(dir, id)?;
+    let mut cmd = if config.deployment == DeploymentKind::Docker.as_str() {
+        let local = local_file(dir)?;
+        let agent = local.bin_dir.join(if config.role == "controller" { "controller-agent" } else { "se-agent" });
+        let mut c = Command::new(agent);
+        c.args(["boot", "--docker", "--config"]).arg(nd.join("node.toml"));
+        c
+    } else {
+        let mut c = Command::new(std::env::current_exe().map_err(io(Path::new("molt")))?);
+        c.args(["local", "supervise", "--dir"]).arg(dir).arg(id);
+        c
+    };
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err_log)
@@ -323,7 +387,13 @@ pub fn power_on(dir: &Path, id: &str) -> Result<(), LocalError> {
         .process_group(0)
         .spawn()
         .map_err(io(&nd))?;
+    fs::write(nd.join("supervisor.pid"), child.id().to_string()).map_err(io(&nd))?;
     Ok(())
+}
+
+fn local_file(dir: &Path) -> Result<LocalFile, LocalError> {
+    let path = dir.join("local.json");
+    serde_json::from_slice(&fs::read(&path).map_err(io(&path))?).map_err(|e| LocalError::Invalid(e.to_string()))
 }
 
 /// Cuts a node's power: its supervisor and every process of the node end at once.
@@ -344,6 +414,11 @@ pub fn power_off(dir: &Path, id: &str) -> Result<(), LocalError> {
     }
     let _ = fs::remove_file(nd.join("supervisor.pid"));
     let _ = fs::remove_file(nd.join("init.pid"));
+    let config = node_config(dir, id)?;
+    if config.deployment == DeploymentKind::Docker.as_str() {
+        crate::docker::remove_container(&molt_docker::container_name(&config.cluster, id))
+            .map_err(|e| LocalError::Invalid(format!("{id}: {e}")))?;
+    }
     Ok(())
 }
 
@@ -353,6 +428,10 @@ pub async fn up(spec: &LocalSpec, timeout: Duration) -> Result<ClusterFile, Loca
         ClusterFile::load(&spec.dir).map_err(|e| LocalError::Invalid(e.to_string()))?
     } else {
         fs::create_dir_all(&spec.dir).map_err(io(&spec.dir))?;
+        if spec.deployment != LocalDeployment::Vm {
+            let engine = molt_docker::Engine::connect().await.map_err(crate::docker::DockerBuildError::from)?;
+            crate::docker::build_images(&engine, &spec.bin_dir, spec.version).await?;
+        }
         prepare(spec)?
     };
     for n in &cf.nodes {
@@ -433,9 +512,7 @@ pub fn down(dir: &Path) -> Result<(), LocalError> {
 pub fn supervise(dir: &Path, id: &str) -> Result<(), LocalError> {
     known_node(dir, id)?;
     let nd = node_dir(dir, id);
-    let local: LocalFile =
-        serde_json::from_slice(&fs::read(dir.join("local.json")).map_err(io(&dir.join("local.json")))?)
-            .map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let local = local_file(dir)?;
     fs::write(nd.join("supervisor.pid"), std::process::id().to_string()).map_err(io(&nd))?;
     let say = |msg: &str| {
         let _ = writeln!(std::io::stderr(), "[molt local] {id}: {msg}");
@@ -497,9 +574,7 @@ pub const NSBOOT_CRASHED: i32 = 12;
 /// waits for it, and says how it ended by the exit code.
 pub fn nsboot(dir: &Path, id: &str) -> Result<i32, LocalError> {
     let nd = node_dir(dir, id);
-    let local: LocalFile =
-        serde_json::from_slice(&fs::read(dir.join("local.json")).map_err(io(&dir.join("local.json")))?)
-            .map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let local = local_file(dir)?;
     let config = nd.join("node.toml");
     let toml_text = fs::read_to_string(&config).map_err(io(&config))?;
     let role_bin = if toml_text.contains("role = \"controller\"") { "controller-agent" } else { "se-agent" };

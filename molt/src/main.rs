@@ -208,6 +208,13 @@ enum LocalCmd {
         /// Seconds nodes have to rejoin after an apply before the upgrade fails.
         #[arg(long)]
         reform_timeout_secs: Option<u64>,
+        /// vm (processes in PID namespaces), docker (containers), or mixed
+        /// (controllers on vm, SEs on docker).
+        #[arg(long, default_value = "vm")]
+        deployment: String,
+        /// The cluster's name; docker nodes are the containers molt-CLUSTER-NODE.
+        #[arg(long, default_value = "local")]
+        cluster: String,
     },
     /// Power every node off (the cluster dir stays).
     Down {
@@ -397,7 +404,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Cmd::Package { cmd } => package(cmd),
+        Cmd::Package { cmd } => package(cmd).await,
         Cmd::Upgrade { no_wait, json, words } => {
             // The Avi-style words swallow what follows them: take options found there too.
             let json = *json || words.iter().any(|w| w == "--json");
@@ -437,13 +444,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn package(cmd: &PackageCmd) -> Result<(), Failure> {
+async fn package(cmd: &PackageCmd) -> Result<(), Failure> {
     match cmd {
         PackageCmd::Build { version, min_compatible, kind, payload, out } => {
             let version: Version = version.parse().map_err(|e| usage(format!("--version: {e}")))?;
             let min: Version = min_compatible.parse().map_err(|e| usage(format!("--min-compatible: {e}")))?;
             let kind: DeploymentKind = kind.parse().map_err(|e| usage(format!("--kind: {e}")))?;
-            let info = common::package::build(payload, version, min, kind, out)?;
+            let info = match kind {
+                DeploymentKind::Vm => common::package::build(payload, version, min, kind, out)?,
+                DeploymentKind::Docker => molt::docker::build_package(payload, version, min, out).await?,
+            };
             println!("{}  {}", info.sha256, out.display());
             println!(
                 "{} package {} (min compatible {}), {} entries, {}",
@@ -677,6 +687,8 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
             fetch_rate_limit,
             self_revert_secs,
             reform_timeout_secs,
+            deployment,
+            cluster,
         } => {
             let spec = LocalSpec {
                 dir: dir.clone(),
@@ -690,6 +702,8 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
                 port: *port,
                 self_revert_secs: *self_revert_secs,
                 reform_timeout_secs: *reform_timeout_secs,
+                deployment: deployment.parse()?,
+                cluster: cluster.clone(),
             };
             let started = std::time::Instant::now();
             let cf = local::up(&spec, Duration::from_secs(60)).await?;

@@ -342,6 +342,8 @@ mod tests {
             port: 8443,
             self_revert_secs: None,
             reform_timeout_secs: None,
+            deployment: molt::local::LocalDeployment::Vm,
+            cluster: "local".into(),
         };
         molt::local::prepare(&spec).unwrap();
         NodeSettings::load(&dir.join("c/nodes/c1/node.toml")).unwrap()
