@@ -21,8 +21,8 @@ use bollard::{
     errors::Error as BollardError,
     models::{ContainerCreateBody, HostConfig},
     query_parameters::{
-        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder, LogsOptionsBuilder,
-        RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
+        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
+        ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
     },
 };
 use bytes::Bytes;
@@ -164,10 +164,21 @@ impl Engine {
         }
     }
 
-    /// `docker import` of a root filesystem tar as the image `tag`.
-    pub async fn import_rootfs(&self, rootfs: Vec<u8>, tag: &str) -> Result<(), DockerError> {
+    /// A label of the image `tag`; `None` if the image or the label is missing.
+    pub async fn image_label(&self, tag: &str, key: &str) -> Result<Option<String>, DockerError> {
+        match self.docker.inspect_image(tag).await {
+            Ok(i) => Ok(i.config.and_then(|c| c.labels).and_then(|mut l| l.remove(key))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api(format!("inspect image {tag}"))(e)),
+        }
+    }
+
+    /// `docker import` of a root filesystem tar as the image `tag`, with `labels`.
+    pub async fn import_rootfs(&self, rootfs: Vec<u8>, tag: &str, labels: &[(&str, &str)]) -> Result<(), DockerError> {
         let (repo, version) = tag.split_once(':').unwrap_or((tag, "latest"));
-        let options = CreateImageOptionsBuilder::default().from_src("-").repo(repo).tag(version).build();
+        let changes: Vec<String> = labels.iter().map(|(k, v)| format!("LABEL {k}={v}")).collect();
+        let options =
+            CreateImageOptionsBuilder::default().from_src("-").repo(repo).tag(version).changes(changes).build();
         let body = bollard::body_full(Bytes::from(rootfs));
         self.docker
             .create_image(Some(options), Some(body), None)
@@ -258,6 +269,24 @@ impl Engine {
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(api(format!("inspect {name}"))(e)),
         }
+    }
+
+    /// Every container (running or not) of the cluster `cluster`, by its
+    /// `molt.cluster` label: `(name, image, running)`, sorted by name.
+    pub async fn containers_of(&self, cluster: &str) -> Result<Vec<(String, String, bool)>, DockerError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("molt.cluster={cluster}")])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(options)).await.map_err(api("ps"))?;
+        let mut out: Vec<_> = list
+            .into_iter()
+            .map(|c| {
+                let name = c.names.and_then(|n| n.into_iter().next()).unwrap_or_default();
+                let running = c.state.is_some_and(|s| s.to_string() == "running");
+                (name.trim_start_matches('/').to_owned(), c.image.unwrap_or_default(), running)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Copies the container's output to `out` until the container stops.

@@ -44,6 +44,43 @@ pub fn cli_package(dir: &std::path::Path, version: &str, min: &str) -> PathBuf {
     pkg
 }
 
+/// `molt package build --kind docker` of `version` from this build's
+/// agents, as an operator builds one. With `broken = Some(binary)`, that
+/// agent of the images cannot start (a script for a shell the image lacks).
+/// The images are tagged `molt-ROLE:VERSION` on this machine's Docker:
+/// tests that build a broken image give it a version of its own.
+pub fn docker_package(dir: &std::path::Path, version: &str, min: &str, broken: Option<&str>) -> PathBuf {
+    let payload = dir.join(format!("docker-payload-{version}"));
+    std::fs::create_dir_all(payload.join("bin")).unwrap();
+    for name in ["controller-agent", "se-agent"] {
+        let dst = payload.join("bin").join(name);
+        if broken == Some(name) {
+            std::fs::write(&dst, "#!/bin/sh\nexit 1\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        } else {
+            std::fs::copy(bin(name), &dst).unwrap();
+        }
+    }
+    let pkg = dir.join(format!("controller_docker-{version}.tgz"));
+    let out = molt(&[
+        "package",
+        "build",
+        "--version",
+        version,
+        "--min-compatible",
+        min,
+        "--kind",
+        "docker",
+        "--payload",
+        payload.to_str().unwrap(),
+        "--out",
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "molt package build --kind docker: {}", String::from_utf8_lossy(&out.stderr));
+    pkg
+}
+
 /// Runs `molt ARGS`; returns its output.
 pub fn molt(args: &[&str]) -> Output {
     Command::new(bin("molt")).args(args).output().unwrap()
@@ -85,6 +122,38 @@ impl LocalCluster {
         ])
     }
 
+    /// A cluster of `deployment` (`docker` or `mixed`) with a name of its
+    /// own, so that its containers (`molt-NAME-NODE`) are apart from other
+    /// tests'; the upgrade tests' short timings.
+    pub fn docker(deployment: &str, controllers: &str, groups: &str) -> Self {
+        let name = format!("t{}", common::types::random_hex(3));
+        Self::up(&[
+            "--deployment",
+            deployment,
+            "--cluster",
+            &name,
+            "--controllers",
+            controllers,
+            "--groups",
+            groups,
+            "--heartbeat-ms",
+            "300",
+            "--reform-timeout-secs",
+            "30",
+            "--self-revert-secs",
+            "60",
+        ])
+    }
+
+    /// The cluster's name (`cluster.json`).
+    pub fn name(&self) -> String {
+        self.cluster_json_file()["cluster"].as_str().unwrap().to_owned()
+    }
+
+    fn cluster_json_file(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.path().join("cluster.json")).unwrap()).unwrap()
+    }
+
     /// A REST client of the leader, connected through the cluster dir.
     pub fn api(&self) -> molt::client::Api {
         let conn = molt::client::Connection::resolve(Some(&self.path()), None, None, None).unwrap();
@@ -93,9 +162,7 @@ impl LocalCluster {
 
     /// The leader's URL from `cluster.json`.
     pub fn leader_url(&self) -> String {
-        let file: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(self.path().join("cluster.json")).unwrap()).unwrap();
-        file["leader_url"].as_str().unwrap().to_owned()
+        self.cluster_json_file()["leader_url"].as_str().unwrap().to_owned()
     }
 
     /// The cluster dir.

@@ -10,6 +10,7 @@ use common::{
     package::{DOCKER_IMAGE_ENTRY, PackageError, PackageInfo, REQUIRED_ENTRIES},
 };
 use molt_docker::{DockerError, Engine, image_tag};
+use sha2::Digest;
 
 /// Why a docker image or package could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,9 @@ pub enum DockerBuildError {
     #[error("{0}")]
     Invalid(String),
 }
+
+/// The image label holding the SHA-256 of the root filesystem it was imported from.
+const ROOTFS_LABEL: &str = "molt.rootfs";
 
 /// The tags of both roles at `version`.
 pub fn tags(version: Version) -> [String; 2] {
@@ -52,8 +56,14 @@ pub async fn build_images(engine: &Engine, bin_dir: &Path, version: Version) -> 
     .await
     .map_err(|e| DockerBuildError::Invalid(e.to_string()))??;
     let [controller, se] = tags(version);
-    engine.import_rootfs(rootfs, &controller).await?;
-    engine.tag(&controller, &se).await?;
+    // The same binaries make the same image: a tag in use by another
+    // cluster's containers is not moved to a copy of itself.
+    let digest = hex::encode(sha2::Sha256::digest(&rootfs));
+    let current = [engine.image_label(&controller, ROOTFS_LABEL).await?, engine.image_label(&se, ROOTFS_LABEL).await?];
+    if current.iter().any(|d| d.as_deref() != Some(digest.as_str())) {
+        engine.import_rootfs(rootfs, &controller, &[(ROOTFS_LABEL, &digest)]).await?;
+        engine.tag(&controller, &se).await?;
+    }
     Ok([controller, se])
 }
 
@@ -111,7 +121,10 @@ fn check_archive(archive: &Path, version: Version) -> Result<(), DockerBuildErro
 pub fn remove_container(name: &str) -> Result<(), DockerError> {
     let name = name.to_owned();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| DockerError::Invalid(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DockerError::Invalid(e.to_string()))?;
         rt.block_on(async { Engine::connect().await?.remove(&name).await })
     })
     .join()

@@ -1,0 +1,127 @@
+//! Docker deployments at process level: every node a real container of
+//! this machine's Docker Engine, upgraded by `docker load` of the package's
+//! image and a "reboot" that ends the container; the supervisor on the host
+//! (`AGENT boot --docker`) boots the boot record's tag.
+
+use std::time::Duration;
+
+use integration_tests::{
+    LocalCluster,
+    process::{cli_package, docker_package},
+};
+use molt::client::ClientError;
+use serde_json::json;
+
+use crate::support::*;
+
+/// The cluster's containers as Docker lists them: `(name, image, running)`.
+async fn containers(c: &LocalCluster) -> Vec<(String, String, bool)> {
+    let engine = molt_docker::Engine::connect().await.expect("Docker Engine (`.ci/run` starts dockerd)");
+    engine.containers_of(&c.name()).await.unwrap()
+}
+
+async fn has_image(tag: &str) -> bool {
+    molt_docker::Engine::connect().await.unwrap().has_image(tag).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_cluster_refuses_a_vm_package_then_upgrades_to_new_containers() {
+    let c = LocalCluster::docker("docker", "1", "g1:active-active:2");
+    let api = c.api();
+    let name = c.name();
+    let before = containers(&c).await;
+    assert_eq!(
+        before,
+        vec![
+            (format!("molt-{name}-c1"), "molt-controller:1.0.0".into(), true),
+            (format!("molt-{name}-g1-se1"), "molt-se:1.0.0".into(), true),
+            (format!("molt-{name}-g1-se2"), "molt-se:1.0.0".into(), true),
+        ]
+    );
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2})).await.unwrap();
+    let config_before = config(&api).await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A vm package: refused by the pre-checks, before anything is staged.
+    let vm = upload(&api, &cli_package(tmp.path(), "2.0.0", "1.0.0")).await;
+    let e = api.post("/api/cluster/upgrade", &json!({"image_path": vm})).await.unwrap_err();
+    let ClientError::Api { status, message, .. } = &e else { panic!("{e}") };
+    assert_eq!(status.as_u16(), 400, "{e}");
+    assert!(message.contains("is a vm package") && message.contains("use controller_docker.tgz"), "{message}");
+    let v = get(&api, "/api/cluster").await;
+    assert!(
+        v["nodes"].as_array().unwrap().iter().all(|n| n["staged"].as_array().is_none_or(|s| s.is_empty())),
+        "{v:#}"
+    );
+    assert_eq!(get(&api, "/api/cluster/upgrade/status").await["state"], "idle");
+
+    // The docker package: every node loads its image and boots a container of the new tag.
+    let image = upload(&api, &docker_package(tmp.path(), "2.0.0", "1.0.0", None)).await;
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    let end = wait_end(&api, 240).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    all_up_on(&api, "2.0.0", &[], 30).await;
+    assert_eq!(config(&api).await, config_before, "the configuration survived the upgrade");
+    // One container per node, of the new tag: the old ones are gone, the old images kept for rollback.
+    assert_eq!(
+        containers(&c).await,
+        vec![
+            (format!("molt-{name}-c1"), "molt-controller:2.0.0".into(), true),
+            (format!("molt-{name}-g1-se1"), "molt-se:2.0.0".into(), true),
+            (format!("molt-{name}-g1-se2"), "molt-se:2.0.0".into(), true),
+        ]
+    );
+    assert!(has_image("molt-controller:1.0.0").await && has_image("molt-se:1.0.0").await);
+    for n in ["c1", "g1-se1", "g1-se2"] {
+        let log = std::fs::read_to_string(c.path().join("nodes").join(n).join("agent.log")).unwrap();
+        assert!(log.contains("image loaded tag=molt-"), "{n} loaded the image through Docker's API");
+        assert!(log.contains("rebooted; booting again"), "{n}'s container ended by reboot(2) and was booted again");
+    }
+    // Power is the container's: off removes it, on boots the committed tag again.
+    c.power("off", "g1-se2");
+    assert!(!containers(&c).await.iter().any(|(n, _, _)| n.ends_with("-g1-se2")));
+    c.power("on", "g1-se2");
+    all_up_on(&api, "2.0.0", &[], 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_se_image_that_cannot_start_falls_back_to_the_old_tag_and_suspends_its_group() {
+    let c = LocalCluster::docker("docker", "1", "g1:active-active:2");
+    let api = c.api();
+    let tmp = tempfile::tempdir().unwrap();
+    // A version of its own: the broken images' tags must not be another test's.
+    let image = upload(&api, &docker_package(tmp.path(), "2.1.0", "1.0.0", Some("se-agent"))).await;
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    let end = wait_end(&api, 300).await;
+    assert_eq!(end["state"], "suspended", "{end:#}");
+    let g1 = &end["se_groups"].as_array().unwrap()[0];
+    assert_eq!(g1["state"], "suspended", "{g1}");
+    // The controller is on 2.1.0; the first SE tried the new tag three times, then fell back.
+    let nodes = versions(&api).await;
+    assert!(nodes.contains(&("c1".into(), "2.1.0".into(), "up".into())), "{nodes:?}");
+    assert!(nodes.contains(&("g1-se1".into(), "1.0.0".into(), "up".into())), "{nodes:?}");
+    let log = std::fs::read_to_string(c.path().join("nodes/g1-se1/agent.log")).unwrap();
+    let trials = log.matches("image=molt-se:2.1.0").count();
+    assert!(trials >= 3, "the new tag was tried {trials} times:\n{log}");
+    assert!(log.contains("falling back"), "{log}");
+    let se1 = containers(&c).await.into_iter().find(|(n, _, _)| n.ends_with("-g1-se1")).unwrap();
+    assert_eq!((se1.1.as_str(), se1.2), ("molt-se:1.0.0", true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_controller_image_that_cannot_start_aborts_the_upgrade() {
+    let c = LocalCluster::docker("docker", "1", "g1:active-active:1");
+    let api = c.api();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &docker_package(tmp.path(), "2.2.0", "1.0.0", Some("controller-agent"))).await;
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    // The leader itself falls back after three attempts and finds the upgrade failed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let end = wait_end(&api, 300).await;
+    assert_eq!(end["state"], "aborted", "{end:#}");
+    all_up_on(&api, "1.0.0", &[], 60).await;
+    let log = std::fs::read_to_string(c.path().join("nodes/c1/agent.log")).unwrap();
+    assert!(log.contains("falling back"), "{log}");
+    let now = containers(&c).await;
+    assert!(now.iter().all(|(_, image, running)| image.ends_with(":1.0.0") && *running), "{now:?}");
+}
