@@ -109,10 +109,11 @@ impl fmt::Display for Role {
 }
 
 /// How a node is deployed; a package is built for exactly one kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeploymentKind {
     /// A virtual machine: `controller.pkg`.
+    #[default]
     Vm,
     /// A container host: `controller_docker.tgz`.
     Docker,

@@ -332,6 +332,8 @@ async fn discard_briefly(data: &mut axum::body::BodyDataStream) {
 #[serde(deny_unknown_fields)]
 struct PrestageRequest {
     image_path: String,
+    #[serde(default)]
+    docker_image_path: Option<String>,
 }
 
 /// Largest JSON request body: molt's requests are small documents.
@@ -367,7 +369,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 async fn prestage(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let req: PrestageRequest = json_body(body).await?;
-    let status = upgrade::prestage(&state, &req.image_path).await?;
+    let status = upgrade::prestage(&state, &req.image_path, req.docker_image_path.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
 

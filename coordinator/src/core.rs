@@ -123,8 +123,13 @@ impl Decider<'_> {
         self.ctx.now
     }
 
-    fn image(&self) -> ImageRef {
-        let i = &self.j.image;
+    /// The image of the node `id` (by its deployment kind).
+    fn image(&self, id: &NodeId) -> ImageRef {
+        let i = if self.ctx.mutant == Some(crate::Mutant::OneImage) {
+            &self.j.image
+        } else {
+            self.j.image_for(self.j.nodes[id].kind)
+        };
         ImageRef { sha256: i.sha256, size: i.size, version: self.j.to, kind: i.kind, min_compatible: i.min_compatible }
     }
 
@@ -209,7 +214,7 @@ impl Decider<'_> {
         let step = self.j.nodes[id].step;
         match step {
             Step::Applying => {
-                let c = self.command(id, CommandKind::Apply(self.image()));
+                let c = self.command(id, CommandKind::Apply(self.image(id)));
                 match self.obs.result(id, &c.id) {
                     Some(r) if r.state == CommandState::Succeeded => {
                         let by = r.boot_id.clone();
@@ -347,7 +352,7 @@ impl Decider<'_> {
                 Step::Staging => {}
                 _ => continue,
             }
-            let c = self.command(id, CommandKind::Stage(self.image()));
+            let c = self.command(id, CommandKind::Stage(self.image(id)));
             match self.obs.result(id, &c.id) {
                 Some(r) if r.state == CommandState::Succeeded => self.set(id, Step::Staged, None),
                 Some(r) if r.state == CommandState::Failed => {
@@ -548,15 +553,15 @@ impl Decider<'_> {
             Phase::Done => return j.progress,
             Phase::Distribute => {
                 // Bytes received, a staged node counting whole.
-                let size = j.image.size.max(1) as f64;
                 let got: f64 = j
                     .nodes
                     .iter()
                     .map(|(id, n)| match n.step {
                         Step::Staged => 1.0,
                         _ => {
-                            let r = self.obs.nodes.get(id).and_then(|s| s.received.get(&j.image.sha256));
-                            (r.copied().unwrap_or(0) as f64 / size).min(1.0)
+                            let image = j.image_for(n.kind);
+                            let r = self.obs.nodes.get(id).and_then(|s| s.received.get(&image.sha256));
+                            (r.copied().unwrap_or(0) as f64 / image.size.max(1) as f64).min(1.0)
                         }
                     })
                     .sum();

@@ -227,6 +227,9 @@ pub enum Member {
 pub struct NodeOp {
     /// Controller or SE.
     pub member: Member,
+    /// How it is deployed: which of the operation's images it gets.
+    #[serde(default)]
+    pub kind: DeploymentKind,
     /// Its step.
     pub step: Step,
     /// Bumped on every new attempt (resume, rollback), so commands get fresh ids.
@@ -253,6 +256,7 @@ impl NodeOp {
     pub fn new(member: Member) -> Self {
         Self {
             member,
+            kind: DeploymentKind::Vm,
             step: Step::Waiting,
             tries: 0,
             by: None,
@@ -355,8 +359,12 @@ pub struct Journal {
     pub id: String,
     /// Which operation.
     pub operation: Operation,
-    /// The image.
+    /// The image (of the nodes of its kind).
     pub image: Image,
+    /// In a mixed cluster, the image of the nodes of the other kind (docker
+    /// nodes, when `image` is for vm ones); of the same version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_image: Option<Image>,
     /// The version the cluster ran.
     pub from: Version,
     /// The image's version.
@@ -413,6 +421,20 @@ pub struct Volatile {
 }
 
 impl Journal {
+    /// The image a node of `kind` gets: `image`, or `docker_image` for the
+    /// nodes of its kind in a mixed cluster.
+    pub fn image_for(&self, kind: DeploymentKind) -> &Image {
+        match &self.docker_image {
+            Some(d) if d.kind == kind && self.image.kind != kind => d,
+            _ => &self.image,
+        }
+    }
+
+    /// Every image of the operation.
+    pub fn images(&self) -> impl Iterator<Item = &Image> {
+        std::iter::once(&self.image).chain(self.docker_image.as_ref())
+    }
+
     /// Whether an operation is running (the configuration is read-only).
     pub fn is_running(&self) -> bool {
         self.phase != Phase::Done

@@ -39,16 +39,20 @@ pub enum Mutant {
     /// still answers it: cut off and replaced, it goes on writing and
     /// commanding on its old term.
     StaleLeader,
+    /// Every node of a mixed cluster is sent the first image, whatever its
+    /// deployment kind.
+    OneImage,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::ConcurrentStart,
         Mutant::RollbackUnjournaled,
         Mutant::DrainedInMemory,
         Mutant::TwoVersions,
         Mutant::StaleLeader,
+        Mutant::OneImage,
     ];
 
     /// Its name on the command line.
@@ -59,6 +63,7 @@ impl Mutant {
             Mutant::DrainedInMemory => "drained-in-memory",
             Mutant::TwoVersions => "two-versions",
             Mutant::StaleLeader => "stale-leader",
+            Mutant::OneImage => "one-image",
         }
     }
 
@@ -70,6 +75,7 @@ impl Mutant {
             Mutant::DrainedInMemory => "the drained set is not journaled",
             Mutant::TwoVersions => "the two-versions check looks at the controllers only",
             Mutant::StaleLeader => "a leader cut off from the other controllers goes on writing and commanding",
+            Mutant::OneImage => "a mixed cluster's nodes all get the vm image",
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use common::{NodeId, Version};
+use common::{DeploymentKind, NodeId, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -81,6 +81,8 @@ pub struct NodeSummary {
     pub member: Member,
     /// The version it reports, if it has reported one.
     pub version: Option<Version>,
+    /// How it is deployed.
+    pub kind: DeploymentKind,
 }
 
 /// The version the controllers run: the lowest one reported.
@@ -181,6 +183,8 @@ pub struct StartRequest {
     pub operation: Operation,
     /// The image (verified, in the leader's store).
     pub image: Image,
+    /// In a mixed cluster, the docker nodes' image (`image` is then the vm nodes').
+    pub docker_image: Option<Image>,
     /// Its version.
     pub to: Version,
     /// Past version compatibility (disruptive).
@@ -268,7 +272,9 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
     let mut nodes = BTreeMap::new();
     let mut groups: BTreeMap<String, Vec<NodeId>> = BTreeMap::new();
     for n in ctx.nodes {
-        nodes.insert(n.id.clone(), NodeOp::new(n.member.clone()));
+        let mut op = NodeOp::new(n.member.clone());
+        op.kind = n.kind;
+        nodes.insert(n.id.clone(), op);
         if let Member::ServiceEngine(g) = &n.member {
             groups.entry(g.clone()).or_default().push(n.id.clone());
         }
@@ -289,6 +295,7 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
         id: ctx.id.to_owned(),
         operation: req.operation,
         image: req.image.clone(),
+        docker_image: req.docker_image.clone(),
         from,
         to: req.to,
         leader: ctx.leader.clone(),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use common::{
+    DeploymentKind::{self, Docker, Vm},
     NodeId, Sha256Digest, Version,
     session::{CommandKind, CommandState},
 };
@@ -35,18 +36,32 @@ fn config() -> Config {
 
 fn nodes(se_version: &str) -> Vec<NodeSummary> {
     vec![
-        NodeSummary { id: id("c1"), member: Member::Controller, version: Some(v("1.0.0")) },
-        NodeSummary { id: id("s1"), member: Member::ServiceEngine("g1".into()), version: Some(v(se_version)) },
-        NodeSummary { id: id("s2"), member: Member::ServiceEngine("g1".into()), version: Some(v(se_version)) },
+        NodeSummary { id: id("c1"), member: Member::Controller, version: Some(v("1.0.0")), kind: Vm },
+        NodeSummary {
+            id: id("s1"),
+            member: Member::ServiceEngine("g1".into()),
+            version: Some(v(se_version)),
+            kind: Vm,
+        },
+        NodeSummary {
+            id: id("s2"),
+            member: Member::ServiceEngine("g1".into()),
+            version: Some(v(se_version)),
+            kind: Vm,
+        },
     ]
 }
 
 fn image(to: &str) -> Image {
+    image_of(to, Vm)
+}
+
+fn image_of(to: &str, kind: DeploymentKind) -> Image {
     Image {
-        path: "controller://upgrade_pkgs/x.pkg".into(),
-        sha256: Sha256Digest::of(to.as_bytes()),
+        path: format!("controller://upgrade_pkgs/{}", kind.package_file_name()),
+        sha256: Sha256Digest::of(format!("{to}-{}", kind.as_str()).as_bytes()),
         size: 10,
-        kind: common::DeploymentKind::Vm,
+        kind,
         min_compatible: v("1.0.0"),
     }
 }
@@ -56,6 +71,7 @@ fn upgrade_to(to: &str) -> StartRequest {
     StartRequest {
         operation: Operation::Upgrade,
         image: image(to),
+        docker_image: None,
         to: v(to),
         force: false,
         disruptive: false,
@@ -436,4 +452,44 @@ fn an_se_switched_for_a_reboot_is_not_taken_as_rolled_back() {
     let s1 = &j.nodes[&id("s1")];
     assert!(matches!(s1.step, Step::Draining | Step::Stopping | Step::RollingBack), "{:?}", s1.step);
     assert_ne!(j.groups["g1"].state, GroupState::RolledBack);
+}
+
+/// A mixed cluster (vm controller, docker SEs) upgrades in one operation:
+/// each node is sent the image of its own kind, to stage and to apply.
+#[test]
+fn a_mixed_cluster_sends_each_node_the_image_of_its_kind() {
+    let cfg = config();
+    let mut ns = nodes("1.0.0");
+    for n in &mut ns[1..] {
+        n.kind = Docker;
+    }
+    let req = StartRequest { docker_image: Some(image_of("2.0.0", Docker)), ..upgrade_to("2.0.0") };
+    let ctx0 = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
+    let j = request::start(&req, &ctx0).unwrap();
+    assert_eq!(j.image_for(Vm).kind, Vm);
+    assert_eq!(j.image_for(Docker).kind, Docker);
+    let obs =
+        Observed { nodes: ns.iter().map(|n| (n.id.clone(), seen("1.0.0", "b0", &[]))).collect(), ..Default::default() };
+    let d = core::next(&j, &obs, &ctx(1));
+    let staged: BTreeMap<String, DeploymentKind> = d
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { node, command } => match &command.kind {
+                CommandKind::Stage(img) => Some((node.to_string(), img.kind)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        staged,
+        BTreeMap::from([("c1".into(), Vm), ("s1".into(), Docker), ("s2".into(), Docker)]),
+        "{:?}",
+        d.actions
+    );
+    // The SEs' stage commands carry the docker image's digest.
+    let docker_sha = image_of("2.0.0", Docker).sha256;
+    assert!(d.actions.iter().any(|a| matches!(a, Action::Send { node, command } if node.as_str() == "s1"
+        && matches!(&command.kind, CommandKind::Stage(img) if img.sha256 == docker_sha))));
 }

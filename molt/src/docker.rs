@@ -59,11 +59,19 @@ pub async fn build_images(engine: &Engine, bin_dir: &Path, version: Version) -> 
     // The same binaries make the same image: a tag in use by another
     // cluster's containers is not moved to a copy of itself.
     let digest = hex::encode(sha2::Sha256::digest(&rootfs));
+    // One import at a time on this machine: two `molt local up` at once
+    // would otherwise both import, the second moving the tags the first's
+    // containers were created from.
+    let lock_path = std::env::temp_dir().join("molt-docker-images.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| DockerBuildError::Invalid(format!("{}: {e}", lock_path.display())))?;
     let current = [engine.image_label(&controller, ROOTFS_LABEL).await?, engine.image_label(&se, ROOTFS_LABEL).await?];
     if current.iter().any(|d| d.as_deref() != Some(digest.as_str())) {
         engine.import_rootfs(rootfs, &controller, &[(ROOTFS_LABEL, &digest)]).await?;
         engine.tag(&controller, &se).await?;
     }
+    drop(lock);
     Ok([controller, se])
 }
 

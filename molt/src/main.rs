@@ -50,7 +50,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PackageCmd,
     },
-    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [force] [disruptive] [prechecks_only]`
+    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [force] [disruptive] [prechecks_only]`
     Upgrade {
         /// Return once the operation has started.
         #[arg(long)]
@@ -488,12 +488,49 @@ async fn package(cmd: &PackageCmd) -> Result<(), Failure> {
     }
 }
 
-/// Parses `image_path PATH [flags...]`.
-fn image_words(words: &[String]) -> Result<(String, Vec<String>), Failure> {
-    match words {
-        [kw, path, flags @ ..] if kw == "image_path" => Ok((path.clone(), flags.to_vec())),
-        _ => Err(usage("expected `image_path PATH` after the upgrade action")),
+/// What follows an upgrade action: `image_path PATH`, then flags, among
+/// them `docker_image_path PATH` (a mixed cluster's docker package).
+struct ImageWords {
+    path: String,
+    docker_path: Option<String>,
+    flags: Vec<String>,
+}
+
+/// Parses `image_path PATH [docker_image_path PATH] [flags...]`.
+fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
+    let [kw, path, rest @ ..] = words else {
+        return Err(usage("expected `image_path PATH` after the upgrade action"));
+    };
+    if kw != "image_path" {
+        return Err(usage("expected `image_path PATH` after the upgrade action"));
     }
+    let mut out = ImageWords { path: path.clone(), docker_path: None, flags: vec![] };
+    let mut it = rest.iter();
+    while let Some(w) = it.next() {
+        if w == "docker_image_path" {
+            let p = it.next().ok_or_else(|| usage("docker_image_path takes a PATH (controller_docker.tgz)"))?;
+            out.docker_path = Some(p.clone());
+        } else {
+            out.flags.push(w.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The `controller://` paths of a request's images, uploading local files;
+/// sets `image_path` (and `docker_image_path`) in `body`.
+async fn images_on_leader(
+    api: &Api,
+    words: &ImageWords,
+    json: bool,
+    body: &mut serde_json::Value,
+) -> Result<String, Failure> {
+    let image = upgrade::image_path_on_leader(api, &words.path, json).await?;
+    body["image_path"] = image.clone().into();
+    if let Some(d) = &words.docker_path {
+        body["docker_image_path"] = upgrade::image_path_on_leader(api, d, json).await?.into();
+    }
+    Ok(image)
 }
 
 async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> Result<(), Failure> {
@@ -501,13 +538,14 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
         words.split_first().ok_or_else(|| usage("upgrade what? `upgrade prestage image_path PATH`"))?;
     match action.as_str() {
         "prestage" => {
-            let (path, flags) = image_words(rest)?;
-            if let Some(f) = flags.first() {
+            let words = image_words(rest)?;
+            if let Some(f) = words.flags.first() {
                 return Err(usage(format!("prestage takes no option {f:?}")));
             }
             let api = api(cli)?;
-            let image = upgrade::image_path_on_leader(&api, &path, json).await?;
-            upgrade::start_prestage(&api, &image).await.map_err(explain)?;
+            let mut body = serde_json::json!({});
+            let image = images_on_leader(&api, &words, json, &mut body).await?;
+            api.post("/api/cluster/upgrade/prestage", &body).await.map_err(explain)?;
             if no_wait {
                 println!("prestage of {image} started; follow it with `molt show upgrade status`");
                 return Ok(());
@@ -515,9 +553,9 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             finish(&api, json, "the prestage").await
         }
         "system" => {
-            let (path, flags) = image_words(rest)?;
+            let words = image_words(rest)?;
             let mut body = serde_json::json!({ "force": false, "disruptive": false, "prechecks_only": false });
-            for f in &flags {
+            for f in &words.flags {
                 match f.as_str() {
                     "force" | "disruptive" | "prechecks_only" => body[f.as_str()] = true.into(),
                     other => {
@@ -528,8 +566,7 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
                 }
             }
             let api = api(cli)?;
-            let image = upgrade::image_path_on_leader(&api, &path, json).await?;
-            body["image_path"] = image.clone().into();
+            images_on_leader(&api, &words, json, &mut body).await?;
             let answer = api.post("/api/cluster/upgrade", &body).await.map_err(explain)?;
             if body["prechecks_only"] == true {
                 if json {

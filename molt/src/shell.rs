@@ -46,16 +46,17 @@ pub struct Command {
 pub const COMMANDS: &[Command] = &[
     Command {
         words: &["upgrade", "system"],
-        tail: Tail::Image(&["force", "disruptive", "prechecks_only", "--no-wait", "--json"]),
-        synopsis: "upgrade system image_path PATH [force] [disruptive] [prechecks_only] [--no-wait]",
+        tail: Tail::Image(&["docker_image_path", "force", "disruptive", "prechecks_only", "--no-wait", "--json"]),
+        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [force] [disruptive] [prechecks_only] [--no-wait]",
         help: "upgrade every controller, then every SE group; PATH is a local package file (uploaded first) \
-               or controller://upgrade_pkgs/FILE. prechecks_only shows the checks and the impact on each \
-               virtual service and changes nothing",
+               or controller://upgrade_pkgs/FILE. A mixed cluster takes the vm nodes' controller.pkg as \
+               image_path and the docker nodes' controller_docker.tgz as docker_image_path. prechecks_only \
+               shows the checks and the impact on each virtual service and changes nothing",
     },
     Command {
         words: &["upgrade", "prestage"],
-        tail: Tail::Image(&["--no-wait", "--json"]),
-        synopsis: "upgrade prestage image_path PATH [--no-wait]",
+        tail: Tail::Image(&["docker_image_path", "--no-wait", "--json"]),
+        synopsis: "upgrade prestage image_path PATH [docker_image_path PATH] [--no-wait]",
         help: "distribute and verify the image on every node; install nothing",
     },
     Command {
@@ -181,6 +182,7 @@ pub fn candidates(words: &[String], partial: &str, groups: &[String]) -> Vec<Str
             Tail::Image(flags) => match rest {
                 [] => out.push("image_path".into()),
                 [w] if w == "image_path" => return paths(partial),
+                [.., w] if w == "docker_image_path" => return paths(partial),
                 [w, ..] if w == "image_path" => out.extend(unused(flags)),
                 _ => {}
             },

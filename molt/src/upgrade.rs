@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::client::{Api, ClientError};
 
@@ -61,11 +61,6 @@ fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
         .progress_chars("=> "),
     );
     b
-}
-
-/// Starts a prestage; returns the status document the leader answered.
-pub async fn start_prestage(api: &Api, image_path: &str) -> Result<Value, ClientError> {
-    api.post("/api/cluster/upgrade/prestage", &json!({ "image_path": image_path })).await
 }
 
 /// Follows the running operation until it ends; returns the final status.

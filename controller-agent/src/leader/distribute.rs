@@ -3,6 +3,7 @@
 //! operation. A failed check refuses the request and touches no node; the
 //! staging itself is a step of the coordinator, carried out by the driver.
 
+use common::DeploymentKind;
 use coordinator::request::{Refusal, RefusalKind};
 use http::StatusCode;
 
@@ -61,14 +62,81 @@ fn check(name: &str, result: Result<String, String>) -> Precheck {
     Precheck { check: name.into(), result: result.into(), message }
 }
 
-/// The pre-checks of distributing `image` to `nodes`, pure. Returns the
+/// The images of an operation: one, or in a mixed cluster one per
+/// deployment kind (`image_path` for the vm nodes, `docker_image_path` for
+/// the docker ones), of one version.
+#[derive(Debug, Clone)]
+pub struct Images {
+    /// `image_path`'s.
+    pub main: Image,
+    /// `docker_image_path`'s.
+    pub docker: Option<Image>,
+}
+
+impl Images {
+    /// Checks that the two go together; `docker` is the docker nodes' package.
+    pub fn new(main: Image, docker: Option<Image>) -> Result<Self, Refused> {
+        let bad = |message: String| Refused { status: StatusCode::BAD_REQUEST, message, prechecks: vec![] };
+        if let Some(d) = &docker {
+            let (dm, mm) = (&d.info.manifest, &main.info.manifest);
+            if dm.kind != DeploymentKind::Docker {
+                return Err(bad(format!(
+                    "docker_image_path {} is a {} package; it takes the docker nodes' package ({})",
+                    d.image_path,
+                    dm.kind,
+                    DeploymentKind::Docker.package_file_name()
+                )));
+            }
+            if mm.kind != DeploymentKind::Vm {
+                return Err(bad(format!(
+                    "with docker_image_path, image_path is the vm nodes' package ({}), but {} is a {} package",
+                    DeploymentKind::Vm.package_file_name(),
+                    main.image_path,
+                    mm.kind
+                )));
+            }
+            if dm.version != mm.version {
+                return Err(bad(format!(
+                    "image_path is {} and docker_image_path is {}: both packages must be of the same version",
+                    mm.version, dm.version
+                )));
+            }
+        }
+        Ok(Self { main, docker })
+    }
+
+    /// Every image.
+    pub fn all(&self) -> impl Iterator<Item = &Image> {
+        std::iter::once(&self.main).chain(self.docker.as_ref())
+    }
+
+    /// The image of the nodes of `kind`, if there is one.
+    pub fn of(&self, kind: DeploymentKind) -> Option<&Image> {
+        self.all().find(|i| i.info.manifest.kind == kind)
+    }
+}
+
+/// A node's deployment kind as it reports it (vm until it has reported).
+pub fn kind_of(n: &NodeView) -> DeploymentKind {
+    n.deployment.as_deref().and_then(|d| d.parse().ok()).unwrap_or_default()
+}
+
+/// The pre-checks of distributing `images` to `nodes`, pure. Returns the
 /// verdicts and, if one failed, the kind of the refusal.
-pub fn prechecks(image: &Image, nodes: &[NodeView]) -> (Vec<Precheck>, Option<RefusalKind>) {
-    let m = &image.info.manifest;
-    let mut out = vec![check(
-        "image",
-        Ok(format!("{} package {} ({} bytes, sha256 {})", m.kind, m.version, image.info.size, image.info.sha256)),
-    )];
+pub fn prechecks(images: &Images, nodes: &[NodeView]) -> (Vec<Precheck>, Option<RefusalKind>) {
+    let mut out: Vec<Precheck> = images
+        .all()
+        .map(|image| {
+            let m = &image.info.manifest;
+            check(
+                "image",
+                Ok(format!(
+                    "{} package {} ({} bytes, sha256 {})",
+                    m.kind, m.version, image.info.size, image.info.sha256
+                )),
+            )
+        })
+        .collect();
     let mut failed = None;
     let down: Vec<_> = nodes.iter().filter(|n| n.state != NodeState::Up).map(|n| n.id.to_string()).collect();
     out.push(check(
@@ -80,48 +148,59 @@ pub fn prechecks(image: &Image, nodes: &[NodeView]) -> (Vec<Precheck>, Option<Re
             Err(format!("nodes not heartbeating: {}; bring them back (molt show cluster) and retry", down.join(", ")))
         },
     ));
-    let wrong_kind: Vec<_> = nodes
+    let without: Vec<_> = nodes
         .iter()
-        .filter(|n| n.deployment.as_deref().is_some_and(|d| d != m.kind.as_str()))
-        .map(|n| format!("{} ({})", n.id, n.deployment.as_deref().unwrap_or("?")))
+        .filter(|n| n.deployment.is_some() && images.of(kind_of(n)).is_none())
+        .map(|n| format!("{} ({})", n.id, kind_of(n)))
         .collect();
+    let kinds: std::collections::HashSet<DeploymentKind> = nodes.iter().map(kind_of).collect();
     out.push(check(
         "deployment_kind",
-        if wrong_kind.is_empty() {
-            Ok(format!("every node is deployed as {}", m.kind))
+        if without.is_empty() {
+            Ok(match kinds.len() {
+                1 => format!("every node is deployed as {}", images.main.info.manifest.kind),
+                _ => "every node has the package of its deployment kind (vm and docker)".into(),
+            })
         } else {
             failed.get_or_insert(RefusalKind::BadRequest);
-            let other = if m.kind == common::DeploymentKind::Vm {
-                common::DeploymentKind::Docker
+            let m = &images.main.info.manifest;
+            Err(if kinds.len() > 1 {
+                format!(
+                    "no package for these nodes' deployment kind: {}; a mixed cluster takes image_path {} and docker_image_path {}",
+                    without.join(", "),
+                    DeploymentKind::Vm.package_file_name(),
+                    DeploymentKind::Docker.package_file_name()
+                )
             } else {
-                common::DeploymentKind::Vm
-            };
-            Err(format!(
-                "the image is a {} package ({}) but these nodes are not: {}; use {}",
-                m.kind,
-                m.kind.package_file_name(),
-                wrong_kind.join(", "),
-                other.package_file_name()
-            ))
+                let other = if m.kind == DeploymentKind::Vm { DeploymentKind::Docker } else { DeploymentKind::Vm };
+                format!(
+                    "the image is a {} package ({}) but these nodes are not: {}; use {}",
+                    m.kind,
+                    m.kind.package_file_name(),
+                    without.join(", "),
+                    other.package_file_name()
+                )
+            })
         },
     ));
-    let need = image.info.size + DISK_MARGIN;
+    let need = |n: &NodeView| images.of(kind_of(n)).unwrap_or(&images.main).info.size + DISK_MARGIN;
     let short: Vec<_> = nodes
         .iter()
-        .filter(|n| !n.staged.iter().any(|s| s.sha256 == image.info.sha256.to_hex()))
-        .filter(|n| n.disk_free_bytes.is_some_and(|f| f < need))
-        .map(|n| format!("{} ({} bytes free)", n.id, n.disk_free_bytes.unwrap_or(0)))
+        .filter(|n| {
+            let image = images.of(kind_of(n)).unwrap_or(&images.main);
+            !n.staged.iter().any(|s| s.sha256 == image.info.sha256.to_hex())
+        })
+        .filter(|n| n.disk_free_bytes.is_some_and(|f| f < need(n)))
+        .map(|n| format!("{} ({} bytes free, {} needed)", n.id, n.disk_free_bytes.unwrap_or(0), need(n)))
         .collect();
+    let most = images.all().map(|i| i.info.size + DISK_MARGIN).max().unwrap_or(0);
     out.push(check(
         "disk_space",
         if short.is_empty() {
-            Ok(format!("every node has the {need} bytes the image needs"))
+            Ok(format!("every node has the {most} bytes the image needs"))
         } else {
             failed.get_or_insert(RefusalKind::InsufficientStorage);
-            Err(format!(
-                "not enough disk for the image ({need} bytes with margin) on: {}; free space and retry",
-                short.join(", ")
-            ))
+            Err(format!("not enough disk for the image (with margin) on: {}; free space and retry", short.join(", ")))
         },
     ));
     (out, failed)

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{NodeId, session::LeaderMessage};
+use common::{DeploymentKind, NodeId, session::LeaderMessage};
 use coordinator::{
     core::{self, Action, Ctx, Observed, Reported, Seen, Timeouts},
     journal::{Journal, Measured, Ms, Phase, Step},
@@ -142,19 +142,25 @@ impl Driver {
         {
             return why.clone();
         }
-        let why = match state.image(&j.image.path).await {
-            Ok(image) if image.info.sha256 == j.image.sha256 => None,
-            Ok(image) => Some(format!(
-                "{} changed during the upgrade (SHA-256 {} instead of {})",
-                j.image.path,
-                image.info.sha256.short(),
-                j.image.sha256.short()
-            )),
-            // A controller that became leader during the upgrade holds the
-            // image in its staging (verified there), not among its uploads.
-            Err(_) if state.image_path(&j.image.sha256).is_some() => None,
-            Err(e) => Some(e.to_string()),
-        };
+        let mut why = None;
+        for want in j.images() {
+            why = match state.image(&want.path).await {
+                Ok(image) if image.info.sha256 == want.sha256 => None,
+                Ok(image) => Some(format!(
+                    "{} changed during the upgrade (SHA-256 {} instead of {})",
+                    want.path,
+                    image.info.sha256.short(),
+                    want.sha256.short()
+                )),
+                // A controller that became leader during the upgrade holds the
+                // image in its staging (verified there), not among its uploads.
+                Err(_) if state.image_path(&want.sha256).is_some() => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if why.is_some() {
+                break;
+            }
+        }
         self.image_checked = Some((j.id, why.clone()));
         why
     }
@@ -240,14 +246,15 @@ impl Driver {
 
     /// A node may fetch the operation's image exactly while it is staging it.
     fn keep_grants(&mut self, state: &LeaderState, j: &Journal) {
-        let staging: Vec<&NodeId> = if j.is_running() {
-            j.nodes.iter().filter(|(_, n)| n.step == Step::Staging).map(|(id, _)| id).collect()
+        let staging: Vec<(&NodeId, DeploymentKind)> = if j.is_running() {
+            j.nodes.iter().filter(|(_, n)| n.step == Step::Staging).map(|(id, n)| (id, n.kind)).collect()
         } else {
             vec![]
         };
-        self.grants.retain(|id, _| staging.contains(&id));
-        for id in staging {
-            self.grants.entry(id.clone()).or_insert_with(|| state.fetch_gate.grant(id, j.image.sha256));
+        self.grants.retain(|id, _| staging.iter().any(|(s, _)| *s == id));
+        for (id, kind) in staging {
+            let sha = j.image_for(kind).sha256;
+            self.grants.entry(id.clone()).or_insert_with(|| state.fetch_gate.grant(id, sha));
         }
     }
 

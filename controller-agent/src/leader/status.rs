@@ -113,6 +113,12 @@ pub struct UpgradeStatus {
     pub image_sha256: String,
     /// The image's size in bytes.
     pub image_size: u64,
+    /// In a mixed cluster, the docker nodes' image's `controller://` path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_image_path: Option<String>,
+    /// Its SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_image_sha256: Option<String>,
     /// Forced past version compatibility.
     pub force: bool,
     /// SEs upgraded without moving traffic.
@@ -184,12 +190,13 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
         .map(|line| {
             let n = &j.nodes[&line.id.parse::<common::NodeId>().expect("journal ids are valid")];
             let seen = by_id.get(line.id.as_str());
+            let image = j.image_for(n.kind);
             let received = match n.step {
                 Step::Waiting | Step::Staging => seen
-                    .and_then(|s| s.transfers.iter().find(|t| t.sha256 == j.image.sha256.to_hex()))
+                    .and_then(|s| s.transfers.iter().find(|t| t.sha256 == image.sha256.to_hex()))
                     .map(|t| t.received)
                     .unwrap_or(0),
-                _ => j.image.size,
+                _ => image.size,
             };
             let state = match n.step {
                 _ if line.running.is_some() => "running",
@@ -268,6 +275,8 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
         image_path: j.image.path.clone(),
         image_sha256: j.image.sha256.to_hex(),
         image_size: j.image.size,
+        docker_image_path: j.docker_image.as_ref().map(|i| i.path.clone()),
+        docker_image_sha256: j.docker_image.as_ref().map(|i| i.sha256.to_hex()),
         force: j.force,
         disruptive: j.disruptive,
         reason: j.reason.clone(),

@@ -18,7 +18,7 @@ use tracing::info;
 use super::{
     LeaderState,
     cluster::NodeView,
-    distribute::{self, Refused},
+    distribute::{self, Images, Refused},
     driver::now_ms,
     images::Image,
     status::UpgradeStatus,
@@ -30,6 +30,9 @@ use super::{
 pub struct UpgradeRequest {
     /// `controller://...` path of the image.
     pub image_path: String,
+    /// In a mixed cluster, the docker nodes' image (`image_path` is then the vm nodes').
+    #[serde(default)]
+    pub docker_image_path: Option<String>,
     /// Upgrade even from below the image's minimum compatible version
     /// (makes the upgrade disruptive).
     #[serde(default)]
@@ -76,6 +79,7 @@ fn summaries(nodes: &[NodeView]) -> Vec<NodeSummary> {
                 _ => Member::Controller,
             },
             version: n.version.parse().ok(),
+            kind: distribute::kind_of(n),
         })
         .collect()
 }
@@ -117,9 +121,9 @@ impl Current {
     }
 }
 
-/// A start of `operation` with `image`.
+/// A start of `operation` with `images`.
 fn start_request(
-    image: &Image,
+    images: &Images,
     operation: Operation,
     force: bool,
     disruptive: bool,
@@ -127,8 +131,9 @@ fn start_request(
 ) -> StartRequest {
     StartRequest {
         operation,
-        image: journal_image(image),
-        to: image.info.manifest.version,
+        image: journal_image(&images.main),
+        docker_image: images.docker.as_ref().map(journal_image),
+        to: images.main.info.manifest.version,
         force,
         disruptive,
         on_error,
@@ -166,12 +171,12 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     if !req.prechecks_only {
         refuse_if_running(state)?;
     }
-    let image = state.image(&req.image_path).await?;
+    let images = resolve(state, &req.image_path, req.docker_image_path.as_deref()).await?;
     let nodes = state.cluster.snapshot();
-    let (mut checks, dist_failed) = distribute::prechecks(&image, &nodes);
+    let (mut checks, dist_failed) = distribute::prechecks(&images, &nodes);
     let summaries = summaries(&nodes);
-    let m = &image.info.manifest;
-    let sreq = start_request(&image, Operation::Upgrade, req.force, req.disruptive, on_error);
+    let m = &images.main.info.manifest;
+    let sreq = start_request(&images, Operation::Upgrade, req.force, req.disruptive, on_error);
     // Check and act under the operation gate: of requests at once, one starts.
     let _gate = state.operation_gate.lock().await;
     let current = Current::read(state);
@@ -208,24 +213,38 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     Ok((StatusCode::ACCEPTED, serde_json::to_value(state.status()).expect("serializes")))
 }
 
-/// Starts prestaging `image_path` on every node.
-pub async fn prestage(state: &Arc<LeaderState>, image_path: &str) -> Result<UpgradeStatus, Refused> {
+/// The image (and the docker nodes' image) of a request, verified and checked to go together.
+async fn resolve(state: &LeaderState, image_path: &str, docker_image_path: Option<&str>) -> Result<Images, Refused> {
+    let main = state.image(image_path).await?;
+    let docker = match docker_image_path {
+        Some(p) => Some(state.image(p).await?),
+        None => None,
+    };
+    Images::new(main, docker)
+}
+
+/// Starts prestaging `image_path` (and, in a mixed cluster, `docker_image_path`) on every node.
+pub async fn prestage(
+    state: &Arc<LeaderState>,
+    image_path: &str,
+    docker_image_path: Option<&str>,
+) -> Result<UpgradeStatus, Refused> {
     refuse_if_running(state)?;
-    let image = state.image(image_path).await?;
+    let images = resolve(state, image_path, docker_image_path).await?;
     let nodes = state.cluster.snapshot();
-    let (checks, failed) = distribute::prechecks(&image, &nodes);
+    let (checks, failed) = distribute::prechecks(&images, &nodes);
     if let Some(kind) = failed {
         return Err(request::failed_checks(kind, checks).into());
     }
     let summaries = summaries(&nodes);
-    let sreq = start_request(&image, Operation::Prestage, false, false, ActionOnError::Suspend);
+    let sreq = start_request(&images, Operation::Prestage, false, false, ActionOnError::Suspend);
     let _gate = state.operation_gate.lock().await;
     refuse_if_running(state)?;
     let current = Current::read(state);
     let ctx = current.ctx(state, &summaries);
     let mut j = request::start(&sreq, &ctx).map_err(Refused::from)?;
     j.prechecks = checks;
-    info!(image = %image.image_path, sha = %image.info.sha256.short(), nodes = nodes.len(), "prestage started");
+    info!(image = %images.main.image_path, sha = %images.main.info.sha256.short(), nodes = nodes.len(), "prestage started");
     begin(state, j).await?;
     Ok(state.status())
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use common::{NodeId, Version, session::Command};
+use common::{DeploymentKind, NodeId, Version, session::Command};
 
 use super::image;
 use crate::{
@@ -210,7 +210,7 @@ impl Leader {
         &mut self,
         now: Ms,
         disk: &mut Disk,
-        members: &[(NodeId, Member)],
+        members: &[(NodeId, Member, DeploymentKind)],
         mutant: Option<Mutant>,
         violations: &mut Vec<String>,
         quorum: bool,
@@ -250,8 +250,11 @@ impl Leader {
             }
         }
         // The placer: every SE serves what it should.
-        let ses: Vec<NodeId> =
-            members.iter().filter(|(_, m)| matches!(m, Member::ServiceEngine(_))).map(|(id, _)| id.clone()).collect();
+        let ses: Vec<NodeId> = members
+            .iter()
+            .filter(|(_, m, _)| matches!(m, Member::ServiceEngine(_)))
+            .map(|(id, _, _)| id.clone())
+            .collect();
         for (id, want) in core::placements_to_push(&self.config, self.journal.as_ref(), &ses, &obs) {
             let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
             if self.placed.get(&id).is_some_and(|(n, at, _)| *n == names && now < at + 1_000) {
@@ -272,7 +275,7 @@ impl Leader {
         &mut self,
         now: Ms,
         disk: &mut Disk,
-        members: &[(NodeId, Member)],
+        members: &[(NodeId, Member, DeploymentKind)],
         obs: &Observed,
         mutant: Option<Mutant>,
         violations: &mut Vec<String>,
@@ -280,12 +283,15 @@ impl Leader {
         let inbox = std::mem::take(&mut self.inbox);
         let summaries: Vec<NodeSummary> = members
             .iter()
-            .map(|(id, m)| NodeSummary {
+            .map(|(id, m, kind)| NodeSummary {
                 id: id.clone(),
                 member: m.clone(),
                 version: obs.nodes.get(id).map(|s| s.version),
+                kind: *kind,
             })
             .collect();
+        // A mixed cluster gets one image per kind, as the real leader's request does.
+        let mixed = members.iter().any(|(_, _, k)| *k == DeploymentKind::Docker);
         // The defect: every start checks against the same state, then all act.
         let checked_together = mutant == Some(Mutant::ConcurrentStart);
         let before = self.journal.clone();
@@ -297,7 +303,8 @@ impl Leader {
                 Request::Start { to, min_compatible, on_error, disruptive } => {
                     let req = StartRequest {
                         operation: Operation::Upgrade,
-                        image: image(*to, *min_compatible),
+                        image: image(*to, *min_compatible, DeploymentKind::Vm),
+                        docker_image: mixed.then(|| image(*to, *min_compatible, DeploymentKind::Docker)),
                         to: *to,
                         force: false,
                         disruptive: *disruptive,
@@ -308,7 +315,8 @@ impl Leader {
                 Request::Prestage { to } => {
                     let req = StartRequest {
                         operation: Operation::Prestage,
-                        image: image(*to, *to),
+                        image: image(*to, *to, DeploymentKind::Vm),
+                        docker_image: mixed.then(|| image(*to, *to, DeploymentKind::Docker)),
                         to: *to,
                         force: false,
                         disruptive: false,
@@ -351,9 +359,14 @@ impl Leader {
         request::start(req, &ctx).ok()
     }
 
-    fn write_config(&mut self, disk: &mut Disk, members: &[(NodeId, Member)], violations: &mut Vec<String>) {
+    fn write_config(
+        &mut self,
+        disk: &mut Disk,
+        members: &[(NodeId, Member, DeploymentKind)],
+        violations: &mut Vec<String>,
+    ) {
         let mut ses: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (id, m) in members {
+        for (id, m, _) in members {
             if let Member::ServiceEngine(g) = m {
                 ses.entry(g.clone()).or_default().push(id.to_string());
             }

@@ -16,7 +16,7 @@ mod node;
 
 use std::collections::BTreeMap;
 
-use common::{NodeId, Sha256Digest, Version};
+use common::{DeploymentKind, NodeId, Sha256Digest, Version};
 
 use self::{
     leader::{Disk, Leader, Request},
@@ -101,12 +101,13 @@ fn third_version() -> Request {
     Request::Start { to: v(3), min_compatible: v(2), on_error: ActionOnError::Suspend, disruptive: false }
 }
 
-fn image(to: Version, min_compatible: Version) -> Image {
+/// The package of `to` for nodes of `kind`.
+fn image(to: Version, min_compatible: Version, kind: DeploymentKind) -> Image {
     Image {
-        path: format!("controller://molt-{to}.pkg"),
-        sha256: Sha256Digest::of(to.to_string().as_bytes()),
+        path: format!("controller://molt-{to}-{}.pkg", kind.as_str()),
+        sha256: Sha256Digest::of(format!("{to}-{}", kind.as_str()).as_bytes()),
         size: 1 << 30,
-        kind: common::DeploymentKind::Vm,
+        kind,
         min_compatible,
     }
 }
@@ -173,15 +174,20 @@ impl World {
         let mut config = Config::default();
         let modes = ["active-standby", "active-active", "n-plus-m"];
         let groups = rng.range(1, 4) as usize;
+        // Some clusters are mixed: SE groups on docker beside vm controllers.
+        let mixed = rng.chance(0.3);
         let mut ses_by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for g in 0..groups {
             // Every run has an active-standby group: failover is where make-before-break matters.
             let ha = if g == 0 { modes[0] } else { *rng.pick(&modes) };
             let name = format!("g{g}");
             config.put_group(SeGroup { name: name.clone(), ha_mode: ha.into() }, false).expect("valid");
+            let kind = if mixed && rng.chance(0.5) { DeploymentKind::Docker } else { DeploymentKind::Vm };
             for s in 0..rng.range(2, 4) {
                 let se = format!("{name}-se{s}");
-                nodes.insert(id(&se), Node::new(Member::ServiceEngine(name.clone()), v(1)));
+                let mut node = Node::new(Member::ServiceEngine(name.clone()), v(1));
+                node.kind = kind;
+                nodes.insert(id(&se), node);
                 ses_by_group.entry(name.clone()).or_default().push(se);
             }
             for k in 0..rng.range(1, 3) {
@@ -442,8 +448,8 @@ impl World {
 }
 
 impl World {
-    fn members(&self) -> Vec<(NodeId, Member)> {
-        self.nodes.iter().map(|(id, n)| (id.clone(), n.member.clone())).collect()
+    fn members(&self) -> Vec<(NodeId, Member, DeploymentKind)> {
+        self.nodes.iter().map(|(id, n)| (id.clone(), n.member.clone(), n.kind)).collect()
     }
 
     /// One step of virtual time.
@@ -651,6 +657,11 @@ impl World {
         };
         let real = Reality { nodes: &nodes, config: &self.disk.config };
         let mut found = self.monitor.after_step(j, &real);
+        for (id, n) in &mut self.nodes {
+            if let Some(kind) = n.wrong_image.take() {
+                found.push(format!("{id} ({}) was sent a {} image", n.kind.as_str(), kind.as_str()));
+            }
+        }
         if at_rest {
             found.extend(self.monitor.at_rest(j, &real));
         }

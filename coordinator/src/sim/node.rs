@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use common::{
-    NodeId, Version,
+    DeploymentKind, NodeId, Version,
     session::{Command, CommandKind, CommandState},
     slots::{BootRecord, MAX_BOOT_ATTEMPTS, Slot, next_record},
 };
@@ -42,6 +42,10 @@ enum Then {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub member: Member,
+    /// How it is deployed: it can stage and apply only images of this kind.
+    pub kind: DeploymentKind,
+    /// The kind of an image of the wrong kind it was sent (a violation).
+    pub wrong_image: Option<DeploymentKind>,
     slots: [Option<Version>; 2],
     record: BootRecord,
     /// Powered on.
@@ -89,6 +93,8 @@ impl Node {
     pub fn new(member: Member, version: Version) -> Self {
         Self {
             member,
+            kind: DeploymentKind::Vm,
+            wrong_image: None,
             slots: [Some(version), None],
             record: BootRecord { format: 1, active: Slot::A, previous: None, pending: false, attempts: 0 },
             powered: true,
@@ -296,6 +302,18 @@ impl Node {
         self.generation = c.generation;
         self.record_result(c.id.clone(), CommandState::Running, String::new());
         let active = self.active_version().expect("a booted node runs a version");
+        if let CommandKind::Stage(img) | CommandKind::Apply(img) = &c.kind
+            && img.kind != self.kind
+        {
+            // As the real agent: refused, and a violation of the leader's.
+            self.wrong_image = Some(img.kind);
+            self.record_result(
+                c.id,
+                CommandState::Failed,
+                format!("a {} package on a {} node", img.kind.as_str(), self.kind.as_str()),
+            );
+            return;
+        }
         let (delay, state, message, then) = match &c.kind {
             CommandKind::Stage(img) => {
                 if std::mem::take(&mut self.disk_full) {

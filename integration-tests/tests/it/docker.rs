@@ -125,3 +125,67 @@ async fn a_docker_controller_image_that_cannot_start_aborts_the_upgrade() {
     let now = containers(&c).await;
     assert!(now.iter().all(|(_, image, running)| image.ends_with(":1.0.0") && *running), "{now:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_cluster_upgrades_in_one_operation_each_node_with_its_package() {
+    // Controllers on vm (processes in PID namespaces), SEs on docker.
+    let c = LocalCluster::docker("mixed", "1", "g1:active-active:2");
+    let api = c.api();
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2})).await.unwrap();
+    let v = get(&api, "/api/cluster").await;
+    let kinds: Vec<(&str, &str)> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n["deployment"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, vec![("c1", "vm"), ("g1-se1", "docker"), ("g1-se2", "docker")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vm = cli_package(tmp.path(), "2.0.0", "1.0.0");
+    let docker = docker_package(tmp.path(), "2.0.0", "1.0.0", None);
+
+    // One package is not enough: the pre-checks name the nodes without one.
+    let out = c.molt(&["upgrade", "system", "image_path", vm.to_str().unwrap(), "prechecks_only"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("g1-se1 (docker)") && text.contains("docker_image_path controller_docker.tgz"), "{text}");
+    // Nor a docker package given as the vm nodes' one.
+    let out = c.molt(&[
+        "upgrade",
+        "system",
+        "image_path",
+        docker.to_str().unwrap(),
+        "docker_image_path",
+        docker.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("image_path is the vm nodes' package"), "{out:?}");
+    assert_eq!(get(&api, "/api/cluster/upgrade/status").await["state"], "idle");
+
+    // Both, in one operation, through the CLI.
+    let out = c.molt(&[
+        "upgrade",
+        "system",
+        "image_path",
+        vm.to_str().unwrap(),
+        "docker_image_path",
+        docker.to_str().unwrap(),
+        "--no-wait",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let end = wait_end(&api, 240).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    assert!(end["docker_image_path"].as_str().unwrap().ends_with(".tgz"), "{end:#}");
+    all_up_on(&api, "2.0.0", &[], 30).await;
+    let c1 = std::fs::read_to_string(c.path().join("nodes/c1/agent.log")).unwrap();
+    assert!(c1.contains("rebooted; powering on again"), "the vm controller rebooted in its PID namespace");
+    let name = c.name();
+    assert_eq!(
+        containers(&c).await,
+        vec![
+            (format!("molt-{name}-g1-se1"), "molt-se:2.0.0".into(), true),
+            (format!("molt-{name}-g1-se2"), "molt-se:2.0.0".into(), true),
+        ],
+        "the SEs are containers of the new tag; the controller is no container"
+    );
+}
