@@ -9,13 +9,13 @@ use std::{
 use common::DeploymentKind;
 use molt::{
     client::{Api, Connection},
-    local::{self, LocalSpec},
+    local::{self, LocalDeployment, LocalSpec},
     render, upgrade,
 };
 
 use crate::{Failure, explain};
 
-pub async fn demo(dir: Option<PathBuf>) -> Result<(), Failure> {
+pub async fn demo(dir: Option<PathBuf>, deployment: LocalDeployment) -> Result<(), Failure> {
     let keep = dir.is_some();
     let tmp;
     let dir = match dir {
@@ -25,7 +25,7 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<(), Failure> {
             tmp.clone()
         }
     };
-    let result = demo_in(&dir, keep).await;
+    let result = demo_in(&dir, keep, deployment).await;
     if !keep {
         let _ = local::down(&dir.join("cluster"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -39,7 +39,16 @@ fn tempdir() -> Result<PathBuf, Failure> {
     Ok(d)
 }
 
-async fn demo_in(dir: &Path, keep: bool) -> Result<(), Failure> {
+/// How the demo's nodes run, in words.
+fn how(deployment: LocalDeployment) -> &'static str {
+    match deployment {
+        LocalDeployment::Vm => "every node in its own PID namespace",
+        LocalDeployment::Docker => "every node a Docker container molt-local-NODE",
+        LocalDeployment::Mixed => "controllers in PID namespaces, SEs as Docker containers",
+    }
+}
+
+async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<(), Failure> {
     let bin_dir = local::own_bin_dir();
     let spec = LocalSpec {
         dir: dir.join("cluster"),
@@ -53,7 +62,7 @@ async fn demo_in(dir: &Path, keep: bool) -> Result<(), Failure> {
         port: common::DEFAULT_PORT,
         self_revert_secs: None,
         reform_timeout_secs: None,
-        deployment: local::LocalDeployment::Vm,
+        deployment,
         cluster: "local".into(),
     };
     println!(
@@ -61,46 +70,65 @@ async fn demo_in(dir: &Path, keep: bool) -> Result<(), Failure> {
     );
     let t = std::time::Instant::now();
     local::up(&spec, Duration::from_secs(60)).await?;
-    println!("   up in {:.1} s, every node in its own PID namespace", t.elapsed().as_secs_f64());
+    println!("   up in {:.1} s, {}", t.elapsed().as_secs_f64(), how(deployment));
     let api = Api::new(&Connection::resolve(Some(&spec.dir), None, None, None)?)?;
     print!("{}", render::cluster(&api.get("/api/cluster").await?));
 
-    println!("\n== 2. a 2.0.0 package from this build's binaries");
+    println!("\n== 2. 2.0.0 packages from this build's binaries");
     let payload = dir.join("payload");
     std::fs::create_dir_all(payload.join("bin"))?;
     for b in ["controller-agent", "se-agent"] {
         std::fs::copy(bin_dir.join(b), payload.join("bin").join(b))?;
     }
-    let pkg = dir.join("controller.pkg");
-    let info = common::package::build(
-        &payload,
-        "2.0.0".parse().expect("valid"),
-        "1.0.0".parse().expect("valid"),
-        DeploymentKind::Vm,
-        &pkg,
-    )?;
-    println!("   {}  {} ({})", info.sha256, pkg.display(), render::bytes(info.size));
+    let (v2, v1) = ("2.0.0".parse().expect("valid"), "1.0.0".parse().expect("valid"));
+    let kinds: &[DeploymentKind] = match deployment {
+        LocalDeployment::Vm => &[DeploymentKind::Vm],
+        LocalDeployment::Docker => &[DeploymentKind::Docker],
+        LocalDeployment::Mixed => &[DeploymentKind::Vm, DeploymentKind::Docker],
+    };
+    let mut pkgs = vec![];
+    for kind in kinds {
+        let pkg = dir.join(kind.package_file_name());
+        let info = match kind {
+            DeploymentKind::Vm => common::package::build(&payload, v2, v1, *kind, &pkg)?,
+            DeploymentKind::Docker => molt::docker::build_package(&payload, v2, v1, &pkg).await?,
+        };
+        println!("   {}  {} ({})", info.sha256, pkg.display(), render::bytes(info.size));
+        pkgs.push(pkg);
+    }
 
     println!("\n== 3. a config object, to see it survive: virtual service web in g1");
     api.post("/api/virtualservice", &serde_json::json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2}))
         .await?;
 
-    println!("\n== 4. molt upgrade system image_path {}", pkg.display());
+    let words: Vec<String> = pkgs
+        .iter()
+        .zip(["image_path", "docker_image_path"])
+        .map(|(p, w)| format!("{w} {}", p.display()))
+        .collect();
+    println!("\n== 4. molt upgrade system {}", words.join(" "));
     let t = std::time::Instant::now();
-    let image = upgrade::image_path_on_leader(&api, &pkg.display().to_string(), false).await?;
-    let checks = api
-        .post("/api/cluster/upgrade", &serde_json::json!({"image_path": image, "prechecks_only": true}))
-        .await
-        .map_err(explain)?;
+    let mut body = serde_json::json!({});
+    for (p, w) in pkgs.iter().zip(["image_path", "docker_image_path"]) {
+        body[w] = upgrade::image_path_on_leader(&api, &p.display().to_string(), false).await?.into();
+    }
+    body["prechecks_only"] = true.into();
+    let checks = api.post("/api/cluster/upgrade", &body).await.map_err(explain)?;
     print!("{}", render::prechecks(&checks));
-    api.post("/api/cluster/upgrade", &serde_json::json!({"image_path": image})).await.map_err(explain)?;
+    body["prechecks_only"] = false.into();
+    api.post("/api/cluster/upgrade", &body).await.map_err(explain)?;
     let end = upgrade::follow(&api, false).await?;
     print!("{}", render::status(&end));
     if end["state"] != "completed" {
         return Err(Failure(format!("the demo's upgrade did not complete: {}", end["reason"]), 1));
     }
     println!(
-        "   every controller and SE rebooted into 2.0.0 (reboot(2) in its own PID namespace) in {:.1} s",
+        "   every controller and SE rebooted into 2.0.0 ({}) in {:.1} s",
+        match deployment {
+            LocalDeployment::Vm => "reboot(2) in its own PID namespace",
+            LocalDeployment::Docker => "docker load, then a new container of the 2.0.0 tag",
+            LocalDeployment::Mixed => "controllers by reboot(2), SEs as new containers",
+        },
         t.elapsed().as_secs_f64()
     );
 

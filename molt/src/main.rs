@@ -105,6 +105,10 @@ enum Cmd {
         /// Keep the cluster dir here instead of a temporary one (and leave it up).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// vm (processes in PID namespaces), docker (containers, needs Docker
+        /// Engine) or mixed (controllers on vm, SEs on docker).
+        #[arg(long, default_value = "vm")]
+        deployment: String,
     },
 }
 
@@ -439,7 +443,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Local { cmd } => local_cmd(cmd).await,
-        Cmd::Demo { dir } => demo::demo(dir.clone()).await,
+        Cmd::Demo { dir, deployment } => demo::demo(dir.clone(), deployment.parse()?).await,
         Cmd::Shell => Err(usage("already in the shell")),
     }
 }
