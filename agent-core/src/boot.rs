@@ -40,14 +40,7 @@ pub enum BootError {
 pub fn boot(config: &Path) -> Result<Infallible, BootError> {
     let settings = NodeSettings::load(config)?;
     let slots = Slots::new(&settings.data_dir);
-    let record = slots.boot_record()?;
-    let next = next_record(&record, MAX_BOOT_ATTEMPTS);
-    if next != record {
-        if next.active != record.active {
-            warn!(from = %record.active, to = %next.active, attempts = record.attempts, "slot failed to boot too often; falling back");
-        }
-        slots.write_boot_record(&next)?;
-    }
+    let next = choose_slot(&slots)?;
     let binary = match settings.role {
         Role::Controller => "controller-agent",
         _ => "se-agent",
@@ -56,6 +49,21 @@ pub fn boot(config: &Path) -> Result<Infallible, BootError> {
     info!(slot = %next.active, path = %path.display(), pending = next.pending, "booting");
     let err = std::process::Command::new(&path).arg("run").arg("--config").arg(config).exec();
     Err(BootError::Exec { path: path.display().to_string(), source: err })
+}
+
+/// The boot record of this boot, written before the boot: an attempt more
+/// of a slot on trial, or, after [`MAX_BOOT_ATTEMPTS`], the previous slot.
+/// Both boot loaders (vm, docker) choose through here.
+pub fn choose_slot(slots: &Slots) -> Result<common::slots::BootRecord, SlotError> {
+    let record = slots.boot_record()?;
+    let next = next_record(&record, MAX_BOOT_ATTEMPTS);
+    if next != record {
+        if next.active != record.active {
+            warn!(from = %record.active, to = %next.active, attempts = record.attempts, "slot failed to boot too often; falling back");
+        }
+        slots.write_boot_record(&next)?;
+    }
+    Ok(next)
 }
 
 /// Waits for SIGTERM or SIGINT.

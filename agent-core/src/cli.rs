@@ -75,11 +75,15 @@ where
                 let m = slots
                     .install_first(&package, settings.deployment)
                     .map_err(|e| format!("{}: nothing was installed: {e}", package.display()))?;
+                let unit = match (settings.deployment, settings.role) {
+                    (DeploymentKind::Docker, _) => "molt-docker-boot",
+                    (_, common::Role::Controller) => "molt-controller",
+                    _ => "molt-se",
+                };
                 println!(
-                    "installed {} into {}; start it with `systemctl enable --now molt-{}`",
+                    "installed {} into {}; start it with `systemctl enable --now {unit}`",
                     m.version,
                     slots.slot_dir(common::slots::Slot::A).display(),
-                    if settings.role == common::Role::Controller { "controller" } else { "se" }
                 );
                 Ok(())
             })

@@ -24,7 +24,7 @@ use common::{
     Role,
     config::{NodeConfigFile, NodeSettings},
     package::DOCKER_IMAGE_ENTRY,
-    slots::{MAX_BOOT_ATTEMPTS, Slot, Slots, next_record},
+    slots::{Slot, Slots},
 };
 use molt_docker::{Bind, Engine, NodeContainer, agent_path, container_name, image_tag};
 use tracing::{error, info, warn};
@@ -107,7 +107,7 @@ enum Ended {
 /// The boot loader of a docker node (`controller-agent boot --docker`):
 /// boots the boot record's slot as the node's container, again after every
 /// reboot, counting the attempts of a slot on trial and falling back after
-/// [`MAX_BOOT_ATTEMPTS`]. A container that dies is booted again like a
+/// [`common::slots::MAX_BOOT_ATTEMPTS`]. A container that dies is booted again like a
 /// watchdog would; more than ten quick failures in a row end the supervisor.
 /// SIGTERM removes the container and returns.
 pub async fn supervise(config: &Path) -> Result<(), BootError> {
@@ -166,18 +166,7 @@ pub async fn supervise(config: &Path) -> Result<(), BootError> {
 /// container, wait for it to end.
 async fn boot_once(engine: &Engine, config: &Path, file: &NodeConfigFile, settings: &NodeSettings) -> Ended {
     let slots = Slots::new(&settings.data_dir);
-    let chosen = (|| {
-        let record = slots.boot_record()?;
-        let next = next_record(&record, MAX_BOOT_ATTEMPTS);
-        if next != record {
-            if next.active != record.active {
-                warn!(from = %record.active, to = %next.active, attempts = record.attempts, "slot failed to boot too often; falling back");
-            }
-            slots.write_boot_record(&next)?;
-        }
-        Ok::<_, BootError>(next)
-    })();
-    let record = match chosen {
+    let record = match crate::boot::choose_slot(&slots) {
         Ok(r) => r,
         Err(e) => return Ended::Failed(e.to_string()),
     };

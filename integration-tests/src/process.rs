@@ -26,21 +26,7 @@ pub fn cli_package(dir: &std::path::Path, version: &str, min: &str) -> PathBuf {
         std::fs::copy(bin(name), payload.join("bin").join(name)).unwrap();
     }
     let pkg = dir.join(format!("controller-{version}.pkg"));
-    let out = molt(&[
-        "package",
-        "build",
-        "--version",
-        version,
-        "--min-compatible",
-        min,
-        "--kind",
-        "vm",
-        "--payload",
-        payload.to_str().unwrap(),
-        "--out",
-        pkg.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "molt package build: {}", String::from_utf8_lossy(&out.stderr));
+    package_build(&payload, version, min, "vm", &pkg);
     pkg
 }
 
@@ -63,22 +49,17 @@ pub fn docker_package(dir: &std::path::Path, version: &str, min: &str, broken: O
         }
     }
     let pkg = dir.join(format!("controller_docker-{version}.tgz"));
-    let out = molt(&[
-        "package",
-        "build",
-        "--version",
-        version,
-        "--min-compatible",
-        min,
-        "--kind",
-        "docker",
-        "--payload",
-        payload.to_str().unwrap(),
-        "--out",
-        pkg.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "molt package build --kind docker: {}", String::from_utf8_lossy(&out.stderr));
+    package_build(&payload, version, min, "docker", &pkg);
     pkg
+}
+
+/// `molt package build`; panics unless it succeeds.
+fn package_build(payload: &std::path::Path, version: &str, min: &str, kind: &str, out: &std::path::Path) {
+    let (payload, out_path) = (payload.to_str().unwrap(), out.to_str().unwrap());
+    let args =
+        ["package", "build", "--version", version, "--min-compatible", min, "--kind", kind, "--payload", payload];
+    let out = molt(&[&args[..], &["--out", out_path]].concat());
+    assert!(out.status.success(), "molt package build --kind {kind}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Runs `molt ARGS`; returns its output.

@@ -101,11 +101,8 @@ async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<
     api.post("/api/virtualservice", &serde_json::json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2}))
         .await?;
 
-    let words: Vec<String> = pkgs
-        .iter()
-        .zip(["image_path", "docker_image_path"])
-        .map(|(p, w)| format!("{w} {}", p.display()))
-        .collect();
+    let words: Vec<String> =
+        pkgs.iter().zip(["image_path", "docker_image_path"]).map(|(p, w)| format!("{w} {}", p.display())).collect();
     println!("\n== 4. molt upgrade system {}", words.join(" "));
     let t = std::time::Instant::now();
     let mut body = serde_json::json!({});

@@ -112,12 +112,8 @@ pub fn status(v: &Value) -> String {
         );
         let _ = writeln!(out, "image {} (sha256 {})", s(&v["image_path"]), s(&v["image_sha256"]));
         if v["docker_image_path"].is_string() {
-            let _ = writeln!(
-                out,
-                "docker image {} (sha256 {})",
-                s(&v["docker_image_path"]),
-                s(&v["docker_image_sha256"])
-            );
+            let _ =
+                writeln!(out, "docker image {} (sha256 {})", s(&v["docker_image_path"]), s(&v["docker_image_sha256"]));
         }
         if v["force"] == true || v["disruptive"] == true {
             let _ = writeln!(out, "force {}  disruptive {}", v["force"], v["disruptive"]);

@@ -371,9 +371,10 @@ mod tests {
         assert_eq!(c("upgrade system", ""), ["image_path"]);
         assert_eq!(
             c("upgrade system image_path x.pkg", ""),
-            ["--json", "--no-wait", "disruptive", "force", "prechecks_only"]
+            ["--json", "--no-wait", "disruptive", "docker_image_path", "force", "prechecks_only"]
         );
-        assert_eq!(c("upgrade system image_path x.pkg force", "d"), ["disruptive"]);
+        assert_eq!(c("upgrade system image_path x.pkg force", "di"), ["disruptive"]);
+        assert_eq!(c("upgrade system image_path x.pkg force", "do"), ["docker_image_path"]);
         assert_eq!(c("resume segroup", ""), ["g1", "g2"]);
         assert_eq!(c("resume segroup g1", ""), ["--no-wait", "g2", "skip_suspended"]);
         assert_eq!(c("rollback segroup g1 g2", ""), ["--no-wait"]);
@@ -389,6 +390,9 @@ mod tests {
         let found = candidates(&w("upgrade system image_path"), &d, &[]);
         assert_eq!(found, [format!("{d}controller-2.0.0.pkg"), format!("{d}pkgs/")]);
         let found = candidates(&w("upgrade system image_path"), &format!("{d}con"), &[]);
+        assert_eq!(found, [format!("{d}controller-2.0.0.pkg")]);
+        // And after docker_image_path.
+        let found = candidates(&w("upgrade system image_path x.pkg docker_image_path"), &format!("{d}con"), &[]);
         assert_eq!(found, [format!("{d}controller-2.0.0.pkg")]);
     }
 

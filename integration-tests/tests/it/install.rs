@@ -40,6 +40,15 @@ impl Drop for Nodes {
     }
 }
 
+/// A docker node's container, removed on drop (its supervisor is killed, not stopped).
+struct RemoveContainer(&'static str);
+
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = molt::docker::remove_container(self.0);
+    }
+}
+
 #[test]
 fn install_md_takes_nodes_from_nothing_to_a_cluster() {
     let configs = install_md_configs();
@@ -72,6 +81,8 @@ fn install_md_takes_nodes_from_nothing_to_a_cluster() {
     let pkg = integration_tests::process::cli_package(tmp.path(), "1.0.0", "1.0.0");
 
     // 3.-4. and 6. on each node: its files under a root of its own.
+    // Dropped after `nodes`: the supervisors are killed first, then the container goes.
+    let _container = RemoveContainer("molt-prod-se-2");
     let mut nodes = Nodes(vec![]);
     for cfg in &configs {
         let file: common::config::NodeConfigFile = toml::from_str(cfg).unwrap();
@@ -119,6 +130,39 @@ fn install_md_takes_nodes_from_nothing_to_a_cluster() {
         nodes.0.push(child);
     }
 
+    // 7b. se-2 as a docker node: the SE's example with `deployment = "docker"`,
+    // the docker package, and what molt-docker-boot.service runs.
+    let docker_pkg = integration_tests::process::docker_package(tmp.path(), "1.0.0", "1.0.0", None);
+    let root = tmp.path().join("nodes/se-2");
+    let etc = root.join("etc/molt");
+    std::fs::create_dir_all(etc.join("pki")).unwrap();
+    for f in ["ca.pem", "se-2.pem", "se-2.key"] {
+        std::fs::copy(pki.join(f), etc.join("pki").join(f)).unwrap();
+    }
+    let text = ip(&configs[2].replace("se-1", "se-2").replace("10.0.1.21", "10.0.1.22"))
+        .replace("deployment = \"vm\"", "deployment = \"docker\"")
+        .replace("/etc/molt", etc.to_str().unwrap())
+        .replace("/var/lib/molt", root.join("var/lib/molt").to_str().unwrap());
+    let config = etc.join("node.toml");
+    std::fs::write(&config, text).unwrap();
+    let installed = run_ok(
+        Command::new(bin("se-agent"))
+            .args(["install", "--config", config.to_str().unwrap(), "--package"])
+            .arg(&docker_pkg),
+    );
+    assert!(installed.contains("molt-docker-boot"), "{installed}");
+    let unit = std::fs::read_to_string(repo().join("packaging/systemd/molt-docker-boot.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+    assert_eq!(exec, "/usr/local/bin/controller-agent boot --docker --config /etc/molt/node.toml");
+    nodes.0.push(
+        Command::new(bin("se-agent"))
+            .args(["boot", "--docker", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+
     // 8. molt with the connection options INSTALL.md exports.
     let leader = format!("https://{}:8443", ip("10.0.0.11"));
     let show = || {
@@ -137,9 +181,11 @@ fn install_md_takes_nodes_from_nothing_to_a_cluster() {
     };
     loop {
         if let Some(v) = show()
-            && ["c1", "c2", "se-1"].iter().all(|id| up(&v, id))
+            && ["c1", "c2", "se-1", "se-2"].iter().all(|id| up(&v, id))
         {
             assert_eq!(v["cluster"], "prod");
+            let se2 = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "se-2").unwrap();
+            assert_eq!(se2["deployment"], "docker", "{se2}");
             break;
         }
         assert!(Instant::now() < deadline, "the installed nodes never showed up on 1.0.0: {:?}", show());

@@ -56,6 +56,8 @@ fn package_bytes(dir: &Path, kind: DeploymentKind) -> Vec<u8> {
     fs::create_dir_all(payload.join("bin")).unwrap();
     fs::write(payload.join("bin/controller-agent"), b"c").unwrap();
     fs::write(payload.join("bin/se-agent"), (0..700_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>()).unwrap();
+    // What a docker payload requires (a vm payload may hold it too).
+    fs::write(payload.join(package::DOCKER_IMAGE_ENTRY), b"not a real image").unwrap();
     let out = dir.join("p.pkg");
     package::build(&payload, "2.0.0".parse().unwrap(), "1.0.0".parse().unwrap(), kind, &out).unwrap();
     fs::read(out).unwrap()
