@@ -138,3 +138,38 @@ pub fn remove_container(name: &str) -> Result<(), DockerError> {
     .join()
     .unwrap_or_else(|_| Err(DockerError::Invalid("the docker thread panicked".into())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_payload_without_an_image_or_agents_is_refused_before_docker_is_asked() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("controller_docker.tgz");
+        let e = build_package(d.path(), v("2.0.0"), v("1.0.0"), &out).await.unwrap_err().to_string();
+        assert!(e.contains("has neither image.tar") && e.contains("bin/controller-agent"), "{e}");
+        assert!(!out.exists());
+    }
+
+    #[tokio::test]
+    async fn an_archive_without_both_tags_of_the_version_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(std::fs::File::create(d.path().join(DOCKER_IMAGE_ENTRY)).unwrap());
+        let manifest = br#"[{"Config":"x.json","RepoTags":["molt-controller:2.0.0","molt-se:1.0.0"],"Layers":[]}]"#;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(manifest.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", &manifest[..]).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        let out = d.path().join("controller_docker.tgz");
+        let e = build_package(d.path(), v("2.0.0"), v("1.0.0"), &out).await.unwrap_err().to_string();
+        assert!(e.contains("lacks molt-se:2.0.0") && e.contains("molt-controller:2.0.0, molt-se:1.0.0"), "{e}");
+        assert!(!out.exists());
+    }
+}
