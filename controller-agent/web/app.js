@@ -146,7 +146,7 @@ function renderCluster(c) {
   const leader = c.nodes.find((n) => n.id === c.leader);
   if (leader) clusterVersion = leader.version;
   $("#cluster-name").textContent = `cluster ${c.cluster}`;
-  const rows = c.nodes.map((n) => `<tr><td>${esc(n.id)}</td><td>${esc(n.role)}</td><td>${esc(n.se_group || "")}</td>
+  const rows = c.nodes.map((n) => `<tr><td>${esc(n.id)}</td><td>${esc(n.role)}</td><td>${esc(n.deployment || "")}</td><td>${esc(n.se_group || "")}</td>
     <td class="mono">${esc(n.version || "?")}</td><td>${badge(n.state)}</td>
     <td class="mono">${n.staged.map((s) => esc(s.version)).join(", ")}</td></tr>`);
   $("#nodes tbody").innerHTML = rows.join("");

@@ -63,8 +63,8 @@ pub fn cluster(v: &Value) -> String {
     let _ = writeln!(out, "cluster {}  leader {}", s(&v["cluster"]), s(&v["leader"]));
     let _ = writeln!(
         out,
-        "{:<12} {:<11} {:<20} {:<9} {:<10} {:<8} STAGED",
-        "NODE", "ROLE", "ADDRESS", "VERSION", "STATE", "GROUP"
+        "{:<12} {:<11} {:<7} {:<20} {:<9} {:<10} {:<8} STAGED",
+        "NODE", "ROLE", "KIND", "ADDRESS", "VERSION", "STATE", "GROUP"
     );
     for n in v["nodes"].as_array().into_iter().flatten() {
         let staged: Vec<String> = n["staged"]
@@ -79,9 +79,10 @@ pub fn cluster(v: &Value) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<12} {:<11} {:<20} {:<9} {:<10} {:<8} {}{}",
+            "{:<12} {:<11} {:<7} {:<20} {:<9} {:<10} {:<8} {}{}",
             s(&n["id"]),
             s(&n["role"]),
+            n["deployment"].as_str().unwrap_or("-"),
             s(&n["addr"]),
             if n["version"].as_str().unwrap_or("").is_empty() { "-" } else { s(&n["version"]) },
             s(&n["state"]),

@@ -152,6 +152,11 @@ async fn a_mixed_cluster_upgrades_in_one_operation_each_node_with_its_package() 
         .map(|n| (n["id"].as_str().unwrap(), n["deployment"].as_str().unwrap()))
         .collect();
     assert_eq!(kinds, vec![("c1", "vm"), ("g1-se1", "docker"), ("g1-se2", "docker")]);
+    // `molt show cluster` says how each node runs.
+    let shown = c.molt(&["show", "cluster"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let line = |id: &str| text.lines().find(|l| l.starts_with(id)).unwrap_or_default().to_owned();
+    assert!(text.contains(" KIND ") && line("c1").contains(" vm ") && line("g1-se1").contains(" docker "), "{text}");
     let tmp = tempfile::tempdir().unwrap();
     let vm = cli_package(tmp.path(), "2.0.0", "1.0.0");
     let docker = docker_package(tmp.path(), "2.0.0", "1.0.0", None);
