@@ -429,11 +429,16 @@ pub async fn up(spec: &LocalSpec, timeout: Duration) -> Result<ClusterFile, Loca
     } else {
         fs::create_dir_all(&spec.dir).map_err(io(&spec.dir))?;
         if spec.deployment != LocalDeployment::Vm {
-            let engine = molt_docker::Engine::connect().await.map_err(crate::docker::DockerBuildError::from)?;
-            crate::docker::build_images(&engine, &spec.bin_dir, spec.version).await?;
+            ensure_images(spec, false).await?;
         }
         prepare(spec)?
     };
+    // Powered on again: the first version's images may have been pruned
+    // (its docker slots hold no archive to load them from).
+    let docker = cf.nodes.iter().any(|n| node_config(&spec.dir, &n.id).is_ok_and(|c| c.deployment == "docker"));
+    if docker {
+        ensure_images(spec, true).await?;
+    }
     for n in &cf.nodes {
         if !is_on(&spec.dir, &n.id) {
             power_on(&spec.dir, &n.id)?;
@@ -442,6 +447,20 @@ pub async fn up(spec: &LocalSpec, timeout: Duration) -> Result<ClusterFile, Loca
     wait_up(&spec.dir, timeout).await?;
     register_groups(&spec.dir, &spec.groups).await?;
     Ok(cf)
+}
+
+/// Makes the images `molt-ROLE:VERSION` of the first version from the
+/// cluster's binaries; with `only_missing`, only if one of them is missing.
+async fn ensure_images(spec: &LocalSpec, only_missing: bool) -> Result<(), LocalError> {
+    let engine = molt_docker::Engine::connect().await.map_err(crate::docker::DockerBuildError::from)?;
+    let mut present = true;
+    for tag in crate::docker::tags(spec.version) {
+        present &= engine.has_image(&tag).await.map_err(crate::docker::DockerBuildError::from)?;
+    }
+    if !(only_missing && present) {
+        crate::docker::build_images(&engine, &spec.bin_dir, spec.version).await?;
+    }
+    Ok(())
 }
 
 /// Creates the SE groups of `--groups` in the leader's configuration
