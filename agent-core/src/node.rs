@@ -208,18 +208,25 @@ impl Node {
         Ok(Self { ctx, shutdown, on_trial: record.pending })
     }
 
-    /// The gRPC routes every agent serves: `Control`, health, reflection.
+    /// The gRPC routes every agent serves: `Control`, health, reflection
+    /// (`grpc.reflection.v1`, and `v1alpha` for the clients that speak only
+    /// that: grpcio-reflection's Python client, older grpcurl, Evans, Postman).
     pub fn base_routes(&self) -> tonic::service::Routes {
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the embedded descriptor sets are valid");
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
+        let v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
         tokio::spawn(async move {
             health_reporter.set_serving::<proto::v1::control_server::ControlServer<ControlService>>().await;
         });
-        tonic::service::Routes::new(ControlService::new(self.ctx.clone())).add_service(health).add_service(reflection)
+        tonic::service::Routes::new(ControlService::new(self.ctx.clone()))
+            .add_service(health)
+            .add_service(v1)
+            .add_service(v1alpha)
     }
 
     /// The token that stops this node.

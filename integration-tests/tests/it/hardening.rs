@@ -14,9 +14,12 @@ const LIST_SERVICES: &[u8] = &[0, 0, 0, 0, 2, 0x3a, 0x00];
 async fn no_content_type_routes_around_the_certificate_gate() {
     let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
     for node in ["c1", "g1-se1"] {
-        for ct in ["text/plain", "Application/gRPC", "application/grpc"] {
+        for (ct, version) in ["text/plain", "Application/gRPC", "application/grpc"]
+            .into_iter()
+            .flat_map(|ct| [(ct, "v1"), (ct, "v1alpha")])
+        {
             let mut req = format!(
-                "POST /grpc.reflection.v1.ServerReflection/ServerReflectionInfo HTTP/1.1\r\nHost: x\r\n\
+                "POST /grpc.reflection.{version}.ServerReflection/ServerReflectionInfo HTTP/1.1\r\nHost: x\r\n\
                  Content-Type: {ct}\r\nTE: trailers\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 LIST_SERVICES.len()
             )

@@ -244,4 +244,17 @@ async fn health_and_reflection_answer_with_cluster_certificates() {
     let answer = answers.message().await.unwrap().unwrap();
     let listed = format!("{:?}", answer.message_response);
     assert!(listed.contains("molt.v1.Leader") && listed.contains("molt.v1.Control"), "{listed}");
+    // The same through v1alpha, for clients that speak only that version.
+    let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, "c1")).await.unwrap();
+    let mut refl = tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let listed = format!("{:?}", answer.message_response);
+    assert!(listed.contains("molt.v1.Leader") && listed.contains("molt.v1.Control"), "{listed}");
 }
