@@ -274,7 +274,19 @@ fn usage(msg: impl Into<String>) -> Failure {
     Failure(msg.into(), 2)
 }
 
+/// Output into a closed pipe (`molt ... --json | head`) ends molt quietly,
+/// as it ends `cat`, instead of a panic in `println!`: SIGPIPE's default
+/// action again (Rust's runtime ignores it). Sockets are not affected: their
+/// writes use `MSG_NOSIGNAL`.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called first in main, before any thread exists; SIG_DFL installs no Rust handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     common::telemetry::init("warn");
     common::tls::install_default_provider();
     let cli = Cli::parse();

@@ -110,3 +110,25 @@ fn cli_refusals_say_what_is_wrong_and_exit_non_zero() {
         assert!(err.contains(words), "{args:?}: {err}");
     }
 }
+
+/// `molt ... --json | head`: output into a closed pipe ends molt as it ends
+/// `cat` (SIGPIPE), without a panic.
+#[test]
+fn output_into_a_closed_pipe_ends_molt_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = integration_tests::make_package(tmp.path(), "2.0.0", common::DeploymentKind::Vm, 1 << 20);
+    let mut child = std::process::Command::new(integration_tests::bin("molt"))
+        .args(["package", "inspect", "--json"])
+        .arg(&pkg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before molt writes (its check of the package takes longer).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as `cat` is: {:?} {stderr}", out.status);
+}
