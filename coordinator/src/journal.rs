@@ -30,6 +30,15 @@ pub enum ActionOnError {
 }
 
 impl ActionOnError {
+    /// The request's word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Suspend => "suspend",
+            Self::Continue => "continue",
+            Self::Rollback => "rollback",
+        }
+    }
+
     /// Parses the request's word.
     pub fn parse(s: &str) -> Option<Self> {
         match s {

@@ -50,7 +50,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PackageCmd,
     },
-    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [force] [disruptive] [prechecks_only]`
+    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only]`
     Upgrade {
         /// Return once the operation has started.
         #[arg(long)]
@@ -509,6 +509,8 @@ async fn package(cmd: &PackageCmd) -> Result<(), Failure> {
 struct ImageWords {
     path: String,
     docker_path: Option<String>,
+    /// `action_on_error suspend|continue|rollback`.
+    on_error: Option<String>,
     flags: Vec<String>,
 }
 
@@ -520,14 +522,24 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
     if kw != "image_path" {
         return Err(usage("expected `image_path PATH` after the upgrade action"));
     }
-    let mut out = ImageWords { path: path.clone(), docker_path: None, flags: vec![] };
+    let mut out = ImageWords { path: path.clone(), docker_path: None, on_error: None, flags: vec![] };
     let mut it = rest.iter();
     while let Some(w) = it.next() {
-        if w == "docker_image_path" {
-            let p = it.next().ok_or_else(|| usage("docker_image_path takes a PATH (controller_docker.tgz)"))?;
-            out.docker_path = Some(p.clone());
-        } else {
-            out.flags.push(w.clone());
+        match w.as_str() {
+            "docker_image_path" => {
+                let p = it.next().ok_or_else(|| usage("docker_image_path takes a PATH (controller_docker.tgz)"))?;
+                out.docker_path = Some(p.clone());
+            }
+            "action_on_error" => match it.next().map(String::as_str) {
+                Some(v @ ("suspend" | "continue" | "rollback")) => out.on_error = Some(v.to_owned()),
+                other => {
+                    return Err(usage(format!(
+                        "action_on_error {}: expected suspend (the group stops), continue (the group goes on past the SE) or rollback (the group returns to the old version)",
+                        other.unwrap_or("(nothing)")
+                    )));
+                }
+            },
+            _ => out.flags.push(w.clone()),
         }
     }
     Ok(out)
@@ -558,6 +570,9 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             if let Some(f) = words.flags.first() {
                 return Err(usage(format!("prestage takes no option {f:?}")));
             }
+            if words.on_error.is_some() {
+                return Err(usage("prestage installs nothing: action_on_error goes with `upgrade system`"));
+            }
             let api = api(cli)?;
             let mut body = serde_json::json!({});
             let image = images_on_leader(&api, &words, json, &mut body).await?;
@@ -571,6 +586,9 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
         "system" => {
             let words = image_words(rest)?;
             let mut body = serde_json::json!({ "force": false, "disruptive": false, "prechecks_only": false });
+            if let Some(v) = &words.on_error {
+                body["action_on_error"] = v.clone().into();
+            }
             for f in &words.flags {
                 match f.as_str() {
                     "force" | "disruptive" | "prechecks_only" => body[f.as_str()] = true.into(),

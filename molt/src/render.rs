@@ -119,6 +119,9 @@ pub fn status(v: &Value) -> String {
         if v["force"] == true || v["disruptive"] == true {
             let _ = writeln!(out, "force {}  disruptive {}", v["force"], v["disruptive"]);
         }
+        if let Some(policy) = v["action_on_error"].as_str().filter(|p| *p != "suspend") {
+            let _ = writeln!(out, "action_on_error {policy}");
+        }
         if let Some(r) = v["reason"].as_str().filter(|r| !r.is_empty()) {
             let _ = writeln!(out, "reason: {r}");
         }

@@ -46,12 +46,21 @@ pub struct Command {
 pub const COMMANDS: &[Command] = &[
     Command {
         words: &["upgrade", "system"],
-        tail: Tail::Image(&["docker_image_path", "force", "disruptive", "prechecks_only", "--no-wait", "--json"]),
-        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [force] [disruptive] [prechecks_only] [--no-wait]",
+        tail: Tail::Image(&[
+            "docker_image_path",
+            "action_on_error",
+            "force",
+            "disruptive",
+            "prechecks_only",
+            "--no-wait",
+            "--json",
+        ]),
+        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only] [--no-wait]",
         help: "upgrade every controller, then every SE group; PATH is a local package file (uploaded first) \
                or controller://upgrade_pkgs/FILE. A mixed cluster takes the vm nodes' controller.pkg as \
                image_path and the docker nodes' controller_docker.tgz as docker_image_path. prechecks_only \
-               shows the checks and the impact on each virtual service and changes nothing",
+               shows the checks and the impact on each virtual service and changes nothing. action_on_error \
+               says what an SE failure does to its group: suspend (default), continue, or rollback",
     },
     Command {
         words: &["upgrade", "prestage"],
@@ -183,6 +192,9 @@ pub fn candidates(words: &[String], partial: &str, groups: &[String]) -> Vec<Str
                 [] => out.push("image_path".into()),
                 [w] if w == "image_path" => return paths(partial),
                 [.., w] if w == "docker_image_path" => return paths(partial),
+                [.., w] if w == "action_on_error" => {
+                    out.extend(["continue", "rollback", "suspend"].map(String::from));
+                }
                 [w, ..] if w == "image_path" => out.extend(unused(flags)),
                 _ => {}
             },
@@ -371,8 +383,9 @@ mod tests {
         assert_eq!(c("upgrade system", ""), ["image_path"]);
         assert_eq!(
             c("upgrade system image_path x.pkg", ""),
-            ["--json", "--no-wait", "disruptive", "docker_image_path", "force", "prechecks_only"]
+            ["--json", "--no-wait", "action_on_error", "disruptive", "docker_image_path", "force", "prechecks_only"]
         );
+        assert_eq!(c("upgrade system image_path x.pkg action_on_error", ""), ["continue", "rollback", "suspend"]);
         assert_eq!(c("upgrade system image_path x.pkg force", "di"), ["disruptive"]);
         assert_eq!(c("upgrade system image_path x.pkg force", "do"), ["docker_image_path"]);
         assert_eq!(c("resume segroup", ""), ["g1", "g2"]);

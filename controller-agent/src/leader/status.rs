@@ -123,6 +123,8 @@ pub struct UpgradeStatus {
     pub force: bool,
     /// SEs upgraded without moving traffic.
     pub disruptive: bool,
+    /// What an SE failure does to its group: `suspend`, `continue` or `rollback`.
+    pub action_on_error: String,
     /// Why aborted or suspended.
     pub reason: String,
     /// Started.
@@ -279,6 +281,7 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
         docker_image_sha256: j.docker_image.as_ref().map(|i| i.sha256.to_hex()),
         force: j.force,
         disruptive: j.disruptive,
+        action_on_error: j.on_error.name().into(),
         reason: j.reason.clone(),
         started_at: Some(secs(j.started)),
         ended_at: j.ended.map(secs),

@@ -261,10 +261,13 @@ async fn action_on_error_rollback_returns_the_group_to_the_old_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn action_on_error_continue_completes_saying_who_stayed_behind() {
     let (c, api, tmp) = setup("g1:active-active:2").await;
-    let image =
-        api.upload(&package(tmp.path(), Some("g1-se1")), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
-    let (_, end) = run_upgrade(&c, json!({"image_path": image, "action_on_error": "continue"})).await;
+    // Through the CLI, as an operator sets it.
+    let pkg = package(tmp.path(), Some("g1-se1"));
+    let out = c.molt(&["upgrade", "system", "image_path", pkg.to_str().unwrap(), "action_on_error", "continue"]);
+    let end = get(&api, "/api/cluster/upgrade/status").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end["action_on_error"], "continue", "{end:#}");
     let reason = end["reason"].as_str().unwrap();
     assert!(reason.contains("g1-se1") && reason.contains("continue"), "the failure is recorded: {reason}");
     for n in c.cluster_json()["nodes"].as_array().unwrap() {
