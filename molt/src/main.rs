@@ -672,19 +672,28 @@ async fn finish(api: &Api, json: bool, what: &str) -> Result<(), Failure> {
     }
 }
 
-/// Adds the pre-checks to a refusal's message.
+/// Adds the pre-checks to a refusal's message: the failed ones, then the
+/// warnings apart (a warning did not refuse anything).
 fn explain(e: ClientError) -> Failure {
     if let ClientError::Api { body, .. } = &e {
-        let checks: Vec<String> = body["prechecks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["result"] != "ok")
-            .map(|c| format!("  {}: {}", c["check"].as_str().unwrap_or("?"), c["message"].as_str().unwrap_or("")))
-            .collect();
-        if !checks.is_empty() {
-            return Failure(format!("{e}\nfailed pre-checks:\n{}", checks.join("\n")), 1);
+        let of = |result: &str| -> Vec<String> {
+            body["prechecks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["result"] == result)
+                .map(|c| format!("  {}: {}", c["check"].as_str().unwrap_or("?"), c["message"].as_str().unwrap_or("")))
+                .collect()
+        };
+        let (failed, warnings) = (of("error"), of("warning"));
+        let mut text = e.to_string();
+        if !failed.is_empty() {
+            text += &format!("\nfailed pre-checks:\n{}", failed.join("\n"));
         }
+        if !warnings.is_empty() {
+            text += &format!("\nwarnings:\n{}", warnings.join("\n"));
+        }
+        return Failure(text, 1);
     }
     e.into()
 }
@@ -805,5 +814,28 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
                 std::process::exit(local::NSBOOT_OFF)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_lists_its_failed_checks_and_its_warnings_apart() {
+        let body = serde_json::json!({"error": "refused", "prechecks": [
+            {"check": "version", "result": "warning", "message": "forced: the upgrade is disruptive"},
+            {"check": "nodes_up", "result": "error", "message": "nodes not heartbeating: g1-se1"},
+            {"check": "image", "result": "ok", "message": "fine"},
+        ]});
+        let e = ClientError::Api { status: http::StatusCode::PRECONDITION_FAILED, message: "refused".into(), body };
+        let Failure(text, _) = explain(e);
+        let (failed, warnings) = text.split_once("\nwarnings:\n").expect("a warnings part");
+        assert!(
+            failed.contains("failed pre-checks:\n  nodes_up: nodes not heartbeating") && !failed.contains("version"),
+            "{text}"
+        );
+        assert_eq!(warnings, "  version: forced: the upgrade is disruptive");
+        assert!(!text.contains("image: fine"), "{text}");
     }
 }
