@@ -111,6 +111,10 @@ async fn follow_leader(State(state): State<Arc<LeaderState>>, req: Request, next
             let ca = state.settings.tls.material().ca_pem.clone();
             // A read the leader cannot answer is answered here, marked stale.
             let read = (req.method() == http::Method::GET).then(|| (req.uri().clone(), req.headers().clone()));
+            let req = match bounded_for_forwarding(req).await {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
             match crate::forward::forward(&ca, me, &m, req).await {
                 Ok(r) => (r, Some(m.id)),
                 Err(why) => match read {
@@ -232,12 +236,12 @@ async fn membership_gate(state: &LeaderState) -> Result<tokio::sync::MutexGuard<
 
 async fn add_controller(
     State(state): State<Arc<LeaderState>>,
-    body: Result<Json<AddController>, axum::extract::rejection::JsonRejection>,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(|e| {
+    let req: AddController = serde_json::from_slice(&read_bounded(body).await?).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("bad body: {e}; expected {{\"id\": \"c4\", \"addr\": \"IP:PORT\"}}"),
+            format!("invalid request body: {e}; expected {{\"id\": \"c4\", \"addr\": \"IP:PORT\"}}"),
         )
     })?;
     let id: common::NodeId = req.id.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("id: {e}")))?;
@@ -343,6 +347,12 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
 /// it. A larger body is answered 413 with the JSON error (after letting the
 /// client finish sending for a moment, so it reads the answer).
 async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    parse_json(&read_bounded(body).await?)
+}
+
+/// Reads a whole request body of at most [`MAX_JSON_BODY`] bytes; 413 (after
+/// letting the client finish sending for a moment) when it is larger.
+async fn read_bounded(body: Body) -> Result<Vec<u8>, ApiError> {
     use futures_util::StreamExt;
     let mut data = body.into_data_stream();
     let mut buf = Vec::new();
@@ -358,7 +368,19 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiE
         }
         buf.extend_from_slice(&chunk);
     }
-    parse_json(&buf)
+    Ok(buf)
+}
+
+/// Reads a body that is forwarded to the leader: whole, when it is at most
+/// [`MAX_JSON_BODY`] (every call but an upload), so that a leader answering
+/// before it read everything cannot cut the forwarded call short; 413 here
+/// when it is larger. An upload's body streams through as it comes.
+async fn bounded_for_forwarding(req: Request) -> Result<Request, ApiError> {
+    if req.uri().path() == "/api/upload" {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    Ok(Request::from_parts(parts, Body::from(read_bounded(body).await?)))
 }
 
 /// Parses a JSON body, answering 400 with the parser's words.

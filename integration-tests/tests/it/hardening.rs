@@ -52,6 +52,18 @@ async fn stream_upload(
     chunks: u64,
     h2: bool,
 ) -> (u16, serde_json::Value, u64) {
+    stream_upload_to(c, "c1", path, head, chunks, h2).await
+}
+
+/// [`stream_upload`] to the controller `node`.
+async fn stream_upload_to(
+    c: &TestCluster,
+    node: &str,
+    path: &str,
+    head: &'static [u8],
+    chunks: u64,
+    h2: bool,
+) -> (u16, serde_json::Value, u64) {
     use std::sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -65,7 +77,7 @@ async fn stream_upload(
     let token = std::fs::read_to_string(c.cluster_dir().join("pki/admin.token")).unwrap().trim().to_owned();
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
     let cfg = common::tls::anonymous_client_config(&ca, alpn).unwrap();
-    let addr: std::net::SocketAddr = addr_of(c, "c1").parse().unwrap();
+    let addr: std::net::SocketAddr = addr_of(c, node).parse().unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(rustls::pki_types::ServerName::from(addr.ip()), tcp)
@@ -190,6 +202,30 @@ async fn refused_uploads_answer_json_early_over_both_protocols() {
         assert_eq!(status, 413, "h2 {h2}: {json}");
         assert!(json["error"].as_str().unwrap().contains("small JSON documents"), "{json}");
     }
+}
+
+/// An oversize JSON body is answered 413 with the JSON error on every route,
+/// by the leader and by a follower forwarding to it, over both protocols (a
+/// follower used to stream it on and answer "no quorum", or reset the HTTP/2
+/// stream, when the leader answered before reading it all; the add-controller
+/// route answered 413 in plain text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_json_bodies_get_the_json_413_from_any_controller() {
+    let c = TestCluster::builder().controllers(3).start().await;
+    let leader = c.leader().settings.node_id.to_string();
+    let follower = if leader == "c1" { "c2" } else { "c1" };
+    for node in [leader.as_str(), follower] {
+        for path in ["/api/cluster/controllers", "/api/serviceenginegroup", "/api/virtualservice"] {
+            for h2 in [false, true] {
+                let (status, json, _) = stream_upload_to(&c, node, path, b"{\"name\": \"", 3, h2).await;
+                assert_eq!(status, 413, "{node} {path} h2 {h2}: {json}");
+                assert!(json["error"].as_str().unwrap().contains("small JSON documents"), "{node} {path}: {json}");
+            }
+        }
+    }
+    // A small body still goes through the follower to the leader.
+    let api = c.api().pinned(addr_of(&c, follower).parse().unwrap());
+    api.post("/api/serviceenginegroup", &serde_json::json!({"name": "g7", "ha_mode": "active-active"})).await.unwrap();
 }
 
 /// A TCP connection to `addr` from the source address `from`.
