@@ -1,6 +1,7 @@
 //! A controller that does not lead forwards REST calls to the one that
-//! does, as they came (method, path, token, streamed body), and streams the
-//! answer back: the CLI, scripts and the web page work through any
+//! does, as they came (method, path, token, body: an upload's streamed, any
+//! other read whole first, at most 64 KiB, by `api::follow_leader`), and
+//! streams the answer back: the CLI, scripts and the web page work through any
 //! controller. TLS to the leader trusts only the cluster CA.
 
 use std::{net::SocketAddr, time::Duration};
