@@ -68,6 +68,9 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/api/cluster/upgrade", post(start_upgrade))
         .route("/api/cluster/upgrade/resume", post(resume))
         .route("/api/cluster/upgrade/rollback", post(rollback))
+        .route("/api/cluster/upgrade/pause", post(pause))
+        .route("/api/cluster/upgrade/abort", post(abort))
+        .route("/api/cluster/upgrade/segroup", post(upgrade_segroup))
         .route("/api/cluster/controllers", get(controllers).post(add_controller))
         .route("/api/cluster/controllers/{id}", axum::routing::delete(remove_controller))
         .route("/api/serviceenginegroup", get(list_groups).post(create_group))
@@ -405,8 +408,34 @@ async fn start_upgrade(State(state): State<Arc<LeaderState>>, body: Body) -> Res
     Ok((code, Json(v)).into_response())
 }
 
-async fn resume(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
+/// A body that may be empty (the same as `{}`).
+async fn optional_json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_bounded(body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) { parse_json(b"{}") } else { parse_json(&bytes) }
+}
+
+/// The body of pause and abort: nothing (or `{}`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+async fn pause(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
+    let NoFields {} = optional_json_body(body).await?;
+    Ok(Json(upgrade::pause(&state).await?).into_response())
+}
+
+async fn abort(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
+    let NoFields {} = optional_json_body(body).await?;
+    Ok(Json(upgrade::abort(&state).await?).into_response())
+}
+
+async fn upgrade_segroup(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let req: upgrade::GroupRequest = json_body(body).await?;
+    Ok((StatusCode::ACCEPTED, Json(upgrade::upgrade_groups(&state, req).await?)).into_response())
+}
+
+async fn resume(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
+    let req: upgrade::GroupRequest = optional_json_body(body).await?;
     Ok((StatusCode::ACCEPTED, Json(upgrade::resume_groups(&state, req).await?)).into_response())
 }
 

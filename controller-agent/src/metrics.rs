@@ -243,6 +243,7 @@ mod tests {
 
     fn node(id: &str, up: bool, age: Option<u64>) -> NodeView {
         NodeView {
+            previous_version: None,
             id: id.parse().expect("id"),
             role: common::Role::Controller,
             addr: "127.0.0.1:8443".into(),

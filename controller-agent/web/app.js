@@ -43,7 +43,7 @@ function took(a, b) {
 
 // Whether a status document describes an operation still running.
 function isRunning(s) {
-  return !!s && ["in_progress", "prechecking"].includes(s.state);
+  return !!s && ["in_progress", "prechecking", "paused"].includes(s.state);
 }
 
 class Unauthorized extends Error {}
@@ -186,6 +186,7 @@ function renderStatus(s) {
   $("#op-summary").dataset.state = s.state;
   $("#op-bar").style.width = `${s.progress || 0}%`;
   $("#op-reason").textContent = s.reason || "";
+  controls(s);
   $("#phases").innerHTML = s.operation ? phases(s) : "";
   $("#history tbody").innerHTML = (s.history || []).slice().reverse().map((h) => `<tr><td>${esc(h.operation)}</td>
     <td>${esc(h.from_version)}</td><td>${esc(h.to_version)}</td><td>${badge(h.state)}</td><td>${esc(when(h.started_at))}</td>
@@ -217,7 +218,7 @@ function phases(s) {
         <td>${e ? badge(e.status) : badge("pending")}</td><td class="events">${esc(e && e.message)}</td></tr>`;
     }).join("")}</tbody></table></div>`);
 
-  if (s.operation === "upgrade" || s.operation === "se_group_rollback") {
+  if (s.operation !== "prestage") {
     const ctrls = s.nodes.filter((n) => n.role === "controller");
     const ctrlState = (n) => {
       const ev = (n.events || []).filter((e) => e.task !== "stage");
@@ -255,6 +256,44 @@ function phases(s) {
     }
   }
   return out.join("");
+}
+
+// ---- pause, resume, abort; the groups left behind; system rollback ---------
+
+function controls(s) {
+  const running = s.state === "in_progress" || s.state === "paused";
+  const rollback = s.operation === "se_group_rollback" || s.operation === "system_rollback";
+  const holdable = running && !rollback && !s.abort_requested && s.phase !== "rollback";
+  const behind = s.se_groups_behind || [];
+  const committed = (s.nodes || []).filter((n) => n.role === "controller").every((n) => (n.events || []).some((e) => e.task === "commit" && e.status === "done"));
+  $("#op-pause").hidden = !(holdable && s.state === "in_progress");
+  $("#op-resume").hidden = !(holdable && s.state === "paused");
+  $("#op-abort").hidden = !holdable;
+  $("#op-segroup").hidden = running || rollback || !behind.length || !committed;
+  $("#op-segroup").dataset.groups = behind.join(" ");
+  $("#op-segroup").textContent = `Upgrade SE groups ${behind.join(", ")} to ${s.to_version || ""}`;
+  $("#op-rollback-system").hidden = running || rollback || s.state !== "completed" || !committed;
+  const inFlight = (s.nodes || []).filter((n) => n.state === "running").map((n) => n.id);
+  $("#op-hint").textContent = s.state === "paused"
+    ? (inFlight.length ? `Pausing: ${inFlight.join(", ")} finish what they are doing first.` : "Paused: nothing is in flight.")
+    : s.abort_requested ? "Aborting: what is in flight finishes, then partly upgraded groups roll back." : "";
+}
+
+async function opAction(op, groups) {
+  const what = { "pause": ["/api/cluster/upgrade/pause", {}], "resume": ["/api/cluster/upgrade/resume", {}],
+    "abort": ["/api/cluster/upgrade/abort", {}], "segroup": ["/api/cluster/upgrade/segroup", { se_groups: groups }],
+    "rollback-system": ["/api/cluster/upgrade/rollback", { system: true }] }[op];
+  const sure = { "abort": "Abort the upgrade? Before the controllers commit they roll back; after, partly upgraded SE groups roll back.",
+    "rollback-system": "Return every SE group, then the controllers, to the previous version?" }[op];
+  if (sure && !window.confirm(sure)) return;
+  try {
+    const r = await api("POST", what[0], what[1]);
+    if (r.status >= 300) $("#op-reason").textContent = `${op} refused (${r.status}): ${r.body.error}`;
+    else renderStatus(r.body);
+  } catch (e) {
+    if (e instanceof Unauthorized) return showLogin("The token was refused. Log in again.");
+    $("#op-reason").textContent = `The leader did not answer: ${e.message}`;
+  }
 }
 
 // ---- upload, pre-checks, begin --------------------------------------------
@@ -401,6 +440,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#begin").addEventListener("click", confirmBegin);
   $("#confirm-cancel").addEventListener("click", () => $("#confirm").close());
   $("#confirm-go").addEventListener("click", begin);
+  $("#op-controls").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-op]");
+    if (b) opAction(b.dataset.op, (b.dataset.groups || "").split(" ").filter(Boolean));
+  });
   $("#phases").addEventListener("click", (ev) => {
     const b = ev.target.closest("button[data-act]");
     if (b) groupAction(b.dataset.act, b.dataset.group);

@@ -342,7 +342,17 @@ impl Decider<'_> {
             self.finish(Outcome::Aborted, format!("the image is no longer usable, nothing was installed: {why}"));
             return;
         }
-        let ids: Vec<NodeId> = self.j.nodes.keys().cloned().collect();
+        if self.j.abort {
+            let what = if self.j.operation == Operation::SeGroupUpgrade {
+                "these SE groups stay on"
+            } else {
+                "nothing was installed; the cluster stays on"
+            };
+            let from = self.j.from;
+            self.finish(Outcome::Aborted, format!("aborted by the operator during distribution: {what} {from}"));
+            return;
+        }
+        let ids: Vec<NodeId> = self.j.nodes.keys().filter(|id| self.j.distributes_to(id)).cloned().collect();
         for id in &ids {
             match self.j.nodes[id].step {
                 Step::Waiting => {
@@ -366,24 +376,32 @@ impl Decider<'_> {
                 _ => self.send(id, c),
             }
         }
-        let failed: Vec<String> = self
-            .j
-            .nodes
+        let failed: Vec<String> = ids
             .iter()
-            .filter(|(_, n)| n.step == Step::Failed)
-            .map(|(id, n)| format!("{id}: {}", n.note))
+            .filter(|id| self.j.nodes[*id].step == Step::Failed)
+            .map(|id| format!("{id}: {}", self.j.nodes[id].note))
             .collect();
         if !failed.is_empty() {
             self.finish(Outcome::Aborted, format!("distribution failed, nothing was installed: {}", failed.join("; ")));
             return;
         }
-        if self.j.nodes.values().all(|n| n.step == Step::Staged) {
-            if self.j.operation == Operation::Prestage {
-                let to = self.j.to;
-                self.finish(Outcome::Completed, format!("{to} staged on every node"));
-            } else {
-                self.j.phase = Phase::Controllers;
-                self.controllers();
+        if ids.iter().all(|id| self.j.nodes[id].step == Step::Staged) {
+            match self.j.operation {
+                Operation::Prestage => {
+                    let to = self.j.to;
+                    self.finish(Outcome::Completed, format!("{to} staged on every node"));
+                }
+                // Held before anything is installed.
+                _ if self.j.paused => {}
+                Operation::SeGroupUpgrade => {
+                    self.j.phase = Phase::ServiceEngines;
+                    self.j.phase_deadline = None;
+                    self.service_engines();
+                }
+                _ => {
+                    self.j.phase = Phase::Controllers;
+                    self.controllers();
+                }
             }
         }
     }
@@ -392,6 +410,14 @@ impl Decider<'_> {
 
     fn controllers(&mut self) {
         let all = self.j.controllers();
+        // Before a controller commits, an abort rolls them back; after,
+        // the commit completes and the SE phase stops at once.
+        let committing = all.iter().any(|c| matches!(self.j.nodes[c].step, Step::Committing | Step::Upgraded));
+        if self.j.abort && !committing {
+            let to = self.j.to;
+            self.start_controller_rollback(format!("aborted by the operator before the controllers committed {to}"));
+            return;
+        }
         let leader = self.j.leader.clone();
         let reform = self.ctx.timeouts.reform;
         for c in all.iter().filter(|c| **c != leader) {
@@ -431,7 +457,7 @@ impl Decider<'_> {
         }
         if all.iter().all(|c| self.j.nodes[c].step == Step::Upgraded) {
             self.j.phase = Phase::ServiceEngines;
-            self.j.phase_deadline = Some(self.now() + reform);
+            self.j.phase_deadline = None;
             self.service_engines();
         }
     }
@@ -484,6 +510,12 @@ impl Decider<'_> {
         if !left.is_empty() {
             reason = format!("{reason}. Not back on {from} yet: {}", left.join("; "));
         }
+        if self.j.operation == Operation::SystemRollback {
+            // The operator's rollback keeps the configuration as it is now; a
+            // controller that was down is rolled back when it comes back.
+            self.finish(Outcome::Completed, reason);
+            return;
+        }
         let snapshot = self.j.config.clone();
         self.actions.push(Action::RestoreConfig(snapshot));
         self.finish(Outcome::Aborted, reason);
@@ -526,10 +558,18 @@ impl Decider<'_> {
         }
     }
 
-    /// After an aborted upgrade, nodes that come back on the new version
-    /// (they were down during the rollback) are rolled back.
+    /// After an aborted upgrade or a system rollback, nodes that come back
+    /// on the new version (they were down during the rollback) are rolled back.
     fn reconcile(&mut self) {
-        if self.j.outcome != Some(Outcome::Aborted) || self.j.operation != Operation::Upgrade {
+        // An abort after the commit leaves the controllers on the new
+        // version; a system rollback that stopped before them too.
+        let undone = match (self.j.operation, self.j.outcome) {
+            (Operation::Upgrade, Some(Outcome::Aborted)) | (Operation::SystemRollback, Some(Outcome::Completed)) => {
+                !self.j.controllers_committed()
+            }
+            _ => false,
+        };
+        if !undone {
             return;
         }
         let (from, to) = (self.j.from, self.j.to);
@@ -582,13 +622,19 @@ impl Decider<'_> {
                     .sum();
                 40.0 + 20.0 * weight / cs.len().max(1) as f64
             }
-            Phase::ServiceEngines if j.operation == Operation::Upgrade => {
-                let total = j.ses().count();
-                let done = j
-                    .ses()
-                    .filter(|(_, n)| matches!(n.step, Step::Upgraded | Step::Skipped | Step::RolledBack))
+            Phase::ServiceEngines if matches!(j.operation, Operation::Upgrade | Operation::SeGroupUpgrade) => {
+                // The SEs of the groups it moves (not those left out or done before).
+                let moving: Vec<&NodeOp> = j
+                    .groups
+                    .values()
+                    .filter(|g| !g.left_out && g.state != GroupState::NotStarted)
+                    .flat_map(|g| g.ses.iter().map(|s| &j.nodes[s]))
+                    .collect();
+                let done = moving
+                    .iter()
+                    .filter(|n| matches!(n.step, Step::Upgraded | Step::Skipped | Step::RolledBack))
                     .count();
-                60.0 + 40.0 * frac(done, total)
+                60.0 + 40.0 * frac(done, moving.len())
             }
             Phase::ServiceEngines | Phase::RollbackSeGroups => {
                 let moving: Vec<&NodeOp> = j.ses().filter(|(_, n)| n.rollback).map(|(_, n)| n).collect();

@@ -8,7 +8,7 @@ use common::{NodeId, Version};
 use crate::{
     config::Config,
     core::desired_serving,
-    journal::{GroupState, Journal, Member, Operation, Outcome, Step},
+    journal::{GroupState, Journal, Member, Operation, Outcome, Phase, Step},
     placement,
     view::view,
 };
@@ -48,6 +48,8 @@ pub struct Monitor {
     /// The services that were served when the current operation started.
     served_at_start: Option<((String, u64), BTreeSet<String>)>,
     last_outcome: Option<(String, Option<Outcome>)>,
+    /// The last journal's id, hold and abort flags, and steps.
+    last_steps: Option<(String, bool, bool, Phase, BTreeMap<NodeId, Step>)>,
 }
 
 impl Monitor {
@@ -111,6 +113,25 @@ impl Monitor {
                 out.push(format!("ended: group {} still {}", g.name, g.state));
             }
         }
+        // Nothing new starts while paused or aborting: no node leaves
+        // waiting (or staged) for a step that installs the new version.
+        // (The controllers' phase, once begun, runs to its commit.)
+        if let Some((id, paused, abort, phase, steps)) = &self.last_steps
+            && *id == j.id
+            && ((*paused && j.paused) || *abort)
+        {
+            for (n, op) in &j.nodes {
+                let was = steps.get(n).copied();
+                let in_wave = *phase == Phase::Controllers && op.member == Member::Controller && !*abort;
+                let starts = matches!(op.step, Step::Draining | Step::Applying) && !op.rollback && !in_wave;
+                if starts && matches!(was, Some(Step::Waiting | Step::Staged)) {
+                    let why = if *abort { "aborting" } else { "paused" };
+                    out.push(format!("{why}: {n} went on to {:?} while the upgrade was {why}", op.step));
+                }
+            }
+        }
+        let steps = j.nodes.iter().map(|(n, op)| (n.clone(), op.step)).collect();
+        self.last_steps = Some((j.id.clone(), j.paused, j.abort, j.phase, steps));
         // Progress never decreases within an operation.
         let key = (format!("{}:{}", j.id, j.operation.name()), j.started);
         if let Some((id, started, last)) = &self.progress
@@ -150,20 +171,42 @@ impl Monitor {
         let Some(j) = j.filter(|j| !j.is_running()) else { return out };
         // The status says where every node is.
         let on = |id: &NodeId| real.nodes.get(id).and_then(|n| n.active_version);
+        // An abort after the commit leaves every SE group on one version
+        // (at rest: every node is up and has settled).
+        if j.outcome == Some(Outcome::Aborted) && j.controllers_committed() {
+            for (name, g) in &j.groups {
+                let versions: BTreeSet<Option<Version>> = g.ses.iter().map(on).collect();
+                // Suspended ones and SEs passed over (`continue`) are named in the reason.
+                let passed = g.ses.iter().any(|s| j.nodes[s].step == Step::Skipped);
+                if versions.len() > 1 && g.state != GroupState::Suspended && !passed {
+                    out.push(format!("abort: SE group {name} is left on more than one version ({versions:?})"));
+                }
+            }
+        }
         let mut expect = |id: &NodeId, v: Version, why: &str| {
             if on(id) != Some(v) {
                 out.push(format!("truth: {id} runs {:?} but {why} says {v}", on(id).map(|v| v.to_string())));
             }
         };
         match (j.operation, j.outcome) {
-            (Operation::Upgrade, Some(Outcome::Completed | Outcome::Suspended)) => {
+            (Operation::Upgrade | Operation::SeGroupUpgrade, _) if j.controllers_committed() => {
                 for c in j.controllers() {
-                    expect(&c, j.to, "the completed controllers phase");
+                    expect(&c, j.to, "the committed controllers phase");
                 }
             }
             (Operation::Upgrade, Some(Outcome::Aborted)) if j.nodes.values().any(|n| n.step != Step::Waiting) => {
                 for c in j.controllers() {
                     expect(&c, j.from, "the aborted upgrade");
+                }
+            }
+            (Operation::SystemRollback, Some(Outcome::Completed)) => {
+                for id in j.nodes.keys() {
+                    expect(id, j.from, "the completed system rollback");
+                }
+            }
+            (Operation::SystemRollback, Some(Outcome::Suspended)) => {
+                for c in j.controllers() {
+                    expect(&c, j.to, "the system rollback stopped before the controllers");
                 }
             }
             _ => {}
@@ -174,6 +217,9 @@ impl Monitor {
                 match g.state {
                     GroupState::Completed if step == Step::Upgraded => expect(se, j.to, "its completed group"),
                     GroupState::RolledBack => expect(se, j.from, "its rolled-back group"),
+                    GroupState::NotStarted if matches!(step, Step::Waiting | Step::Staged) => {
+                        expect(se, j.from, "its group, not started")
+                    }
                     _ => {}
                 }
             }

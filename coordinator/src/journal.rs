@@ -60,6 +60,10 @@ pub enum Operation {
     Prestage,
     /// `molt rollback segroup`, after an upgrade.
     SeGroupRollback,
+    /// `molt upgrade segroup`: groups left behind, to the controllers' version.
+    SeGroupUpgrade,
+    /// `molt rollback system`: every SE group, then the controllers, back to the previous version.
+    SystemRollback,
 }
 
 impl Operation {
@@ -69,7 +73,14 @@ impl Operation {
             Operation::Upgrade => "upgrade",
             Operation::Prestage => "prestage",
             Operation::SeGroupRollback => "se_group_rollback",
+            Operation::SeGroupUpgrade => "se_group_upgrade",
+            Operation::SystemRollback => "system_rollback",
         }
+    }
+
+    /// Whether it returns nodes to the old version (it cannot be paused or aborted).
+    pub fn is_rollback(self) -> bool {
+        matches!(self, Operation::SeGroupRollback | Operation::SystemRollback)
     }
 }
 
@@ -357,6 +368,9 @@ pub struct GroupOp {
     pub reason: String,
     /// SEs it went on past (`action_on_error: continue`), and why.
     pub passed: Vec<String>,
+    /// Not selected for this upgrade (`se_groups`): it stays on the old version.
+    #[serde(default)]
+    pub left_out: bool,
 }
 
 /// The persisted state of an operation.
@@ -386,6 +400,16 @@ pub struct Journal {
     pub force: bool,
     /// What an SE failure does.
     pub on_error: ActionOnError,
+    /// The operator asked to hold: what is in flight finishes, nothing new starts.
+    #[serde(default)]
+    pub paused: bool,
+    /// The operator asked to abort: before the controllers commit they roll
+    /// back; after, the SE phase stops with every group on one version.
+    #[serde(default)]
+    pub abort: bool,
+    /// Canary: this group goes first, alone, and the upgrade holds once it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after: Option<String>,
     /// Where it is.
     pub phase: Phase,
     /// When waiting at the start of a phase gives up.
@@ -447,6 +471,25 @@ impl Journal {
     /// Whether an operation is running (the configuration is read-only).
     pub fn is_running(&self) -> bool {
         self.phase != Phase::Done
+    }
+
+    /// Whether every controller committed the new version (the upgrade is past its point of no return).
+    pub fn controllers_committed(&self) -> bool {
+        let cs = self.controllers();
+        !cs.is_empty() && cs.iter().all(|c| self.nodes[c].step == Step::Upgraded)
+    }
+
+    /// Whether the distribution of this operation stages the image on `id`:
+    /// every node, except in `upgrade segroup`, where only the SEs of the
+    /// groups it moves.
+    pub fn distributes_to(&self, id: &NodeId) -> bool {
+        match (self.operation, self.nodes.get(id).map(|n| &n.member)) {
+            (Operation::SeGroupUpgrade, Some(Member::ServiceEngine(g))) => {
+                self.groups.get(g).is_some_and(|op| op.state == GroupState::Pending)
+            }
+            (Operation::SeGroupUpgrade, _) => false,
+            (_, n) => n.is_some(),
+        }
     }
 
     /// The SEs out of service (including those a mutant keeps in memory).

@@ -42,17 +42,24 @@ pub enum Mutant {
     /// Every node of a mixed cluster is sent the first image, whatever its
     /// deployment kind.
     OneImage,
+    /// A paused upgrade goes on starting the next SE of a group.
+    PauseIgnored,
+    /// An abort after the commit stops the groups where they are, leaving
+    /// a group's upgraded SEs beside its old ones.
+    AbortInPlace,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::ConcurrentStart,
         Mutant::RollbackUnjournaled,
         Mutant::DrainedInMemory,
         Mutant::TwoVersions,
         Mutant::StaleLeader,
         Mutant::OneImage,
+        Mutant::PauseIgnored,
+        Mutant::AbortInPlace,
     ];
 
     /// Its name on the command line.
@@ -64,6 +71,8 @@ impl Mutant {
             Mutant::TwoVersions => "two-versions",
             Mutant::StaleLeader => "stale-leader",
             Mutant::OneImage => "one-image",
+            Mutant::PauseIgnored => "pause-ignored",
+            Mutant::AbortInPlace => "abort-in-place",
         }
     }
 
@@ -76,6 +85,8 @@ impl Mutant {
             Mutant::TwoVersions => "the two-versions check looks at the controllers only",
             Mutant::StaleLeader => "a leader cut off from the other controllers goes on writing and commanding",
             Mutant::OneImage => "a mixed cluster's nodes all get the vm image",
+            Mutant::PauseIgnored => "a paused upgrade goes on starting SEs",
+            Mutant::AbortInPlace => "an abort after the commit leaves groups partly upgraded",
         }
     }
 

@@ -83,6 +83,8 @@ pub struct NodeSummary {
     pub version: Option<Version>,
     /// How it is deployed.
     pub kind: DeploymentKind,
+    /// The version its other slot holds, if it reported one.
+    pub previous: Option<Version>,
 }
 
 /// The version the controllers run: the lowest one reported.
@@ -193,6 +195,10 @@ pub struct StartRequest {
     pub disruptive: bool,
     /// What an SE failure does.
     pub on_error: ActionOnError,
+    /// Only these SE groups (empty: every group); the others stay on the old version.
+    pub se_groups: Vec<String>,
+    /// Canary: this group first, alone; then the upgrade holds.
+    pub pause_after: Option<String>,
 }
 
 /// Where a start request is decided.
@@ -265,6 +271,30 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
     if let Some(kind) = failed {
         return Err(failed_checks(kind, checks));
     }
+    let known: Vec<&str> = ctx
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.member {
+            Member::ServiceEngine(g) => Some(g.as_str()),
+            Member::Controller => None,
+        })
+        .collect();
+    let named = req.se_groups.iter().chain(req.pause_after.as_ref());
+    if let Some(g) = named.clone().find(|g| !known.contains(&g.as_str())) {
+        let mut groups = known.clone();
+        groups.sort();
+        groups.dedup();
+        return Err(refuse(
+            RefusalKind::BadRequest,
+            format!("no SE group {g} has SEs in this cluster; its groups are: {}", groups.join(", ")),
+        ));
+    }
+    if let Some(p) = &req.pause_after
+        && !req.se_groups.is_empty()
+        && !req.se_groups.contains(p)
+    {
+        return Err(refuse(RefusalKind::BadRequest, format!("pause_after {p}: it is not among the se_groups named")));
+    }
     let from = match req.operation {
         Operation::Upgrade => cluster_version(ctx.nodes).expect("checked"),
         _ => cluster_version(ctx.nodes).unwrap_or(req.to),
@@ -284,7 +314,13 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
             .into_iter()
             .map(|(g, ses)| {
                 let ses = placement::rolling_order(ctx.config, &ses);
-                (g, GroupOp { ses, state: GroupState::Pending, reason: String::new(), passed: vec![] })
+                let left_out = !req.se_groups.is_empty() && !req.se_groups.contains(&g);
+                let (state, reason) = if left_out {
+                    (GroupState::NotStarted, format!("not selected: `molt upgrade segroup {g}` moves it on"))
+                } else {
+                    (GroupState::Pending, String::new())
+                };
+                (g, GroupOp { ses, state, reason, passed: vec![], left_out })
             })
             .collect()
     } else {
@@ -302,6 +338,9 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
         disruptive: req.disruptive || req.force,
         force: req.force,
         on_error: req.on_error,
+        paused: false,
+        abort: false,
+        pause_after: req.pause_after.clone(),
         phase: Phase::Distribute,
         phase_deadline: None,
         nodes,
@@ -410,6 +449,229 @@ pub fn rollback_groups(
     }
     j.operation = Operation::SeGroupRollback;
     j.phase = Phase::RollbackSeGroups;
+    j.config = config.clone();
+    j.progress = 0;
+    j.started = now;
+    j.outcome = None;
+    j.ended = None;
+    j.reason.clear();
+    Ok(j)
+}
+
+/// The running operation that pause, resume and abort act on, or why none.
+fn running_upgrade<'a>(current: Option<&'a Journal>, what: &str) -> Result<&'a Journal, Refusal> {
+    let Some(j) = current.filter(|j| j.is_running()) else {
+        return Err(refuse(RefusalKind::Conflict, format!("no upgrade is running: nothing to {what}")));
+    };
+    if j.operation.is_rollback() {
+        return Err(refuse(
+            RefusalKind::Conflict,
+            format!(
+                "a {} is running; it cannot be {what}d, only followed to its end",
+                j.operation.name().replace('_', " ")
+            ),
+        ));
+    }
+    Ok(j)
+}
+
+/// Decides `molt upgrade pause`: what is in flight finishes, nothing new
+/// starts. `None`: already paused (nothing to write).
+pub fn pause(current: Option<&Journal>) -> Result<Option<Journal>, Refusal> {
+    let j = running_upgrade(current, "pause")?;
+    if j.abort || j.phase == Phase::RollbackControllers {
+        return Err(refuse(RefusalKind::Conflict, "the upgrade is rolling back; it cannot be paused"));
+    }
+    if j.paused {
+        return Ok(None);
+    }
+    let mut j = j.clone();
+    j.paused = true;
+    Ok(Some(j))
+}
+
+/// Decides `molt upgrade resume` of a paused upgrade. `None`: not paused (nothing to write).
+pub fn resume_paused(current: Option<&Journal>) -> Result<Option<Journal>, Refusal> {
+    let j = running_upgrade(current, "resume")?;
+    if !j.paused {
+        return Ok(None);
+    }
+    let mut j = j.clone();
+    j.paused = false;
+    Ok(Some(j))
+}
+
+/// Decides `molt upgrade abort`: before the controllers commit they roll
+/// back; after, the SE phase stops and every group ends on one version.
+/// `None`: already aborting (nothing to write).
+pub fn abort(current: Option<&Journal>) -> Result<Option<Journal>, Refusal> {
+    if current.is_some_and(|j| !j.is_running() && j.abort) {
+        return Ok(None);
+    }
+    let j = running_upgrade(current, "abort")?;
+    if j.abort {
+        return Ok(None);
+    }
+    if j.phase == Phase::RollbackControllers {
+        return Err(refuse(
+            RefusalKind::Conflict,
+            "the upgrade failed and is already rolling the controllers back; follow it with `molt show upgrade status`",
+        ));
+    }
+    let mut j = j.clone();
+    j.abort = true;
+    j.paused = false;
+    Ok(Some(j))
+}
+
+/// Whether the last upgrade went past its commit and ended, so that SE
+/// groups can move (`upgrade segroup`) or the system can roll back.
+fn committed_upgrade<'a>(current: Option<&'a Journal>, what: &str) -> Result<&'a Journal, Refusal> {
+    let Some(j) = current.filter(|j| !j.is_running()) else {
+        let why = if current.is_some() { "an operation is running" } else { "no upgrade was run" };
+        return Err(refuse(RefusalKind::Conflict, format!("{why}: nothing to {what}")));
+    };
+    if j.operation == Operation::Prestage || !j.controllers_committed() {
+        return Err(refuse(
+            RefusalKind::Conflict,
+            format!("the last operation did not upgrade the controllers (they run {}): nothing to {what}", j.from),
+        ));
+    }
+    Ok(j)
+}
+
+/// Decides `molt upgrade segroup`: SE groups left on the old version (not
+/// selected, aborted or rolled back) move to the controllers' version, one
+/// SE at a time as in an upgrade; the image is staged on their SEs first.
+pub fn upgrade_groups(
+    current: Option<&Journal>,
+    groups: &[String],
+    config: &Config,
+    now: Ms,
+) -> Result<Journal, Refusal> {
+    let j = committed_upgrade(current, "upgrade")?;
+    if j.operation == Operation::SystemRollback {
+        return Err(refuse(RefusalKind::Conflict, "the system was rolled back: start a new upgrade instead"));
+    }
+    if groups.is_empty() {
+        return Err(refuse(RefusalKind::BadRequest, "name the SE groups to upgrade"));
+    }
+    for g in groups {
+        let Some(op) = j.groups.get(g) else {
+            return Err(refuse(RefusalKind::BadRequest, format!("no SE group {g} in this upgrade")));
+        };
+        match op.state {
+            GroupState::NotStarted | GroupState::RolledBack => {}
+            GroupState::Suspended => {
+                return Err(refuse(
+                    RefusalKind::Conflict,
+                    format!("SE group {g} is suspended: `molt resume segroup {g}` goes on with it"),
+                ));
+            }
+            s => {
+                return Err(refuse(
+                    RefusalKind::Conflict,
+                    format!("SE group {g} is {}: nothing to upgrade", s.name().replace('_', " ")),
+                ));
+            }
+        }
+    }
+    let mut j = j.clone();
+    for g in groups {
+        let op = j.groups.get_mut(g).expect("checked");
+        op.state = GroupState::Pending;
+        op.reason.clear();
+        op.left_out = false;
+        op.passed.clear();
+        for se in op.ses.clone() {
+            let n = j.nodes.get_mut(&se).expect("an SE of the journal");
+            n.rollback = false;
+            n.tries += 1;
+            n.step = Step::Waiting;
+            n.by = None;
+            n.deadline = None;
+            n.fell_back = 0;
+            n.note.clear();
+        }
+    }
+    j.operation = Operation::SeGroupUpgrade;
+    j.phase = Phase::Distribute;
+    j.phase_deadline = None;
+    j.paused = false;
+    j.abort = false;
+    j.pause_after = None;
+    j.config = config.clone();
+    j.progress = 0;
+    j.started = now;
+    j.outcome = None;
+    j.ended = None;
+    j.reason.clear();
+    Ok(j)
+}
+
+/// Decides `molt rollback system`: every SE group on the new version
+/// returns to the old one (one SE at a time, as their HA mode allows), then
+/// the controllers (this leader last). Refused when a node's other slot no
+/// longer holds the old version.
+pub fn rollback_system(
+    current: Option<&Journal>,
+    nodes: &[NodeSummary],
+    leader: &NodeId,
+    config: &Config,
+    now: Ms,
+) -> Result<Journal, Refusal> {
+    let j = committed_upgrade(current, "roll back")?;
+    if j.operation == Operation::SystemRollback {
+        return Err(refuse(RefusalKind::Conflict, "the system was rolled back already"));
+    }
+    let (from, to) = (j.from, j.to);
+    let silent: Vec<String> = nodes.iter().filter(|n| n.version.is_none()).map(|n| n.id.to_string()).collect();
+    if !silent.is_empty() {
+        return Err(refuse(
+            RefusalKind::PreconditionFailed,
+            format!("{} not reported yet; wait until every node is up (`molt show cluster`)", silent.join(", ")),
+        ));
+    }
+    let lost: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.version == Some(to) && n.previous != Some(from))
+        .map(|n| match n.previous {
+            Some(p) => format!("{} (its other slot holds {p})", n.id),
+            None => format!("{} (its other slot is empty)", n.id),
+        })
+        .collect();
+    if !lost.is_empty() {
+        return Err(refuse(
+            RefusalKind::PreconditionFailed,
+            format!(
+                "{from} is no longer in the other slot of {}: the system cannot go back to it; \
+                 upgrade to a newer version instead",
+                lost.join(", ")
+            ),
+        ));
+    }
+    let mut j = j.clone();
+    for op in j.groups.values_mut() {
+        let moved = op.ses.iter().any(|s| {
+            nodes.iter().any(|n| n.id == *s && n.version == Some(to))
+                || !matches!(j.nodes[s].step, Step::Waiting | Step::Staged | Step::Skipped | Step::RolledBack)
+        });
+        if !moved {
+            continue;
+        }
+        op.state = GroupState::RollingBack;
+        op.reason = "the operator rolled the system back".into();
+        for se in op.ses.clone() {
+            queue_rollback(j.nodes.get_mut(&se).expect("an SE of the journal"));
+        }
+    }
+    j.operation = Operation::SystemRollback;
+    j.phase = Phase::RollbackSeGroups;
+    j.phase_deadline = None;
+    j.leader = leader.clone();
+    j.paused = false;
+    j.abort = false;
+    j.pause_after = None;
     j.config = config.clone();
     j.progress = 0;
     j.started = now;

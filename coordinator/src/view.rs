@@ -38,7 +38,7 @@ pub struct GroupLine {
 pub struct View {
     /// `upgrade`, `prestage` or `se_group_rollback`.
     pub operation: &'static str,
-    /// `in_progress`, `completed`, `suspended` or `aborted`.
+    /// `in_progress`, `paused`, `completed`, `suspended` or `aborted`.
     pub state: &'static str,
     /// Where it is, or where it stopped.
     pub phase: &'static str,
@@ -56,15 +56,22 @@ pub struct View {
     pub se_groups: Vec<GroupLine>,
     /// SEs out of service now.
     pub drained: Vec<String>,
+    /// SE groups still on the version the upgrade left (not selected, not
+    /// started, rolled back): `molt upgrade segroup` moves them on.
+    pub se_groups_behind: Vec<String>,
 }
 
 /// The view of `j`.
 pub fn view(j: &Journal) -> View {
-    let (from, to) = if j.operation == Operation::SeGroupRollback { (j.to, j.from) } else { (j.from, j.to) };
-    let state = j.outcome.map(Outcome::name).unwrap_or("in_progress");
+    let (from, to) = if j.operation.is_rollback() { (j.to, j.from) } else { (j.from, j.to) };
+    let state = match j.outcome {
+        Some(o) => o.name(),
+        None if j.paused => "paused",
+        None => "in_progress",
+    };
     let rolled_back = j.nodes.values().any(|n| n.member == Member::Controller && n.step == Step::RolledBack);
     let phase = match (j.phase, j.outcome) {
-        (Phase::Done, Some(Outcome::Suspended)) if j.operation == Operation::SeGroupRollback => "rollback_se_groups",
+        (Phase::Done, Some(Outcome::Suspended)) if j.operation.is_rollback() => "rollback_se_groups",
         (Phase::Done, Some(Outcome::Suspended)) => "service_engines",
         (Phase::Done, Some(Outcome::Aborted)) if rolled_back => "rolled_back",
         (p, _) => p.name(),
@@ -109,5 +116,14 @@ pub fn view(j: &Journal) -> View {
             .collect(),
         se_groups,
         drained: j.drained_set().iter().map(|s| s.to_string()).collect(),
+        se_groups_behind: if j.operation.is_rollback() || j.operation == Operation::Prestage {
+            vec![]
+        } else {
+            j.groups
+                .iter()
+                .filter(|(_, g)| matches!(g.state, GroupState::NotStarted | GroupState::RolledBack))
+                .map(|(n, _)| n.clone())
+                .collect()
+        },
     }
 }

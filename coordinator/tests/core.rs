@@ -36,18 +36,20 @@ fn config() -> Config {
 
 fn nodes(se_version: &str) -> Vec<NodeSummary> {
     vec![
-        NodeSummary { id: id("c1"), member: Member::Controller, version: Some(v("1.0.0")), kind: Vm },
+        NodeSummary { id: id("c1"), member: Member::Controller, version: Some(v("1.0.0")), kind: Vm, previous: None },
         NodeSummary {
             id: id("s1"),
             member: Member::ServiceEngine("g1".into()),
             version: Some(v(se_version)),
             kind: Vm,
+            previous: None,
         },
         NodeSummary {
             id: id("s2"),
             member: Member::ServiceEngine("g1".into()),
             version: Some(v(se_version)),
             kind: Vm,
+            previous: None,
         },
     ]
 }
@@ -76,6 +78,8 @@ fn upgrade_to(to: &str) -> StartRequest {
         force: false,
         disruptive: false,
         on_error: ActionOnError::Suspend,
+        se_groups: vec![],
+        pause_after: None,
     }
 }
 
@@ -369,6 +373,7 @@ fn a_group_rollback_answers_for_its_own_groups() {
             state: GroupState::Suspended,
             reason: "s3: came back on 1.0.0".into(),
             passed: vec![],
+            left_out: false,
         },
     );
     let j = core::next(&j, &Observed::default(), &ctx(1)).journal;

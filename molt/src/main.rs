@@ -50,7 +50,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PackageCmd,
     },
-    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only]`
+    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only]` | `upgrade segroup NAME...` | `upgrade pause|resume|abort`
     Upgrade {
         /// Return once the operation has started.
         #[arg(long)]
@@ -80,7 +80,7 @@ enum Cmd {
         #[arg(num_args = 1.., trailing_var_arg = true)]
         words: Vec<String>,
     },
-    /// `rollback segroup NAME...`: return SE groups to the previous version.
+    /// `rollback segroup NAME...`: return SE groups to the previous version; `rollback system`: everything.
     Rollback {
         /// Return once it has started.
         #[arg(long)]
@@ -511,8 +511,17 @@ struct ImageWords {
     docker_path: Option<String>,
     /// `action_on_error suspend|continue|rollback`.
     on_error: Option<String>,
+    /// `se_groups NAME...`: only these groups (a canary).
+    se_groups: Vec<String>,
+    /// `pause_after NAME`: this group first, then hold.
+    pause_after: Option<String>,
     flags: Vec<String>,
 }
+
+/// The words of `upgrade system` that take values, and its flags: a
+/// `se_groups` list ends at the next of them.
+const SYSTEM_WORDS: &[&str] =
+    &["docker_image_path", "action_on_error", "se_groups", "pause_after", "force", "disruptive", "prechecks_only"];
 
 /// Parses `image_path PATH [docker_image_path PATH] [flags...]`.
 fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
@@ -522,10 +531,29 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
     if kw != "image_path" {
         return Err(usage("expected `image_path PATH` after the upgrade action"));
     }
-    let mut out = ImageWords { path: path.clone(), docker_path: None, on_error: None, flags: vec![] };
-    let mut it = rest.iter();
+    let mut out = ImageWords {
+        path: path.clone(),
+        docker_path: None,
+        on_error: None,
+        se_groups: vec![],
+        pause_after: None,
+        flags: vec![],
+    };
+    let mut it = rest.iter().peekable();
     while let Some(w) = it.next() {
         match w.as_str() {
+            "se_groups" => {
+                while let Some(g) = it.next_if(|g| !SYSTEM_WORDS.contains(&g.as_str())) {
+                    out.se_groups.push(g.clone());
+                }
+                if out.se_groups.is_empty() {
+                    return Err(usage("se_groups takes the names of the SE groups to upgrade: `se_groups g1 g2`"));
+                }
+            }
+            "pause_after" => {
+                let g = it.next().ok_or_else(|| usage("pause_after takes an SE group: `pause_after g1`"))?;
+                out.pause_after = Some(g.clone());
+            }
             "docker_image_path" => {
                 let p = it.next().ok_or_else(|| usage("docker_image_path takes a PATH (controller_docker.tgz)"))?;
                 out.docker_path = Some(p.clone());
@@ -570,8 +598,10 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             if let Some(f) = words.flags.first() {
                 return Err(usage(format!("prestage takes no option {f:?}")));
             }
-            if words.on_error.is_some() {
-                return Err(usage("prestage installs nothing: action_on_error goes with `upgrade system`"));
+            if words.on_error.is_some() || !words.se_groups.is_empty() || words.pause_after.is_some() {
+                return Err(usage(
+                    "prestage installs nothing: action_on_error, se_groups and pause_after go with `upgrade system`",
+                ));
             }
             let api = api(cli)?;
             let mut body = serde_json::json!({});
@@ -588,6 +618,12 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             let mut body = serde_json::json!({ "force": false, "disruptive": false, "prechecks_only": false });
             if let Some(v) = &words.on_error {
                 body["action_on_error"] = v.clone().into();
+            }
+            if !words.se_groups.is_empty() {
+                body["se_groups"] = words.se_groups.clone().into();
+            }
+            if let Some(g) = &words.pause_after {
+                body["pause_after"] = g.clone().into();
             }
             for f in &words.flags {
                 match f.as_str() {
@@ -616,13 +652,93 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             }
             finish(&api, json, "the upgrade").await
         }
-        other => Err(usage(format!("unknown upgrade action {other:?}: expected prestage or system"))),
+        "pause" | "resume" | "abort" => {
+            if let Some(w) = rest.first() {
+                return Err(usage(format!("upgrade {action} takes no argument ({w:?})")));
+            }
+            let api = api(cli)?;
+            let before = api.post(&format!("/api/cluster/upgrade/{action}"), &serde_json::json!({})).await?;
+            hold_cmd(&api, action, before, no_wait, json).await
+        }
+        "segroup" => {
+            if rest.is_empty() {
+                return Err(usage("name the SE groups to upgrade: `upgrade segroup NAME...`"));
+            }
+            let api = api(cli)?;
+            api.post("/api/cluster/upgrade/segroup", &serde_json::json!({ "se_groups": rest })).await?;
+            if no_wait {
+                println!("upgrade of SE groups {} started; follow it with `molt show upgrade status`", rest.join(", "));
+                return Ok(());
+            }
+            finish(&api, json, "the upgrade of the SE groups").await
+        }
+        other => Err(usage(format!(
+            "unknown upgrade action {other:?}: expected prestage, system, segroup, pause, resume or abort"
+        ))),
+    }
+}
+
+/// After pause, resume or abort: a pause waits until what was in flight has
+/// finished (the hold is then in effect); resume and abort follow the
+/// operation to its end.
+async fn hold_cmd(
+    api: &Api,
+    action: &str,
+    answer: serde_json::Value,
+    no_wait: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    if no_wait {
+        println!("{action}: the upgrade is {}", answer["state"].as_str().unwrap_or("?"));
+        return Ok(());
+    }
+    if action != "pause" {
+        return finish(api, json, &format!("the {} upgrade", if action == "abort" { "aborted" } else { "resumed" }))
+            .await;
+    }
+    loop {
+        let v = api.get("/api/cluster/upgrade/status").await?;
+        let in_flight: Vec<&str> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["state"] == "running")
+            .filter_map(|n| n["id"].as_str())
+            .collect();
+        if v["state"] != "paused" || in_flight.is_empty() {
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", render::status(&v));
+            }
+            return match v["state"].as_str() {
+                Some("paused") => Ok(()),
+                Some(s) => Err(Failure(format!("the upgrade is {s}, not paused"), 1)),
+                None => Err(Failure("the leader answered no state".into(), 1)),
+            };
+        }
+        if !json {
+            eprintln!("pausing: waiting for {} to finish what they are doing", in_flight.join(", "));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
 /// `resume segroup NAME... [skip_suspended]` / `rollback segroup NAME...`.
 async fn group_cmd(cli: &Cli, action: &str, words: &[String], no_wait: bool) -> Result<(), Failure> {
     let (kw, rest) = words.split_first().ok_or_else(|| usage(format!("{action} what? `{action} segroup NAME...`")))?;
+    if action == "rollback" && kw == "system" {
+        if let Some(w) = rest.first() {
+            return Err(usage(format!("rollback system takes no argument ({w:?})")));
+        }
+        let api = api(cli)?;
+        api.post("/api/cluster/upgrade/rollback", &serde_json::json!({ "system": true })).await.map_err(explain)?;
+        if no_wait {
+            println!("system rollback started; follow it with `molt show upgrade status`");
+            return Ok(());
+        }
+        return finish(&api, false, "the system rollback").await;
+    }
     if kw != "segroup" {
         return Err(usage(format!("{action} {kw:?}: expected `{action} segroup NAME...`")));
     }
@@ -667,6 +783,12 @@ async fn finish(api: &Api, json: bool, what: &str) -> Result<(), Failure> {
     }
     match end["state"].as_str() {
         Some("completed") => Ok(()),
+        Some("paused") => {
+            if !json {
+                println!("paused: `molt upgrade resume` goes on, `molt upgrade abort` stops it");
+            }
+            Ok(())
+        }
         Some(s) => Err(Failure(format!("{what} ended {s}: {}", end["reason"].as_str().unwrap_or("")), 1)),
         None => Err(Failure("the leader answered no state".into(), 1)),
     }

@@ -125,6 +125,27 @@ pub fn status(v: &Value) -> String {
         if let Some(r) = v["reason"].as_str().filter(|r| !r.is_empty()) {
             let _ = writeln!(out, "reason: {r}");
         }
+        if state == "paused" {
+            let _ =
+                writeln!(out, "paused by the operator: `molt upgrade resume` goes on, `molt upgrade abort` stops it");
+        }
+        if v["abort_requested"] == true {
+            let _ = writeln!(out, "aborting (the operator asked): what is in flight finishes, then it rolls back");
+        }
+        if let Some(g) = v["pause_after"].as_str() {
+            let _ = writeln!(out, "canary: SE group {g} first, then it pauses");
+        }
+        let behind: Vec<&str> =
+            v["se_groups_behind"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect();
+        if !behind.is_empty() {
+            let _ = writeln!(
+                out,
+                "SE groups on {}: {} (`molt upgrade segroup {}` moves them on)",
+                s(&v["from_version"]),
+                behind.join(", "),
+                behind.join(" ")
+            );
+        }
         for c in v["prechecks"].as_array().into_iter().flatten() {
             let _ = writeln!(out, "  check {:<16} {:<7} {}", s(&c["check"]), s(&c["result"]), s(&c["message"]));
         }

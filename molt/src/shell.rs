@@ -49,18 +49,47 @@ pub const COMMANDS: &[Command] = &[
         tail: Tail::Image(&[
             "docker_image_path",
             "action_on_error",
+            "se_groups",
+            "pause_after",
             "force",
             "disruptive",
             "prechecks_only",
             "--no-wait",
             "--json",
         ]),
-        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only] [--no-wait]",
+        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only] [--no-wait]",
         help: "upgrade every controller, then every SE group; PATH is a local package file (uploaded first) \
                or controller://upgrade_pkgs/FILE. A mixed cluster takes the vm nodes' controller.pkg as \
                image_path and the docker nodes' controller_docker.tgz as docker_image_path. prechecks_only \
                shows the checks and the impact on each virtual service and changes nothing. action_on_error \
-               says what an SE failure does to its group: suspend (default), continue, or rollback",
+               says what an SE failure does to its group: suspend (default), continue, or rollback. se_groups \
+               upgrades the controllers and only these groups (the others stay on the old version until \
+               `upgrade segroup`); pause_after upgrades that group first, alone, then pauses",
+    },
+    Command {
+        words: &["upgrade", "segroup"],
+        tail: Tail::Groups(&["--no-wait", "--json"]),
+        synopsis: "upgrade segroup NAME... [--no-wait]",
+        help: "upgrade SE groups left on the old version (not selected, aborted, rolled back) to the controllers' version",
+    },
+    Command {
+        words: &["upgrade", "pause"],
+        tail: Tail::Flags(&["--no-wait", "--json"]),
+        synopsis: "upgrade pause [--no-wait]",
+        help: "hold the running upgrade: what is in flight finishes (an SE rebooting comes back), nothing new starts",
+    },
+    Command {
+        words: &["upgrade", "resume"],
+        tail: Tail::Flags(&["--no-wait", "--json"]),
+        synopsis: "upgrade resume [--no-wait]",
+        help: "go on with a paused upgrade",
+    },
+    Command {
+        words: &["upgrade", "abort"],
+        tail: Tail::Flags(&["--no-wait", "--json"]),
+        synopsis: "upgrade abort [--no-wait]",
+        help: "stop the running upgrade: before the controllers commit they roll back; after, the SE phase stops \
+               and each SE group ends on one version (partly upgraded groups roll back)",
     },
     Command {
         words: &["upgrade", "prestage"],
@@ -92,6 +121,13 @@ pub const COMMANDS: &[Command] = &[
         tail: Tail::Groups(&["--no-wait"]),
         synopsis: "rollback segroup NAME... [--no-wait]",
         help: "return SE groups to the previous version",
+    },
+    Command {
+        words: &["rollback", "system"],
+        tail: Tail::Flags(&["--no-wait"]),
+        synopsis: "rollback system [--no-wait]",
+        help: "after a completed upgrade: every SE group, then the controllers, back to the previous version \
+               (the other slot), as HA-aware as an upgrade",
     },
     Command { words: &["help"], tail: Tail::Flags(&[]), synopsis: "help [COMMAND]", help: "this list" },
     Command {
@@ -195,6 +231,13 @@ pub fn candidates(words: &[String], partial: &str, groups: &[String]) -> Vec<Str
                 [.., w] if w == "action_on_error" => {
                     out.extend(["continue", "rollback", "suspend"].map(String::from));
                 }
+                [.., w] if w == "pause_after" => out.extend(groups.iter().cloned()),
+                [w, .., last] if w == "image_path" && (last == "se_groups" || in_group_list(rest)) => {
+                    out.extend(groups.iter().filter(|g| !rest.contains(g)).cloned());
+                    if last != "se_groups" {
+                        out.extend(unused(flags));
+                    }
+                }
                 [w, ..] if w == "image_path" => out.extend(unused(flags)),
                 _ => {}
             },
@@ -210,6 +253,16 @@ pub fn candidates(words: &[String], partial: &str, groups: &[String]) -> Vec<Str
     out.sort();
     out.dedup();
     out
+}
+
+/// Whether the last words are a `se_groups` list: names after `se_groups`,
+/// and no keyword since.
+fn in_group_list(rest: &[String]) -> bool {
+    const KEYWORDS: &[&str] =
+        &["docker_image_path", "action_on_error", "pause_after", "force", "disruptive", "prechecks_only"];
+    rest.iter()
+        .rposition(|w| w == "se_groups")
+        .is_some_and(|i| rest[i + 1..].iter().all(|w| !KEYWORDS.contains(&w.as_str())))
 }
 
 /// File and directory names that complete `partial` (directories end in `/`).
@@ -375,7 +428,7 @@ mod tests {
         let c = |line: &str, partial: &str| candidates(&w(line), partial, &groups);
         assert_eq!(c("", ""), ["exit", "help", "history", "quit", "resume", "rollback", "show", "upgrade"]);
         assert_eq!(c("", "up"), ["upgrade"]);
-        assert_eq!(c("upgrade", ""), ["prestage", "system"]);
+        assert_eq!(c("upgrade", ""), ["abort", "pause", "prestage", "resume", "segroup", "system"]);
         assert_eq!(c("show", ""), ["cluster", "upgrade"]);
         assert_eq!(c("show upgrade", ""), ["status"]);
         assert_eq!(c("show upgrade status", "--"), ["--json", "--watch"]);
@@ -383,8 +436,25 @@ mod tests {
         assert_eq!(c("upgrade system", ""), ["image_path"]);
         assert_eq!(
             c("upgrade system image_path x.pkg", ""),
-            ["--json", "--no-wait", "action_on_error", "disruptive", "docker_image_path", "force", "prechecks_only"]
+            [
+                "--json",
+                "--no-wait",
+                "action_on_error",
+                "disruptive",
+                "docker_image_path",
+                "force",
+                "pause_after",
+                "prechecks_only",
+                "se_groups"
+            ]
         );
+        // A list of groups, then the other words again.
+        assert_eq!(c("upgrade system image_path x.pkg se_groups", ""), ["g1", "g2"]);
+        assert_eq!(c("upgrade system image_path x.pkg se_groups g1", "p"), ["pause_after", "prechecks_only"]);
+        assert_eq!(c("upgrade system image_path x.pkg se_groups g1", "g"), ["g2"]);
+        assert_eq!(c("upgrade system image_path x.pkg pause_after", ""), ["g1", "g2"]);
+        assert_eq!(c("upgrade segroup", ""), ["g1", "g2"]);
+        assert_eq!(c("rollback", ""), ["segroup", "system"]);
         assert_eq!(c("upgrade system image_path x.pkg action_on_error", ""), ["continue", "rollback", "suspend"]);
         assert_eq!(c("upgrade system image_path x.pkg force", "di"), ["disruptive"]);
         assert_eq!(c("upgrade system image_path x.pkg force", "do"), ["docker_image_path"]);

@@ -53,6 +53,8 @@ pub struct NodeView {
     pub addr: String,
     /// Version of its active slot (empty if never heard from).
     pub version: String,
+    /// Version its other slot holds, if any: what a rollback returns it to.
+    pub previous_version: Option<String>,
     /// Liveness.
     pub state: NodeState,
     /// SE group.
@@ -284,6 +286,7 @@ impl ClusterView {
                     role: e.role,
                     addr: e.addr.clone(),
                     version: hb.map(|h| h.version.to_string()).unwrap_or_default(),
+                    previous_version: hb.and_then(|h| h.previous_version).map(|v| v.to_string()),
                     state: self.state_of(e, now),
                     se_group: e.se_group.clone().or_else(|| hb.and_then(|h| h.se_group.clone())),
                     deployment: hb.map(|h| h.deployment.to_string()),

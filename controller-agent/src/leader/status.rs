@@ -30,6 +30,9 @@ pub enum OpState {
     Prechecking,
     /// Running.
     InProgress,
+    /// Held by the operator (`molt upgrade pause`): what was in flight
+    /// finishes, nothing new starts until `molt upgrade resume`.
+    Paused,
     /// Finished.
     Completed,
     /// Stopped on an SE group failure.
@@ -142,6 +145,14 @@ pub struct UpgradeStatus {
     /// SEs out of service right now (their services moved to the others of
     /// their group); empty once the operation has ended.
     pub drained: Vec<String>,
+    /// The operator asked to abort; it is being carried out.
+    pub abort_requested: bool,
+    /// Canary: the SE group after which the upgrade holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_after: Option<String>,
+    /// SE groups still on the version before (not selected, not started,
+    /// rolled back): `molt upgrade segroup NAME...` moves them on.
+    pub se_groups_behind: Vec<String>,
     /// Past operations, newest last.
     pub history: Vec<HistoryEntry>,
 }
@@ -149,7 +160,7 @@ pub struct UpgradeStatus {
 impl UpgradeStatus {
     /// Whether an operation is running.
     pub fn is_running(&self) -> bool {
-        matches!(self.state, OpState::Prechecking | OpState::InProgress)
+        matches!(self.state, OpState::Prechecking | OpState::InProgress | OpState::Paused)
     }
 }
 
@@ -159,6 +170,7 @@ fn secs(ms: Ms) -> f64 {
 
 fn op_state(j: &Journal) -> OpState {
     match j.outcome {
+        None if j.paused => OpState::Paused,
         None => OpState::InProgress,
         Some(Outcome::Completed) => OpState::Completed,
         Some(Outcome::Suspended) => OpState::Suspended,
@@ -290,6 +302,9 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
         virtual_services,
         prechecks: j.prechecks.clone(),
         drained: v.drained,
+        abort_requested: j.abort && j.is_running(),
+        pause_after: j.pause_after.clone(),
+        se_groups_behind: v.se_groups_behind,
         history,
     }
 }

@@ -46,6 +46,13 @@ pub struct UpgradeRequest {
     /// What an SE failure does to its group: `suspend`, `continue` or `rollback`.
     #[serde(default = "suspend")]
     pub action_on_error: String,
+    /// Only these SE groups (a canary); the others stay on the old version
+    /// until `molt upgrade segroup`.
+    #[serde(default)]
+    pub se_groups: Vec<String>,
+    /// This SE group first, alone; then the upgrade holds (paused).
+    #[serde(default)]
+    pub pause_after: Option<String>,
 }
 
 fn suspend() -> String {
@@ -62,6 +69,9 @@ pub struct GroupRequest {
     /// Resume past the SEs that failed, leaving them on the old version.
     #[serde(default)]
     pub skip_suspended: bool,
+    /// (rollback) The whole system: every SE group, then the controllers.
+    #[serde(default)]
+    pub system: bool,
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
@@ -80,6 +90,7 @@ fn summaries(nodes: &[NodeView]) -> Vec<NodeSummary> {
             },
             version: n.version.parse().ok(),
             kind: distribute::kind_of(n),
+            previous: n.previous_version.as_deref().and_then(|v| v.parse().ok()),
         })
         .collect()
 }
@@ -121,12 +132,11 @@ impl Current {
     }
 }
 
-/// A start of `operation` with `images`.
+/// A start of `operation` with `images` (an upgrade's options from `req`).
 fn start_request(
     images: &Images,
     operation: Operation,
-    force: bool,
-    disruptive: bool,
+    req: Option<&UpgradeRequest>,
     on_error: ActionOnError,
 ) -> StartRequest {
     StartRequest {
@@ -134,9 +144,11 @@ fn start_request(
         image: journal_image(&images.main),
         docker_image: images.docker.as_ref().map(journal_image),
         to: images.main.info.manifest.version,
-        force,
-        disruptive,
+        force: req.is_some_and(|r| r.force),
+        disruptive: req.is_some_and(|r| r.disruptive),
         on_error,
+        se_groups: req.map(|r| r.se_groups.clone()).unwrap_or_default(),
+        pause_after: req.and_then(|r| r.pause_after.clone()),
     }
 }
 
@@ -176,7 +188,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     let (mut checks, dist_failed) = distribute::prechecks(&images, &nodes);
     let summaries = summaries(&nodes);
     let m = &images.main.info.manifest;
-    let sreq = start_request(&images, Operation::Upgrade, req.force, req.disruptive, on_error);
+    let sreq = start_request(&images, Operation::Upgrade, Some(&req), on_error);
     // Check and act under the operation gate: of requests at once, one starts.
     let _gate = state.operation_gate.lock().await;
     let current = Current::read(state);
@@ -237,7 +249,7 @@ pub async fn prestage(
         return Err(request::failed_checks(kind, checks).into());
     }
     let summaries = summaries(&nodes);
-    let sreq = start_request(&images, Operation::Prestage, false, false, ActionOnError::Suspend);
+    let sreq = start_request(&images, Operation::Prestage, None, ActionOnError::Suspend);
     let _gate = state.operation_gate.lock().await;
     refuse_if_running(state)?;
     let current = Current::read(state);
@@ -256,9 +268,43 @@ fn refuse_if_halted(state: &LeaderState, what: &str) -> Result<(), Refused> {
     }
 }
 
-/// Resumes suspended SE groups (`molt resume segroup`).
+/// Writes the journal a hold request decided, if it changed anything.
+async fn hold(
+    state: &Arc<LeaderState>,
+    j: Option<coordinator::journal::Journal>,
+    what: &str,
+) -> Result<serde_json::Value, Refused> {
+    if let Some(j) = j {
+        info!(id = %j.id, "{what}");
+        begin(state, j).await?;
+    }
+    Ok(serde_json::to_value(state.status()).expect("serializes"))
+}
+
+/// Holds the running upgrade (`molt upgrade pause`): what is in flight
+/// finishes, nothing new starts. Pausing a paused upgrade changes nothing.
+pub async fn pause(state: &Arc<LeaderState>) -> Result<serde_json::Value, Refused> {
+    let _gate = state.operation_gate.lock().await;
+    let j = request::pause(state.journal().as_ref())?;
+    hold(state, j, "upgrade paused by the operator").await
+}
+
+/// Aborts the running upgrade (`molt upgrade abort`). Aborting twice changes nothing.
+pub async fn abort(state: &Arc<LeaderState>) -> Result<serde_json::Value, Refused> {
+    let _gate = state.operation_gate.lock().await;
+    let j = request::abort(state.journal().as_ref())?;
+    hold(state, j, "upgrade aborted by the operator").await
+}
+
+/// `molt upgrade resume`, and `molt resume segroup`: with no group named
+/// and an upgrade running, it resumes a paused upgrade; otherwise suspended
+/// SE groups go on.
 pub async fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
     let _gate = state.operation_gate.lock().await;
+    if req.se_groups.is_empty() && state.journal().is_some_and(|j| j.is_running()) {
+        let j = request::resume_paused(state.journal().as_ref())?;
+        return hold(state, j, "upgrade resumed by the operator").await;
+    }
     refuse_if_halted(state, "resumed")?;
     let config = state.config().clone();
     let j = request::resume(state.journal().as_ref(), &req.se_groups, req.skip_suspended, &config)?;
@@ -267,8 +313,49 @@ pub async fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Resul
     Ok(serde_json::to_value(state.status()).expect("serializes"))
 }
 
-/// Returns SE groups to the old version (`molt rollback segroup`).
+/// Moves SE groups left on the old version to the controllers' version
+/// (`molt upgrade segroup`), staging the image on their SEs first.
+pub async fn upgrade_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+    let _gate = state.operation_gate.lock().await;
+    refuse_if_halted(state, "upgraded")?;
+    let config = state.config().clone();
+    let current = state.journal();
+    let j = request::upgrade_groups(current.as_ref(), &req.se_groups, &config, now_ms())?;
+    // The image must still be in the store: its SEs fetch it from there.
+    for image in j.images() {
+        state.image(&image.path).await.map_err(|e| {
+            refuse(
+                StatusCode::PRECONDITION_FAILED,
+                format!("the upgrade's image {} is no longer usable ({}); upload it again first", image.path, e),
+            )
+        })?;
+    }
+    info!(groups = ?req.se_groups, to = %j.to, "upgrading SE groups");
+    begin(state, j).await?;
+    Ok(serde_json::to_value(state.status()).expect("serializes"))
+}
+
+/// Returns every SE group, then the controllers, to the previous version (`molt rollback system`).
+pub async fn rollback_system(state: &Arc<LeaderState>) -> Result<serde_json::Value, Refused> {
+    let _gate = state.operation_gate.lock().await;
+    refuse_if_halted(state, "rolled back")?;
+    let config = state.config().clone();
+    let nodes = summaries(&state.cluster.snapshot());
+    let j = request::rollback_system(state.journal().as_ref(), &nodes, &state.settings.node_id, &config, now_ms())?;
+    info!(to = %j.from, "rolling the system back");
+    begin(state, j).await?;
+    Ok(serde_json::to_value(state.status()).expect("serializes"))
+}
+
+/// Returns SE groups to the old version (`molt rollback segroup`), or the
+/// whole system with `system: true`.
 pub async fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+    if req.system {
+        if !req.se_groups.is_empty() {
+            return Err(refuse(StatusCode::BAD_REQUEST, "name SE groups or ask for the system, not both"));
+        }
+        return rollback_system(state).await;
+    }
     let _gate = state.operation_gate.lock().await;
     refuse_if_halted(state, "rolled back")?;
     let config = state.config().clone();

@@ -15,13 +15,35 @@ use crate::{
 
 impl Decider<'_> {
     pub(super) fn service_engines(&mut self) {
-        let pending: Vec<String> =
+        if self.j.abort {
+            self.abort_service_engines();
+        }
+        let mut pending: Vec<String> =
             self.j.groups.iter().filter(|(_, g)| g.state == GroupState::Pending).map(|(n, _)| n.clone()).collect();
+        // A canary goes first, alone; the others wait until it completed.
+        if let Some(canary) = self.j.pause_after.clone().filter(|c| self.j.groups.contains_key(c)) {
+            let state = self.j.groups[&canary].state;
+            if state.active() {
+                pending.retain(|g| *g == canary);
+            } else if state != GroupState::Completed {
+                for g in pending.drain(..) {
+                    let op = self.j.groups.get_mut(&g).expect("group");
+                    op.state = GroupState::NotStarted;
+                    op.reason = format!("the canary group {canary} did not complete");
+                }
+            }
+        }
+        if self.j.paused {
+            // Held: only what is in flight goes on; the wait for every SE starts again on resume.
+            pending.clear();
+            self.j.phase_deadline = None;
+        }
         if !pending.is_empty() {
             // Traffic only moves between SEs the leader sees: after its own
             // reboot they redial one by one.
+            let deadline = *self.j.phase_deadline.get_or_insert(self.ctx.now + self.ctx.timeouts.reform);
             let all_up = self.j.ses().all(|(id, _)| self.obs.up(id).is_some());
-            if !all_up && self.j.phase_deadline.is_some_and(|d| self.now() <= d) {
+            if !all_up && self.now() <= deadline {
                 return;
             }
             for g in pending {
@@ -44,8 +66,91 @@ impl Decider<'_> {
         self.j.groups[g].state == GroupState::RollingBack || self.j.volatile.rolling_back.contains_key(g)
     }
 
+    /// The operator aborted the SE phase: groups not started stay so, and
+    /// groups left partly upgraded roll back (once what is in flight ends).
+    fn abort_service_engines(&mut self) {
+        let names: Vec<String> = self.j.groups.keys().cloned().collect();
+        for g in names {
+            let op = &self.j.groups[&g];
+            let moved = op.ses.iter().any(|s| !matches!(self.j.nodes[s].step, Step::Waiting | Step::Staged));
+            let rolled = op.ses.iter().any(|s| self.j.nodes[s].rollback);
+            match op.state {
+                GroupState::Pending => {
+                    let op = self.j.groups.get_mut(&g).expect("group");
+                    op.state = GroupState::NotStarted;
+                    op.reason = "aborted by the operator before it started".into();
+                }
+                GroupState::Suspended if moved && !rolled => {
+                    self.start_group_rollback(&g, "aborted by the operator".into());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// An in-progress group on abort, with nothing in flight: back to the
+    /// old version if any SE moved, else not started.
+    fn abort_group(&mut self, g: &str) {
+        let ses = self.j.groups[g].ses.clone();
+        if ses.iter().any(|s| !matches!(self.j.nodes[s].step, Step::Waiting | Step::Staged)) {
+            self.start_group_rollback(g, "aborted by the operator".into());
+        } else {
+            let op = self.j.groups.get_mut(g).expect("group");
+            op.state = GroupState::NotStarted;
+            op.reason = "aborted by the operator before it started".into();
+        }
+    }
+
     fn end_service_engines(&mut self) {
         let from = self.j.from;
+        let to = self.j.to;
+        if self.j.operation == Operation::SystemRollback {
+            let stuck: Vec<String> = self
+                .j
+                .groups
+                .iter()
+                .filter(|(_, g)| g.state == GroupState::Suspended)
+                .map(|(n, g)| format!("SE group {n}: {}", g.reason))
+                .collect();
+            if stuck.is_empty() {
+                self.start_controller_rollback(format!("the operator rolled the system back to {from}"));
+            } else {
+                // Controllers older than their SEs would break the version rule: they stay.
+                self.finish(
+                    Outcome::Suspended,
+                    format!(
+                        "system rollback stopped before the controllers, which stay on {to}: {}; \
+                         resume it with `molt resume segroup`, then `molt rollback system` again",
+                        stuck.join("; ")
+                    ),
+                );
+            }
+            return;
+        }
+        if self.j.abort {
+            let mut on_from = vec![];
+            let mut on_to = vec![];
+            for (n, g) in &self.j.groups {
+                match g.state {
+                    GroupState::Completed => on_to.push(n.as_str()),
+                    GroupState::Suspended => on_from.push(format!("{n} (suspended: {})", g.reason)),
+                    _ => on_from.push(n.clone()),
+                }
+            }
+            let mut why =
+                format!("aborted by the operator after the controllers committed: the controllers stay on {to}");
+            if !on_to.is_empty() {
+                why.push_str(&format!("; SE groups on {to}: {}", on_to.join(", ")));
+            }
+            if !on_from.is_empty() {
+                why.push_str(&format!(
+                    "; SE groups on {from}: {} (`molt upgrade segroup` moves them on)",
+                    on_from.join(", ")
+                ));
+            }
+            self.finish(Outcome::Aborted, why);
+            return;
+        }
         // A group rollback answers for the groups it rolled back only.
         let rollback_op = self.j.operation == Operation::SeGroupRollback;
         let in_rollback = |g: &crate::journal::GroupOp| g.ses.iter().any(|s| self.j.nodes[s].rollback);
@@ -75,6 +180,20 @@ impl Decider<'_> {
                 self.j.ses().filter(|(_, n)| n.step == Step::Skipped).map(|(id, _)| id.to_string()).collect();
             if !skipped.is_empty() {
                 notes.push(format!("skipped, still on {from}: {}", skipped.join(", ")));
+            }
+            let behind: Vec<&str> = self
+                .j
+                .groups
+                .iter()
+                .filter(|(_, g)| g.state == GroupState::NotStarted)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !behind.is_empty() {
+                notes.push(format!(
+                    "SE groups still on {from}: {} (`molt upgrade segroup {}` moves them to {to})",
+                    behind.join(", "),
+                    behind.join(" ")
+                ));
             }
             for (g, op) in &self.j.groups {
                 if op.state == GroupState::RolledBack {
@@ -107,6 +226,16 @@ impl Decider<'_> {
             self.group_rollback_next(g, &ses);
             return;
         }
+        if self.j.abort {
+            if self.ctx.mutant == Some(Mutant::AbortInPlace) {
+                let op = self.j.groups.get_mut(g).expect("group");
+                op.state = GroupState::NotStarted;
+                op.reason = "aborted by the operator".into();
+            } else {
+                self.abort_group(g);
+            }
+            return;
+        }
         let failed: Vec<NodeId> = ses.iter().filter(|s| self.j.nodes[*s].step == Step::Failed).cloned().collect();
         if !failed.is_empty() {
             let reason: Vec<String> = failed.iter().map(|s| format!("{s}: {}", self.j.nodes[s].note)).collect();
@@ -137,6 +266,13 @@ impl Decider<'_> {
         drained_first(&self.j, &mut todo);
         if todo.is_empty() {
             self.j.groups.get_mut(g).expect("group").state = GroupState::Completed;
+            if self.j.pause_after.as_deref() == Some(g) {
+                // The canary is done: hold for the operator to look.
+                self.j.paused = true;
+            }
+            return;
+        }
+        if self.j.paused && self.ctx.mutant != Some(Mutant::PauseIgnored) {
             return;
         }
         if self.j.disruptive {
@@ -183,8 +319,9 @@ impl Decider<'_> {
         let op = self.j.groups.get_mut(g).expect("group");
         op.state = GroupState::RollingBack;
         op.reason = reason;
+        // A skipped SE too: it may have come back on the new version after it was passed.
         for s in &ses {
-            if !matches!(self.j.nodes[s].step, Step::Waiting | Step::Staged | Step::Skipped) {
+            if !matches!(self.j.nodes[s].step, Step::Waiting | Step::Staged) {
                 queue_rollback(self.node(s));
             }
         }

@@ -81,8 +81,25 @@ impl Disk {
 /// An operator's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// `molt upgrade system`.
-    Start { to: Version, min_compatible: Version, on_error: ActionOnError, disruptive: bool },
+    /// `molt upgrade system` (of these groups, a canary first, when named).
+    Start {
+        to: Version,
+        min_compatible: Version,
+        on_error: ActionOnError,
+        disruptive: bool,
+        se_groups: Vec<String>,
+        pause_after: Option<String>,
+    },
+    /// `molt upgrade pause`.
+    Pause,
+    /// `molt upgrade resume` of a paused upgrade.
+    ResumePaused,
+    /// `molt upgrade abort`.
+    Abort,
+    /// `molt upgrade segroup`.
+    UpgradeGroups(Vec<String>),
+    /// `molt rollback system`.
+    RollbackSystem,
     /// `molt upgrade prestage`.
     Prestage { to: Version },
     /// `molt resume segroup`.
@@ -101,6 +118,11 @@ impl Request {
             Request::Prestage { .. } => "prestage",
             Request::Resume { .. } => "resume",
             Request::RollbackGroups(_) => "rollback",
+            Request::Pause => "pause",
+            Request::ResumePaused => "resume-paused",
+            Request::Abort => "abort",
+            Request::UpgradeGroups(_) => "upgrade-segroup",
+            Request::RollbackSystem => "rollback-system",
             Request::ConfigWrite => "config-write",
         }
     }
@@ -288,6 +310,7 @@ impl Leader {
                 member: m.clone(),
                 version: obs.nodes.get(id).map(|s| s.version),
                 kind: *kind,
+                previous: obs.nodes.get(id).and_then(|s| s.previous),
             })
             .collect();
         // A mixed cluster gets one image per kind, as the real leader's request does.
@@ -300,7 +323,7 @@ impl Leader {
             let current = if checked_together { before.clone() } else { self.journal.clone() };
             let id = format!("op{}-{}-{k}", self.generation, now);
             let decision = match &r {
-                Request::Start { to, min_compatible, on_error, disruptive } => {
+                Request::Start { to, min_compatible, on_error, disruptive, se_groups, pause_after } => {
                     let req = StartRequest {
                         operation: Operation::Upgrade,
                         image: image(*to, *min_compatible, DeploymentKind::Vm),
@@ -309,6 +332,8 @@ impl Leader {
                         force: false,
                         disruptive: *disruptive,
                         on_error: *on_error,
+                        se_groups: se_groups.clone(),
+                        pause_after: pause_after.clone(),
                     };
                     self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
                 }
@@ -321,11 +346,20 @@ impl Leader {
                         force: false,
                         disruptive: false,
                         on_error: ActionOnError::Suspend,
+                        se_groups: vec![],
+                        pause_after: None,
                     };
                     self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
                 }
                 Request::Resume { skip } => request::resume(current.as_ref(), &[], *skip, &self.config).ok(),
                 Request::RollbackGroups(g) => request::rollback_groups(current.as_ref(), g, &self.config, now).ok(),
+                Request::Pause => request::pause(current.as_ref()).ok().flatten(),
+                Request::ResumePaused => request::resume_paused(current.as_ref()).ok().flatten(),
+                Request::Abort => request::abort(current.as_ref()).ok().flatten(),
+                Request::UpgradeGroups(g) => request::upgrade_groups(current.as_ref(), g, &self.config, now).ok(),
+                Request::RollbackSystem => {
+                    request::rollback_system(current.as_ref(), &summaries, &self.me, &self.config, now).ok()
+                }
                 Request::ConfigWrite => {
                     if request::config_writable(current.as_ref()).is_ok() {
                         self.write_config(disk, members, violations);

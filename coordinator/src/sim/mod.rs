@@ -98,7 +98,14 @@ fn v(n: u32) -> Version {
 
 /// An upgrade to 3.0.0, which upgrades from 2.0.0 only.
 fn third_version() -> Request {
-    Request::Start { to: v(3), min_compatible: v(2), on_error: ActionOnError::Suspend, disruptive: false }
+    Request::Start {
+        to: v(3),
+        min_compatible: v(2),
+        on_error: ActionOnError::Suspend,
+        disruptive: false,
+        se_groups: vec![],
+        pause_after: None,
+    }
 }
 
 /// The package of `to` for nodes of `kind`.
@@ -159,6 +166,7 @@ struct Operator {
     /// The id and outcome last reacted to.
     handled: Option<(String, Option<Outcome>)>,
     group_rollback_done: bool,
+    system_rollback_done: bool,
     third_version_tried: bool,
     next_look: Ms,
 }
@@ -225,7 +233,12 @@ impl World {
         }
         let on_error = *rng.pick(&[ActionOnError::Suspend, ActionOnError::Continue, ActionOnError::Rollback]);
         let disruptive = rng.chance(0.1);
-        let start = Request::Start { to: v(2), min_compatible: v(1), on_error, disruptive };
+        // Some operators upgrade a canary group first: alone, or holding after it.
+        let canary = groups > 1 && rng.chance(0.25);
+        let se_groups = if canary && rng.chance(0.5) { vec!["g0".to_owned()] } else { vec![] };
+        let pause_after = (canary && se_groups.is_empty()).then(|| "g0".to_owned());
+        let start = Request::Start { to: v(2), min_compatible: v(1), on_error, disruptive, se_groups, pause_after };
+        let all_groups: Vec<String> = ses_by_group.keys().cloned().collect();
         let mut operator = Operator::default();
         operator.planned.push((5_000, start.clone()));
         if rng.chance(0.3) {
@@ -235,11 +248,22 @@ impl World {
         }
         for _ in 0..rng.range(0, 4) {
             let at = rng.range(5_000, 90_000);
-            let r = match rng.range(0, 5) {
-                0 => Request::Start { to: v(2), min_compatible: v(1), on_error, disruptive: false },
+            let r = match rng.range(0, 10) {
+                0 => Request::Start {
+                    to: v(2),
+                    min_compatible: v(1),
+                    on_error,
+                    disruptive: false,
+                    se_groups: vec![],
+                    pause_after: None,
+                },
                 1 => Request::Prestage { to: v(2) },
                 2 => Request::Resume { skip: rng.chance(0.5) },
                 3 => Request::RollbackGroups(vec!["g0".into()]),
+                4 | 5 => Request::Pause,
+                6 => Request::Abort,
+                7 => Request::UpgradeGroups(all_groups.clone()),
+                8 => Request::RollbackSystem,
                 _ => Request::ConfigWrite,
             };
             count("request-at-once", r.name());
@@ -550,6 +574,14 @@ impl World {
             return;
         }
         self.operator.next_look = now + 1_000;
+        // A paused upgrade: the operator looks, then resumes it (or aborts).
+        if self.disk.journal().is_some_and(|j| j.is_running() && j.paused)
+            && !self.operator.planned.iter().any(|(_, r)| matches!(r, Request::ResumePaused | Request::Abort))
+        {
+            let at = now + self.rng.range(1_000, 20_000);
+            let r = if self.rng.chance(0.8) { Request::ResumePaused } else { Request::Abort };
+            self.operator.planned.push((at, r));
+        }
         let Some(j) = self.disk.journal().filter(|j| !j.is_running()).cloned() else { return };
         let key = (j.id.clone() + j.operation.name(), j.outcome);
         if self.operator.handled.as_ref() == Some(&key) {
@@ -563,6 +595,12 @@ impl World {
         }
         let at = now + self.rng.range(500, 5_000);
         let group_names: Vec<String> = j.groups.keys().cloned().collect();
+        let behind: Vec<String> = j
+            .groups
+            .iter()
+            .filter(|(_, g)| g.state == crate::journal::GroupState::NotStarted)
+            .map(|(n, _)| n.clone())
+            .collect();
         let next = match (j.operation, j.outcome) {
             (_, Some(Outcome::Suspended)) => {
                 let suspended: Vec<String> = j
@@ -576,6 +614,17 @@ impl World {
                 } else {
                     Some(Request::RollbackGroups(vec![self.rng.pick(&suspended).clone()]))
                 }
+            }
+            (Operation::Upgrade | Operation::SeGroupUpgrade, Some(Outcome::Completed | Outcome::Aborted))
+                if !behind.is_empty() && j.controllers_committed() && self.rng.chance(0.7) =>
+            {
+                Some(Request::UpgradeGroups(behind))
+            }
+            (Operation::Upgrade | Operation::SeGroupUpgrade, Some(Outcome::Completed))
+                if !self.operator.system_rollback_done && self.rng.chance(0.25) =>
+            {
+                self.operator.system_rollback_done = true;
+                Some(Request::RollbackSystem)
             }
             (Operation::Upgrade, Some(Outcome::Completed)) if j.to == v(2) && !group_names.is_empty() => {
                 if !self.operator.group_rollback_done && self.rng.chance(0.6) {
@@ -593,12 +642,16 @@ impl World {
                 self.operator.third_version_tried = true;
                 Some(third_version())
             }
-            (Operation::Upgrade, Some(Outcome::Aborted)) if self.rng.chance(0.3) => Some(Request::Start {
-                to: j.to,
-                min_compatible: v(1),
-                on_error: ActionOnError::Suspend,
-                disruptive: false,
-            }),
+            (Operation::Upgrade, Some(Outcome::Aborted)) if !j.controllers_committed() && self.rng.chance(0.3) => {
+                Some(Request::Start {
+                    to: j.to,
+                    min_compatible: v(1),
+                    on_error: ActionOnError::Suspend,
+                    disruptive: false,
+                    se_groups: vec![],
+                    pause_after: None,
+                })
+            }
             _ => None,
         };
         if let Some(r) = next {
