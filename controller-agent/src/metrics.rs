@@ -29,10 +29,11 @@ pub struct Snapshot {
     pub now: f64,
 }
 
-const STATES: [(OpState, &str); 6] = [
+const STATES: [(OpState, &str); 7] = [
     (OpState::Idle, "idle"),
     (OpState::Prechecking, "prechecking"),
     (OpState::InProgress, "in_progress"),
+    (OpState::Paused, "paused"),
     (OpState::Completed, "completed"),
     (OpState::Suspended, "suspended"),
     (OpState::Aborted, "aborted"),
@@ -145,7 +146,7 @@ pub fn render(s: &Snapshot) -> String {
 
     let mut f =
         Family::new(&mut out, "molt_upgrades_total", "counter", "Finished operations in the history, by outcome.");
-    for op in ["upgrade", "prestage"] {
+    for op in ["upgrade", "prestage", "se_group_upgrade", "se_group_rollback", "system_rollback"] {
         let finished =
             STATES.iter().filter(|(s, _)| matches!(s, OpState::Completed | OpState::Suspended | OpState::Aborted));
         for (state, name) in finished {

@@ -531,6 +531,15 @@ fn committed_upgrade<'a>(current: Option<&'a Journal>, what: &str) -> Result<&'a
         let why = if current.is_some() { "an operation is running" } else { "no upgrade was run" };
         return Err(refuse(RefusalKind::Conflict, format!("{why}: nothing to {what}")));
     };
+    if j.operation == Operation::SystemRollback {
+        return Err(refuse(
+            RefusalKind::Conflict,
+            format!(
+                "the system was rolled back to {} already: nothing to {what}; start a new upgrade from there",
+                j.from
+            ),
+        ));
+    }
     if j.operation == Operation::Prestage || !j.controllers_committed() {
         return Err(refuse(
             RefusalKind::Conflict,
@@ -550,9 +559,6 @@ pub fn upgrade_groups(
     now: Ms,
 ) -> Result<Journal, Refusal> {
     let j = committed_upgrade(current, "upgrade")?;
-    if j.operation == Operation::SystemRollback {
-        return Err(refuse(RefusalKind::Conflict, "the system was rolled back: start a new upgrade instead"));
-    }
     if groups.is_empty() {
         return Err(refuse(RefusalKind::BadRequest, "name the SE groups to upgrade"));
     }
@@ -621,9 +627,6 @@ pub fn rollback_system(
     now: Ms,
 ) -> Result<Journal, Refusal> {
     let j = committed_upgrade(current, "roll back")?;
-    if j.operation == Operation::SystemRollback {
-        return Err(refuse(RefusalKind::Conflict, "the system was rolled back already"));
-    }
     let (from, to) = (j.from, j.to);
     let silent: Vec<String> = nodes.iter().filter(|n| n.version.is_none()).map(|n| n.id.to_string()).collect();
     if !silent.is_empty() {

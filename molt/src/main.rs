@@ -692,9 +692,21 @@ async fn hold_cmd(
         println!("{action}: the upgrade is {}", answer["state"].as_str().unwrap_or("?"));
         return Ok(());
     }
-    if action != "pause" {
-        return finish(api, json, &format!("the {} upgrade", if action == "abort" { "aborted" } else { "resumed" }))
-            .await;
+    if action == "resume" {
+        return finish(api, json, "the resumed upgrade").await;
+    }
+    if action == "abort" {
+        let end = upgrade::follow(api, json).await?;
+        if json {
+            print_json(&end);
+        } else {
+            print!("{}", render::status(&end));
+        }
+        return match end["state"].as_str() {
+            Some("aborted") => Ok(()),
+            Some(s) => Err(Failure(format!("the upgrade ended {s} before the abort took effect"), 1)),
+            None => Err(Failure("the leader answered no state".into(), 1)),
+        };
     }
     loop {
         let v = api.get("/api/cluster/upgrade/status").await?;

@@ -120,7 +120,7 @@ impl Decider<'_> {
                     Outcome::Suspended,
                     format!(
                         "system rollback stopped before the controllers, which stay on {to}: {}; \
-                         resume it with `molt resume segroup`, then `molt rollback system` again",
+                         `molt resume segroup` goes on with it, then with the controllers",
                         stuck.join("; ")
                     ),
                 );

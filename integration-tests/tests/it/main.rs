@@ -6,6 +6,7 @@
 //!   namespace, driven through the `molt` CLI as an operator would.
 
 mod cluster;
+mod control;
 mod docker;
 mod failover;
 mod hardening;

@@ -206,6 +206,59 @@ fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
     eprintln!("screenshots in {}", shots.display());
 }
 
+/// The page's controls of a running upgrade: a canary upgrade holds after
+/// its first group; the operator presses Resume, Pause, then Abort (the
+/// partly upgraded group rolls back), then upgrades the group left behind.
+#[test]
+fn in_a_browser_an_operator_resumes_pauses_and_aborts_an_upgrade() {
+    let shots = integration_tests::browser::target_dir().join("browser-test-control");
+    let _ = std::fs::remove_dir_all(&shots);
+    let c = LocalCluster::for_upgrades("1", "g1:active-active:2,g2:active-active:3");
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", None);
+    let api = c.api();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = || rt.block_on(api.get("/api/cluster/upgrade/status")).unwrap();
+    let image = rt.block_on(api.upload(&pkg, "controller.pkg", |_| {})).unwrap()["image_path"].clone();
+    rt.block_on(api.post("/api/cluster/upgrade", &json!({"image_path": image, "pause_after": "g1"}))).unwrap();
+
+    let mut b = Browser::start(&shots);
+    b.goto(&format!("{}/", c.leader_url()));
+    b.fill("#token", &token(&c.path()));
+    b.click("#login-button");
+    // The leader reboots during the controllers' phase; the page follows it.
+    b.wait_for("document.querySelector('#op-summary').dataset.state === 'paused'", 120);
+    b.wait_for("!document.querySelector('#op-resume').hidden", 10);
+    assert!(b.text("#op-hint").contains("Paused"), "{}", b.text("#op-hint"));
+    b.screenshot("paused-after-canary");
+    // The page asks before an abort or a system rollback: answer yes.
+    b.eval("window.confirm = () => true");
+
+    b.click("#op-resume");
+    b.wait_for("document.querySelector('#op-summary').dataset.state === 'in_progress'", 10);
+    b.wait_for("!document.querySelector('#op-pause').hidden", 10);
+    b.click("#op-pause");
+    b.wait_for("document.querySelector('#op-summary').dataset.state === 'paused'", 10);
+    assert_eq!(status()["state"], "paused");
+    b.screenshot("paused-by-the-operator");
+
+    b.click("#op-abort");
+    b.wait_for("document.querySelector('#op-summary').dataset.state === 'aborted'", 120);
+    let s = status();
+    assert_eq!(s["se_groups_behind"], json!(["g2"]), "{s:#}");
+    b.wait_for("!document.querySelector('#op-segroup').hidden", 10);
+    assert!(b.text("#op-segroup").contains("g2"), "{}", b.text("#op-segroup"));
+    b.screenshot("aborted");
+
+    b.click("#op-segroup");
+    b.wait_for("document.querySelector('#op-summary').dataset.state === 'completed'", 120);
+    let s = status();
+    assert_eq!(s["operation"], "se_group_upgrade", "{s:#}");
+    assert_eq!(s["se_groups_behind"], json!([]));
+    b.wait_for("!document.querySelector('#op-rollback-system').hidden", 10);
+    b.screenshot("rest-upgraded");
+}
+
 /// A 1 GiB image through the browser's file picker: it streams (the page
 /// shows progress while it goes) and arrives whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

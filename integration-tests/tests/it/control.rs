@@ -1,0 +1,183 @@
+//! Operator control of a running upgrade, at process level through the CLI:
+//! pause, resume and abort; a canary (`se_groups`, `pause_after`) and
+//! `upgrade segroup`; `rollback system`. Real reboots, as in `upgrade`.
+
+use std::time::{Duration, Instant};
+
+use molt::client::{Api, ClientError};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn ok(out: &std::process::Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn version_of(v: &[(String, String, String)], id: &str) -> String {
+    v.iter().find(|(n, _, _)| n == id).map(|(_, ver, _)| ver.clone()).unwrap_or_default()
+}
+
+async fn status(api: &Api) -> Value {
+    get(api, "/api/cluster/upgrade/status").await
+}
+
+fn group<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["se_groups"].as_array().unwrap().iter().find(|g| g["name"] == name).unwrap()
+}
+
+fn conflict(r: Result<Value, ClientError>, what: &str) -> String {
+    match r {
+        Err(ClientError::Api { status, message, .. }) if status.as_u16() == 409 => message,
+        other => panic!("{what}: expected 409, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_group_then_the_rest_then_the_whole_system_back() {
+    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2,g2:active-standby:2"]);
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g2", "port": 8080})).await.unwrap();
+    let before = config(&api).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = package(tmp.path(), "2.0.0", "1.0.0", None);
+    let pkg = pkg.to_str().unwrap();
+
+    // A group that does not exist is refused before anything moves.
+    let out = c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no SE group g9"), "{out:?}");
+    assert_eq!(status(&api).await["state"], "idle");
+
+    // The controllers and g1 only.
+    ok(&c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1"]));
+    let s = status(&api).await;
+    assert_eq!(s["state"], "completed", "{s:#}");
+    assert_eq!(s["se_groups_behind"], json!(["g2"]), "{s:#}");
+    assert_eq!(group(&s, "g2")["state"], "not_started");
+    assert!(s["reason"].as_str().unwrap().contains("molt upgrade segroup g2"), "{s:#}");
+    let v = versions(&api).await;
+    for (id, want) in
+        [("c1", "2.0.0"), ("g1-se1", "2.0.0"), ("g1-se2", "2.0.0"), ("g2-se1", "1.0.0"), ("g2-se2", "1.0.0")]
+    {
+        assert_eq!(version_of(&v, id), want, "{id}: {v:?}");
+    }
+    let shown = ok(&c.molt(&["show", "upgrade", "status"]));
+    assert!(shown.contains("SE groups on 1.0.0: g2 (`molt upgrade segroup g2`"), "{shown}");
+
+    // A third version is refused while g2 is behind (two versions at most).
+    let pkg3 = package(tmp.path(), "3.0.0", "2.0.0", None);
+    let out = c.molt(&["upgrade", "system", "image_path", pkg3.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("three versions"), "{out:?}");
+
+    // A group that is done already, or unknown, cannot be "upgraded".
+    let out = c.molt(&["upgrade", "segroup", "g1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SE group g1 is completed"), "{out:?}");
+
+    // The rest, to the controllers' version: staged, then one SE at a time.
+    ok(&c.molt(&["upgrade", "segroup", "g2"]));
+    let s = status(&api).await;
+    assert_eq!((s["operation"].as_str(), s["state"].as_str()), (Some("se_group_upgrade"), Some("completed")), "{s:#}");
+    assert_eq!(s["se_groups_behind"], json!([]));
+    all_up_on(&api, "2.0.0", &[], 30).await;
+
+    // Everything back, SE groups first, the controller last.
+    let out = ok(&c.molt(&["rollback", "system"]));
+    assert!(out.contains("system_rollback"), "{out}");
+    let s = status(&api).await;
+    assert_eq!((s["operation"].as_str(), s["state"].as_str()), (Some("system_rollback"), Some("completed")), "{s:#}");
+    all_up_on(&api, "1.0.0", &[], 60).await;
+    let history = s["history"].as_array().unwrap();
+    let ops: Vec<&str> = history.iter().map(|h| h["operation"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["upgrade", "se_group_upgrade", "system_rollback"], "{history:?}");
+    // The SEs were rolled back before the controller: their events end first.
+    let ended = |id: &str| -> f64 {
+        let n = s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap();
+        n["events"].as_array().unwrap().iter().filter_map(|e| e["end"].as_f64()).fold(0.0, f64::max)
+    };
+    assert!(ended("g2-se1") < ended("c1") && ended("g1-se2") < ended("c1"), "{s:#}");
+    assert_eq!(config(&api).await, before, "the configuration is kept");
+    // Once back, a second system rollback has nothing to return to.
+    let again = conflict(api.post("/api/cluster/upgrade/rollback", &json!({"system": true})).await, "rollback again");
+    assert!(again.contains("rolled back to 1.0.0 already"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_after_a_canary_holds_resume_goes_on_and_abort_leaves_whole_groups() {
+    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2,g2:active-active:3"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = package(tmp.path(), "2.0.0", "1.0.0", None);
+    let pkg = pkg.to_str().unwrap();
+    // Nothing runs: nothing to pause or abort.
+    assert!(conflict(api.post("/api/cluster/upgrade/pause", &json!({})).await, "pause").contains("nothing to pause"));
+
+    // g1 goes first, alone; the command returns once the upgrade holds.
+    let out = ok(&c.molt(&["upgrade", "system", "image_path", pkg, "pause_after", "g1"]));
+    assert!(out.contains("paused: `molt upgrade resume`"), "{out}");
+    let s = status(&api).await;
+    assert_eq!(s["state"], "paused", "{s:#}");
+    assert_eq!(s["phase"], "service_engines");
+    assert_eq!(group(&s, "g1")["state"], "completed");
+    assert_eq!(group(&s, "g2")["state"], "pending");
+    // Held: nothing moves, and the configuration stays read-only.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = versions(&api).await;
+    for id in ["g2-se1", "g2-se2", "g2-se3"] {
+        assert_eq!(version_of(&v, id), "1.0.0", "{id} moved while paused: {v:?}");
+    }
+    let write = api.post("/api/virtualservice", &json!({"name": "x", "se_group": "g1", "port": 9000})).await;
+    assert!(matches!(write, Err(ClientError::Api { status, .. }) if status.as_u16() == 503), "{write:?}");
+    // Pausing again changes nothing.
+    ok(&c.molt(&["upgrade", "pause"]));
+    assert_eq!(status(&api).await["state"], "paused");
+
+    // Resume; then abort while g2 is partly upgraded.
+    ok(&c.molt(&["upgrade", "resume", "--no-wait"]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !versions(&api).await.iter().any(|(id, v, _)| id.starts_with("g2") && v == "2.0.0") {
+        assert!(Instant::now() < deadline, "no SE of g2 came up on 2.0.0 after resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = ok(&c.molt(&["upgrade", "abort"]));
+    assert!(out.contains("aborted by the operator after the controllers committed"), "{out}");
+    let s = status(&api).await;
+    assert_eq!(s["state"], "aborted", "{s:#}");
+    assert_eq!(group(&s, "g1")["state"], "completed");
+    assert_eq!(group(&s, "g2")["state"], "rolled_back", "{s:#}");
+    assert_eq!(s["se_groups_behind"], json!(["g2"]));
+    all_up_on(&api, "2.0.0", &["g2-se1", "g2-se2", "g2-se3"], 30).await;
+    let v = versions(&api).await;
+    for id in ["g2-se1", "g2-se2", "g2-se3"] {
+        assert_eq!(version_of(&v, id), "1.0.0", "{id}: every SE of g2 back on one version: {v:?}");
+    }
+    // Aborting again changes nothing; pause and resume no longer apply.
+    api.post("/api/cluster/upgrade/abort", &json!({})).await.unwrap();
+    assert!(
+        conflict(api.post("/api/cluster/upgrade/pause", &json!({})).await, "pause").contains("no upgrade is running")
+    );
+    // The page and the metrics know the new state names.
+    let history = s["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["state"], "aborted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_before_the_commit_rolls_every_controller_back() {
+    let (c, api) = start(&["--controllers", "3", "--groups", "g1:active-active:2"]);
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080})).await.unwrap();
+    let before = config(&api).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = package(tmp.path(), "2.0.0", "1.0.0", None);
+    ok(&c.molt(&["upgrade", "system", "image_path", pkg.to_str().unwrap(), "--no-wait"]));
+    wait_phase(&api, "controllers").await;
+    let out = ok(&c.molt(&["upgrade", "abort"]));
+    assert!(out.contains("aborted by the operator before the controllers committed 2.0.0"), "{out}");
+    let s = status(&api).await;
+    assert_eq!((s["state"].as_str(), s["phase"].as_str()), (Some("aborted"), Some("rolled_back")), "{s:#}");
+    all_up_on(&api, "1.0.0", &[], 60).await;
+    assert_eq!(config(&api).await, before);
+    // After the end, abort is idempotent and resume has nothing to resume.
+    api.post("/api/cluster/upgrade/abort", &json!({})).await.unwrap();
+    let r = api.post("/api/cluster/upgrade/resume", &json!({})).await;
+    assert!(matches!(r, Err(ClientError::Api { status, .. }) if status.as_u16() == 409), "{r:?}");
+}
