@@ -48,8 +48,19 @@ pub struct Monitor {
     /// The services that were served when the current operation started.
     served_at_start: Option<((String, u64), BTreeSet<String>)>,
     last_outcome: Option<(String, Option<Outcome>)>,
-    /// The last journal's id, hold and abort flags, and steps.
-    last_steps: Option<(String, bool, bool, Phase, BTreeMap<NodeId, Step>)>,
+    /// The last journal's hold and abort, and its steps.
+    last_steps: Option<LastSteps>,
+}
+
+/// What the last step's journal said: its id, whether it was paused or
+/// aborting, its phase, and each node's step.
+#[derive(Debug, Clone)]
+struct LastSteps {
+    id: String,
+    paused: bool,
+    abort: bool,
+    phase: Phase,
+    steps: BTreeMap<NodeId, Step>,
 }
 
 impl Monitor {
@@ -116,7 +127,7 @@ impl Monitor {
         // Nothing new starts while paused or aborting: no node leaves
         // waiting (or staged) for a step that installs the new version.
         // (The controllers' phase, once begun, runs to its commit.)
-        if let Some((id, paused, abort, phase, steps)) = &self.last_steps
+        if let Some(LastSteps { id, paused, abort, phase, steps }) = &self.last_steps
             && *id == j.id
             && ((*paused && j.paused) || *abort)
         {
@@ -131,7 +142,7 @@ impl Monitor {
             }
         }
         let steps = j.nodes.iter().map(|(n, op)| (n.clone(), op.step)).collect();
-        self.last_steps = Some((j.id.clone(), j.paused, j.abort, j.phase, steps));
+        self.last_steps = Some(LastSteps { id: j.id.clone(), paused: j.paused, abort: j.abort, phase: j.phase, steps });
         // Progress never decreases within an operation.
         let key = (format!("{}:{}", j.id, j.operation.name()), j.started);
         if let Some((id, started, last)) = &self.progress
