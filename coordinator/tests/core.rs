@@ -498,3 +498,66 @@ fn a_mixed_cluster_sends_each_node_the_image_of_its_kind() {
     assert!(d.actions.iter().any(|a| matches!(a, Action::Send { node, command } if node.as_str() == "s1"
         && matches!(&command.kind, CommandKind::Stage(img) if img.sha256 == docker_sha))));
 }
+
+/// An upgrade that went to its end: every node upgraded and committed.
+fn completed_upgrade() -> Journal {
+    let mut j = start(ActionOnError::Suspend);
+    for n in j.nodes.values_mut() {
+        n.step = Step::Upgraded;
+    }
+    j.groups.get_mut("g1").unwrap().state = GroupState::Completed;
+    j.phase = coordinator::journal::Phase::Done;
+    j.outcome = Some(Outcome::Completed);
+    j
+}
+
+#[test]
+fn a_system_rollback_is_refused_when_a_node_no_longer_holds_the_old_version() {
+    let j = completed_upgrade();
+    let mut ns = nodes("2.0.0");
+    ns[0].version = Some(v("2.0.0"));
+    for n in &mut ns {
+        n.previous = Some(v("1.0.0"));
+    }
+    ns[2].previous = Some(v("0.9.0"));
+    let e = request::rollback_system(Some(&j), &ns, &id("c1"), &config(), 5).unwrap_err();
+    assert_eq!(e.kind, RefusalKind::PreconditionFailed);
+    assert!(e.message.contains("s2 (its other slot holds 0.9.0)"), "{}", e.message);
+    // With the old version in every other slot: the SE group first, the controller after.
+    ns[2].previous = Some(v("1.0.0"));
+    let r = request::rollback_system(Some(&j), &ns, &id("c1"), &config(), 5).unwrap();
+    assert_eq!(r.phase, coordinator::journal::Phase::RollbackSeGroups);
+    assert_eq!(r.groups["g1"].state, GroupState::RollingBack);
+    assert_eq!(r.nodes[&id("c1")].step, Step::Upgraded, "the controller waits for the SE groups");
+}
+
+#[test]
+fn pause_holds_the_next_se_and_abort_after_the_commit_rolls_the_group_back() {
+    // Mid SE phase: s2 (the standby) upgraded, s1 waiting.
+    let mut j = start(ActionOnError::Suspend);
+    j.nodes.get_mut(&id("c1")).unwrap().step = Step::Upgraded;
+    j.nodes.get_mut(&id("s2")).unwrap().step = Step::Upgraded;
+    j.nodes.get_mut(&id("s1")).unwrap().step = Step::Staged;
+    j.groups.get_mut("g1").unwrap().state = GroupState::InProgress;
+    j.phase = coordinator::journal::Phase::ServiceEngines;
+    let mut obs = Observed::default();
+    obs.nodes.insert(id("c1"), seen("2.0.0", "c1-b", &[]));
+    obs.nodes.insert(id("s2"), seen("2.0.0", "s2-b", &[]));
+    obs.nodes.insert(id("s1"), seen("1.0.0", "s1-a", &["db"]));
+    let paused = request::pause(Some(&j)).unwrap().unwrap();
+    assert!(request::pause(Some(&paused)).unwrap().is_none(), "pausing twice changes nothing");
+    let d = core::next(&paused, &obs, &ctx(1));
+    assert_eq!(d.journal.nodes[&id("s1")].step, Step::Staged, "held");
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(coordinator::view::view(&d.journal).state, "paused");
+    // Resumed, s1 is drained next.
+    let resumed = request::resume_paused(Some(&d.journal)).unwrap().unwrap();
+    assert_eq!(core::next(&resumed, &obs, &ctx(2)).journal.nodes[&id("s1")].step, Step::Draining);
+    // Aborted instead: the group, partly upgraded, rolls back, s2 with it.
+    let aborted = request::abort(Some(&d.journal)).unwrap().unwrap();
+    let a = core::next(&aborted, &obs, &ctx(2)).journal;
+    assert_eq!(a.groups["g1"].state, GroupState::RollingBack, "{}", a.groups["g1"].reason);
+    assert!(a.nodes[&id("s2")].rollback);
+    assert!(request::abort(Some(&a)).unwrap().is_none(), "aborting twice changes nothing");
+    assert_eq!(request::pause(Some(&a)).unwrap_err().kind, RefusalKind::Conflict);
+}

@@ -58,6 +58,10 @@ fn two_thousand_schedules_break_no_invariant() {
         ("request-at-once", "resume"),
         ("request-at-once", "rollback"),
         ("request-at-once", "prestage"),
+        ("request-at-once", "pause"),
+        ("request-at-once", "abort"),
+        ("request-at-once", "upgrade-segroup"),
+        ("request-at-once", "rollback-system"),
     ] {
         let n = faults.get(&(kind.to_owned(), step.to_owned())).copied().unwrap_or(0);
         assert!(n > 0, "no {kind} fault was injected in {step}: {faults:?}");
