@@ -98,6 +98,11 @@ async fn each_ha_mode_keeps_serving_as_predicted_while_its_ses_upgrade() {
     }
     assert_eq!(predicted["one"]["predicted_disruption"], true);
     assert!(measured["one"]["measured_downtime_ms"].as_u64().unwrap() > 0, "{:#}", measured["one"]);
+    // As the reference (16.3) does, an N+M service on one SE does not stop
+    // the rolling upgrade: it is named in a warning, before and after.
+    let traffic = end["prechecks"].as_array().unwrap().iter().find(|c| c["check"] == "traffic").unwrap().clone();
+    assert_eq!(traffic["result"], "warning", "{traffic}");
+    assert!(traffic["message"].as_str().unwrap().ends_with("while their SE reboots: one"), "{traffic}");
     // Active-standby: the standby is upgraded first.
     let db = before.as_array().unwrap().iter().find(|v| v["name"] == "db").unwrap()["placements"].clone();
     let apply_start = |se: &Value| {
