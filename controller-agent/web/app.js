@@ -350,15 +350,19 @@ function upload() {
 }
 
 function request(prechecksOnly) {
-  return {
+  const r = {
     image_path: uploaded.image_path,
     force: $("#opt-force").checked,
     disruptive: $("#opt-disruptive").checked,
     prechecks_only: prechecksOnly,
   };
+  // Begin starts the plan the checks showed, or is refused if it changed since.
+  if (!prechecksOnly && planHash) r.plan_hash = planHash;
+  return r;
 }
 
 let predicted = [];
+let planHash = null;
 
 async function prechecks() {
   if (!uploaded) return;
@@ -371,6 +375,8 @@ async function prechecks() {
     return;
   }
   const b = r.body;
+  planHash = b.plan_hash || null;
+  $("#plan-hash").textContent = planHash ? `Plan ${planHash}` : "";
   const checks = b.prechecks || [];
   $("#prechecks tbody").innerHTML = checks.map((c) => `<tr><td>${esc(c.check)}</td><td>${badge(c.result)}</td><td>${esc(c.message)}</td></tr>`).join("");
   predicted = b.virtual_services || [];
@@ -405,7 +411,11 @@ async function begin() {
     const r = await api("POST", "/api/cluster/upgrade", request(false));
     if (r.status !== 202) {
       $("#begin-error").textContent = `Not started (${r.status}): ${r.body.error}`;
-      $("#begin").disabled = false;
+      // A changed plan: show the new one, to be approved again.
+      if (r.status === 409 && /plan changed/.test(r.body.error || "")) prechecks().then(() => {
+        $("#begin-error").textContent = `Not started (${r.status}): ${r.body.error}`;
+      });
+      else $("#begin").disabled = false;
       return;
     }
     renderStatus(r.body);

@@ -410,6 +410,9 @@ pub struct Journal {
     /// Canary: this group goes first, alone, and the upgrade holds once it completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_after: Option<String>,
+    /// The plan it started from ([`crate::request::plan_hash`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_hash: Option<String>,
     /// Where it is.
     pub phase: Phase,
     /// When waiting at the start of a phase gives up.

@@ -199,6 +199,9 @@ pub struct StartRequest {
     pub se_groups: Vec<String>,
     /// Canary: this group first, alone; then the upgrade holds.
     pub pause_after: Option<String>,
+    /// The plan the operator approved (`prechecks_only` returned it): the
+    /// start is refused when the plan is different now.
+    pub plan_hash: Option<String>,
 }
 
 /// Where a start request is decided.
@@ -259,6 +262,48 @@ pub fn start_checks(req: &StartRequest, ctx: &StartCtx<'_>) -> (Vec<Precheck>, O
     (checks, failed)
 }
 
+/// The plan an operator approves: a digest over what the upgrade will do —
+/// the images, the versions, every node (id, role or group, version, kind),
+/// the options, and the predicted impact on each virtual service. The same
+/// cluster and request give the same hash; a node, a version, a placement
+/// or an option that changed gives another.
+pub fn plan_hash(req: &StartRequest, ctx: &StartCtx<'_>) -> String {
+    let mut nodes: Vec<String> = ctx
+        .nodes
+        .iter()
+        .map(|n| {
+            let member = match &n.member {
+                Member::Controller => "controller".to_owned(),
+                Member::ServiceEngine(g) => format!("se:{g}"),
+            };
+            let version = n.version.map(|v| v.to_string()).unwrap_or_default();
+            format!("{}|{member}|{version}|{}", n.id, n.kind.as_str())
+        })
+        .collect();
+    nodes.sort();
+    let impact: Vec<String> = placement::predict(ctx.config, req.disruptive || req.force)
+        .into_iter()
+        .map(|(vs, hit, _)| {
+            format!("{vs}|{hit}|{}", ctx.config.placements.get(&vs).map(|p| p.join(",")).unwrap_or_default())
+        })
+        .collect();
+    let plan = serde_json::json!({
+        "operation": req.operation.name(),
+        "image": req.image.sha256.to_hex(),
+        "docker_image": req.docker_image.as_ref().map(|i| i.sha256.to_hex()),
+        "from": cluster_version(ctx.nodes).map(|v| v.to_string()),
+        "to": req.to.to_string(),
+        "force": req.force,
+        "disruptive": req.disruptive,
+        "action_on_error": req.on_error.name(),
+        "se_groups": req.se_groups,
+        "pause_after": req.pause_after,
+        "nodes": nodes,
+        "impact": impact,
+    });
+    common::Sha256Digest::of(plan.to_string().as_bytes()).to_hex()[..16].to_owned()
+}
+
 /// Decides a start: the journal to write first, or why not.
 pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal> {
     if ctx.current.is_some_and(Journal::is_running) {
@@ -270,6 +315,16 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
     let (checks, failed) = start_checks(req, ctx);
     if let Some(kind) = failed {
         return Err(failed_checks(kind, checks));
+    }
+    let plan = plan_hash(req, ctx);
+    if let Some(approved) = req.plan_hash.as_deref().filter(|h| *h != plan) {
+        return Err(refuse(
+            RefusalKind::Conflict,
+            format!(
+                "the plan changed since {approved} was shown (it is now {plan}): a node, a version, a placement \
+                 or an option is different; run the pre-checks again (`prechecks_only`) and approve the new plan"
+            ),
+        ));
     }
     let known: Vec<&str> = ctx
         .nodes
@@ -341,6 +396,7 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
         paused: false,
         abort: false,
         pause_after: req.pause_after.clone(),
+        plan_hash: Some(plan),
         phase: Phase::Distribute,
         phase_deadline: None,
         nodes,

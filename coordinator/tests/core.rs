@@ -80,6 +80,7 @@ fn upgrade_to(to: &str) -> StartRequest {
         on_error: ActionOnError::Suspend,
         se_groups: vec![],
         pause_after: None,
+        plan_hash: None,
     }
 }
 

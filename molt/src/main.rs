@@ -50,7 +50,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PackageCmd,
     },
-    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only]` | `upgrade segroup NAME...` | `upgrade pause|resume|abort`
+    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [plan_hash H] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only]` | `upgrade segroup NAME...` | `upgrade pause|resume|abort`
     Upgrade {
         /// Return once the operation has started.
         #[arg(long)]
@@ -515,13 +515,23 @@ struct ImageWords {
     se_groups: Vec<String>,
     /// `pause_after NAME`: this group first, then hold.
     pause_after: Option<String>,
+    /// `plan_hash H`: start only if the plan is still the one shown.
+    plan_hash: Option<String>,
     flags: Vec<String>,
 }
 
 /// The words of `upgrade system` that take values, and its flags: a
 /// `se_groups` list ends at the next of them.
-const SYSTEM_WORDS: &[&str] =
-    &["docker_image_path", "action_on_error", "se_groups", "pause_after", "force", "disruptive", "prechecks_only"];
+const SYSTEM_WORDS: &[&str] = &[
+    "docker_image_path",
+    "action_on_error",
+    "se_groups",
+    "pause_after",
+    "plan_hash",
+    "force",
+    "disruptive",
+    "prechecks_only",
+];
 
 /// Parses `image_path PATH [docker_image_path PATH] [flags...]`.
 fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
@@ -537,6 +547,7 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
         on_error: None,
         se_groups: vec![],
         pause_after: None,
+        plan_hash: None,
         flags: vec![],
     };
     let mut it = rest.iter().peekable();
@@ -553,6 +564,10 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
             "pause_after" => {
                 let g = it.next().ok_or_else(|| usage("pause_after takes an SE group: `pause_after g1`"))?;
                 out.pause_after = Some(g.clone());
+            }
+            "plan_hash" => {
+                let h = it.next().ok_or_else(|| usage("plan_hash takes the hash `prechecks_only` printed"))?;
+                out.plan_hash = Some(h.clone());
             }
             "docker_image_path" => {
                 let p = it.next().ok_or_else(|| usage("docker_image_path takes a PATH (controller_docker.tgz)"))?;
@@ -598,7 +613,11 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             if let Some(f) = words.flags.first() {
                 return Err(usage(format!("prestage takes no option {f:?}")));
             }
-            if words.on_error.is_some() || !words.se_groups.is_empty() || words.pause_after.is_some() {
+            if words.on_error.is_some()
+                || !words.se_groups.is_empty()
+                || words.pause_after.is_some()
+                || words.plan_hash.is_some()
+            {
                 return Err(usage(
                     "prestage installs nothing: action_on_error, se_groups and pause_after go with `upgrade system`",
                 ));
@@ -624,6 +643,9 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             }
             if let Some(g) = &words.pause_after {
                 body["pause_after"] = g.clone().into();
+            }
+            if let Some(h) = &words.plan_hash {
+                body["plan_hash"] = h.clone().into();
             }
             for f in &words.flags {
                 match f.as_str() {

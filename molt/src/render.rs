@@ -219,6 +219,9 @@ pub fn prechecks(v: &Value) -> String {
     for c in v["prechecks"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  {:<16} {:<7} {}", s(&c["check"]), s(&c["result"]), s(&c["message"]));
     }
+    if let Some(h) = v["plan_hash"].as_str() {
+        let _ = writeln!(out, "plan_hash {h}: add `plan_hash {h}` to the upgrade to start exactly this plan");
+    }
     out
 }
 

@@ -51,13 +51,14 @@ pub const COMMANDS: &[Command] = &[
             "action_on_error",
             "se_groups",
             "pause_after",
+            "plan_hash",
             "force",
             "disruptive",
             "prechecks_only",
             "--no-wait",
             "--json",
         ]),
-        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only] [--no-wait]",
+        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [plan_hash H] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only] [--no-wait]",
         help: "upgrade every controller, then every SE group; PATH is a local package file (uploaded first) \
                or controller://upgrade_pkgs/FILE. A mixed cluster takes the vm nodes' controller.pkg as \
                image_path and the docker nodes' controller_docker.tgz as docker_image_path. prechecks_only \
@@ -259,7 +260,7 @@ pub fn candidates(words: &[String], partial: &str, groups: &[String]) -> Vec<Str
 /// and no keyword since.
 fn in_group_list(rest: &[String]) -> bool {
     const KEYWORDS: &[&str] =
-        &["docker_image_path", "action_on_error", "pause_after", "force", "disruptive", "prechecks_only"];
+        &["docker_image_path", "action_on_error", "pause_after", "plan_hash", "force", "disruptive", "prechecks_only"];
     rest.iter()
         .rposition(|w| w == "se_groups")
         .is_some_and(|i| rest[i + 1..].iter().all(|w| !KEYWORDS.contains(&w.as_str())))
@@ -444,13 +445,17 @@ mod tests {
                 "docker_image_path",
                 "force",
                 "pause_after",
+                "plan_hash",
                 "prechecks_only",
                 "se_groups"
             ]
         );
         // A list of groups, then the other words again.
         assert_eq!(c("upgrade system image_path x.pkg se_groups", ""), ["g1", "g2"]);
-        assert_eq!(c("upgrade system image_path x.pkg se_groups g1", "p"), ["pause_after", "prechecks_only"]);
+        assert_eq!(
+            c("upgrade system image_path x.pkg se_groups g1", "p"),
+            ["pause_after", "plan_hash", "prechecks_only"]
+        );
         assert_eq!(c("upgrade system image_path x.pkg se_groups g1", "g"), ["g2"]);
         assert_eq!(c("upgrade system image_path x.pkg pause_after", ""), ["g1", "g2"]);
         assert_eq!(c("upgrade segroup", ""), ["g1", "g2"]);

@@ -145,6 +145,9 @@ pub struct UpgradeStatus {
     /// SEs out of service right now (their services moved to the others of
     /// their group); empty once the operation has ended.
     pub drained: Vec<String>,
+    /// The plan the operation started from (as `prechecks_only` showed it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_hash: Option<String>,
     /// The operator asked to abort; it is being carried out.
     pub abort_requested: bool,
     /// Canary: the SE group after which the upgrade holds.
@@ -302,6 +305,7 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
         virtual_services,
         prechecks: j.prechecks.clone(),
         drained: v.drained,
+        plan_hash: j.plan_hash.clone(),
         abort_requested: j.abort && j.is_running(),
         pause_after: j.pause_after.clone(),
         se_groups_behind: v.se_groups_behind,

@@ -53,6 +53,10 @@ pub struct UpgradeRequest {
     /// This SE group first, alone; then the upgrade holds (paused).
     #[serde(default)]
     pub pause_after: Option<String>,
+    /// The plan approved (`prechecks_only` returns it): refused with 409 if
+    /// the plan is different now.
+    #[serde(default)]
+    pub plan_hash: Option<String>,
 }
 
 fn suspend() -> String {
@@ -149,6 +153,7 @@ fn start_request(
         on_error,
         se_groups: req.map(|r| r.se_groups.clone()).unwrap_or_default(),
         pause_after: req.and_then(|r| r.pause_after.clone()),
+        plan_hash: req.and_then(|r| r.plan_hash.clone()),
     }
 }
 
@@ -211,6 +216,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
                 "prechecks": checks, "virtual_services": vs_rows,
                 "from_version": request::cluster_version(&summaries).map(|v| v.to_string()),
                 "to_version": m.version.to_string(), "force": req.force, "disruptive": disruptive,
+                "plan_hash": request::plan_hash(&sreq, &ctx),
             }),
         ));
     }

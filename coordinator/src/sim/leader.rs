@@ -334,6 +334,7 @@ impl Leader {
                         on_error: *on_error,
                         se_groups: se_groups.clone(),
                         pause_after: pause_after.clone(),
+                        plan_hash: None,
                     };
                     self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
                 }
@@ -348,6 +349,7 @@ impl Leader {
                         on_error: ActionOnError::Suspend,
                         se_groups: vec![],
                         pause_after: None,
+                        plan_hash: None,
                     };
                     self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
                 }

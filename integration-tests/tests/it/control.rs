@@ -35,10 +35,9 @@ fn conflict(r: Result<Value, ClientError>, what: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_canary_group_then_the_rest_then_the_whole_system_back() {
+async fn a_canary_group_of_an_approved_plan_then_the_rest_then_the_whole_system_back() {
     let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2,g2:active-standby:2"]);
     api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g2", "port": 8080})).await.unwrap();
-    let before = config(&api).await;
     let tmp = tempfile::tempdir().unwrap();
     let pkg = package(tmp.path(), "2.0.0", "1.0.0", None);
     let pkg = pkg.to_str().unwrap();
@@ -49,9 +48,26 @@ async fn a_canary_group_then_the_rest_then_the_whole_system_back() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no SE group g9"), "{out:?}");
     assert_eq!(status(&api).await["state"], "idle");
 
+    // The plan shown by the pre-checks, then the configuration changes: a
+    // start that carries the old plan is refused, the new plan starts.
+    let plan = |out: &str| -> String {
+        let line = out.lines().find_map(|l| l.strip_prefix("plan_hash ")).unwrap_or_else(|| panic!("{out}"));
+        line.split(':').next().unwrap().to_owned()
+    };
+    let shown = plan(&ok(&c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1", "prechecks_only"])));
+    api.post("/api/virtualservice", &json!({"name": "api", "se_group": "g1", "port": 8081, "scale": 2})).await.unwrap();
+    let before = config(&api).await;
+    let out = c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1", "plan_hash", &shown]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("the plan changed since {shown}")), "{err}");
+    assert_eq!(status(&api).await["state"], "idle", "nothing started");
+    let approved = plan(&ok(&c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1", "prechecks_only"])));
+    assert_ne!(approved, shown);
+
     // The controllers and g1 only.
-    ok(&c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1"]));
+    ok(&c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1", "plan_hash", &approved]));
     let s = status(&api).await;
+    assert_eq!(s["plan_hash"], approved.as_str());
     assert_eq!(s["state"], "completed", "{s:#}");
     assert_eq!(s["se_groups_behind"], json!(["g2"]), "{s:#}");
     assert_eq!(group(&s, "g2")["state"], "not_started");
