@@ -176,7 +176,8 @@ impl Node {
             .map_err(|source| NodeError::DataDir { path: settings.data_dir.display().to_string(), source })?;
         let (record, manifest) = Slots::new(&settings.data_dir).active()?;
         let shutdown = CancellationToken::new();
-        let stager = Stager::open(&settings.data_dir, settings.deployment)?;
+        let stager =
+            Stager::open(&settings.data_dir, settings.deployment)?.with_trusted_keys(settings.trusted_keys.clone());
         let leader = crate::follower::session::LeaderAddr::new(&settings);
         let source = Arc::new(LeaderImageSource::new(settings.clone(), leader.clone(), local));
         let dataplane = (settings.role == common::Role::ServiceEngine).then(|| {

@@ -91,6 +91,11 @@ pub struct NodeConfigFile {
     /// Leader only: the REST API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiFile>,
+    /// Public keys (`signing.pub` files) whose signatures this node trusts;
+    /// with any listed, only packages signed by one of them are staged or
+    /// installed. Several can be listed, to rotate keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<PathBuf>,
     /// Every controller of the cluster.
     pub controllers: Vec<ControllerEntry>,
     /// Controllers: every Service Engine of the cluster, with its address
@@ -258,6 +263,8 @@ pub struct NodeSettings {
     pub limits: Limits,
     /// The cluster's Service Engines as configured (controllers only).
     pub service_engines: Vec<ServiceEngine>,
+    /// Keys whose package signatures this node trusts (none: unchecked).
+    pub trusted_keys: Vec<crate::package::signing::PublicKey>,
 }
 
 /// A configured Service Engine.
@@ -294,6 +301,7 @@ impl NodeConfigFile {
         let mut files = vec![self.tls.ca.clone(), self.tls.cert.clone(), self.tls.key.clone()];
         files.extend(self.tls.revoked.clone());
         files.extend(self.api.as_ref().map(|a| a.token_file.clone()));
+        files.extend(self.trusted_keys.iter().cloned());
         files
     }
 }
@@ -423,7 +431,13 @@ impl NodeSettings {
             }
             (None, false) => None,
         };
+        let trusted_keys = file
+            .trusted_keys
+            .iter()
+            .map(|p| crate::package::signing::PublicKey::load(p).map_err(|e| invalid(format!("trusted_keys: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(NodeSettings {
+            trusted_keys,
             cluster: file.cluster,
             node_id,
             role,

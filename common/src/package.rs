@@ -67,6 +67,9 @@ pub struct Manifest {
     pub payload_size: u64,
     /// Build time, seconds since the Unix epoch.
     pub built_at: u64,
+    /// The builder's signature over the rest of the manifest ([`signing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<signing::Signature>,
 }
 
 /// A package that passed [`verify`].
@@ -319,6 +322,18 @@ pub fn build(
     kind: DeploymentKind,
     out: &Path,
 ) -> Result<PackageInfo, PackageError> {
+    build_signed(payload_dir, version, min_compatible, kind, out, None)
+}
+
+/// [`build`], with the manifest signed by `key` when given.
+pub fn build_signed(
+    payload_dir: &Path,
+    version: Version,
+    min_compatible: Version,
+    kind: DeploymentKind,
+    out: &Path,
+    key: Option<&signing::SigningKey>,
+) -> Result<PackageInfo, PackageError> {
     if !payload_dir.is_dir() {
         return Err(PackageError::Build(format!("payload directory {} does not exist", payload_dir.display())));
     }
@@ -346,7 +361,9 @@ pub fn build(
     }
     let (payload_sha256, payload_size) = hash_file(&tar_tmp.0)?;
     let built_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let manifest = Manifest { format: 1, version, min_compatible, kind, payload_sha256, payload_size, built_at };
+    let mut manifest =
+        Manifest { format: 1, version, min_compatible, kind, payload_sha256, payload_size, built_at, signature: None };
+    manifest.signature = key.map(|k| k.sign(&manifest));
     let json = serde_json::to_vec(&manifest).map_err(|e| PackageError::Build(e.to_string()))?;
     let pkg_tmp = tempfile_in(dir, "pkg")?;
     {
@@ -415,6 +432,7 @@ pub fn raw_package(entries: &[RawEntry<'_>]) -> Vec<u8> {
         payload_sha256: Sha256Digest::of(&tar),
         payload_size: tar.len() as u64,
         built_at: 0,
+        signature: None,
     };
     let json = serde_json::to_vec(&m).expect("serializes");
     let mut out = MAGIC.to_vec();
@@ -476,5 +494,6 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 pub mod payload;
+pub mod signing;
 #[cfg(test)]
 mod tests;

@@ -137,7 +137,7 @@ impl LeaderState {
     /// Sets up the controller's state: opens its raft store and joins the
     /// controllers' group.
     pub async fn new(settings: Arc<NodeSettings>) -> std::io::Result<Arc<Self>> {
-        let images = ImageStore::open(&settings.data_dir, settings.upload_stall)?;
+        let images = ImageStore::open(&settings.data_dir, settings.upload_stall, settings.trusted_keys.clone())?;
         let store = Store::open(&settings.data_dir)?;
         let consensus = crate::raft::Consensus::start(&settings, store.clone()).await.map_err(std::io::Error::other)?;
         let version = Slots::new(&settings.data_dir).active().map_err(std::io::Error::other)?.1.version;

@@ -152,6 +152,9 @@ pub struct Image {
     pub kind: DeploymentKind,
     /// The oldest version it upgrades from.
     pub min_compatible: Version,
+    /// The trusted key that signed it, when the leader checks signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 /// A node's part in the operation.

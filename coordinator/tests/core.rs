@@ -65,6 +65,7 @@ fn image_of(to: &str, kind: DeploymentKind) -> Image {
         size: 10,
         kind,
         min_compatible: v("1.0.0"),
+        signed_by: None,
     }
 }
 

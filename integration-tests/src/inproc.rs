@@ -128,6 +128,7 @@ impl TestCluster {
             reform_timeout_secs: None,
             deployment: molt::local::LocalDeployment::Vm,
             cluster: "local".into(),
+            trusted_keys: vec![],
         };
         std::fs::create_dir_all(&spec.dir).unwrap();
         let file = local::prepare(&spec).unwrap();

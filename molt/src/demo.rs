@@ -64,6 +64,7 @@ async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<
         reform_timeout_secs: None,
         deployment,
         cluster: "local".into(),
+        trusted_keys: vec![],
     };
     println!(
         "== 1. a local cluster: 3 controllers, SE groups g1 (active-active, 2 SEs) and g2 (N+M, 2 SEs), version 1.0.0"
@@ -91,7 +92,7 @@ async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<
         let pkg = dir.join(kind.package_file_name());
         let info = match kind {
             DeploymentKind::Vm => common::package::build(&payload, v2, v1, *kind, &pkg)?,
-            DeploymentKind::Docker => molt::docker::build_package(&payload, v2, v1, &pkg).await?,
+            DeploymentKind::Docker => molt::docker::build_package(&payload, v2, v1, &pkg, None).await?,
         };
         println!("   {}  {} ({})", info.sha256, pkg.display(), render::bytes(info.size));
         pkgs.push(pkg);

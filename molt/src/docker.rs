@@ -83,11 +83,12 @@ pub async fn build_package(
     version: Version,
     min: Version,
     out: &Path,
+    key: Option<&common::package::signing::SigningKey>,
 ) -> Result<PackageInfo, DockerBuildError> {
     let archive = payload.join(DOCKER_IMAGE_ENTRY);
     if archive.is_file() {
         check_archive(&archive, version)?;
-        return Ok(common::package::build(payload, version, min, DeploymentKind::Docker, out)?);
+        return Ok(common::package::build_signed(payload, version, min, DeploymentKind::Docker, out, key)?);
     }
     let bin = payload.join("bin");
     if !bin.join("controller-agent").is_file() || !bin.join("se-agent").is_file() {
@@ -103,7 +104,7 @@ pub async fn build_package(
     let result = async {
         let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
         engine.save(&refs, &dir.join(DOCKER_IMAGE_ENTRY)).await?;
-        Ok(common::package::build(&dir, version, min, DeploymentKind::Docker, out)?)
+        Ok(common::package::build_signed(&dir, version, min, DeploymentKind::Docker, out, key)?)
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -151,7 +152,7 @@ mod tests {
     async fn a_payload_without_an_image_or_agents_is_refused_before_docker_is_asked() {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("controller_docker.tgz");
-        let e = build_package(d.path(), v("2.0.0"), v("1.0.0"), &out).await.unwrap_err().to_string();
+        let e = build_package(d.path(), v("2.0.0"), v("1.0.0"), &out, None).await.unwrap_err().to_string();
         assert!(e.contains("has neither image.tar") && e.contains("bin/controller-agent"), "{e}");
         assert!(!out.exists());
     }
@@ -168,7 +169,7 @@ mod tests {
         b.finish().unwrap();
         drop(b);
         let out = d.path().join("controller_docker.tgz");
-        let e = build_package(d.path(), v("2.0.0"), v("1.0.0"), &out).await.unwrap_err().to_string();
+        let e = build_package(d.path(), v("2.0.0"), v("1.0.0"), &out, None).await.unwrap_err().to_string();
         assert!(e.contains("lacks molt-se:2.0.0") && e.contains("molt-controller:2.0.0, molt-se:1.0.0"), "{e}");
         assert!(!out.exists());
     }

@@ -135,6 +135,8 @@ pub struct LocalSpec {
     pub deployment: LocalDeployment,
     /// The cluster's name (in certificates, and in container names `molt-CLUSTER-NODE`).
     pub cluster: String,
+    /// Public keys every node trusts to sign packages (`trusted_keys`); none: unchecked.
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// How the nodes of a local cluster are deployed.
@@ -255,6 +257,12 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
         )));
     }
     pki::init(&pki_dir, cluster, &specs)?;
+    // Checked once here, named by absolute path (docker nodes mount them).
+    let mut trusted_keys = vec![];
+    for k in &spec.trusted_keys {
+        common::package::signing::PublicKey::load(k).map_err(|e| LocalError::Invalid(format!("--trusted-key {e}")))?;
+        trusted_keys.push(fs::canonicalize(k).map_err(io(k))?);
+    }
     let controllers: Vec<ControllerEntry> = nodes
         .iter()
         .filter(|n| n.role == "controller")
@@ -298,6 +306,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             },
             // Every controller may lead, so every one serves the REST API.
             api: (n.role == "controller").then(|| ApiFile { token_file: pki_dir.join("admin.token") }),
+            trusted_keys: trusted_keys.clone(),
             controllers: controllers.clone(),
             service_engines: if n.role == "controller" { service_engines.clone() } else { vec![] },
         };

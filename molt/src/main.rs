@@ -173,6 +173,16 @@ enum PackageCmd {
         payload: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Sign the manifest (which names the payload's SHA-256) with this
+        /// key (`signing.key` from `molt package keygen`).
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+    },
+    /// Write a new ed25519 key pair: DIR/signing.key (keep it secret) and
+    /// DIR/signing.pub (list it in the nodes' trusted_keys).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Verify a package and print its manifest.
     Inspect {
@@ -219,6 +229,10 @@ enum LocalCmd {
         /// The cluster's name; docker nodes are the containers molt-CLUSTER-NODE.
         #[arg(long, default_value = "local")]
         cluster: String,
+        /// A public key (signing.pub) every node trusts to sign packages;
+        /// repeat it to trust several. Without it, signatures are not checked.
+        #[arg(long = "trusted-key")]
+        trusted_keys: Vec<PathBuf>,
     },
     /// Power every node off (the cluster dir stays).
     Down {
@@ -462,14 +476,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn package(cmd: &PackageCmd) -> Result<(), Failure> {
     match cmd {
-        PackageCmd::Build { version, min_compatible, kind, payload, out } => {
+        PackageCmd::Build { version, min_compatible, kind, payload, out, sign_key } => {
             let version: Version = version.parse().map_err(|e| usage(format!("--version: {e}")))?;
             let min: Version = min_compatible.parse().map_err(|e| usage(format!("--min-compatible: {e}")))?;
             let kind: DeploymentKind = kind.parse().map_err(|e| usage(format!("--kind: {e}")))?;
-            let info = match kind {
-                DeploymentKind::Vm => common::package::build(payload, version, min, kind, out)?,
-                DeploymentKind::Docker => molt::docker::build_package(payload, version, min, out).await?,
+            let key = match sign_key {
+                Some(p) => {
+                    Some(common::package::signing::SigningKey::load(p).map_err(|e| usage(format!("--sign-key {e}")))?)
+                }
+                None => None,
             };
+            let info = match kind {
+                DeploymentKind::Vm => common::package::build_signed(payload, version, min, kind, out, key.as_ref())?,
+                DeploymentKind::Docker => molt::docker::build_package(payload, version, min, out, key.as_ref()).await?,
+            };
+            if let Some(k) = &key {
+                println!("signed by key {}", k.public().id());
+            }
             println!("{}  {}", info.sha256, out.display());
             println!(
                 "{} package {} (min compatible {}), {} entries, {}",
@@ -478,6 +501,21 @@ async fn package(cmd: &PackageCmd) -> Result<(), Failure> {
                 min,
                 info.entries,
                 render::bytes(info.size)
+            );
+            Ok(())
+        }
+        PackageCmd::Keygen { out } => {
+            let k = common::package::signing::keygen(out).map_err(|e| Failure(e.to_string(), 1))?;
+            println!(
+                "key {}: {} (secret) and {}",
+                k.id(),
+                out.join("signing.key").display(),
+                out.join("signing.pub").display()
+            );
+            println!(
+                "sign with `molt package build ... --sign-key {}`; nodes trust it with trusted_keys = [\"{}\"] in node.toml",
+                out.join("signing.key").display(),
+                out.join("signing.pub").display()
             );
             Ok(())
         }
@@ -497,6 +535,10 @@ async fn package(cmd: &PackageCmd) -> Result<(), Failure> {
                 println!("kind      {}", m.kind);
                 println!("payload   {} bytes, {} entries, sha256 {}", m.payload_size, info.entries, m.payload_sha256);
                 println!("built at  {} (Unix time)", m.built_at);
+                match &m.signature {
+                    Some(sig) => println!("signed by key {} (checked by nodes that trust it)", sig.key_id),
+                    None => println!("unsigned"),
+                }
                 println!("verified: digest, size and every entry path are valid");
             }
             Ok(())
@@ -925,6 +967,7 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
             reform_timeout_secs,
             deployment,
             cluster,
+            trusted_keys,
         } => {
             let spec = LocalSpec {
                 dir: dir.clone(),
@@ -940,6 +983,7 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
                 reform_timeout_secs: *reform_timeout_secs,
                 deployment: deployment.parse()?,
                 cluster: cluster.clone(),
+                trusted_keys: trusted_keys.clone(),
             };
             let started = std::time::Instant::now();
             let cf = local::up(&spec, Duration::from_secs(60)).await?;

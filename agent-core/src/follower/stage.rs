@@ -128,6 +128,8 @@ pub struct Stager {
     dir: PathBuf,
     kind: DeploymentKind,
     state: Arc<Mutex<State>>,
+    /// Keys whose signatures this node trusts (none: not checked).
+    trusted: Arc<Vec<package::signing::PublicKey>>,
 }
 
 impl Stager {
@@ -150,7 +152,13 @@ impl Stager {
                 Err(e) => warn!(path = %path.display(), error = %e, "ignoring unreadable staged image"),
             }
         }
-        Ok(Self { dir, kind, state: Arc::new(Mutex::new(state)) })
+        Ok(Self { dir, kind, state: Arc::new(Mutex::new(state)), trusted: Arc::default() })
+    }
+
+    /// Stages only packages signed by one of `keys` (none: signatures are not checked).
+    pub fn with_trusted_keys(mut self, keys: Vec<package::signing::PublicKey>) -> Self {
+        self.trusted = Arc::new(keys);
+        self
     }
 
     /// Images verified and kept.
@@ -318,6 +326,8 @@ impl Stager {
                 m.kind, m.version, image.kind, image.version
             )));
         }
+        // Before it counts as staged: only a trusted builder's package.
+        package::signing::check(&m, &self.trusted).map_err(|e| StageError::Package(e.to_string()))?;
         let dst = self.final_path(&image.sha256);
         fs::rename(part, &dst).map_err(io_err(&dst))?;
         fsutil::fsync_dir(&self.dir).map_err(io_err(&self.dir))?;

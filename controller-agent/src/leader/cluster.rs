@@ -347,6 +347,7 @@ mod tests {
             reform_timeout_secs: None,
             deployment: molt::local::LocalDeployment::Vm,
             cluster: "local".into(),
+            trusted_keys: vec![],
         };
         molt::local::prepare(&spec).unwrap();
         NodeSettings::load(&dir.join("c/nodes/c1/node.toml")).unwrap()

@@ -15,7 +15,10 @@ use std::{
 use bytes::Bytes;
 use common::{
     Sha256Digest, fsutil,
-    package::{self, PackageError, PackageInfo},
+    package::{
+        self, PackageError, PackageInfo,
+        signing::{self, PublicKey, Trust},
+    },
 };
 use futures_util::{Stream, StreamExt};
 use tracing::info;
@@ -63,6 +66,9 @@ pub enum ImageError {
     /// Local I/O.
     #[error("I/O error on the leader: {0}")]
     Io(#[from] io::Error),
+    /// Keys are trusted and the package is not signed by one of them.
+    #[error("{0}")]
+    Untrusted(#[from] common::package::signing::SigningError),
 }
 
 /// A verified image the leader can serve.
@@ -74,6 +80,8 @@ pub struct Image {
     pub image_path: String,
     /// What verification found.
     pub info: PackageInfo,
+    /// Its signature, as checked against the leader's trusted keys.
+    pub trust: Trust,
 }
 
 type CacheKey = (PathBuf, u64, Option<SystemTime>);
@@ -86,12 +94,13 @@ pub struct ImageStore {
     stall: std::time::Duration,
     verified: Mutex<HashMap<CacheKey, PackageInfo>>,
     by_sha: Mutex<HashMap<Sha256Digest, PathBuf>>,
+    trusted: Vec<PublicKey>,
 }
 
 impl ImageStore {
     /// Opens `<data_dir>/upgrade_pkgs`, removing uploads a crash interrupted.
     /// An upload that receives nothing for `stall` is ended and deleted.
-    pub fn open(data_dir: &Path, stall: std::time::Duration) -> io::Result<Self> {
+    pub fn open(data_dir: &Path, stall: std::time::Duration, trusted: Vec<PublicKey>) -> io::Result<Self> {
         let pkgs = data_dir.join("upgrade_pkgs");
         fs::create_dir_all(&pkgs)?;
         for e in fs::read_dir(&pkgs)? {
@@ -100,7 +109,14 @@ impl ImageStore {
                 let _ = fs::remove_file(p);
             }
         }
-        Ok(Self { data_dir: data_dir.to_owned(), pkgs, stall, verified: Mutex::default(), by_sha: Mutex::default() })
+        Ok(Self {
+            data_dir: data_dir.to_owned(),
+            pkgs,
+            stall,
+            verified: Mutex::default(),
+            by_sha: Mutex::default(),
+            trusted,
+        })
     }
 
     /// Resolves `controller://x/y` to `<data_dir>/x/y`, refusing paths that
@@ -157,8 +173,15 @@ impl ImageStore {
                 info
             }
         };
+        // Checked on every use: keys may have been trusted since the upload.
+        let trust = signing::check(&info.manifest, &self.trusted)?;
         self.by_sha.lock().expect("image lock").insert(info.sha256, path.clone());
-        Ok(Image { path, image_path: image_path.to_owned(), info })
+        Ok(Image { path, image_path: image_path.to_owned(), info, trust })
+    }
+
+    /// Whether any key is trusted (else signatures are not checked).
+    pub fn checks_signatures(&self) -> bool {
+        !self.trusted.is_empty()
     }
 
     /// The file holding a verified image, for `FetchImage`.
@@ -192,8 +215,9 @@ impl ImageStore {
         self.precheck_upload(name, expected_len)?;
         let tmp = self.pkgs.join(format!(".upload-{}", common::types::random_hex(6)));
         let result = self.receive(&tmp, body).await;
-        let info = match result {
-            Ok(info) => info,
+        let checked = result.and_then(|info| Ok((signing::check(&info.manifest, &self.trusted)?, info)));
+        let (trust, info) = match checked {
+            Ok(x) => x,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
@@ -207,7 +231,7 @@ impl ImageStore {
         self.verified.lock().expect("image lock").insert((dst.clone(), meta.len(), meta.modified().ok()), info.clone());
         self.by_sha.lock().expect("image lock").insert(info.sha256, dst.clone());
         info!(name, sha = %info.sha256.short(), version = %info.manifest.version, "image uploaded");
-        Ok(Image { path: dst, image_path: format!("{SCHEME}upgrade_pkgs/{name}"), info })
+        Ok(Image { path: dst, image_path: format!("{SCHEME}upgrade_pkgs/{name}"), info, trust })
     }
 
     async fn receive<S, E>(&self, tmp: &Path, body: &mut S) -> Result<PackageInfo, ImageError>
@@ -385,7 +409,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_upload_stops_reading_at_once_and_keeps_nothing() {
         let d = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(d.path(), Duration::from_secs(60)).unwrap();
+        let store = ImageStore::open(d.path(), Duration::from_secs(60), vec![]).unwrap();
         let pulled = Arc::new(AtomicU64::new(0));
         let err =
             store.upload("x.pkg", None, &mut Box::pin(body(b"NOTAPKG!", 1000, pulled.clone()))).await.unwrap_err();
@@ -398,7 +422,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_upload_ends_and_is_deleted() {
         let d = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(d.path(), Duration::from_millis(300)).unwrap();
+        let store = ImageStore::open(d.path(), Duration::from_millis(300), vec![]).unwrap();
         // A header announcing a 4 KiB manifest, then nothing.
         let first = futures_util::stream::once(async { Ok::<_, io::Error>(Bytes::from_static(b"MOLTPKG1\0\0\x10\0")) });
         let stalled = first.chain(futures_util::stream::pending());
@@ -414,7 +438,7 @@ mod tests {
         fs::create_dir_all(d.path().join("upgrade_pkgs")).unwrap();
         fs::write(d.path().join("upgrade_pkgs/.upload-abc123"), b"half").unwrap();
         fs::write(d.path().join("upgrade_pkgs/kept.pkg"), b"x").unwrap();
-        ImageStore::open(d.path(), Duration::from_secs(60)).unwrap();
+        ImageStore::open(d.path(), Duration::from_secs(60), vec![]).unwrap();
         assert_eq!(leftovers(d.path()), vec!["kept.pkg".to_string()]);
     }
 }

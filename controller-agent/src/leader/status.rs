@@ -145,6 +145,9 @@ pub struct UpgradeStatus {
     /// SEs out of service right now (their services moved to the others of
     /// their group); empty once the operation has ended.
     pub drained: Vec<String>,
+    /// Whose signature the image carries, or that packages are unsigned
+    /// (no `trusted_keys` configured on the leader: not checked).
+    pub package_signature: String,
     /// The plan the operation started from (as `prechecks_only` showed it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan_hash: Option<String>,
@@ -306,6 +309,14 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
         prechecks: j.prechecks.clone(),
         drained: v.drained,
         plan_hash: j.plan_hash.clone(),
+        package_signature: {
+            let signers: Vec<&str> = j.images().filter_map(|i| i.signed_by.as_deref()).collect();
+            if signers.is_empty() {
+                "unsigned: no trusted_keys are configured, so packages are not checked for a signature".into()
+            } else {
+                format!("verified: signed by trusted key {}", signers.join(" and "))
+            }
+        },
         abort_requested: j.abort && j.is_running(),
         pause_after: j.pause_after.clone(),
         se_groups_behind: v.se_groups_behind,

@@ -108,6 +108,10 @@ fn journal_image(image: &Image) -> JournalImage {
         size: image.info.size,
         kind: m.kind,
         min_compatible: m.min_compatible,
+        signed_by: match &image.trust {
+            common::package::signing::Trust::SignedBy(k) => Some(k.clone()),
+            common::package::signing::Trust::Unchecked => None,
+        },
     }
 }
 

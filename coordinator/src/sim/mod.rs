@@ -116,6 +116,7 @@ fn image(to: Version, min_compatible: Version, kind: DeploymentKind) -> Image {
         size: 1 << 30,
         kind,
         min_compatible,
+        signed_by: None,
     }
 }
 

@@ -68,6 +68,7 @@ async fn a_canary_group_of_an_approved_plan_then_the_rest_then_the_whole_system_
     ok(&c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1", "plan_hash", &approved]));
     let s = status(&api).await;
     assert_eq!(s["plan_hash"], approved.as_str());
+    assert!(s["package_signature"].as_str().unwrap().starts_with("unsigned: no trusted_keys"), "{s:#}");
     assert_eq!(s["state"], "completed", "{s:#}");
     assert_eq!(s["se_groups_behind"], json!(["g2"]), "{s:#}");
     assert_eq!(group(&s, "g2")["state"], "not_started");

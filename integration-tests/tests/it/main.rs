@@ -16,6 +16,7 @@ mod operator;
 mod prestage;
 mod process;
 mod security;
+mod signing;
 mod support;
 mod traffic;
 mod upgrade;
