@@ -13,6 +13,7 @@ pub mod session;
 pub mod slots;
 pub mod telemetry;
 pub mod tls;
+pub mod token;
 pub mod types;
 
 pub use types::{DeploymentKind, NodeId, Role, Sha256Digest, Version};

@@ -79,12 +79,14 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/api/virtualservice/{name}", get(get_vs).put(put_vs).delete(delete_vs))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .route_layer(middleware::from_fn_with_state(state.clone(), follow_leader));
+    let audit_state = state.clone();
     Router::new()
         .merge(api)
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
-            async move { authorize(&token, req, next).await }
+            let state = audit_state.clone();
+            async move { authorize(&token, &state, req, next).await }
         }))
         .layer(middleware::map_response(nosniff))
         .with_state(state)
@@ -163,26 +165,58 @@ async fn nosniff(mut r: Response) -> Response {
     r
 }
 
-async fn authorize(token: &str, req: Request, next: Next) -> Response {
+/// The token decides who calls and what it may do: a read-only token may
+/// read (GET) and gets 403 on every change. Every change an authorized
+/// caller asks for is recorded in the audit trail with its answer.
+async fn authorize(token: &str, state: &Arc<LeaderState>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if token.is_empty() || !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    let Some(caller) = common::token::check(token, given) else {
         discard_briefly(&mut req.into_body().into_data_stream()).await;
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong token: send Authorization: Bearer <the contents of admin.token>",
+            "missing or wrong token: send Authorization: Bearer <the contents of admin.token, or of a token from `molt pki token`>",
         )
         .into_response();
+    };
+    let reads = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    let action = format!("{} {}", req.method(), req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    if !reads && caller.role == common::token::ApiRole::ReadOnly {
+        discard_briefly(&mut req.into_body().into_data_stream()).await;
+        let answer = ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the token {} is read-only: it may read the status, the cluster, the configuration and the metrics; {action} needs an admin token",
+                caller.name
+            ),
+        )
+        .into_response();
+        record(state, &caller, action, answer.status()).await;
+        return answer;
     }
-    next.run(req).await
+    let answer = next.run(req).await;
+    if !reads {
+        record(state, &caller, action, answer.status()).await;
+    }
+    answer
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Appends an operator action to the audit trail (the leader's write; a
+/// follower that forwarded the call does not record it twice).
+async fn record(state: &Arc<LeaderState>, caller: &common::token::Caller, action: String, status: StatusCode) {
+    let entry = crate::raft::AuditEntry {
+        at: crate::leader::status::now(),
+        who: caller.name.clone(),
+        role: caller.role.name().into(),
+        action,
+        status: status.as_u16(),
+    };
+    tracing::info!(who = %entry.who, role = %entry.role, action = %entry.action, status = entry.status, "operator action");
+    state.audit(entry).await;
 }
 
 async fn not_found() -> ApiError {

@@ -239,6 +239,7 @@ impl LeaderState {
             journal: load_journal(&self.store)?,
             history: self.store.load::<Vec<HistoryEntry>>("history")?.unwrap_or_default(),
             images: Default::default(),
+            audit: vec![],
         })
     }
 
@@ -459,7 +460,21 @@ impl LeaderState {
     /// The status: a view of the journal, the cluster and the history.
     pub fn status(&self) -> status::UpgradeStatus {
         let j = self.journal();
-        status::view(j.as_ref(), self.history(), &self.cluster.snapshot())
+        let mut s = status::view(j.as_ref(), self.history(), &self.cluster.snapshot());
+        let audit = &self.consensus.replicated().audit;
+        s.audit = audit[audit.len().saturating_sub(status::AUDIT_SHOWN)..].to_vec();
+        s
+    }
+
+    /// Records an operator action in the replicated audit trail. Only the
+    /// leader's write succeeds: a follower forwards the call, and the
+    /// leader records it once.
+    pub async fn audit(&self, entry: crate::raft::AuditEntry) {
+        if let Err(e) = self.consensus.write(crate::raft::Change::Audit(entry.clone())).await
+            && !matches!(e, crate::raft::WriteError::NotLeader(_))
+        {
+            tracing::warn!(who = %entry.who, action = %entry.action, error = %e, "the audit entry was not replicated");
+        }
     }
 
     /// Applies a change to the configuration and replicates it; nothing

@@ -47,6 +47,27 @@ pub struct Replicated {
     /// (its upload, or what it staged) can serve the path.
     #[serde(default)]
     pub images: BTreeMap<String, common::Sha256Digest>,
+    /// The operators' changes, oldest first (the last [`AUDIT_KEPT`]).
+    #[serde(default)]
+    pub audit: Vec<AuditEntry>,
+}
+
+/// How many audit entries every controller keeps.
+pub const AUDIT_KEPT: usize = 1000;
+
+/// One operator action: who, what, when, and how it was answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix seconds, to the millisecond.
+    pub at: f64,
+    /// The token's name (`admin` for the admin token).
+    pub who: String,
+    /// Its role.
+    pub role: String,
+    /// `METHOD /path?query`.
+    pub action: String,
+    /// The HTTP status it was answered with.
+    pub status: u16,
 }
 
 /// A replicated write. Each carries a whole value, so applying it twice
@@ -64,6 +85,8 @@ pub enum Change {
         /// Its digest.
         sha256: common::Sha256Digest,
     },
+    /// An operator action, appended to the audit trail.
+    Audit(AuditEntry),
     /// The state a controller had before it ran raft (its `store/*.json`):
     /// taken only if nothing was seeded yet.
     Seed(Replicated),

@@ -110,7 +110,7 @@ pub struct Connection {
 
 impl Connection {
     /// From explicit options, falling back to the environment; a cluster dir
-    /// wins when given.
+    /// wins when given (a token file given with it replaces its admin token).
     pub fn resolve(
         cluster_dir: Option<&Path>,
         controller: Option<&str>,
@@ -120,7 +120,9 @@ impl Connection {
         if let Some(dir) = cluster_dir {
             let f = ClusterFile::load(dir)?;
             let others = f.controller_urls.iter().filter(|u| **u != f.leader_url).cloned().collect();
-            return Ok(Self { url: f.leader_url, others, ca: f.ca, token_file: f.token_file });
+            // A token file given as well is used instead of the cluster's admin token.
+            let token_file = token_file.map(Path::to_owned).unwrap_or(f.token_file);
+            return Ok(Self { url: f.leader_url, others, ca: f.ca, token_file });
         }
         match (controller, token_file, ca) {
             // Several controllers: URL,URL,... (any of them may lead).

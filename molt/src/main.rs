@@ -148,6 +148,20 @@ enum PkiCmd {
         #[arg(long, default_value_t = pki::DEFAULT_VALIDITY_DAYS)]
         validity_days: u32,
     },
+    /// A REST token with a role, for a person or a tool: DIR/NAME.token
+    /// (and a matching client certificate DIR/NAME.pem, DIR/NAME.key).
+    /// read-only may read status, cluster and metrics; admin may do all.
+    Token {
+        #[arg(long)]
+        dir: PathBuf,
+        /// admin or read-only.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = pki::DEFAULT_VALIDITY_DAYS)]
+        validity_days: u32,
+    },
     /// Revoke node ids or certificate serials (added to DIR/revoked.txt,
     /// which nodes re-read; copy it to nodes that keep their own).
     Revoke {
@@ -422,6 +436,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!(
                 "renewed {id}: serial {} (replaces {}), valid until {} (Unix time); a running node takes it within seconds",
                 r.serial, r.replaces, r.not_after
+            );
+            Ok(())
+        }
+        Cmd::Pki { cmd: PkiCmd::Token { dir, role, name, validity_days } } => {
+            let r = common::token::ApiRole::parse(role)
+                .ok_or_else(|| usage(format!("--role {role:?}: expected admin or read-only")))?;
+            let path = pki::token(dir, r, name, *validity_days)?;
+            println!(
+                "{} token for {name}: {} (with {name}.pem and {name}.key); use it with --token-file or MOLT_TOKEN_FILE",
+                r.name(),
+                path.display()
             );
             Ok(())
         }

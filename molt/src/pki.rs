@@ -184,6 +184,45 @@ pub fn renew(dir: &Path, id: &NodeId, validity_days: u32) -> Result<Renewed, Pki
     })
 }
 
+/// Writes `dir/NAME.token`, a REST token of `role` derived from
+/// `dir/admin.token` (see `common::token`), and a matching client
+/// certificate `dir/NAME.pem` + `dir/NAME.key` (an operator's identity,
+/// `molt://CLUSTER/admin/NAME`; its REST role is the token's). Refuses a name
+/// that a node or another file of the PKI dir already uses.
+pub fn token(dir: &Path, role: common::token::ApiRole, name: &str, validity_days: u32) -> Result<PathBuf, PkiError> {
+    let days = check_validity(validity_days)?;
+    if !common::token::valid_name(name) || name == "admin" || name == "ca" {
+        return Err(PkiError::Invalid(format!(
+            "--name {name:?}: 1-32 letters, digits, '-' and '_', and not admin or ca"
+        )));
+    }
+    let id: NodeId = name.parse().map_err(|e| PkiError::Invalid(format!("--name {name:?}: {e}")))?;
+    let token_path = dir.join(format!("{name}.token"));
+    if dir.join(format!("{name}.pem")).exists() && !token_path.exists() {
+        return Err(PkiError::Invalid(format!(
+            "{name} is a node of this cluster ({name}.pem exists): name the token after the person or tool using it"
+        )));
+    }
+    let read = |file: &str| {
+        let path = dir.join(file);
+        fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
+    };
+    let admin = read("admin.token")?.trim().to_owned();
+    let admin_pem = read("admin.pem")?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(admin_pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("admin.pem: {e}")))?;
+    let identity = PeerIdentity::from_cert_der(&der).map_err(|e| PkiError::Invalid(format!("admin.pem: {e}")))?;
+    let ca_key = KeyPair::from_pem(&read("ca.key")?).map_err(|e| {
+        PkiError::Invalid(format!(
+            "ca.key: {e}; a token's certificate needs the CA's key, in the PKI dir that made the cluster"
+        ))
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem")?, ca_key)?;
+    issue(dir, &identity.cluster, &id, Role::Admin, &[], &issuer, days)?;
+    replace(&token_path, format!("{}\n", common::token::derive(&admin, role, name)).as_bytes(), 0o600)?;
+    Ok(token_path)
+}
+
 /// Adds node ids or certificate serials to `dir/revoked.txt` (made if
 /// missing). Every node re-reads its revocation list within seconds and
 /// refuses, and closes, connections with a revoked certificate.

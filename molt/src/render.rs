@@ -149,6 +149,9 @@ pub fn status(v: &Value) -> String {
         for c in v["prechecks"].as_array().into_iter().flatten() {
             let _ = writeln!(out, "  check {:<16} {:<7} {}", s(&c["check"]), s(&c["result"]), s(&c["message"]));
         }
+        if let Some(sig) = v["package_signature"].as_str().filter(|s| !s.is_empty()) {
+            let _ = writeln!(out, "package: {sig}");
+        }
         for g in v["se_groups"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 out,
@@ -198,6 +201,21 @@ pub fn status(v: &Value) -> String {
                 s(&h["to_version"]),
                 s(&h["state"]),
                 s(&h["reason"])
+            );
+        }
+    }
+    let audit = v["audit"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !audit.is_empty() {
+        let _ = writeln!(out, "operator actions (last {} of {}):", audit.len().min(5), audit.len());
+        for a in &audit[audit.len().saturating_sub(5)..] {
+            let _ = writeln!(
+                out,
+                "  {:.0}  {} ({})  {}  -> {}",
+                a["at"].as_f64().unwrap_or(0.0),
+                s(&a["who"]),
+                s(&a["role"]),
+                s(&a["action"]),
+                a["status"]
             );
         }
     }

@@ -161,7 +161,12 @@ pub struct UpgradeStatus {
     pub se_groups_behind: Vec<String>,
     /// Past operations, newest last.
     pub history: Vec<HistoryEntry>,
+    /// The last operator actions (who, what, when), newest last.
+    pub audit: Vec<crate::raft::AuditEntry>,
 }
+
+/// How many audit entries the status shows.
+pub const AUDIT_SHOWN: usize = 50;
 
 impl UpgradeStatus {
     /// Whether an operation is running.
@@ -321,5 +326,6 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
         pause_after: j.pause_after.clone(),
         se_groups_behind: v.se_groups_behind,
         history,
+        audit: vec![],
     }
 }

@@ -295,6 +295,11 @@ pub fn apply_change(data: &mut Replicated, change: Change) {
         Change::Image { path, sha256 } => {
             data.images.insert(path, sha256);
         }
+        Change::Audit(entry) => {
+            data.audit.push(entry);
+            let over = data.audit.len().saturating_sub(crate::raft::AUDIT_KEPT);
+            data.audit.drain(..over);
+        }
         Change::Seed(seed) => {
             if data.config.is_none() {
                 *data = seed;

@@ -198,3 +198,76 @@ async fn abort_before_the_commit_rolls_every_controller_back() {
     let r = api.post("/api/cluster/upgrade/resume", &json!({})).await;
     assert!(matches!(r, Err(ClientError::Api { status, .. }) if status.as_u16() == 409), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_token_reads_and_every_change_is_audited_with_who_made_it() {
+    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2"]);
+    let pki = c.path().join("pki");
+    let mint = |role: &str, name: &str| -> std::path::PathBuf {
+        let out = integration_tests::process::molt(&[
+            "pki",
+            "token",
+            "--dir",
+            pki.to_str().unwrap(),
+            "--role",
+            role,
+            "--name",
+            name,
+        ]);
+        ok(&out);
+        assert!(pki.join(format!("{name}.pem")).is_file() && pki.join(format!("{name}.key")).is_file());
+        pki.join(format!("{name}.token"))
+    };
+    let (noc, ops) = (mint("read-only", "noc"), mint("admin", "ops"));
+    // A node's name is not a token's.
+    let clash = integration_tests::process::molt(&[
+        "pki",
+        "token",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--role",
+        "admin",
+        "--name",
+        "g1-se1",
+    ]);
+    assert!(!clash.status.success());
+    let as_ = |token: &std::path::Path, args: &[&str]| {
+        let mut all = vec!["--token-file", token.to_str().unwrap()];
+        all.extend_from_slice(args);
+        c.molt(&all)
+    };
+    // Read-only reads: the cluster and the status.
+    ok(&as_(&noc, &["show", "cluster"]));
+    ok(&as_(&noc, &["show", "upgrade", "status"]));
+    // And may change nothing: 403, saying why.
+    let out = as_(&noc, &["upgrade", "pause"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the token noc is read-only") && err.contains("403"), "{err}");
+    let out = as_(&noc, &["rollback", "system"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"), "{out:?}");
+    // A named admin token changes the configuration.
+    let tmp = tempfile::tempdir().unwrap();
+    let conn = molt::client::Connection::resolve(Some(&c.path()), None, Some(&ops), None).unwrap();
+    let ops_api = molt::client::Api::new(&conn).unwrap();
+    ops_api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080})).await.unwrap();
+    // A token changed by hand is no token.
+    let forged = tmp.path().join("forged.token");
+    std::fs::write(&forged, std::fs::read_to_string(&noc).unwrap().replace("read-only", "admin")).unwrap();
+    let out = as_(&forged, &["show", "cluster"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+
+    // The audit trail: who, what, when, and the answer.
+    let s = status(&api).await;
+    let audit = s["audit"].as_array().unwrap();
+    let find = |who: &str, action: &str| {
+        audit.iter().find(|a| a["who"] == who && a["action"].as_str().unwrap().starts_with(action)).cloned()
+    };
+    let paused = find("noc", "POST /api/cluster/upgrade/pause").unwrap_or_else(|| panic!("{audit:#?}"));
+    assert_eq!((paused["role"].as_str(), paused["status"].as_u64()), (Some("read-only"), Some(403)));
+    let created = find("ops", "POST /api/virtualservice").unwrap_or_else(|| panic!("{audit:#?}"));
+    assert_eq!(created["role"], "admin");
+    assert!(created["status"].as_u64().unwrap() < 300 && created["at"].as_f64().unwrap() > 1.7e9, "{created}");
+    assert!(find("noc", "GET").is_none(), "reads are not changes: {audit:#?}");
+    let shown = ok(&c.molt(&["show", "upgrade", "status"]));
+    assert!(shown.contains("ops (admin)  POST /api/virtualservice"), "{shown}");
+}
