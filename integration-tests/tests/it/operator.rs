@@ -379,6 +379,9 @@ fn in_a_browser_a_suspended_group_is_rolled_back() {
     b.goto(&format!("{}/", c.leader_url()));
     b.fill("#token", &token(&c.path()));
     b.click("#login-button");
+    // Logged in first (a failed login would otherwise look like a missing button).
+    b.wait_for("!document.querySelector('#app').hidden", 30);
+    b.screenshot("logged-in");
     b.wait_for("document.querySelector('.se-group[data-group=\"g1\"] button[data-act=\"rollback\"]')", 180);
     assert!(b.text("#op-reason").contains("g1-se1"), "the reason names the SE: {}", b.text("#op-reason"));
     let summary = b.text("#op-summary");
