@@ -71,15 +71,25 @@ function showLogin(message) {
   $("#token").focus();
 }
 
+let loginRetry = null;
+
 async function login(candidate) {
   token = candidate.trim();
   try {
     const r = await api("GET", "/api/cluster");
     if (r.status !== 200) throw new Error(r.body.error);
   } catch (e) {
-    if (e instanceof Unauthorized) return showLogin("That token is not this cluster's admin token.");
-    return showLogin(`The leader did not answer: ${e.message}`);
+    if (e instanceof Unauthorized) return showLogin("That token is not this cluster's admin token, nor one made by `molt pki token`.");
+    // The leader may be rebooting (an upgrade): keep trying with this token
+    // while the login form is up and nobody typed another one.
+    showLogin(`The leader did not answer (${e.message}); trying again every second…`);
+    $("#token").value = candidate;
+    loginRetry = setTimeout(() => {
+      if (!$("#login").hidden && $("#token").value.trim() === token) login(token);
+    }, 1000);
+    return;
   }
+  clearTimeout(loginRetry);
   sessionStorage.setItem("molt-token", token);
   $("#login").hidden = true;
   $("#app").hidden = false;

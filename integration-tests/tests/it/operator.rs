@@ -200,7 +200,14 @@ fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
     c.power("off", "c1");
     b.wait_for("document.querySelector('#banner').innerText.includes('not answering')", 15);
     b.screenshot("leader-away");
+    // Logging in while the controller is away keeps trying until it answers.
+    b.click("#logout");
+    b.fill("#token", &token(&c.path()));
+    b.click("#login-button");
+    b.wait_for("document.querySelector('#login-error').innerText.includes('trying again every second')", 15);
+    b.screenshot("login-waits");
     c.power("on", "c1");
+    b.wait_for("!document.querySelector('#app').hidden", 60);
     b.wait_for("document.querySelector('#banner').innerText.includes('Reconnected')", 60);
     b.screenshot("reconnected");
     eprintln!("screenshots in {}", shots.display());
