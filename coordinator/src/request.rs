@@ -414,6 +414,28 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
     })
 }
 
+/// Reopens an ended journal for an operation that continues it (resume,
+/// `rollback segroup`, `upgrade segroup`, `rollback system`): running
+/// again, with the configuration as it is now (read-only from here), and no
+/// hold, abort or canary of the operation before.
+fn reopen(j: &mut Journal, config: &Config) {
+    j.config = config.clone();
+    j.phase_deadline = None;
+    j.paused = false;
+    j.abort = false;
+    j.pause_after = None;
+    j.outcome = None;
+    j.ended = None;
+    j.reason.clear();
+}
+
+/// [`reopen`] as an operation of its own in the history: progress from 0.
+fn restart(j: &mut Journal, config: &Config, now: Ms) {
+    reopen(j, config);
+    j.progress = 0;
+    j.started = now;
+}
+
 /// Decides `molt resume segroup`: the suspended groups named (all of them
 /// when none is named) go on; their failed SEs are tried again, or left on
 /// the old version with `skip_suspended`.
@@ -463,11 +485,7 @@ pub fn resume(
         j.operation = Operation::Upgrade;
     }
     j.phase = if j.operation == Operation::Upgrade { Phase::ServiceEngines } else { Phase::RollbackSeGroups };
-    // Read-only again from here, as it is now.
-    j.config = config.clone();
-    j.outcome = None;
-    j.ended = None;
-    j.reason.clear();
+    reopen(&mut j, config);
     Ok(j)
 }
 
@@ -505,12 +523,7 @@ pub fn rollback_groups(
     }
     j.operation = Operation::SeGroupRollback;
     j.phase = Phase::RollbackSeGroups;
-    j.config = config.clone();
-    j.progress = 0;
-    j.started = now;
-    j.outcome = None;
-    j.ended = None;
-    j.reason.clear();
+    restart(&mut j, config, now);
     Ok(j)
 }
 
@@ -658,16 +671,7 @@ pub fn upgrade_groups(
     }
     j.operation = Operation::SeGroupUpgrade;
     j.phase = Phase::Distribute;
-    j.phase_deadline = None;
-    j.paused = false;
-    j.abort = false;
-    j.pause_after = None;
-    j.config = config.clone();
-    j.progress = 0;
-    j.started = now;
-    j.outcome = None;
-    j.ended = None;
-    j.reason.clear();
+    restart(&mut j, config, now);
     Ok(j)
 }
 
@@ -726,17 +730,8 @@ pub fn rollback_system(
     }
     j.operation = Operation::SystemRollback;
     j.phase = Phase::RollbackSeGroups;
-    j.phase_deadline = None;
     j.leader = leader.clone();
-    j.paused = false;
-    j.abort = false;
-    j.pause_after = None;
-    j.config = config.clone();
-    j.progress = 0;
-    j.started = now;
-    j.outcome = None;
-    j.ended = None;
-    j.reason.clear();
+    restart(&mut j, config, now);
     Ok(j)
 }
 

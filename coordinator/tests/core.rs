@@ -563,3 +563,15 @@ fn pause_holds_the_next_se_and_abort_after_the_commit_rolls_the_group_back() {
     assert!(request::abort(Some(&a)).unwrap().is_none(), "aborting twice changes nothing");
     assert_eq!(request::pause(Some(&a)).unwrap_err().kind, RefusalKind::Conflict);
 }
+
+#[test]
+fn an_operation_that_continues_an_aborted_upgrade_does_not_inherit_its_abort() {
+    // Ended aborted after the commit, with g1 left suspended: the operator resumes it.
+    let mut j = completed_upgrade();
+    j.abort = true;
+    j.outcome = Some(Outcome::Aborted);
+    j.groups.get_mut("g1").unwrap().state = GroupState::Suspended;
+    let r = request::resume(Some(&j), &[], false, &config()).unwrap();
+    assert!(!r.abort && !r.paused && r.pause_after.is_none(), "the resumed group would be aborted again");
+    assert_eq!(r.groups["g1"].state, GroupState::InProgress);
+}
