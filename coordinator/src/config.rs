@@ -17,7 +17,14 @@ pub struct SeGroup {
     pub name: String,
     /// `active-active`, `n-plus-m` or `active-standby`.
     pub ha_mode: String,
+    /// Upgrade profile: SEs of this group moved at once (1 when absent; an
+    /// upgrade's `max_parallel_ses` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel_ses: Option<u32>,
 }
+
+/// The most SEs a group may move at once.
+pub const MAX_PARALLEL_SES: u32 = 64;
 
 /// A virtual service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +89,11 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "ha_mode {:?}: expected active-active, n-plus-m or active-standby",
                 g.ha_mode
+            )));
+        }
+        if let Some(k) = g.max_parallel_ses.filter(|k| !(1..=MAX_PARALLEL_SES).contains(k)) {
+            return Err(ConfigError::Invalid(format!(
+                "max_parallel_ses {k}: must be 1-{MAX_PARALLEL_SES} (SEs of the group upgraded at once)"
             )));
         }
         match (self.se_groups.contains_key(&g.name), replace) {
@@ -159,8 +171,11 @@ mod tests {
     #[test]
     fn objects_are_validated_and_references_kept() {
         let mut c = Config::default();
-        assert!(c.put_group(SeGroup { name: "g1".into(), ha_mode: "fancy".into() }, false).is_err());
-        c.put_group(SeGroup { name: "g1".into(), ha_mode: "n-plus-m".into() }, false).unwrap();
+        let g = |ha: &str, k| SeGroup { name: "g1".into(), ha_mode: ha.into(), max_parallel_ses: k };
+        assert!(c.put_group(g("fancy", None), false).is_err());
+        let zero = c.put_group(g("n-plus-m", Some(0)), false).unwrap_err();
+        assert!(zero.to_string().contains("max_parallel_ses 0: must be 1-64"), "{zero}");
+        c.put_group(g("n-plus-m", Some(2)), false).unwrap();
         assert!(matches!(c.put_vs(vs("web", "nope", 80), false, &[8443]), Err(ConfigError::Invalid(_))));
         c.put_vs(vs("web", "g1", 80), false, &[8443]).unwrap();
         let on_agent_port = c.put_vs(vs("grpc", "g1", 8443), false, &[8443]).unwrap_err();

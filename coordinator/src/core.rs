@@ -352,10 +352,19 @@ impl Decider<'_> {
             self.finish(Outcome::Aborted, format!("aborted by the operator during distribution: {what} {from}"));
             return;
         }
-        let ids: Vec<NodeId> = self.j.nodes.keys().filter(|id| self.j.distributes_to(id)).cloned().collect();
+        // The controllers first: they install first.
+        let mut ids: Vec<NodeId> = self.j.nodes.keys().filter(|id| self.j.distributes_to(id)).cloned().collect();
+        ids.sort_by_key(|id| self.is_se(id));
+        let limit = match self.j.profile.max_transfers {
+            0 => usize::MAX,
+            k => k,
+        };
+        let mut staging = ids.iter().filter(|id| self.j.nodes[*id].step == Step::Staging).count();
         for id in &ids {
             match self.j.nodes[id].step {
+                Step::Waiting if staging >= limit => continue,
                 Step::Waiting => {
+                    staging += 1;
                     let d = self.now() + self.ctx.timeouts.stage;
                     self.set(id, Step::Staging, Some(d));
                 }

@@ -89,7 +89,7 @@ impl Monitor {
         }
         let served_at_start = &self.served_at_start.as_ref().expect("set above").1;
         if j.is_running() {
-            for (vs, hit, _) in placement::predict(&j.config, j.disruptive) {
+            for (vs, hit, _) in placement::predict(&j.config, j.disruptive, &j.profile.max_parallel_ses) {
                 if hit || !served_at_start.contains(&vs) {
                     continue;
                 }

@@ -376,6 +376,22 @@ pub struct GroupOp {
     pub left_out: bool,
 }
 
+/// How the operation is paced: the upgrade profile, resolved at the start
+/// from the request and each SE group's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Profile {
+    /// SEs a group moves at once, per group (1 when absent). SEs that
+    /// share a virtual service are never out of service together.
+    pub max_parallel_ses: BTreeMap<String, usize>,
+    /// SE groups one after the other instead of in parallel.
+    pub groups_in_series: bool,
+    /// Nodes staging the image at once (0: every node).
+    pub max_transfers: usize,
+    /// Each image stream's rate cap in MiB/s (0: none).
+    pub transfer_rate_mib: u64,
+}
+
 /// The persisted state of an operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
@@ -416,6 +432,9 @@ pub struct Journal {
     /// The plan it started from ([`crate::request::plan_hash`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_hash: Option<String>,
+    /// The upgrade profile.
+    #[serde(default)]
+    pub profile: Profile,
     /// Where it is.
     pub phase: Phase,
     /// When waiting at the start of a phase gives up.
@@ -472,6 +491,16 @@ impl Journal {
     /// Every image of the operation.
     pub fn images(&self) -> impl Iterator<Item = &Image> {
         std::iter::once(&self.image).chain(self.docker_image.as_ref())
+    }
+
+    /// SEs the group `g` moves at once.
+    pub fn parallel_ses(&self, g: &str) -> usize {
+        self.profile.max_parallel_ses.get(g).copied().unwrap_or(1).max(1)
+    }
+
+    /// Whether SE groups go one after the other.
+    pub fn groups_in_series(&self) -> bool {
+        self.profile.groups_in_series
     }
 
     /// Whether an operation is running (the configuration is read-only).

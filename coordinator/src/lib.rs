@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod core;
+pub mod eta;
 mod events;
 pub mod invariants;
 pub mod journal;
@@ -47,11 +48,14 @@ pub enum Mutant {
     /// An abort after the commit stops the groups where they are, leaving
     /// a group's upgraded SEs beside its old ones.
     AbortInPlace,
+    /// A group that moves several SEs at once takes two SEs of one virtual
+    /// service out of service together.
+    ParallelSharesService,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 8] = [
+    pub const ALL: [Mutant; 9] = [
         Mutant::ConcurrentStart,
         Mutant::RollbackUnjournaled,
         Mutant::DrainedInMemory,
@@ -60,6 +64,7 @@ impl Mutant {
         Mutant::OneImage,
         Mutant::PauseIgnored,
         Mutant::AbortInPlace,
+        Mutant::ParallelSharesService,
     ];
 
     /// Its name on the command line.
@@ -73,6 +78,7 @@ impl Mutant {
             Mutant::OneImage => "one-image",
             Mutant::PauseIgnored => "pause-ignored",
             Mutant::AbortInPlace => "abort-in-place",
+            Mutant::ParallelSharesService => "parallel-shares-service",
         }
     }
 
@@ -87,6 +93,7 @@ impl Mutant {
             Mutant::OneImage => "a mixed cluster's nodes all get the vm image",
             Mutant::PauseIgnored => "a paused upgrade goes on starting SEs",
             Mutant::AbortInPlace => "an abort after the commit leaves groups partly upgraded",
+            Mutant::ParallelSharesService => "max_parallel_ses takes two SEs of one virtual service out together",
         }
     }
 

@@ -84,7 +84,10 @@ pub fn rolling_order(cfg: &Config, ses: &[common::NodeId]) -> Vec<common::NodeId
 }
 
 /// Per virtual service: will a rolling SE upgrade interrupt it, and why.
-pub fn predict(cfg: &Config, disruptive: bool) -> Vec<(String, bool, String)> {
+/// `parallel` is the SEs each group moves at once (1 when absent): SEs that
+/// share a service are never out of service together, so it changes the
+/// pace, not the impact.
+pub fn predict(cfg: &Config, disruptive: bool, parallel: &BTreeMap<String, usize>) -> Vec<(String, bool, String)> {
     cfg.virtual_services
         .iter()
         .map(|(name, vs)| {
@@ -97,7 +100,19 @@ pub fn predict(cfg: &Config, disruptive: bool) -> Vec<(String, bool, String)> {
             } else if ha == "active-standby" {
                 (false, "active-standby: the standby is upgraded first, then the service fails over to it".to_owned())
             } else {
-                (false, format!("{ha}: placed on {placed} SEs, upgraded one at a time; the others keep serving"))
+                match parallel.get(&vs.se_group).copied().unwrap_or(1) {
+                    k if k > 1 => (
+                        false,
+                        format!(
+                            "{ha}: placed on {placed} SEs; its group moves up to {k} SEs at once, but never two of \
+                             these, so the others keep serving"
+                        ),
+                    ),
+                    _ => (
+                        false,
+                        format!("{ha}: placed on {placed} SEs, upgraded one at a time; the others keep serving"),
+                    ),
+                }
             };
             (name.clone(), hit, why)
         })
@@ -112,7 +127,7 @@ mod tests {
     fn cfg() -> Config {
         let mut c = Config::default();
         for (g, ha) in [("aa", "active-active"), ("nm", "n-plus-m"), ("as", "active-standby")] {
-            c.put_group(SeGroup { name: g.into(), ha_mode: ha.into() }, false).unwrap();
+            c.put_group(SeGroup { name: g.into(), ha_mode: ha.into(), max_parallel_ses: None }, false).unwrap();
         }
         for (n, g, port, scale) in
             [("web", "aa", 80, 2), ("one", "nm", 81, 1), ("two", "nm", 82, 2), ("db", "as", 83, 1)]
@@ -163,11 +178,12 @@ mod tests {
     fn predicts_disruption_for_single_placements_and_disruptive_upgrades() {
         let mut c = cfg();
         c.placements = place(&c, &ses());
-        let p: BTreeMap<String, bool> = predict(&c, false).into_iter().map(|(n, d, _)| (n, d)).collect();
+        let p: BTreeMap<String, bool> =
+            predict(&c, false, &BTreeMap::new()).into_iter().map(|(n, d, _)| (n, d)).collect();
         assert_eq!(
             p,
             BTreeMap::from([("db".into(), false), ("one".into(), true), ("two".into(), false), ("web".into(), false)])
         );
-        assert!(predict(&c, true).iter().all(|(_, d, _)| *d));
+        assert!(predict(&c, true, &BTreeMap::new()).iter().all(|(_, d, _)| *d));
     }
 }

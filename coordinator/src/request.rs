@@ -15,7 +15,8 @@ use crate::{
     config::Config,
     core::queue_rollback,
     journal::{
-        ActionOnError, FORMAT, GroupOp, GroupState, Image, Journal, Member, Ms, NodeOp, Operation, Outcome, Phase, Step,
+        ActionOnError, FORMAT, GroupOp, GroupState, Image, Journal, Member, Ms, NodeOp, Operation, Outcome, Phase,
+        Profile, Step,
     },
     placement,
 };
@@ -164,8 +165,8 @@ pub fn two_versions_check<'a>(nodes: impl IntoIterator<Item = &'a NodeSummary>, 
 }
 
 /// The predicted impact on the virtual services, as a pre-check.
-pub fn traffic_check(config: &Config, disruptive: bool) -> Precheck {
-    let predicted = placement::predict(config, disruptive);
+pub fn traffic_check(config: &Config, disruptive: bool, profile: &Profile) -> Precheck {
+    let predicted = placement::predict(config, disruptive, &profile.max_parallel_ses);
     let hit: Vec<&str> = predicted.iter().filter(|(_, d, _)| *d).map(|(n, _, _)| n.as_str()).collect();
     if hit.is_empty() {
         Precheck::new("traffic", "ok", format!("no virtual service is interrupted ({} checked)", predicted.len()))
@@ -202,6 +203,74 @@ pub struct StartRequest {
     /// The plan the operator approved (`prechecks_only` returned it): the
     /// start is refused when the plan is different now.
     pub plan_hash: Option<String>,
+    /// How it is paced.
+    pub profile: ProfileRequest,
+}
+
+/// The upgrade profile an operator asks for. What it leaves unset comes
+/// from each SE group's configuration, then the defaults (one SE of a
+/// group at a time, groups in parallel, every transfer at once, no cap).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileRequest {
+    /// SEs of every group moved at once (overrides the groups' own).
+    pub max_parallel_ses: Option<u32>,
+    /// SE groups one after the other.
+    pub groups_in_series: Option<bool>,
+    /// Nodes staging the image at once.
+    pub max_transfers: Option<u32>,
+    /// Each image stream's cap, MiB/s.
+    pub transfer_rate_mib: Option<u64>,
+}
+
+/// The profile of an upgrade of `groups`, resolved from the request and
+/// the groups' configuration, or why the request is wrong.
+pub fn resolve_profile(req: &ProfileRequest, config: &Config, groups: &[&str]) -> Result<Profile, Refusal> {
+    use crate::config::MAX_PARALLEL_SES;
+    if let Some(k) = req.max_parallel_ses.filter(|k| !(1..=MAX_PARALLEL_SES).contains(k)) {
+        return Err(refuse(
+            RefusalKind::BadRequest,
+            format!("max_parallel_ses {k}: must be 1-{MAX_PARALLEL_SES} (SEs of a group upgraded at once)"),
+        ));
+    }
+    if req.max_transfers == Some(0) {
+        return Err(refuse(
+            RefusalKind::BadRequest,
+            "max_transfers 0: at least one node must stage at a time; leave it out for every node at once",
+        ));
+    }
+    if req.transfer_rate_mib == Some(0) {
+        return Err(refuse(
+            RefusalKind::BadRequest,
+            "transfer_rate_mib 0: a transfer needs a rate above 0 MiB/s; leave it out for no cap",
+        ));
+    }
+    let max_parallel_ses = groups
+        .iter()
+        .map(|g| {
+            let own = config.se_groups.get(*g).and_then(|c| c.max_parallel_ses);
+            (g.to_string(), req.max_parallel_ses.or(own).unwrap_or(1) as usize)
+        })
+        .collect();
+    Ok(Profile {
+        max_parallel_ses,
+        groups_in_series: req.groups_in_series.unwrap_or(false),
+        max_transfers: req.max_transfers.unwrap_or(0) as usize,
+        transfer_rate_mib: req.transfer_rate_mib.unwrap_or(0),
+    })
+}
+
+/// The SE groups of the nodes, sorted, once each.
+pub fn group_names(nodes: &[NodeSummary]) -> Vec<&str> {
+    let mut v: Vec<&str> = nodes
+        .iter()
+        .filter_map(|n| match &n.member {
+            Member::ServiceEngine(g) => Some(g.as_str()),
+            Member::Controller => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// Where a start request is decided.
@@ -257,7 +326,8 @@ pub fn start_checks(req: &StartRequest, ctx: &StartCtx<'_>) -> (Vec<Precheck>, O
             failed = failed.or(Some(RefusalKind::PreconditionFailed));
         }
         checks.push(two);
-        checks.push(traffic_check(ctx.config, req.disruptive || req.force));
+        let profile = resolve_profile(&req.profile, ctx.config, &group_names(ctx.nodes)).unwrap_or_default();
+        checks.push(traffic_check(ctx.config, req.disruptive || req.force, &profile));
     }
     (checks, failed)
 }
@@ -281,7 +351,8 @@ pub fn plan_hash(req: &StartRequest, ctx: &StartCtx<'_>) -> String {
         })
         .collect();
     nodes.sort();
-    let impact: Vec<String> = placement::predict(ctx.config, req.disruptive || req.force)
+    let profile = resolve_profile(&req.profile, ctx.config, &group_names(ctx.nodes)).unwrap_or_default();
+    let impact: Vec<String> = placement::predict(ctx.config, req.disruptive || req.force, &profile.max_parallel_ses)
         .into_iter()
         .map(|(vs, hit, _)| {
             format!("{vs}|{hit}|{}", ctx.config.placements.get(&vs).map(|p| p.join(",")).unwrap_or_default())
@@ -298,6 +369,7 @@ pub fn plan_hash(req: &StartRequest, ctx: &StartCtx<'_>) -> String {
         "action_on_error": req.on_error.name(),
         "se_groups": req.se_groups,
         "pause_after": req.pause_after,
+        "profile": profile,
         "nodes": nodes,
         "impact": impact,
     });
@@ -326,24 +398,15 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
             ),
         ));
     }
-    let known: Vec<&str> = ctx
-        .nodes
-        .iter()
-        .filter_map(|n| match &n.member {
-            Member::ServiceEngine(g) => Some(g.as_str()),
-            Member::Controller => None,
-        })
-        .collect();
+    let known = group_names(ctx.nodes);
     let named = req.se_groups.iter().chain(req.pause_after.as_ref());
     if let Some(g) = named.clone().find(|g| !known.contains(&g.as_str())) {
-        let mut groups = known.clone();
-        groups.sort();
-        groups.dedup();
         return Err(refuse(
             RefusalKind::BadRequest,
-            format!("no SE group {g} has SEs in this cluster; its groups are: {}", groups.join(", ")),
+            format!("no SE group {g} has SEs in this cluster; its groups are: {}", known.join(", ")),
         ));
     }
+    let profile = resolve_profile(&req.profile, ctx.config, &known)?;
     if let Some(p) = &req.pause_after
         && !req.se_groups.is_empty()
         && !req.se_groups.contains(p)
@@ -397,6 +460,7 @@ pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal>
         abort: false,
         pause_after: req.pause_after.clone(),
         plan_hash: Some(plan),
+        profile,
         phase: Phase::Distribute,
         phase_deadline: None,
         nodes,

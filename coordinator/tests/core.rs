@@ -27,7 +27,8 @@ fn id(s: &str) -> NodeId {
 /// One controller, one active-standby group of two SEs serving `db`.
 fn config() -> Config {
     let mut c = Config::default();
-    c.put_group(SeGroup { name: "g1".into(), ha_mode: "active-standby".into() }, false).unwrap();
+    c.put_group(SeGroup { name: "g1".into(), ha_mode: "active-standby".into(), max_parallel_ses: None }, false)
+        .unwrap();
     c.put_vs(VirtualService { name: "db".into(), se_group: "g1".into(), port: 80, scale: 1 }, false, &[]).unwrap();
     let ses = BTreeMap::from([("g1".to_string(), vec!["s1".to_string(), "s2".to_string()])]);
     c.placements = placement::place(&c, &ses);
@@ -82,6 +83,7 @@ fn upgrade_to(to: &str) -> StartRequest {
         se_groups: vec![],
         pause_after: None,
         plan_hash: None,
+        profile: Default::default(),
     }
 }
 
@@ -574,4 +576,110 @@ fn an_operation_that_continues_an_aborted_upgrade_does_not_inherit_its_abort() {
     let r = request::resume(Some(&j), &[], false, &config()).unwrap();
     assert!(!r.abort && !r.paused && r.pause_after.is_none(), "the resumed group would be aborted again");
     assert_eq!(r.groups["g1"].state, GroupState::InProgress);
+}
+
+/// Four active-active SEs: `a` on s1 and s2, `b` on s3 and s4; and a
+/// second group `h` of one SE.
+fn four_ses(k: Option<u32>, series: bool) -> (Journal, Observed) {
+    let mut cfg = Config::default();
+    cfg.put_group(SeGroup { name: "g1".into(), ha_mode: "active-active".into(), max_parallel_ses: Some(2) }, false)
+        .unwrap();
+    cfg.put_group(SeGroup { name: "h".into(), ha_mode: "active-active".into(), max_parallel_ses: None }, false)
+        .unwrap();
+    for (vs, port) in [("a", 80), ("b", 81)] {
+        cfg.put_vs(VirtualService { name: vs.into(), se_group: "g1".into(), port, scale: 2 }, false, &[]).unwrap();
+    }
+    cfg.placements.insert("a".into(), vec!["s1".into(), "s2".into()]);
+    cfg.placements.insert("b".into(), vec!["s3".into(), "s4".into()]);
+    let mut ns = vec![NodeSummary {
+        id: id("c1"),
+        member: Member::Controller,
+        version: Some(v("1.0.0")),
+        kind: Vm,
+        previous: None,
+    }];
+    for (s, g) in [("s1", "g1"), ("s2", "g1"), ("s3", "g1"), ("s4", "g1"), ("h1", "h")] {
+        let member = Member::ServiceEngine(g.into());
+        ns.push(NodeSummary { id: id(s), member, version: Some(v("1.0.0")), kind: Vm, previous: None });
+    }
+    let profile = request::ProfileRequest { max_parallel_ses: k, groups_in_series: Some(series), ..Default::default() };
+    let req = StartRequest { profile, ..upgrade_to("2.0.0") };
+    let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
+    let mut j = request::start(&req, &ctx).unwrap();
+    j.phase = Phase::ServiceEngines;
+    for n in j.nodes.values_mut() {
+        n.step = Step::Staged;
+    }
+    j.nodes.get_mut(&id("c1")).unwrap().step = Step::Upgraded;
+    let mut obs = Observed::default();
+    obs.nodes.insert(id("c1"), seen("2.0.0", "c1-b", &[]));
+    for (s, serving) in [("s1", &["a"][..]), ("s2", &["a"]), ("s3", &["b"]), ("s4", &["b"]), ("h1", &[])] {
+        obs.nodes.insert(id(s), seen("1.0.0", &format!("{s}-a"), serving));
+    }
+    (j, obs)
+}
+
+#[test]
+fn a_group_moves_max_parallel_ses_at_once_but_never_two_ses_of_one_service() {
+    // The group's own default: 2 at once.
+    let (j, obs) = four_ses(None, false);
+    assert_eq!(j.parallel_ses("g1"), 2);
+    assert_eq!(j.parallel_ses("h"), 1);
+    let d = core::next(&j, &obs, &ctx(1)).journal;
+    let draining: Vec<&str> =
+        d.nodes.iter().filter(|(_, n)| n.step == Step::Draining).map(|(id, _)| id.as_str()).collect();
+    assert_eq!(draining.len(), 3, "two of g1 and h's one: {draining:?}");
+    assert!(
+        [["s1", "s2"], ["s3", "s4"]].iter().all(|pair| !pair.iter().all(|s| draining.contains(s))),
+        "never both SEs of a service: {draining:?}"
+    );
+    // Asked for 4: still never two of one service, so 2.
+    let (j, obs) = four_ses(Some(4), false);
+    let d = core::next(&j, &obs, &ctx(1)).journal;
+    let g1 = |d: &Journal| d.groups["g1"].ses.iter().filter(|s| d.nodes[*s].step == Step::Draining).count();
+    assert_eq!(g1(&d), 2);
+    // Asked for 1: one at a time, as before.
+    let (j, obs) = four_ses(Some(1), false);
+    assert_eq!(g1(&core::next(&j, &obs, &ctx(1)).journal), 1);
+    // In series: g1 first (by name), h waits.
+    let (j, obs) = four_ses(None, true);
+    let d = core::next(&j, &obs, &ctx(1)).journal;
+    assert_eq!(g1(&d), 2);
+    assert_eq!(d.groups["h"].state, GroupState::Pending);
+    assert_eq!(d.nodes[&id("h1")].step, Step::Staged);
+}
+
+#[test]
+fn a_profile_out_of_range_is_refused_naming_the_field() {
+    let cfg = config();
+    let ns = nodes("1.0.0");
+    let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
+    for (profile, field) in [
+        (request::ProfileRequest { max_parallel_ses: Some(0), ..Default::default() }, "max_parallel_ses 0"),
+        (request::ProfileRequest { max_parallel_ses: Some(65), ..Default::default() }, "max_parallel_ses 65"),
+        (request::ProfileRequest { max_transfers: Some(0), ..Default::default() }, "max_transfers 0"),
+        (request::ProfileRequest { transfer_rate_mib: Some(0), ..Default::default() }, "transfer_rate_mib 0"),
+    ] {
+        let req = StartRequest { profile, ..upgrade_to("2.0.0") };
+        let e = request::start(&req, &ctx).unwrap_err();
+        assert_eq!(e.kind, RefusalKind::BadRequest);
+        assert!(e.message.starts_with(field), "{e}");
+    }
+}
+
+#[test]
+fn max_transfers_stages_that_many_nodes_at_once_controllers_first() {
+    let cfg = config();
+    let ns = nodes("1.0.0");
+    let sctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
+    let profile = request::ProfileRequest { max_transfers: Some(1), ..Default::default() };
+    let j = request::start(&StartRequest { profile, ..upgrade_to("2.0.0") }, &sctx).unwrap();
+    let mut obs = Observed::default();
+    for s in ["c1", "s1", "s2"] {
+        obs.nodes.insert(id(s), seen("1.0.0", &format!("{s}-a"), &[]));
+    }
+    let d = core::next(&j, &obs, &ctx(1)).journal;
+    let staging: Vec<&str> =
+        d.nodes.iter().filter(|(_, n)| n.step == Step::Staging).map(|(id, _)| id.as_str()).collect();
+    assert_eq!(staging, ["c1"]);
 }

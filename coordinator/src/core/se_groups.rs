@@ -1,5 +1,6 @@
-//! The SE phase of the decision: groups in parallel, the SEs of a group one
-//! at a time (all at once when disruptive), drained make-before-break;
+//! The SE phase of the decision: groups in parallel (or in series), the SEs
+//! of a group `max_parallel_ses` at a time, never two of one virtual
+//! service (all at once when disruptive), drained make-before-break;
 //! `action_on_error`; SE group rollbacks.
 
 use std::collections::BTreeMap;
@@ -32,6 +33,12 @@ impl Decider<'_> {
                     op.reason = format!("the canary group {canary} did not complete");
                 }
             }
+        }
+        if self.j.groups_in_series() {
+            // One group at a time, in name order.
+            let busy =
+                self.j.groups.values().any(|g| matches!(g.state, GroupState::InProgress | GroupState::RollingBack));
+            pending.truncate(usize::from(!busy));
         }
         if self.j.paused {
             // Held: only what is in flight goes on; the wait for every SE starts again on resume.
@@ -210,7 +217,7 @@ impl Decider<'_> {
         self.finish(Outcome::Completed, notes.join("; "));
     }
 
-    /// One SE group: its SEs one at a time (all at once when disruptive).
+    /// One SE group: its SEs `max_parallel_ses` at a time (all at once when disruptive).
     fn group(&mut self, g: &str) {
         let ses = self.j.groups[g].ses.clone();
         let desired = desired_serving(&self.j.config, Some(&self.j));
@@ -219,7 +226,13 @@ impl Decider<'_> {
                 self.se_step(se, &ses, &desired);
             }
         }
-        if ses.iter().any(|s| self.j.nodes[s].step.in_flight()) {
+        let in_flight = ses.iter().filter(|s| self.j.nodes[*s].step.in_flight()).count();
+        // A failure, a rollback or an abort is handled once nothing of the group is in flight.
+        let failed = ses.iter().any(|s| self.j.nodes[s].step == Step::Failed);
+        if in_flight > 0 && (failed || self.rolling(g) || self.j.abort || self.j.disruptive) {
+            return;
+        }
+        if in_flight >= self.j.parallel_ses(g) {
             return;
         }
         if self.rolling(g) {
@@ -264,6 +277,9 @@ impl Decider<'_> {
         let mut todo: Vec<NodeId> =
             ses.iter().filter(|s| matches!(self.j.nodes[*s].step, Step::Waiting | Step::Staged)).cloned().collect();
         drained_first(&self.j, &mut todo);
+        if todo.is_empty() && in_flight > 0 {
+            return;
+        }
         if todo.is_empty() {
             self.j.groups.get_mut(g).expect("group").state = GroupState::Completed;
             if self.j.pause_after.as_deref() == Some(g) {
@@ -282,9 +298,29 @@ impl Decider<'_> {
                 self.advance(s);
             }
         } else {
-            let s = &todo[0];
-            self.drain(s);
+            // Up to `max_parallel_ses` at once, never two SEs of one virtual service.
+            let mut moving = in_flight;
+            for s in &todo {
+                if moving == self.j.parallel_ses(g) {
+                    break;
+                }
+                if moving > 0 && self.ctx.mutant != Some(Mutant::ParallelSharesService) && self.shares_service(s) {
+                    continue;
+                }
+                self.drain(s);
+                moving += 1;
+            }
         }
+    }
+
+    /// Whether `se` is placed with an SE that is out of service or on its
+    /// way (draining it too could leave a virtual service to nobody).
+    fn shares_service(&self, se: &NodeId) -> bool {
+        let mut out: Vec<&NodeId> = self.j.ses().filter(|(_, n)| n.step.in_flight()).map(|(id, _)| id).collect();
+        let drained = self.j.drained_set();
+        out.extend(drained.iter());
+        let busy = |x: &String| x != se.as_str() && out.iter().any(|o| o.as_str() == x);
+        self.j.config.placements.values().any(|p| p.iter().any(|x| x == se.as_str()) && p.iter().any(busy))
     }
 
     fn drain(&mut self, se: &NodeId) {

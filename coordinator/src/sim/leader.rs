@@ -13,7 +13,7 @@ use crate::{
     core::{self, Action, Ctx, Observed, Seen, Timeouts},
     journal::{ActionOnError, Journal, Member, Ms, Operation},
     placement,
-    request::{self, NodeSummary, StartCtx, StartRequest},
+    request::{self, NodeSummary, ProfileRequest, StartCtx, StartRequest},
 };
 
 /// A heartbeat's age after which the node counts as down.
@@ -89,6 +89,7 @@ pub enum Request {
         disruptive: bool,
         se_groups: Vec<String>,
         pause_after: Option<String>,
+        profile: ProfileRequest,
     },
     /// `molt upgrade pause`.
     Pause,
@@ -323,7 +324,7 @@ impl Leader {
             let current = if checked_together { before.clone() } else { self.journal.clone() };
             let id = format!("op{}-{}-{k}", self.generation, now);
             let decision = match &r {
-                Request::Start { to, min_compatible, on_error, disruptive, se_groups, pause_after } => {
+                Request::Start { to, min_compatible, on_error, disruptive, se_groups, pause_after, profile } => {
                     let req = StartRequest {
                         operation: Operation::Upgrade,
                         image: image(*to, *min_compatible, DeploymentKind::Vm),
@@ -335,6 +336,7 @@ impl Leader {
                         se_groups: se_groups.clone(),
                         pause_after: pause_after.clone(),
                         plan_hash: None,
+                        profile: profile.clone(),
                     };
                     self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
                 }
@@ -350,6 +352,7 @@ impl Leader {
                         se_groups: vec![],
                         pause_after: None,
                         plan_hash: None,
+                        profile: Default::default(),
                     };
                     self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
                 }

@@ -28,6 +28,7 @@ use crate::{
     invariants::{Monitor, RealNode, Reality},
     journal::{ActionOnError, Image, Journal, Member, Ms, Operation, Outcome, Phase, Step},
     placement,
+    request::ProfileRequest,
 };
 
 /// A small deterministic generator (SplitMix64).
@@ -105,6 +106,7 @@ fn third_version() -> Request {
         disruptive: false,
         se_groups: vec![],
         pause_after: None,
+        profile: Default::default(),
     }
 }
 
@@ -118,6 +120,53 @@ fn image(to: Version, min_compatible: Version, kind: DeploymentKind) -> Image {
         min_compatible,
         signed_by: None,
     }
+}
+
+/// A journal just started: an upgrade from 1.0.0 to 2.0.0 of `controllers`
+/// controllers (`c1` leads) and these groups of active-active SEs (for the
+/// unit tests of what reads a journal).
+#[cfg(test)]
+pub(crate) fn sample_journal(controllers: usize, groups: &[(&str, usize)]) -> Journal {
+    use crate::request::{NodeSummary, StartCtx, StartRequest, start};
+    let mut config = Config::default();
+    let mut nodes = vec![];
+    for i in 1..=controllers {
+        nodes.push((id(&format!("c{i}")), Member::Controller));
+    }
+    for (g, n) in groups {
+        let group = SeGroup { name: g.to_string(), ha_mode: "active-active".into(), max_parallel_ses: None };
+        config.put_group(group, false).expect("valid");
+        for s in 0..*n {
+            nodes.push((id(&format!("{g}-se{s}")), Member::ServiceEngine(g.to_string())));
+        }
+    }
+    let summaries: Vec<NodeSummary> = nodes
+        .into_iter()
+        .map(|(id, member)| NodeSummary { id, member, version: Some(v(1)), kind: DeploymentKind::Vm, previous: None })
+        .collect();
+    let req = StartRequest {
+        operation: Operation::Upgrade,
+        image: image(v(2), v(1), DeploymentKind::Vm),
+        docker_image: None,
+        to: v(2),
+        force: false,
+        disruptive: false,
+        on_error: ActionOnError::Suspend,
+        se_groups: vec![],
+        pause_after: None,
+        plan_hash: None,
+        profile: ProfileRequest::default(),
+    };
+    let ctx = StartCtx {
+        current: None,
+        nodes: &summaries,
+        config: &config,
+        leader: &id("c1"),
+        id: "op",
+        now: 0,
+        mutant: None,
+    };
+    start(&req, &ctx).expect("a valid start")
 }
 
 /// The simulated cluster.
@@ -190,7 +239,11 @@ impl World {
             // Every run has an active-standby group: failover is where make-before-break matters.
             let ha = if g == 0 { modes[0] } else { *rng.pick(&modes) };
             let name = format!("g{g}");
-            config.put_group(SeGroup { name: name.clone(), ha_mode: ha.into() }, false).expect("valid");
+            // Some groups move several SEs at once by their configuration.
+            let max_parallel_ses = rng.chance(0.2).then(|| rng.range(1, 4) as u32);
+            config
+                .put_group(SeGroup { name: name.clone(), ha_mode: ha.into(), max_parallel_ses }, false)
+                .expect("valid");
             let kind = if mixed && rng.chance(0.5) { DeploymentKind::Docker } else { DeploymentKind::Vm };
             for s in 0..rng.range(2, 4) {
                 let se = format!("{name}-se{s}");
@@ -238,7 +291,19 @@ impl World {
         let canary = groups > 1 && rng.chance(0.25);
         let se_groups = if canary && rng.chance(0.5) { vec!["g0".to_owned()] } else { vec![] };
         let pause_after = (canary && se_groups.is_empty()).then(|| "g0".to_owned());
-        let start = Request::Start { to: v(2), min_compatible: v(1), on_error, disruptive, se_groups, pause_after };
+        // Some operators pace the upgrade with a profile.
+        let profile = if rng.chance(0.3) {
+            ProfileRequest {
+                max_parallel_ses: rng.chance(0.5).then(|| rng.range(1, 4) as u32),
+                groups_in_series: rng.chance(0.5).then_some(true),
+                max_transfers: rng.chance(0.5).then(|| rng.range(1, 3) as u32),
+                transfer_rate_mib: None,
+            }
+        } else {
+            ProfileRequest::default()
+        };
+        let start =
+            Request::Start { to: v(2), min_compatible: v(1), on_error, disruptive, se_groups, pause_after, profile };
         let all_groups: Vec<String> = ses_by_group.keys().cloned().collect();
         let mut operator = Operator::default();
         operator.planned.push((5_000, start.clone()));
@@ -257,6 +322,7 @@ impl World {
                     disruptive: false,
                     se_groups: vec![],
                     pause_after: None,
+                    profile: Default::default(),
                 },
                 1 => Request::Prestage { to: v(2) },
                 2 => Request::Resume { skip: rng.chance(0.5) },
@@ -651,6 +717,7 @@ impl World {
                     disruptive: false,
                     se_groups: vec![],
                     pause_after: None,
+                    profile: Default::default(),
                 })
             }
             _ => None,
