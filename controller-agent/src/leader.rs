@@ -460,7 +460,7 @@ impl LeaderState {
     /// The status: a view of the journal, the cluster and the history.
     pub fn status(&self) -> status::UpgradeStatus {
         let j = self.journal();
-        let mut s = status::view(j.as_ref(), self.history(), &self.cluster.snapshot());
+        let mut s = status::view(j.as_ref(), self.history(), &self.cluster.snapshot(), driver::now_ms());
         let audit = &self.consensus.replicated().audit;
         s.audit = audit[audit.len().saturating_sub(status::AUDIT_SHOWN)..].to_vec();
         s

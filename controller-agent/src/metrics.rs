@@ -119,6 +119,16 @@ pub fn render(s: &Snapshot) -> String {
     let mut f = Family::new(&mut out, "molt_upgrade_progress_percent", "gauge", "Progress of the current operation.");
     f.sample(&[], f64::from(st.progress));
 
+    if let Some(eta) = st.eta_seconds {
+        let mut f = Family::new(
+            &mut out,
+            "molt_upgrade_eta_seconds",
+            "gauge",
+            "Estimated seconds left of the running operation (absent when none runs or it is paused).",
+        );
+        f.sample(&[], eta as f64);
+    }
+
     let mut f = Family::new(
         &mut out,
         "molt_upgrade_duration_seconds",
@@ -271,6 +281,7 @@ mod tests {
             operation: "upgrade".into(),
             phase: "se_groups".into(),
             progress: 70,
+            eta_seconds: Some(95),
             from_version: "1.0.0".into(),
             to_version: "2.0.0".into(),
             started_at: Some(100.0),
@@ -294,6 +305,7 @@ mod tests {
                 started_at: 1.0,
                 ended_at: Some(2.0),
                 reason: String::new(),
+                timings: Default::default(),
             }],
             ..Default::default()
         };
@@ -309,6 +321,7 @@ mod tests {
         assert_eq!(value(&text, "molt_upgrade_state{state=\"idle\"}"), Some(0.0));
         assert_eq!(value(&text, "molt_upgrade_phase{operation=\"upgrade\",phase=\"se_groups\"}"), Some(1.0));
         assert_eq!(value(&text, "molt_upgrade_progress_percent"), Some(70.0));
+        assert_eq!(value(&text, "molt_upgrade_eta_seconds"), Some(95.0));
         assert_eq!(value(&text, "molt_upgrade_duration_seconds{operation=\"upgrade\"}"), Some(12.5));
         assert_eq!(value(&text, "molt_node_up{node=\"c1\",role=\"controller\",se_group=\"\"}"), Some(1.0));
         assert_eq!(value(&text, "molt_node_up{node=\"c2\",role=\"controller\",se_group=\"\"}"), Some(0.0));

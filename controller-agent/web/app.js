@@ -41,6 +41,27 @@ function took(a, b) {
   return s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
 }
 
+// The time left of a running operation, from the status's estimate.
+function eta(s) {
+  if (s.state === "paused") return " · no end while paused";
+  if (s.eta_seconds == null) return "";
+  const left = s.eta_seconds < 60 ? `${s.eta_seconds} s` : `${Math.floor(s.eta_seconds / 60)} min ${s.eta_seconds % 60} s`;
+  const end = s.expected_end ? new Date(s.expected_end * 1000).toLocaleTimeString() : "";
+  return ` · <span id="op-eta" title="${esc(s.eta_basis || "")}">about ${left} left${end ? `, ends about ${esc(end)}` : ""}</span>`;
+}
+
+// The upgrade profile when it is not the default one.
+function profileText(p) {
+  if (!p) return "";
+  const parts = [];
+  const par = Object.entries(p.max_parallel_ses || {}).filter(([, k]) => k > 1).map(([g, k]) => `${g} ${k}`);
+  if (par.length) parts.push(`SEs at once: ${par.join(", ")}`);
+  if (p.groups_in_series) parts.push("SE groups in series");
+  if (p.max_transfers) parts.push(`${p.max_transfers} transfers at once`);
+  if (p.transfer_rate_mib) parts.push(`transfers capped at ${p.transfer_rate_mib} MiB/s`);
+  return parts.length ? ` · profile: ${esc(parts.join("; "))}` : "";
+}
+
 // Whether a status document describes an operation still running.
 function isRunning(s) {
   return !!s && ["in_progress", "prechecking", "paused"].includes(s.state);
@@ -191,7 +212,7 @@ function renderStatus(s) {
   } else {
     $("#op-summary").innerHTML = `${esc(s.operation)} ${esc(s.from_version)} → ${esc(s.to_version)} ${badge(s.state)}
       phase <b>${esc(s.phase || "-")}</b> · ${s.progress}% · started ${esc(when(s.started_at))}
-      · ${esc(took(s.started_at, s.ended_at))}${s.force ? " · forced" : ""}${s.disruptive ? " · disruptive" : ""}`;
+      · ${esc(took(s.started_at, s.ended_at))}${eta(s)}${s.force ? " · forced" : ""}${s.disruptive ? " · disruptive" : ""}${profileText(s.profile)}`;
   }
   $("#op-summary").dataset.state = s.state;
   $("#op-bar").style.width = `${s.progress || 0}%`;
@@ -366,6 +387,9 @@ function request(prechecksOnly) {
     disruptive: $("#opt-disruptive").checked,
     prechecks_only: prechecksOnly,
   };
+  const parallel = parseInt($("#opt-parallel").value, 10);
+  if (parallel > 0) r.max_parallel_ses = parallel;
+  if ($("#opt-series").checked) r.se_group_order = "series";
   // Begin starts the plan the checks showed, or is refused if it changed since.
   if (!prechecksOnly && planHash) r.plan_hash = planHash;
   return r;
@@ -406,8 +430,10 @@ function confirmBegin() {
   $("#confirm-text").innerHTML = `<p>Upgrade the cluster from <b>${esc(clusterVersion)}</b> to <b>${esc(uploaded.manifest.version)}</b>
     from <code>${esc(uploaded.image_path)}</code>.</p>
     <p>The controllers install it and reboot together; this page waits and reconnects while the leader reboots.
-    The configuration is read-only until the upgrade ends. Then the SE groups upgrade in parallel,
-    ${o.disruptive || o.force ? "<b>all SEs of a group at once, without moving traffic</b>" : "one SE of a group at a time, moving traffic first"}.</p>
+    The configuration is read-only until the upgrade ends. Then the SE groups upgrade ${o.se_group_order === "series" ? "one after the other" : "in parallel"},
+    ${o.disruptive || o.force ? "<b>all SEs of a group at once, without moving traffic</b>"
+      : o.max_parallel_ses > 1 ? `up to ${o.max_parallel_ses} SEs of a group at a time (never two of one virtual service), moving traffic first`
+      : "one SE of a group at a time (or each group's own max_parallel_ses), moving traffic first"}.</p>
     <p>${hit.length ? `Virtual services that will lose traffic: <b>${esc(hit.join(", "))}</b>.` : "No virtual service is predicted to lose traffic."}</p>
     ${o.force ? "<p><b>Forced</b>: version compatibility is not checked.</p>" : ""}`;
   $("#confirm").showModal();
@@ -457,6 +483,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#upload").addEventListener("click", upload);
   $("#opt-force").addEventListener("change", prechecks);
   $("#opt-disruptive").addEventListener("change", prechecks);
+  $("#opt-parallel").addEventListener("change", prechecks);
+  $("#opt-series").addEventListener("change", prechecks);
   $("#begin").addEventListener("click", confirmBegin);
   $("#confirm-cancel").addEventListener("click", () => $("#confirm").close());
   $("#confirm-go").addEventListener("click", begin);

@@ -50,7 +50,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PackageCmd,
     },
-    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [plan_hash H] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only]` | `upgrade segroup NAME...` | `upgrade pause|resume|abort`
+    /// `upgrade prestage image_path PATH` | `upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [plan_hash H] [action_on_error suspend|continue|rollback] [max_parallel_ses N] [se_group_order parallel|series] [max_transfers N] [transfer_rate_mib N] [force] [disruptive] [prechecks_only]` | `upgrade segroup NAME...` | `upgrade pause|resume|abort`
     Upgrade {
         /// Return once the operation has started.
         #[arg(long)]
@@ -584,21 +584,11 @@ struct ImageWords {
     pause_after: Option<String>,
     /// `plan_hash H`: start only if the plan is still the one shown.
     plan_hash: Option<String>,
+    /// The upgrade profile: `max_parallel_ses N`, `max_transfers N`,
+    /// `transfer_rate_mib N` (numbers) and `se_group_order parallel|series`.
+    profile: serde_json::Map<String, serde_json::Value>,
     flags: Vec<String>,
 }
-
-/// The words of `upgrade system` that take values, and its flags: a
-/// `se_groups` list ends at the next of them.
-const SYSTEM_WORDS: &[&str] = &[
-    "docker_image_path",
-    "action_on_error",
-    "se_groups",
-    "pause_after",
-    "plan_hash",
-    "force",
-    "disruptive",
-    "prechecks_only",
-];
 
 /// Parses `image_path PATH [docker_image_path PATH] [flags...]`.
 fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
@@ -615,13 +605,14 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
         se_groups: vec![],
         pause_after: None,
         plan_hash: None,
+        profile: serde_json::Map::new(),
         flags: vec![],
     };
     let mut it = rest.iter().peekable();
     while let Some(w) = it.next() {
         match w.as_str() {
             "se_groups" => {
-                while let Some(g) = it.next_if(|g| !SYSTEM_WORDS.contains(&g.as_str())) {
+                while let Some(g) = it.next_if(|g| !molt::shell::SYSTEM_WORDS.contains(&g.as_str())) {
                     out.se_groups.push(g.clone());
                 }
                 if out.se_groups.is_empty() {
@@ -636,6 +627,22 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
                 let h = it.next().ok_or_else(|| usage("plan_hash takes the hash `prechecks_only` printed"))?;
                 out.plan_hash = Some(h.clone());
             }
+            w @ ("max_parallel_ses" | "max_transfers" | "transfer_rate_mib") => {
+                let n = it.next().and_then(|n| n.parse::<u64>().ok().filter(|n| *n > 0));
+                let n = n.ok_or_else(|| usage(format!("{w} takes a number above 0: `{w} 2`")))?;
+                out.profile.insert(w.to_owned(), n.into());
+            }
+            "se_group_order" => match it.next().map(String::as_str) {
+                Some(o @ ("parallel" | "series")) => {
+                    out.profile.insert("se_group_order".into(), o.into());
+                }
+                other => {
+                    return Err(usage(format!(
+                        "se_group_order {}: expected parallel (every SE group at once) or series (one group after the other)",
+                        other.unwrap_or("(nothing)")
+                    )));
+                }
+            },
             "docker_image_path" => {
                 let p = it.next().ok_or_else(|| usage("docker_image_path takes a PATH (controller_docker.tgz)"))?;
                 out.docker_path = Some(p.clone());
@@ -684,9 +691,11 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
                 || !words.se_groups.is_empty()
                 || words.pause_after.is_some()
                 || words.plan_hash.is_some()
+                || !words.profile.is_empty()
             {
                 return Err(usage(
-                    "prestage installs nothing: action_on_error, se_groups and pause_after go with `upgrade system`",
+                    "prestage installs nothing: action_on_error, se_groups, pause_after, plan_hash and the profile \
+                     (max_parallel_ses, se_group_order, max_transfers, transfer_rate_mib) go with `upgrade system`",
                 ));
             }
             let api = api(cli)?;
@@ -713,6 +722,9 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
             }
             if let Some(h) = &words.plan_hash {
                 body["plan_hash"] = h.clone().into();
+            }
+            for (k, v) in &words.profile {
+                body[k.as_str()] = v.clone();
             }
             for f in &words.flags {
                 match f.as_str() {

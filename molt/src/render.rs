@@ -56,6 +56,54 @@ pub fn bytes(n: u64) -> String {
     if i == 0 { format!("{n} B") } else { format!("{f:.1} {}", U[i]) }
 }
 
+/// A duration in seconds as `1h 2m`, `2m 10s` or `45s`.
+pub fn duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// The time left of a running operation: `about 2m 10s left (ends about
+/// 22:41:05 UTC)`, or while paused, that there is no end while held.
+pub fn eta(v: &Value) -> Option<String> {
+    if let Some(left) = v["eta_seconds"].as_u64() {
+        let end = v["expected_end"].as_f64().map(|e| {
+            let t = e as u64 % 86_400;
+            format!(" (ends about {:02}:{:02}:{:02} UTC)", t / 3600, t % 3600 / 60, t % 60)
+        });
+        return Some(format!("about {} left{}", duration(left), end.unwrap_or_default()));
+    }
+    (v["state"] == "paused").then(|| "no end while paused".to_owned())
+}
+
+/// The upgrade profile when it is not the default one (one SE of a group at
+/// a time, groups in parallel, every transfer at once, uncapped).
+pub fn profile(p: &Value) -> Option<String> {
+    let mut parts = vec![];
+    let parallel: Vec<String> = p["max_parallel_ses"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, k)| k.as_u64().unwrap_or(1) > 1)
+        .map(|(g, k)| format!("{g} {k}"))
+        .collect();
+    if !parallel.is_empty() {
+        parts.push(format!("SEs at once per group: {}", parallel.join(", ")));
+    }
+    if p["groups_in_series"] == true {
+        parts.push("SE groups in series".into());
+    }
+    if let Some(k) = p["max_transfers"].as_u64().filter(|k| *k > 0) {
+        parts.push(format!("{k} transfers at once"));
+    }
+    if let Some(r) = p["transfer_rate_mib"].as_u64().filter(|r| *r > 0) {
+        parts.push(format!("each transfer capped at {r} MiB/s"));
+    }
+    (!parts.is_empty()).then(|| format!("profile: {}", parts.join("; ")))
+}
+
 /// `molt show cluster`.
 pub fn cluster(v: &Value) -> String {
     let v = &terminal_safe(v);
@@ -111,6 +159,12 @@ pub fn status(v: &Value) -> String {
             s(&v["phase"]),
             v["progress"].as_u64().unwrap_or(0)
         );
+        if let Some(eta) = eta(v) {
+            let _ = writeln!(out, "{eta}: {}", s(&v["eta_basis"]));
+        }
+        if let Some(p) = profile(&v["profile"]) {
+            let _ = writeln!(out, "{p}");
+        }
         let _ = writeln!(out, "image {} (sha256 {})", s(&v["image_path"]), s(&v["image_sha256"]));
         if v["docker_image_path"].is_string() {
             let _ =
@@ -237,6 +291,18 @@ pub fn prechecks(v: &Value) -> String {
     for c in v["prechecks"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  {:<16} {:<7} {}", s(&c["check"]), s(&c["result"]), s(&c["message"]));
     }
+    for vs in v["virtual_services"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  virtual service {:<10} {:<12} {}",
+            s(&vs["name"]),
+            if vs["predicted_disruption"] == true { "disrupted" } else { "no downtime" },
+            s(&vs["reason"])
+        );
+    }
+    if let Some(p) = profile(&v["profile"]) {
+        let _ = writeln!(out, "{p}");
+    }
     if let Some(h) = v["plan_hash"].as_str() {
         let _ = writeln!(out, "plan_hash {h}: add `plan_hash {h}` to the upgrade to start exactly this plan");
     }
@@ -275,7 +341,7 @@ pub fn phase_bars(v: &Value) -> String {
         s(&v["state"]),
         s(&v["phase"])
     );
-    row(&mut out, "overall", v["progress"].as_u64().unwrap_or(0), String::new());
+    row(&mut out, "overall", v["progress"].as_u64().unwrap_or(0), eta(v).unwrap_or_default());
     let nodes: Vec<&Value> = v["nodes"].as_array().into_iter().flatten().collect();
     let size = v["image_size"].as_u64().unwrap_or(0);
     let (mut got, mut staged) = (0u64, 0usize);
@@ -320,6 +386,7 @@ mod tests {
         let v = json!({
             "state": "in_progress", "operation": "upgrade", "phase": "service_engines", "progress": 60,
             "from_version": "1.0.0", "to_version": "2.0.0", "image_size": 1000,
+            "eta_seconds": 130, "expected_end": 86_400.0 * 3.0 + 3_725.0,
             "nodes": [
                 {"id": "c1", "role": "controller", "received": 1000, "events": [
                     {"task": "stage", "status": "done"}, {"task": "apply", "status": "done"},
@@ -331,11 +398,25 @@ mod tests {
         let text = phase_bars(&v);
         let line = |name: &str| text.lines().find(|l| l.trim_start().starts_with(name)).unwrap().to_owned();
         assert!(line("overall").contains(&format!("[{}{}]  60%", "#".repeat(18), "-".repeat(12))), "{text}");
+        assert!(line("overall").ends_with("about 2m 10s left (ends about 01:02:05 UTC)"), "{text}");
         assert!(line("distribution").contains(" 75%") && line("distribution").contains("1/2 nodes staged"), "{text}");
         assert!(line("controllers").contains("100%") && line("controllers").contains("1/1 installed"), "{text}");
         assert!(line("SE group g1").contains(" 50%") && line("SE group g1").contains("active-active, 1 SEs"), "{text}");
         assert!(text.starts_with("upgrade 1.0.0 → 2.0.0  in_progress  phase service_engines"), "{text}");
         assert_eq!(phase_bars(&json!({"state": "idle"})), "");
+    }
+
+    #[test]
+    fn the_profile_is_shown_only_where_it_is_not_the_default() {
+        let default = json!({"max_parallel_ses": {"g1": 1}, "groups_in_series": false, "max_transfers": 0, "transfer_rate_mib": 0});
+        assert_eq!(profile(&default), None);
+        let p = json!({"max_parallel_ses": {"g1": 2, "g2": 1}, "groups_in_series": true, "max_transfers": 3, "transfer_rate_mib": 50});
+        assert_eq!(
+            profile(&p).unwrap(),
+            "profile: SEs at once per group: g1 2; SE groups in series; 3 transfers at once; each transfer capped at 50 MiB/s"
+        );
+        assert_eq!(eta(&json!({"state": "paused"})).unwrap(), "no end while paused");
+        assert_eq!(duration(3_725), "1h 02m");
     }
 
     #[test]

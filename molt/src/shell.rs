@@ -41,31 +41,42 @@ pub struct Command {
     pub help: &'static str,
 }
 
+/// The words of `upgrade system` after `image_path PATH`: those that take
+/// values, and its flags (a `se_groups` list ends at the next of them).
+pub const SYSTEM_WORDS: &[&str] = &[
+    "docker_image_path",
+    "action_on_error",
+    "se_groups",
+    "pause_after",
+    "plan_hash",
+    "max_parallel_ses",
+    "se_group_order",
+    "max_transfers",
+    "transfer_rate_mib",
+    "force",
+    "disruptive",
+    "prechecks_only",
+    "--no-wait",
+    "--json",
+];
+
 /// The shell's commands: the `molt` CLI's operator commands plus the
 /// shell's own (`help`, `history`, `exit`).
 pub const COMMANDS: &[Command] = &[
     Command {
         words: &["upgrade", "system"],
-        tail: Tail::Image(&[
-            "docker_image_path",
-            "action_on_error",
-            "se_groups",
-            "pause_after",
-            "plan_hash",
-            "force",
-            "disruptive",
-            "prechecks_only",
-            "--no-wait",
-            "--json",
-        ]),
-        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [plan_hash H] [action_on_error suspend|continue|rollback] [force] [disruptive] [prechecks_only] [--no-wait]",
+        tail: Tail::Image(SYSTEM_WORDS),
+        synopsis: "upgrade system image_path PATH [docker_image_path PATH] [se_groups NAME...] [pause_after NAME] [plan_hash H] [action_on_error suspend|continue|rollback] [max_parallel_ses N] [se_group_order parallel|series] [max_transfers N] [transfer_rate_mib N] [force] [disruptive] [prechecks_only] [--no-wait]",
         help: "upgrade every controller, then every SE group; PATH is a local package file (uploaded first) \
                or controller://upgrade_pkgs/FILE. A mixed cluster takes the vm nodes' controller.pkg as \
                image_path and the docker nodes' controller_docker.tgz as docker_image_path. prechecks_only \
                shows the checks and the impact on each virtual service and changes nothing. action_on_error \
                says what an SE failure does to its group: suspend (default), continue, or rollback. se_groups \
                upgrades the controllers and only these groups (the others stay on the old version until \
-               `upgrade segroup`); pause_after upgrades that group first, alone, then pauses",
+               `upgrade segroup`); pause_after upgrades that group first, alone, then pauses. The upgrade \
+               profile: max_parallel_ses (SEs of a group at once, never two of one virtual service; default \
+               the group's own, else 1), se_group_order (parallel or series), max_transfers (nodes staging \
+               at once) and transfer_rate_mib (each transfer's cap)",
     },
     Command {
         words: &["upgrade", "segroup"],
@@ -233,6 +244,10 @@ pub fn candidates(words: &[String], partial: &str, groups: &[String]) -> Vec<Str
                     out.extend(["continue", "rollback", "suspend"].map(String::from));
                 }
                 [.., w] if w == "pause_after" => out.extend(groups.iter().cloned()),
+                [.., w] if w == "se_group_order" => out.extend(["parallel", "series"].map(String::from)),
+                [.., w]
+                    if ["max_parallel_ses", "max_transfers", "transfer_rate_mib", "plan_hash"]
+                        .contains(&w.as_str()) => {}
                 [w, .., last] if w == "image_path" && (last == "se_groups" || in_group_list(rest)) => {
                     out.extend(groups.iter().filter(|g| !rest.contains(g)).cloned());
                     if last != "se_groups" {
@@ -259,11 +274,8 @@ pub fn candidates(words: &[String], partial: &str, groups: &[String]) -> Vec<Str
 /// Whether the last words are a `se_groups` list: names after `se_groups`,
 /// and no keyword since.
 fn in_group_list(rest: &[String]) -> bool {
-    const KEYWORDS: &[&str] =
-        &["docker_image_path", "action_on_error", "pause_after", "plan_hash", "force", "disruptive", "prechecks_only"];
-    rest.iter()
-        .rposition(|w| w == "se_groups")
-        .is_some_and(|i| rest[i + 1..].iter().all(|w| !KEYWORDS.contains(&w.as_str())))
+    let keyword = |w: &String| w != "se_groups" && SYSTEM_WORDS.contains(&w.as_str());
+    rest.iter().rposition(|w| w == "se_groups").is_some_and(|i| !rest[i + 1..].iter().any(keyword))
 }
 
 /// File and directory names that complete `partial` (directories end in `/`).
@@ -444,10 +456,14 @@ mod tests {
                 "disruptive",
                 "docker_image_path",
                 "force",
+                "max_parallel_ses",
+                "max_transfers",
                 "pause_after",
                 "plan_hash",
                 "prechecks_only",
-                "se_groups"
+                "se_group_order",
+                "se_groups",
+                "transfer_rate_mib"
             ]
         );
         // A list of groups, then the other words again.
@@ -458,6 +474,9 @@ mod tests {
         );
         assert_eq!(c("upgrade system image_path x.pkg se_groups g1", "g"), ["g2"]);
         assert_eq!(c("upgrade system image_path x.pkg pause_after", ""), ["g1", "g2"]);
+        assert_eq!(c("upgrade system image_path x.pkg se_group_order", ""), ["parallel", "series"]);
+        assert!(c("upgrade system image_path x.pkg max_parallel_ses", "").is_empty(), "a number comes next");
+        assert_eq!(c("upgrade system image_path x.pkg se_groups g1 max_transfers 2", "m"), ["max_parallel_ses"]);
         assert_eq!(c("upgrade segroup", ""), ["g1", "g2"]);
         assert_eq!(c("rollback", ""), ["segroup", "system"]);
         assert_eq!(c("upgrade system image_path x.pkg action_on_error", ""), ["continue", "rollback", "suspend"]);

@@ -83,7 +83,8 @@ pub async fn follow(api: &Api, quiet: bool) -> Result<Value, ClientError> {
             Err(e) => return Err(e),
         };
         bar.set_position(v["progress"].as_u64().unwrap_or(0));
-        bar.set_message(format!("{} {}", v["phase"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or("")));
+        let left = crate::render::eta(&v).map(|e| format!(", {e}")).unwrap_or_default();
+        bar.set_message(format!("{} {}{left}", v["phase"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or("")));
         if !matches!(v["state"].as_str(), Some("in_progress" | "prechecking")) {
             bar.finish_and_clear();
             return Ok(v);

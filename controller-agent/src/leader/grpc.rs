@@ -130,13 +130,10 @@ impl pb::leader_server::Leader for LeaderService {
         if r.offset > size {
             return Err(Status::out_of_range(format!("offset {} is past the image's {size} bytes", r.offset)));
         }
-        let rx = image_server::stream(
-            path,
-            r.offset,
-            self.state.settings.fetch_rate_limit,
-            self.state.bytes_served.clone(),
-            permit,
-        );
+        // The node's own cap and the running upgrade profile's, whichever is lower.
+        let profile = self.state.journal().filter(|j| j.is_running()).map(|j| j.profile.transfer_rate_mib << 20);
+        let rate = [self.state.settings.fetch_rate_limit, profile.filter(|r| *r > 0)].into_iter().flatten().min();
+        let rx = image_server::stream(path, r.offset, rate, self.state.bytes_served.clone(), permit);
         let chunks = ReceiverStream::new(rx).map(|r| r.map(|c| convert::image_chunk(c.offset, c.data)));
         Ok(Response::new(Box::pin(chunks)))
     }

@@ -92,6 +92,9 @@ pub struct HistoryEntry {
     pub ended_at: Option<f64>,
     /// Why it failed, if it did.
     pub reason: String,
+    /// The per-node times it measured (the next operation's ETA starts from them).
+    #[serde(default)]
+    pub timings: coordinator::eta::Timings,
 }
 
 /// The status document.
@@ -159,6 +162,22 @@ pub struct UpgradeStatus {
     /// SE groups still on the version before (not selected, not started,
     /// rolled back): `molt upgrade segroup NAME...` moves them on.
     pub se_groups_behind: Vec<String>,
+    /// The upgrade profile it runs with: `max_parallel_ses` per SE group,
+    /// `groups_in_series`, `max_transfers` (0: all), `transfer_rate_mib` (0: no cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<coordinator::journal::Profile>,
+    /// Seconds left, estimated; absent once it ended, and while paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    /// When it is expected to end (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_end: Option<f64>,
+    /// What the estimate rests on (measured in this run, in earlier
+    /// operations, or a first guess), or why there is none.
+    pub eta_basis: String,
+    /// Per-node times measured so far in this run (ms; bytes per second for staging).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<coordinator::eta::Timings>,
     /// Past operations, newest last.
     pub history: Vec<HistoryEntry>,
     /// The last operator actions (who, what, when), newest last.
@@ -200,12 +219,14 @@ pub fn history_entry(j: &Journal) -> HistoryEntry {
         started_at: secs(j.started),
         ended_at: j.ended.map(secs),
         reason: j.reason.clone(),
+        timings: coordinator::eta::measure(j),
     }
 }
 
-/// The status: a view of the journal (what the leader acts on), with the
-/// versions and bytes the nodes report, and the history.
-pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView]) -> UpgradeStatus {
+/// The status at `now`: a view of the journal (what the leader acts on),
+/// with the versions and bytes the nodes report, the history, and the time
+/// left.
+pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView], now: Ms) -> UpgradeStatus {
     let Some(j) = j else { return UpgradeStatus { history, ..Default::default() } };
     let v = coordinator::view::view(j);
     let by_id: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
@@ -277,7 +298,22 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
             })
         })
         .collect();
-    let virtual_services = coordinator::placement::predict(&j.config, j.disruptive)
+    let received = |id: &common::NodeId| {
+        let sha = j.nodes.get(id).map(|n| j.image_for(n.kind).sha256.to_hex()).unwrap_or_default();
+        by_id
+            .get(id.as_str())
+            .and_then(|s| s.transfers.iter().find(|t| t.sha256 == sha))
+            .map(|t| t.received)
+            .unwrap_or(0)
+    };
+    let earlier: Vec<coordinator::eta::Timings> = history.iter().map(|h| h.timings).collect();
+    let eta = coordinator::eta::estimate(j, now, &earlier, received);
+    let eta_basis = match eta {
+        Some(e) => e.basis.describe().to_owned(),
+        None if j.is_running() && j.paused => "paused: no end while held; `molt upgrade resume` goes on".into(),
+        None => "ended".into(),
+    };
+    let virtual_services = coordinator::placement::predict(&j.config, j.disruptive, &j.profile.max_parallel_ses)
         .into_iter()
         .map(|(name, hit, why)| {
             let m = j.measured.get(&name);
@@ -325,6 +361,11 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView])
         abort_requested: j.abort && j.is_running(),
         pause_after: j.pause_after.clone(),
         se_groups_behind: v.se_groups_behind,
+        profile: Some(j.profile.clone()),
+        eta_seconds: eta.map(|e| e.remaining.div_ceil(1000)),
+        expected_end: eta.map(|e| secs(now + e.remaining)),
+        eta_basis,
+        timings: Some(coordinator::eta::measure(j)),
         history,
         audit: vec![],
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::Role;
 use coordinator::{
     journal::{ActionOnError, Image as JournalImage, Member, Operation},
-    request::{self, NodeSummary, StartCtx, StartRequest},
+    request::{self, NodeSummary, ProfileRequest, StartCtx, StartRequest},
 };
 use http::StatusCode;
 use serde::Deserialize;
@@ -57,6 +57,19 @@ pub struct UpgradeRequest {
     /// the plan is different now.
     #[serde(default)]
     pub plan_hash: Option<String>,
+    /// Upgrade profile: SEs of each group upgraded at once (default: each
+    /// group's own `max_parallel_ses`, else 1).
+    #[serde(default)]
+    pub max_parallel_ses: Option<u32>,
+    /// Upgrade profile: SE groups `parallel` (the default) or `series`.
+    #[serde(default)]
+    pub se_group_order: Option<String>,
+    /// Upgrade profile: nodes staging the image at once (default: all).
+    #[serde(default)]
+    pub max_transfers: Option<u32>,
+    /// Upgrade profile: each image transfer's cap in MiB/s (default: none).
+    #[serde(default)]
+    pub transfer_rate_mib: Option<u64>,
 }
 
 fn suspend() -> String {
@@ -158,6 +171,14 @@ fn start_request(
         se_groups: req.map(|r| r.se_groups.clone()).unwrap_or_default(),
         pause_after: req.and_then(|r| r.pause_after.clone()),
         plan_hash: req.and_then(|r| r.plan_hash.clone()),
+        profile: req
+            .map(|r| ProfileRequest {
+                max_parallel_ses: r.max_parallel_ses,
+                groups_in_series: r.se_group_order.as_deref().map(|o| o == "series"),
+                max_transfers: r.max_transfers,
+                transfer_rate_mib: r.transfer_rate_mib,
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -189,6 +210,9 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
             format!("action_on_error {:?}: expected suspend, continue or rollback", req.action_on_error),
         ));
     };
+    if let Some(o) = req.se_group_order.as_deref().filter(|o| !matches!(*o, "parallel" | "series")) {
+        return Err(refuse(StatusCode::BAD_REQUEST, format!("se_group_order {o:?}: expected parallel or series")));
+    }
     if !req.prechecks_only {
         refuse_if_running(state)?;
     }
@@ -207,7 +231,9 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     checks.extend(vchecks);
     if req.prechecks_only {
         let disruptive = req.disruptive || req.force;
-        let vs_rows: Vec<serde_json::Value> = coordinator::placement::predict(config, disruptive)
+        let profile = request::resolve_profile(&sreq.profile, config, &request::group_names(&summaries))
+            .map_err(Refused::from)?;
+        let vs_rows: Vec<serde_json::Value> = coordinator::placement::predict(config, disruptive, &profile.max_parallel_ses)
             .into_iter()
             .map(|(n, d, why)| {
                 serde_json::json!({"name": n, "predicted_disruption": d, "reason": why, "measured_downtime_ms": null, "failed_probes": null})
@@ -221,6 +247,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
                 "from_version": request::cluster_version(&summaries).map(|v| v.to_string()),
                 "to_version": m.version.to_string(), "force": req.force, "disruptive": disruptive,
                 "plan_hash": request::plan_hash(&sreq, &ctx),
+                "profile": profile,
             }),
         ));
     }

@@ -271,3 +271,140 @@ async fn a_read_only_token_reads_and_every_change_is_audited_with_who_made_it() 
     let shown = ok(&c.molt(&["show", "upgrade", "status"]));
     assert!(shown.contains("ops (admin)  POST /api/virtualservice"), "{shown}");
 }
+
+/// A node's pass in the SE phase: from its drain to its last event's end.
+fn pass(s: &Value, id: &str) -> (f64, f64) {
+    let n = s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap_or_else(|| panic!("{id}: {s:#}"));
+    let events = n["events"].as_array().unwrap();
+    let start = events.iter().find(|e| e["task"] == "drain").map(|e| e["start"].as_f64().unwrap());
+    let end = events.iter().filter_map(|e| e["end"].as_f64()).fold(0.0, f64::max);
+    (start.unwrap_or_else(|| panic!("{id} was never drained: {n:#}")), end)
+}
+
+fn overlap(a: (f64, f64), b: (f64, f64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_counts_down() {
+    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:4,g2:active-active:1"]);
+    // Bad profiles are refused, naming the field, and nothing changes.
+    let bad = json!({"name": "g1", "ha_mode": "active-active", "max_parallel_ses": 0});
+    match api.put("/api/serviceenginegroup/g1", &bad).await {
+        Err(ClientError::Api { status, message, .. }) if status.as_u16() == 400 => {
+            assert!(message.contains("max_parallel_ses 0: must be 1-64"), "{message}")
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    // g1 moves two SEs at once by its own configuration.
+    let g1 = json!({"name": "g1", "ha_mode": "active-active", "max_parallel_ses": 2});
+    api.put("/api/serviceenginegroup/g1", &g1).await.unwrap();
+    for (vs, port) in [("a", 8080), ("b", 8081)] {
+        api.post("/api/virtualservice", &json!({"name": vs, "se_group": "g1", "port": port, "scale": 2}))
+            .await
+            .unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = package(tmp.path(), "2.0.0", "1.0.0", None);
+    let pkg = pkg.to_str().unwrap();
+    for (words, says) in [
+        (&["max_parallel_ses", "0"][..], "max_parallel_ses takes a number above 0"),
+        (&["se_group_order", "sideways"][..], "se_group_order sideways: expected parallel"),
+        (&["max_transfers"][..], "max_transfers takes a number above 0"),
+    ] {
+        let mut args = vec!["upgrade", "system", "image_path", pkg];
+        args.extend_from_slice(words);
+        let out = c.molt(&args);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(says), "{out:?}");
+    }
+    let path = upload(&api, std::path::Path::new(pkg)).await;
+    let wrong = api.post("/api/cluster/upgrade", &json!({"image_path": path, "max_parallel_ses": 65})).await;
+    match wrong {
+        Err(ClientError::Api { status, message, .. }) if status.as_u16() == 400 => {
+            assert!(message.contains("max_parallel_ses 65: must be 1-64"), "{message}")
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    assert_eq!(status(&api).await["state"], "idle");
+
+    // The plan shows the profile.
+    let profile = ["se_group_order", "series", "max_transfers", "2", "transfer_rate_mib", "400"];
+    let mut args = vec!["upgrade", "system", "image_path", pkg];
+    args.extend_from_slice(&profile);
+    let mut checks = args.clone();
+    checks.push("prechecks_only");
+    let shown = ok(&c.molt(&checks));
+    assert!(
+        shown.contains("profile: SEs at once per group: g1 2; SE groups in series; 2 transfers at once; each transfer capped at 400 MiB/s"),
+        "{shown}"
+    );
+    assert!(shown.contains("its group moves up to 2 SEs at once, but never two of these"), "{shown}");
+
+    // Started without waiting; `show upgrade status --watch` follows it with the time left.
+    args.push("--no-wait");
+    ok(&c.molt(&args));
+    let dir = c.path().to_path_buf();
+    let watch = std::thread::spawn(move || {
+        integration_tests::process::molt(&[
+            "--cluster-dir",
+            dir.to_str().unwrap(),
+            "show",
+            "upgrade",
+            "status",
+            "--watch",
+        ])
+    });
+    let mut samples = vec![];
+    let mut shown_running = None;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let end = loop {
+        let s = status(&api).await;
+        if s["state"] != "in_progress" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the upgrade did not end: {s:#}");
+        samples.push((s["progress"].as_u64().unwrap(), s["eta_seconds"].as_u64(), s["eta_basis"].clone()));
+        if shown_running.is_none() && s["phase"] == "service_engines" {
+            shown_running = Some(ok(&c.molt(&["show", "upgrade", "status"])));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(end["state"], "completed", "{end:#}");
+    let watched = ok(&watch.join().unwrap());
+    assert!(watched.contains(" left (ends about "), "the --watch bars show the time left: {watched}");
+    let shown = shown_running.expect("the SE phase was seen");
+    assert!(shown.contains(" left (ends about ") && shown.contains("profile: "), "{shown}");
+
+    // While it ran: a time left in every sample, at first a guess (no
+    // history), then from this run's own times; progress never went back.
+    assert!(samples.iter().all(|(_, eta, _)| eta.is_some()), "{samples:?}");
+    assert!(samples[0].2.as_str().unwrap().starts_with("a first guess"), "{samples:?}");
+    assert!(
+        samples.iter().any(|(_, _, b)| b.as_str().unwrap().starts_with("from the times measured in this run")),
+        "{samples:?}"
+    );
+    assert!(samples.windows(2).all(|w| w[0].0 <= w[1].0), "progress went back: {samples:?}");
+    // Ended: no time left, and the times measured go into the history for the next one.
+    assert!(end["eta_seconds"].is_null() && end["eta_basis"] == "ended", "{end:#}");
+    let timings = &end["history"].as_array().unwrap().last().unwrap()["timings"];
+    assert!(timings["se_ms"].as_u64().unwrap() > 0 && timings["controllers_ms"].as_u64().unwrap() > 0, "{timings}");
+    assert_eq!(end["profile"]["max_parallel_ses"], json!({"g1": 2, "g2": 1}), "{end:#}");
+
+    // Two SEs of g1 were out together, never two of one virtual service,
+    // and no virtual service lost traffic; g2 went after g1.
+    let placements = get(&api, "/api/virtualservice").await;
+    for vs in placements.as_array().unwrap() {
+        let p: Vec<String> = vs["placements"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().into()).collect();
+        assert_eq!(p.len(), 2, "{vs}");
+        assert!(!overlap(pass(&end, &p[0]), pass(&end, &p[1])), "{p:?} were out together: {end:#}");
+    }
+    let ses = ["g1-se1", "g1-se2", "g1-se3", "g1-se4"];
+    let together = ses.iter().any(|a| ses.iter().any(|b| a < b && overlap(pass(&end, a), pass(&end, b))));
+    assert!(together, "no two SEs of g1 were out at once: {end:#}");
+    let g1_end = ses.iter().map(|s| pass(&end, s).1).fold(0.0, f64::max);
+    assert!(pass(&end, "g2-se1").0 >= g1_end, "g2 started before g1 ended: {end:#}");
+    for vs in end["virtual_services"].as_array().unwrap() {
+        assert_eq!(vs["measured_downtime_ms"].as_u64().unwrap_or(0), 0, "{vs:#}");
+    }
+    all_up_on(&api, "2.0.0", &[], 30).await;
+}
