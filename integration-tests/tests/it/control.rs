@@ -328,14 +328,14 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
     assert_eq!(status(&api).await["state"], "idle");
 
     // The plan shows the profile.
-    let profile = ["se_group_order", "series", "max_transfers", "2", "transfer_rate_mib", "400"];
+    let profile = ["se_group_order", "series", "max_transfers", "2", "transfer_rate_mib", "100"];
     let mut args = vec!["upgrade", "system", "image_path", pkg];
     args.extend_from_slice(&profile);
     let mut checks = args.clone();
     checks.push("prechecks_only");
     let shown = ok(&c.molt(&checks));
     assert!(
-        shown.contains("profile: SEs at once per group: g1 2; SE groups in series; 2 transfers at once; each transfer capped at 400 MiB/s"),
+        shown.contains("profile: SEs at once per group: g1 2; SE groups in series; 2 transfers at once; each transfer capped at 100 MiB/s"),
         "{shown}"
     );
     assert!(shown.contains("its group moves up to 2 SEs at once, but never two of these"), "{shown}");
@@ -389,6 +389,25 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
     let timings = &end["history"].as_array().unwrap().last().unwrap()["timings"];
     assert!(timings["se_ms"].as_u64().unwrap() > 0 && timings["controllers_ms"].as_u64().unwrap() > 0, "{timings}");
     assert_eq!(end["profile"]["max_parallel_ses"], json!({"g1": 2, "g2": 1}), "{end:#}");
+
+    // Two nodes staged at a time, each at no more than 100 MiB/s.
+    let stages: Vec<(&str, f64, f64)> = end["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let e = n["events"].as_array().unwrap().iter().find(|e| e["task"] == "stage").unwrap();
+            (n["id"].as_str().unwrap(), e["start"].as_f64().unwrap(), e["end"].as_f64().unwrap())
+        })
+        .collect();
+    let size = end["image_size"].as_f64().unwrap();
+    for (id, start, stop) in &stages {
+        let at_once = stages.iter().filter(|o| o.1 <= *start && *start < o.2).count();
+        assert!(at_once <= 2, "{at_once} nodes staged at once: {stages:?}");
+        // The leader copies from its own store; the others stream from it.
+        let mib_s = size / (1 << 20) as f64 / (stop - start);
+        assert!(*id == "c1" || mib_s <= 105.0, "{id} staged at {mib_s:.0} MiB/s: {stages:?}");
+    }
 
     // Two SEs of g1 were out together, never two of one virtual service,
     // and no virtual service lost traffic; g2 went after g1.
