@@ -41,6 +41,11 @@ impl DataPlane {
         }
     }
 
+    /// The address its services listen on.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
     /// The services answering now.
     pub fn serving(&self) -> Vec<String> {
         self.serving.lock().expect("dataplane lock").keys().cloned().collect()

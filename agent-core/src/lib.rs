@@ -9,6 +9,7 @@ pub mod control;
 pub mod dataplane;
 pub mod docker_node;
 pub mod follower;
+pub mod gate;
 pub mod node;
 pub mod reboot;
 pub mod server;

@@ -199,6 +199,30 @@ impl TryFrom<pb::Command> for Command {
                     })
                     .collect::<Result<_, InvalidMessage>>()?,
             ),
+            pb::command::Kind::Gate(g) => CommandKind::Gate(
+                g.checks
+                    .into_iter()
+                    .map(|c| match c.kind.ok_or_else(|| missing("gate.kind"))? {
+                        pb::gate_check::Kind::Http(h) => {
+                            let port = u16::try_from(h.port).ok().filter(|p| *p > 0);
+                            let status = u16::try_from(h.status).ok().filter(|s| (100..=599).contains(s));
+                            Ok(GateCheck::Http {
+                                virtual_service: h.virtual_service,
+                                port: field("gate", "port", port.ok_or("must be 1-65535"))?,
+                                path: h.path,
+                                status: field("gate", "status", status.ok_or("must be 100-599"))?,
+                                tries: h.tries.clamp(1, 60),
+                            })
+                        }
+                        pb::gate_check::Kind::Exec(e) if e.argv.is_empty() => {
+                            Err(InvalidMessage { message: "gate", field: "argv", reason: "empty".into() })
+                        }
+                        pb::gate_check::Kind::Exec(e) => {
+                            Ok(GateCheck::Exec { argv: e.argv, timeout_secs: e.timeout_secs.clamp(1, 600) })
+                        }
+                    })
+                    .collect::<Result<_, InvalidMessage>>()?,
+            ),
         };
         Ok(Command { id: c.id, generation: c.generation, kind })
     }
@@ -213,6 +237,27 @@ impl From<Command> for pb::Command {
             CommandKind::Rollback(v) => pb::command::Kind::Rollback(pb::Rollback { to_version: v.to_string() }),
             CommandKind::Place(services) => pb::command::Kind::Place(pb::Place {
                 services: services.into_iter().map(|s| pb::ServiceSpec { name: s.name, port: s.port.into() }).collect(),
+            }),
+            CommandKind::Gate(checks) => pb::command::Kind::Gate(pb::Gate {
+                checks: checks
+                    .into_iter()
+                    .map(|c| pb::GateCheck {
+                        kind: Some(match c {
+                            GateCheck::Http { virtual_service, port, path, status, tries } => {
+                                pb::gate_check::Kind::Http(pb::HttpCheck {
+                                    virtual_service,
+                                    port: port.into(),
+                                    path,
+                                    status: status.into(),
+                                    tries,
+                                })
+                            }
+                            GateCheck::Exec { argv, timeout_secs } => {
+                                pb::gate_check::Kind::Exec(pb::ExecCheck { argv, timeout_secs })
+                            }
+                        }),
+                    })
+                    .collect(),
             }),
         };
         pb::Command { id: c.id, generation: c.generation, kind: Some(kind) }

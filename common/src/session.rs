@@ -109,6 +109,45 @@ pub enum CommandKind {
     Rollback(Version),
     /// Serve exactly these virtual services (SEs only).
     Place(Vec<ServiceSpec>),
+    /// Run these health checks; succeeds when every one passes (SEs only).
+    Gate(Vec<GateCheck>),
+}
+
+/// One health check of an SE group's gate, as the SE runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateCheck {
+    /// `GET http://SE_ADDRESS:port/path` answers `status`, within `tries`
+    /// tries a second apart.
+    Http {
+        /// The virtual service checked.
+        virtual_service: String,
+        /// Its port.
+        port: u16,
+        /// The path asked for.
+        path: String,
+        /// The status expected.
+        status: u16,
+        /// How many tries.
+        tries: u32,
+    },
+    /// An executable on the node exits 0 within `timeout_secs`.
+    Exec {
+        /// The program (an absolute path) and its arguments.
+        argv: Vec<String>,
+        /// How long it may run.
+        timeout_secs: u32,
+    },
+}
+
+impl std::fmt::Display for GateCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GateCheck::Http { virtual_service, path, status, tries, .. } => {
+                write!(f, "http {virtual_service} GET {path} answers {status} (up to {tries} tries)")
+            }
+            GateCheck::Exec { argv, timeout_secs } => write!(f, "exec {} (within {timeout_secs} s)", argv.join(" ")),
+        }
+    }
 }
 
 /// A virtual service as an SE serves it.
@@ -129,6 +168,7 @@ impl CommandKind {
             CommandKind::Commit(_) => "commit",
             CommandKind::Rollback(_) => "rollback",
             CommandKind::Place(_) => "place",
+            CommandKind::Gate(_) => "gate",
         }
     }
 }

@@ -50,6 +50,14 @@ function eta(s) {
   return ` · <span id="op-eta" title="${esc(s.eta_basis || "")}">about ${left} left${end ? `, ends about ${esc(end)}` : ""}</span>`;
 }
 
+// An SE group's health gates and each SE's result.
+function gatesText(gates) {
+  if (!gates || !(gates.checks || []).length) return "";
+  const results = (gates.results || []).map((r) => `<li>${esc(r.se)} ${badge(r.status === "done" ? "passed" : r.status)}
+    ${esc(r.message || "")}</li>`).join("");
+  return `<div class="gates"><b>Health gates</b>: ${esc(gates.checks.join("; "))}${results ? `<ul>${results}</ul>` : ""}</div>`;
+}
+
 // The upgrade profile when it is not the default one.
 function profileText(p) {
   if (!p) return "";
@@ -269,6 +277,7 @@ function phases(s) {
         <span class="muted">${esc(g.ha_mode)}</span></h3>
         <div><span class="progress small"><div style="width:${g.progress || 0}%"></div></span>${g.progress || 0}%
         ${(g.vs_disrupted || []).length ? ` · traffic lost: ${esc(g.vs_disrupted.join(", "))}` : ""}</div>
+        ${gatesText(g.gates)}
         <table><tbody>${ses.map((n) => `<tr><td>${esc(n.id)}</td><td class="mono">${esc(n.version)}</td><td>${badge(n.state)}</td>
           <td class="events">${eventsText((n.events || []).filter((e) => e.task !== "stage"))}<br>${lastMessage(n.events)}</td></tr>`).join("")}</tbody></table>
         ${suspended ? `<div class="row"><button data-act="resume" data-group="${esc(g.name)}">Resume</button>

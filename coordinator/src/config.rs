@@ -21,6 +21,117 @@ pub struct SeGroup {
     /// upgrade's `max_parallel_ses` overrides it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel_ses: Option<u32>,
+    /// Checks each SE of the group must pass once it serves again on the
+    /// new version; a failing one is an SE failure (`action_on_error`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_gates: Vec<HealthGate>,
+}
+
+/// One health gate of an SE group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HealthGate {
+    /// `GET path` on a virtual service of the group, on the SE itself.
+    Http {
+        /// The virtual service (of this group).
+        virtual_service: String,
+        /// The path.
+        #[serde(default = "root")]
+        path: String,
+        /// The status it must answer.
+        #[serde(default = "ok")]
+        status: u16,
+        /// Tries, a second apart.
+        #[serde(default = "three")]
+        tries: u32,
+    },
+    /// An executable on the SE: it must exit 0 in time.
+    Exec {
+        /// The program (an absolute path) and its arguments.
+        command: Vec<String>,
+        /// Seconds it may run.
+        #[serde(default = "thirty")]
+        timeout_secs: u32,
+    },
+}
+
+fn root() -> String {
+    "/".into()
+}
+fn ok() -> u16 {
+    200
+}
+fn three() -> u32 {
+    3
+}
+fn thirty() -> u32 {
+    30
+}
+
+impl HealthGate {
+    /// What is wrong with it in group `group` of `cfg`, if anything.
+    fn check(&self, cfg: &Config, group: &str) -> Result<(), String> {
+        match self {
+            HealthGate::Http { virtual_service, path, status, tries } => {
+                match cfg.virtual_services.get(virtual_service) {
+                    None => return Err(format!("virtual service {virtual_service} does not exist; create it first")),
+                    Some(vs) if vs.se_group != group => {
+                        return Err(format!(
+                            "virtual service {virtual_service} is served by SE group {}, not {group}",
+                            vs.se_group
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                if !path.starts_with('/')
+                    || path.len() > 1024
+                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(format!("path {path:?}: must start with / and hold no spaces"));
+                }
+                if !(100..=599).contains(status) {
+                    return Err(format!("status {status}: must be an HTTP status, 100-599"));
+                }
+                if !(1..=60).contains(tries) {
+                    return Err(format!("tries {tries}: must be 1-60"));
+                }
+            }
+            HealthGate::Exec { command, timeout_secs } => {
+                if !command.first().is_some_and(|p| p.starts_with('/')) {
+                    return Err(format!("command {command:?}: must start with an absolute path to the program"));
+                }
+                if !(1..=600).contains(timeout_secs) {
+                    return Err(format!("timeout_secs {timeout_secs}: must be 1-600"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The check as the SE runs it (a gated virtual service cannot be deleted).
+    pub fn to_check(&self, cfg: &Config) -> common::session::GateCheck {
+        use common::session::GateCheck;
+        match self {
+            HealthGate::Http { virtual_service, path, status, tries } => GateCheck::Http {
+                virtual_service: virtual_service.clone(),
+                port: cfg.virtual_services.get(virtual_service).map(|v| v.port).unwrap_or(0),
+                path: path.clone(),
+                status: *status,
+                tries: *tries,
+            },
+            HealthGate::Exec { command, timeout_secs } => {
+                GateCheck::Exec { argv: command.clone(), timeout_secs: *timeout_secs }
+            }
+        }
+    }
+
+    /// The longest it may take, in milliseconds.
+    pub fn budget_ms(&self) -> u64 {
+        match self {
+            HealthGate::Http { tries, .. } => u64::from(*tries) * 3_000,
+            HealthGate::Exec { timeout_secs, .. } => u64::from(*timeout_secs) * 1_000,
+        }
+    }
 }
 
 /// The most SEs a group may move at once.
@@ -96,6 +207,9 @@ impl Config {
                 "max_parallel_ses {k}: must be 1-{MAX_PARALLEL_SES} (SEs of the group upgraded at once)"
             )));
         }
+        for (i, gate) in g.health_gates.iter().enumerate() {
+            gate.check(self, &g.name).map_err(|e| ConfigError::Invalid(format!("health_gates[{i}]: {e}")))?;
+        }
         match (self.se_groups.contains_key(&g.name), replace) {
             (true, false) => return Err(ConfigError::Conflict(format!("SE group {} already exists", g.name))),
             (false, true) => return Err(ConfigError::NotFound(format!("no SE group {}", g.name))),
@@ -150,8 +264,19 @@ impl Config {
         Ok(())
     }
 
-    /// Removes a virtual service.
+    /// Removes a virtual service no health gate checks.
     pub fn delete_vs(&mut self, name: &str) -> Result<(), ConfigError> {
+        let gated = self.se_groups.values().find(|g| {
+            g.health_gates
+                .iter()
+                .any(|h| matches!(h, HealthGate::Http { virtual_service, .. } if virtual_service == name))
+        });
+        if let Some(g) = gated {
+            return Err(ConfigError::Conflict(format!(
+                "virtual service {name} is checked by a health gate of SE group {}; remove the gate first",
+                g.name
+            )));
+        }
         self.placements.remove(name);
         self.virtual_services
             .remove(name)
@@ -171,7 +296,8 @@ mod tests {
     #[test]
     fn objects_are_validated_and_references_kept() {
         let mut c = Config::default();
-        let g = |ha: &str, k| SeGroup { name: "g1".into(), ha_mode: ha.into(), max_parallel_ses: k };
+        let g =
+            |ha: &str, k| SeGroup { name: "g1".into(), ha_mode: ha.into(), max_parallel_ses: k, health_gates: vec![] };
         assert!(c.put_group(g("fancy", None), false).is_err());
         let zero = c.put_group(g("n-plus-m", Some(0)), false).unwrap_err();
         assert!(zero.to_string().contains("max_parallel_ses 0: must be 1-64"), "{zero}");

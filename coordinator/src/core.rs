@@ -102,6 +102,9 @@ pub fn next(journal: &Journal, obs: &Observed, ctx: &Ctx) -> Decision {
     Decision { journal: d.j, actions: d.actions }
 }
 
+/// How the note of an SE that failed its health gates starts.
+pub const GATE_FAILED: &str = "health gate failed";
+
 /// Queues an SE for its group's rollback (a fresh attempt: new command ids).
 pub(crate) fn queue_rollback(n: &mut NodeOp) {
     n.rollback = true;
@@ -275,6 +278,8 @@ impl Decider<'_> {
                     Some(r) if r.state == CommandState::Succeeded => {
                         if self.is_se(id) && !self.j.disruptive {
                             self.restore(id);
+                        } else if self.is_se(id) {
+                            self.upgraded(id);
                         } else {
                             self.set(id, Step::Upgraded, None);
                         }
@@ -285,6 +290,30 @@ impl Decider<'_> {
                     }
                     _ if self.past(id) => {
                         let why = format!("no answer to commit within the deadline (node {})", self.down_or_up(id));
+                        self.fail(id, why);
+                    }
+                    _ => self.send(id, c),
+                }
+            }
+            Step::Gating => {
+                let checks = self.gates(id).iter().map(|g| g.to_check(&self.j.config)).collect();
+                let c = self.command(id, CommandKind::Gate(checks));
+                match self.obs.result(id, &c.id) {
+                    Some(r) if r.state == CommandState::Succeeded => self.set(id, Step::Upgraded, None),
+                    Some(r)
+                        if r.state == CommandState::Failed && self.ctx.mutant == Some(crate::Mutant::GateIgnored) =>
+                    {
+                        self.set(id, Step::Upgraded, None);
+                    }
+                    Some(r) if r.state == CommandState::Failed => {
+                        let why = format!("{GATE_FAILED} on {to}: {}", r.message);
+                        self.fail(id, why);
+                    }
+                    _ if self.past(id) => {
+                        let why = format!(
+                            "{GATE_FAILED} on {to}: no answer within the deadline (node {})",
+                            self.down_or_up(id)
+                        );
                         self.fail(id, why);
                     }
                     _ => self.send(id, c),

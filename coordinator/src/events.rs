@@ -11,7 +11,9 @@ pub(crate) fn record_events(before: &Journal, after: &mut Journal, now: Ms) {
         }
         if let Some(open) = n.events.last_mut().filter(|e| e.end.is_none()) {
             let stopped = n.note.starts_with("stopped in");
-            let retried = old.step == Step::Rejoining && n.step == Step::Applying;
+            // Failed and queued again (a group rollback) in one decision.
+            let requeued = n.step == Step::Waiting && !n.note.is_empty() && !stopped;
+            let retried = old.step == Step::Rejoining && n.step == Step::Applying || requeued;
             open.status = match n.step {
                 Step::Failed if stopped => "stopped",
                 Step::Failed => "failed",
@@ -47,6 +49,7 @@ fn describe(from: Step, to: Step) -> String {
         (Step::Applying | Step::Rejoining, _) => "rejoined on the new version".into(),
         (Step::Committing, _) => "committed".into(),
         (Step::Restoring | Step::Releasing, _) => "serving its virtual services again".into(),
+        (Step::Gating, _) => "its health gates passed".into(),
         (Step::RollingBack | Step::RollbackRejoining, _) => "back on the old version".into(),
         (a, b) => format!("{a:?} → {b:?}").to_lowercase(),
     }

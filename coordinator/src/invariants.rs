@@ -27,6 +27,8 @@ pub struct RealNode {
     pub active_version: Option<Version>,
     /// The virtual services it serves.
     pub serving: Vec<String>,
+    /// (SE) its health gates fail on this version.
+    pub gate_fails_on: Option<Version>,
 }
 
 /// The world the invariants look at.
@@ -122,6 +124,16 @@ impl Monitor {
             }
             if let Some(g) = v.se_groups.iter().find(|g| g.state == "pending" || g.state == "in_progress") {
                 out.push(format!("ended: group {} still {}", g.name, g.state));
+            }
+        }
+        // An SE whose health gates fail on the new version never counts as
+        // upgraded, unless the journal says it went on past the failure.
+        if !j.operation.is_rollback() {
+            for (id, op) in j.ses() {
+                let sick = real.nodes.get(id).is_some_and(|n| n.gate_fails_on == Some(j.to));
+                if sick && op.step == Step::Upgraded && !op.note.starts_with(crate::core::GATE_FAILED) {
+                    out.push(format!("gate: {id} counts as upgraded, but its health gates fail on {}", j.to));
+                }
             }
         }
         // Nothing new starts while paused or aborting: no node leaves

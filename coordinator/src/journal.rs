@@ -183,6 +183,8 @@ pub enum Step {
     Restoring,
     /// (SE) the others let go of what they took over.
     Releasing,
+    /// (SE) serving again on the new version: its group's health gates run.
+    Gating,
     /// On the new version, committed, serving.
     Upgraded,
     /// Failed; the note says why.
@@ -207,6 +209,7 @@ impl Step {
             Step::Rejoining | Step::RollbackRejoining => Some("rejoin"),
             Step::Committing => Some("commit"),
             Step::Restoring | Step::Releasing => Some("restore"),
+            Step::Gating => Some("gate"),
             Step::RollingBack => Some("rollback"),
             Step::Waiting
             | Step::Staged
@@ -229,6 +232,7 @@ impl Step {
                 | Step::Committing
                 | Step::Restoring
                 | Step::Releasing
+                | Step::Gating
                 | Step::RollingBack
                 | Step::RollbackRejoining
         )

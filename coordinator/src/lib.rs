@@ -51,11 +51,13 @@ pub enum Mutant {
     /// A group that moves several SEs at once takes two SEs of one virtual
     /// service out of service together.
     ParallelSharesService,
+    /// A failing health gate counts as passed.
+    GateIgnored,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 9] = [
+    pub const ALL: [Mutant; 10] = [
         Mutant::ConcurrentStart,
         Mutant::RollbackUnjournaled,
         Mutant::DrainedInMemory,
@@ -65,6 +67,7 @@ impl Mutant {
         Mutant::PauseIgnored,
         Mutant::AbortInPlace,
         Mutant::ParallelSharesService,
+        Mutant::GateIgnored,
     ];
 
     /// Its name on the command line.
@@ -79,6 +82,7 @@ impl Mutant {
             Mutant::PauseIgnored => "pause-ignored",
             Mutant::AbortInPlace => "abort-in-place",
             Mutant::ParallelSharesService => "parallel-shares-service",
+            Mutant::GateIgnored => "gate-ignored",
         }
     }
 
@@ -94,6 +98,7 @@ impl Mutant {
             Mutant::PauseIgnored => "a paused upgrade goes on starting SEs",
             Mutant::AbortInPlace => "an abort after the commit leaves groups partly upgraded",
             Mutant::ParallelSharesService => "max_parallel_ses takes two SEs of one virtual service out together",
+            Mutant::GateIgnored => "an SE whose health gate failed counts as upgraded",
         }
     }
 

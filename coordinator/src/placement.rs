@@ -127,7 +127,11 @@ mod tests {
     fn cfg() -> Config {
         let mut c = Config::default();
         for (g, ha) in [("aa", "active-active"), ("nm", "n-plus-m"), ("as", "active-standby")] {
-            c.put_group(SeGroup { name: g.into(), ha_mode: ha.into(), max_parallel_ses: None }, false).unwrap();
+            c.put_group(
+                SeGroup { name: g.into(), ha_mode: ha.into(), max_parallel_ses: None, health_gates: vec![] },
+                false,
+            )
+            .unwrap();
         }
         for (n, g, port, scale) in
             [("web", "aa", 80, 2), ("one", "nm", 81, 1), ("two", "nm", 82, 2), ("db", "as", 83, 1)]

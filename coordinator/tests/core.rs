@@ -27,8 +27,11 @@ fn id(s: &str) -> NodeId {
 /// One controller, one active-standby group of two SEs serving `db`.
 fn config() -> Config {
     let mut c = Config::default();
-    c.put_group(SeGroup { name: "g1".into(), ha_mode: "active-standby".into(), max_parallel_ses: None }, false)
-        .unwrap();
+    c.put_group(
+        SeGroup { name: "g1".into(), ha_mode: "active-standby".into(), max_parallel_ses: None, health_gates: vec![] },
+        false,
+    )
+    .unwrap();
     c.put_vs(VirtualService { name: "db".into(), se_group: "g1".into(), port: 80, scale: 1 }, false, &[]).unwrap();
     let ses = BTreeMap::from([("g1".to_string(), vec!["s1".to_string(), "s2".to_string()])]);
     c.placements = placement::place(&c, &ses);
@@ -582,10 +585,16 @@ fn an_operation_that_continues_an_aborted_upgrade_does_not_inherit_its_abort() {
 /// second group `h` of one SE.
 fn four_ses(k: Option<u32>, series: bool) -> (Journal, Observed) {
     let mut cfg = Config::default();
-    cfg.put_group(SeGroup { name: "g1".into(), ha_mode: "active-active".into(), max_parallel_ses: Some(2) }, false)
-        .unwrap();
-    cfg.put_group(SeGroup { name: "h".into(), ha_mode: "active-active".into(), max_parallel_ses: None }, false)
-        .unwrap();
+    cfg.put_group(
+        SeGroup { name: "g1".into(), ha_mode: "active-active".into(), max_parallel_ses: Some(2), health_gates: vec![] },
+        false,
+    )
+    .unwrap();
+    cfg.put_group(
+        SeGroup { name: "h".into(), ha_mode: "active-active".into(), max_parallel_ses: None, health_gates: vec![] },
+        false,
+    )
+    .unwrap();
     for (vs, port) in [("a", 80), ("b", 81)] {
         cfg.put_vs(VirtualService { name: vs.into(), se_group: "g1".into(), port, scale: 2 }, false, &[]).unwrap();
     }

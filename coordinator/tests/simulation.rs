@@ -53,6 +53,7 @@ fn two_thousand_schedules_break_no_invariant() {
         ("message-delayed", "commit"),
         ("disk-full", "stage"),
         ("image-does-not-boot", "reboot"),
+        ("health-gate-fails", "gate"),
         ("request-at-once", "start"),
         ("request-at-once", "config-write"),
         ("request-at-once", "resume"),

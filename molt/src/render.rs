@@ -215,6 +215,14 @@ pub fn status(v: &Value) -> String {
                 s(&g["state"]),
                 g["progress"]
             );
+            let checks: Vec<&str> = g["gates"]["checks"].as_array().into_iter().flatten().map(s).collect();
+            if !checks.is_empty() {
+                let _ = writeln!(out, "    health gates: {}", checks.join("; "));
+            }
+            for r in g["gates"]["results"].as_array().into_iter().flatten() {
+                let verdict = if r["status"] == "done" { "passed" } else { s(&r["status"]) };
+                let _ = writeln!(out, "    gate {:<12} {verdict}  {}", s(&r["se"]), s(&r["message"]));
+            }
         }
         for vs in v["virtual_services"].as_array().into_iter().flatten() {
             let measured = vs["measured_downtime_ms"]

@@ -273,6 +273,10 @@ impl Executor {
             CommandKind::Apply(image) => self.apply(image).await,
             CommandKind::Commit(v) => self.commit(*v),
             CommandKind::Rollback(v) => self.rollback(*v),
+            CommandKind::Gate(checks) => match &self.dataplane {
+                Some(dp) => crate::gate::run(checks, dp.ip()).await.map(done),
+                None => Err("this node is not a Service Engine: it has no health gates".into()),
+            },
             CommandKind::Place(services) => match &self.dataplane {
                 Some(dp) => dp.apply(ticket, services).await.map(done),
                 None => Err("this node is not a Service Engine: it serves no virtual services".into()),

@@ -287,8 +287,25 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
                 .filter(|(vs, m)| m.downtime_ms > 0 && vs_group.get(vs.as_str()) == Some(&g.name.as_str()))
                 .map(|(vs, _)| vs)
                 .collect();
+            let gated = j.config.se_groups.get(&g.name).map(|x| x.health_gates.as_slice()).unwrap_or_default();
+            let results: Vec<serde_json::Value> = j.groups[&g.name]
+                .ses
+                .iter()
+                .filter_map(|se| {
+                    let e = j.nodes.get(se)?.events.iter().rev().find(|e| e.task == "gate")?;
+                    Some(serde_json::json!({
+                        "se": se, "status": e.status, "message": e.message,
+                        "start": secs(e.start), "end": e.end.map(secs),
+                    }))
+                })
+                .collect();
+            let gates = serde_json::json!({
+                "checks": gated.iter().map(|h| h.to_check(&j.config).to_string()).collect::<Vec<_>>(),
+                "results": results,
+            });
             serde_json::json!({
                 "name": g.name,
+                "gates": gates,
                 "ha_mode": j.config.se_groups.get(&g.name).map(|x| x.ha_mode.as_str()).unwrap_or("unknown"),
                 "state": g.state,
                 "progress": g.progress,

@@ -59,8 +59,16 @@ mod tests {
         let s = Store::open(d.path()).unwrap();
         assert_eq!(s.load::<Config>("config").unwrap(), None);
         let mut c = Config::default();
-        c.put_group(SeGroup { name: "g1".into(), ha_mode: "active-active".into(), max_parallel_ses: None }, false)
-            .unwrap();
+        c.put_group(
+            SeGroup {
+                name: "g1".into(),
+                ha_mode: "active-active".into(),
+                max_parallel_ses: None,
+                health_gates: vec![],
+            },
+            false,
+        )
+        .unwrap();
         s.save("config", &c).unwrap();
         assert_eq!(Store::open(d.path()).unwrap().load::<Config>("config").unwrap(), Some(c));
     }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use common::{NodeId, session::ServiceSpec};
 
-use super::{Decider, queue_rollback};
+use super::{Decider, GATE_FAILED, queue_rollback};
 use crate::{
     Mutant,
+    config::HealthGate,
     journal::{ActionOnError, GroupState, Operation, Outcome, Step},
     traffic::{converged, desired_serving, drained_first, uncovered},
 };
@@ -262,7 +263,9 @@ impl Decider<'_> {
                 }
                 ActionOnError::Continue => {
                     for s in &failed {
-                        self.set(s, Step::Skipped, None);
+                        // Failed its gate: it runs the new version, committed, serving.
+                        let gate = self.j.nodes[s].note.starts_with(GATE_FAILED);
+                        self.set(s, if gate { Step::Upgraded } else { Step::Skipped }, None);
                         self.j.drained.remove(s);
                         self.j.volatile.drained.remove(s);
                     }
@@ -311,6 +314,37 @@ impl Decider<'_> {
                 moving += 1;
             }
         }
+    }
+
+    /// An SE serves again on the new version: its health gates decide, if
+    /// its group has any; else it is upgraded.
+    pub(super) fn upgraded(&mut self, se: &NodeId) {
+        let gates = self.gates(se);
+        if gates.is_empty() {
+            self.set(se, Step::Upgraded, None);
+        } else {
+            let budget: u64 = gates.iter().map(|g| g.budget_ms()).sum();
+            let d = self.now() + self.ctx.timeouts.commit + budget;
+            self.set(se, Step::Gating, Some(d));
+            self.advance(se);
+        }
+    }
+
+    /// The health gates `se` runs (in the configuration the operation runs
+    /// with): its group's executables, and the HTTP checks of the virtual
+    /// services placed on it.
+    pub(super) fn gates(&self, se: &NodeId) -> Vec<HealthGate> {
+        let cfg = &self.j.config;
+        let crate::journal::Member::ServiceEngine(g) = &self.j.nodes[se].member else { return vec![] };
+        let placed = |vs: &str| cfg.placements.get(vs).is_some_and(|p| p.iter().any(|x| x == se.as_str()));
+        let all = cfg.se_groups.get(g).map(|g| g.health_gates.as_slice()).unwrap_or_default();
+        all.iter()
+            .filter(|h| match h {
+                HealthGate::Http { virtual_service, .. } => placed(virtual_service),
+                HealthGate::Exec { .. } => true,
+            })
+            .cloned()
+            .collect()
     }
 
     /// Whether `se` is placed with an SE that is out of service or on its
@@ -447,8 +481,11 @@ impl Decider<'_> {
             }
             Step::Releasing => {
                 if others().all(|o| converged(self.obs, desired, o) || self.obs.up(o).is_none()) {
-                    let done = if self.j.nodes[se].rollback { Step::RolledBack } else { Step::Upgraded };
-                    self.set(se, done, None);
+                    if self.j.nodes[se].rollback {
+                        self.set(se, Step::RolledBack, None);
+                    } else {
+                        self.upgraded(se);
+                    }
                 } else if self.past(se) {
                     let s = self.ctx.timeouts.drain / 1000;
                     self.fail(se, format!("the other SEs did not hand its virtual services back within {s} s"));

@@ -24,7 +24,7 @@ use self::{
 };
 use crate::{
     Mutant,
-    config::{Config, SeGroup, VirtualService},
+    config::{Config, HealthGate, SeGroup, VirtualService},
     invariants::{Monitor, RealNode, Reality},
     journal::{ActionOnError, Image, Journal, Member, Ms, Operation, Outcome, Phase, Step},
     placement,
@@ -134,7 +134,12 @@ pub(crate) fn sample_journal(controllers: usize, groups: &[(&str, usize)]) -> Jo
         nodes.push((id(&format!("c{i}")), Member::Controller));
     }
     for (g, n) in groups {
-        let group = SeGroup { name: g.to_string(), ha_mode: "active-active".into(), max_parallel_ses: None };
+        let group = SeGroup {
+            name: g.to_string(),
+            ha_mode: "active-active".into(),
+            max_parallel_ses: None,
+            health_gates: vec![],
+        };
         config.put_group(group, false).expect("valid");
         for s in 0..*n {
             nodes.push((id(&format!("{g}-se{s}")), Member::ServiceEngine(g.to_string())));
@@ -242,7 +247,10 @@ impl World {
             // Some groups move several SEs at once by their configuration.
             let max_parallel_ses = rng.chance(0.2).then(|| rng.range(1, 4) as u32);
             config
-                .put_group(SeGroup { name: name.clone(), ha_mode: ha.into(), max_parallel_ses }, false)
+                .put_group(
+                    SeGroup { name: name.clone(), ha_mode: ha.into(), max_parallel_ses, health_gates: vec![] },
+                    false,
+                )
                 .expect("valid");
             let kind = if mixed && rng.chance(0.5) { DeploymentKind::Docker } else { DeploymentKind::Vm };
             for s in 0..rng.range(2, 4) {
@@ -257,6 +265,24 @@ impl World {
                 let vs =
                     VirtualService { name: format!("vs-{g}-{k}"), se_group: name.clone(), port: 80 + k as u16, scale };
                 config.put_vs(vs, false, &[8443]).expect("valid");
+            }
+        }
+        // Some groups gate their SEs with health checks.
+        let names: Vec<String> = config.se_groups.keys().cloned().collect();
+        for g in names {
+            if rng.chance(0.3) {
+                let vs = config.virtual_services.values().find(|v| v.se_group == g).map(|v| v.name.clone());
+                let mut group = config.se_groups[&g].clone();
+                group.health_gates = vec![HealthGate::Exec { command: vec!["/bin/check".into()], timeout_secs: 5 }];
+                if let Some(vs) = vs {
+                    group.health_gates.push(HealthGate::Http {
+                        virtual_service: vs,
+                        path: "/health".into(),
+                        status: 200,
+                        tries: 2,
+                    });
+                }
+                config.put_group(group, true).expect("valid");
             }
         }
         config.placements = placement::place(&config, &ses_by_group);
@@ -279,6 +305,19 @@ impl World {
             let n = rng.pick(&se_ids).clone();
             nodes.get_mut(&n).expect("node").bad.insert(v(2));
             count("image-does-not-boot", "reboot");
+        }
+        let gated: Vec<NodeId> = se_ids
+            .iter()
+            .filter(|s| {
+                let g = s.as_str().split("-se").next().unwrap_or_default();
+                config.se_groups.get(g).is_some_and(|g| !g.health_gates.is_empty())
+            })
+            .cloned()
+            .collect();
+        if !gated.is_empty() && rng.chance(0.5) {
+            let n = rng.pick(&gated).clone();
+            nodes.get_mut(&n).expect("node").gate_fails_on = Some(v(2));
+            count("health-gate-fails", "gate");
         }
         if rng.chance(0.05) {
             let n = id("c1");
@@ -764,6 +803,7 @@ impl World {
                     excused: n.fault_off || n.excused,
                     active_version: n.active_version(),
                     serving: n.serving.clone(),
+                    gate_fails_on: n.gate_fails_on,
                 };
                 (id.clone(), real)
             })

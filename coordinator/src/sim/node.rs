@@ -77,6 +77,8 @@ pub struct Node {
     pub bad: BTreeSet<Version>,
     /// The next stage fails for want of space.
     pub disk_full: bool,
+    /// Its health gates fail on this version (the service is sick there).
+    pub gate_fails_on: Option<Version>,
     tasks: Vec<(Ms, Task)>,
     next_heartbeat: Ms,
 }
@@ -114,6 +116,7 @@ impl Node {
             placed: 0,
             bad: BTreeSet::new(),
             disk_full: false,
+            gate_fails_on: None,
             tasks: vec![],
             next_heartbeat: 0,
         }
@@ -349,6 +352,16 @@ impl Node {
                     (10, CommandState::Failed, format!("no previous slot holds {v}"), Then::Nothing)
                 } else {
                     (10, CommandState::Succeeded, "switched back".into(), Then::SwitchedBack)
+                }
+            }
+            CommandKind::Gate(checks) => {
+                if !matches!(self.member, Member::ServiceEngine(_)) {
+                    (10, CommandState::Failed, "not a Service Engine".into(), Then::Nothing)
+                } else if self.gate_fails_on == Some(active) {
+                    let m = format!("{} failed on {active}", checks.first().map(|c| c.to_string()).unwrap_or_default());
+                    (rng.range(100, 2_000), CommandState::Failed, m, Then::Nothing)
+                } else {
+                    (rng.range(100, 2_000), CommandState::Succeeded, "passed".into(), Then::Nothing)
                 }
             }
             CommandKind::Place(services) => {

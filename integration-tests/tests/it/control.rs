@@ -427,3 +427,66 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
     }
     all_up_on(&api, "2.0.0", &[], 30).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_gate_is_an_se_failure_then_passing_gates_let_the_group_on() {
+    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2"]);
+    api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2})).await.unwrap();
+    let gates = |exec: &[&str]| {
+        json!({"name": "g1", "ha_mode": "active-active", "health_gates": [
+            {"http": {"virtual_service": "web", "path": "/health", "status": 200, "tries": 5}},
+            {"exec": {"command": exec, "timeout_secs": 10}},
+        ]})
+    };
+    // A gate on a service that does not exist, or a relative program, is refused.
+    let bad =
+        json!({"name": "g1", "ha_mode": "active-active", "health_gates": [{"http": {"virtual_service": "nope"}}]});
+    let refused = |r: Result<Value, ClientError>| match r {
+        Err(ClientError::Api { status, message, .. }) if status.as_u16() == 400 => message,
+        other => panic!("expected 400, got {other:?}"),
+    };
+    let m = refused(api.put("/api/serviceenginegroup/g1", &bad).await);
+    assert!(m.contains("health_gates[0]: virtual service nope does not exist"), "{m}");
+    let m = refused(api.put("/api/serviceenginegroup/g1", &gates(&["check.sh"])).await);
+    assert!(m.contains("health_gates[1]: command [\"check.sh\"]: must start with an absolute path"), "{m}");
+    // The new build is sick on the SEs: the exec gate fails, and the group returns to 1.0.0.
+    api.put("/api/serviceenginegroup/g1", &gates(&["/bin/sh", "-c", "echo the new build is sick >&2; exit 1"]))
+        .await
+        .unwrap();
+    let gated = conflict(api.delete("/api/virtualservice/web").await, "delete a gated service");
+    assert!(gated.contains("checked by a health gate of SE group g1"), "{gated}");
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = package(tmp.path(), "2.0.0", "1.0.0", None);
+    ok(&c.molt(&["upgrade", "system", "image_path", pkg.to_str().unwrap(), "action_on_error", "rollback"]));
+    let s = status(&api).await;
+    assert_eq!(s["state"], "completed", "{s:#}");
+    let g = group(&s, "g1");
+    assert_eq!(g["state"], "rolled_back", "{s:#}");
+    assert!(g["reason"].as_str().unwrap().contains("health gate failed on 2.0.0"), "{g:#}");
+    assert!(g["reason"].as_str().unwrap().contains("exit 1: the new build is sick"), "{g:#}");
+    let failed: Vec<&Value> =
+        g["gates"]["results"].as_array().unwrap().iter().filter(|r| r["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "the first SE failed its gate, the second never ran it: {g:#}");
+    assert!(failed[0]["message"].as_str().unwrap().contains("answers 200 (up to 5 tries): 200 on try"), "{g:#}");
+    let v = versions(&api).await;
+    for (id, want) in [("c1", "2.0.0"), ("g1-se1", "1.0.0"), ("g1-se2", "1.0.0")] {
+        assert_eq!(version_of(&v, id), want, "{id}: {v:?}");
+    }
+    for vs in s["virtual_services"].as_array().unwrap() {
+        assert_eq!(vs["measured_downtime_ms"].as_u64().unwrap_or(0), 0, "{vs:#}");
+    }
+    let shown = ok(&c.molt(&["show", "upgrade", "status"]));
+    assert!(shown.contains("health gates: http web GET /health answers 200 (up to 5 tries); exec /bin/sh"), "{shown}");
+    assert!(shown.contains(" failed  health gate failed on 2.0.0"), "{shown}");
+
+    // Fixed, the gates pass on each SE and the group moves on.
+    api.put("/api/serviceenginegroup/g1", &gates(&["/bin/sh", "-c", "echo healthy"])).await.unwrap();
+    ok(&c.molt(&["upgrade", "segroup", "g1"]));
+    let s = status(&api).await;
+    let g = group(&s, "g1");
+    assert_eq!((s["state"].as_str(), g["state"].as_str()), (Some("completed"), Some("completed")), "{s:#}");
+    let results = g["gates"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{g:#}");
+    assert!(results.iter().all(|r| r["status"] == "done"), "{g:#}");
+    all_up_on(&api, "2.0.0", &[], 30).await;
+}
