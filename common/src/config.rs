@@ -317,8 +317,8 @@ impl NodeSettings {
         let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
         let node_id: NodeId = file.node_id.parse().map_err(|e| invalid(format!("node_id: {e}")))?;
         let role: Role = file.role.parse().map_err(|e| invalid(format!("role: {e}")))?;
-        if role == Role::Admin {
-            return Err(invalid("role: a node is a controller or an se, not admin".into()));
+        if matches!(role, Role::Admin | Role::ReadOnly) {
+            return Err(invalid(format!("role: a node is a controller or an se, not {role}")));
         }
         if file.cluster.is_empty() {
             return Err(invalid("cluster: must not be empty".into()));

@@ -46,6 +46,25 @@ pub struct Caller {
     pub name: String,
 }
 
+impl ApiRole {
+    /// The role an operator's client certificate carries (`None`: a node's).
+    pub fn of_certificate(role: crate::Role) -> Option<Self> {
+        match role {
+            crate::Role::Admin => Some(ApiRole::Admin),
+            crate::Role::ReadOnly => Some(ApiRole::ReadOnly),
+            crate::Role::Controller | crate::Role::ServiceEngine => None,
+        }
+    }
+
+    /// The role of the client certificate of a token of this role.
+    pub fn certificate_role(self) -> crate::Role {
+        match self {
+            ApiRole::Admin => crate::Role::Admin,
+            ApiRole::ReadOnly => crate::Role::ReadOnly,
+        }
+    }
+}
+
 /// Whether `name` may name a token: 1-32 letters, digits, `-` and `_`.
 pub fn valid_name(name: &str) -> bool {
     (1..=32).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')

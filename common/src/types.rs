@@ -77,6 +77,9 @@ pub enum Role {
     ServiceEngine,
     /// The operator's client certificate.
     Admin,
+    /// A read-only operator's client certificate (`molt pki token --role read-only`).
+    #[serde(rename = "read-only")]
+    ReadOnly,
 }
 
 impl Role {
@@ -86,6 +89,7 @@ impl Role {
             Role::Controller => "controller",
             Role::ServiceEngine => "se",
             Role::Admin => "admin",
+            Role::ReadOnly => "read-only",
         }
     }
 }
@@ -97,6 +101,7 @@ impl FromStr for Role {
             "controller" => Ok(Role::Controller),
             "se" => Ok(Role::ServiceEngine),
             "admin" => Ok(Role::Admin),
+            "read-only" => Ok(Role::ReadOnly),
             _ => Err(ParseError::Role(s.to_owned())),
         }
     }

@@ -175,14 +175,38 @@ async fn authorize(token: &str, state: &Arc<LeaderState>, req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let Some(caller) = common::token::check(token, given) else {
+    // A token, or else an operator's client certificate of this cluster (its role in its identity).
+    let caller = if given.is_empty() {
+        req.extensions()
+            .get::<agent_core::auth::Peer>()
+            .and_then(|p| p.identity.as_ref())
+            .filter(|id| id.cluster == state.settings.cluster)
+            .and_then(|id| {
+                let role = common::token::ApiRole::of_certificate(id.role)?;
+                Some(common::token::Caller { role, name: id.node_id.to_string() })
+            })
+    } else {
+        common::token::check(token, given)
+    };
+    let Some(caller) = caller else {
         discard_briefly(&mut req.into_body().into_data_stream()).await;
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong token: send Authorization: Bearer <the contents of admin.token, or of a token from `molt pki token`>",
+            "missing or wrong token: send Authorization: Bearer <the contents of admin.token, or of a token from \
+             `molt pki token`>, or present that token's client certificate",
         )
         .into_response();
     };
+    // A named token goes with its certificate: `molt pki revoke NAME` revokes both
+    // (the admin token is rotated instead).
+    if caller.name != "admin" && state.settings.tls.revocations().revokes(&caller.name, "") {
+        discard_briefly(&mut req.into_body().into_data_stream()).await;
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("the token {} is revoked (`molt pki revoke`); ask an admin for a new one", caller.name),
+        )
+        .into_response();
+    }
     let reads = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
     let action = format!("{} {}", req.method(), req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     if !reads && caller.role == common::token::ApiRole::ReadOnly {

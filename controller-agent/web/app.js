@@ -120,6 +120,8 @@ async function login(candidate) {
   }
   clearTimeout(loginRetry);
   sessionStorage.setItem("molt-token", token);
+  // A read-only token (`molt pki token --role read-only`) sees everything and is offered no change.
+  document.body.classList.toggle("read-only", token.startsWith("molt.read-only."));
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#logout").hidden = false;
@@ -396,6 +398,9 @@ function request(prechecksOnly) {
     disruptive: $("#opt-disruptive").checked,
     prechecks_only: prechecksOnly,
   };
+  const words = (id) => $(id).value.split(/[\s,]+/).filter(Boolean);
+  if (words("#opt-se-groups").length) r.se_groups = words("#opt-se-groups");
+  if (words("#opt-pause-after").length) r.pause_after = words("#opt-pause-after")[0];
   const parallel = parseInt($("#opt-parallel").value, 10);
   if (parallel > 0) r.max_parallel_ses = parallel;
   if ($("#opt-series").checked) r.se_group_order = "series";
@@ -444,6 +449,8 @@ function confirmBegin() {
       : o.max_parallel_ses > 1 ? `up to ${o.max_parallel_ses} SEs of a group at a time (never two of one virtual service), moving traffic first`
       : "one SE of a group at a time (or each group's own max_parallel_ses), moving traffic first"}.</p>
     <p>${hit.length ? `Virtual services that will lose traffic: <b>${esc(hit.join(", "))}</b>.` : "No virtual service is predicted to lose traffic."}</p>
+    ${o.se_groups ? `<p>Only SE groups <b>${esc(o.se_groups.join(", "))}</b>; the others stay on ${esc(clusterVersion)}.</p>` : ""}
+    ${o.pause_after ? `<p>SE group <b>${esc(o.pause_after)}</b> first, alone; then the upgrade pauses.</p>` : ""}
     ${o.force ? "<p><b>Forced</b>: version compatibility is not checked.</p>" : ""}`;
   $("#confirm").showModal();
 }
@@ -494,6 +501,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#opt-disruptive").addEventListener("change", prechecks);
   $("#opt-parallel").addEventListener("change", prechecks);
   $("#opt-series").addEventListener("change", prechecks);
+  $("#opt-se-groups").addEventListener("change", prechecks);
+  $("#opt-pause-after").addEventListener("change", prechecks);
   $("#begin").addEventListener("click", confirmBegin);
   $("#confirm-cancel").addEventListener("click", () => $("#confirm").close());
   $("#confirm-go").addEventListener("click", begin);

@@ -66,7 +66,7 @@ impl std::str::FromStr for NodeSpec {
         let (id, rest) = s.split_once('=').ok_or_else(err)?;
         let (role, host) = rest.split_once('@').ok_or_else(err)?;
         let role: Role = role.parse().map_err(|_| err())?;
-        if role == Role::Admin || host.is_empty() {
+        if matches!(role, Role::Admin | Role::ReadOnly) || host.is_empty() {
             return Err(err());
         }
         Ok(NodeSpec { id: id.parse().map_err(|_| err())?, role, host: host.to_owned() })
@@ -186,8 +186,9 @@ pub fn renew(dir: &Path, id: &NodeId, validity_days: u32) -> Result<Renewed, Pki
 
 /// Writes `dir/NAME.token`, a REST token of `role` derived from
 /// `dir/admin.token` (see `common::token`), and a matching client
-/// certificate `dir/NAME.pem` + `dir/NAME.key` (an operator's identity,
-/// `molt://CLUSTER/admin/NAME`; its REST role is the token's). Refuses a name
+/// certificate `dir/NAME.pem` + `dir/NAME.key` carrying the same role
+/// (`molt://CLUSTER/ROLE/NAME`: the REST API takes it instead of the token).
+/// Refuses a name
 /// that a node or another file of the PKI dir already uses.
 pub fn token(dir: &Path, role: common::token::ApiRole, name: &str, validity_days: u32) -> Result<PathBuf, PkiError> {
     let days = check_validity(validity_days)?;
@@ -218,7 +219,7 @@ pub fn token(dir: &Path, role: common::token::ApiRole, name: &str, validity_days
         ))
     })?;
     let issuer = Issuer::from_ca_cert_pem(&read("ca.pem")?, ca_key)?;
-    issue(dir, &identity.cluster, &id, Role::Admin, &[], &issuer, days)?;
+    issue(dir, &identity.cluster, &id, role.certificate_role(), &[], &issuer, days)?;
     replace(&token_path, format!("{}\n", common::token::derive(&admin, role, name)).as_bytes(), 0o600)?;
     Ok(token_path)
 }

@@ -270,6 +270,47 @@ async fn a_read_only_token_reads_and_every_change_is_audited_with_who_made_it() 
     assert!(find("noc", "GET").is_none(), "reads are not changes: {audit:#?}");
     let shown = ok(&c.molt(&["show", "upgrade", "status"]));
     assert!(shown.contains("ops (admin)  POST /api/virtualservice"), "{shown}");
+
+    // The client certificate carries the token's role: with no token, curl
+    // presenting noc's certificate reads, and is refused a change.
+    let curl = |cert: &str, method: &str, path: &str| -> (String, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert", pki.join("ca.pem").to_str().unwrap()])
+            .args(["--cert", pki.join(format!("{cert}.pem")).to_str().unwrap()])
+            .args(["--key", pki.join(format!("{cert}.key")).to_str().unwrap()])
+            .args(["-X", method, "-w", "\n%{http_code}", &format!("{}{path}", c.leader_url())])
+            .args(if method == "POST" { &["-H", "content-type: application/json", "-d", "{}"][..] } else { &[] })
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (body.to_owned(), code.to_owned())
+    };
+    let identity = |name: &str| {
+        let pem = std::fs::read(pki.join(format!("{name}.pem"))).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        common::identity::PeerIdentity::from_cert_der(&der).unwrap().uri()
+    };
+    assert!(identity("noc").ends_with("/read-only/noc") && identity("ops").ends_with("/admin/ops"));
+    let (body, code) = curl("noc", "GET", "/api/cluster/upgrade/status");
+    assert_eq!(code, "200", "{body}");
+    let (body, code) = curl("noc", "POST", "/api/cluster/upgrade/pause");
+    assert!(code == "403" && body.contains("the token noc is read-only"), "{code} {body}");
+    // Revoking a name revokes its certificate and its token.
+    ok(&integration_tests::process::molt(&["pki", "revoke", "--dir", pki.to_str().unwrap(), "noc"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = as_(&noc, &["show", "cluster"]);
+        if String::from_utf8_lossy(&out.stderr).contains("the token noc is revoked") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the token noc still works: {out:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, code) = curl("noc", "GET", "/api/cluster/upgrade/status");
+    assert_ne!(code, "200", "the revoked certificate is refused at the handshake");
+    ok(&as_(&ops, &["show", "cluster"]));
 }
 
 /// A node's pass in the SE phase: from its drain to its last event's end.

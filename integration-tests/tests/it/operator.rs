@@ -237,6 +237,7 @@ fn in_a_browser_an_operator_resumes_pauses_and_aborts_an_upgrade() {
     b.wait_for("document.querySelector('#op-summary').dataset.state === 'paused'", 120);
     b.wait_for("!document.querySelector('#op-resume').hidden", 10);
     assert!(b.text("#op-hint").contains("Paused"), "{}", b.text("#op-hint"));
+    assert!(b.text("#op-summary").contains("no end while paused"), "{}", b.text("#op-summary"));
     b.screenshot("paused-after-canary");
     // The page asks before an abort or a system rollback: answer yes.
     b.eval("window.confirm = () => true");
@@ -264,6 +265,33 @@ fn in_a_browser_an_operator_resumes_pauses_and_aborts_an_upgrade() {
     assert_eq!(s["se_groups_behind"], json!([]));
     b.wait_for("!document.querySelector('#op-rollback-system').hidden", 10);
     b.screenshot("rest-upgraded");
+
+    // A read-only token sees the same page and is offered no change.
+    let pki = c.path().join("pki");
+    let out = integration_tests::process::molt(&[
+        "pki",
+        "token",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--role",
+        "read-only",
+        "--name",
+        "noc",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let noc = std::fs::read_to_string(pki.join("noc.token")).unwrap();
+    b.click("#logout");
+    b.wait_for("!document.querySelector('#login').hidden", 10);
+    b.fill("#token", noc.trim());
+    b.click("#login-button");
+    b.wait_for("document.body.classList.contains('read-only') && !document.querySelector('#app').hidden", 30);
+    b.wait_for("document.querySelector('#op-summary').dataset.state === 'completed'", 30);
+    let mut shown =
+        |sel: &str| b.eval(&format!("getComputedStyle(document.querySelector('{sel}')).display !== 'none'"));
+    assert_eq!(shown(".ro-only"), json!(true));
+    assert_eq!(shown("#op-controls"), json!(false));
+    assert_eq!(shown("#prepare"), json!(false));
+    b.screenshot("read-only");
 }
 
 /// A 1 GiB image through the browser's file picker: it streams (the page
