@@ -67,6 +67,14 @@ pub fn molt(args: &[&str]) -> Output {
     Command::new(bin("molt")).args(args).output().unwrap()
 }
 
+/// `molt pki token --dir PKI --role ROLE --name NAME`; panics unless it
+/// succeeds; returns the token file.
+pub fn mint_token(pki: &std::path::Path, role: &str, name: &str) -> PathBuf {
+    let out = molt(&["pki", "token", "--dir", pki.to_str().unwrap(), "--role", role, "--name", name]);
+    assert!(out.status.success(), "pki token {name}: {}", String::from_utf8_lossy(&out.stderr));
+    pki.join(format!("{name}.token"))
+}
+
 /// A cluster made by `molt local up`, powered down when dropped.
 #[derive(Debug)]
 pub struct LocalCluster {

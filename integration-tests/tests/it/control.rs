@@ -204,19 +204,9 @@ async fn a_read_only_token_reads_and_every_change_is_audited_with_who_made_it() 
     let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2"]);
     let pki = c.path().join("pki");
     let mint = |role: &str, name: &str| -> std::path::PathBuf {
-        let out = integration_tests::process::molt(&[
-            "pki",
-            "token",
-            "--dir",
-            pki.to_str().unwrap(),
-            "--role",
-            role,
-            "--name",
-            name,
-        ]);
-        ok(&out);
+        let token = integration_tests::process::mint_token(&pki, role, name);
         assert!(pki.join(format!("{name}.pem")).is_file() && pki.join(format!("{name}.key")).is_file());
-        pki.join(format!("{name}.token"))
+        token
     };
     let (noc, ops) = (mint("read-only", "noc"), mint("admin", "ops"));
     // A node's name is not a token's.

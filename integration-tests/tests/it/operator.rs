@@ -268,18 +268,7 @@ fn in_a_browser_an_operator_resumes_pauses_and_aborts_an_upgrade() {
 
     // A read-only token sees the same page and is offered no change.
     let pki = c.path().join("pki");
-    let out = integration_tests::process::molt(&[
-        "pki",
-        "token",
-        "--dir",
-        pki.to_str().unwrap(),
-        "--role",
-        "read-only",
-        "--name",
-        "noc",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let noc = std::fs::read_to_string(pki.join("noc.token")).unwrap();
+    let noc = std::fs::read_to_string(integration_tests::process::mint_token(&pki, "read-only", "noc")).unwrap();
     b.click("#logout");
     b.wait_for("!document.querySelector('#login').hidden", 10);
     b.fill("#token", noc.trim());
