@@ -207,6 +207,25 @@ pub struct StartRequest {
     pub profile: ProfileRequest,
 }
 
+impl StartRequest {
+    /// `operation` of `image` to `to`, every option at its default.
+    pub fn new(operation: Operation, image: Image, to: Version) -> Self {
+        Self {
+            operation,
+            image,
+            docker_image: None,
+            to,
+            force: false,
+            disruptive: false,
+            on_error: ActionOnError::Suspend,
+            se_groups: vec![],
+            pause_after: None,
+            plan_hash: None,
+            profile: ProfileRequest::default(),
+        }
+    }
+}
+
 /// The upgrade profile an operator asks for. What it leaves unset comes
 /// from each SE group's configuration, then the defaults (one SE of a
 /// group at a time, groups in parallel, every transfer at once, no cap).

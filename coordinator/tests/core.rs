@@ -75,19 +75,7 @@ fn image_of(to: &str, kind: DeploymentKind) -> Image {
 
 /// An upgrade to `to`, suspending on an SE failure.
 fn upgrade_to(to: &str) -> StartRequest {
-    StartRequest {
-        operation: Operation::Upgrade,
-        image: image(to),
-        docker_image: None,
-        to: v(to),
-        force: false,
-        disruptive: false,
-        on_error: ActionOnError::Suspend,
-        se_groups: vec![],
-        pause_after: None,
-        plan_hash: None,
-        profile: Default::default(),
-    }
+    StartRequest::new(Operation::Upgrade, image(to), v(to))
 }
 
 fn start(on_error: ActionOnError) -> Journal {

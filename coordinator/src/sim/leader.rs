@@ -342,17 +342,8 @@ impl Leader {
                 }
                 Request::Prestage { to } => {
                     let req = StartRequest {
-                        operation: Operation::Prestage,
-                        image: image(*to, *to, DeploymentKind::Vm),
                         docker_image: mixed.then(|| image(*to, *to, DeploymentKind::Docker)),
-                        to: *to,
-                        force: false,
-                        disruptive: false,
-                        on_error: ActionOnError::Suspend,
-                        se_groups: vec![],
-                        pause_after: None,
-                        plan_hash: None,
-                        profile: Default::default(),
+                        ..StartRequest::new(Operation::Prestage, image(*to, *to, DeploymentKind::Vm), *to)
                     };
                     self.decide_start(&req, current.as_ref(), &summaries, &id, now, mutant)
                 }

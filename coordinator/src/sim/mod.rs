@@ -149,19 +149,7 @@ pub(crate) fn sample_journal(controllers: usize, groups: &[(&str, usize)]) -> Jo
         .into_iter()
         .map(|(id, member)| NodeSummary { id, member, version: Some(v(1)), kind: DeploymentKind::Vm, previous: None })
         .collect();
-    let req = StartRequest {
-        operation: Operation::Upgrade,
-        image: image(v(2), v(1), DeploymentKind::Vm),
-        docker_image: None,
-        to: v(2),
-        force: false,
-        disruptive: false,
-        on_error: ActionOnError::Suspend,
-        se_groups: vec![],
-        pause_after: None,
-        plan_hash: None,
-        profile: ProfileRequest::default(),
-    };
+    let req = StartRequest::new(Operation::Upgrade, image(v(2), v(1), DeploymentKind::Vm), v(2));
     let ctx = StartCtx {
         current: None,
         nodes: &summaries,
