@@ -4,6 +4,7 @@
 //! `MOLT_*` environment variables, resolved once in [`Connection::resolve`].
 
 use std::{
+    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -140,30 +141,97 @@ impl Connection {
     }
 }
 
+/// A controller's address as a URL names it: an IP address or a DNS name,
+/// and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// IP address or DNS name (also the name the certificate must carry).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Self { host: a.ip().to_string(), port: a.port() }
+    }
+}
+
+/// An open HTTP/1.1 connection to a controller, kept for the next request.
+type Kept = Arc<tokio::sync::Mutex<Option<(Endpoint, hyper::client::conn::http1::SendRequest<Body>)>>>;
+
 /// A client of the leader's REST API.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Api {
     /// The controller that answered last (shared by clones).
-    current: Arc<std::sync::Mutex<SocketAddr>>,
+    current: Arc<std::sync::Mutex<Endpoint>>,
     /// Every controller known, the first one first.
-    controllers: Arc<Vec<SocketAddr>>,
+    controllers: Arc<Vec<Endpoint>>,
     /// Only ever talk to `current` (to see what one controller answers).
     pinned: bool,
     tls: Arc<rustls::ClientConfig>,
     token: String,
+    /// One connection reused from request to request (a request finding it
+    /// busy opens its own).
+    kept: Kept,
+}
+
+impl fmt::Debug for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Api").field("controllers", &self.controllers).field("pinned", &self.pinned).finish()
+    }
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-fn parse_url(url: &str) -> Result<SocketAddr, ClientError> {
+fn parse_url(url: &str) -> Result<Endpoint, ClientError> {
+    let bad = || {
+        ClientError::Config(format!("controller URL {url:?}: expected https://HOST[:PORT], HOST an address or a name"))
+    };
     let rest = url
         .strip_prefix("https://")
         .ok_or_else(|| ClientError::Config(format!("controller URL {url:?} must start with https://")))?;
     let hostport = rest.split('/').next().unwrap_or_default();
-    hostport
-        .parse()
-        .or_else(|_| format!("{hostport}:{}", common::DEFAULT_PORT).parse())
-        .map_err(|_| ClientError::Config(format!("controller URL {url:?}: expected https://IP:PORT")))
+    if let Ok(a) = hostport.parse::<SocketAddr>() {
+        return Ok(a.into());
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, p.parse().map_err(|_| bad())?),
+        _ => (hostport, common::DEFAULT_PORT),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name_ok = |h: &str| {
+        h.parse::<std::net::IpAddr>().is_ok()
+            || (!h.is_empty()
+                && h.len() <= 253
+                && h.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                }))
+    };
+    if !name_ok(host) {
+        return Err(bad());
+    }
+    Ok(Endpoint { host: host.to_owned(), port })
+}
+
+/// `s` percent-encoded for a query value (everything but unreserved characters).
+pub fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// How long a request keeps looking for a leader (an election takes a few
@@ -177,7 +245,7 @@ const STALE_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
 impl Api {
     pub fn new(conn: &Connection) -> Result<Self, ClientError> {
         let first = parse_url(&conn.url)?;
-        let mut controllers = vec![first];
+        let mut controllers = vec![first.clone()];
         for u in &conn.others {
             let a = parse_url(u)?;
             if !controllers.contains(&a) {
@@ -198,6 +266,7 @@ impl Api {
             pinned: false,
             tls,
             token,
+            kept: Kept::default(),
         })
     }
 
@@ -205,47 +274,97 @@ impl Api {
     /// controller tried.
     pub fn pinned(&self, addr: SocketAddr) -> Self {
         Self {
-            current: Arc::new(std::sync::Mutex::new(addr)),
-            controllers: Arc::new(vec![addr]),
+            current: Arc::new(std::sync::Mutex::new(addr.into())),
+            controllers: Arc::new(vec![addr.into()]),
             pinned: true,
+            kept: Kept::default(),
             ..self.clone()
         }
     }
 
     /// The controller this client talks to now.
-    pub fn controller(&self) -> SocketAddr {
-        *self.current.lock().expect("api lock")
+    pub fn controller(&self) -> Endpoint {
+        self.current.lock().expect("api lock").clone()
     }
 
-    fn move_to(&self, addr: SocketAddr) {
+    fn move_to(&self, addr: Endpoint) {
         *self.current.lock().expect("api lock") = addr;
     }
 
     fn next_controller(&self) {
         let cur = self.controller();
         let i = self.controllers.iter().position(|a| *a == cur).map_or(0, |i| (i + 1) % self.controllers.len());
-        self.move_to(self.controllers[i]);
+        self.move_to(self.controllers[i].clone());
     }
 
-    async fn send_to(
-        &self,
-        addr: SocketAddr,
-        req: Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
-        let unreachable = |message: String| ClientError::Unreachable { addr: addr.to_string(), message };
-        let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr))
+    /// The connection kept, if it is to `to` and idle.
+    async fn kept_to(&self, to: &Endpoint) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+        let (at, mut sender) = self.kept.lock().await.take()?;
+        (at == *to && sender.ready().await.is_ok()).then_some(sender)
+    }
+
+    /// A new connection to `to` (resolving a name, trying each of its addresses).
+    async fn connect(&self, to: &Endpoint) -> Result<hyper::client::conn::http1::SendRequest<Body>, ClientError> {
+        let unreachable = |message: String| ClientError::Unreachable { addr: to.to_string(), message };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((to.host.as_str(), to.port))
             .await
-            .map_err(|_| unreachable("connection timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let name = ServerName::try_from(addr.ip().to_string()).map_err(|e| unreachable(e.to_string()))?;
-        let tls = TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| unreachable(format!("TLS: {e}")))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))
+            .map_err(|e| unreachable(format!("cannot resolve {}: {e}", to.host)))?
+            .collect();
+        let mut last = unreachable(format!("{} resolves to no address", to.host));
+        for addr in addrs {
+            let tcp = match tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    last = unreachable(e.to_string());
+                    continue;
+                }
+                Err(_) => {
+                    last = unreachable("connection timed out".into());
+                    continue;
+                }
+            };
+            let name = ServerName::try_from(to.host.clone()).map_err(|e| unreachable(e.to_string()))?;
+            let tls = TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| unreachable(format!("TLS: {e}")))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(conn);
+            return Ok(sender);
+        }
+        Err(last)
+    }
+
+    /// Sends `make()`'s request to `to` and reads the whole answer, on the
+    /// connection kept from the last request when there is one (and again
+    /// on a new one if the controller had closed it meanwhile); the
+    /// connection is kept for the next request.
+    async fn send_to(&self, to: &Endpoint, make: impl Fn() -> Request<Body>) -> Result<Answer, ClientError> {
+        let unreachable = |e: hyper::Error| ClientError::Unreachable { addr: to.to_string(), message: e.to_string() };
+        let (mut sender, resp) = match self.kept_to(to).await {
+            Some(mut kept) => match kept.try_send_request(make()).await {
+                Ok(resp) => (kept, resp),
+                // Closed before the request went out: on a new connection.
+                Err(e) if e.message().is_some() => {
+                    let mut fresh = self.connect(to).await?;
+                    let resp = fresh.send_request(make()).await.map_err(unreachable)?;
+                    (fresh, resp)
+                }
+                Err(e) => return Err(unreachable(e.into_error())),
+            },
+            None => {
+                let mut fresh = self.connect(to).await?;
+                let resp = fresh.send_request(make()).await.map_err(unreachable)?;
+                (fresh, resp)
+            }
+        };
+        let answer = Answer::read(to, resp).await?;
+        if sender.ready().await.is_ok() {
+            *self.kept.lock().await = Some((to.clone(), sender));
+        }
+        Ok(answer)
     }
 
     /// Sends `make()`'s request to the leader: follows a controller's
@@ -259,11 +378,10 @@ impl Api {
         loop {
             let addr = self.controller();
             let last = started.elapsed() >= FIND_LEADER || self.pinned;
-            match self.send_to(addr, make()).await {
+            match self.send_to(&addr, &make).await {
                 Err(e) if last => return stale.ok_or(e),
                 Err(_) => self.next_controller(),
-                Ok(resp) => {
-                    let answer = Answer::read(addr, resp).await?;
+                Ok(answer) => {
                     let moved = answer.status == StatusCode::TEMPORARY_REDIRECT;
                     let no_leader =
                         answer.status == StatusCode::SERVICE_UNAVAILABLE && answer.message().starts_with("no quorum");
@@ -341,12 +459,18 @@ impl Api {
         let body = BodyExt::boxed(StreamBody::new(stream));
         // A stream is sent once: find the leader first, then upload to it.
         self.get("/api/cluster").await?;
-        let mut req = self.request(Method::POST, &format!("/api/upload?name={name}"), body);
+        let mut req = self.request(Method::POST, &format!("/api/upload?name={}", query_value(name)), body);
         req.headers_mut().insert(http::header::CONTENT_LENGTH, len.into());
         req.headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
-        let addr = self.controller();
-        Answer::read(addr, self.send_to(addr, req).await?).await?.into_result()
+        // A stream is sent once, on a connection of its own.
+        let to = self.controller();
+        let mut sender = self.connect(&to).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Unreachable { addr: to.to_string(), message: e.to_string() })?;
+        Answer::read(&to, resp).await?.into_result()
     }
 }
 
@@ -360,7 +484,7 @@ struct Answer {
 }
 
 impl Answer {
-    async fn read(addr: SocketAddr, resp: http::Response<hyper::body::Incoming>) -> Result<Self, ClientError> {
+    async fn read(addr: &Endpoint, resp: http::Response<hyper::body::Incoming>) -> Result<Self, ClientError> {
         let status = resp.status();
         let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let stale = resp.headers().contains_key("x-molt-stale");
@@ -379,7 +503,7 @@ impl Answer {
         self.body.get("error").and_then(|e| e.as_str()).unwrap_or("request failed")
     }
 
-    fn location(&self) -> Option<SocketAddr> {
+    fn location(&self) -> Option<Endpoint> {
         parse_url(self.location.as_deref()?).ok()
     }
 
@@ -389,5 +513,23 @@ impl Answer {
         } else {
             Err(ClientError::Api { status: self.status, message: self.message().to_owned(), body: self.body })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_addresses_or_hosts_and_names_are_encoded() {
+        let e = |u: &str| parse_url(u).map(|e| e.to_string()).map_err(|e| e.to_string());
+        assert_eq!(e("https://127.0.0.1:8443").unwrap(), "127.0.0.1:8443");
+        assert_eq!(e("https://[::1]:9000/x").unwrap(), "[::1]:9000");
+        assert_eq!(e("https://ctl-1.example.net:8443").unwrap(), "ctl-1.example.net:8443");
+        assert_eq!(e("https://ctl-1.example.net").unwrap(), format!("ctl-1.example.net:{}", common::DEFAULT_PORT));
+        assert!(e("http://ctl-1:8443").unwrap_err().contains("must start with https://"));
+        assert!(e("https://bad_name!:8443").unwrap_err().contains("expected https://HOST[:PORT]"));
+        assert!(e("https://ctl:port").is_err());
+        assert_eq!(query_value("controller 2.0 (rc1)&x=ü.pkg"), "controller%202.0%20%28rc1%29%26x%3D%C3%BC.pkg");
     }
 }

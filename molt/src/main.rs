@@ -303,18 +303,29 @@ fn usage(msg: impl Into<String>) -> Failure {
 }
 
 /// Output into a closed pipe (`molt ... --json | head`) ends molt quietly,
-/// as it ends `cat`, instead of a panic in `println!`: SIGPIPE's default
-/// action again (Rust's runtime ignores it). Sockets are not affected: their
-/// writes use `MSG_NOSIGNAL`.
+/// by SIGPIPE as it ends `cat`, instead of a panic in `println!`. SIGPIPE
+/// itself stays ignored (Rust's runtime default): a TLS write to a socket the
+/// controller closed (`writev`, which has no `MSG_NOSIGNAL`) must be an error
+/// the client retries, not the end of the process. So only the failed print
+/// to stdout restores SIGPIPE's default action and raises it.
 #[allow(unsafe_code)]
-fn default_sigpipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: called first in main, before any thread exists; SIG_DFL installs no Rust handler.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+fn end_quietly_on_a_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied());
+        if msg.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            use nix::sys::signal::{SigHandler, Signal, raise, signal};
+            // SAFETY: SIG_DFL installs no Rust handler; the process ends at the raise.
+            let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+            let _ = raise(Signal::SIGPIPE);
+        }
+        default(info);
+    }));
 }
 
 fn main() -> ExitCode {
-    default_sigpipe();
+    end_quietly_on_a_closed_stdout();
     common::telemetry::init("warn");
     common::tls::install_default_provider();
     let cli = Cli::parse();

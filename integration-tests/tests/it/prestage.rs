@@ -199,3 +199,19 @@ async fn an_upload_cut_off_midway_keeps_nothing() {
     let pkgs = c.data_dir("c1").join("upgrade_pkgs");
     eventually(10, "the partial upload removed", async || std::fs::read_dir(&pkgs).unwrap().count() == 0).await;
 }
+
+/// The CLI's client encodes the upload's name (spaces, `&`) instead of
+/// failing on it, so the leader sees the name as given and says what is
+/// wrong with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_name_is_encoded_and_reaches_the_leader_whole() {
+    let c = TestCluster::builder().start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, MIB);
+    let api = c.api();
+    let e = api.upload(&pkg, "controller 2.0&rc=1.pkg", |_| {}).await.unwrap_err();
+    assert_eq!(status_of(&e), 400, "{e}");
+    assert!(e.to_string().contains("upload name \"controller 2.0&rc=1.pkg\" must be a plain file name"), "{e}");
+    let ok = api.upload(&pkg, "controller.pkg", |_| {}).await.unwrap();
+    assert_eq!(ok["image_path"], "controller://upgrade_pkgs/controller.pkg");
+}

@@ -142,7 +142,13 @@ async fn a_too_distant_version_needs_force_which_makes_it_disruptive() {
     assert_eq!(p["ok"], false);
     // The CLI with force follows it to the end.
     let out = c.molt(&["upgrade", "system", "image_path", &image, "force"]);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let end = get(&api, "/api/cluster/upgrade/status").await;
     assert_eq!(
         (end["state"].as_str(), end["force"].as_bool(), end["disruptive"].as_bool()),
