@@ -109,33 +109,27 @@ pub fn measure(j: &Journal) -> Timings {
 }
 
 /// Picks each time from this run, else the most recent earlier operation
-/// that measured it, else the guess.
+/// that measured it, else the guess; and where each came from.
 struct Pick {
     t: Timings,
-    basis: Basis,
+    /// Where the staging rate, the controllers' time and the SE time came from.
+    from: [Basis; 3],
 }
 
 impl Pick {
     fn new(j: &Journal, history: &[Timings]) -> Self {
         let here = measure(j);
-        let mut basis = Basis::ThisRun;
-        let mut pick = |f: fn(&Timings) -> Option<u64>| -> Option<u64> {
-            if let Some(v) = f(&here) {
-                return Some(v);
+        let pick = |f: fn(&Timings) -> Option<u64>| -> (Option<u64>, Basis) {
+            match (f(&here), history.iter().rev().find_map(f)) {
+                (Some(v), _) => (Some(v), Basis::ThisRun),
+                (None, Some(v)) => (Some(v), Basis::History),
+                (None, None) => (f(&GUESS), Basis::Guess),
             }
-            if let Some(v) = history.iter().rev().find_map(f) {
-                basis = basis.min(Basis::History);
-                return Some(v);
-            }
-            basis = basis.min(Basis::Guess);
-            f(&GUESS)
         };
-        let t = Timings {
-            stage_bytes_per_s: pick(|t| t.stage_bytes_per_s),
-            controllers_ms: pick(|t| t.controllers_ms),
-            se_ms: pick(|t| t.se_ms),
-        };
-        Self { t, basis }
+        let (stage, a) = pick(|t| t.stage_bytes_per_s);
+        let (controllers, b) = pick(|t| t.controllers_ms);
+        let (se, c) = pick(|t| t.se_ms);
+        Self { t: Timings { stage_bytes_per_s: stage, controllers_ms: controllers, se_ms: se }, from: [a, b, c] }
     }
 
     fn stage_rate(&self) -> u64 {
@@ -161,7 +155,7 @@ pub fn estimate(j: &Journal, now: Ms, history: &[Timings], received: impl Fn(&co
     if !j.is_running() || j.paused {
         return None;
     }
-    let mut p = Pick::new(j, history);
+    let p = Pick::new(j, history);
     let used_stage = j.phase == Phase::Distribute;
     let used_controllers = matches!(j.phase, Phase::Distribute | Phase::Controllers | Phase::RollbackControllers)
         && j.operation == Operation::Upgrade
@@ -169,17 +163,12 @@ pub fn estimate(j: &Journal, now: Ms, history: &[Timings], received: impl Fn(&co
             && j.operation == Operation::SystemRollback;
     let used_se = j.phase != Phase::RollbackControllers && j.operation != Operation::Prestage;
     // The basis counts only the times this estimate uses.
-    let here = measure(j);
-    p.basis = Basis::ThisRun;
-    for (used, measured, earlier) in [
-        (used_stage, here.stage_bytes_per_s.is_some(), history.iter().any(|t| t.stage_bytes_per_s.is_some())),
-        (used_controllers, here.controllers_ms.is_some(), history.iter().any(|t| t.controllers_ms.is_some())),
-        (used_se, here.se_ms.is_some(), history.iter().any(|t| t.se_ms.is_some())),
-    ] {
-        if used && !measured {
-            p.basis = p.basis.min(if earlier { Basis::History } else { Basis::Guess });
-        }
-    }
+    let basis = [used_stage, used_controllers, used_se]
+        .into_iter()
+        .zip(p.from)
+        .filter_map(|(used, from)| used.then_some(from))
+        .min()
+        .unwrap_or(Basis::ThisRun);
     let remaining = match j.phase {
         Phase::Distribute => {
             let rest = match j.operation {
@@ -197,7 +186,7 @@ pub fn estimate(j: &Journal, now: Ms, history: &[Timings], received: impl Fn(&co
         }
         Phase::Done => return None,
     };
-    Some(Eta { remaining, basis: p.basis })
+    Some(Eta { remaining, basis })
 }
 
 /// The slowest node's staging left, at its own rate so far (or the picked one).
