@@ -230,6 +230,14 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
     let Some(j) = j else { return UpgradeStatus { history, ..Default::default() } };
     let v = coordinator::view::view(j);
     let by_id: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    // The bytes a node reports of the image of its kind it is receiving.
+    let receiving = |id: &str| {
+        let sha = id.parse().ok().and_then(|id| j.nodes.get(&id)).map(|n| j.image_for(n.kind).sha256.to_hex());
+        by_id
+            .get(id)
+            .and_then(|s| s.transfers.iter().find(|t| Some(&t.sha256) == sha.as_ref()))
+            .map_or(0, |t| t.received)
+    };
     let node_rows = v
         .nodes
         .iter()
@@ -238,10 +246,7 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
             let seen = by_id.get(line.id.as_str());
             let image = j.image_for(n.kind);
             let received = match n.step {
-                Step::Waiting | Step::Staging => seen
-                    .and_then(|s| s.transfers.iter().find(|t| t.sha256 == image.sha256.to_hex()))
-                    .map(|t| t.received)
-                    .unwrap_or(0),
+                Step::Waiting | Step::Staging => receiving(&line.id),
                 _ => image.size,
             };
             let state = match n.step {
@@ -315,16 +320,8 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
             })
         })
         .collect();
-    let received = |id: &common::NodeId| {
-        let sha = j.nodes.get(id).map(|n| j.image_for(n.kind).sha256.to_hex()).unwrap_or_default();
-        by_id
-            .get(id.as_str())
-            .and_then(|s| s.transfers.iter().find(|t| t.sha256 == sha))
-            .map(|t| t.received)
-            .unwrap_or(0)
-    };
     let earlier: Vec<coordinator::eta::Timings> = history.iter().map(|h| h.timings).collect();
-    let eta = coordinator::eta::estimate(j, now, &earlier, received);
+    let eta = coordinator::eta::estimate(j, now, &earlier, |id: &common::NodeId| receiving(id.as_str()));
     let eta_basis = match eta {
         Some(e) => e.basis.describe().to_owned(),
         None if j.is_running() && j.paused => "paused: no end while held; `molt upgrade resume` goes on".into(),
