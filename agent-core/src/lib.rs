@@ -10,8 +10,10 @@ pub mod dataplane;
 pub mod docker_node;
 pub mod follower;
 pub mod gate;
+pub mod image_stream;
 pub mod node;
 pub mod reboot;
+pub mod relay;
 pub mod server;
 
 pub use node::{Node, NodeHandle};

@@ -99,6 +99,10 @@ pub struct NodeCtx {
     /// The controller this node believes leads (sessions and image
     /// fetches dial it).
     pub leader: crate::follower::session::LeaderAddr,
+    /// The node's cap on image bytes it sends, shared by all its streams.
+    pub egress: Option<Arc<crate::image_stream::Egress>>,
+    /// Image bytes this node has relayed to others.
+    pub bytes_relayed: Arc<AtomicU64>,
     seq: AtomicU64,
 }
 
@@ -195,6 +199,7 @@ impl Node {
         if let Some(dp) = &dataplane {
             executor = executor.with_dataplane(dp.clone());
         }
+        let egress = crate::image_stream::Egress::new(settings.egress_limit);
         let ctx = Arc::new(NodeCtx {
             settings,
             version: manifest.version,
@@ -204,12 +209,14 @@ impl Node {
             dataplane,
             joined: tokio::sync::watch::channel(false).0,
             leader,
+            egress,
+            bytes_relayed: Arc::default(),
             seq: AtomicU64::new(0),
         });
         Ok(Self { ctx, shutdown, on_trial: record.pending })
     }
 
-    /// The gRPC routes every agent serves: `Control`, health, reflection
+    /// The gRPC routes every agent serves: `Control`, `Relay`, health, reflection
     /// (`grpc.reflection.v1`, and `v1alpha` for the clients that speak only
     /// that: grpcio-reflection's Python client, older grpcurl, Evans, Postman).
     pub fn base_routes(&self) -> tonic::service::Routes {
@@ -225,6 +232,7 @@ impl Node {
             health_reporter.set_serving::<proto::v1::control_server::ControlServer<ControlService>>().await;
         });
         tonic::service::Routes::new(ControlService::new(self.ctx.clone()))
+            .add_service(crate::relay::RelayService::server(self.ctx.clone()))
             .add_service(health)
             .add_service(v1)
             .add_service(v1alpha)

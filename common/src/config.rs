@@ -83,6 +83,15 @@ pub struct NodeConfigFile {
     /// ended and deleted (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_stall_secs: Option<u64>,
+    /// Cap on the image bytes this node sends per second over all its
+    /// streams (the leader's and a relay's), as its network would cap it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_limit_bytes: Option<u64>,
+    /// Leader only: how many nodes the leader streams an image to itself,
+    /// and how many each relay serves; the others fetch from a node that
+    /// has it or is receiving it (default 4; 0: every node from the leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_fanout: Option<usize>,
     /// Connection and stream limits; every field has a default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsFile>,
@@ -259,6 +268,10 @@ pub struct NodeSettings {
     pub reform_timeout: Duration,
     /// An upload that receives nothing for this long is ended and deleted.
     pub upload_stall: Duration,
+    /// Cap on image bytes sent per second by this node, over all its streams.
+    pub egress_limit: Option<u64>,
+    /// Streams the leader serves an image on itself, and each relay (0: no relays).
+    pub relay_fanout: usize,
     /// Connection and stream limits.
     pub limits: Limits,
     /// The cluster's Service Engines as configured (controllers only).
@@ -451,6 +464,11 @@ impl NodeSettings {
             tls,
             api_token,
             fetch_rate_limit: file.fetch_rate_limit_bytes.filter(|&r| r > 0),
+            egress_limit: file.egress_limit_bytes.filter(|&r| r > 0),
+            relay_fanout: match file.relay_fanout.unwrap_or(4) {
+                k @ 0..=64 => k,
+                k => return Err(invalid(format!("relay_fanout {k}: must be between 0 (no relays) and 64"))),
+            },
             self_revert: secs("self_revert_secs", file.self_revert_secs, 600)?,
             reform_timeout: secs("reform_timeout_secs", file.reform_timeout_secs, 300)?,
             service_engines,

@@ -186,6 +186,25 @@ impl Credentials {
         Ok(true)
     }
 
+    /// The certificate and key in force now.
+    pub fn certified_key(&self) -> Arc<CertifiedKey> {
+        self.current.read().expect("credentials lock").certified.clone()
+    }
+
+    /// Checks a certificate as a client's is checked at the handshake: it
+    /// chains to the cluster CA and is not revoked.
+    pub fn verify_peer(&self, end_entity: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+        let roots = self.material().roots().map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_client_cert(end_entity, &[], now)?;
+        if self.is_revoked(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
+        Ok(())
+    }
+
     /// Whether a peer's verified end-entity certificate is revoked now.
     pub fn is_revoked(&self, end_entity: &[u8]) -> bool {
         let list = self.revocations();

@@ -12,6 +12,7 @@ pub mod package;
 pub mod session;
 pub mod slots;
 pub mod telemetry;
+pub mod ticket;
 pub mod tls;
 pub mod token;
 pub mod types;

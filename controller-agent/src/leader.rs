@@ -7,6 +7,7 @@ pub mod driver;
 pub mod grpc;
 pub mod image_server;
 pub mod images;
+pub mod relays;
 pub use coordinator::placement;
 pub mod status;
 pub mod store;
@@ -77,6 +78,10 @@ pub struct LeaderState {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Who may fetch which image, and the open image streams.
     pub fetch_gate: image_server::FetchGate,
+    /// Which node each fetcher gets an image from (the leader or a relay).
+    pub relays: Mutex<relays::Relays>,
+    /// The node's cap on image bytes sent (shared with its relay service).
+    pub egress: std::sync::OnceLock<Option<Arc<agent_core::image_stream::Egress>>>,
     /// What each SE was last told to serve, when, and by which command (the
     /// placer's pushes; in flight until the SE reports that command done).
     pub placing: Mutex<std::collections::BTreeMap<common::NodeId, Placed>>,
@@ -159,11 +164,56 @@ impl LeaderState {
             ),
             store,
             version,
+            relays: Mutex::new(relays::Relays::new(settings.relay_fanout)),
+            egress: std::sync::OnceLock::new(),
             placing: Default::default(),
             place_seq: Default::default(),
             confirmed_at: Mutex::new(None),
             settings,
         }))
+    }
+
+    /// Where `node`'s fetch of `sha` should come from: `None` for the
+    /// leader itself, else the answer sending it to a relay (its address,
+    /// node id and a signed ticket in the metadata).
+    pub fn route_fetch(&self, sha: common::Sha256Digest, node: &common::NodeId) -> Option<tonic::Status> {
+        use agent_core::relay::{RELAY_ADDR, RELAY_NODE, RELAY_TICKET};
+        let hex = sha.to_hex();
+        let up: Vec<relays::Holder> = self
+            .cluster
+            .snapshot()
+            .into_iter()
+            // The leader counts as the tree's root, not as a relay.
+            .filter(|n| n.state == cluster::NodeState::Up && n.id != self.settings.node_id)
+            .map(|n| relays::Holder {
+                staged: n.staged.iter().any(|s| s.sha256 == hex),
+                received: n.transfers.iter().find(|t| t.sha256 == hex).map(|t| t.received),
+                id: n.id,
+                addr: n.addr,
+            })
+            .collect();
+        let relays::Parent::Node(relay) = self.relays.lock().expect("relays lock").route(sha, node, &up) else {
+            return None;
+        };
+        let addr = up.iter().find(|h| h.id == relay).map(|h| h.addr.clone())?;
+        let grant = common::ticket::RelayGrant::new(&sha, node.as_str(), relay.as_str());
+        let ticket = match common::ticket::sign(&self.settings.tls, &grant) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "serving the image itself");
+                return None;
+            }
+        };
+        let mut status = tonic::Status::unavailable(format!(
+            "fetch image {} from relay {relay} at {addr}: the leader streams it to {} nodes itself",
+            sha.short(),
+            self.settings.relay_fanout
+        ));
+        let m = status.metadata_mut();
+        m.insert(RELAY_ADDR, addr.parse().ok()?);
+        m.insert(RELAY_NODE, relay.as_str().parse().ok()?);
+        m.insert_bin(RELAY_TICKET, tonic::metadata::MetadataValue::from_bytes(&ticket));
+        Some(status)
     }
 
     /// The file holding a verified image: uploaded here, or staged here (a

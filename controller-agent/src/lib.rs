@@ -37,6 +37,7 @@ pub async fn start(
     let store = state.clone();
     let local: agent_core::follower::session::LocalImages = std::sync::Arc::new(move |sha| store.images.path_of(sha));
     let node = Node::with_local_images(settings, Some(local), reboot)?;
+    let _ = state.egress.set(node.ctx.egress.clone());
     // Every leader task ends when the node stops.
     state.stop_with(node.shutdown_token());
     state.follow_leadership();

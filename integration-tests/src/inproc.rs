@@ -18,6 +18,8 @@ pub struct Builder {
     groups: Vec<GroupSpec>,
     heartbeat_ms: u64,
     fetch_rate_limit: Option<u64>,
+    egress_limit: Option<u64>,
+    relay_fanout: Option<usize>,
     docker_nodes: Vec<String>,
     small_disks: Vec<(String, u64)>,
     limits: Vec<(String, String)>,
@@ -30,6 +32,8 @@ impl Default for Builder {
             groups: vec![],
             heartbeat_ms: 200,
             fetch_rate_limit: None,
+            egress_limit: None,
+            relay_fanout: None,
             docker_nodes: vec![],
             small_disks: vec![],
             limits: vec![],
@@ -56,6 +60,16 @@ impl Builder {
     /// Caps distribution bandwidth (bytes/s per transfer).
     pub fn fetch_rate_limit(mut self, bytes_per_sec: u64) -> Self {
         self.fetch_rate_limit = Some(bytes_per_sec);
+        self
+    }
+    /// Caps what every node sends of an image (bytes/s over all its streams).
+    pub fn egress_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.egress_limit = Some(bytes_per_sec);
+        self
+    }
+    /// The leader's relay fan-out (0: no relays).
+    pub fn relay_fanout(mut self, k: usize) -> Self {
+        self.relay_fanout = Some(k);
         self
     }
     /// Deploys node `id` as `docker` instead of `vm`.
@@ -122,6 +136,8 @@ impl TestCluster {
             subnet: crate::unique_subnet(1),
             heartbeat_ms: b.heartbeat_ms,
             fetch_rate_limit: b.fetch_rate_limit,
+            egress_limit: b.egress_limit,
+            relay_fanout: b.relay_fanout,
             bin_dir: bins,
             port: common::DEFAULT_PORT,
             self_revert_secs: None,

@@ -58,6 +58,8 @@ async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<
         subnet: [127, 77, 0],
         heartbeat_ms: 500,
         fetch_rate_limit: None,
+        egress_limit: None,
+        relay_fanout: None,
         bin_dir: bin_dir.clone(),
         port: common::DEFAULT_PORT,
         self_revert_secs: None,

@@ -123,6 +123,10 @@ pub struct LocalSpec {
     pub heartbeat_ms: u64,
     /// Distribution bandwidth cap per transfer.
     pub fetch_rate_limit: Option<u64>,
+    /// Every node's cap on the image bytes it sends per second (a NIC's).
+    pub egress_limit: Option<u64>,
+    /// The leader's relay fan-out (none: the default, 4).
+    pub relay_fanout: Option<usize>,
     /// Where `controller-agent` and `se-agent` are.
     pub bin_dir: PathBuf,
     /// The port every node listens on.
@@ -297,6 +301,8 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             self_revert_secs: spec.self_revert_secs,
             reform_timeout_secs: spec.reform_timeout_secs.filter(|_| n.id == "c1"),
             upload_stall_secs: None,
+            egress_limit_bytes: spec.egress_limit,
+            relay_fanout: spec.relay_fanout.filter(|_| n.role == "controller"),
             limits: None,
             tls: TlsFiles {
                 ca: pki_dir.join("ca.pem"),

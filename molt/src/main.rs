@@ -230,6 +230,14 @@ enum LocalCmd {
         /// Cap image distribution per transfer (bytes/s).
         #[arg(long)]
         fetch_rate_limit: Option<u64>,
+        /// Cap what each node sends of an image, over all its streams
+        /// (bytes/s), as a network would.
+        #[arg(long)]
+        egress_limit: Option<u64>,
+        /// Nodes the leader streams an image to itself, and each relay
+        /// (0: every node from the leader; default 4).
+        #[arg(long)]
+        relay_fanout: Option<usize>,
         /// Seconds an uncommitted boot waits for the leader before rolling back.
         #[arg(long)]
         self_revert_secs: Option<u64>,
@@ -1011,6 +1019,8 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
             port,
             heartbeat_ms,
             fetch_rate_limit,
+            egress_limit,
+            relay_fanout,
             self_revert_secs,
             reform_timeout_secs,
             deployment,
@@ -1025,6 +1035,8 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
                 subnet: local::parse_subnet(subnet)?,
                 heartbeat_ms: *heartbeat_ms,
                 fetch_rate_limit: *fetch_rate_limit,
+                egress_limit: *egress_limit,
+                relay_fanout: *relay_fanout,
                 bin_dir: local::own_bin_dir(),
                 port: *port,
                 self_revert_secs: *self_revert_secs,

@@ -289,6 +289,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn relay_tickets_verify_only_from_a_controller_unchanged_and_in_time() {
+        use common::ticket::{self, RelayGrant, TicketError};
+        let d = tempfile::tempdir().unwrap();
+        let nodes: Vec<NodeSpec> =
+            ["c1=controller@127.0.0.11", "se-1=se@127.0.0.12"].iter().map(|s| s.parse().unwrap()).collect();
+        init(d.path(), "prod", &nodes).unwrap();
+        let creds = |id: &str| {
+            let p = |ext: &str| d.path().join(format!("{id}.{ext}"));
+            common::credentials::Credentials::load(&d.path().join("ca.pem"), &p("pem"), &p("key"), None).unwrap()
+        };
+        let (leader, relay) = (creds("c1"), creds("se-1"));
+        let grant = RelayGrant::new(&common::Sha256Digest::of(b"image"), "se-2", "se-1");
+        let t = ticket::sign(&leader, &grant).unwrap();
+        assert_eq!(ticket::verify(&relay, &t).unwrap(), grant);
+
+        let forged = ticket::sign(&relay, &grant).unwrap();
+        let e = ticket::verify(&relay, &forged).unwrap_err();
+        assert!(matches!(e, TicketError::Signer(_)), "an SE cannot issue tickets: {e}");
+        assert!(e.to_string().contains("not a controller"), "{e}");
+
+        let tampered = String::from_utf8(t.clone()).unwrap().replace("se-2", "se-9");
+        let e = ticket::verify(&relay, tampered.as_bytes()).unwrap_err();
+        assert!(matches!(e, TicketError::Signature), "{e}");
+
+        let old = RelayGrant { expires_unix_ms: 1, ..grant.clone() };
+        let e = ticket::verify(&relay, &ticket::sign(&leader, &old).unwrap()).unwrap_err();
+        assert!(matches!(e, TicketError::Expired), "{e}");
+
+        assert!(matches!(ticket::verify(&relay, b"nonsense"), Err(TicketError::Malformed(_))));
+        // Another cluster's controller is not trusted.
+        let other = tempfile::tempdir().unwrap();
+        init(other.path(), "prod", &nodes[..1]).unwrap();
+        let stranger = common::credentials::Credentials::load(
+            &other.path().join("ca.pem"),
+            &other.path().join("c1.pem"),
+            &other.path().join("c1.key"),
+            None,
+        )
+        .unwrap();
+        let e = ticket::verify(&relay, &ticket::sign(&stranger, &grant).unwrap()).unwrap_err();
+        assert!(matches!(e, TicketError::Signer(_)), "{e}");
+    }
+
+    #[test]
     fn init_writes_loadable_material_with_identities() {
         let d = tempfile::tempdir().unwrap();
         let nodes: Vec<NodeSpec> =

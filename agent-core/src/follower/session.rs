@@ -9,7 +9,7 @@ use common::{
     session::{Command, LeaderMessage},
 };
 use futures_util::{FutureExt, StreamExt, future::BoxFuture};
-use proto::v1::{FetchImageRequest, leader_client::LeaderClient};
+use proto::v1::{FetchImageRequest, leader_client::LeaderClient, relay_client::RelayClient};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -224,17 +224,45 @@ impl ImageSource for LeaderImageSource {
             let mut client = LeaderClient::new(channel)
                 .max_decoding_message_size(dial::MAX_MESSAGE)
                 .max_encoding_message_size(dial::MAX_MESSAGE);
-            let stream = client
-                .fetch_image(FetchImageRequest { sha256: sha.to_hex(), offset })
+            let status =
+                match client.fetch_image(FetchImageRequest { sha256: sha.to_hex(), offset, ticket: vec![] }).await {
+                    Ok(stream) => return Ok(chunk_stream(stream.into_inner(), String::new())),
+                    Err(status) => status,
+                };
+            // The leader may send this node to a relay, with a ticket.
+            let Some((relay, node, ticket)) = relay_of(&status) else {
+                return Err(format!("{:?}: {}", status.code(), status.message()));
+            };
+            debug!(sha = %sha.short(), %node, %relay, offset, "fetching the image from a relay");
+            let channel: Channel = dial::connect(&self.settings, relay)
                 .await
-                .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
+                .map_err(|e| format!("dial relay {node} at {relay}: {e:?}"))?;
+            let mut client = RelayClient::new(channel)
+                .max_decoding_message_size(dial::MAX_MESSAGE)
+                .max_encoding_message_size(dial::MAX_MESSAGE);
+            let stream = client
+                .fetch_image(FetchImageRequest { sha256: sha.to_hex(), offset, ticket })
+                .await
+                .map_err(|e| format!("relay {node}: {:?}: {}", e.code(), e.message()))?
                 .into_inner();
-            let chunks: ChunkStream = Box::pin(stream.map(|r| {
-                r.map(|c| Chunk { offset: c.offset, data: c.data })
-                    .map_err(|e| format!("{:?}: {}", e.code(), e.message()))
-            }));
-            Ok(chunks)
+            Ok(chunk_stream(stream, format!("relay {node}: ")))
         }
         .boxed()
     }
+}
+
+/// The relay a leader's answer names: its address, node id and the ticket.
+fn relay_of(status: &tonic::Status) -> Option<(std::net::SocketAddr, String, Vec<u8>)> {
+    let m = status.metadata();
+    let addr = m.get(crate::relay::RELAY_ADDR)?.to_str().ok()?.parse().ok()?;
+    let node = m.get(crate::relay::RELAY_NODE).and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned();
+    let ticket = m.get_bin(crate::relay::RELAY_TICKET)?.to_bytes().ok()?.to_vec();
+    Some((addr, node, ticket))
+}
+
+fn chunk_stream(stream: tonic::Streaming<proto::v1::ImageChunk>, from: String) -> ChunkStream {
+    Box::pin(stream.map(move |r| {
+        r.map(|c| Chunk { offset: c.offset, data: c.data })
+            .map_err(|e| format!("{from}{:?}: {}", e.code(), e.message()))
+    }))
 }

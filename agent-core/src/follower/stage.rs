@@ -26,6 +26,8 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::image_stream::Growth;
+
 /// Free space kept beyond what an image needs.
 pub const DISK_MARGIN: u64 = 16 << 20;
 /// Consecutive failed attempts without progress before staging gives up.
@@ -111,6 +113,22 @@ pub trait ImageSource: Send + Sync + 'static {
     -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>>;
 }
 
+/// A copy of an image a node can serve to another.
+pub struct RelaySource {
+    /// The open file.
+    pub file: File,
+    /// The image's size.
+    pub size: u64,
+    /// Where a copy still arriving stands (none: whole).
+    pub growth: Option<Box<dyn Fn() -> Growth + Send>>,
+}
+
+impl std::fmt::Debug for RelaySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelaySource").field("size", &self.size).field("growing", &self.growth.is_some()).finish()
+    }
+}
+
 /// A stream of chunks or transport errors.
 pub type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Chunk, String>> + Send>>;
 
@@ -176,6 +194,35 @@ impl Stager {
         self.state.lock().expect("stager lock").staged.contains_key(sha).then(|| self.final_path(sha))
     }
 
+    /// The copy of `sha` this node can relay: staged, or still arriving
+    /// (then with a way to tell whether it still grows). Opened here, so a
+    /// transfer that ends in a rename meanwhile does not matter.
+    pub fn relay_source(&self, sha: &Sha256Digest) -> Option<RelaySource> {
+        let (path, size, growing) = {
+            let s = self.state.lock().expect("stager lock");
+            if let Some(st) = s.staged.get(sha) {
+                (self.final_path(sha), st.size, false)
+            } else {
+                (self.part_path(sha), s.transfers.get(sha)?.total, true)
+            }
+        };
+        let file = File::open(&path).or_else(|_| File::open(self.final_path(sha))).ok()?;
+        let growth: Option<Box<dyn Fn() -> Growth + Send>> = growing.then(|| {
+            let (state, sha) = (self.state.clone(), *sha);
+            Box::new(move || {
+                let s = state.lock().expect("stager lock");
+                if s.staged.contains_key(&sha) {
+                    Growth::Done
+                } else if s.transfers.contains_key(&sha) {
+                    Growth::Growing
+                } else {
+                    Growth::Stopped("the relay is no longer receiving the image".into())
+                }
+            }) as Box<dyn Fn() -> Growth + Send>
+        });
+        Some(RelaySource { file, size, growth })
+    }
+
     fn final_path(&self, sha: &Sha256Digest) -> PathBuf {
         self.dir.join(format!("{sha}.pkg"))
     }
@@ -219,10 +266,10 @@ impl Stager {
             Some(local) => self.adopt(image, &local, &part).await,
             None => self.receive(image, source, &part).await,
         };
-        self.state.lock().expect("stager lock").transfers.remove(&image.sha256);
         let staged = match result {
             Ok(s) => s,
             Err(e) => {
+                self.state.lock().expect("stager lock").transfers.remove(&image.sha256);
                 // Keep a partial file only when it can be resumed.
                 if !matches!(e, StageError::Transfer(_)) {
                     let _ = fs::remove_file(&part);
@@ -230,7 +277,11 @@ impl Stager {
                 return Err(e);
             }
         };
-        self.state.lock().expect("stager lock").staged.insert(image.sha256, staged.clone());
+        // In one step: a relay reading the copy sees it arriving, then whole.
+        let mut state = self.state.lock().expect("stager lock");
+        state.transfers.remove(&image.sha256);
+        state.staged.insert(image.sha256, staged.clone());
+        drop(state);
         info!(sha = %image.sha256.short(), version = %image.version, "image staged");
         Ok(staged)
     }

@@ -341,6 +341,8 @@ mod tests {
             subnet: [127, 9, 9],
             heartbeat_ms: 1000,
             fetch_rate_limit: None,
+            egress_limit: None,
+            relay_fanout: None,
             bin_dir: bins,
             port: 8443,
             self_revert_secs: None,

@@ -13,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use super::{LeaderState, image_server};
-use agent_core::{auth, follower::dial::MAX_MESSAGE};
+use super::LeaderState;
+use agent_core::{auth, follower::dial::MAX_MESSAGE, image_stream};
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -126,14 +126,27 @@ impl pb::leader_server::Leader for LeaderService {
             .state
             .image_path(&sha)
             .ok_or_else(|| Status::not_found(format!("the leader holds no image {}", sha.short())))?;
-        let size = std::fs::metadata(&path).map_err(|e| Status::internal(e.to_string()))?.len();
+        let file = std::fs::File::open(&path).map_err(|e| Status::internal(format!("cannot read image: {e}")))?;
+        let size = file.metadata().map_err(|e| Status::internal(e.to_string()))?.len();
         if r.offset > size {
             return Err(Status::out_of_range(format!("offset {} is past the image's {size} bytes", r.offset)));
+        }
+        if let Some(redirect) = self.state.route_fetch(sha, &peer.node_id) {
+            return Err(redirect);
         }
         // The node's own cap and the running upgrade profile's, whichever is lower.
         let profile = self.state.journal().filter(|j| j.is_running()).map(|j| j.profile.transfer_rate_mib << 20);
         let rate = [self.state.settings.fetch_rate_limit, profile.filter(|r| *r > 0)].into_iter().flatten().min();
-        let rx = image_server::stream(path, r.offset, rate, self.state.bytes_served.clone(), permit);
+        let spec = image_stream::StreamSpec {
+            file,
+            offset: r.offset,
+            size,
+            rate,
+            egress: self.state.egress.get().cloned().flatten(),
+            served: self.state.bytes_served.clone(),
+            growth: None,
+        };
+        let rx = image_stream::stream(spec, permit);
         let chunks = ReceiverStream::new(rx).map(|r| r.map(|c| convert::image_chunk(c.offset, c.data)));
         Ok(Response::new(Box::pin(chunks)))
     }

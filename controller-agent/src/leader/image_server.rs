@@ -1,38 +1,20 @@
-//! `FetchImage`: streams a verified image from an offset in 1 MiB chunks.
-//! Reading runs on a blocking thread feeding a small channel, so a slow or
-//! gone receiver stops the reader (the channel closes) and memory stays at a
-//! few chunks whatever the image size.
+//! Who may open a `FetchImage` stream of the leader (the stream itself is
+//! `agent_core::image_stream`'s, which relays use too).
 //!
 //! [`FetchGate`] decides who may open a stream: only a node the leader is
 //! driving to stage that very image ([`FetchGate::grant`], held by
 //! `distribute::stage_on`), at most `fetch_streams_per_node` streams per node
 //! and `fetch_streams_total` in all (`RESOURCE_EXHAUSTED` beyond). A reader
-//! whose receiver takes no chunk for [`SEND_DEADLINE`] ends, so reader
-//! threads and memory are bounded by the limits × [`DEPTH`] chunks.
+//! whose receiver takes no chunk for `image_stream::SEND_DEADLINE` ends, so
+//! reader threads and memory are bounded by the limits × `DEPTH` chunks.
 
 use std::{
     collections::HashMap,
-    fs::File,
-    io::{Read, Seek, SeekFrom},
-    path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
 };
 
-use bytes::{Bytes, BytesMut};
 use common::{NodeId, Sha256Digest};
-use tokio::sync::mpsc;
 use tonic::Status;
-
-/// Bytes per chunk.
-pub const CHUNK: usize = 1 << 20;
-/// Chunks buffered between the reader thread and the socket.
-pub const DEPTH: usize = 4;
-/// A receiver that takes no chunk for this long loses its stream.
-pub const SEND_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct GateState {
@@ -129,76 +111,6 @@ impl FetchGate {
         *s.streams.entry(node.clone()).or_default() += 1;
         Ok(StreamPermit { state: self.state.clone(), node: node.clone() })
     }
-}
-
-/// One chunk of an image: where it starts, and its bytes.
-#[derive(Debug, Clone)]
-pub struct Chunk {
-    /// Offset in the image.
-    pub offset: u64,
-    /// The bytes.
-    pub data: Bytes,
-}
-
-/// Starts streaming `path` from `offset`. `rate` caps bytes per second. The
-/// stream counts against `permit` until its reader ends.
-pub fn stream(
-    path: PathBuf,
-    offset: u64,
-    rate: Option<u64>,
-    served: Arc<AtomicU64>,
-    permit: StreamPermit,
-) -> mpsc::Receiver<Result<Chunk, Status>> {
-    let (tx, rx) = mpsc::channel(DEPTH);
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut file = match File::open(&path).and_then(|mut f| f.seek(SeekFrom::Start(offset)).map(|_| f)) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(Status::internal(format!("cannot read image: {e}"))));
-                return;
-            }
-        };
-        let started = Instant::now();
-        let mut pos = offset;
-        let mut sent = 0u64;
-        loop {
-            let mut buf = BytesMut::zeroed(CHUNK);
-            let mut filled = 0;
-            while filled < CHUNK {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(format!("cannot read image: {e}"))));
-                        return;
-                    }
-                }
-            }
-            if filled == 0 {
-                return;
-            }
-            buf.truncate(filled);
-            if let Some(rate) = rate {
-                // Pace to `rate`: sleep until the bytes sent so far are due.
-                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            let chunk = Chunk { offset: pos, data: buf.freeze() };
-            match runtime.block_on(tokio::time::timeout(SEND_DEADLINE, tx.send(Ok(chunk)))) {
-                Ok(Ok(())) => {}
-                // The receiver went away, or reads nothing: end the stream (it resumes from its offset).
-                Ok(Err(_)) | Err(_) => return,
-            }
-            pos += filled as u64;
-            sent += filled as u64;
-            served.fetch_add(filled as u64, Ordering::Relaxed);
-        }
-    });
-    rx
 }
 
 #[cfg(test)]

@@ -330,7 +330,7 @@ async fn image_streams_only_for_nodes_told_to_stage_and_bounded() {
     let fetch = async || {
         let ch = crate::security::channel(&ca, &pki, Some("g1-se1"), &addr_of(&c, "c1")).await.unwrap();
         pb::leader_client::LeaderClient::new(ch)
-            .fetch_image(pb::FetchImageRequest { sha256: sha.to_hex(), offset: 0 })
+            .fetch_image(pb::FetchImageRequest { sha256: sha.to_hex(), offset: 0, ..Default::default() })
             .await
             .map(|r| r.into_inner())
     };
@@ -448,7 +448,7 @@ async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_resta
     let refused = match crate::security::channel(&ca, &pki, Some("g1-se1"), &addr_of(&c, "c1")).await {
         Err(_) => true,
         Ok(ch) => pb::leader_client::LeaderClient::new(ch)
-            .fetch_image(pb::FetchImageRequest { sha256: "ab".repeat(32), offset: 0 })
+            .fetch_image(pb::FetchImageRequest { sha256: "ab".repeat(32), offset: 0, ..Default::default() })
             .await
             .is_err_and(|e| e.code() != tonic::Code::PermissionDenied),
     };

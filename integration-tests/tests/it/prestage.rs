@@ -215,3 +215,63 @@ async fn an_upload_name_is_encoded_and_reaches_the_leader_whole() {
     let ok = api.upload(&pkg, "controller.pkg", |_| {}).await.unwrap();
     assert_eq!(ok["image_path"], "controller://upgrade_pkgs/controller.pkg");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_carry_the_image_and_a_fetcher_whose_relay_dies_resumes_from_another_source() {
+    use controller_agent::leader::relays::Parent;
+    // Fan-out 1: the leader streams to one SE, each SE relays to the next.
+    // Every node sends at most 4 MiB/s, so the cut lands mid-way.
+    let mut c =
+        TestCluster::builder().group("g1", "active-active", 4).relay_fanout(1).egress_limit(4 << 20).start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 16 * MIB);
+    let (sha, size) = hash_file(&pkg).unwrap();
+    upload(&c, &pkg).await.unwrap();
+    let leader = c.leader();
+    let served_before = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed);
+    prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap();
+    // A relay that serves another SE and has a quarter of the image.
+    let part = |id: &str| c.data_dir(id).join("staging").join(format!("{sha}.part"));
+    let mut relay = String::new();
+    eventually(30, "an SE relaying to another, a quarter in", async || {
+        let sources = leader.relays.lock().unwrap().sources(&sha);
+        relay = sources
+            .values()
+            .find_map(|p| match p {
+                Parent::Node(r) if std::fs::metadata(part(r.as_str())).is_ok_and(|m| m.len() > size / 4) => {
+                    Some(r.to_string())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        !relay.is_empty()
+    })
+    .await;
+    let sources = leader.relays.lock().unwrap().sources(&sha);
+    assert_eq!(sources.values().filter(|p| **p == Parent::Leader).count(), 1, "the leader serves one: {sources:?}");
+    let child = sources.iter().find(|(_, p)| **p == Parent::Node(relay.parse().unwrap())).unwrap().0.to_string();
+    let child_had = std::fs::metadata(part(&child)).map(|m| m.len()).unwrap_or(0);
+    c.stop_node(&relay).await;
+    // Everyone else finishes, the relay's fetcher from another source.
+    for id in c.ids().into_iter().filter(|id| id.starts_with("g1-") && *id != relay) {
+        let staged = c.data_dir(&id).join("staging").join(format!("{sha}.pkg"));
+        eventually(60, &format!("{id} staged"), async || staged.exists()).await;
+        assert_eq!(hash_file(&staged).unwrap(), (sha, size), "{id}'s copy");
+    }
+    let now = leader.relays.lock().unwrap().sources(&sha);
+    assert_ne!(now.get(&child.parse().unwrap()), Some(&Parent::Node(relay.parse().unwrap())), "{now:?}");
+    // The relay comes back and resumes; the operation completes.
+    c.start_node(&relay).await;
+    let end = c.wait_operation(90).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+    let served = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed) - served_before;
+    // Without relays the leader sends 4 copies; here the chain's head, the
+    // dead relay's fetcher from where it was, and the relay's rest.
+    assert!(
+        served < 2 * size + (2 << 20),
+        "the leader sent {served} bytes for 4 SEs of a {size}-byte image (the fetcher had {child_had})"
+    );
+    for id in c.ids() {
+        assert_eq!(c.staging_files(&id), vec![format!("{sha}.pkg")], "{id}: nothing else left");
+    }
+}

@@ -185,7 +185,7 @@ async fn a_node_cannot_open_a_session_as_another_node() {
     // And an SE may not fetch images as an admin could not either.
     let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, "c1")).await.unwrap();
     let e = pb::leader_client::LeaderClient::new(ch)
-        .fetch_image(pb::FetchImageRequest { sha256: "ab".repeat(32), offset: 0 })
+        .fetch_image(pb::FetchImageRequest { sha256: "ab".repeat(32), offset: 0, ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
@@ -257,4 +257,43 @@ async fn health_and_reflection_answer_with_cluster_certificates() {
     let answer = answers.message().await.unwrap().unwrap();
     let listed = format!("{:?}", answer.message_response);
     assert!(listed.contains("molt.v1.Leader") && listed.contains("molt.v1.Control"), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_serves_only_the_fetcher_its_leader_ticket_names() {
+    use common::ticket::{RelayGrant, sign};
+    let c = TestCluster::builder().group("g1", "active-active", 2).start().await;
+    let pki = c.cluster_dir().join("pki");
+    let creds = |id: &str| {
+        common::credentials::Credentials::load(
+            &pki.join("ca.pem"),
+            &pki.join(format!("{id}.pem")),
+            &pki.join(format!("{id}.key")),
+            None,
+        )
+        .unwrap()
+    };
+    let sha = common::Sha256Digest::of(b"image");
+    let fetch = async |as_node: &str, ticket: Vec<u8>| {
+        let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some(as_node), &addr_of(&c, "g1-se1")).await.unwrap();
+        pb::relay_client::RelayClient::new(ch)
+            .fetch_image(pb::FetchImageRequest { sha256: sha.to_hex(), offset: 0, ticket })
+            .await
+            .unwrap_err()
+    };
+    let e = fetch("g1-se2", vec![]).await;
+    assert_eq!(e.code(), Code::PermissionDenied, "no ticket: {e}");
+    let grant = RelayGrant::new(&sha, "g1-se2", "g1-se1");
+    let e = fetch("g1-se2", sign(&creds("g1-se2"), &grant).unwrap()).await;
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("not a controller"), "an SE's ticket: {}", e.message());
+    let ticket = sign(&creds("c1"), &grant).unwrap();
+    let e = fetch("c1", ticket.clone()).await;
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("the ticket lets g1-se2"), "another node's ticket: {}", e.message());
+    // The right fetcher with the leader's ticket gets through to the copy,
+    // which g1-se1 does not have.
+    let e = fetch("g1-se2", ticket).await;
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    assert!(e.message().contains("holds no copy"), "{}", e.message());
 }

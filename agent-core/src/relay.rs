@@ -1,0 +1,112 @@
+//! `molt.v1.Relay`: a node serves an image it holds — staged, or still
+//! arriving — to the node the leader sent to it with a signed ticket
+//! ([`common::ticket`]). Thin: authorize, find the copy, stream it.
+//!
+//! Who may fetch: the caller's certificate must name the ticket's fetcher,
+//! this node must be the ticket's relay, and the ticket must be a
+//! controller's of this cluster and not expired. At most
+//! `limits.fetch_streams_total` relay streams at once.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use common::{Role, Sha256Digest, convert, ticket};
+use futures_util::{Stream, StreamExt};
+use proto::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{auth, follower::dial::MAX_MESSAGE, image_stream, node::NodeCtx};
+
+/// The gRPC metadata under which the leader names the relay to fetch from
+/// (its address), and its ticket (binary).
+pub const RELAY_ADDR: &str = "molt-relay";
+/// See [`RELAY_ADDR`].
+pub const RELAY_TICKET: &str = "molt-relay-ticket-bin";
+/// The relay's node id, in the same answer.
+pub const RELAY_NODE: &str = "molt-relay-node";
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct RelayService {
+    ctx: Arc<NodeCtx>,
+    open: Arc<AtomicUsize>,
+}
+
+impl RelayService {
+    /// The tonic server for a node.
+    pub fn server(ctx: Arc<NodeCtx>) -> pb::relay_server::RelayServer<Self> {
+        pb::relay_server::RelayServer::new(Self { ctx, open: Arc::default() })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+/// One open relay stream, counted until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::relay_server::Relay for RelayService {
+    type FetchImageStream = BoxStream<pb::ImageChunk>;
+
+    async fn fetch_image(
+        &self,
+        req: Request<pb::FetchImageRequest>,
+    ) -> Result<Response<Self::FetchImageStream>, Status> {
+        let s = &self.ctx.settings;
+        let peer = auth::caller(&req, &s.cluster, &[Role::Controller, Role::ServiceEngine])?;
+        let r = req.into_inner();
+        let sha: Sha256Digest =
+            r.sha256.parse().map_err(|e: common::types::ParseError| Status::invalid_argument(e.to_string()))?;
+        let grant = ticket::verify(&s.tls, &r.ticket).map_err(|e| Status::permission_denied(e.to_string()))?;
+        if grant.fetcher != peer.node_id.as_str() || grant.relay != s.node_id.as_str() || grant.sha256 != r.sha256 {
+            return Err(Status::permission_denied(format!(
+                "the ticket lets {} fetch image {} from {}; this is {peer} asking {} for image {}",
+                grant.fetcher,
+                &grant.sha256[..grant.sha256.len().min(12)],
+                grant.relay,
+                s.node_id,
+                sha.short()
+            )));
+        }
+        let source = self.ctx.stager.relay_source(&sha).ok_or_else(|| {
+            Status::not_found(format!("{} holds no copy of image {}: ask the leader again", s.node_id, sha.short()))
+        })?;
+        if r.offset > source.size {
+            return Err(Status::out_of_range(format!("offset {} is past the image's {} bytes", r.offset, source.size)));
+        }
+        if self.open.fetch_add(1, Ordering::Relaxed) >= s.limits.fetch_streams_total {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "{} relays {} image streams, its limit; ask the leader again",
+                s.node_id, s.limits.fetch_streams_total
+            )));
+        }
+        let permit = Open(self.open.clone());
+        let spec = image_stream::StreamSpec {
+            file: source.file,
+            offset: r.offset,
+            size: source.size,
+            rate: None,
+            egress: self.ctx.egress.clone(),
+            served: self.ctx.bytes_relayed.clone(),
+            growth: source.growth,
+        };
+        let rx = image_stream::stream(spec, permit);
+        let chunks = ReceiverStream::new(rx).map(|r| r.map(|c| convert::image_chunk(c.offset, c.data)));
+        Ok(Response::new(Box::pin(chunks)))
+    }
+}
