@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release --workspace
 //! target/release/bench_distribution [--size-mib 1024] [--agents 1,8] [--small-mib 256]
+//!     [--node-cap-mib 64] [--cap-size-mib 256] [--cap-agents 16] [--cap-fanouts 4,1,0]
 //! ```
 //!
 //! - baseline: one mutual-TLS connection (tokio-rustls, the cluster's
@@ -14,6 +15,11 @@
 //!   then prestage; the SE wave's time comes from the per-node events of the
 //!   status (the leader stages its own copy from its store, not over the
 //!   network). The leader's peak RSS is its process's VmHWM.
+//! - relays: every node's egress capped at `--node-cap-mib` (a NIC), one
+//!   agent, then `--cap-agents` agents with each relay fan-out of
+//!   `--cap-fanouts` (0: every agent from the leader, as without relays).
+//!   Pick the cap so that the agents' total stays well under what 2 cores
+//!   hash and encrypt, or the machine and not the cap is measured.
 
 use std::{
     path::{Path, PathBuf},
@@ -135,14 +141,28 @@ struct MoltRun {
     leader_hwm_kib: u64,
 }
 
-async fn molt_run(work: &Path, pkg: &Path, agents: usize, subnet: u8) -> MoltRun {
+/// How the nodes of a run send images.
+#[derive(Debug, Clone, Copy, Default)]
+struct Net {
+    /// Every node's egress cap, bytes/s.
+    egress: Option<u64>,
+    /// The leader's relay fan-out (none: the default).
+    fanout: Option<usize>,
+}
+
+async fn molt_run(work: &Path, pkg: &Path, agents: usize, subnet: u8, net: Net) -> MoltRun {
     let dir = work.join(format!("cluster-{agents}-{subnet}"));
     let groups = format!("g1:active-active:{agents}");
-    let st = std::process::Command::new(bin("molt"))
-        .args(["local", "up", "--dir", dir.to_str().unwrap(), "--controllers", "1", "--groups", &groups])
-        .args(["--subnet", &format!("127.3.{subnet}")])
-        .status()
-        .unwrap();
+    let mut cmd = std::process::Command::new(bin("molt"));
+    cmd.args(["local", "up", "--dir", dir.to_str().unwrap(), "--controllers", "1", "--groups", &groups])
+        .args(["--subnet", &format!("127.3.{subnet}")]);
+    if let Some(e) = net.egress {
+        cmd.args(["--egress-limit", &e.to_string()]);
+    }
+    if let Some(k) = net.fanout {
+        cmd.args(["--relay-fanout", &k.to_string()]);
+    }
+    let st = cmd.status().unwrap();
     assert!(st.success());
     let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
     let size = std::fs::metadata(pkg).unwrap().len();
@@ -186,6 +206,10 @@ async fn main() {
     let size_mib: u64 = arg("--size-mib", "1024").parse().unwrap();
     let small_mib: u64 = arg("--small-mib", "256").parse().unwrap();
     let agents: Vec<usize> = arg("--agents", "1,8").split(',').map(|a| a.parse().unwrap()).collect();
+    let cap_mib: u64 = arg("--node-cap-mib", "64").parse().unwrap();
+    let cap_size_mib: u64 = arg("--cap-size-mib", "256").parse().unwrap();
+    let cap_agents: usize = arg("--cap-agents", "16").parse().unwrap();
+    let fanouts: Vec<usize> = arg("--cap-fanouts", "4,1,0").split(',').map(|a| a.parse().unwrap()).collect();
     let work = tempfile::Builder::new().prefix("molt-bench-").tempdir_in(std::env::temp_dir()).unwrap();
     eprintln!("building packages ({small_mib} MiB and {size_mib} MiB)...");
     let pkg = build_package(work.path(), size_mib);
@@ -209,10 +233,22 @@ async fn main() {
     let mut runs = Vec::new();
     for (i, &n) in agents.iter().enumerate() {
         eprintln!("molt prestage of {size_mib} MiB to {n} agent(s)...");
-        runs.push(molt_run(work.path(), &pkg, n, 10 + i as u8).await);
+        runs.push(molt_run(work.path(), &pkg, n, 10 + i as u8, Net::default()).await);
     }
     eprintln!("molt prestage of {small_mib} MiB to 1 agent (leader memory vs image size)...");
-    let small_run = molt_run(work.path(), &small, 1, 30).await;
+    let small_run = molt_run(work.path(), &small, 1, 30, Net::default()).await;
+
+    // Relays under a per-node egress cap standing in for each node's NIC.
+    let cap = cap_mib * MIB;
+    let capped_pkg = build_package(work.path(), cap_size_mib);
+    eprintln!("molt prestage of {cap_size_mib} MiB, every node sending at most {cap_mib} MiB/s: 1 agent...");
+    let capped_one = molt_run(work.path(), &capped_pkg, 1, 40, Net { egress: Some(cap), fanout: None }).await;
+    let mut capped = Vec::new();
+    for (i, &k) in fanouts.iter().enumerate() {
+        eprintln!("... {cap_agents} agents, relay_fanout {k}...");
+        let net = Net { egress: Some(cap), fanout: Some(k) };
+        capped.push((k, molt_run(work.path(), &capped_pkg, cap_agents, 41 + i as u8, net).await));
+    }
 
     println!("\nmolt distribution benchmark ({} MiB package, loopback, 2 cores)", size / MIB);
     println!(
@@ -245,6 +281,27 @@ async fn main() {
         plain_rate,
         100.0 * gib_s(one.size, one.per_agent_mean) / plain_rate
     );
+    let wave = |r: &MoltRun| r.wave.as_secs_f64();
+    println!(
+        "\nnode cap {cap_mib} MiB/s, {cap_size_mib} MiB image: 1 agent {:.2} s (leader peak RSS {} MiB)",
+        wave(&capped_one),
+        capped_one.leader_hwm_kib / 1024
+    );
+    for (k, r) in &capped {
+        println!(
+            "  {cap_agents} agents, relay_fanout {k}: {:.2} s = {:.2}x one agent (leader peak RSS {} MiB)",
+            wave(r),
+            wave(r) / wave(&capped_one),
+            r.leader_hwm_kib / 1024
+        );
+    }
+    for (k, r) in &capped {
+        let note = if Some(k) == fanouts.first() { String::new() } else { format!(" (relay_fanout {k})") };
+        println!(
+            "{cap_agents} agents vs 1 with node cap {cap_mib} MiB/s: {:.2}\u{d7}{note}",
+            wave(r) / wave(&capped_one)
+        );
+    }
     println!(
         "leader peak RSS: {} MiB with a {} MiB image, {} MiB with a {} MiB image",
         small_run.leader_hwm_kib / 1024,
