@@ -511,6 +511,19 @@ impl LeaderState {
     pub fn status(&self) -> status::UpgradeStatus {
         let j = self.journal();
         let mut s = status::view(j.as_ref(), self.history(), &self.cluster.snapshot(), driver::now_ms());
+        if let Some(j) = j.as_ref().filter(|j| j.is_running()) {
+            let relays = self.relays.lock().expect("relays lock");
+            for row in &mut s.nodes {
+                let Ok(id) = row.id.parse::<common::NodeId>() else { continue };
+                let Some(n) = j.nodes.get(&id).filter(|n| n.step == coordinator::journal::Step::Staging) else {
+                    continue;
+                };
+                row.source = relays.sources(&j.image_for(n.kind).sha256).get(&id).map(|p| match p {
+                    relays::Parent::Leader => self.settings.node_id.to_string(),
+                    relays::Parent::Node(r) => r.to_string(),
+                });
+            }
+        }
         let audit = &self.consensus.replicated().audit;
         s.audit = audit[audit.len().saturating_sub(status::AUDIT_SHOWN)..].to_vec();
         s

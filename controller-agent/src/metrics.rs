@@ -291,6 +291,7 @@ mod tests {
                 state: "done".into(),
                 version: "2.0.0".into(),
                 received: 4096,
+                source: None,
                 events: vec![],
             }],
             virtual_services: vec![

@@ -239,9 +239,10 @@ pub fn status(v: &Value) -> String {
         }
         for n in v["nodes"].as_array().into_iter().flatten() {
             let last = n["events"].as_array().and_then(|e| e.last());
+            let from = n["source"].as_str().map(|f| format!(" (from {f})")).unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {:<12} {:<11} {:<8} {:<8} {:<9} {}",
+                "  {:<12} {:<11} {:<8} {:<8} {:<9} {}{from}",
                 s(&n["id"]),
                 s(&n["role"]),
                 s(&n["state"]),

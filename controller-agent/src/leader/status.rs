@@ -69,6 +69,10 @@ pub struct NodeStatus {
     pub version: String,
     /// Bytes of the image it holds.
     pub received: u64,
+    /// While it receives the image: the node it comes from (the leader, or
+    /// a relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Its steps.
     pub events: Vec<Event>,
 }
@@ -266,6 +270,7 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
                 state: state.into(),
                 version: seen.map(|s| s.version.clone()).unwrap_or_default(),
                 received,
+                source: None,
                 events: n
                     .events
                     .iter()

@@ -251,6 +251,11 @@ async fn relays_carry_the_image_and_a_fetcher_whose_relay_dies_resumes_from_anot
     assert_eq!(sources.values().filter(|p| **p == Parent::Leader).count(), 1, "the leader serves one: {sources:?}");
     let child = sources.iter().find(|(_, p)| **p == Parent::Node(relay.parse().unwrap())).unwrap().0.to_string();
     let child_had = std::fs::metadata(part(&child)).map(|m| m.len()).unwrap_or(0);
+    // The status names each receiver's source; the CLI prints it.
+    let status = c.api().get("/api/cluster/upgrade/status").await.unwrap();
+    let row = status["nodes"].as_array().unwrap().iter().find(|n| n["id"] == child.as_str()).unwrap();
+    assert_eq!(row["source"], relay.as_str(), "{status:#}");
+    assert!(molt::render::status(&status).contains(&format!("(from {relay})")), "{}", molt::render::status(&status));
     c.stop_node(&relay).await;
     // Everyone else finishes, the relay's fetcher from another source.
     for id in c.ids().into_iter().filter(|id| id.starts_with("g1-") && *id != relay) {
