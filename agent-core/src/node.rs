@@ -257,7 +257,8 @@ impl Node {
         if self.on_trial {
             tokio::spawn(self_revert_watch(ctx.clone(), shutdown.clone()));
         }
-        tokio::spawn(credential_watch(ctx.settings.tls.clone(), shutdown.clone()));
+        let (reloaded, reloads) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(credential_watch(ctx.settings.tls.clone(), reloaded, shutdown.clone()));
         let task = tokio::spawn(async move {
             let server = server::serve(
                 listener,
@@ -266,6 +267,7 @@ impl Node {
                 app,
                 shutdown.clone(),
                 ctx.settings.limits.clone(),
+                reloads,
             );
             let session = session::run(ctx, shutdown.clone());
             tokio::join!(server, session);
@@ -279,7 +281,11 @@ pub const CREDENTIALS_POLL: std::time::Duration = std::time::Duration::from_secs
 
 /// Re-reads the node's certificate, key and revocation list when they
 /// change, until `shutdown`; says once why a change was not taken.
-async fn credential_watch(creds: Arc<common::credentials::Credentials>, shutdown: CancellationToken) {
+async fn credential_watch(
+    creds: Arc<common::credentials::Credentials>,
+    reloaded: tokio::sync::watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
     let mut last_error = String::new();
     loop {
         tokio::select! {
@@ -290,6 +296,8 @@ async fn credential_watch(creds: Arc<common::credentials::Credentials>, shutdown
         match tokio::task::spawn_blocking(move || c.reload_if_changed()).await {
             Ok(Ok(true)) => {
                 info!(identity = %creds.identity(), "TLS certificate or revocation list reloaded");
+                // Open connections check their certificates against the new list.
+                reloaded.send_modify(|n| *n += 1);
                 last_error.clear();
             }
             Ok(Ok(false)) | Err(_) => {}

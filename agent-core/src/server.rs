@@ -80,6 +80,7 @@ pub async fn serve(
     app: axum::Router,
     shutdown: CancellationToken,
     limits: Limits,
+    reloaded: tokio::sync::watch::Receiver<u64>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let mut conns = JoinSet::new();
@@ -119,6 +120,7 @@ pub async fn serve(
                 let app = app.clone();
                 let limits = limits.clone();
                 let creds = creds.clone();
+                let reloaded = reloaded.clone();
                 conns.spawn(async move {
                     let _permit = permit;
                     let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -165,7 +167,7 @@ pub async fn serve(
                         r = conn => if let Err(e) = r {
                             debug!(%remote, error = %e, "connection ended with an error");
                         },
-                        () = revoked_later(&creds, end_entity.as_deref()) => {
+                        () = revoked_later(&creds, end_entity.as_deref(), reloaded) => {
                             warn!(%remote, "closing a connection whose certificate was revoked");
                         }
                     }
@@ -178,11 +180,21 @@ pub async fn serve(
 
 /// Completes once the connection's certificate is revoked (never for a
 /// connection without one): revocation also ends connections already open.
-async fn revoked_later(creds: &Credentials, end_entity: Option<&[u8]>) {
+/// Checked when the node's credentials are reloaded (`reloaded` changes),
+/// not on a timer: an open connection costs nothing meanwhile.
+async fn revoked_later(
+    creds: &Credentials,
+    end_entity: Option<&[u8]>,
+    mut reloaded: tokio::sync::watch::Receiver<u64>,
+) {
     let Some(der) = end_entity else { return std::future::pending().await };
+    let node = PeerIdentity::from_cert_der(der).map(|i| i.node_id.to_string()).unwrap_or_default();
+    let serial = common::identity::serial_hex(der).unwrap_or_default();
     loop {
-        tokio::time::sleep(crate::node::CREDENTIALS_POLL).await;
-        if creds.is_revoked(der) {
+        if reloaded.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if creds.revocations().revokes(&node, &serial) {
             return;
         }
     }

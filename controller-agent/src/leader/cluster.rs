@@ -3,7 +3,7 @@
 //! ends or it misses [`MISSED_BEATS`] intervals.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -99,6 +99,9 @@ pub struct ClusterView {
     nodes: Mutex<BTreeMap<NodeId, Entry>>,
     interval: Duration,
     next_session: std::sync::atomic::AtomicU64,
+    /// The configuration's nodes: address and SE group, by id (one lookup
+    /// per heartbeat, whatever the number of nodes).
+    members: HashMap<NodeId, (std::net::SocketAddr, Option<String>)>,
 }
 
 /// A command could not be handed to a node.
@@ -129,18 +132,20 @@ impl ClusterView {
                     .map(|e| (e.id.clone(), entry(Role::ServiceEngine, e.addr, Some(&e.se_group)))),
             )
             .collect();
-        Self { nodes: Mutex::new(nodes), interval: settings.heartbeat_interval, next_session: 1.into() }
+        let members = settings
+            .controllers
+            .iter()
+            .map(|c| (c.id.clone(), (c.addr, None)))
+            .chain(settings.service_engines.iter().map(|e| (e.id.clone(), (e.addr, Some(e.se_group.clone())))))
+            .collect();
+        Self { nodes: Mutex::new(nodes), interval: settings.heartbeat_interval, next_session: 1.into(), members }
     }
 
     /// Whether the configuration admits `hb`'s node as it describes itself:
     /// a listed node, at its configured address, in its configured SE group.
     /// The configuration, not the heartbeat, is the source of truth.
-    pub fn check_membership(settings: &NodeSettings, hb: &Heartbeat) -> Result<(), String> {
-        let (addr, group) = if let Some(c) = settings.controllers.iter().find(|c| c.id == hb.node_id) {
-            (c.addr, None)
-        } else if let Some(e) = settings.service_engines.iter().find(|e| e.id == hb.node_id) {
-            (e.addr, Some(e.se_group.as_str()))
-        } else {
+    pub fn check_membership(&self, hb: &Heartbeat) -> Result<(), String> {
+        let Some((addr, group)) = self.members.get(&hb.node_id).map(|(a, g)| (*a, g.as_deref())) else {
             return Err(format!(
                 "{} is not a node of this cluster's configuration; add it to [[service_engines]] in the leader's node.toml",
                 hb.node_id
@@ -251,6 +256,25 @@ impl ClusterView {
     fn state_of(&self, e: &Entry, now: Instant) -> NodeState {
         let fresh = e.last_seen.is_some_and(|t| now.duration_since(t) < self.interval.mul_f64(MISSED_BEATS));
         if e.session.is_some() && fresh { NodeState::Up } else { NodeState::Down }
+    }
+
+    /// `f` of every node that has reported, with its last heartbeat and
+    /// whether it is up, under one lock and without copying the heartbeats.
+    pub fn each_reported<T>(&self, mut f: impl FnMut(&NodeId, &Heartbeat, NodeState) -> T) -> Vec<T> {
+        let now = Instant::now();
+        let nodes = self.nodes.lock().expect("cluster lock");
+        nodes.iter().filter_map(|(id, e)| Some(f(id, e.heartbeat.as_ref()?, self.state_of(e, now)))).collect()
+    }
+
+    /// The SEs by SE group.
+    pub fn ses_by_group(&self) -> BTreeMap<String, Vec<String>> {
+        let nodes = self.nodes.lock().expect("cluster lock");
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, e) in nodes.iter().filter(|(_, e)| e.role == Role::ServiceEngine) {
+            let group = e.se_group.clone().or_else(|| e.heartbeat.as_ref().and_then(|h| h.se_group.clone()));
+            out.entry(group.unwrap_or_default()).or_default().push(id.to_string());
+        }
+        out
     }
 
     /// The latest heartbeat of a node and whether it is up.
@@ -420,17 +444,17 @@ mod tests {
         let mut ok = hb(se.id.as_str());
         ok.addr = se.addr.to_string();
         ok.se_group = Some(se.se_group.clone());
-        ClusterView::check_membership(&s, &ok).unwrap();
+        let view = ClusterView::new(&s);
+        view.check_membership(&ok).unwrap();
         let mut moved = ok.clone();
         moved.addr = "127.0.0.1:8443".into();
-        assert!(ClusterView::check_membership(&s, &moved).unwrap_err().contains("configuration has it at"));
+        assert!(view.check_membership(&moved).unwrap_err().contains("configuration has it at"));
         let mut regrouped = ok.clone();
         regrouped.se_group = Some("g2".into());
-        assert!(ClusterView::check_membership(&s, &regrouped).unwrap_err().contains("claims SE group g2"));
+        assert!(view.check_membership(&regrouped).unwrap_err().contains("claims SE group g2"));
         let stranger = hb("g1-se9");
-        assert!(ClusterView::check_membership(&s, &stranger).unwrap_err().contains("[[service_engines]]"));
+        assert!(view.check_membership(&stranger).unwrap_err().contains("[[service_engines]]"));
         // Configured SEs are listed from the start, down until they heartbeat.
-        let view = ClusterView::new(&s);
         let listed = view.snapshot();
         assert!(
             listed

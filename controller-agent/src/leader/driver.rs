@@ -97,37 +97,37 @@ pub fn observed(state: &LeaderState) -> Observed {
 }
 
 fn observed_with(state: &LeaderState, image_unusable: Option<String>) -> Observed {
-    let mut nodes = BTreeMap::new();
-    for n in state.cluster.snapshot() {
-        let Some((Some(hb), live)) = state.cluster.node(&n.id) else { continue };
-        let results = hb
-            .results
-            .iter()
-            .map(|r| {
-                let boot_id = if r.boot_id.is_empty() { hb.boot_id.clone() } else { r.boot_id.clone() };
-                (r.id.clone(), Reported { state: r.state, message: r.message.clone(), boot_id })
-            })
-            .collect();
-        let mut seen = Seen {
-            up: live == NodeState::Up,
-            version: hb.version,
-            boot_id: hb.boot_id.clone(),
-            pending: hb.pending,
-            previous: hb.previous_version,
-            serving: hb.serving.clone(),
-            placing: None,
-            results,
-            received: hb.transfers.iter().map(|t| (t.sha256, t.received)).collect(),
-        };
-        // A placement is in flight until the SE reports its command done.
-        seen.placing = state
-            .placing
-            .lock()
-            .expect("placing lock")
-            .get(&n.id)
-            .filter(|(_, _, id)| !seen.settled(id))
-            .map(|(names, _, _)| names.clone());
-        nodes.insert(n.id.clone(), seen);
+    let mut nodes: BTreeMap<NodeId, Seen> = state
+        .cluster
+        .each_reported(|id, hb, live| {
+            let results = hb
+                .results
+                .iter()
+                .map(|r| {
+                    let boot_id = if r.boot_id.is_empty() { hb.boot_id.clone() } else { r.boot_id.clone() };
+                    (r.id.clone(), Reported { state: r.state, message: r.message.clone(), boot_id })
+                })
+                .collect();
+            let seen = Seen {
+                up: live == NodeState::Up,
+                version: hb.version,
+                boot_id: hb.boot_id.clone(),
+                pending: hb.pending,
+                previous: hb.previous_version,
+                serving: hb.serving.clone(),
+                placing: None,
+                results,
+                received: hb.transfers.iter().map(|t| (t.sha256, t.received)).collect(),
+            };
+            (id.clone(), seen)
+        })
+        .into_iter()
+        .collect();
+    // A placement is in flight until the SE reports its command done.
+    for (id, (names, _, cmd)) in state.placing.lock().expect("placing lock").iter() {
+        if let Some(seen) = nodes.get_mut(id).filter(|s| !s.settled(cmd)) {
+            seen.placing = Some(names.clone());
+        }
     }
     Observed { nodes, image_unusable }
 }

@@ -76,7 +76,7 @@ impl pb::leader_server::Leader for LeaderService {
                 hb.role, hb.node_id
             )));
         }
-        if let Err(why) = super::cluster::ClusterView::check_membership(s, &hb) {
+        if let Err(why) = self.state.cluster.check_membership(&hb) {
             warn!(node = %hb.node_id, remote = ?req_remote, "session refused: {why}");
             return Err(Status::permission_denied(why));
         }
@@ -97,7 +97,7 @@ impl pb::leader_server::Leader for LeaderService {
             while let Ok(Some(m)) = inbound.message().await {
                 match convert::heartbeat_of(m) {
                     Ok(hb) if hb.node_id == node => {
-                        if let Err(why) = super::cluster::ClusterView::check_membership(&state.settings, &hb) {
+                        if let Err(why) = state.cluster.check_membership(&hb) {
                             warn!(%node, "session ended: {why}");
                             break;
                         }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::{
-    NodeId, Role,
+    NodeId,
     session::{Command, CommandKind, LeaderMessage},
 };
 use serde::Serialize;
@@ -24,13 +24,7 @@ use super::{LeaderState, placement};
 
 /// SEs by SE group, as the cluster view knows them.
 pub fn ses_by_group(state: &LeaderState) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for n in state.cluster.snapshot() {
-        if n.role == Role::ServiceEngine {
-            out.entry(n.se_group.clone().unwrap_or_default()).or_default().push(n.id.to_string());
-        }
-    }
-    out
+    state.cluster.ses_by_group()
 }
 
 /// Keeps placements computed (when nothing runs) and every SE serving what
@@ -57,7 +51,7 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
                 }
             }
             let se_ids: Vec<NodeId> =
-                state.cluster.snapshot().into_iter().filter(|n| n.role == Role::ServiceEngine).map(|n| n.id).collect();
+                state.cluster.ses_by_group().into_values().flatten().filter_map(|id| id.parse().ok()).collect();
             let obs = super::driver::observed(&state);
             let cfg = state.config().clone();
             let journal = state.journal();
