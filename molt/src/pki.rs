@@ -184,6 +184,35 @@ pub fn renew(dir: &Path, id: &NodeId, validity_days: u32) -> Result<Renewed, Pki
     })
 }
 
+/// Issues certificates for `nodes` joining the cluster of `dir`, signed by
+/// `dir/ca.key` (as [`init`] did for the first ones). Refuses an id the PKI
+/// dir already holds, before it writes anything.
+pub fn add(dir: &Path, nodes: &[NodeSpec], validity_days: u32) -> Result<(), PkiError> {
+    let days = check_validity(validity_days)?;
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
+    };
+    let ca_pem = read("ca.pem")?;
+    let admin = rustls_pki_types::CertificateDer::from_pem_slice(read("admin.pem")?.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("admin.pem: {e}")))?;
+    let cluster =
+        PeerIdentity::from_cert_der(&admin).map_err(|e| PkiError::Invalid(format!("admin.pem: {e}")))?.cluster;
+    let mut seen = std::collections::HashSet::new();
+    for n in nodes {
+        if n.id.as_str() == "admin" || !seen.insert(n.id.clone()) || dir.join(format!("{}.pem", n.id)).exists() {
+            return Err(PkiError::Invalid(format!("node id {} is used twice, reserved or already issued", n.id)));
+        }
+    }
+    let ca_key = KeyPair::from_pem(&read("ca.key")?)
+        .map_err(|e| PkiError::Invalid(format!("ca.key: {e}; adding nodes needs the CA's key")))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    for n in nodes {
+        issue(dir, &cluster, &n.id, n.role, std::slice::from_ref(&n.host), &issuer, days)?;
+    }
+    Ok(())
+}
+
 /// Writes `dir/NAME.token`, a REST token of `role` derived from
 /// `dir/admin.token` (see `common::token`), and a matching client
 /// certificate `dir/NAME.pem` + `dir/NAME.key` carrying the same role
@@ -287,6 +316,25 @@ fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_added_later_are_issued_by_the_same_ca_and_ids_are_not_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let first: Vec<NodeSpec> = ["c1=controller@127.0.0.11"].iter().map(|s| s.parse().unwrap()).collect();
+        init(d.path(), "prod", &first).unwrap();
+        let more: Vec<NodeSpec> = ["se-7=se@127.0.0.17"].iter().map(|s| s.parse().unwrap()).collect();
+        add(d.path(), &more, 30).unwrap();
+        let m = common::tls::TlsMaterial::load(
+            &d.path().join("ca.pem"),
+            &d.path().join("se-7.pem"),
+            &d.path().join("se-7.key"),
+        )
+        .unwrap();
+        assert_eq!(m.identity.uri(), "molt://prod/se/se-7");
+        let e = add(d.path(), &more, 30).unwrap_err();
+        assert!(e.to_string().contains("already issued"), "{e}");
+        assert!(add(d.path(), &first, 30).is_err(), "c1 exists");
+    }
 
     #[test]
     fn relay_tickets_verify_only_from_a_controller_unchanged_and_in_time() {

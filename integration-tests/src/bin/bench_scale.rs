@@ -1,0 +1,265 @@
+//! Control-plane scale: one leader (a real process) and N lightweight SE
+//! sessions, each with its own certificate over its own mutual-TLS
+//! connection, from its own loopback address, heartbeating at 1 Hz.
+//!
+//! ```text
+//! cargo build --release --workspace
+//! target/release/bench_scale --ses 1000 [--measure-secs 20]
+//! ```
+//!
+//! Measured on the leader's process: CPU over the window (utime + stime from
+//! /proc, as % of one core) and its resident memory at the end; then one SE
+//! is killed (its connection closes, as a killed process's would) and one
+//! hangs (its connection stays open, its heartbeats stop), and the time
+//! until the leader's `GET /api/cluster` shows each down is measured. Last
+//! line: `ses: N, leader cpu: X% of a core, rss: Y MiB, down detected in Z s`
+//! (Z for the killed SE; the hung one is on the line before).
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{DeploymentKind, Role, convert, session::Heartbeat, tls::TlsMaterial};
+use integration_tests::bin;
+use molt::{
+    client::{Api, Connection},
+    local::{GroupSpec, LocalDeployment, LocalSpec},
+    pki::NodeSpec,
+};
+use proto::v1::leader_client::LeaderClient;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_owned())
+}
+
+fn se_ip(i: usize) -> String {
+    format!("127.7.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ: 100 on every Linux architecture molt runs on.
+    let hz = 100.0;
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+/// One SE: a session with the leader, a heartbeat a second, until `stop`;
+/// `hang` stops the heartbeats but keeps the connection.
+async fn se_session(pki: &Path, i: usize, leader: String, hang: Arc<AtomicBool>) {
+    let id = format!("se-{i}");
+    let m = TlsMaterial::load(&pki.join("ca.pem"), &pki.join(format!("{id}.pem")), &pki.join(format!("{id}.key")))
+        .expect("the SE's certificate");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&m.ca_pem))
+        .identity(Identity::from_pem(&m.cert_pem, &m.key_pem));
+    let ip: std::net::IpAddr = se_ip(i).parse().unwrap();
+    let addr = format!("{ip}:8443");
+    let mut seq = 0u64;
+    let boot_id = common::types::random_hex(8);
+    let mut beat = move || {
+        seq += 1;
+        convert::agent_message(Heartbeat {
+            node_id: id.parse().unwrap(),
+            role: Role::ServiceEngine,
+            version: "1.0.0".parse().unwrap(),
+            boot_id: boot_id.clone(),
+            deployment: DeploymentKind::Vm,
+            se_group: Some("g1".into()),
+            addr: addr.clone(),
+            disk_free_bytes: 100 << 30,
+            staged: vec![],
+            transfers: vec![],
+            results: vec![],
+            seq,
+            pending: false,
+            previous_version: None,
+            serving: vec![],
+        })
+    };
+    loop {
+        let channel = Endpoint::from_shared(format!("https://{leader}"))
+            .unwrap()
+            .local_address(Some(ip))
+            .tls_config(tls.clone())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await;
+        let Ok(channel) = channel else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(beat()).await.unwrap();
+        let Ok(resp) = LeaderClient::new(channel).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let mut inbound = resp.into_inner();
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if hang.load(Ordering::Relaxed) {
+                continue;
+            }
+            if tx.send(beat()).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+async fn se_state(api: &Api, id: &str) -> String {
+    let v = api.get("/api/cluster").await.unwrap_or_default();
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == id)
+        .map(|n| n["state"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+async fn time_until_down(api: &Api, id: &str, from: Instant) -> f64 {
+    loop {
+        if se_state(api, id).await != "up" {
+            return from.elapsed().as_secs_f64();
+        }
+        assert!(from.elapsed() < Duration::from_secs(60), "{id} never shown down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Powers the cluster off when dropped, a panic included.
+struct Down(std::path::PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(bin("molt")).args(["local", "down", "--dir", self.0.to_str().unwrap()]).status();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    common::tls::install_default_provider();
+    let n: usize = arg("--ses", "1000").parse().unwrap();
+    let window: u64 = arg("--measure-secs", "20").parse().unwrap();
+    assert!((2..=5000).contains(&n), "--ses is between 2 and 5000");
+    let work = tempfile::Builder::new().prefix("molt-scale-").tempdir_in(std::env::temp_dir()).unwrap();
+    let dir = work.path().join("cluster");
+    // A one-controller local cluster (its own SE is never powered on), then N more SEs.
+    let spec = LocalSpec {
+        dir: dir.clone(),
+        controllers: 1,
+        groups: vec![GroupSpec { name: "g1".into(), ha: "active-active".into(), count: 1 }],
+        version: "1.0.0".parse().unwrap(),
+        subnet: [127, 6, 0],
+        heartbeat_ms: 1000,
+        fetch_rate_limit: None,
+        egress_limit: None,
+        relay_fanout: None,
+        bin_dir: molt::local::own_bin_dir(),
+        port: common::DEFAULT_PORT,
+        self_revert_secs: None,
+        reform_timeout_secs: None,
+        deployment: LocalDeployment::Vm,
+        cluster: "scale".into(),
+        trusted_keys: vec![],
+    };
+    let file = molt::local::prepare(&spec).expect("prepare the controller");
+    let pki = dir.join("pki");
+    let t = Instant::now();
+    let specs: Vec<NodeSpec> = (0..n).map(|i| format!("se-{i}=se@{}", se_ip(i)).parse().unwrap()).collect();
+    molt::pki::add(&pki, &specs, 30).expect("issue the SEs' certificates");
+    eprintln!("{n} certificates issued in {:.1} s", t.elapsed().as_secs_f64());
+    let c1_toml = dir.join("nodes/c1/node.toml");
+    let mut cfg: common::config::NodeConfigFile = toml::from_str(&std::fs::read_to_string(&c1_toml).unwrap()).unwrap();
+    cfg.service_engines.extend((0..n).map(|i| common::config::ServiceEngineEntry {
+        id: format!("se-{i}"),
+        addr: format!("{}:8443", se_ip(i)),
+        se_group: "g1".into(),
+    }));
+    // One connection per SE: past 4,096 the leader's default cap, an operator raises it.
+    cfg.limits.get_or_insert_with(Default::default).max_connections = Some((n + 256).max(4096));
+    std::fs::write(&c1_toml, toml::to_string(&cfg).unwrap()).unwrap();
+    let _down = Down(dir.clone());
+    let st = std::process::Command::new(bin("molt"))
+        .args(["local", "power", "on", "--dir", dir.to_str().unwrap(), "c1"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
+    let leader_addr = file.nodes.iter().find(|x| x.id == "c1").unwrap().addr.clone();
+    let t = Instant::now();
+    while api.get("/api/cluster").await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(60), "the leader did not come up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid: u32 = std::fs::read_to_string(dir.join("nodes/c1/init.pid")).unwrap().trim().parse().unwrap();
+
+    eprintln!("opening {n} sessions...");
+    let hangs: Vec<Arc<AtomicBool>> = (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let mut tasks = Vec::new();
+    for (i, hang) in hangs.iter().enumerate() {
+        let (pki, leader, hang) = (pki.clone(), leader_addr.clone(), hang.clone());
+        tasks.push(tokio::spawn(async move { se_session(&pki, i, leader, hang).await }));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let t = Instant::now();
+    loop {
+        let v = api.get("/api/cluster").await.unwrap();
+        let up = v["nodes"].as_array().unwrap().iter().filter(|x| x["role"] == "se" && x["state"] == "up").count();
+        if up >= n {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "only {up} of {n} SEs up after 5 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("{n} SEs up in {:.1} s; measuring the leader for {window} s...", t.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu0, t0) = (cpu_secs(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(window)).await;
+    let cpu = 100.0 * (cpu_secs(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    let rss_mib = status_kib(pid, "VmRSS:") / 1024;
+    let hwm_mib = status_kib(pid, "VmHWM:") / 1024;
+
+    // One SE hangs (connection open, no heartbeats); one is killed.
+    let interval = 1.0;
+    hangs[1].store(true, Ordering::Relaxed);
+    let hung = time_until_down(&api, "se-1", Instant::now()).await;
+    let killed_at = Instant::now();
+    tasks[0].abort();
+    let killed = time_until_down(&api, "se-0", killed_at).await;
+
+    drop(_down);
+    println!("\nmolt control-plane scale: 1 leader, {n} SE sessions (mutual TLS each), heartbeats every {interval} s");
+    println!("leader cpu over {window} s: {cpu:.1}% of a core; rss {rss_mib} MiB (peak {hwm_mib} MiB)");
+    println!(
+        "an SE that hangs (connection open, no heartbeats) shown down after {hung:.1} s = {:.1} heartbeat intervals",
+        hung / interval
+    );
+    println!("ses: {n}, leader cpu: {cpu:.1}% of a core, rss: {rss_mib} MiB, down detected in {killed:.1} s");
+}
