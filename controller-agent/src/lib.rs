@@ -35,7 +35,8 @@ pub async fn start(
     let state = leader::LeaderState::new(settings.clone()).await?;
     // A leader stages from its own image store: no copy over the network.
     let store = state.clone();
-    let local: agent_core::follower::session::LocalImages = std::sync::Arc::new(move |sha| store.images.path_of(sha));
+    let local: agent_core::follower::session::LocalImages =
+        std::sync::Arc::new(move |sha| store.images.local_copy(sha));
     let node = Node::with_local_images(settings, Some(local), reboot)?;
     let _ = state.egress.set(node.ctx.egress.clone());
     // Every leader task ends when the node stops.

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     dial,
-    stage::{Chunk, ChunkStream, ImageSource},
+    stage::{Chunk, ChunkStream, ImageSource, LocalCopy},
 };
 use crate::node::NodeCtx;
 
@@ -188,7 +188,7 @@ fn on_command(ctx: &NodeCtx, cmd: Command) {
 }
 
 /// Images this node holds outside its staging area (the leader's store).
-pub type LocalImages = Arc<dyn Fn(&common::Sha256Digest) -> Option<std::path::PathBuf> + Send + Sync>;
+pub type LocalImages = Arc<dyn Fn(&common::Sha256Digest) -> Option<LocalCopy> + Send + Sync>;
 
 /// Fetches images from the leader over a connection of their own, so an
 /// image stream never queues behind or ahead of the session.
@@ -212,7 +212,7 @@ impl LeaderImageSource {
 }
 
 impl ImageSource for LeaderImageSource {
-    fn local_copy(&self, sha: &common::Sha256Digest) -> Option<std::path::PathBuf> {
+    fn local_copy(&self, sha: &common::Sha256Digest) -> Option<LocalCopy> {
         self.local.as_ref().and_then(|f| f(sha))
     }
 

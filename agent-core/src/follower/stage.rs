@@ -100,11 +100,21 @@ pub struct Chunk {
     pub data: Bytes,
 }
 
+/// A file on this node that holds an image already (the leader's own store).
+#[derive(Debug, Clone)]
+pub struct LocalCopy {
+    /// The file.
+    pub path: PathBuf,
+    /// Its SHA-256 was verified by this process for the file as it is now
+    /// (same length and modification time): staging does not hash it again.
+    pub digest_verified: bool,
+}
+
 /// Where images come from (the leader, over `FetchImage`).
 pub trait ImageSource: Send + Sync + 'static {
     /// A file on this node that holds `sha` already (the leader's own
     /// image store); staging links it instead of fetching it.
-    fn local_copy(&self, _sha: &Sha256Digest) -> Option<PathBuf> {
+    fn local_copy(&self, _sha: &Sha256Digest) -> Option<LocalCopy> {
         None
     }
 
@@ -349,17 +359,24 @@ impl Stager {
     }
 
     /// Stages a file already on this node: hard link (copy across file
-    /// systems), then the same digest and manifest checks as a transfer.
-    async fn adopt(&self, image: &ImageRef, local: &Path, part: &Path) -> Result<StagedImage, StageError> {
+    /// systems), then the same digest and manifest checks as a transfer —
+    /// the digest only if it was not verified already (a hard link is the
+    /// same file; a copy is hashed).
+    async fn adopt(&self, image: &ImageRef, local: &LocalCopy, part: &Path) -> Result<StagedImage, StageError> {
         let _ = fs::remove_file(part);
-        if fs::hard_link(local, part).is_err() {
-            fs::copy(local, part).map_err(io_err(part))?;
+        let linked = fs::hard_link(&local.path, part).is_ok();
+        if !linked {
+            fs::copy(&local.path, part).map_err(io_err(part))?;
         }
         let p = part.to_owned();
-        let (digest, size) = tokio::task::spawn_blocking(move || package::hash_file(&p))
-            .await
-            .map_err(|e| StageError::Protocol(e.to_string()))?
-            .map_err(io_err(part))?;
+        let (digest, size) = if linked && local.digest_verified {
+            (image.sha256, fs::metadata(part).map_err(io_err(part))?.len())
+        } else {
+            tokio::task::spawn_blocking(move || package::hash_file(&p))
+                .await
+                .map_err(|e| StageError::Protocol(e.to_string()))?
+                .map_err(io_err(part))?
+        };
         if digest != image.sha256 || size != image.size {
             return Err(StageError::DigestMismatch { expected: image.sha256, actual: digest });
         }
@@ -454,32 +471,52 @@ fn resume_offset(part: &Path, size: u64) -> std::io::Result<u64> {
     }
 }
 
-/// The writer thread: re-hashes what a previous attempt left, then appends
-/// and hashes every chunk; at the end fsyncs and returns the digest.
+/// The writer thread: appends every chunk, and hands it to a hasher thread
+/// of its own (the two copies overlap: the page cache's and SHA-256's), which
+/// first re-hashes what a previous attempt left. At the end it fsyncs and
+/// returns the digest.
 fn write_and_hash(
     part: &Path,
     existing: u64,
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> std::io::Result<(Sha256Digest, File)> {
     let mut file = OpenOptions::new().create(true).read(true).append(true).open(part)?;
-    let mut hasher = Sha256::new();
-    if existing > 0 {
-        let mut r = File::open(part)?.take(existing);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = r.read(&mut buf)?;
-            if n == 0 {
-                break;
+    let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Bytes>(8);
+    let prefix = part.to_owned();
+    let hasher =
+        std::thread::Builder::new().name("stage-hash".into()).spawn(move || -> std::io::Result<Sha256Digest> {
+            let mut hasher = Sha256::new();
+            if existing > 0 {
+                let mut r = File::open(prefix)?.take(existing);
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
             }
-            hasher.update(&buf[..n]);
+            for data in chunks {
+                hasher.update(&data);
+            }
+            Ok(Sha256Digest::from_bytes(hasher.finalize().into()))
+        })?;
+    let mut result = Ok(());
+    while let Some(data) = rx.blocking_recv() {
+        if let Err(e) = file.write_all(&data) {
+            result = Err(e);
+            break;
+        }
+        if to_hasher.send(data).is_err() {
+            break;
         }
     }
-    while let Some(data) = rx.blocking_recv() {
-        hasher.update(&data);
-        file.write_all(&data)?;
-    }
+    drop(to_hasher);
+    let digest = hasher.join().map_err(|_| std::io::Error::other("the hasher thread panicked"))?;
+    result?;
     file.sync_all()?;
-    Ok((Sha256Digest::from_bytes(hasher.finalize().into()), file))
+    Ok((digest?, file))
 }
 
 #[cfg(test)]

@@ -189,6 +189,18 @@ impl ImageStore {
         self.by_sha.lock().expect("image lock").get(sha).cloned()
     }
 
+    /// The file holding `sha`, for this controller's own staging: verified
+    /// already when the file is as it was when its digest was checked (same
+    /// length and modification time), so it is not hashed again.
+    pub fn local_copy(&self, sha: &Sha256Digest) -> Option<agent_core::follower::stage::LocalCopy> {
+        let path = self.path_of(sha)?;
+        let digest_verified = fs::metadata(&path).is_ok_and(|m| {
+            let key = (path.clone(), m.len(), m.modified().ok());
+            self.verified.lock().expect("image lock").get(&key).is_some_and(|info| info.sha256 == *sha)
+        });
+        Some(agent_core::follower::stage::LocalCopy { path, digest_verified })
+    }
+
     /// What can be refused before reading a byte of an upload: the name, and
     /// a declared length the disk cannot hold.
     pub fn precheck_upload(&self, name: &str, expected_len: Option<u64>) -> Result<(), ImageError> {

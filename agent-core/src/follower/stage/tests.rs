@@ -170,3 +170,41 @@ async fn two_stagings_of_one_image_at_once_share_one_transfer() {
     let staged = stager.path_of(&image.sha256).unwrap();
     assert_eq!(fs::read(staged).unwrap(), bytes);
 }
+
+/// A node's own store, with the verdict it gives on its file.
+struct Local(LocalCopy);
+
+impl ImageSource for Local {
+    fn local_copy(&self, _sha: &Sha256Digest) -> Option<LocalCopy> {
+        Some(self.0.clone())
+    }
+    fn fetch(&self, _: Sha256Digest, _: u64) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>> {
+        async { Err("a local copy is never fetched".to_owned()) }.boxed()
+    }
+}
+
+#[tokio::test]
+async fn a_local_copy_is_hashed_again_unless_its_digest_was_verified_as_it_is() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_bytes(d.path(), DeploymentKind::Vm);
+    let image = image_of(&bytes, DeploymentKind::Vm);
+    let store = d.path().join("store.pkg");
+    let mut corrupt = bytes.clone();
+    *corrupt.last_mut().unwrap() ^= 1;
+    fs::write(&store, &corrupt).unwrap();
+    let stager = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    let unverified = Local(LocalCopy { path: store.clone(), digest_verified: false });
+    let e = stager.stage(&image, &unverified).await.unwrap_err();
+    assert!(matches!(e, StageError::DigestMismatch { .. }), "{e}");
+    assert!(stager.staged().is_empty());
+    // The store vouches for a good file: linked, not hashed (the size and
+    // the manifest are still checked).
+    fs::write(&store, &bytes).unwrap();
+    let verified = Local(LocalCopy { path: store.clone(), digest_verified: true });
+    stager.stage(&image, &verified).await.unwrap();
+    assert_eq!(fs::read(stager.path_of(&image.sha256).unwrap()).unwrap(), bytes);
+    let other = Stager::open(&d.path().join("node2"), DeploymentKind::Vm).unwrap();
+    fs::write(&store, &bytes[..bytes.len() - 1]).unwrap();
+    let e = other.stage(&image, &verified).await.unwrap_err();
+    assert!(matches!(e, StageError::DigestMismatch { .. }), "a file of another size: {e}");
+}
