@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release --workspace
 //! target/release/bench_distribution [--size-mib 1024] [--agents 1,8] [--small-mib 256]
-//!     [--node-cap-mib 64] [--cap-size-mib 256] [--cap-agents 16] [--cap-fanouts 4,1,0]
+//!     [--node-cap-mib 16] [--cap-size-mib 64] [--cap-agents 16] [--cap-fanouts 4,1,0]
 //! ```
 //!
 //! - baseline: one mutual-TLS connection (tokio-rustls, the cluster's
@@ -127,6 +127,61 @@ async fn plain_copy(pki: &Path, pkg: &Path, dst: &Path) -> Duration {
     took
 }
 
+/// An sshd of its own on a loopback port, and `scp` of `pkg` to it, then
+/// `sha256sum` of the copy, then `sync`: what an operator does by hand. None
+/// when sshd is not installed.
+fn scp_sha256sum(work: &Path, pkg: &Path) -> Option<Duration> {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() {
+        return None;
+    }
+    let d = work.join("ssh");
+    std::fs::create_dir_all(&d).ok()?;
+    let keygen = |name: &str| {
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join(name))
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !keygen("host") || !keygen("id") {
+        return None;
+    }
+    std::fs::copy(d.join("id.pub"), d.join("authorized_keys")).ok()?;
+    let config = format!(
+        "Port 2222\nListenAddress 127.3.254.1\nHostKey {0}/host\nAuthorizedKeysFile {0}/authorized_keys\n\
+         PermitRootLogin yes\nStrictModes no\nUsePAM no\nPidFile {0}/sshd.pid\nSubsystem sftp internal-sftp\n",
+        d.display()
+    );
+    std::fs::write(d.join("sshd_config"), config).ok()?;
+    // sshd's privilege separation directory (made by its service otherwise).
+    std::fs::create_dir_all("/run/sshd").ok()?;
+    let mut server =
+        std::process::Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config")).spawn().ok()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let dst = work.join("scp-copy.pkg");
+    let started = Instant::now();
+    let copied = std::process::Command::new("scp")
+        .args(["-q", "-P", "2222", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-i"])
+        .arg(d.join("id"))
+        .arg(pkg)
+        .arg(format!("root@127.3.254.1:{}", dst.display()))
+        .status()
+        .is_ok_and(|s| s.success());
+    let verified = copied
+        && std::process::Command::new("sha256sum")
+            .arg(&dst)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        && std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+    let took = started.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&dst);
+    verified.then_some(took)
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
@@ -206,8 +261,8 @@ async fn main() {
     let size_mib: u64 = arg("--size-mib", "1024").parse().unwrap();
     let small_mib: u64 = arg("--small-mib", "256").parse().unwrap();
     let agents: Vec<usize> = arg("--agents", "1,8").split(',').map(|a| a.parse().unwrap()).collect();
-    let cap_mib: u64 = arg("--node-cap-mib", "64").parse().unwrap();
-    let cap_size_mib: u64 = arg("--cap-size-mib", "256").parse().unwrap();
+    let cap_mib: u64 = arg("--node-cap-mib", "16").parse().unwrap();
+    let cap_size_mib: u64 = arg("--cap-size-mib", "64").parse().unwrap();
     let cap_agents: usize = arg("--cap-agents", "16").parse().unwrap();
     let fanouts: Vec<usize> = arg("--cap-fanouts", "4,1,0").split(',').map(|a| a.parse().unwrap()).collect();
     let work = tempfile::Builder::new().prefix("molt-bench-").tempdir_in(std::env::temp_dir()).unwrap();
@@ -229,6 +284,8 @@ async fn main() {
     plain.sort();
     let plain_med = plain[1];
     let plain_rate = gib_s(size, plain_med);
+
+    let scp = scp_sha256sum(work.path(), &pkg);
 
     let mut runs = Vec::new();
     for (i, &n) in agents.iter().enumerate() {
@@ -285,6 +342,15 @@ async fn main() {
         plain_rate,
         100.0 * gib_s(one.size, one.per_agent_mean) / plain_rate
     );
+    match scp {
+        Some(t) => println!(
+            "vs scp+sha256sum: {:.2}\u{d7} (scp, sha256sum, sync: {:.2} s; molt's one agent: {:.2} s)",
+            t.as_secs_f64() / one.per_agent_mean.as_secs_f64(),
+            t.as_secs_f64(),
+            one.per_agent_mean.as_secs_f64()
+        ),
+        None => println!("vs scp+sha256sum: not measured (no /usr/sbin/sshd, or it did not start)"),
+    }
     let wave = |r: &MoltRun| r.wave.as_secs_f64();
     if let Some(one) = &capped_one {
         println!(
