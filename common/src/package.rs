@@ -201,10 +201,40 @@ fn read_exact_or(r: &mut impl Read, buf: &mut [u8], short: PackageError) -> Resu
 /// and the digest of the whole stream.
 pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
     let mut outer = CountingReader::new(r);
-    let manifest = read_header(&mut outer)?;
+    verify_counted(&mut outer)?.map_digest(|| outer.digest())
+}
+
+/// As [`verify`], but hashing only the payload: the caller hashes the whole
+/// stream elsewhere (on another core) and completes the answer with
+/// [`Checked::with_digest`].
+pub fn verify_except_digest(r: impl Read) -> Result<Checked, PackageError> {
+    verify_counted(&mut CountingReader::counting_only(r))
+}
+
+/// A package checked by [`verify_except_digest`]: all but its digest.
+#[derive(Debug)]
+pub struct Checked {
+    manifest: Manifest,
+    size: u64,
+    entries: u64,
+}
+
+impl Checked {
+    /// The package's description, with `sha256` as the whole stream's digest.
+    pub fn with_digest(self, sha256: Sha256Digest) -> PackageInfo {
+        PackageInfo { manifest: self.manifest, sha256, size: self.size, entries: self.entries }
+    }
+
+    fn map_digest(self, digest: impl FnOnce() -> Sha256Digest) -> Result<PackageInfo, PackageError> {
+        Ok(self.with_digest(digest()))
+    }
+}
+
+fn verify_counted<R: Read>(outer: &mut CountingReader<R>) -> Result<Checked, PackageError> {
+    let manifest = read_header(outer)?;
     let header_len = outer.count;
     let expected_total = header_len + manifest.payload_size;
-    let mut payload = CountingReader::new((&mut outer).take(manifest.payload_size));
+    let mut payload = CountingReader::new(outer.by_ref().take(manifest.payload_size));
     let walked = walk_entries(&mut payload, manifest.kind, |entry, _| io::copy(entry, &mut io::sink()).map(|_| ()));
     // Drain what the tar reader did not consume (end-of-archive padding).
     io::copy(&mut payload, &mut io::sink())?;
@@ -216,11 +246,11 @@ pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
     if actual != manifest.payload_sha256 {
         return Err(PackageError::PayloadDigest { expected: manifest.payload_sha256, actual });
     }
-    let trailing = io::copy(&mut outer, &mut io::sink())?;
+    let trailing = io::copy(outer, &mut io::sink())?;
     if trailing > 0 {
         return Err(PackageError::TrailingData(trailing));
     }
-    Ok(PackageInfo { manifest, sha256: outer.digest(), size: outer.count, entries })
+    Ok(Checked { manifest, size: outer.count, entries })
 }
 
 /// Unpacks a package's payload into `dest` (which must not exist), under
@@ -467,7 +497,7 @@ pub fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64)> {
 #[derive(Debug)]
 pub struct CountingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     /// Bytes read so far.
     pub count: u64,
 }
@@ -475,19 +505,26 @@ pub struct CountingReader<R> {
 impl<R> CountingReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R) -> Self {
-        Self { inner, hasher: Sha256::new(), count: 0 }
+        Self { inner, hasher: Some(Sha256::new()), count: 0 }
     }
 
-    /// The digest of everything read so far.
+    /// Wraps `inner`, counting without hashing.
+    pub fn counting_only(inner: R) -> Self {
+        Self { inner, hasher: None, count: 0 }
+    }
+
+    /// The digest of everything read so far (of nothing, for a counting-only reader).
     pub fn digest(&self) -> Sha256Digest {
-        Sha256Digest::from_bytes(self.hasher.clone().finalize().into())
+        Sha256Digest::from_bytes(self.hasher.clone().unwrap_or_default().finalize().into())
     }
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }

@@ -108,3 +108,20 @@ fn build_refuses_payload_without_binaries() {
     assert!(err.to_string().contains("bin/controller-agent"), "{err}");
     assert!(!d.path().join("x.pkg").exists());
 }
+
+#[test]
+fn verifying_all_but_the_digest_checks_the_same_and_takes_the_callers_digest() {
+    let (_d, pkg, built) = build_pkg();
+    let bytes = std::fs::read(&pkg).unwrap();
+    let whole = verify(&bytes[..]).unwrap();
+    let checked = verify_except_digest(&bytes[..]).unwrap().with_digest(Sha256Digest::of(&bytes));
+    assert_eq!((checked.sha256, checked.size, checked.entries), (whole.sha256, whole.size, whole.entries));
+    assert_eq!(checked.manifest, built.manifest);
+    let mut cut = bytes.clone();
+    cut.truncate(bytes.len() - 100);
+    assert!(matches!(verify_except_digest(&cut[..]), Err(PackageError::Truncated { .. })));
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert!(verify_except_digest(&flipped[..]).is_err(), "the payload digest is still checked");
+}

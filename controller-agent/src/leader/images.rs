@@ -254,21 +254,25 @@ impl ImageStore {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let file = fs::File::create(tmp)?;
         let pkgs = self.pkgs.clone();
-        // One thread writes and verifies: the package is checked in the same
-        // pass that puts it on disk. A refusal returns at once, which closes
-        // the channel and so stops the reading below.
+        // The package is checked in the same pass that puts it on disk: this
+        // thread verifies (hash, entries) while a thread of its own writes.
+        // A refusal returns at once, which closes the channel and so stops
+        // the reading below.
         let worker = tokio::task::spawn_blocking(move || -> Result<PackageInfo, ImageError> {
-            let mut tee = TeeReader::new(rx, file, pkgs);
-            let verdict = package::verify(&mut tee);
-            if let Some(free) = tee.out_of_space {
-                return Err(ImageError::NoSpace { need: tee.written + SPACE_RESERVE, free });
+            let mut tee = TeeReader::new(rx, file, pkgs)?;
+            let verdict = package::verify_except_digest(&mut tee);
+            let closed = tee.closed;
+            let (written, out_of_space, written_file) = tee.finish();
+            if let Some(free) = out_of_space {
+                return Err(ImageError::NoSpace { need: written + SPACE_RESERVE, free });
             }
-            let info = verdict?;
-            if !tee.closed {
+            let checked = verdict?;
+            if !closed {
                 return Err(ImageError::Io(io::Error::other("upload ended before the body")));
             }
-            tee.file.sync_all()?;
-            Ok(info)
+            let (file, digest) = written_file?;
+            file.sync_all()?;
+            Ok(checked.with_digest(digest))
         });
         let mut received = 0u64;
         let mut ended = None;
@@ -317,35 +321,65 @@ fn check_name(name: &str) -> Result<(), ImageError> {
     }
 }
 
-/// Reads chunks from a channel, writing each to `file` as it passes and
+/// Reads chunks from a channel, writing and hashing each as it passes (on a
+/// thread of its own: the verifying thread hashes only the payload) and
 /// watching the free space as it goes.
 struct TeeReader {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
-    file: fs::File,
     closed: bool,
     pkgs: PathBuf,
     written: u64,
     next_space_check: u64,
     /// Set (to the free bytes) when the disk filled up.
     out_of_space: Option<u64>,
+    to_writer: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    writer: Option<std::thread::JoinHandle<io::Result<(fs::File, Sha256Digest)>>>,
 }
 
 impl TeeReader {
-    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>, file: fs::File, pkgs: PathBuf) -> Self {
-        Self {
+    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>, mut file: fs::File, pkgs: PathBuf) -> io::Result<Self> {
+        let (to_writer, chunks) = std::sync::mpsc::sync_channel::<Bytes>(8);
+        let writer = std::thread::Builder::new().name("upload-write".into()).spawn(move || {
+            use sha2::Digest;
+            let mut hasher = sha2::Sha256::new();
+            for b in chunks {
+                file.write_all(&b)?;
+                hasher.update(&b);
+            }
+            Ok((file, Sha256Digest::from_bytes(hasher.finalize().into())))
+        })?;
+        Ok(Self {
             rx,
             current: Bytes::new(),
-            file,
             closed: false,
             pkgs,
             written: 0,
             next_space_check: SPACE_CHECK_EVERY,
             out_of_space: None,
-        }
+            to_writer: Some(to_writer),
+            writer: Some(writer),
+        })
     }
 
-    fn write(&mut self, b: &[u8]) -> io::Result<()> {
+    /// Waits for the writer: the bytes handed to it, the free space if the
+    /// disk filled up, and the file with the digest of all it holds (or the
+    /// write's error).
+    fn finish(mut self) -> (u64, Option<u64>, io::Result<(fs::File, Sha256Digest)>) {
+        self.to_writer = None;
+        let file = match self.writer.take().map(|w| w.join()) {
+            Some(Ok(r)) => r,
+            _ => Err(io::Error::other("the upload's writer thread failed")),
+        };
+        if let Err(e) = &file
+            && e.kind() == io::ErrorKind::StorageFull
+        {
+            self.out_of_space.get_or_insert(fsutil::disk_free(&self.pkgs).unwrap_or(0));
+        }
+        (self.written, self.out_of_space, file)
+    }
+
+    fn write(&mut self, b: &Bytes) -> io::Result<()> {
         let full = |free| io::Error::new(io::ErrorKind::StorageFull, format!("the disk is full ({free} bytes free)"));
         if self.written + b.len() as u64 >= self.next_space_check {
             self.next_space_check = self.written + SPACE_CHECK_EVERY;
@@ -355,11 +389,10 @@ impl TeeReader {
                 return Err(full(free));
             }
         }
-        if let Err(e) = self.file.write_all(b) {
-            if e.kind() == io::ErrorKind::StorageFull {
-                self.out_of_space = Some(fsutil::disk_free(&self.pkgs).unwrap_or(0));
-            }
-            return Err(e);
+        // A writer that stopped (its write failed) says why in `finish`.
+        let sent = self.to_writer.as_ref().is_some_and(|w| w.send(b.clone()).is_ok());
+        if !sent {
+            return Err(io::Error::other("writing the upload failed"));
         }
         self.written += b.len() as u64;
         Ok(())
