@@ -182,6 +182,35 @@ fn scp_sha256sum(work: &Path, pkg: &Path) -> Option<Duration> {
     verified.then_some(took)
 }
 
+/// Reads `src`, hashes it on a thread of its own, writes it to `dst`, fsyncs.
+fn hash_write_fsync(src: &Path, dst: &Path) -> Duration {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
+    let hasher = std::thread::spawn(move || {
+        let mut h = sha2::Sha256::new();
+        for b in rx {
+            h.update(&b);
+        }
+        h.finalize()
+    });
+    let mut input = std::fs::File::open(src).unwrap();
+    let mut out = std::fs::File::create(dst).unwrap();
+    loop {
+        let mut buf = Vec::with_capacity(MIB as usize);
+        let n = Read::by_ref(&mut input).take(MIB).read_to_end(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf).unwrap();
+        tx.send(Bytes::from(buf)).unwrap();
+    }
+    drop(tx);
+    hasher.join().unwrap();
+    out.sync_all().unwrap();
+    started.elapsed()
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
@@ -292,6 +321,16 @@ async fn main() {
         eprintln!("molt prestage of {size_mib} MiB to {n} agent(s)...");
         runs.push(molt_run(work.path(), &pkg, n, 10 + i as u8, Net::default()).await);
     }
+    // After the molt runs (its writes would slow theirs): what the leader does with an upload, without the network: read, hash
+    // (on a thread of its own), write, fsync. Median of three.
+    let mut local = Vec::new();
+    for i in 0..3 {
+        let dst = work.path().join(format!("local-{i}"));
+        local.push(hash_write_fsync(&pkg, &dst));
+        let _ = std::fs::remove_file(dst);
+    }
+    local.sort();
+    let local_med = local[1];
     eprintln!("molt prestage of {small_mib} MiB to 1 agent (leader memory vs image size)...");
     let small_run = molt_run(work.path(), &small, 1, 30, Net::default()).await;
 
@@ -341,6 +380,12 @@ async fn main() {
         gib_s(one.size, one.per_agent_mean),
         plain_rate,
         100.0 * gib_s(one.size, one.per_agent_mean) / plain_rate
+    );
+    println!(
+        "upload: {:.2} GiB/s vs the leader's own read + hash + write + fsync {:.2} GiB/s = {:.0}% (aim: 80% or more)",
+        gib_s(one.size, one.upload),
+        gib_s(size, local_med),
+        100.0 * gib_s(one.size, one.upload) / gib_s(size, local_med)
     );
     match scp {
         Some(t) => println!(
