@@ -201,7 +201,8 @@ fn read_exact_or(r: &mut impl Read, buf: &mut [u8], short: PackageError) -> Resu
 /// and the digest of the whole stream.
 pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
     let mut outer = CountingReader::new(r);
-    verify_counted(&mut outer)?.map_digest(|| outer.digest())
+    let checked = verify_counted(&mut outer)?;
+    Ok(checked.with_digest(outer.digest()))
 }
 
 /// As [`verify`], but hashing only the payload: the caller hashes the whole
@@ -223,10 +224,6 @@ impl Checked {
     /// The package's description, with `sha256` as the whole stream's digest.
     pub fn with_digest(self, sha256: Sha256Digest) -> PackageInfo {
         PackageInfo { manifest: self.manifest, sha256, size: self.size, entries: self.entries }
-    }
-
-    fn map_digest(self, digest: impl FnOnce() -> Sha256Digest) -> Result<PackageInfo, PackageError> {
-        Ok(self.with_digest(digest()))
     }
 }
 

@@ -655,7 +655,7 @@ fn agent_ports(state: &LeaderState) -> Vec<u16> {
 /// Places virtual services at once (the placer would within a second) and
 /// returns where `name` went.
 async fn place_now(state: &LeaderState, name: &str) -> Option<Vec<String>> {
-    let ses = crate::leader::traffic::ses_by_group(state);
+    let ses = state.cluster.ses_by_group();
     // Written only when they change: an unchanged placement costs no
     // replicated write.
     if crate::leader::placement::place(&state.config(), &ses) != state.config().placements {

@@ -22,11 +22,6 @@ use coordinator::core;
 
 use super::{LeaderState, placement};
 
-/// SEs by SE group, as the cluster view knows them.
-pub fn ses_by_group(state: &LeaderState) -> BTreeMap<String, Vec<String>> {
-    state.cluster.ses_by_group()
-}
-
 /// Keeps placements computed (when nothing runs) and every SE serving what
 /// the coordinator says, make-before-break ([`coordinator::core::placements_to_push`]):
 /// a service is added at once, taken off an SE only once another serves it.
@@ -34,8 +29,8 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
     state.clone().spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
+            let ses = state.cluster.ses_by_group();
             if !state.read_only() {
-                let ses = ses_by_group(&state);
                 let next = placement::place(&state.config(), &ses);
                 let changed = state.config().placements != next;
                 if changed {
@@ -50,8 +45,7 @@ pub fn spawn_placer(state: Arc<LeaderState>) {
                     }
                 }
             }
-            let se_ids: Vec<NodeId> =
-                state.cluster.ses_by_group().into_values().flatten().filter_map(|id| id.parse().ok()).collect();
+            let se_ids: Vec<NodeId> = ses.into_values().flatten().filter_map(|id| id.parse().ok()).collect();
             let obs = super::driver::observed(&state);
             let cfg = state.config().clone();
             let journal = state.journal();
