@@ -11,13 +11,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// Why a call to the leader failed.
 #[derive(Debug, thiserror::Error)]
@@ -167,9 +162,6 @@ impl From<SocketAddr> for Endpoint {
     }
 }
 
-/// An open HTTP/1.1 connection to a controller, kept for the next request.
-type Kept = Arc<tokio::sync::Mutex<Option<(Endpoint, hyper::client::conn::http1::SendRequest<Body>)>>>;
-
 /// A client of the leader's REST API.
 #[derive(Clone)]
 pub struct Api {
@@ -179,11 +171,10 @@ pub struct Api {
     controllers: Arc<Vec<Endpoint>>,
     /// Only ever talk to `current` (to see what one controller answers).
     pinned: bool,
-    tls: Arc<rustls::ClientConfig>,
+    /// reqwest over the cluster CA's rustls configuration; it keeps the
+    /// connection to each controller open from request to request.
+    http: reqwest::Client,
     token: String,
-    /// One connection reused from request to request (a request finding it
-    /// busy opens its own).
-    kept: Kept,
 }
 
 impl fmt::Debug for Api {
@@ -192,46 +183,28 @@ impl fmt::Debug for Api {
     }
 }
 
-type Body = BoxBody<Bytes, std::io::Error>;
-
 fn parse_url(url: &str) -> Result<Endpoint, ClientError> {
     let bad = || {
         ClientError::Config(format!("controller URL {url:?}: expected https://HOST[:PORT], HOST an address or a name"))
     };
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| ClientError::Config(format!("controller URL {url:?} must start with https://")))?;
-    let hostport = rest.split('/').next().unwrap_or_default();
-    if let Ok(a) = hostport.parse::<SocketAddr>() {
-        return Ok(a.into());
+    if !url.starts_with("https://") {
+        return Err(ClientError::Config(format!("controller URL {url:?} must start with https://")));
     }
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, p.parse().map_err(|_| bad())?),
-        _ => (hostport, common::DEFAULT_PORT),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let name_ok = |h: &str| {
-        h.parse::<std::net::IpAddr>().is_ok()
-            || (!h.is_empty()
-                && h.len() <= 253
-                && h.split('.').all(|l| {
-                    !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                }))
-    };
-    if !name_ok(host) {
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
+    let host = parsed.host_str().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_err() && !is_dns_name(host) {
         return Err(bad());
     }
+    let port = parsed.port().unwrap_or(common::DEFAULT_PORT);
     Ok(Endpoint { host: host.to_owned(), port })
 }
 
-/// `s` percent-encoded for a query value (everything but unreserved characters).
-pub fn query_value(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Letters, digits and hyphens in dot-separated labels: what a certificate
+/// can name (the URL parser lets more through).
+fn is_dns_name(h: &str) -> bool {
+    h.len() <= 253
+        && h.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 /// How long a request keeps looking for a leader (an election takes a few
@@ -241,6 +214,19 @@ const FIND_LEADER: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long a read answered from a replica (no leader known there) waits
 /// for a leading controller's answer before it is shown as it is.
 const STALE_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// An error of reqwest's, with its causes (reqwest's own text names only
+/// the step: "error sending request").
+fn unreachable(to: &Endpoint, e: reqwest::Error) -> ClientError {
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message = format!("{message}: {s}");
+        source = s.source();
+    }
+    ClientError::Unreachable { addr: to.to_string(), message }
+}
 
 impl Api {
     pub fn new(conn: &Connection) -> Result<Self, ClientError> {
@@ -260,13 +246,21 @@ impl Api {
             .to_owned();
         let tls = common::tls::anonymous_client_config(&ca, &[b"http/1.1"])
             .map_err(|e| ClientError::Config(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(Arc::unwrap_or_clone(tls))
+            // Redirects to the leader are followed by `send`, which knows
+            // the controllers; a stream cannot be sent twice anyway.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
         Ok(Self {
             current: Arc::new(std::sync::Mutex::new(first)),
             controllers: Arc::new(controllers),
             pinned: false,
-            tls,
+            http,
             token,
-            kept: Kept::default(),
         })
     }
 
@@ -277,7 +271,6 @@ impl Api {
             current: Arc::new(std::sync::Mutex::new(addr.into())),
             controllers: Arc::new(vec![addr.into()]),
             pinned: true,
-            kept: Kept::default(),
             ..self.clone()
         }
     }
@@ -297,80 +290,33 @@ impl Api {
         self.move_to(self.controllers[i].clone());
     }
 
-    /// The connection kept, if it is to `to` and idle.
-    async fn kept_to(&self, to: &Endpoint) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
-        let (at, mut sender) = self.kept.lock().await.take()?;
-        (at == *to && sender.ready().await.is_ok()).then_some(sender)
-    }
-
-    /// A new connection to `to` (resolving a name, trying each of its addresses).
-    async fn connect(&self, to: &Endpoint) -> Result<hyper::client::conn::http1::SendRequest<Body>, ClientError> {
-        let unreachable = |message: String| ClientError::Unreachable { addr: to.to_string(), message };
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((to.host.as_str(), to.port))
-            .await
-            .map_err(|e| unreachable(format!("cannot resolve {}: {e}", to.host)))?
-            .collect();
-        let mut last = unreachable(format!("{} resolves to no address", to.host));
-        for addr in addrs {
-            let tcp = match tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    last = unreachable(e.to_string());
-                    continue;
-                }
-                Err(_) => {
-                    last = unreachable("connection timed out".into());
-                    continue;
-                }
-            };
-            let name = ServerName::try_from(to.host.clone()).map_err(|e| unreachable(e.to_string()))?;
-            let tls = TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| unreachable(format!("TLS: {e}")))?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            tokio::spawn(conn);
-            return Ok(sender);
+    /// `https://TO/PATH`, the query `(name, value)` pairs encoded.
+    fn url(to: &Endpoint, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Url, ClientError> {
+        let mut url = reqwest::Url::parse(&format!("https://{to}{path}"))
+            .map_err(|e| ClientError::Config(format!("https://{to}{path}: {e}")))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
         }
-        Err(last)
+        Ok(url)
     }
 
-    /// Sends `make()`'s request to `to` and reads the whole answer, on the
-    /// connection kept from the last request when there is one (and again
-    /// on a new one if the controller had closed it meanwhile); the
-    /// connection is kept for the next request.
-    async fn send_to(&self, to: &Endpoint, make: impl Fn() -> Request<Body>) -> Result<Answer, ClientError> {
-        let unreachable = |e: hyper::Error| ClientError::Unreachable { addr: to.to_string(), message: e.to_string() };
-        let (mut sender, resp) = match self.kept_to(to).await {
-            Some(mut kept) => match kept.try_send_request(make()).await {
-                Ok(resp) => (kept, resp),
-                // Closed before the request went out: on a new connection.
-                Err(e) if e.message().is_some() => {
-                    let mut fresh = self.connect(to).await?;
-                    let resp = fresh.send_request(make()).await.map_err(unreachable)?;
-                    (fresh, resp)
-                }
-                Err(e) => return Err(unreachable(e.into_error())),
-            },
-            None => {
-                let mut fresh = self.connect(to).await?;
-                let resp = fresh.send_request(make()).await.map_err(unreachable)?;
-                (fresh, resp)
-            }
-        };
-        let answer = Answer::read(to, resp).await?;
-        if sender.ready().await.is_ok() {
-            *self.kept.lock().await = Some((to.clone(), sender));
-        }
-        Ok(answer)
+    fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
+        self.http.request(method, url).bearer_auth(&self.token).header(http::header::CONTENT_TYPE, "application/json")
     }
 
-    /// Sends `make()`'s request to the leader: follows a controller's
-    /// redirect to the leader, and tries the other controllers when one
-    /// cannot be reached or has no leader, for up to [`FIND_LEADER`].
-    async fn send(&self, make: impl Fn() -> Request<Body>) -> Result<Answer, ClientError> {
+    /// Sends the request to `to` and reads the whole answer.
+    async fn send_to(&self, to: &Endpoint, req: reqwest::RequestBuilder) -> Result<Answer, ClientError> {
+        let resp = req.send().await.map_err(|e| unreachable(to, e))?;
+        Answer::read(to, resp).await
+    }
+
+    /// Sends `make(controller)`'s request to the leader: follows a
+    /// controller's redirect to the leader, and tries the other controllers
+    /// when one cannot be reached or has no leader, for up to [`FIND_LEADER`].
+    async fn send(
+        &self,
+        make: impl Fn(&Endpoint) -> Result<reqwest::RequestBuilder, ClientError>,
+    ) -> Result<Answer, ClientError> {
         let started = std::time::Instant::now();
         // A read answered from a replica while no leader is known: kept,
         // and given only if no controller leads within STALE_WAIT.
@@ -378,7 +324,7 @@ impl Api {
         loop {
             let addr = self.controller();
             let last = started.elapsed() >= FIND_LEADER || self.pinned;
-            match self.send_to(&addr, &make).await {
+            match self.send_to(&addr, make(&addr)?).await {
                 Err(e) if last => return stale.ok_or(e),
                 Err(_) => self.next_controller(),
                 Ok(answer) => {
@@ -400,45 +346,36 @@ impl Api {
         }
     }
 
-    fn request(&self, method: Method, path: &str, body: Body) -> Request<Body> {
-        Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, self.controller().to_string())
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .expect("valid request")
-    }
-
     async fn call(
         &self,
-        method: Method,
+        method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
         let bytes = Bytes::from(body.map(|b| serde_json::to_vec(b).expect("serializes")).unwrap_or_default());
-        self.send(|| self.request(method.clone(), path, Full::new(bytes.clone()).map_err(|e| match e {}).boxed()))
+        self.send(|to| Ok(self.request(method.clone(), Self::url(to, path, &[])?).body(bytes.clone())))
             .await?
             .into_result()
     }
 
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::GET, path, None).await
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::POST, path, Some(body)).await
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn put(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::PUT, path, Some(body)).await
+        self.call(reqwest::Method::PUT, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::DELETE, path, None).await
+        self.call(reqwest::Method::DELETE, path, None).await
     }
 
+    /// Streams `file` to the leader's `/api/upload?name=NAME`, calling
+    /// `progress` with the bytes sent so far.
     pub async fn upload(
         &self,
         file: &Path,
@@ -450,27 +387,20 @@ impl Api {
         let len = f.metadata().await?.len();
         let mut sent = 0u64;
         let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map(move |r| {
-            r.map(|b| {
+            r.inspect(|b| {
                 sent += b.len() as u64;
                 progress(sent);
-                hyper::body::Frame::data(b)
             })
         });
-        let body = BodyExt::boxed(StreamBody::new(stream));
         // A stream is sent once: find the leader first, then upload to it.
         self.get("/api/cluster").await?;
-        let mut req = self.request(Method::POST, &format!("/api/upload?name={}", query_value(name)), body);
-        req.headers_mut().insert(http::header::CONTENT_LENGTH, len.into());
-        req.headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
-        // A stream is sent once, on a connection of its own.
         let to = self.controller();
-        let mut sender = self.connect(&to).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Unreachable { addr: to.to_string(), message: e.to_string() })?;
-        Answer::read(&to, resp).await?.into_result()
+        let req = self
+            .request(reqwest::Method::POST, Self::url(&to, "/api/upload", &[("name", name)])?)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .header(http::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(stream));
+        self.send_to(&to, req).await?.into_result()
     }
 }
 
@@ -484,16 +414,11 @@ struct Answer {
 }
 
 impl Answer {
-    async fn read(addr: &Endpoint, resp: http::Response<hyper::body::Incoming>) -> Result<Self, ClientError> {
+    async fn read(addr: &Endpoint, resp: reqwest::Response) -> Result<Self, ClientError> {
         let status = resp.status();
         let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let stale = resp.headers().contains_key("x-molt-stale");
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Unreachable { addr: addr.to_string(), message: e.to_string() })?
-            .to_bytes();
+        let bytes = resp.bytes().await.map_err(|e| unreachable(addr, e))?;
         let body: serde_json::Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
         Ok(Self { status, location, stale, body })
@@ -530,6 +455,86 @@ mod tests {
         assert!(e("http://ctl-1:8443").unwrap_err().contains("must start with https://"));
         assert!(e("https://bad_name!:8443").unwrap_err().contains("expected https://HOST[:PORT]"));
         assert!(e("https://ctl:port").is_err());
-        assert_eq!(query_value("controller 2.0 (rc1)&x=ü.pkg"), "controller%202.0%20%28rc1%29%26x%3D%C3%BC.pkg");
+        let to = parse_url("https://ctl-1.example.net:8443").unwrap();
+        let url = Api::url(&to, "/api/upload", &[("name", "controller 2.0 (rc1)&x=ü.pkg")]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://ctl-1.example.net:8443/api/upload?name=controller+2.0+%28rc1%29%26x%3D%C3%BC.pkg"
+        );
+    }
+
+    /// A controller with a certificate for a DNS name, answering HTTP/1.1
+    /// by hand: it records each request's head and how many connections
+    /// were opened.
+    async fn named_controller(dir: &Path) -> (String, Arc<std::sync::Mutex<(usize, Vec<String>)>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &rcgen::Issuer::from_params(&ca_params, &ca_key))
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("token"), "secret\n").unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(common::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new((0, vec![])));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                log.lock().unwrap().0 += 1;
+                let (acceptor, log) = (acceptor.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        log.lock().unwrap().1.push(head);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+                        tls.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        (format!("https://localhost:{port}"), seen)
+    }
+
+    #[tokio::test]
+    async fn a_controller_named_by_dns_is_reached_over_one_kept_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, seen) = named_controller(dir.path()).await;
+        let conn =
+            Connection { url, others: vec![], ca: dir.path().join("ca.pem"), token_file: dir.path().join("token") };
+        let api = Api::new(&conn).unwrap();
+        for _ in 0..3 {
+            assert_eq!(api.get("/api/cluster").await.unwrap(), serde_json::json!({ "ok": true }));
+        }
+        let (connections, heads) = seen.lock().unwrap().clone();
+        assert_eq!(connections, 1, "three requests, one connection: {heads:?}");
+        assert_eq!(heads.len(), 3);
+        assert!(heads[0].starts_with("GET /api/cluster HTTP/1.1"), "{}", heads[0]);
+        assert!(heads[0].to_ascii_lowercase().contains("authorization: bearer secret"), "{}", heads[0]);
     }
 }
