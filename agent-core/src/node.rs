@@ -104,6 +104,8 @@ pub struct NodeCtx {
     /// Image bytes this node has relayed to others.
     pub bytes_relayed: Arc<AtomicU64>,
     seq: AtomicU64,
+    /// The slot state last read, for as long as its files are unchanged.
+    slot_state: SlotStateCache,
 }
 
 impl NodeCtx {
@@ -132,9 +134,65 @@ impl NodeCtx {
 
     /// Whether the running slot is on trial, and the previous slot's version.
     fn slot_state(&self) -> (bool, Option<Version>) {
-        let slots = Slots::new(&self.settings.data_dir);
+        self.slot_state.get(&self.settings.data_dir, self.version)
+    }
+}
+
+/// What identifies a file's contents without reading it. The boot record
+/// and the manifests are replaced by rename (`fsutil::atomic_write`), so a
+/// change gives a new inode as well as a new mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileKey {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
+/// The slot state a heartbeat reports, read again only when `boot.json` or
+/// a slot's manifest changed: a heartbeat costs three `stat`s, not three
+/// reads and JSON parses.
+#[derive(Debug, Default)]
+struct SlotStateCache {
+    last: std::sync::Mutex<Option<(Version, [Option<FileKey>; 3], (bool, Option<Version>))>>,
+}
+
+impl SlotStateCache {
+    fn get(&self, data_dir: &std::path::Path, running: Version) -> (bool, Option<Version>) {
+        let slots = Slots::new(data_dir);
+        // Taken before the files are read: a change after this is seen at the next beat.
+        let keys = [
+            FileKey::of(&slots.boot_record_path()),
+            FileKey::of(&slots.slot_dir(common::slots::Slot::A).join("manifest.json")),
+            FileKey::of(&slots.slot_dir(common::slots::Slot::B).join("manifest.json")),
+        ];
+        let mut last = self.last.lock().expect("slot state lock");
+        if let Some((v, k, state)) = &*last
+            && (*v, *k) == (running, keys)
+        {
+            return *state;
+        }
+        let state = Self::read(&slots, running);
+        *last = Some((running, keys, state));
+        state
+    }
+
+    fn read(slots: &Slots, running: Version) -> (bool, Option<Version>) {
         let Ok((record, active)) = slots.active() else { return (false, None) };
-        if active.version != self.version {
+        if active.version != running {
             // Applied but not yet rebooted: describe what runs.
             return (false, Some(active.version));
         }
@@ -212,6 +270,7 @@ impl Node {
             egress,
             bytes_relayed: Arc::default(),
             seq: AtomicU64::new(0),
+            slot_state: SlotStateCache::default(),
         });
         Ok(Self { ctx, shutdown, on_trial: record.pending })
     }
@@ -309,5 +368,50 @@ async fn credential_watch(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use common::slots::Slot;
+
+    use super::*;
+
+    #[test]
+    fn the_cached_slot_state_follows_each_change_of_the_boot_record_and_manifests() {
+        let d = tempfile::tempdir().unwrap();
+        let bins = d.path().join("bins");
+        std::fs::create_dir_all(&bins).unwrap();
+        for name in ["controller-agent", "se-agent"] {
+            std::fs::write(bins.join(name), b"agent").unwrap();
+        }
+        let slots = Slots::new(&d.path().join("node"));
+        let (v1, v2): (Version, Version) = ("1.0.0".parse().unwrap(), "2.0.0".parse().unwrap());
+        slots.install_initial(v1, common::DeploymentKind::Vm, &bins).unwrap();
+        let cache = SlotStateCache::default();
+        assert_eq!(cache.get(&d.path().join("node"), v1), (false, None));
+        assert_eq!(cache.get(&d.path().join("node"), v1), (false, None), "unchanged files, same answer");
+
+        // 2.0.0 installed into slot b and activated on trial: it runs after the reboot.
+        let manifest = std::fs::read_to_string(slots.slot_dir(Slot::A).join("manifest.json")).unwrap();
+        std::fs::create_dir_all(slots.slot_dir(Slot::B)).unwrap();
+        common::fsutil::atomic_write(
+            &slots.slot_dir(Slot::B).join("manifest.json"),
+            manifest.replace("1.0.0", "2.0.0").as_bytes(),
+        )
+        .unwrap();
+        slots.activate_on_trial(Slot::B).unwrap();
+        assert_eq!(cache.get(&d.path().join("node"), v1), (false, Some(v2)), "applied, not rebooted");
+        assert_eq!(cache.get(&d.path().join("node"), v2), (true, Some(v1)), "on trial after the reboot");
+        slots.commit().unwrap();
+        assert_eq!(cache.get(&d.path().join("node"), v2), (false, Some(v1)), "committed");
+
+        // The previous slot overwritten by the next install (boot record unchanged).
+        common::fsutil::atomic_write(
+            &slots.slot_dir(Slot::A).join("manifest.json"),
+            manifest.replace("1.0.0", "3.0.0").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(cache.get(&d.path().join("node"), v2), (false, Some("3.0.0".parse().unwrap())));
     }
 }
