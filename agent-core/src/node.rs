@@ -167,8 +167,12 @@ impl FileKey {
 /// reads and JSON parses.
 #[derive(Debug, Default)]
 struct SlotStateCache {
-    last: std::sync::Mutex<Option<(Version, [Option<FileKey>; 3], (bool, Option<Version>))>>,
+    last: std::sync::Mutex<Option<SlotStateRead>>,
 }
+
+/// The slot state (on trial, previous version) as read for a running
+/// version from files with these keys.
+type SlotStateRead = (Version, [Option<FileKey>; 3], (bool, Option<Version>));
 
 impl SlotStateCache {
     fn get(&self, data_dir: &std::path::Path, running: Version) -> (bool, Option<Version>) {
