@@ -202,14 +202,27 @@ impl ClusterView {
         Ok(id)
     }
 
-    /// A heartbeat arrived on session `session`.
-    pub fn heartbeat(&self, session: u64, hb: Heartbeat) {
+    /// A heartbeat arrived on session `session`. True when it says
+    /// something the upgrade's decisions read that the previous one did not
+    /// (a command's state, a version, a boot, what it serves or holds):
+    /// the driver is woken for it rather than seeing it at its next poll.
+    /// A beat that only counts bytes received or disk space is not news.
+    pub fn heartbeat(&self, session: u64, hb: Heartbeat) -> bool {
         let mut nodes = self.nodes.lock().expect("cluster lock");
-        if let Some(e) = nodes.get_mut(&hb.node_id)
-            && e.session.as_ref().is_some_and(|(id, _)| *id == session)
-        {
-            Self::apply(e, hb);
+        let Some(e) = nodes.get_mut(&hb.node_id) else { return false };
+        if !e.session.as_ref().is_some_and(|(id, _)| *id == session) {
+            return false;
         }
+        let news = e.heartbeat.as_ref().is_none_or(|old| {
+            old.results != hb.results
+                || old.version != hb.version
+                || old.boot_id != hb.boot_id
+                || old.pending != hb.pending
+                || old.serving != hb.serving
+                || old.staged != hb.staged
+        });
+        Self::apply(e, hb);
+        news
     }
 
     fn apply(e: &mut Entry, hb: Heartbeat) {

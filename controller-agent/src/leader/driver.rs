@@ -29,6 +29,8 @@ use crate::raft::WriteError;
 
 /// How often the driver decides.
 const POLL: Duration = Duration::from_millis(100);
+/// Steps the driver takes in a row while each moves the journal on.
+const MAX_RUN: u32 = 16;
 /// A command is sent again at most this often (a node answers a repeated
 /// id without running it twice).
 const RESEND: Duration = Duration::from_secs(2);
@@ -47,12 +49,21 @@ pub fn spawn(state: Arc<LeaderState>) {
     }
     state.clone().spawn(async move {
         let mut d = Driver::default();
+        // Steps taken in a row without waiting.
+        let mut run = 0;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = state.wake.notified() => {}
+            // A step that moved the journal on is followed by the next one
+            // at once: its effects (a placement moved, a command's result
+            // already in) may let it move on again. A bounded run, then a
+            // wait, so a journal that changed at every step could not spin.
+            if run == 0 || run >= MAX_RUN {
+                run = 0;
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = state.wake.notified() => {}
+                }
             }
-            d.step(&state).await;
+            run = if d.step(&state).await { run + 1 } else { 0 };
         }
     });
 }
@@ -165,15 +176,17 @@ impl Driver {
         why
     }
 
-    async fn step(&mut self, state: &Arc<LeaderState>) {
+    /// One decision, its journal written, its actions carried out. True
+    /// when it wrote a new journal.
+    async fn step(&mut self, state: &Arc<LeaderState>) -> bool {
         let image_unusable = self.check_image(state).await;
         let mut written = false;
         let decision = {
             let _gate = state.operation_gate.lock().await;
             if state.halted.lock().expect("halted lock").is_some() {
-                return;
+                return false;
             }
-            let Some(j) = state.journal() else { return };
+            let Some(j) = state.journal() else { return false };
             let ctx = Ctx { now: now_ms(), generation: state.generation(), timeouts: timeouts(state), mutant: None };
             let mut d = core::next(&j, &observed_with(state, image_unusable), &ctx);
             self.finish_probes(state, &mut d.journal).await;
@@ -183,10 +196,10 @@ impl Driver {
                     // Not committed: nothing is done, the step is decided again.
                     Err(WriteError::NoQuorum) => {
                         warn!("the journal is not confirmed by a majority of the controllers; waiting for them");
-                        return;
+                        return false;
                     }
                     // The term ended: the next leader carries on.
-                    Err(WriteError::NotLeader(_)) => return,
+                    Err(WriteError::NotLeader(_)) => return false,
                     Err(e) => {
                         let why = format!(
                             "cannot write the upgrade journal ({e}): the upgrade stopped where it was; free or fix \
@@ -194,7 +207,7 @@ impl Driver {
                         );
                         error!(%why, "upgrade stopped");
                         state.halt(why).await;
-                        return;
+                        return false;
                     }
                 }
                 if j.phase != d.journal.phase || j.outcome != d.journal.outcome {
@@ -218,7 +231,7 @@ impl Driver {
             Action::RestoreConfig(_) => true,
         });
         if !written && due && !state.may_act().await {
-            return;
+            return false;
         }
         self.keep_grants(state, &decision.journal);
         self.probes(state, &decision.journal);
@@ -242,6 +255,7 @@ impl Driver {
             }
         }
         self.sent.retain(|_, t| t.elapsed() < Duration::from_secs(600));
+        written
     }
 
     /// A node may fetch the operation's image exactly while it is staging it.

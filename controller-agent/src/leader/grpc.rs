@@ -101,14 +101,19 @@ impl pb::leader_server::Leader for LeaderService {
                             warn!(%node, "session ended: {why}");
                             break;
                         }
-                        state.cluster.heartbeat(session, hb)
+                        if state.cluster.heartbeat(session, hb) {
+                            state.wake.notify_one();
+                        }
                     }
                     Ok(hb) => warn!(%node, claimed = %hb.node_id, "heartbeat for another node ignored"),
                     Err(e) => warn!(%node, error = %e, "malformed heartbeat ignored"),
                 }
             }
             state.cluster.close_session(&node, session);
+            state.wake.notify_one();
         });
+        // A node that joins (a rejoin after a reboot, most often) is news.
+        self.state.wake.notify_one();
         let out = ReceiverStream::new(rx).map(|m| Ok(pb::LeaderMessage::from(m)));
         Ok(Response::new(Box::pin(out)))
     }
