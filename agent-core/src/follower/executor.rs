@@ -21,9 +21,12 @@ use tracing::{info, warn};
 use super::stage::{ImageSource, Stager};
 use crate::reboot::Reboot;
 
-/// How long a node waits after reporting a reboot-bound outcome, so the
-/// heartbeat carrying it reaches the leader first.
+/// How long a node waits at most, before a reboot, for its session to send
+/// the heartbeat that reports the outcome (the outcome is kept on disk
+/// too: a report lost in the reboot is made by the next boot).
 const REPORT_BEFORE_REBOOT: std::time::Duration = std::time::Duration::from_millis(300);
+/// Once the session took that heartbeat: time for it to leave the socket.
+const REPORT_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What a command did.
 struct Outcome {
@@ -73,10 +76,13 @@ fn keep(path: &std::path::Path, k: Kept) -> std::io::Result<()> {
 struct Log {
     order: VecDeque<String>,
     results: HashMap<String, CommandResult>,
+    /// Results recorded so far: a heartbeat built after reading `n` holds them.
+    recorded: u64,
 }
 
 impl Log {
     fn record(&mut self, r: CommandResult) {
+        self.recorded += 1;
         if !self.results.contains_key(&r.id) {
             self.order.push_back(r.id.clone());
             while self.order.len() > KEEP_RESULTS {
@@ -105,6 +111,8 @@ pub struct Executor {
     source: Arc<dyn ImageSource>,
     shutdown: CancellationToken,
     settled: Arc<tokio::sync::Notify>,
+    /// How many results the session has handed to the leader's stream in a heartbeat.
+    reported: Arc<tokio::sync::watch::Sender<u64>>,
     slots: Slots,
     reboot: Arc<dyn Reboot>,
     dataplane: Option<crate::dataplane::DataPlane>,
@@ -150,6 +158,7 @@ impl Executor {
             source,
             shutdown,
             settled: Arc::default(),
+            reported: Arc::new(tokio::sync::watch::Sender::new(0)),
             slots: Slots::new(data_dir),
             reboot,
             dataplane: None,
@@ -179,6 +188,32 @@ impl Executor {
     /// at once instead of at the next heartbeat tick.
     pub fn settled(&self) -> Arc<tokio::sync::Notify> {
         self.settled.clone()
+    }
+
+    /// How many results were recorded so far: read it before building a
+    /// heartbeat, and give it to [`Executor::reported`] once that
+    /// heartbeat is sent.
+    pub fn recorded(&self) -> u64 {
+        self.log.lock().expect("log lock").recorded
+    }
+
+    /// A heartbeat holding the first `recorded` results was handed to the
+    /// leader's stream.
+    pub fn reported(&self, recorded: u64) {
+        self.reported.send_if_modified(|r| {
+            let newer = recorded > *r;
+            *r = (*r).max(recorded);
+            newer
+        });
+    }
+
+    /// Until the session sent a heartbeat that holds the first `recorded`
+    /// results (at most [`REPORT_BEFORE_REBOOT`]), then [`REPORT_FLUSH`].
+    async fn until_reported(&self, recorded: u64) {
+        let mut rx = self.reported.subscribe();
+        if tokio::time::timeout(REPORT_BEFORE_REBOOT, rx.wait_for(|r| *r >= recorded)).await.is_ok() {
+            tokio::time::sleep(REPORT_FLUSH).await;
+        }
     }
 
     /// Accepts a command: returns its outcome so far.
@@ -223,15 +258,14 @@ impl Executor {
                     warn!(id = %cmd.id, error = %e, "cannot keep the command across the reboot");
                 }
             }
-            this.log.lock().expect("log lock").record(CommandResult {
-                id: cmd.id.clone(),
-                state,
-                message,
-                boot_id: String::new(),
-            });
+            let recorded = {
+                let mut log = this.log.lock().expect("log lock");
+                log.record(CommandResult { id: cmd.id.clone(), state, message, boot_id: String::new() });
+                log.recorded
+            };
             this.settled.notify_one();
             if reboot {
-                tokio::time::sleep(REPORT_BEFORE_REBOOT).await;
+                this.until_reported(recorded).await;
                 info!(id = %cmd.id, "rebooting");
                 let Err(e) = this.reboot.reboot();
                 this.log.lock().expect("log lock").record(CommandResult {
@@ -452,5 +486,28 @@ mod tests {
         // Only the last few are kept.
         assert_eq!(load_kept(&path).len(), KEEP_REBOOTS);
         assert!(!load_kept(&path).iter().any(|k| k.id == "apply-x"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reboot_waits_for_the_heartbeat_that_reports_it_and_no_longer_than_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let (e, _) = executor(d.path());
+        let started = tokio::time::Instant::now();
+        let wait = tokio::spawn({
+            let e = e.clone();
+            async move { e.until_reported(2).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        e.reported(1);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!wait.is_finished(), "an older heartbeat does not report the outcome");
+        e.reported(2);
+        wait.await.unwrap();
+        assert_eq!(started.elapsed(), std::time::Duration::from_millis(100) + REPORT_FLUSH);
+
+        // No session to send it: the reboot goes ahead after the cap.
+        let started = tokio::time::Instant::now();
+        e.until_reported(3).await;
+        assert_eq!(started.elapsed(), REPORT_BEFORE_REBOOT);
     }
 }

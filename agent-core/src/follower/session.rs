@@ -141,7 +141,7 @@ async fn session_once(ctx: &NodeCtx) -> Result<(), Ended> {
     let channel = dial::connect(&ctx.settings, addr).await.map_err(|e| format!("dial {addr}: {e:?}"))?;
     let mut client = LeaderClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|e| e.to_string())?;
+    send_heartbeat(ctx, &tx).await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await.map_err(status_ended)?.into_inner();
     info!(leader = %addr, "session established");
     let r = session_loop(ctx, &tx, &mut inbound).await;
@@ -159,12 +159,8 @@ async fn session_loop(
     let settled = ctx.executor.settled();
     loop {
         tokio::select! {
-            _ = settled.notified() => {
-                tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|_| "session closed".to_owned())?;
-            }
-            _ = tick.tick() => {
-                tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|_| "session closed".to_owned())?;
-            }
+            _ = settled.notified() => send_heartbeat(ctx, tx).await?,
+            _ = tick.tick() => send_heartbeat(ctx, tx).await?,
             msg = inbound.message() => {
                 let msg = msg.map_err(|e| e.message().to_owned())?.ok_or("the leader closed the session")?;
                 match LeaderMessage::try_from(msg) {
@@ -174,13 +170,21 @@ async fn session_loop(
                     Ok(LeaderMessage::Command(cmd)) => {
                         on_command(ctx, cmd);
                         // Report the new command's state without waiting for the tick.
-                        tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|_| "session closed".to_owned())?;
+                        send_heartbeat(ctx, tx).await?;
                     }
                     Err(e) => warn!(error = %e, "ignoring malformed message from the leader"),
                 }
             }
         }
     }
+}
+
+/// Sends a heartbeat, and tells the executor which results it reported.
+async fn send_heartbeat(ctx: &NodeCtx, tx: &tokio::sync::mpsc::Sender<proto::v1::AgentMessage>) -> Result<(), String> {
+    let recorded = ctx.executor.recorded();
+    tx.send(convert::agent_message(ctx.heartbeat())).await.map_err(|_| "session closed".to_owned())?;
+    ctx.executor.reported(recorded);
+    Ok(())
 }
 
 fn on_command(ctx: &NodeCtx, cmd: Command) {
