@@ -2,7 +2,8 @@
 //! controllers, SE groups g1 and g2 of 2 SEs, real reboots through
 //! `molt local`), split into distribution, unpacking and rebooting on the
 //! critical path, and the rest (commands, commits, drains and restores,
-//! heartbeat latency, waits). Last line:
+//! heartbeat latency, waits), itself split into the commands' round trips
+//! and the waits between steps. Last line:
 //! `median: wall W s, distribution D s, unpack U s, reboot path R s, other O s`.
 //!
 //! ```text
@@ -56,6 +57,10 @@ struct Breakdown {
     controllers: f64,
     /// The slowest group's part of `reboot`.
     slowest_group: f64,
+    /// Of `other`: the steps the leader drives by command on the critical
+    /// path, each from its decision to the heartbeat reporting it done (the
+    /// controllers' commit; the slowest group's drains, commits and restores).
+    commands: f64,
 }
 
 impl Breakdown {
@@ -63,6 +68,12 @@ impl Breakdown {
     /// drains and restores, heartbeat latency, waits.
     fn other(&self) -> f64 {
         (self.wall - self.distribution - self.unpack - self.reboot).max(0.0)
+    }
+
+    /// Of `other`: what is not a command's round trip, i.e. the time
+    /// between steps (the driver's decision after a heartbeat, polls).
+    fn waits(&self) -> f64 {
+        (self.other() - self.commands).max(0.0)
     }
 }
 
@@ -100,14 +111,17 @@ fn analyse(status: &Value) -> Breakdown {
         applies.pop();
     }
     let controller_apply = applies.iter().map(|a| a.1).fold(0.0, f64::max);
+    let controller_commit =
+        controllers.iter().flat_map(|c| events(status, c, "commit")).map(duration).fold(0.0, f64::max);
     // The slowest group: the most time in its SEs' applies and reboots.
-    let (mut group_apply, mut group_reboot) = (0.0f64, 0.0f64);
+    let (mut group_apply, mut group_reboot, mut group_commands) = (0.0f64, 0.0f64, 0.0f64);
     for g in status["se_groups"].as_array().unwrap() {
         let ses: Vec<&str> = g["ses"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
         let sum = |task: &str| -> f64 { ses.iter().flat_map(|se| events(status, se, task)).map(duration).sum() };
         let (apply, rejoin) = (sum("apply"), sum("rejoin"));
         if apply + rejoin > group_apply + group_reboot {
             (group_apply, group_reboot) = (apply, rejoin);
+            group_commands = sum("drain") + sum("commit") + sum("restore");
         }
     }
     Breakdown {
@@ -117,6 +131,7 @@ fn analyse(status: &Value) -> Breakdown {
         reboot: controller_reboot + group_reboot,
         controllers: controller_reboot,
         slowest_group: group_reboot,
+        commands: controller_commit + group_commands,
     }
 }
 
@@ -141,6 +156,9 @@ async fn one_run(work: &Path, pkg: &Path, i: usize) -> Value {
     let _ = std::process::Command::new(bin("molt")).args(["local", "down", "--dir", dir.to_str().unwrap()]).status();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(end["state"], "completed", "{end:#}");
+    if let Ok(path) = std::env::var("MOLT_BENCH_DUMP") {
+        std::fs::write(format!("{path}.{i}.json"), serde_json::to_vec_pretty(&end).unwrap()).unwrap();
+    }
     end
 }
 
@@ -191,8 +209,11 @@ async fn main() {
     rows.sort_by(|a, b| a.wall.total_cmp(&b.wall));
     let m = rows[rows.len() / 2];
     println!(
-        "other is {:.0}% of the wall time (the run of median wall time)",
-        100.0 * m.other() / m.wall.max(f64::EPSILON)
+        "other is {:.0}% of the wall time (the run of median wall time): command round trips {:.2} s, \
+         waits between steps {:.2} s",
+        100.0 * m.other() / m.wall.max(f64::EPSILON),
+        m.commands,
+        m.waits()
     );
     println!(
         "median: wall {:.2} s, distribution {:.2} s, unpack {:.2} s, reboot path {:.2} s, other {:.2} s",
