@@ -210,7 +210,7 @@ impl ClusterView {
     pub fn heartbeat(&self, session: u64, hb: Heartbeat) -> bool {
         let mut nodes = self.nodes.lock().expect("cluster lock");
         let Some(e) = nodes.get_mut(&hb.node_id) else { return false };
-        if !e.session.as_ref().is_some_and(|(id, _)| *id == session) {
+        if e.session.as_ref().is_none_or(|(id, _)| *id != session) {
             return false;
         }
         let news = e.heartbeat.as_ref().is_none_or(|old| {
