@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::{self, File, OpenOptions},
-    io::{Read, Seek, SeekFrom, Write},
+    io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -457,11 +457,18 @@ fn staged_sha(path: &Path) -> Option<Sha256Digest> {
     name.strip_suffix(".pkg")?.parse().ok()
 }
 
-/// Where a resumed transfer starts: the partial file's length (cut back to
-/// the image size if it is somehow longer).
+/// Where a resumed transfer starts: the partial file's length, cut back to
+/// a whole number of blocks (the writer's direct I/O writes whole blocks at
+/// block offsets), or to nothing if it is somehow longer than the image.
 fn resume_offset(part: &Path, size: u64) -> std::io::Result<u64> {
     match fs::metadata(part) {
-        Ok(m) if m.len() <= size => Ok(m.len()),
+        Ok(m) if m.len() <= size => {
+            let whole = m.len() - m.len() % fsutil::DIRECT_ALIGN as u64;
+            if whole != m.len() {
+                OpenOptions::new().write(true).open(part)?.set_len(whole)?;
+            }
+            Ok(whole)
+        }
         Ok(_) => {
             OpenOptions::new().write(true).open(part)?.set_len(0)?;
             Ok(0)
@@ -480,7 +487,7 @@ fn write_and_hash(
     existing: u64,
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> std::io::Result<(Sha256Digest, File)> {
-    let mut file = OpenOptions::new().create(true).read(true).append(true).open(part)?;
+    let mut file = fsutil::DirectAppend::open(part)?;
     let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Bytes>(8);
     let prefix = part.to_owned();
     let hasher =
@@ -504,7 +511,7 @@ fn write_and_hash(
         })?;
     let mut result = Ok(());
     while let Some(data) = rx.blocking_recv() {
-        if let Err(e) = file.write_all(&data) {
+        if let Err(e) = file.write(&data) {
             result = Err(e);
             break;
         }
@@ -515,7 +522,7 @@ fn write_and_hash(
     drop(to_hasher);
     let digest = hasher.join().map_err(|_| std::io::Error::other("the hasher thread panicked"))?;
     result?;
-    file.sync_all()?;
+    let file = file.finish()?;
     Ok((digest?, file))
 }
 
