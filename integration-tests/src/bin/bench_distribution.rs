@@ -59,7 +59,7 @@ fn build_package(dir: &Path, mib: u64) -> PathBuf {
 }
 
 /// One plain mTLS copy with hashing on a separate thread, write and fsync.
-async fn plain_copy(pki: &Path, pkg: &Path, dst: &Path) -> Duration {
+async fn plain_copy(pki: &Path, pkg: &Path, dst: &Path, direct: bool) -> Duration {
     let m = |id: &str| {
         common::tls::TlsMaterial::load(
             &pki.join("ca.pem"),
@@ -102,13 +102,23 @@ async fn plain_copy(pki: &Path, pkg: &Path, dst: &Path) -> Duration {
     let out = dst.to_owned();
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut f = std::fs::File::create(out).unwrap();
         let mut h = sha2::Sha256::new();
-        while let Some(b) = rx.blocking_recv() {
-            h.update(&b);
-            f.write_all(&b).unwrap();
+        if direct {
+            // As molt's staging writes (direct I/O where the file system allows it).
+            let mut f = common::fsutil::DirectAppend::open(&out).unwrap();
+            while let Some(b) = rx.blocking_recv() {
+                h.update(&b);
+                f.write(&b).unwrap();
+            }
+            f.finish().unwrap();
+        } else {
+            let mut f = std::fs::File::create(out).unwrap();
+            while let Some(b) = rx.blocking_recv() {
+                h.update(&b);
+                f.write_all(&b).unwrap();
+            }
+            f.sync_all().unwrap();
         }
-        f.sync_all().unwrap();
         h.finalize()
     });
     loop {
@@ -305,14 +315,19 @@ async fn main() {
         ["c1=controller@127.3.255.1", "g1-se1=se@127.3.255.2"].iter().map(|s| s.parse().unwrap()).collect();
     molt::pki::init(&pki, "bench", &specs).unwrap();
     let mut plain = Vec::new();
+    let mut plain_direct = Vec::new();
     for i in 0..3 {
         let dst = work.path().join(format!("plain-{i}"));
-        plain.push(plain_copy(&pki, &pkg, &dst).await);
+        plain.push(plain_copy(&pki, &pkg, &dst, false).await);
+        let _ = std::fs::remove_file(&dst);
+        plain_direct.push(plain_copy(&pki, &pkg, &dst, true).await);
         let _ = std::fs::remove_file(dst);
     }
     plain.sort();
+    plain_direct.sort();
     let plain_med = plain[1];
     let plain_rate = gib_s(size, plain_med);
+    let plain_direct_rate = gib_s(size, plain_direct[1]);
 
     let scp = scp_sha256sum(work.path(), &pkg);
 
@@ -376,6 +391,11 @@ async fn main() {
     }
     let one = &runs[0];
     println!(
+        "same plain copy writing with O_DIRECT, as molt's staging does: {plain_direct_rate:.2} GiB/s; one agent \
+         = {:.0}% of it",
+        100.0 * gib_s(one.size, one.per_agent_mean) / plain_direct_rate
+    );
+    println!(
         "\none agent: molt {:.2} GiB/s vs plain {:.2} GiB/s = {:.0}% (aim: 80% or more)",
         gib_s(one.size, one.per_agent_mean),
         plain_rate,
@@ -387,6 +407,7 @@ async fn main() {
         gib_s(size, local_med),
         100.0 * gib_s(one.size, one.upload) / gib_s(size, local_med)
     );
+
     match scp {
         Some(t) => println!(
             "vs scp+sha256sum: {:.2}\u{d7} (scp, sha256sum, sync: {:.2} s; molt's one agent: {:.2} s)",
