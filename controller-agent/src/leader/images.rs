@@ -327,8 +327,8 @@ fn check_name(name: &str) -> Result<(), ImageError> {
     }
 }
 
-/// Reads chunks from a channel, writing and hashing each as it passes (on
-/// threads of their own: the verifying thread hashes only the payload) and
+/// Reads chunks from a channel, writing and hashing each as it passes (on a
+/// thread of its own: the verifying thread hashes only the payload) and
 /// watching the free space as it goes.
 struct TeeReader {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
@@ -346,26 +346,14 @@ struct TeeReader {
 impl TeeReader {
     fn new(rx: tokio::sync::mpsc::Receiver<Bytes>, mut file: fs::File, pkgs: PathBuf) -> io::Result<Self> {
         let (to_writer, chunks) = std::sync::mpsc::sync_channel::<Bytes>(8);
-        // The whole file's digest on a thread of its own: the copy into the
-        // page cache is the writer's whole work (the largest single cost of
-        // an upload in the profile), and the hash would queue behind it.
-        let (to_hasher, to_hash) = std::sync::mpsc::sync_channel::<Bytes>(8);
-        let hasher = std::thread::Builder::new().name("upload-hash".into()).spawn(move || {
+        let writer = std::thread::Builder::new().name("upload-write".into()).spawn(move || {
             use sha2::Digest;
             let mut hasher = sha2::Sha256::new();
-            for b in to_hash {
+            for b in chunks {
+                file.write_all(&b)?;
                 hasher.update(&b);
             }
-            Sha256Digest::from_bytes(hasher.finalize().into())
-        })?;
-        let writer = std::thread::Builder::new().name("upload-write".into()).spawn(move || {
-            let written = chunks.into_iter().try_for_each(|b| {
-                file.write_all(&b)?;
-                to_hasher.send(b).map_err(|_| io::Error::other("the upload's hashing thread stopped"))
-            });
-            drop(to_hasher);
-            let digest = hasher.join().map_err(|_| io::Error::other("the upload's hashing thread failed"))?;
-            written.map(|()| (file, digest))
+            Ok((file, Sha256Digest::from_bytes(hasher.finalize().into())))
         })?;
         Ok(Self {
             rx,
