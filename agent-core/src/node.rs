@@ -138,30 +138,6 @@ impl NodeCtx {
     }
 }
 
-/// What identifies a file's contents without reading it. The boot record
-/// and the manifests are replaced by rename (`fsutil::atomic_write`), so a
-/// change gives a new inode as well as a new mtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileKey {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
-impl FileKey {
-    fn of(path: &std::path::Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        })
-    }
-}
-
 /// The slot state a heartbeat reports, read again only when `boot.json` or
 /// a slot's manifest changed: a heartbeat costs three `stat`s, not three
 /// reads and JSON parses.
@@ -172,16 +148,16 @@ struct SlotStateCache {
 
 /// The slot state (on trial, previous version) as read for a running
 /// version from files with these keys.
-type SlotStateRead = (Version, [Option<FileKey>; 3], (bool, Option<Version>));
+type SlotStateRead = (Version, [Option<fsutil::FileKey>; 3], (bool, Option<Version>));
 
 impl SlotStateCache {
     fn get(&self, data_dir: &std::path::Path, running: Version) -> (bool, Option<Version>) {
         let slots = Slots::new(data_dir);
         // Taken before the files are read: a change after this is seen at the next beat.
         let keys = [
-            FileKey::of(&slots.boot_record_path()),
-            FileKey::of(&slots.slot_dir(common::slots::Slot::A).join("manifest.json")),
-            FileKey::of(&slots.slot_dir(common::slots::Slot::B).join("manifest.json")),
+            fsutil::FileKey::of(&slots.boot_record_path()).ok(),
+            fsutil::FileKey::of(&slots.slot_dir(common::slots::Slot::A).join("manifest.json")).ok(),
+            fsutil::FileKey::of(&slots.slot_dir(common::slots::Slot::B).join("manifest.json")).ok(),
         ];
         let mut last = self.last.lock().expect("slot state lock");
         if let Some((v, k, state)) = &*last

@@ -47,18 +47,42 @@ pub fn disk_free(path: &Path) -> io::Result<u64> {
     Ok((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
 }
 
+/// What identifies a file's contents without reading it: its inode, length
+/// and modification time. A file replaced by rename (`atomic_write`, an
+/// upload) gets a new inode as well as a new mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileKey {
+    /// The key of the file at `path` as it is now.
+    pub fn of(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
 /// The block size direct writes are aligned to (in memory, in size and in
 /// the file).
 pub const DIRECT_ALIGN: usize = 4096;
 /// Bytes gathered before a direct write.
 pub const DIRECT_BUF: usize = 1 << 20;
 
-/// Appends to a file (an image arriving) with `O_DIRECT` where the file system allows
-/// it: the bytes go from one aligned buffer to the disk, without the copy
-/// into the page cache that was the largest single cost of staging in the
-/// profile of staging (and the most variable on this kind of machine). Where it is not
-/// allowed (tmpfs, some network file systems) it writes through the page
-/// cache as before. The last part of a block is written through the page
+/// Appends to a file (an image arriving) with `O_DIRECT` where the file
+/// system allows it: the bytes go from one aligned buffer to the disk,
+/// without the copy into the page cache that was the largest single cost of
+/// staging in the profile (and the most variable on this kind of machine).
+/// Where it is not allowed it writes through the page cache. The last part of a block is written through the page
 /// cache at the end. Durability is the same either way: one fsync at the
 /// end, before the rename.
 #[derive(Debug)]

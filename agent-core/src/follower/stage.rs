@@ -106,7 +106,7 @@ pub struct LocalCopy {
     /// The file.
     pub path: PathBuf,
     /// Its SHA-256 was verified by this process for the file as it is now
-    /// (same length and modification time): staging does not hash it again.
+    /// (same inode, length and modification time): staging does not hash it again.
     pub digest_verified: bool,
 }
 

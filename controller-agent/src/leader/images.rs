@@ -1,7 +1,8 @@
 //! Images on the leader: `<data_dir>/upgrade_pkgs/`, addressed as
 //! `controller://upgrade_pkgs/NAME`. An upload is verified while it streams
 //! to disk (never held in memory, never read a second time); a file placed by
-//! hand is verified once and the result cached by size and mtime.
+//! hand is verified once and the result cached while the file is unchanged
+//! (`fsutil::FileKey`: inode, size and mtime).
 
 use std::{
     collections::HashMap,
@@ -9,7 +10,6 @@ use std::{
     io::{self, Read, Write},
     path::{Path, PathBuf},
     sync::Mutex,
-    time::SystemTime,
 };
 
 use bytes::Bytes;
@@ -84,7 +84,7 @@ pub struct Image {
     pub trust: Trust,
 }
 
-type CacheKey = (PathBuf, u64, Option<SystemTime>);
+type CacheKey = (PathBuf, fsutil::FileKey);
 
 /// The leader's images.
 #[derive(Debug)]
@@ -157,8 +157,7 @@ impl ImageStore {
     /// The image `image_path` names, held in the file at `path` (on this
     /// controller: its upload, or its verified staged copy), verified once.
     pub async fn get_at(&self, path: PathBuf, image_path: &str) -> Result<Image, ImageError> {
-        let meta = fs::metadata(&path)?;
-        let key = (path.clone(), meta.len(), meta.modified().ok());
+        let key = (path.clone(), fsutil::FileKey::of(&path)?);
         let cached = self.verified.lock().expect("image lock").get(&key).cloned();
         let info = match cached {
             Some(info) => info,
@@ -194,9 +193,8 @@ impl ImageStore {
     /// length and modification time), so it is not hashed again.
     pub fn local_copy(&self, sha: &Sha256Digest) -> Option<agent_core::follower::stage::LocalCopy> {
         let path = self.path_of(sha)?;
-        let digest_verified = fs::metadata(&path).is_ok_and(|m| {
-            let key = (path.clone(), m.len(), m.modified().ok());
-            self.verified.lock().expect("image lock").get(&key).is_some_and(|info| info.sha256 == *sha)
+        let digest_verified = fsutil::FileKey::of(&path).is_ok_and(|k| {
+            self.verified.lock().expect("image lock").get(&(path.clone(), k)).is_some_and(|info| info.sha256 == *sha)
         });
         Some(agent_core::follower::stage::LocalCopy { path, digest_verified })
     }
@@ -238,9 +236,8 @@ impl ImageStore {
         let dst = self.pkgs.join(name);
         fs::rename(&tmp, &dst)?;
         fsutil::fsync_dir(&self.pkgs)?;
-        let meta = fs::metadata(&dst)?;
         let dst = fs::canonicalize(&dst)?;
-        self.verified.lock().expect("image lock").insert((dst.clone(), meta.len(), meta.modified().ok()), info.clone());
+        self.verified.lock().expect("image lock").insert((dst.clone(), fsutil::FileKey::of(&dst)?), info.clone());
         self.by_sha.lock().expect("image lock").insert(info.sha256, dst.clone());
         info!(name, sha = %info.sha256.short(), version = %info.manifest.version, "image uploaded");
         Ok(Image { path: dst, image_path: format!("{SCHEME}upgrade_pkgs/{name}"), info, trust })
