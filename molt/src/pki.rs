@@ -317,6 +317,16 @@ fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
 mod tests {
     use super::*;
 
+    /// The CA, certificate and key issued in `dir` for `id`, loaded as a node loads them.
+    fn material(dir: &Path, id: &str) -> common::tls::TlsMaterial {
+        common::tls::TlsMaterial::load(
+            &dir.join("ca.pem"),
+            &dir.join(format!("{id}.pem")),
+            &dir.join(format!("{id}.key")),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn nodes_added_later_are_issued_by_the_same_ca_and_ids_are_not_reused() {
         let d = tempfile::tempdir().unwrap();
@@ -324,12 +334,7 @@ mod tests {
         init(d.path(), "prod", &first).unwrap();
         let more: Vec<NodeSpec> = ["se-7=se@127.0.0.17"].iter().map(|s| s.parse().unwrap()).collect();
         add(d.path(), &more, 30).unwrap();
-        let m = common::tls::TlsMaterial::load(
-            &d.path().join("ca.pem"),
-            &d.path().join("se-7.pem"),
-            &d.path().join("se-7.key"),
-        )
-        .unwrap();
+        let m = material(d.path(), "se-7");
         assert_eq!(m.identity.uri(), "molt://prod/se/se-7");
         let e = add(d.path(), &more, 30).unwrap_err();
         assert!(e.to_string().contains("already issued"), "{e}");
@@ -386,19 +391,9 @@ mod tests {
         let nodes: Vec<NodeSpec> =
             ["c1=controller@127.0.0.11", "se-1=se@se1.example"].iter().map(|s| s.parse().unwrap()).collect();
         init(d.path(), "prod", &nodes).unwrap();
-        let m = common::tls::TlsMaterial::load(
-            &d.path().join("ca.pem"),
-            &d.path().join("se-1.pem"),
-            &d.path().join("se-1.key"),
-        )
-        .unwrap();
+        let m = material(d.path(), "se-1");
         assert_eq!(m.identity.uri(), "molt://prod/se/se-1");
-        let a = common::tls::TlsMaterial::load(
-            &d.path().join("ca.pem"),
-            &d.path().join("admin.pem"),
-            &d.path().join("admin.key"),
-        )
-        .unwrap();
+        let a = material(d.path(), "admin");
         assert_eq!(a.identity.role, Role::Admin);
         assert!(fs::read_to_string(d.path().join("admin.token")).unwrap().trim().len() == 64);
         assert!(init(d.path(), "prod", &nodes).is_err(), "a second init must not overwrite the CA");
