@@ -129,22 +129,13 @@ impl TestCluster {
             std::fs::write(bins.join(name), b"in-process test node").unwrap();
         }
         let spec = LocalSpec {
-            dir: dir.path().join("cluster"),
             controllers: b.controllers,
             groups: b.groups,
-            version: "1.0.0".parse().unwrap(),
-            subnet: crate::unique_subnet(1),
             heartbeat_ms: b.heartbeat_ms,
             fetch_rate_limit: b.fetch_rate_limit,
             egress_limit: b.egress_limit,
             relay_fanout: b.relay_fanout,
-            bin_dir: bins,
-            port: common::DEFAULT_PORT,
-            self_revert_secs: None,
-            reform_timeout_secs: None,
-            deployment: molt::local::LocalDeployment::Vm,
-            cluster: "local".into(),
-            trusted_keys: vec![],
+            ..LocalSpec::new(dir.path().join("cluster"), bins, crate::unique_subnet(1))
         };
         std::fs::create_dir_all(&spec.dir).unwrap();
         let file = local::prepare(&spec).unwrap();

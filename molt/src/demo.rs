@@ -51,22 +51,11 @@ fn how(deployment: LocalDeployment) -> &'static str {
 async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<(), Failure> {
     let bin_dir = local::own_bin_dir();
     let spec = LocalSpec {
-        dir: dir.join("cluster"),
         controllers: 3,
         groups: vec!["g1:active-active:2".parse()?, "g2:n-plus-m:2".parse()?],
-        version: "1.0.0".parse().expect("valid"),
-        subnet: [127, 77, 0],
         heartbeat_ms: 500,
-        fetch_rate_limit: None,
-        egress_limit: None,
-        relay_fanout: None,
-        bin_dir: bin_dir.clone(),
-        port: common::DEFAULT_PORT,
-        self_revert_secs: None,
-        reform_timeout_secs: None,
         deployment,
-        cluster: "local".into(),
-        trusted_keys: vec![],
+        ..LocalSpec::new(dir.join("cluster"), bin_dir.clone(), [127, 77, 0])
     };
     println!(
         "== 1. a local cluster: 3 controllers, SE groups g1 (active-active, 2 SEs) and g2 (N+M, 2 SEs), version 1.0.0"

@@ -143,6 +143,33 @@ pub struct LocalSpec {
     pub trusted_keys: Vec<PathBuf>,
 }
 
+impl LocalSpec {
+    /// A cluster in `dir` of one controller and no SE group, version 1.0.0,
+    /// the agents from `bin_dir`, addresses under `subnet`, every other
+    /// setting at its default (heartbeat 1 s, port 8443, vm nodes, cluster
+    /// `local`, no caps, unsigned packages accepted).
+    pub fn new(dir: PathBuf, bin_dir: PathBuf, subnet: [u8; 3]) -> Self {
+        Self {
+            dir,
+            controllers: 1,
+            groups: vec![],
+            version: "1.0.0".parse().expect("a valid version"),
+            subnet,
+            heartbeat_ms: 1000,
+            fetch_rate_limit: None,
+            egress_limit: None,
+            relay_fanout: None,
+            bin_dir,
+            port: common::DEFAULT_PORT,
+            self_revert_secs: None,
+            reform_timeout_secs: None,
+            deployment: LocalDeployment::Vm,
+            cluster: "local".into(),
+            trusted_keys: vec![],
+        }
+    }
+}
+
 /// How the nodes of a local cluster are deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalDeployment {

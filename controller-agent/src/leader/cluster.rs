@@ -371,22 +371,8 @@ mod tests {
             std::fs::write(bins.join(b), b"x").unwrap();
         }
         let spec = molt::local::LocalSpec {
-            dir: dir.join("c"),
-            controllers: 1,
             groups: vec!["g1:active-active:1".parse().unwrap()],
-            version: "1.0.0".parse().unwrap(),
-            subnet: [127, 9, 9],
-            heartbeat_ms: 1000,
-            fetch_rate_limit: None,
-            egress_limit: None,
-            relay_fanout: None,
-            bin_dir: bins,
-            port: 8443,
-            self_revert_secs: None,
-            reform_timeout_secs: None,
-            deployment: molt::local::LocalDeployment::Vm,
-            cluster: "local".into(),
-            trusted_keys: vec![],
+            ..molt::local::LocalSpec::new(dir.join("c"), bins, [127, 9, 9])
         };
         molt::local::prepare(&spec).unwrap();
         NodeSettings::load(&dir.join("c/nodes/c1/node.toml")).unwrap()

@@ -28,7 +28,7 @@ use common::{DeploymentKind, Role, convert, session::Heartbeat, tls::TlsMaterial
 use integration_tests::bin;
 use molt::{
     client::{Api, Connection},
-    local::{GroupSpec, LocalDeployment, LocalSpec},
+    local::{GroupSpec, LocalSpec},
     pki::NodeSpec,
 };
 use proto::v1::leader_client::LeaderClient;
@@ -170,22 +170,9 @@ async fn main() {
     let dir = work.path().join("cluster");
     // A one-controller local cluster (its own SE is never powered on), then N more SEs.
     let spec = LocalSpec {
-        dir: dir.clone(),
-        controllers: 1,
         groups: vec![GroupSpec { name: "g1".into(), ha: "active-active".into(), count: 1 }],
-        version: "1.0.0".parse().unwrap(),
-        subnet: [127, 6, 0],
-        heartbeat_ms: 1000,
-        fetch_rate_limit: None,
-        egress_limit: None,
-        relay_fanout: None,
-        bin_dir: molt::local::own_bin_dir(),
-        port: common::DEFAULT_PORT,
-        self_revert_secs: None,
-        reform_timeout_secs: None,
-        deployment: LocalDeployment::Vm,
         cluster: "scale".into(),
-        trusted_keys: vec![],
+        ..LocalSpec::new(dir.clone(), molt::local::own_bin_dir(), [127, 6, 0])
     };
     let file = molt::local::prepare(&spec).expect("prepare the controller");
     let pki = dir.join("pki");
