@@ -23,7 +23,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::follower::stage::Chunk;
+use common::stripe::Stripe;
+
+use crate::follower::stage::{Arrived, Chunk};
 
 /// Bytes per chunk.
 pub const CHUNK: usize = 1 << 20;
@@ -73,8 +75,10 @@ pub enum Growth {
 pub struct StreamSpec {
     /// The open image file.
     pub file: File,
-    /// Where to start.
+    /// Where to start (the stripe's first byte at or after it).
     pub offset: u64,
+    /// The stripe to send (`Stripe::WHOLE`: every byte).
+    pub stripe: Stripe,
     /// The image's size.
     pub size: u64,
     /// This stream's cap, bytes per second.
@@ -85,6 +89,8 @@ pub struct StreamSpec {
     pub served: Arc<AtomicU64>,
     /// For a file still arriving: where it stands.
     pub growth: Option<Box<dyn Fn() -> Growth + Send>>,
+    /// For a file still arriving: the chunks received and not yet in it.
+    pub arrived: Option<Arc<Arrived>>,
 }
 
 impl std::fmt::Debug for StreamSpec {
@@ -103,22 +109,23 @@ pub fn stream<P: Send + 'static>(spec: StreamSpec, permit: P) -> mpsc::Receiver<
         let fail = |why: String| {
             let _ = tx.blocking_send(Err(Status::unavailable(why)));
         };
-        let StreamSpec { mut file, offset, size, rate, egress, served, growth } = spec;
-        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-            return fail(format!("cannot read image: {e}"));
-        }
+        let StreamSpec { mut file, offset, stripe, size, rate, egress, served, growth, arrived } = spec;
+        let mut pos = stripe.next_byte(offset);
         let started = Instant::now();
-        let mut pos = offset;
+        let mut sent = 0u64;
         let mut last_growth = Instant::now();
         let mut reread = false;
         while pos < size {
-            let want = CHUNK.min((size - pos) as usize);
-            // Read into spare capacity: no 1 MiB memset per chunk.
-            let mut buf = Vec::with_capacity(want);
-            if let Err(e) = Read::by_ref(&mut file).take(want as u64).read_to_end(&mut buf) {
-                return fail(format!("cannot read image: {e}"));
-            }
-            let filled = buf.len();
+            let want = (CHUNK as u64).min(size - pos).min(stripe.run_end(pos) - pos) as usize;
+            // A relay's chunks still on their way to its file first, then the file.
+            let data = match arrived.as_ref().and_then(|a| a.get(pos, want)) {
+                Some(data) => data,
+                None => match read_at(&mut file, pos, want) {
+                    Ok(data) => data,
+                    Err(e) => return fail(format!("cannot read image: {e}")),
+                },
+            };
+            let filled = data.len();
             if filled == 0 {
                 // At the end of what is there.
                 match growth.as_ref().map(|g| g()) {
@@ -139,7 +146,7 @@ pub fn stream<P: Send + 'static>(spec: StreamSpec, permit: P) -> mpsc::Receiver<
             last_growth = Instant::now();
             if let Some(rate) = rate {
                 // Pace to `rate`: sleep until the bytes sent so far are due.
-                let due = Duration::from_secs_f64((pos - offset) as f64 / rate as f64);
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     std::thread::sleep(wait);
                 }
@@ -150,17 +157,27 @@ pub fn stream<P: Send + 'static>(spec: StreamSpec, permit: P) -> mpsc::Receiver<
                     std::thread::sleep(wait);
                 }
             }
-            let chunk = Chunk { offset: pos, data: Bytes::from(buf) };
+            let chunk = Chunk { offset: pos, data };
             match runtime.block_on(tokio::time::timeout(SEND_DEADLINE, tx.send(Ok(chunk)))) {
                 Ok(Ok(())) => {}
                 // The receiver went away, or reads nothing: end the stream (it resumes from its offset).
                 Ok(Err(_)) | Err(_) => return,
             }
-            pos += filled as u64;
+            sent += filled as u64;
             served.fetch_add(filled as u64, Ordering::Relaxed);
+            pos = stripe.after(pos + filled as u64);
         }
     });
     rx
+}
+
+/// Up to `want` bytes of `file` at `pos` (fewer at its end), read into
+/// spare capacity: no 1 MiB memset per chunk.
+fn read_at(file: &mut File, pos: u64, want: usize) -> std::io::Result<Bytes> {
+    file.seek(SeekFrom::Start(pos))?;
+    let mut buf = Vec::with_capacity(want);
+    Read::by_ref(file).take(want as u64).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]
@@ -180,11 +197,13 @@ mod tests {
         let spec = StreamSpec {
             file: File::open(&path).unwrap(),
             offset: 1000,
+            stripe: Stripe::WHOLE,
             size: 6000,
             rate: None,
             egress: None,
             served: Arc::default(),
             growth: Some(Box::new(move || g.lock().unwrap().clone())),
+            arrived: None,
         };
         let mut rx = stream(spec, ());
         let first = rx.recv().await.unwrap().unwrap();
@@ -202,16 +221,46 @@ mod tests {
         let spec = StreamSpec {
             file: File::open(&path).unwrap(),
             offset: 6000,
+            stripe: Stripe::WHOLE,
             size: 9000,
             rate: None,
             egress: None,
             served: Arc::default(),
             growth: Some(Box::new(move || g.lock().unwrap().clone())),
+            arrived: None,
         };
         let mut rx = stream(spec, ());
         *state.lock().unwrap() = Growth::Stopped("digest mismatch".into());
         let e = rx.recv().await.unwrap().unwrap_err();
         assert!(e.message().contains("digest mismatch"), "{e:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stripe_stream_sends_only_its_runs_in_order_from_inside_one() {
+        use common::stripe::RUN;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.pkg");
+        let image: Vec<u8> = (0..7 * RUN + 100).map(|i| (i / RUN) as u8).collect();
+        std::fs::write(&path, &image).unwrap();
+        let spec = StreamSpec {
+            file: File::open(&path).unwrap(),
+            offset: RUN + 10,
+            stripe: Stripe::new(1, 3).unwrap(),
+            size: image.len() as u64,
+            rate: None,
+            egress: None,
+            served: Arc::default(),
+            growth: None,
+            arrived: None,
+        };
+        let mut rx = stream(spec, ());
+        let mut got = vec![];
+        while let Some(c) = rx.recv().await {
+            let c = c.unwrap();
+            assert!(c.data.iter().all(|b| u64::from(*b) == c.offset / RUN), "bytes from their own offset");
+            got.push((c.offset, c.data.len() as u64));
+        }
+        assert_eq!(got, vec![(RUN + 10, RUN - 10), (4 * RUN, RUN), (7 * RUN, 100)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,11 +276,13 @@ mod tests {
                     StreamSpec {
                         file: File::open(&path).unwrap(),
                         offset: 0,
+                        stripe: Stripe::WHOLE,
                         size: 2 * CHUNK as u64,
                         rate: None,
                         egress: egress.clone(),
                         served: Arc::default(),
                         growth: None,
+                        arrived: None,
                     },
                     (),
                 )

@@ -30,6 +30,13 @@ pub const RELAY_ADDR: &str = "molt-relay";
 pub const RELAY_TICKET: &str = "molt-relay-ticket-bin";
 /// The relay's node id, in the same answer.
 pub const RELAY_NODE: &str = "molt-relay-node";
+/// The number of stripes the leader cuts an image into, in its refusal of
+/// a fetch that asked for another number (`common::stripe`).
+pub const RELAY_STRIPES: &str = "molt-stripes";
+/// How long a relay the leader named waits for its own copy to begin: the
+/// leader plans relays among the nodes it is telling to stage, and a
+/// fetcher may ask before its relay has started.
+const COPY_START_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -82,9 +89,23 @@ impl pb::relay_server::Relay for RelayService {
                 sha.short()
             )));
         }
-        let source = self.ctx.stager.relay_source(&sha).ok_or_else(|| {
-            Status::not_found(format!("{} holds no copy of image {}: ask the leader again", s.node_id, sha.short()))
-        })?;
+        let stripe = common::stripe::Stripe::new(r.stripe, r.stripes).map_err(Status::invalid_argument)?;
+        let waited = std::time::Instant::now();
+        let source = loop {
+            match self.ctx.stager.relay_source(&sha) {
+                Some(source) => break source,
+                None if waited.elapsed() < COPY_START_WAIT => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                None => {
+                    return Err(Status::not_found(format!(
+                        "{} holds no copy of image {}: ask the leader again",
+                        s.node_id,
+                        sha.short()
+                    )));
+                }
+            }
+        };
         if r.offset > source.size {
             return Err(Status::out_of_range(format!("offset {} is past the image's {} bytes", r.offset, source.size)));
         }
@@ -99,11 +120,13 @@ impl pb::relay_server::Relay for RelayService {
         let spec = image_stream::StreamSpec {
             file: source.file,
             offset: r.offset,
+            stripe,
             size: source.size,
             rate: None,
             egress: self.ctx.egress.clone(),
             served: self.ctx.bytes_relayed.clone(),
             growth: source.growth,
+            arrived: source.arrived,
         };
         let rx = image_stream::stream(spec, permit);
         let chunks = ReceiverStream::new(rx).map(|r| r.map(|c| convert::image_chunk(c.offset, c.data)));

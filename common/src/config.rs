@@ -193,7 +193,7 @@ impl Limits {
             header_timeout: ms("header_timeout_ms", f.header_timeout_ms, 15_000)?,
             max_connections: count("max_connections", f.max_connections, 4096, 1 << 20)?,
             max_anonymous_per_ip: count("max_anonymous_per_ip", f.max_anonymous_per_ip, 64, 1 << 20)?,
-            fetch_streams_per_node: count("fetch_streams_per_node", f.fetch_streams_per_node, 2, 64)?,
+            fetch_streams_per_node: count("fetch_streams_per_node", f.fetch_streams_per_node, 8, 64)?,
             fetch_streams_total: count("fetch_streams_total", f.fetch_streams_total, 32, 4096)?,
         })
     }

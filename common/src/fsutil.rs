@@ -128,6 +128,11 @@ impl DirectAppend {
         Ok(())
     }
 
+    /// Bytes appended but still gathered here, not yet in the file.
+    pub fn gathered(&self) -> usize {
+        self.len
+    }
+
     /// Appends `data` (gathered into whole blocks first when direct).
     pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         if !self.direct {

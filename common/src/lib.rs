@@ -11,6 +11,7 @@ pub mod identity;
 pub mod package;
 pub mod session;
 pub mod slots;
+pub mod stripe;
 pub mod telemetry;
 pub mod ticket;
 pub mod tls;

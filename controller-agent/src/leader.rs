@@ -173,12 +173,33 @@ impl LeaderState {
         }))
     }
 
-    /// Where `node`'s fetch of `sha` should come from: `None` for the
-    /// leader itself, else the answer sending it to a relay (its address,
-    /// node id and a signed ticket in the metadata).
-    pub fn route_fetch(&self, sha: common::Sha256Digest, node: &common::NodeId) -> Option<tonic::Status> {
-        use agent_core::relay::{RELAY_ADDR, RELAY_NODE, RELAY_TICKET};
+    /// Where `node`'s fetch of `stripe` of `sha` should come from: `None`
+    /// for the leader itself, else the answer to give instead — the number
+    /// of stripes to fetch when it asked for another (in `molt-stripes`
+    /// metadata), or the relay to fetch from (its address, node id and a
+    /// signed ticket in the metadata).
+    pub fn route_fetch(
+        &self,
+        sha: common::Sha256Digest,
+        node: &common::NodeId,
+        stripe: common::stripe::Stripe,
+    ) -> Option<tonic::Status> {
+        use agent_core::relay::{RELAY_ADDR, RELAY_NODE, RELAY_STRIPES, RELAY_TICKET};
         let hex = sha.to_hex();
+        let mut planned = self.fetch_gate.granted(&sha);
+        planned.retain(|n| *n != self.settings.node_id);
+        let mut relays = self.relays.lock().expect("relays lock");
+        relays.forget(|s| *s == sha || !self.fetch_gate.granted(s).is_empty());
+        let count = relays.stripes(sha, planned.len());
+        if stripe.count() != count {
+            let mut status = tonic::Status::failed_precondition(format!(
+                "the leader sends image {} in {count} stripes to its {} fetchers; fetch each stripe",
+                sha.short(),
+                planned.len()
+            ));
+            status.metadata_mut().insert(RELAY_STRIPES, count.into());
+            return Some(status);
+        }
         let up: Vec<relays::Holder> = self
             .cluster
             .snapshot()
@@ -192,9 +213,10 @@ impl LeaderState {
                 addr: n.addr,
             })
             .collect();
-        let relays::Parent::Node(relay) = self.relays.lock().expect("relays lock").route(sha, node, &up) else {
+        let relays::Parent::Node(relay) = relays.route(sha, stripe, node, &up, &planned) else {
             return None;
         };
+        drop(relays);
         let addr = up.iter().find(|h| h.id == relay).map(|h| h.addr.clone())?;
         let grant = common::ticket::RelayGrant::new(&sha, node.as_str(), relay.as_str());
         let ticket = match common::ticket::sign(&self.settings.tls, &grant) {
@@ -205,7 +227,8 @@ impl LeaderState {
             }
         };
         let mut status = tonic::Status::unavailable(format!(
-            "fetch image {} from relay {relay} at {addr}: the leader streams it to {} nodes itself",
+            "fetch {stripe} of image {} from relay {relay} at {addr}: the leader streams each stripe to one node, \
+             each node relays to {} more",
             sha.short(),
             self.settings.relay_fanout
         ));
@@ -518,9 +541,12 @@ impl LeaderState {
                 let Some(n) = j.nodes.get(&id).filter(|n| n.step == coordinator::journal::Step::Staging) else {
                     continue;
                 };
-                row.source = relays.sources(&j.image_for(n.kind).sha256).get(&id).map(|p| match p {
-                    relays::Parent::Leader => self.settings.node_id.to_string(),
-                    relays::Parent::Node(r) => r.to_string(),
+                row.source = relays.sources(&j.image_for(n.kind).sha256).get(&id).map(|ps| {
+                    let names = ps.iter().map(|p| match p {
+                        relays::Parent::Leader => self.settings.node_id.to_string(),
+                        relays::Parent::Node(r) => r.to_string(),
+                    });
+                    names.collect::<Vec<_>>().join(",")
                 });
             }
         }

@@ -398,13 +398,18 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
-    use crate::follower::stage::{ChunkStream, ImageSource};
+    use crate::follower::stage::{ChunkStream, FetchError, ImageSource};
 
     struct Counting(AtomicUsize);
     impl ImageSource for Counting {
-        fn fetch(&self, _: Sha256Digest, _: u64) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>> {
+        fn fetch(
+            &self,
+            _: Sha256Digest,
+            _: u64,
+            _: common::stripe::Stripe,
+        ) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, FetchError>> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            async { Err("unreachable leader".to_owned()) }.boxed()
+            async { Err(FetchError::Failed("unreachable leader".to_owned())) }.boxed()
         }
     }
 

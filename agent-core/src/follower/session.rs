@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use common::{
     convert,
     session::{Command, LeaderMessage},
+    stripe::Stripe,
 };
 use futures_util::{FutureExt, StreamExt, future::BoxFuture};
 use proto::v1::{FetchImageRequest, leader_client::LeaderClient, relay_client::RelayClient};
@@ -17,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     dial,
-    stage::{Chunk, ChunkStream, ImageSource, LocalCopy},
+    stage::{Chunk, ChunkStream, FetchError, ImageSource, LocalCopy},
 };
 use crate::node::NodeCtx;
 
@@ -220,39 +221,60 @@ impl ImageSource for LeaderImageSource {
         self.local.as_ref().and_then(|f| f(sha))
     }
 
-    fn fetch(&self, sha: common::Sha256Digest, offset: u64) -> BoxFuture<'_, Result<ChunkStream, String>> {
+    fn fetch(
+        &self,
+        sha: common::Sha256Digest,
+        offset: u64,
+        stripe: Stripe,
+    ) -> BoxFuture<'_, Result<ChunkStream, FetchError>> {
         async move {
+            let failed = FetchError::Failed;
+            let request = |ticket| FetchImageRequest {
+                sha256: sha.to_hex(),
+                offset,
+                ticket,
+                stripe: stripe.index(),
+                stripes: stripe.count(),
+            };
             let addr = self.leader.get();
             let channel: Channel =
-                dial::connect(&self.settings, addr).await.map_err(|e| format!("dial {addr}: {e:?}"))?;
+                dial::connect(&self.settings, addr).await.map_err(|e| failed(format!("dial {addr}: {e:?}")))?;
             let mut client = LeaderClient::new(channel)
                 .max_decoding_message_size(dial::MAX_MESSAGE)
                 .max_encoding_message_size(dial::MAX_MESSAGE);
-            let status =
-                match client.fetch_image(FetchImageRequest { sha256: sha.to_hex(), offset, ticket: vec![] }).await {
-                    Ok(stream) => return Ok(chunk_stream(stream.into_inner(), String::new())),
-                    Err(status) => status,
-                };
+            let status = match client.fetch_image(request(vec![])).await {
+                Ok(stream) => return Ok(chunk_stream(stream.into_inner(), String::new())),
+                Err(status) => status,
+            };
+            if let Some(k) = stripes_of(&status) {
+                return Err(FetchError::Restripe(k));
+            }
             // The leader may send this node to a relay, with a ticket.
             let Some((relay, node, ticket)) = relay_of(&status) else {
-                return Err(format!("{:?}: {}", status.code(), status.message()));
+                return Err(failed(format!("{:?}: {}", status.code(), status.message())));
             };
-            debug!(sha = %sha.short(), %node, %relay, offset, "fetching the image from a relay");
+            debug!(sha = %sha.short(), %node, %relay, offset, %stripe, "fetching the image from a relay");
             let channel: Channel = dial::connect(&self.settings, relay)
                 .await
-                .map_err(|e| format!("dial relay {node} at {relay}: {e:?}"))?;
+                .map_err(|e| failed(format!("dial relay {node} at {relay}: {e:?}")))?;
             let mut client = RelayClient::new(channel)
                 .max_decoding_message_size(dial::MAX_MESSAGE)
                 .max_encoding_message_size(dial::MAX_MESSAGE);
             let stream = client
-                .fetch_image(FetchImageRequest { sha256: sha.to_hex(), offset, ticket })
+                .fetch_image(request(ticket))
                 .await
-                .map_err(|e| format!("relay {node}: {:?}: {}", e.code(), e.message()))?
+                .map_err(|e| failed(format!("relay {node}: {:?}: {}", e.code(), e.message())))?
                 .into_inner();
             Ok(chunk_stream(stream, format!("relay {node}: ")))
         }
         .boxed()
     }
+}
+
+/// The number of stripes a leader's refusal asks for.
+fn stripes_of(status: &tonic::Status) -> Option<u32> {
+    let k = status.metadata().get(crate::relay::RELAY_STRIPES)?.to_str().ok()?.parse().ok()?;
+    (status.code() == tonic::Code::FailedPrecondition && k >= 1).then_some(k)
 }
 
 /// The relay a leader's answer names: its address, node id and the ticket.

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use common::{
     DeploymentKind, Sha256Digest, fsutil, package,
     session::{ImageRef, StagedImage, Transfer},
+    stripe::Stripe,
 };
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
@@ -32,6 +33,9 @@ use crate::image_stream::Growth;
 pub const DISK_MARGIN: u64 = 16 << 20;
 /// Consecutive failed attempts without progress before staging gives up.
 const MAX_ATTEMPTS: u32 = 8;
+/// How far past the first missing byte a stripe may run ahead: bytes
+/// received out of order wait in memory, at most this many.
+const REORDER_WINDOW: u64 = 32 << 20;
 
 /// Why an image could not be staged. Nothing is left half-staged.
 #[derive(Debug, thiserror::Error)]
@@ -118,9 +122,55 @@ pub trait ImageSource: Send + Sync + 'static {
         None
     }
 
-    /// Streams `sha` from `offset` to its end.
-    fn fetch(&self, sha: Sha256Digest, offset: u64)
-    -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>>;
+    /// Streams `stripe` of `sha` from its first byte at or after `offset`
+    /// to the image's end.
+    fn fetch(
+        &self,
+        sha: Sha256Digest,
+        offset: u64,
+        stripe: Stripe,
+    ) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, FetchError>>;
+}
+
+/// Why a fetch did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The leader cuts this image into this many stripes: fetch those.
+    Restripe(u32),
+    /// The source could not be reached or refused; why.
+    Failed(String),
+}
+
+/// The chunks of an image received but not yet in its `.part` file (ahead
+/// of the bytes written in order, or on their way to the writer): a relay
+/// serves them from here at once, so a stripe flows on through a relay
+/// without waiting for the relay's other stripes.
+#[derive(Debug, Default)]
+pub struct Arrived(Mutex<BTreeMap<u64, Bytes>>);
+
+impl Arrived {
+    fn insert(&self, offset: u64, data: Bytes) {
+        self.0.lock().expect("arrived lock").insert(offset, data);
+    }
+
+    /// Forgets the chunks that are in the file now: those wholly below `end`.
+    fn written(&self, end: u64) {
+        let mut m = self.0.lock().expect("arrived lock");
+        while let Some(e) = m.first_entry() {
+            if *e.key() + e.get().len() as u64 > end {
+                break;
+            }
+            e.remove();
+        }
+    }
+
+    /// At most `max` bytes from `pos`, if they arrived and are not in the file yet.
+    pub fn get(&self, pos: u64, max: usize) -> Option<Bytes> {
+        let m = self.0.lock().expect("arrived lock");
+        let (at, data) = m.range(..=pos).next_back()?;
+        let from = (pos - at) as usize;
+        (from < data.len()).then(|| data.slice(from..data.len().min(from + max)))
+    }
 }
 
 /// A copy of an image a node can serve to another.
@@ -131,6 +181,8 @@ pub struct RelaySource {
     pub size: u64,
     /// Where a copy still arriving stands (none: whole).
     pub growth: Option<Box<dyn Fn() -> Growth + Send>>,
+    /// For a copy still arriving: its chunks not yet in the file.
+    pub arrived: Option<Arc<Arrived>>,
 }
 
 impl std::fmt::Debug for RelaySource {
@@ -146,6 +198,8 @@ pub type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Chunk, String>
 struct State {
     staged: BTreeMap<Sha256Digest, StagedImage>,
     transfers: HashMap<Sha256Digest, Transfer>,
+    /// The chunks of each transfer not yet in its file.
+    arrived: HashMap<Sha256Digest, Arc<Arrived>>,
     /// One staging per digest at a time: a second waits for the first.
     busy: HashMap<Sha256Digest, Arc<tokio::sync::Mutex<()>>>,
 }
@@ -208,12 +262,12 @@ impl Stager {
     /// (then with a way to tell whether it still grows). Opened here, so a
     /// transfer that ends in a rename meanwhile does not matter.
     pub fn relay_source(&self, sha: &Sha256Digest) -> Option<RelaySource> {
-        let (path, size, growing) = {
+        let (path, size, growing, arrived) = {
             let s = self.state.lock().expect("stager lock");
             if let Some(st) = s.staged.get(sha) {
-                (self.final_path(sha), st.size, false)
+                (self.final_path(sha), st.size, false, None)
             } else {
-                (self.part_path(sha), s.transfers.get(sha)?.total, true)
+                (self.part_path(sha), s.transfers.get(sha)?.total, true, s.arrived.get(sha).cloned())
             }
         };
         let file = File::open(&path).or_else(|_| File::open(self.final_path(sha))).ok()?;
@@ -230,7 +284,7 @@ impl Stager {
                 }
             }) as Box<dyn Fn() -> Growth + Send>
         });
-        Some(RelaySource { file, size, growth })
+        Some(RelaySource { file, size, growth, arrived })
     }
 
     fn final_path(&self, sha: &Sha256Digest) -> PathBuf {
@@ -279,7 +333,10 @@ impl Stager {
         let staged = match result {
             Ok(s) => s,
             Err(e) => {
-                self.state.lock().expect("stager lock").transfers.remove(&image.sha256);
+                let mut state = self.state.lock().expect("stager lock");
+                state.transfers.remove(&image.sha256);
+                state.arrived.remove(&image.sha256);
+                drop(state);
                 // Keep a partial file only when it can be resumed.
                 if !matches!(e, StageError::Transfer(_)) {
                     let _ = fs::remove_file(&part);
@@ -290,72 +347,147 @@ impl Stager {
         // In one step: a relay reading the copy sees it arriving, then whole.
         let mut state = self.state.lock().expect("stager lock");
         state.transfers.remove(&image.sha256);
+        state.arrived.remove(&image.sha256);
         state.staged.insert(image.sha256, staged.clone());
         drop(state);
         info!(sha = %image.sha256.short(), version = %image.version, "image staged");
         Ok(staged)
     }
 
+    /// Receives the image into `part`: as one stream, or as the stripes the
+    /// leader cuts it into, one stream each at once. Bytes are written and
+    /// hashed in order whatever order they arrive in (a stripe ahead of the
+    /// others waits, at most [`REORDER_WINDOW`] ahead), so the `.part` file
+    /// is always a prefix of the image and a resume starts at its end.
     async fn receive(
         &self,
         image: &ImageRef,
         source: &dyn ImageSource,
         part: &Path,
     ) -> Result<StagedImage, StageError> {
-        let size = image.size;
-        let start = resume_offset(part, size).map_err(io_err(part))?;
+        let start = resume_offset(part, image.size).map_err(io_err(part))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let writer_part = part.to_owned();
+        let arrived = Arc::new(Arrived::default());
+        self.state.lock().expect("stager lock").arrived.insert(image.sha256, arrived.clone());
+        let in_file = arrived.clone();
         // Hashing and writing run on their own thread, away from the socket reader.
-        let writer = tokio::task::spawn_blocking(move || write_and_hash(&writer_part, start, rx));
-        let mut offset = start;
-        self.progress(image, offset);
+        let writer = tokio::task::spawn_blocking(move || write_and_hash(&writer_part, start, rx, &in_file));
+        let mut front = start;
+        self.progress(image, front);
+        let mut stripes = 1;
+        let mut restripes = 0;
+        let received = loop {
+            match self.receive_stripes(image, source, stripes, &mut front, &tx, &arrived).await {
+                Ok(()) => break Ok(()),
+                Err(LanesEnd::Restripe(k)) if restripes < MAX_ATTEMPTS => {
+                    restripes += 1;
+                    info!(sha = %image.sha256.short(), stripes = k, offset = front, "fetching the image in stripes");
+                    stripes = k;
+                }
+                Err(LanesEnd::Restripe(k)) => {
+                    break Err(StageError::Transfer(format!("the leader kept changing its stripes (now {k})")));
+                }
+                Err(LanesEnd::Failed(e)) => break Err(e),
+            }
+        };
+        drop(tx);
+        let written = writer.await.map_err(|e| StageError::Protocol(format!("writer thread failed: {e}")))?;
+        received?;
+        let (digest, mut file) = written.map_err(io_err(part))?;
+        if digest != image.sha256 {
+            return Err(StageError::DigestMismatch { expected: image.sha256, actual: digest });
+        }
+        file.seek(SeekFrom::Start(0)).map_err(io_err(part))?;
+        self.finish(image, part, file)
+    }
+
+    /// Receives `count` stripes from `front` on, one lane each, handing the
+    /// bytes to the writer in order; `front` follows what the writer has.
+    async fn receive_stripes(
+        &self,
+        image: &ImageRef,
+        source: &dyn ImageSource,
+        count: u32,
+        front: &mut u64,
+        writer: &tokio::sync::mpsc::Sender<Bytes>,
+        arrived: &Arrived,
+    ) -> Result<(), LanesEnd> {
+        let (front_tx, front_rx) = tokio::sync::watch::channel(*front);
+        let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Chunk>(4 * count as usize);
+        let lanes = futures_util::future::try_join_all(
+            Stripe::all(count).map(|s| self.lane(image, source, s, *front, chunks_tx.clone(), front_rx.clone())),
+        );
+        drop(chunks_tx);
+        let merge = async {
+            let mut early = BTreeMap::<u64, Bytes>::new();
+            while *front < image.size {
+                let Some(c) = chunks.recv().await else {
+                    return Err(LanesEnd::Failed(StageError::Protocol(format!(
+                        "every stripe ended, the image stops at byte {front}"
+                    ))));
+                };
+                arrived.insert(c.offset, c.data.clone());
+                early.insert(c.offset, c.data);
+                while let Some(data) = early.remove(front) {
+                    *front += data.len() as u64;
+                    writer
+                        .send(data)
+                        .await
+                        .map_err(|_| LanesEnd::Failed(StageError::Protocol("the writer thread stopped".into())))?;
+                }
+                self.progress(image, *front);
+                front_tx.send_replace(*front);
+            }
+            Ok(())
+        };
+        futures_util::future::try_join(lanes, merge).await.map(|_| ())
+    }
+
+    /// One stripe, from `from` to the image's end: fetch, pass each chunk
+    /// on once it is within the window, resume from the next byte when the
+    /// stream breaks.
+    async fn lane(
+        &self,
+        image: &ImageRef,
+        source: &dyn ImageSource,
+        stripe: Stripe,
+        from: u64,
+        out: tokio::sync::mpsc::Sender<Chunk>,
+        mut front: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<(), LanesEnd> {
+        let mut next = stripe.next_byte(from);
         let mut failures = 0u32;
         let mut last_error = String::new();
-        while offset < size {
+        while next < image.size {
             if failures >= MAX_ATTEMPTS {
-                drop(tx);
-                let _ = writer.await;
-                return Err(StageError::Transfer(last_error));
+                return Err(LanesEnd::Failed(StageError::Transfer(last_error)));
             }
-            let stream = match source.fetch(image.sha256, offset).await {
+            let stream = match source.fetch(image.sha256, next, stripe).await {
                 Ok(s) => s,
-                Err(e) => {
+                Err(FetchError::Restripe(k)) => return Err(LanesEnd::Restripe(k)),
+                Err(FetchError::Failed(e)) => {
                     failures += 1;
                     last_error = e;
                     backoff(failures).await;
                     continue;
                 }
             };
-            let before = offset;
-            match self.pump(image, stream, &mut offset, &tx).await {
-                Ok(()) if offset == size => break,
-                Ok(()) => last_error = format!("stream ended at byte {offset} of {size}"),
+            let before = next;
+            match pump(image.size, stripe, stream, &mut next, &out, &mut front).await {
+                Ok(()) if next >= image.size => break,
+                Ok(()) => last_error = format!("stream ended at byte {next} of {}", image.size),
                 Err(StreamFault::Transport(e)) => last_error = e,
-                Err(StreamFault::Fatal(e)) => {
-                    drop(tx);
-                    let _ = writer.await;
-                    return Err(e);
-                }
+                Err(StreamFault::Fatal(e)) => return Err(LanesEnd::Failed(e)),
             }
-            if offset > before {
+            if next > before {
                 failures = 0;
             }
             failures += 1;
-            warn!(sha = %image.sha256.short(), offset, error = %last_error, "transfer interrupted; resuming");
+            warn!(sha = %image.sha256.short(), %stripe, offset = next, error = %last_error, "transfer interrupted; resuming");
             backoff(failures).await;
         }
-        drop(tx);
-        let (digest, file) = writer
-            .await
-            .map_err(|e| StageError::Protocol(format!("writer thread failed: {e}")))?
-            .map_err(io_err(part))?;
-        if digest != image.sha256 {
-            return Err(StageError::DigestMismatch { expected: image.sha256, actual: digest });
-        }
-        let mut file = file;
-        file.seek(SeekFrom::Start(0)).map_err(io_err(part))?;
-        self.finish(image, part, file)
+        Ok(())
     }
 
     /// Stages a file already on this node: hard link (copy across file
@@ -402,37 +534,6 @@ impl Stager {
         Ok(StagedImage { sha256: image.sha256, version: image.version, size: image.size })
     }
 
-    async fn pump(
-        &self,
-        image: &ImageRef,
-        mut stream: ChunkStream,
-        offset: &mut u64,
-        tx: &tokio::sync::mpsc::Sender<Bytes>,
-    ) -> Result<(), StreamFault> {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(StreamFault::Transport)?;
-            if chunk.offset != *offset {
-                return Err(StreamFault::Fatal(StageError::Protocol(format!(
-                    "chunk at offset {} where {} was expected",
-                    chunk.offset, offset
-                ))));
-            }
-            let end = *offset + chunk.data.len() as u64;
-            if end > image.size {
-                return Err(StreamFault::Fatal(StageError::Protocol(format!(
-                    "the stream runs past the announced size {}",
-                    image.size
-                ))));
-            }
-            tx.send(chunk.data)
-                .await
-                .map_err(|_| StreamFault::Fatal(StageError::Protocol("the writer thread stopped".into())))?;
-            *offset = end;
-            self.progress(image, end);
-        }
-        Ok(())
-    }
-
     fn progress(&self, image: &ImageRef, received: u64) {
         self.state
             .lock()
@@ -445,6 +546,46 @@ impl Stager {
 enum StreamFault {
     Transport(String),
     Fatal(StageError),
+}
+
+/// How a set of lanes ended other than with the whole image.
+enum LanesEnd {
+    /// The leader cuts the image into this many stripes.
+    Restripe(u32),
+    /// Staging failed.
+    Failed(StageError),
+}
+
+/// Passes one stream's chunks of `stripe` on, each at the byte expected
+/// next (`next`) and within the window ahead of `front`.
+async fn pump(
+    size: u64,
+    stripe: Stripe,
+    mut stream: ChunkStream,
+    next: &mut u64,
+    out: &tokio::sync::mpsc::Sender<Chunk>,
+    front: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<(), StreamFault> {
+    let fatal = |why: String| StreamFault::Fatal(StageError::Protocol(why));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(StreamFault::Transport)?;
+        if chunk.offset != *next {
+            return Err(fatal(format!("chunk at offset {} where {} was expected", chunk.offset, next)));
+        }
+        let end = *next + chunk.data.len() as u64;
+        if end > size {
+            return Err(fatal(format!("the stream runs past the announced size {size}")));
+        }
+        if end > stripe.run_end(*next) {
+            return Err(fatal(format!("a chunk at {} runs past the end of its {stripe}", chunk.offset)));
+        }
+        while chunk.offset >= *front.borrow_and_update() + REORDER_WINDOW {
+            front.changed().await.map_err(|_| fatal("the receiver stopped".into()))?;
+        }
+        out.send(chunk).await.map_err(|_| fatal("the receiver stopped".into()))?;
+        *next = stripe.after(end);
+    }
+    Ok(())
 }
 
 async fn backoff(failures: u32) {
@@ -486,6 +627,7 @@ fn write_and_hash(
     part: &Path,
     existing: u64,
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    arrived: &Arrived,
 ) -> std::io::Result<(Sha256Digest, File)> {
     let mut file = fsutil::DirectAppend::open(part)?;
     let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Bytes>(8);
@@ -510,11 +652,14 @@ fn write_and_hash(
             Ok(Sha256Digest::from_bytes(hasher.finalize().into()))
         })?;
     let mut result = Ok(());
+    let mut appended = existing;
     while let Some(data) = rx.blocking_recv() {
         if let Err(e) = file.write(&data) {
             result = Err(e);
             break;
         }
+        appended += data.len() as u64;
+        arrived.written(appended - file.gathered() as u64);
         if to_hasher.send(data).is_err() {
             break;
         }

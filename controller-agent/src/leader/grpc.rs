@@ -126,6 +126,7 @@ impl pb::leader_server::Leader for LeaderService {
         let r = req.into_inner();
         let sha: Sha256Digest =
             r.sha256.parse().map_err(|e: common::types::ParseError| Status::invalid_argument(e.to_string()))?;
+        let stripe = common::stripe::Stripe::new(r.stripe, r.stripes).map_err(Status::invalid_argument)?;
         let permit = self.state.fetch_gate.open(&peer.node_id, &sha)?;
         let path = self
             .state
@@ -136,7 +137,7 @@ impl pb::leader_server::Leader for LeaderService {
         if r.offset > size {
             return Err(Status::out_of_range(format!("offset {} is past the image's {size} bytes", r.offset)));
         }
-        if let Some(redirect) = self.state.route_fetch(sha, &peer.node_id) {
+        if let Some(redirect) = self.state.route_fetch(sha, &peer.node_id, stripe) {
             return Err(redirect);
         }
         // The node's own cap and the running upgrade profile's, whichever is lower.
@@ -145,11 +146,13 @@ impl pb::leader_server::Leader for LeaderService {
         let spec = image_stream::StreamSpec {
             file,
             offset: r.offset,
+            stripe,
             size,
             rate,
             egress: self.state.egress.get().cloned().flatten(),
             served: self.state.bytes_served.clone(),
             growth: None,
+            arrived: None,
         };
         let rx = image_stream::stream(spec, permit);
         let chunks = ReceiverStream::new(rx).map(|r| r.map(|c| convert::image_chunk(c.offset, c.data)));

@@ -85,6 +85,14 @@ impl FetchGate {
         Grant { state: self.state.clone(), key }
     }
 
+    /// The nodes that may fetch `sha` now (those told to stage it), in id order.
+    pub fn granted(&self, sha: &Sha256Digest) -> Vec<NodeId> {
+        let s = self.state.lock().expect("fetch gate lock");
+        let mut nodes: Vec<NodeId> = s.grants.keys().filter(|(_, g)| g == sha).map(|(n, _)| n.clone()).collect();
+        nodes.sort();
+        nodes
+    }
+
     /// Opens a stream of `sha` for `node`, or says why not.
     pub fn open(&self, node: &NodeId, sha: &Sha256Digest) -> Result<StreamPermit, Status> {
         let mut s = self.state.lock().expect("fetch gate lock");

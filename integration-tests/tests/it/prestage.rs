@@ -218,11 +218,24 @@ async fn an_upload_name_is_encoded_and_reaches_the_leader_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_carry_the_image_and_a_fetcher_whose_relay_dies_resumes_from_another_source() {
-    use controller_agent::leader::relays::Parent;
     // Fan-out 1: the leader streams to one SE, each SE relays to the next.
-    // Every node sends at most 4 MiB/s, so the cut lands mid-way.
+    relays_survive_a_dying_relay(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn striped_relays_carry_the_image_and_a_stripe_whose_relay_dies_resumes_from_another_source() {
+    // Fan-out 2 over 4 SEs: 2 stripes, the leader streams each to one SE,
+    // and each SE relays one stripe to up to 2 others.
+    relays_survive_a_dying_relay(2).await;
+}
+
+/// 4 SEs prestage a 16 MiB image through relays of fan-out `k`; every node
+/// sends at most 4 MiB/s, so a relay is stopped mid-way: its fetchers
+/// resume elsewhere, everyone else finishes, and it resumes once back.
+async fn relays_survive_a_dying_relay(k: usize) {
+    use controller_agent::leader::relays::Parent;
     let mut c =
-        TestCluster::builder().group("g1", "active-active", 4).relay_fanout(1).egress_limit(4 << 20).start().await;
+        TestCluster::builder().group("g1", "active-active", 4).relay_fanout(k).egress_limit(4 << 20).start().await;
     let tmp = tempfile::tempdir().unwrap();
     let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 16 * MIB);
     let (sha, size) = hash_file(&pkg).unwrap();
@@ -237,6 +250,7 @@ async fn relays_carry_the_image_and_a_fetcher_whose_relay_dies_resumes_from_anot
         let sources = leader.relays.lock().unwrap().sources(&sha);
         relay = sources
             .values()
+            .flatten()
             .find_map(|p| match p {
                 Parent::Node(r) if std::fs::metadata(part(r.as_str())).is_ok_and(|m| m.len() > size / 4) => {
                     Some(r.to_string())
@@ -248,14 +262,19 @@ async fn relays_carry_the_image_and_a_fetcher_whose_relay_dies_resumes_from_anot
     })
     .await;
     let sources = leader.relays.lock().unwrap().sources(&sha);
-    assert_eq!(sources.values().filter(|p| **p == Parent::Leader).count(), 1, "the leader serves one: {sources:?}");
-    let child = sources.iter().find(|(_, p)| **p == Parent::Node(relay.parse().unwrap())).unwrap().0.to_string();
+    let from_leader = sources.values().flatten().filter(|p| **p == Parent::Leader).count();
+    assert_eq!(from_leader, k, "the leader serves one stream per stripe: {sources:?}");
+    assert!(sources.values().all(|ps| ps.len() == k), "every SE fetches {k} stripes: {sources:?}");
+    let relay_id: common::NodeId = relay.parse().unwrap();
+    let child = sources.iter().find(|(_, ps)| ps.contains(&Parent::Node(relay_id.clone()))).unwrap().0.to_string();
     let child_had = std::fs::metadata(part(&child)).map(|m| m.len()).unwrap_or(0);
-    // The status names each receiver's source; the CLI prints it.
+    // The status names each receiver's sources; the CLI prints them.
     let status = c.api().get("/api/cluster/upgrade/status").await.unwrap();
     let row = status["nodes"].as_array().unwrap().iter().find(|n| n["id"] == child.as_str()).unwrap();
-    assert_eq!(row["source"], relay.as_str(), "{status:#}");
-    assert!(molt::render::status(&status).contains(&format!("(from {relay})")), "{}", molt::render::status(&status));
+    let named: Vec<&str> = row["source"].as_str().unwrap().split(',').collect();
+    assert!(named.contains(&relay.as_str()) && named.len() == k, "{status:#}");
+    let shown = molt::render::status(&status);
+    assert!(shown.contains(&format!("(from {})", row["source"].as_str().unwrap())), "{shown}");
     c.stop_node(&relay).await;
     // Everyone else finishes, the relay's fetcher from another source.
     for id in c.ids().into_iter().filter(|id| id.starts_with("g1-") && *id != relay) {
@@ -264,14 +283,16 @@ async fn relays_carry_the_image_and_a_fetcher_whose_relay_dies_resumes_from_anot
         assert_eq!(hash_file(&staged).unwrap(), (sha, size), "{id}'s copy");
     }
     let now = leader.relays.lock().unwrap().sources(&sha);
-    assert_ne!(now.get(&child.parse().unwrap()), Some(&Parent::Node(relay.parse().unwrap())), "{now:?}");
+    let child_now = now.get(&child.parse().unwrap()).cloned().unwrap_or_default();
+    assert!(!child_now.contains(&Parent::Node(relay_id)), "{now:?}");
     // The relay comes back and resumes; the operation completes.
     c.start_node(&relay).await;
     let end = c.wait_operation(90).await;
     assert_eq!(end["state"], "completed", "{end:#}");
     let served = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed) - served_before;
-    // Without relays the leader sends 4 copies; here the chain's head, the
-    // dead relay's fetcher from where it was, and the relay's rest.
+    // Without relays the leader sends 4 copies; here one copy to the
+    // stripes' roots, the dead relay's fetchers from where they were, and
+    // the relay's rest.
     assert!(
         served < 2 * size + (2 << 20),
         "the leader sent {served} bytes for 4 SEs of a {size}-byte image (the fetcher had {child_had})"

@@ -277,7 +277,7 @@ async fn a_relay_serves_only_the_fetcher_its_leader_ticket_names() {
     let fetch = async |as_node: &str, ticket: Vec<u8>| {
         let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some(as_node), &addr_of(&c, "g1-se1")).await.unwrap();
         pb::relay_client::RelayClient::new(ch)
-            .fetch_image(pb::FetchImageRequest { sha256: sha.to_hex(), offset: 0, ticket })
+            .fetch_image(pb::FetchImageRequest { sha256: sha.to_hex(), offset: 0, ticket, stripe: 0, stripes: 1 })
             .await
             .unwrap_err()
     };

@@ -1,22 +1,35 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use common::stripe;
 use futures_util::FutureExt;
 
 use super::*;
 
-/// Serves `bytes` in 64 KiB chunks; the first `cut_after` bytes of the first
-/// request, then a transport error.
+/// Serves `bytes` in 64 KiB chunks, cut into `stripes` (a request for
+/// another number of stripes is told to restripe); the first request of
+/// stripe `cut.0` ends after its first `cut.1` bytes with a transport
+/// error; stripe `slow` waits 20 ms before each chunk.
 struct Fake {
     bytes: Vec<u8>,
-    cut_after: Option<u64>,
+    stripes: u32,
+    cut: Option<(u32, u64)>,
+    slow: Option<u32>,
     requests: AtomicUsize,
     served: AtomicU64,
-    offsets: Mutex<Vec<u64>>,
+    offsets: Mutex<Vec<(u64, Stripe)>>,
 }
 
 impl Fake {
     fn new(bytes: Vec<u8>, cut_after: Option<u64>) -> Self {
-        Self { bytes, cut_after, requests: 0.into(), served: 0.into(), offsets: Mutex::default() }
+        Self {
+            bytes,
+            stripes: 1,
+            cut: cut_after.map(|c| (0, c)),
+            slow: None,
+            requests: 0.into(),
+            served: 0.into(),
+            offsets: Mutex::default(),
+        }
     }
 }
 
@@ -25,26 +38,43 @@ impl ImageSource for Fake {
         &self,
         _sha: Sha256Digest,
         offset: u64,
-    ) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>> {
+        stripe: Stripe,
+    ) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, FetchError>> {
         async move {
-            let first = self.requests.fetch_add(1, Ordering::SeqCst) == 0;
-            self.offsets.lock().unwrap().push(offset);
-            let end = match (first, self.cut_after) {
-                (true, Some(c)) => c as usize,
-                _ => self.bytes.len(),
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            if stripe.count() != self.stripes {
+                return Err(FetchError::Restripe(self.stripes));
+            }
+            let first = {
+                let mut offsets = self.offsets.lock().unwrap();
+                offsets.push((offset, stripe));
+                offsets.iter().filter(|(_, s)| *s == stripe).count() == 1
+            };
+            let mut budget = match self.cut {
+                Some((index, c)) if first && index == stripe.index() => c,
+                _ => u64::MAX,
             };
             let mut items: Vec<Result<Chunk, String>> = Vec::new();
-            let mut pos = offset as usize;
-            while pos < end {
-                let n = (64 << 10).min(end - pos);
-                items.push(Ok(Chunk { offset: pos as u64, data: Bytes::copy_from_slice(&self.bytes[pos..pos + n]) }));
-                self.served.fetch_add(n as u64, Ordering::SeqCst);
-                pos += n;
+            let size = self.bytes.len() as u64;
+            let mut pos = stripe.next_byte(offset);
+            while pos < size && budget > 0 {
+                let n = (64 << 10).min(size - pos).min(stripe.run_end(pos) - pos).min(budget);
+                let data = Bytes::copy_from_slice(&self.bytes[pos as usize..(pos + n) as usize]);
+                items.push(Ok(Chunk { offset: pos, data }));
+                self.served.fetch_add(n, Ordering::SeqCst);
+                budget -= n;
+                pos = stripe.after(pos + n);
             }
-            if end < self.bytes.len() {
+            if pos < size {
                 items.push(Err("connection reset".into()));
             }
-            let s: ChunkStream = Box::pin(futures_util::stream::iter(items));
+            let slow = self.slow == Some(stripe.index());
+            let s: ChunkStream = Box::pin(futures_util::stream::iter(items).then(move |c| async move {
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                c
+            }));
             Ok(s)
         }
         .boxed()
@@ -52,10 +82,17 @@ impl ImageSource for Fake {
 }
 
 fn package_bytes(dir: &Path, kind: DeploymentKind) -> Vec<u8> {
+    package_of_size(dir, kind, 700_000)
+}
+
+/// A package whose payload holds about `size` bytes.
+fn package_of_size(dir: &Path, kind: DeploymentKind, size: u32) -> Vec<u8> {
     let payload = dir.join("payload");
     fs::create_dir_all(payload.join("bin")).unwrap();
     fs::write(payload.join("bin/controller-agent"), b"c").unwrap();
-    fs::write(payload.join("bin/se-agent"), (0..700_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>()).unwrap();
+    // Not compressible much: a package of about `size` bytes.
+    let noise = (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<_>>();
+    fs::write(payload.join("bin/se-agent"), noise).unwrap();
     // What a docker payload requires (a vm payload may hold it too).
     fs::write(payload.join(package::DOCKER_IMAGE_ENTRY), b"not a real image").unwrap();
     let out = dir.join("p.pkg");
@@ -83,7 +120,11 @@ async fn a_cut_transfer_resumes_from_the_bytes_already_received() {
     let image = image_of(&bytes, DeploymentKind::Vm);
     let staged = stager.stage(&image, &source).await.unwrap();
     assert_eq!(staged.sha256, image.sha256);
-    assert_eq!(*source.offsets.lock().unwrap(), vec![0, cut], "the second request starts where the first broke");
+    assert_eq!(
+        *source.offsets.lock().unwrap(),
+        vec![(0, Stripe::WHOLE), (cut, Stripe::WHOLE)],
+        "the second request starts where the first broke"
+    );
     assert_eq!(source.served.load(Ordering::SeqCst), bytes.len() as u64, "no byte was fetched twice");
     let kept = fs::read(stager.path_of(&image.sha256).unwrap()).unwrap();
     assert_eq!(kept, bytes);
@@ -104,7 +145,7 @@ async fn a_partial_file_left_by_a_restart_is_resumed_and_rehashed() {
     let source = Fake::new(bytes.clone(), None);
     stager.stage(&image, &source).await.unwrap();
     // Resumed from the last whole block (the writer appends whole blocks directly).
-    assert_eq!(*source.offsets.lock().unwrap(), vec![123_456 - 123_456 % fsutil::DIRECT_ALIGN as u64]);
+    assert_eq!(*source.offsets.lock().unwrap(), vec![(123_456 - 123_456 % fsutil::DIRECT_ALIGN as u64, Stripe::WHOLE)]);
     // And the staged image is listed after another restart.
     let again = Stager::open(&node, DeploymentKind::Vm).unwrap();
     assert_eq!(again.staged().len(), 1);
@@ -179,8 +220,13 @@ impl ImageSource for Local {
     fn local_copy(&self, _sha: &Sha256Digest) -> Option<LocalCopy> {
         Some(self.0.clone())
     }
-    fn fetch(&self, _: Sha256Digest, _: u64) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, String>> {
-        async { Err("a local copy is never fetched".to_owned()) }.boxed()
+    fn fetch(
+        &self,
+        _: Sha256Digest,
+        _: u64,
+        _: Stripe,
+    ) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, FetchError>> {
+        async { Err(FetchError::Failed("a local copy is never fetched".to_owned())) }.boxed()
     }
 }
 
@@ -208,4 +254,41 @@ async fn a_local_copy_is_hashed_again_unless_its_digest_was_verified_as_it_is() 
     fs::write(&store, &bytes[..bytes.len() - 1]).unwrap();
     let e = other.stage(&image, &verified).await.unwrap_err();
     assert!(matches!(e, StageError::DigestMismatch { .. }), "a file of another size: {e}");
+}
+
+#[tokio::test]
+async fn a_striped_transfer_arriving_out_of_order_is_written_in_order_and_a_broken_stripe_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_of_size(d.path(), DeploymentKind::Vm, 5_500_000);
+    assert!(bytes.len() as u64 > 5 * stripe::RUN, "{} bytes: every stripe has runs", bytes.len());
+    let image = image_of(&bytes, DeploymentKind::Vm);
+    let stager = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    // Stripe 0 comes slowly, so stripes 1 and 2 run ahead of the bytes
+    // written; stripe 1's first stream breaks inside its first run.
+    let source = Fake { stripes: 3, cut: Some((1, 300_000)), slow: Some(0), ..Fake::new(bytes.clone(), None) };
+    stager.stage(&image, &source).await.unwrap();
+    assert_eq!(fs::read(stager.path_of(&image.sha256).unwrap()).unwrap(), bytes);
+    assert_eq!(source.served.load(Ordering::SeqCst), bytes.len() as u64, "every byte fetched once");
+    let mut asked = source.offsets.lock().unwrap().clone();
+    asked.sort();
+    let s = |i| Stripe::new(i, 3).unwrap();
+    assert_eq!(
+        asked,
+        vec![(0, s(0)), (stripe::RUN, s(1)), (stripe::RUN + 300_000, s(1)), (2 * stripe::RUN, s(2))],
+        "one whole-image request told to restripe, then the three stripes and stripe 1 resumed at its byte"
+    );
+    assert_eq!(source.requests.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn a_relay_finds_arrived_chunks_until_they_are_in_the_file() {
+    let a = Arrived::default();
+    a.insert(4096, Bytes::from(vec![1u8; 4096]));
+    a.insert(0, Bytes::from(vec![0u8; 4096]));
+    assert_eq!(a.get(100, 10).unwrap(), Bytes::from(vec![0u8; 10]), "inside a chunk, at most what is asked");
+    assert_eq!(a.get(4000, 1 << 20).unwrap().len(), 96, "up to the chunk's end");
+    assert!(a.get(8192, 1).is_none(), "not arrived");
+    a.written(4096 + 100);
+    assert!(a.get(0, 1).is_none(), "in the file now: read from there");
+    assert_eq!(a.get(4096, 1).unwrap(), Bytes::from(vec![1u8]), "partly in the file: kept until wholly");
 }
