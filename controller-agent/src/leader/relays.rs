@@ -319,4 +319,131 @@ mod tests {
         assert_ne!(again, Parent::Node(id("a")));
         assert_ne!(again, Parent::Node(id("b")));
     }
+
+    /// A small seeded generator (xorshift), so a failing schedule replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// What must hold of the trees after every step, whatever happened.
+    fn check(r: &Relays, sha: &Sha256Digest, fanout: usize, seed: u64) {
+        let Some(cut) = r.cuts.get(sha) else { return };
+        for (s, tree) in cut.trees.iter().enumerate() {
+            for (child, parent) in tree {
+                let Parent::Node(p) = parent else { continue };
+                assert_ne!(p, child, "seed {seed}: stripe {s}: {child} under itself");
+                let load = tree.values().filter(|q| *q == parent).count();
+                assert!(load <= fanout, "seed {seed}: stripe {s}: {p} serves {load} > {fanout}");
+                // Up the tree: the leader, or a node not fetching this stripe (staged, or gone), never a cycle.
+                let mut at = p.clone();
+                for _ in 0..=tree.len() {
+                    match tree.get(&at) {
+                        Some(Parent::Node(q)) => at = q.clone(),
+                        _ => break,
+                    }
+                    assert_ne!(at, *child, "seed {seed}: stripe {s}: a cycle through {child}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn seeded_schedules_of_fetches_deaths_and_stagings_keep_the_trees_sound() {
+        let sha = Sha256Digest::of(b"image");
+        for seed in 1..=400u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let n = 1 + rng.below(24);
+            let fanout = rng.below(6);
+            let names: Vec<NodeId> = (0..n).map(|i| id(&format!("se-{i:02}"))).collect();
+            let planned = names.clone();
+            let mut up: Vec<Holder> = names.iter().map(|n| receiving(n.as_str(), Some(0))).collect();
+            let mut r = Relays::new(fanout);
+            let count = r.stripes(sha, planned.len());
+            let mut last: HashMap<(NodeId, u32), Parent> = HashMap::new();
+            for _ in 0..6 * n {
+                match rng.below(10) {
+                    // A node dies (and may come back later).
+                    0 if up.len() > 1 => {
+                        let gone = up.remove(rng.below(up.len())).id;
+                        // Its streams ended with it: where it fetched from is forgotten.
+                        last.retain(|(c, _), _| *c != gone);
+                    }
+                    1 => {
+                        let back = &names[rng.below(n)];
+                        if !up.iter().any(|h| h.id == *back) {
+                            up.push(receiving(back.as_str(), Some(0)));
+                        }
+                    }
+                    // A node has it all now.
+                    2 => {
+                        let i = rng.below(up.len());
+                        up[i].staged = true;
+                    }
+                    // A fetch: the first, or again after a broken stream.
+                    _ => {
+                        let h = &up[rng.below(up.len())];
+                        if h.staged {
+                            continue;
+                        }
+                        let child = h.id.clone();
+                        let stripe = Stripe::new(rng.below(count as usize) as u32, count).unwrap();
+                        let got = r.route(sha, stripe, &child, &up, &planned);
+                        if fanout == 0 {
+                            assert_eq!(got, Parent::Leader, "seed {seed}: no relays");
+                        }
+                        if let Parent::Node(p) = &got {
+                            assert!(up.iter().any(|h| h.id == *p), "seed {seed}: {child} sent to {p}, which is down");
+                            let before = last.get(&(child.clone(), stripe.index()));
+                            assert_ne!(before, Some(&got), "seed {seed}: {child} sent back to the source it lost");
+                        }
+                        last.insert((child, stripe.index()), got);
+                    }
+                }
+                check(&r, &sha, fanout.max(1), seed);
+            }
+        }
+    }
+
+    #[test]
+    fn without_faults_every_plan_has_one_leader_stream_per_stripe_and_one_relayed_stripe_per_node() {
+        let sha = Sha256Digest::of(b"image");
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let fanout = 2 + rng.below(5);
+            // A number of fetchers that the stripes divide: at most the
+            // fan-out (as many stripes as fetchers), or a multiple of it.
+            let n = if rng.below(2) == 0 { 1 + rng.below(fanout) } else { fanout * (1 + rng.below(8)) };
+            let names: Vec<NodeId> = (0..n).map(|i| id(&format!("n{i:03}"))).collect();
+            let up: Vec<Holder> = names.iter().map(|n| receiving(n.as_str(), Some(0))).collect();
+            let mut r = Relays::new(fanout);
+            let k = r.stripes(sha, n);
+            assert_eq!(k as usize, fanout.min(n), "seed {seed}");
+            let mut asks: Vec<(NodeId, Stripe)> =
+                names.iter().flat_map(|n| Stripe::all(k).map(move |s| (n.clone(), s))).collect();
+            for i in (1..asks.len()).rev() {
+                asks.swap(i, rng.below(i + 1));
+            }
+            for (child, s) in &asks {
+                r.route(sha, *s, child, &up, &names);
+            }
+            check(&r, &sha, fanout, seed);
+            let trees = &r.cuts[&sha].trees;
+            for (s, tree) in trees.iter().enumerate() {
+                assert_eq!(tree.len(), n, "seed {seed}: every node fetches stripe {s}");
+                let from_leader = tree.values().filter(|p| **p == Parent::Leader).count();
+                assert_eq!(from_leader, 1, "seed {seed}: stripe {s} has {from_leader} roots");
+            }
+            for node in &names {
+                let relays_in = trees.iter().filter(|t| t.values().any(|p| *p == Parent::Node(node.clone()))).count();
+                assert!(relays_in <= 1, "seed {seed}: n {n}, k {k}: {node} relays {relays_in} stripes");
+            }
+        }
+    }
 }
