@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use common::stripe::Stripe;
+use common::{fsutil, stripe::Stripe};
 
 use crate::follower::stage::{Arrived, Chunk};
 
@@ -91,6 +91,10 @@ pub struct StreamSpec {
     pub growth: Option<Box<dyn Fn() -> Growth + Send>>,
     /// For a file still arriving: the chunks received and not yet in it.
     pub arrived: Option<Arc<Arrived>>,
+    /// The same file opened with `O_DIRECT` (`fsutil::open_direct`), for a
+    /// whole image: read past the page cache, which on these machines costs
+    /// as much to fill on a read as on a write.
+    pub direct: Option<File>,
 }
 
 impl std::fmt::Debug for StreamSpec {
@@ -109,7 +113,7 @@ pub fn stream<P: Send + 'static>(spec: StreamSpec, permit: P) -> mpsc::Receiver<
         let fail = |why: String| {
             let _ = tx.blocking_send(Err(Status::unavailable(why)));
         };
-        let StreamSpec { mut file, offset, stripe, size, rate, egress, served, growth, arrived } = spec;
+        let StreamSpec { mut file, offset, stripe, size, rate, egress, served, growth, arrived, direct } = spec;
         let mut pos = stripe.next_byte(offset);
         let started = Instant::now();
         let mut sent = 0u64;
@@ -118,7 +122,8 @@ pub fn stream<P: Send + 'static>(spec: StreamSpec, permit: P) -> mpsc::Receiver<
         while pos < size {
             let want = (CHUNK as u64).min(size - pos).min(stripe.run_end(pos) - pos) as usize;
             // A relay's chunks still on their way to its file first, then the file.
-            let data = match arrived.as_ref().and_then(|a| a.get(pos, want)) {
+            let early = arrived.as_ref().and_then(|a| a.get(pos, want));
+            let data = match early.or_else(|| direct.as_ref().and_then(|d| fsutil::read_direct(d, pos, want))) {
                 Some(data) => data,
                 None => match read_at(&mut file, pos, want) {
                     Ok(data) => data,
@@ -204,6 +209,7 @@ mod tests {
             served: Arc::default(),
             growth: Some(Box::new(move || g.lock().unwrap().clone())),
             arrived: None,
+            direct: None,
         };
         let mut rx = stream(spec, ());
         let first = rx.recv().await.unwrap().unwrap();
@@ -228,6 +234,7 @@ mod tests {
             served: Arc::default(),
             growth: Some(Box::new(move || g.lock().unwrap().clone())),
             arrived: None,
+            direct: None,
         };
         let mut rx = stream(spec, ());
         *state.lock().unwrap() = Growth::Stopped("digest mismatch".into());
@@ -252,6 +259,7 @@ mod tests {
             served: Arc::default(),
             growth: None,
             arrived: None,
+            direct: None,
         };
         let mut rx = stream(spec, ());
         let mut got = vec![];
@@ -283,6 +291,7 @@ mod tests {
                         served: Arc::default(),
                         growth: None,
                         arrived: None,
+                        direct: None,
                     },
                     (),
                 )

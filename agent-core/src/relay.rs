@@ -127,6 +127,7 @@ impl pb::relay_server::Relay for RelayService {
             served: self.ctx.bytes_relayed.clone(),
             growth: source.growth,
             arrived: source.arrived,
+            direct: None,
         };
         let rx = image_stream::stream(spec, permit);
         let chunks = ReceiverStream::new(rx).map(|r| r.map(|c| convert::image_chunk(c.offset, c.data)));

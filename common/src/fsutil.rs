@@ -78,6 +78,41 @@ pub const DIRECT_ALIGN: usize = 4096;
 /// Bytes gathered before a direct write.
 pub const DIRECT_BUF: usize = 1 << 20;
 
+/// Opens `path` for reading with `O_DIRECT` (past the page cache), where
+/// the file system allows it; `None` where it does not.
+pub fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_DIRECT.bits()).open(path).ok()
+}
+
+/// Reads up to `want` bytes at `pos` of a file opened with [`open_direct`]
+/// (fewer at its end), or `None` when `pos` is not block-aligned or the
+/// read is refused (read it through the page cache then).
+pub fn read_direct(file: &File, pos: u64, want: usize) -> Option<bytes::Bytes> {
+    use std::os::unix::fs::FileExt;
+    if !pos.is_multiple_of(DIRECT_ALIGN as u64) || want == 0 {
+        return None;
+    }
+    let len = want.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let mut buf = vec![0u8; len + DIRECT_ALIGN];
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut buf[start + got..start + len], pos + got as u64) {
+            Ok(0) => break,
+            Ok(n) if n % DIRECT_ALIGN == 0 => got += n,
+            // A short read is the file's end.
+            Ok(n) => {
+                got += n;
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(bytes::Bytes::from(buf).slice(start..start + got.min(want)))
+}
+
 /// Appends to a file (an image arriving) with `O_DIRECT` where the file
 /// system allows it: the bytes go from one aligned buffer to the disk,
 /// without the copy into the page cache that was the largest single cost of

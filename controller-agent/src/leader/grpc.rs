@@ -153,6 +153,7 @@ impl pb::leader_server::Leader for LeaderService {
             served: self.state.bytes_served.clone(),
             growth: None,
             arrived: None,
+            direct: common::fsutil::open_direct(&path),
         };
         let rx = image_stream::stream(spec, permit);
         let chunks = ReceiverStream::new(rx).map(|r| r.map(|c| convert::image_chunk(c.offset, c.data)));

@@ -193,7 +193,7 @@ fn scp_sha256sum(work: &Path, pkg: &Path) -> Option<Duration> {
 }
 
 /// Reads `src`, hashes it on a thread of its own, writes it to `dst`, fsyncs.
-fn hash_write_fsync(src: &Path, dst: &Path) -> Duration {
+fn hash_write_fsync(src: &Path, dst: &Path, direct: bool) -> Duration {
     use std::io::{Read, Write};
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
@@ -206,18 +206,25 @@ fn hash_write_fsync(src: &Path, dst: &Path) -> Duration {
     });
     let mut input = std::fs::File::open(src).unwrap();
     let mut out = std::fs::File::create(dst).unwrap();
+    let mut out_direct = direct.then(|| common::fsutil::DirectAppend::open(dst).unwrap());
     loop {
         let mut buf = Vec::with_capacity(MIB as usize);
         let n = Read::by_ref(&mut input).take(MIB).read_to_end(&mut buf).unwrap();
         if n == 0 {
             break;
         }
-        out.write_all(&buf).unwrap();
+        match &mut out_direct {
+            Some(d) => d.write(&buf).unwrap(),
+            None => out.write_all(&buf).unwrap(),
+        }
         tx.send(Bytes::from(buf)).unwrap();
     }
     drop(tx);
     hasher.join().unwrap();
-    out.sync_all().unwrap();
+    match out_direct {
+        Some(d) => drop(d.finish().unwrap()),
+        None => out.sync_all().unwrap(),
+    }
     started.elapsed()
 }
 
@@ -339,12 +346,16 @@ async fn main() {
     // After the molt runs (its writes would slow theirs): what the leader does with an upload, without the network: read, hash
     // (on a thread of its own), write, fsync. Median of three.
     let mut local = Vec::new();
+    let mut local_direct = Vec::new();
     for i in 0..3 {
         let dst = work.path().join(format!("local-{i}"));
-        local.push(hash_write_fsync(&pkg, &dst));
+        local.push(hash_write_fsync(&pkg, &dst, false));
+        let _ = std::fs::remove_file(&dst);
+        local_direct.push(hash_write_fsync(&pkg, &dst, true));
         let _ = std::fs::remove_file(dst);
     }
     local.sort();
+    local_direct.sort();
     let local_med = local[1];
     eprintln!("molt prestage of {small_mib} MiB to 1 agent (leader memory vs image size)...");
     let small_run = molt_run(work.path(), &small, 1, 30, Net::default()).await;
@@ -406,6 +417,11 @@ async fn main() {
         gib_s(one.size, one.upload),
         gib_s(size, local_med),
         100.0 * gib_s(one.size, one.upload) / gib_s(size, local_med)
+    );
+    println!(
+        "same, the leader's own writing with O_DIRECT, as the upload does: {:.2} GiB/s; the upload = {:.0}% of it",
+        gib_s(size, local_direct[1]),
+        100.0 * gib_s(one.size, one.upload) / gib_s(size, local_direct[1])
     );
 
     match scp {
