@@ -122,7 +122,7 @@ impl pb::relay_server::Relay for RelayService {
             offset: r.offset,
             stripe,
             size: source.size,
-            rate: None,
+            rate: grant.rate,
             egress: self.ctx.egress.clone(),
             served: self.ctx.bytes_relayed.clone(),
             growth: source.growth,

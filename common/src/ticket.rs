@@ -37,6 +37,10 @@ pub struct RelayGrant {
     pub relay: String,
     /// Until when it may be used, milliseconds since the Unix epoch.
     pub expires_unix_ms: u64,
+    /// The cap on this stream, bytes per second (the transfer's cap, shared
+    /// by its stripes), when the leader caps transfers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -95,7 +99,13 @@ impl RelayGrant {
             fetcher: fetcher.to_owned(),
             relay: relay.to_owned(),
             expires_unix_ms: now_ms() + TICKET_LIFETIME.as_millis() as u64,
+            rate: None,
         }
+    }
+
+    /// The same grant, capping the stream at `rate` bytes per second.
+    pub fn with_rate(self, rate: Option<u64>) -> Self {
+        Self { rate, ..self }
     }
 }
 

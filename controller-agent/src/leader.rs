@@ -173,6 +173,15 @@ impl LeaderState {
         }))
     }
 
+    /// The cap on one stream of a transfer, bytes per second: the node's own
+    /// cap or the running upgrade profile's, whichever is lower, shared by
+    /// the transfer's stripes (whoever serves them).
+    pub fn stream_rate(&self, stripe: common::stripe::Stripe) -> Option<u64> {
+        let profile = self.journal().filter(|j| j.is_running()).map(|j| j.profile.transfer_rate_mib << 20);
+        let rate = [self.settings.fetch_rate_limit, profile.filter(|r| *r > 0)].into_iter().flatten().min()?;
+        Some(rate.div_ceil(u64::from(stripe.count())).max(1))
+    }
+
     /// Where `node`'s fetch of `stripe` of `sha` should come from: `None`
     /// for the leader itself, else the answer to give instead — the number
     /// of stripes to fetch when it asked for another (in `molt-stripes`
@@ -218,7 +227,8 @@ impl LeaderState {
         };
         drop(relays);
         let addr = up.iter().find(|h| h.id == relay).map(|h| h.addr.clone())?;
-        let grant = common::ticket::RelayGrant::new(&sha, node.as_str(), relay.as_str());
+        let grant =
+            common::ticket::RelayGrant::new(&sha, node.as_str(), relay.as_str()).with_rate(self.stream_rate(stripe));
         let ticket = match common::ticket::sign(&self.settings.tls, &grant) {
             Ok(t) => t,
             Err(e) => {

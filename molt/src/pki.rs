@@ -356,6 +356,14 @@ mod tests {
         let grant = RelayGrant::new(&common::Sha256Digest::of(b"image"), "se-2", "se-1");
         let t = ticket::sign(&leader, &grant).unwrap();
         assert_eq!(ticket::verify(&relay, &t).unwrap(), grant);
+        // The transfer's cap travels signed: a fetcher cannot lift it.
+        let capped = grant.clone().with_rate(Some(50 << 20));
+        let t_capped = ticket::sign(&leader, &capped).unwrap();
+        assert_eq!(ticket::verify(&relay, &t_capped).unwrap().rate, Some(50 << 20));
+        let signed = String::from_utf8(t_capped).unwrap();
+        assert!(signed.contains("52428800"), "{signed}");
+        let lifted = signed.replace("52428800", "99999999");
+        assert!(matches!(ticket::verify(&relay, lifted.as_bytes()), Err(TicketError::Signature)));
 
         let forged = ticket::sign(&relay, &grant).unwrap();
         let e = ticket::verify(&relay, &forged).unwrap_err();

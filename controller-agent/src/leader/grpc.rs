@@ -140,9 +140,7 @@ impl pb::leader_server::Leader for LeaderService {
         if let Some(redirect) = self.state.route_fetch(sha, &peer.node_id, stripe) {
             return Err(redirect);
         }
-        // The node's own cap and the running upgrade profile's, whichever is lower.
-        let profile = self.state.journal().filter(|j| j.is_running()).map(|j| j.profile.transfer_rate_mib << 20);
-        let rate = [self.state.settings.fetch_rate_limit, profile.filter(|r| *r > 0)].into_iter().flatten().min();
+        let rate = self.state.stream_rate(stripe);
         let spec = image_stream::StreamSpec {
             file,
             offset: r.offset,
