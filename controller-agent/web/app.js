@@ -255,7 +255,9 @@ function phases(s) {
     <table><tbody>${stage.map(({ n, e }) => {
       const got = e && e.status === "done" ? size : Math.min(n.received || 0, size);
       const pct = size ? Math.round((100 * got) / size) : 0;
-      return `<tr><td>${esc(n.id)}</td><td><span class="progress small"><div style="width:${pct}%"></div></span>${pct}% of ${esc(bytes(size))}</td>
+      // While it receives: where each stripe comes from (the leader, or a relay).
+      const from = n.source && !(e && e.status === "done") ? ` from <span class="mono">${esc(n.source)}</span>` : "";
+      return `<tr><td>${esc(n.id)}</td><td><span class="progress small"><div style="width:${pct}%"></div></span>${pct}% of ${esc(bytes(size))}${from}</td>
         <td>${e ? badge(e.status) : badge("pending")}</td><td class="events">${esc(e && e.message)}</td></tr>`;
     }).join("")}</tbody></table></div>`);
 
