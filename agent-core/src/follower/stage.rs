@@ -419,17 +419,17 @@ impl Stager {
             Stripe::all(count).map(|s| self.lane(image, source, s, *front, chunks_tx.clone(), front_rx.clone())),
         );
         drop(chunks_tx);
+        // `arrived` is the reorder buffer too: a chunk stays there, for
+        // relays, until the writer has put it in the file.
         let merge = async {
-            let mut early = BTreeMap::<u64, Bytes>::new();
             while *front < image.size {
                 let Some(c) = chunks.recv().await else {
                     return Err(LanesEnd::Failed(StageError::Protocol(format!(
                         "every stripe ended, the image stops at byte {front}"
                     ))));
                 };
-                arrived.insert(c.offset, c.data.clone());
-                early.insert(c.offset, c.data);
-                while let Some(data) = early.remove(front) {
+                arrived.insert(c.offset, c.data);
+                while let Some(data) = arrived.get(*front, usize::MAX) {
                     *front += data.len() as u64;
                     writer
                         .send(data)

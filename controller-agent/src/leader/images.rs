@@ -294,24 +294,18 @@ impl ImageStore {
                 Ok(None) => break,
                 Ok(Some(Ok(b))) => {
                     received += b.len() as u64;
-                    if batch.is_empty() && b.len() >= UPLOAD_BATCH {
-                        if tx.send(b).await.is_err() {
-                            break; // refused: the worker stopped reading
-                        }
-                        continue;
-                    }
-                    if batch.capacity() - batch.len() < b.len()
-                        && !batch.is_empty()
-                        && tx.send(batch.split().freeze()).await.is_err()
+                    let ready = if batch.is_empty() && b.len() >= UPLOAD_BATCH {
+                        Some(b)
+                    } else {
+                        // Below a batch here: room for this piece, or up to a whole batch.
+                        batch.reserve(b.len().max(UPLOAD_BATCH - batch.len()));
+                        batch.extend_from_slice(&b);
+                        (batch.len() >= UPLOAD_BATCH).then(|| batch.split().freeze())
+                    };
+                    if let Some(ready) = ready
+                        && tx.send(ready).await.is_err()
                     {
-                        break;
-                    }
-                    if batch.is_empty() {
-                        batch.reserve(UPLOAD_BATCH.max(b.len()));
-                    }
-                    batch.extend_from_slice(&b);
-                    if batch.len() >= UPLOAD_BATCH && tx.send(batch.split().freeze()).await.is_err() {
-                        break;
+                        break; // refused: the worker stopped reading
                     }
                 }
                 Ok(Some(Err(_))) => {
