@@ -73,7 +73,7 @@ where
             NodeSettings::load(&config).map_err(|e| e.to_string()).and_then(|settings| {
                 let slots = common::slots::Slots::new(&settings.data_dir);
                 let m = slots
-                    .install_first(&package, settings.deployment)
+                    .install_first(&package, settings.deployment, &settings.trusted_keys)
                     .map_err(|e| format!("{}: nothing was installed: {e}", package.display()))?;
                 let unit = match (settings.deployment, settings.role) {
                     (DeploymentKind::Docker, _) => "molt-docker-boot",

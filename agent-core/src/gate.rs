@@ -3,7 +3,7 @@
 //! service it serves (on its own address), and executables on the node.
 //! Every check runs; the command fails if any does, naming each result.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use common::session::GateCheck;
 use tokio::{
@@ -17,12 +17,15 @@ const HTTP_TRY: Duration = Duration::from_secs(2);
 const HTTP_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs every check against the services at `ip`; `Ok` names each pass,
-/// `Err` each result, failures first.
-pub async fn run(checks: &[GateCheck], ip: IpAddr) -> Result<String, String> {
+/// `Err` each result, failures first. An exec check runs only a program
+/// this node's configuration lists in `allowed` (`allowed_gate_programs`):
+/// whoever may edit SE groups through the API does not thereby run
+/// commands as root on the SEs.
+pub async fn run(checks: &[GateCheck], ip: IpAddr, allowed: &[PathBuf]) -> Result<String, String> {
     let mut passed = vec![];
     let mut failed = vec![];
     for c in checks {
-        match check(c, ip).await {
+        match check(c, ip, allowed).await {
             Ok(m) => passed.push(format!("{c}: {m}")),
             Err(m) => failed.push(format!("{c}: {m}")),
         }
@@ -35,7 +38,7 @@ pub async fn run(checks: &[GateCheck], ip: IpAddr) -> Result<String, String> {
     }
 }
 
-async fn check(c: &GateCheck, ip: IpAddr) -> Result<String, String> {
+async fn check(c: &GateCheck, ip: IpAddr, allowed: &[PathBuf]) -> Result<String, String> {
     match c {
         GateCheck::Http { port, path, status, tries, .. } => {
             let mut last = String::new();
@@ -53,6 +56,13 @@ async fn check(c: &GateCheck, ip: IpAddr) -> Result<String, String> {
             Err(format!("{last} (after {tries} tries, expected {status})"))
         }
         GateCheck::Exec { argv, timeout_secs } => {
+            if !allowed.iter().any(|p| p.as_os_str() == argv[0].as_str()) {
+                tracing::warn!(program = %argv[0], "refused an exec health gate: its program is not in allowed_gate_programs");
+                return Err(format!(
+                    "not allowed on this node: {} is not in allowed_gate_programs of its node.toml",
+                    argv[0].chars().take(200).collect::<String>()
+                ));
+            }
             let mut cmd = tokio::process::Command::new(&argv[0]);
             cmd.args(&argv[1..]).kill_on_drop(true).stdin(std::process::Stdio::null());
             let run = tokio::time::timeout(Duration::from_secs((*timeout_secs).into()), cmd.output());
@@ -114,16 +124,40 @@ mod tests {
             |status| GateCheck::Http { virtual_service: "web".into(), port, path: "/health".into(), status, tries: 2 };
         let exec =
             |argv: &[&str], t| GateCheck::Exec { argv: argv.iter().map(|s| s.to_string()).collect(), timeout_secs: t };
-        let ok = run(&[http(200), exec(&["/bin/sh", "-c", "echo fine"], 5)], ip).await.unwrap();
+        let allowed: Vec<PathBuf> = ["/bin/sh", "/bin/sleep", "/no/such/check"].iter().map(PathBuf::from).collect();
+        let ok = run(&[http(200), exec(&["/bin/sh", "-c", "echo fine"], 5)], ip, &allowed).await.unwrap();
         assert!(ok.starts_with("2 health gate(s) passed") && ok.contains("exit 0: fine"), "{ok}");
-        let bad =
-            run(&[http(204), exec(&["/bin/sh", "-c", "echo sick >&2; exit 3"], 5), exec(&["/bin/sleep", "5"], 1)], ip)
-                .await
-                .unwrap_err();
+        let bad = run(
+            &[http(204), exec(&["/bin/sh", "-c", "echo sick >&2; exit 3"], 5), exec(&["/bin/sleep", "5"], 1)],
+            ip,
+            &allowed,
+        )
+        .await
+        .unwrap_err();
         assert!(bad.contains("answered 200 (after 2 tries, expected 204)"), "{bad}");
         assert!(bad.contains("exit 3: sick"), "{bad}");
         assert!(bad.contains("did not end within 1 s"), "{bad}");
-        let missing = run(&[exec(&["/no/such/check"], 5)], ip).await.unwrap_err();
+        let missing = run(&[exec(&["/no/such/check"], 5)], ip, &allowed).await.unwrap_err();
         assert!(missing.contains("cannot run /no/such/check"), "{missing}");
+    }
+
+    /// Issue 25, 4: an exec gate set through the API ran `/bin/sh` as root
+    /// on every SE. A node runs only the programs its own node.toml allows.
+    #[tokio::test]
+    async fn an_exec_gate_runs_only_a_program_the_node_allows() {
+        let d = tempfile::tempdir().unwrap();
+        let proof = d.path().join("ran");
+        let sh = GateCheck::Exec {
+            argv: vec!["/bin/sh".into(), "-c".into(), format!("touch {}", proof.display())],
+            timeout_secs: 5,
+        };
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        for allowed in [vec![], vec![PathBuf::from("/usr/bin/true")], vec![PathBuf::from("/bin/sh/")]] {
+            let e = run(std::slice::from_ref(&sh), ip, &allowed).await.unwrap_err();
+            assert!(e.contains("not allowed on this node: /bin/sh is not in allowed_gate_programs"), "{e}");
+            assert!(!proof.exists(), "the program ran");
+        }
+        run(&[sh], ip, &[PathBuf::from("/bin/sh")]).await.unwrap();
+        assert!(proof.exists());
     }
 }

@@ -103,6 +103,10 @@ pub struct NodeCtx {
     pub egress: Option<Arc<crate::image_stream::Egress>>,
     /// Image bytes this node has relayed to others.
     pub bytes_relayed: Arc<AtomicU64>,
+    /// The controller whose session welcomed this node and the generation
+    /// it announced, while that session lasts: the only one whose commands
+    /// the node takes on the direct path (`Control`).
+    pub commander: std::sync::Mutex<Option<(common::NodeId, u64)>>,
     seq: AtomicU64,
     /// The slot state last read, for as long as its files are unchanged.
     slot_state: SlotStateCache,
@@ -216,10 +220,14 @@ impl Node {
     ) -> Result<Self, NodeError> {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|source| NodeError::DataDir { path: settings.data_dir.display().to_string(), source })?;
-        let (record, manifest) = Slots::new(&settings.data_dir).active()?;
+        let slots = Slots::new(&settings.data_dir);
+        let (record, manifest) = slots.active()?;
+        // What an install cut short (a crash, a power cut) left, however deep.
+        for left in slots.remove_leftovers()? {
+            warn!(path = %left.display(), "removed what an interrupted install left");
+        }
         let shutdown = CancellationToken::new();
-        let stager =
-            Stager::open(&settings.data_dir, settings.deployment)?.with_trusted_keys(settings.trusted_keys.clone());
+        let stager = Stager::open_trusting(&settings.data_dir, settings.deployment, settings.trusted_keys.clone())?;
         let leader = crate::follower::session::LeaderAddr::new(&settings);
         let source = Arc::new(LeaderImageSource::new(settings.clone(), leader.clone(), local));
         let dataplane = (settings.role == common::Role::ServiceEngine).then(|| {
@@ -233,7 +241,8 @@ impl Node {
         let boot_id = random_hex(8);
         let mut executor = Executor::new(&settings.data_dir, stager.clone(), source, reboot, shutdown.clone())
             .with_boot_id(&boot_id)
-            .with_deployment(settings.deployment, settings.role);
+            .with_deployment(settings.deployment, settings.role)
+            .with_allowed_gate_programs(settings.allowed_gate_programs.clone());
         if let Some(dp) = &dataplane {
             executor = executor.with_dataplane(dp.clone());
         }
@@ -249,6 +258,7 @@ impl Node {
             leader,
             egress,
             bytes_relayed: Arc::default(),
+            commander: std::sync::Mutex::new(None),
             seq: AtomicU64::new(0),
             slot_state: SlotStateCache::default(),
         });

@@ -105,6 +105,11 @@ pub struct NodeConfigFile {
     /// installed. Several can be listed, to rotate keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<PathBuf>,
+    /// SEs: the programs an exec health gate may run on this node, by
+    /// absolute path (none by default: exec gates fail here). A gate is set
+    /// through the REST API; only the node's own configuration lets it run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_gate_programs: Vec<PathBuf>,
     /// Every controller of the cluster.
     pub controllers: Vec<ControllerEntry>,
     /// Controllers: every Service Engine of the cluster, with its address
@@ -278,6 +283,8 @@ pub struct NodeSettings {
     pub service_engines: Vec<ServiceEngine>,
     /// Keys whose package signatures this node trusts (none: unchecked).
     pub trusted_keys: Vec<crate::package::signing::PublicKey>,
+    /// Programs exec health gates may run on this node (absolute paths).
+    pub allowed_gate_programs: Vec<PathBuf>,
 }
 
 /// A configured Service Engine.
@@ -449,8 +456,12 @@ impl NodeSettings {
             .iter()
             .map(|p| crate::package::signing::PublicKey::load(p).map_err(|e| invalid(format!("trusted_keys: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(p) = file.allowed_gate_programs.iter().find(|p| !p.is_absolute()) {
+            return Err(invalid(format!("allowed_gate_programs: {} is not an absolute path", p.display())));
+        }
         Ok(NodeSettings {
             trusted_keys,
+            allowed_gate_programs: file.allowed_gate_programs.clone(),
             cluster: file.cluster,
             node_id,
             role,

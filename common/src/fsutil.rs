@@ -41,6 +41,77 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Removes `path` and everything beneath it, without recursion: the walk
+/// holds at most two directories open and keeps only the names still to
+/// visit, and every call is relative to an open directory. No depth of tree,
+/// stack size, descriptor limit or `PATH_MAX` can make it fail half way, as
+/// `std::fs::remove_dir_all` does (it recurses, holding a descriptor per
+/// level). A missing `path` is not an error; symlinks are removed, never followed.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+
+    use nix::{
+        dir::{Dir, Type},
+        fcntl::{AtFlags, OFlag},
+        sys::stat::{Mode, SFlag, fstatat},
+        unistd::{UnlinkatFlags, unlinkat},
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut cur = Dir::open(path, flags, Mode::empty())?;
+    // The directories from `path` down to `cur`: each one's name in its
+    // parent (none for `path`) and its subdirectories still to remove
+    // (none until it was read).
+    let mut way: Vec<(Option<CString>, Option<Vec<CString>>)> = vec![(None, None)];
+    loop {
+        let top = way.last_mut().expect("the walk ends when the way is empty");
+        if top.1.is_none() {
+            let mut listed = Vec::new();
+            for e in cur.iter() {
+                let e = e?;
+                let name = e.file_name();
+                if name != c"." && name != c".." {
+                    listed.push((name.to_owned(), e.file_type()));
+                }
+            }
+            let (mut files, mut dirs) = (Vec::new(), Vec::new());
+            for (name, kind) in listed {
+                let is_dir = match kind {
+                    Some(t) => t == Type::Directory,
+                    None => {
+                        let st = fstatat(&cur, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+                        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+                    }
+                };
+                if is_dir { dirs.push(name) } else { files.push(name) }
+            }
+            for f in &files {
+                unlinkat(&cur, f.as_c_str(), UnlinkatFlags::NoRemoveDir)?;
+            }
+            top.1 = Some(dirs);
+        }
+        if let Some(sub) = top.1.as_mut().and_then(Vec::pop) {
+            cur = Dir::openat(&cur, sub.as_c_str(), flags, Mode::empty())?;
+            way.push((Some(sub), None));
+            continue;
+        }
+        let (name, _) = way.pop().expect("not empty");
+        let Some(name) = name else { break };
+        let parent = Dir::openat(&cur, c"..", flags, Mode::empty())?;
+        cur = parent;
+        unlinkat(&cur, name.as_c_str(), UnlinkatFlags::RemoveDir)?;
+    }
+    drop(cur);
+    fs::remove_dir(path)
+}
+
 /// Free bytes available to unprivileged writers on the file system of `path`.
 pub fn disk_free(path: &Path) -> io::Result<u64> {
     let s = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
@@ -241,6 +312,52 @@ impl DirectAppend {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tree_deeper_than_path_max_is_removed_on_a_small_stack() {
+        use std::os::fd::AsFd;
+
+        use nix::{
+            fcntl::{OFlag, openat},
+            sys::stat::{Mode, mkdirat},
+        };
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("deep");
+        fs::create_dir(&root).unwrap();
+        // 3,000 levels of "dd" with a file at each: 9,000 bytes of path,
+        // beyond PATH_MAX, so only a walk relative to open directories can
+        // remove it.
+        let mut cur: std::os::fd::OwnedFd = File::open(&root).unwrap().into();
+        for i in 0..3000 {
+            mkdirat(cur.as_fd(), "dd", Mode::from_bits_truncate(0o755)).unwrap();
+            let f = openat(
+                cur.as_fd(),
+                format!("f{i}").as_str(),
+                OFlag::O_CREAT | OFlag::O_WRONLY,
+                Mode::from_bits_truncate(0o644),
+            );
+            drop(f.unwrap());
+            cur = openat(cur.as_fd(), "dd", OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty()).unwrap();
+        }
+        drop(cur);
+        // 64 KiB of stack: a recursive walk of 3,000 levels would overflow it.
+        let path = root.clone();
+        std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || super::remove_tree(&path))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(!root.exists());
+        // Missing, a file, a symlink (not followed).
+        super::remove_tree(&root).unwrap();
+        fs::write(d.path().join("f"), b"x").unwrap();
+        super::remove_tree(&d.path().join("f")).unwrap();
+        std::os::unix::fs::symlink(d.path(), d.path().join("l")).unwrap();
+        super::remove_tree(&d.path().join("l")).unwrap();
+        assert!(d.path().exists());
+    }
+
     use super::*;
 
     #[test]

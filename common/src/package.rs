@@ -31,8 +31,20 @@ use crate::{DeploymentKind, Sha256Digest, Version, fsutil};
 pub const MAGIC: &[u8; 8] = b"MOLTPKG1";
 /// Largest manifest accepted.
 pub const MAX_MANIFEST_BYTES: u32 = 64 * 1024;
-/// Largest number of payload entries accepted.
+/// Largest number of payload entries accepted; the directories a path only
+/// implies count too (unpacking makes them all the same).
 pub const MAX_ENTRIES: u64 = 100_000;
+/// Longest name of one path component (every Linux file system's `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest path of an entry beneath the slot (`PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Deepest path of an entry beneath the slot. Real payloads are a few
+/// levels deep; the bound keeps every walk over a slot short.
+pub const MAX_DEPTH: usize = 64;
+/// Longest symlink target (`PATH_MAX` less its terminating NUL).
+pub const MAX_LINK_BYTES: usize = 4095;
+/// Largest PAX extended header record set of one entry, checked before it is read.
+pub const MAX_PAX_BYTES: u64 = 16 * 1024;
 /// Largest payload accepted (64 GiB).
 pub const MAX_PAYLOAD_BYTES: u64 = 64 << 30;
 /// Files a VM payload must contain: the binaries a node runs after booting it.
@@ -130,7 +142,9 @@ pub enum PackageError {
         why: String,
     },
     /// Too many entries.
-    #[error("the package has more than {MAX_ENTRIES} entries")]
+    #[error(
+        "the package has more than {MAX_ENTRIES} entries (directories its paths only imply count too); split the payload"
+    )]
     TooManyEntries,
     /// The payload tar is malformed.
     #[error("the package payload is not a valid tar archive: {0}")]
@@ -263,7 +277,7 @@ pub fn unpack(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
     }
     let result = unpack_inner(package, dest);
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(dest);
+        let _ = fsutil::remove_tree(dest);
     }
     result
 }
@@ -294,6 +308,10 @@ fn unpack_inner(package: &Path, dest: &Path) -> Result<Manifest, PackageError> {
 /// Walks the tar entries, admitting each under [`payload::PayloadRules`]
 /// before `on_entry` sees it, then checks the payload as a whole; returns the
 /// entry count. `verify` and `unpack` both go through here.
+///
+/// The archive is read raw: GNU long names and links and PAX records are
+/// taken apart here, each bounded by its header's size before a byte of it
+/// is read (the tar crate would read them whole, however large).
 fn walk_entries<R: Read>(
     r: &mut R,
     kind: DeploymentKind,
@@ -301,13 +319,22 @@ fn walk_entries<R: Read>(
 ) -> Result<u64, PackageError> {
     let mut archive = tar::Archive::new(r);
     let mut rules = payload::PayloadRules::new(required_entries(kind));
-    let entries = archive.entries().map_err(|e| PackageError::BadPayload(e.to_string()))?;
+    let entries = archive.entries().map_err(|e| PackageError::BadPayload(e.to_string()))?.raw(true);
+    let mut pending = Extensions::default();
     for entry in entries {
         let mut entry = entry.map_err(|e| PackageError::BadPayload(e.to_string()))?;
-        let path = entry.path().map_err(|e| PackageError::BadPayload(e.to_string()))?.into_owned();
+        if pending.take(&mut entry)? {
+            continue;
+        }
+        let (long_path, long_link) = std::mem::take(&mut pending).into_names();
+        let path = match long_path {
+            Some(p) => p,
+            None => entry.path().map_err(|e| PackageError::BadPayload(e.to_string()))?.into_owned(),
+        };
         let kind = entry.header().entry_type();
-        let link = match kind {
-            tar::EntryType::Symlink => {
+        let link = match (kind, long_link) {
+            (tar::EntryType::Symlink, Some(l)) => Some(l),
+            (tar::EntryType::Symlink, None) => {
                 entry.link_name().map_err(|e| PackageError::BadPayload(e.to_string()))?.map(|l| l.into_owned())
             }
             _ => None,
@@ -317,9 +344,109 @@ fn walk_entries<R: Read>(
             continue;
         };
         on_entry(&mut entry, &admitted)
-            .map_err(|e| PackageError::BadPayload(format!("entry {:?}: {e}", path.display().to_string())))?;
+            .map_err(|e| PackageError::BadPayload(format!("entry {:?}: {e}", admitted.rel.display().to_string())))?;
+    }
+    if !pending.is_empty() {
+        return Err(PackageError::BadPayload(
+            "the archive ends with a long-name or PAX record that describes no entry".into(),
+        ));
     }
     rules.finish()
+}
+
+/// The long names and PAX records read for the next entry of a raw archive.
+#[derive(Debug, Default)]
+struct Extensions {
+    gnu_path: Option<PathBuf>,
+    gnu_link: Option<PathBuf>,
+    pax_path: Option<PathBuf>,
+    pax_link: Option<PathBuf>,
+    pax_seen: bool,
+}
+
+/// PAX keys a payload may carry: names, and metadata unpacking ignores.
+/// Any other (a `size`, sparse maps, a charset) could make two readers see
+/// different archives, and is refused.
+const PAX_KEYS_ALLOWED: [&str; 10] =
+    ["path", "linkpath", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment"];
+
+impl Extensions {
+    fn is_empty(&self) -> bool {
+        self.gnu_path.is_none() && self.gnu_link.is_none() && !self.pax_seen
+    }
+
+    /// The path and link target the records name (PAX over GNU, as tar does).
+    fn into_names(self) -> (Option<PathBuf>, Option<PathBuf>) {
+        (self.pax_path.or(self.gnu_path), self.pax_link.or(self.gnu_link))
+    }
+
+    /// Takes `entry` if it is an extension record (then `true`), bounded by
+    /// its declared size before it is read.
+    fn take<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<bool, PackageError> {
+        let t = entry.header().entry_type();
+        let (what, max) = if t.is_gnu_longname() || t.is_gnu_longlink() {
+            ("GNU long name", MAX_PATH_BYTES as u64 + 1)
+        } else if t.is_pax_local_extensions() {
+            ("PAX record", MAX_PAX_BYTES)
+        } else if t.is_pax_global_extensions() {
+            return Err(PackageError::BadPayload(
+                "the archive has a PAX global header, which molt packages do not use; build it with `molt package build`".into(),
+            ));
+        } else {
+            return Ok(false);
+        };
+        let size = entry.header().entry_size().map_err(|e| PackageError::BadPayload(e.to_string()))?;
+        if size > max {
+            return Err(PackageError::BadPayload(format!(
+                "a {what} of {size} bytes, more than the {max} allowed; the package is not a molt package"
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        (&mut *entry).take(max).read_to_end(&mut data)?;
+        let twice = || PackageError::BadPayload(format!("two {what}s describe the same entry"));
+        if t.is_gnu_longname() || t.is_gnu_longlink() {
+            let name = path_from_record(&data, what)?;
+            let slot = if t.is_gnu_longname() { &mut self.gnu_path } else { &mut self.gnu_link };
+            if slot.replace(name).is_some() {
+                return Err(twice());
+            }
+            return Ok(true);
+        }
+        if std::mem::replace(&mut self.pax_seen, true) {
+            return Err(twice());
+        }
+        for ext in tar::PaxExtensions::new(&data) {
+            let ext = ext.map_err(|e| PackageError::BadPayload(format!("a malformed PAX record: {e}")))?;
+            let key = ext.key().map_err(|_| PackageError::BadPayload("a PAX key that is not UTF-8".into()))?;
+            match key {
+                "path" => self.pax_path = Some(path_from_record(ext.value_bytes(), what)?),
+                "linkpath" => self.pax_link = Some(path_from_record(ext.value_bytes(), what)?),
+                k if PAX_KEYS_ALLOWED.contains(&k) => {}
+                k => {
+                    return Err(PackageError::BadPayload(format!(
+                        "a PAX record with the key {:?}, which molt packages do not use",
+                        k.chars().take(64).collect::<String>()
+                    )));
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A path from a long-name record or a PAX value: its bytes to the first
+/// NUL (GNU terminates its names), none empty or holding a NUL inside.
+fn path_from_record(bytes: &[u8], what: &str) -> Result<PathBuf, PackageError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut end = bytes.len();
+    while end > 0 && bytes[end - 1] == 0 {
+        end -= 1;
+    }
+    let name = &bytes[..end];
+    if name.is_empty() || name.contains(&0) {
+        return Err(PackageError::BadPayload(format!("a {what} that names no path")));
+    }
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(name)))
 }
 
 /// Normalizes a relative path lexically; `None` if it is absolute or would
@@ -450,13 +577,18 @@ pub fn raw_package(entries: &[RawEntry<'_>]) -> Vec<u8> {
         let data: &[u8] = if *kind == tar::EntryType::Regular { b"abc" } else { b"" };
         b.append(&h, data).expect("writing to a Vec does not fail");
     }
-    let tar = b.into_inner().expect("writing to a Vec does not fail");
+    package_of_tar(&b.into_inner().expect("writing to a Vec does not fail"))
+}
+
+/// Writes a package (version 2.0.0, min 1.0.0, vm, unsigned) around any
+/// payload `tar`, checked by nothing: for tests and fuzzing.
+pub fn package_of_tar(tar: &[u8]) -> Vec<u8> {
     let m = Manifest {
         format: 1,
         version: Version { major: 2, minor: 0, patch: 0 },
         min_compatible: Version { major: 1, minor: 0, patch: 0 },
         kind: DeploymentKind::Vm,
-        payload_sha256: Sha256Digest::of(&tar),
+        payload_sha256: Sha256Digest::of(tar),
         payload_size: tar.len() as u64,
         built_at: 0,
         signature: None,
@@ -465,7 +597,7 @@ pub fn raw_package(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(&(json.len() as u32).to_be_bytes());
     out.extend_from_slice(&json);
-    out.extend_from_slice(&tar);
+    out.extend_from_slice(tar);
     out
 }
 

@@ -14,7 +14,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DeploymentKind, Version, fsutil, package::Manifest};
+use crate::{
+    DeploymentKind, Version, fsutil,
+    package::{Manifest, signing::PublicKey},
+};
 
 /// One of the two slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,21 +212,26 @@ impl Slots {
     /// Installs a verified package into the inactive slot: unpack into a
     /// temporary dir, write the slot manifest, swap it in, fsync. The boot
     /// record is not touched; call [`Slots::activate_on_trial`] next.
-    /// Refused while the active slot is on trial: the inactive slot then
-    /// holds the last version known to boot, the boot loader's way back; and
-    /// refused for a package of another deployment kind than the node's.
-    pub fn install_inactive(&self, package: &Path, kind: DeploymentKind) -> Result<(Slot, SlotManifest), InstallError> {
-        let record = self.boot_record()?;
-        let manifest = crate::package::read_manifest(std::io::BufReader::new(
-            std::fs::File::open(package).map_err(|source| SlotError::Io { path: package.to_owned(), source })?,
-        ))?;
-        if manifest.kind != kind {
-            return Err(InstallError::WrongKind { package: manifest.kind, node: kind });
-        }
+    /// Refused, before a byte is unpacked: while the active slot is on trial
+    /// (the inactive slot then holds the last version known to boot, the boot
+    /// loader's way back); for a package of another deployment kind than the
+    /// node's; for one not signed by a key of `trusted` (when there are
+    /// keys); and for a version not newer than the running one (a node goes
+    /// back only to its previous slot, by [`Slots::switch_to_previous`]).
+    pub fn install_inactive(
+        &self,
+        package: &Path,
+        kind: DeploymentKind,
+        trusted: &[PublicKey],
+    ) -> Result<(Slot, SlotManifest), InstallError> {
+        let (record, running) = self.active()?;
+        let manifest = admit_package(package, kind, trusted)?;
         if record.pending {
-            let (_, running) = self.active()?;
             let good = record.previous.and_then(|p| self.slot_manifest(p).ok()).map(|m| m.version);
             return Err(InstallError::OnTrial { running: running.version, known_good: good });
+        }
+        if manifest.version <= running.version {
+            return Err(InstallError::NotNewer { package: manifest.version, running: running.version });
         }
         let slot = record.active.other();
         let sm = self.unpack_into(slot, package)?;
@@ -233,20 +241,21 @@ impl Slots {
     /// First installation on a real node, from a package: verify and unpack
     /// it into slot `a`, then write the boot record (last, so that a failure
     /// leaves the node as uninstalled as it was). Refuses a node that
-    /// already has a version: those are upgraded through the leader.
-    pub fn install_first(&self, package: &Path, kind: DeploymentKind) -> Result<SlotManifest, InstallError> {
+    /// already has a version (those are upgraded through the leader), and a
+    /// package of another kind or not signed by a key of `trusted`.
+    pub fn install_first(
+        &self,
+        package: &Path,
+        kind: DeploymentKind,
+        trusted: &[PublicKey],
+    ) -> Result<SlotManifest, InstallError> {
         match self.active() {
             Ok((_, m)) => return Err(InstallError::AlreadyInstalled(m.version)),
             Err(SlotError::NotInstalled(_)) => {}
             // A record whose slot is unreadable: say so rather than overwrite.
             Err(e) => return Err(e.into()),
         }
-        let manifest = crate::package::read_manifest(std::io::BufReader::new(
-            std::fs::File::open(package).map_err(|source| SlotError::Io { path: package.to_owned(), source })?,
-        ))?;
-        if manifest.kind != kind {
-            return Err(InstallError::WrongKind { package: manifest.kind, node: kind });
-        }
+        admit_package(package, kind, trusted)?;
         let sm = self.unpack_into(Slot::A, package)?;
         self.write_boot_record(&BootRecord {
             format: 1,
@@ -258,27 +267,42 @@ impl Slots {
         Ok(sm)
     }
 
+    /// Removes what an install cut short left in `slots/` (a
+    /// `.a.installing` or `.b.installing`), however deep: at every start,
+    /// before any command runs. Returns what was removed.
+    pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>, SlotError> {
+        let mut removed = Vec::new();
+        for slot in [Slot::A, Slot::B] {
+            let tmp = self.installing_dir(slot);
+            if std::fs::symlink_metadata(&tmp).is_ok() {
+                fsutil::remove_tree(&tmp).map_err(|source| SlotError::Io { path: tmp.clone(), source })?;
+                removed.push(tmp);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn installing_dir(&self, slot: Slot) -> PathBuf {
+        self.data_dir.join("slots").join(format!(".{slot}.installing"))
+    }
+
     /// Verifies and unpacks `package` into `slot`, replacing what was there,
     /// and fsyncs. Nothing of a failed unpack remains.
     fn unpack_into(&self, slot: Slot, package: &Path) -> Result<SlotManifest, InstallError> {
         let dir = self.slot_dir(slot);
         let parent = self.data_dir.join("slots");
-        let tmp = parent.join(format!(".{slot}.installing"));
+        let tmp = self.installing_dir(slot);
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| InstallError::Slots(SlotError::Io { path, source })
         };
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
+        fsutil::remove_tree(&tmp).map_err(io(&tmp))?;
         let manifest = crate::package::unpack(package, &tmp)?;
         let sm = SlotManifest::from(&manifest);
         let mpath = tmp.join("manifest.json");
         fsutil::atomic_write(&mpath, &serde_json::to_vec_pretty(&sm).expect("serializes")).map_err(io(&mpath))?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        }
+        fsutil::remove_tree(&dir).map_err(io(&dir))?;
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         fsutil::fsync_dir(&parent).map_err(io(&parent))?;
         Ok(sm)
@@ -312,6 +336,19 @@ impl Slots {
     }
 }
 
+/// Reads `package`'s manifest and checks what a node checks before it
+/// installs anything: its deployment kind, and its signature against the
+/// node's own `trusted` keys (when it has some).
+fn admit_package(package: &Path, kind: DeploymentKind, trusted: &[PublicKey]) -> Result<Manifest, InstallError> {
+    let file = std::fs::File::open(package).map_err(|source| SlotError::Io { path: package.to_owned(), source })?;
+    let manifest = crate::package::read_manifest(std::io::BufReader::new(file))?;
+    if manifest.kind != kind {
+        return Err(InstallError::WrongKind { package: manifest.kind, node: kind });
+    }
+    crate::package::signing::check(&manifest, trusted)?;
+    Ok(manifest)
+}
+
 /// Why a package could not be installed into a slot. Nothing changed then:
 /// the active slot and the boot record are as they were.
 #[derive(Debug, thiserror::Error)]
@@ -335,6 +372,19 @@ pub enum InstallError {
         running: Version,
         /// The version in the previous slot.
         known_good: Option<Version>,
+    },
+    /// The package is not signed by a key this node trusts.
+    #[error("{0}")]
+    Untrusted(#[from] crate::package::signing::SigningError),
+    /// The package is not newer than what the node runs.
+    #[error(
+        "the package holds {package}, not newer than the {running} this node runs: a node only moves forward by installing, and back only to its previous slot (`molt rollback`)"
+    )]
+    NotNewer {
+        /// The package's version.
+        package: Version,
+        /// The running version.
+        running: Version,
     },
     /// A package for another deployment kind.
     #[error("the package is for {package} deployments but this node is deployed as {node}")]
@@ -403,7 +453,7 @@ mod tests {
         .unwrap();
         let slots = Slots::new(&d.path().join("node"));
         slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
-        let (slot, m) = slots.install_inactive(&pkg, DeploymentKind::Vm).unwrap();
+        let (slot, m) = slots.install_inactive(&pkg, DeploymentKind::Vm, &[]).unwrap();
         assert_eq!((slot, m.version.to_string()), (Slot::B, "2.0.0".into()));
         assert_eq!(std::fs::read(slots.slot_dir(Slot::B).join("bin/se-agent")).unwrap(), b"s2");
         assert_eq!(slots.boot_record().unwrap().active, Slot::A, "installing does not switch");
@@ -411,7 +461,7 @@ mod tests {
         let (r, m) = slots.active().unwrap();
         assert!(r.pending && r.previous == Some(Slot::A) && m.version.to_string() == "2.0.0");
         // On trial, the inactive slot is the last known-good one: never overwritten.
-        let err = slots.install_inactive(&pkg, DeploymentKind::Vm).unwrap_err();
+        let err = slots.install_inactive(&pkg, DeploymentKind::Vm, &[]).unwrap_err();
         assert!(matches!(err, InstallError::OnTrial { .. }), "{err}");
         assert!(err.to_string().contains("commit or roll back"), "{err}");
         assert_eq!(slots.slot_manifest(Slot::A).unwrap().version.to_string(), "1.0.0");
@@ -442,9 +492,9 @@ mod tests {
         slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
         let bad = d.path().join("bad.pkg");
         std::fs::write(&bad, b"MOLTPKG1\0\0\0\x02{}").unwrap();
-        assert!(slots.install_inactive(&bad, DeploymentKind::Vm).is_err());
+        assert!(slots.install_inactive(&bad, DeploymentKind::Vm, &[]).is_err());
         assert!(matches!(
-            slots.install_inactive(&pkg_of_kind(d.path(), DeploymentKind::Docker), DeploymentKind::Vm),
+            slots.install_inactive(&pkg_of_kind(d.path(), DeploymentKind::Docker), DeploymentKind::Vm, &[]),
             Err(InstallError::WrongKind { .. })
         ));
         assert!(!slots.slot_dir(Slot::B).exists());
@@ -461,22 +511,22 @@ mod tests {
         crate::package::build(&d.path().join("payload"), v1, v1, DeploymentKind::Vm, &pkg).unwrap();
         let slots = Slots::new(&d.path().join("var-lib-molt"));
         // The wrong kind, a truncated and a corrupt package leave nothing behind.
-        let e = slots.install_first(&pkg, DeploymentKind::Docker).unwrap_err();
+        let e = slots.install_first(&pkg, DeploymentKind::Docker, &[]).unwrap_err();
         assert!(e.to_string().contains("for vm deployments but this node is deployed as docker"), "{e}");
         let bytes = std::fs::read(&pkg).unwrap();
         let cut = d.path().join("cut.pkg");
         std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
-        assert!(slots.install_first(&cut, DeploymentKind::Vm).is_err());
+        assert!(slots.install_first(&cut, DeploymentKind::Vm, &[]).is_err());
         assert!(matches!(slots.active(), Err(SlotError::NotInstalled(_))), "nothing installed");
         assert!(!slots.slot_dir(Slot::A).exists());
         // The real one installs and boots from slot a.
-        let m = slots.install_first(&pkg, DeploymentKind::Vm).unwrap();
+        let m = slots.install_first(&pkg, DeploymentKind::Vm, &[]).unwrap();
         assert_eq!(m.version.to_string(), "1.0.0");
         let (r, _) = slots.active().unwrap();
         assert_eq!((r.active, r.pending, r.previous), (Slot::A, false, None));
         assert_eq!(std::fs::read(slots.slot_dir(Slot::A).join("bin/controller-agent")).unwrap(), b"c1");
         // Twice is refused: upgrades go through the leader.
-        let e = slots.install_first(&pkg, DeploymentKind::Vm).unwrap_err();
+        let e = slots.install_first(&pkg, DeploymentKind::Vm, &[]).unwrap_err();
         assert!(e.to_string().contains("already runs 1.0.0"), "{e}");
     }
 }

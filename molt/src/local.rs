@@ -141,6 +141,8 @@ pub struct LocalSpec {
     pub cluster: String,
     /// Public keys every node trusts to sign packages (`trusted_keys`); none: unchecked.
     pub trusted_keys: Vec<PathBuf>,
+    /// Programs exec health gates may run on every SE (`allowed_gate_programs`).
+    pub allowed_gate_programs: Vec<PathBuf>,
 }
 
 impl LocalSpec {
@@ -166,6 +168,7 @@ impl LocalSpec {
             deployment: LocalDeployment::Vm,
             cluster: "local".into(),
             trusted_keys: vec![],
+            allowed_gate_programs: vec![],
         }
     }
 }
@@ -340,6 +343,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             // Every controller may lead, so every one serves the REST API.
             api: (n.role == "controller").then(|| ApiFile { token_file: pki_dir.join("admin.token") }),
             trusted_keys: trusted_keys.clone(),
+            allowed_gate_programs: if n.role == "controller" { vec![] } else { spec.allowed_gate_programs.clone() },
             controllers: controllers.clone(),
             service_engines: if n.role == "controller" { service_engines.clone() } else { vec![] },
         };

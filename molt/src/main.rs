@@ -255,6 +255,10 @@ enum LocalCmd {
         /// repeat it to trust several. Without it, signatures are not checked.
         #[arg(long = "trusted-key")]
         trusted_keys: Vec<PathBuf>,
+        /// A program exec health gates may run on every SE (absolute path;
+        /// repeat it for several). Without it, exec gates fail on the SEs.
+        #[arg(long = "allow-gate-program")]
+        allowed_gate_programs: Vec<PathBuf>,
     },
     /// Power every node off (the cluster dir stays).
     Down {
@@ -1026,6 +1030,7 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
             deployment,
             cluster,
             trusted_keys,
+            allowed_gate_programs,
         } => {
             let spec = LocalSpec {
                 dir: dir.clone(),
@@ -1044,6 +1049,7 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
                 deployment: deployment.parse()?,
                 cluster: cluster.clone(),
                 trusted_keys: trusted_keys.clone(),
+                allowed_gate_programs: allowed_gate_programs.clone(),
             };
             let started = std::time::Instant::now();
             let cf = local::up(&spec, Duration::from_secs(60)).await?;

@@ -15,6 +15,7 @@ use common::{
     session::{Command, CommandKind, CommandResult, CommandState, ImageRef},
     slots::Slots,
 };
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -46,6 +47,21 @@ const KEPT_FILE: &str = "commands.json";
 /// How many of them are kept.
 const KEEP_REBOOTS: usize = 16;
 
+/// Where an install in progress is noted, in the node's data dir.
+const APPLYING_FILE: &str = "applying.json";
+/// Installs of one apply begun (each in an agent that then stopped before
+/// it ended) after which the apply is refused rather than begun again: an
+/// image that crashes the agent while it installs must not do so at every
+/// boot, for as long as the leader re-sends the command.
+const MAX_APPLY_STARTS: u32 = 2;
+
+/// An apply in progress: its command id and how many times it was begun.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Applying {
+    id: String,
+    starts: u32,
+}
+
 /// A command that rebooted the node, and the boot that ran it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Kept {
@@ -62,6 +78,20 @@ fn load_kept(path: &std::path::Path) -> Vec<Kept> {
         }),
         Err(_) => vec![],
     }
+}
+
+fn read_applying(path: &std::path::Path) -> Option<Applying> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("internal error: {}", said.chars().take(200).collect::<String>())
 }
 
 fn keep(path: &std::path::Path, k: Kept) -> std::io::Result<()> {
@@ -103,6 +133,10 @@ pub struct Executor {
     boot_id: String,
     /// Commands that rebooted the node, kept across its reboots.
     kept_path: PathBuf,
+    /// The install in progress, if any ([`APPLYING_FILE`]).
+    applying_path: PathBuf,
+    /// Programs exec health gates may run here.
+    allowed_gate_programs: Arc<Vec<PathBuf>>,
     /// Numbers placements in the order they arrive.
     place_tickets: Arc<std::sync::atomic::AtomicU64>,
     generation: Arc<Mutex<u64>>,
@@ -151,6 +185,8 @@ impl Executor {
             log: Arc::new(Mutex::new(log)),
             boot_id: String::new(),
             kept_path,
+            applying_path: data_dir.join(APPLYING_FILE),
+            allowed_gate_programs: Arc::default(),
             place_tickets: Arc::default(),
             generation: Arc::new(Mutex::new(generation)),
             fence_path,
@@ -166,7 +202,6 @@ impl Executor {
         }
     }
 
-    /// Gives this (SE) executor the data plane `place` commands drive.
     /// Names this boot of the agent (kept with the commands that reboot it).
     pub fn with_boot_id(mut self, boot_id: &str) -> Self {
         self.boot_id = boot_id.to_owned();
@@ -179,6 +214,13 @@ impl Executor {
         self
     }
 
+    /// The programs exec health gates may run on this node.
+    pub fn with_allowed_gate_programs(mut self, programs: Vec<PathBuf>) -> Self {
+        self.allowed_gate_programs = Arc::new(programs);
+        self
+    }
+
+    /// Gives this (SE) executor the data plane `place` commands drive.
     pub fn with_dataplane(mut self, dp: crate::dataplane::DataPlane) -> Self {
         self.dataplane = Some(dp);
         self
@@ -237,9 +279,15 @@ impl Executor {
         let this = self.clone();
         let ticket = self.place_tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         tokio::spawn(async move {
+            // A panic while running a command is this command's failure,
+            // reported like any other: never the agent's end.
+            let run = std::panic::AssertUnwindSafe(this.run(&cmd.id, &cmd.kind, ticket)).catch_unwind();
             let outcome = tokio::select! {
                 _ = this.shutdown.cancelled() => return,
-                r = this.run(&cmd.kind, ticket) => r,
+                r = run => r.unwrap_or_else(|panic| Err(format!(
+                    "the agent failed while running this command ({}); nothing else changed on the node",
+                    panic_message(panic.as_ref())
+                ))),
             };
             let (state, message, reboot) = match outcome {
                 Ok(o) => (CommandState::Succeeded, o.message, o.reboot),
@@ -296,7 +344,7 @@ impl Executor {
     }
 
     /// Runs a command; `ticket` orders placements by arrival.
-    async fn run(&self, kind: &CommandKind, ticket: u64) -> Result<Outcome, String> {
+    async fn run(&self, id: &str, kind: &CommandKind, ticket: u64) -> Result<Outcome, String> {
         match kind {
             CommandKind::Stage(image) => self
                 .stager
@@ -304,11 +352,11 @@ impl Executor {
                 .await
                 .map(|s| done(format!("staged {} ({} bytes)", s.version, s.size)))
                 .map_err(|e| e.to_string()),
-            CommandKind::Apply(image) => self.apply(image).await,
+            CommandKind::Apply(image) => self.apply(id, image).await,
             CommandKind::Commit(v) => self.commit(*v),
             CommandKind::Rollback(v) => self.rollback(*v),
             CommandKind::Gate(checks) => match &self.dataplane {
-                Some(dp) => crate::gate::run(checks, dp.ip()).await.map(done),
+                Some(dp) => crate::gate::run(checks, dp.ip(), &self.allowed_gate_programs).await.map(done),
                 None => Err("this node is not a Service Engine: it has no health gates".into()),
             },
             CommandKind::Place(services) => match &self.dataplane {
@@ -319,8 +367,11 @@ impl Executor {
     }
 
     /// Installs the staged image into the inactive slot and activates it on
-    /// trial; the reboot follows once the outcome is reported.
-    async fn apply(&self, image: &ImageRef) -> Result<Outcome, String> {
+    /// trial; the reboot follows once the outcome is reported. The install
+    /// is noted on disk while it runs (`applying.json`): an apply whose
+    /// install was begun [`MAX_APPLY_STARTS`] times by agents that stopped
+    /// before it ended is refused, not begun again.
+    async fn apply(&self, id: &str, image: &ImageRef) -> Result<Outcome, String> {
         let (_, active) = self.slots.active().map_err(|e| e.to_string())?;
         if active.version == image.version {
             return Ok(done(format!("already running {}", image.version)));
@@ -329,11 +380,36 @@ impl Executor {
             .stager
             .path_of(&image.sha256)
             .ok_or_else(|| format!("image {} is not staged on this node; prestage it first", image.sha256.short()))?;
+        let marker = self.applying_path.clone();
+        let begun = read_applying(&marker).filter(|a| a.id == id).map_or(0, |a| a.starts);
+        if begun >= MAX_APPLY_STARTS {
+            let _ = std::fs::remove_file(&marker);
+            return Err(format!(
+                "installing {} was begun {begun} times and the agent stopped before it ended each time (a crash or a power cut); it is not tried again, and this node stays on {}",
+                image.version, active.version
+            ));
+        }
+        let note = serde_json::to_vec(&Applying { id: id.to_owned(), starts: begun + 1 }).map_err(|e| e.to_string())?;
+        fsutil::atomic_write(&marker, &note)
+            .map_err(|e| format!("cannot note the install in {}: {e}", marker.display()))?;
+        let installed = self.install(path).await;
+        let _ = std::fs::remove_file(&marker);
+        let (slot, m) = installed?;
+        self.slots.activate_on_trial(slot).map_err(|e| e.to_string())?;
+        info!(version = %m.version, %slot, "installed and activated on trial");
+        Ok(Outcome { message: format!("installed {} in slot {slot}; rebooting into it", m.version), reboot: true })
+    }
+
+    /// Unpacks the staged image at `path` into the inactive slot (and on a docker
+    /// node loads its image), under the node's own rules: kind, trusted
+    /// keys, a version newer than the running one.
+    async fn install(&self, path: PathBuf) -> Result<(common::slots::Slot, common::slots::SlotManifest), String> {
         let slots = self.slots.clone();
         let (kind, role) = self.deployment;
-        let (slot, m) = tokio::task::spawn_blocking(move || slots.install_inactive(&path, kind))
+        let trusted = self.stager.trusted_keys().to_vec();
+        let (slot, m) = tokio::task::spawn_blocking(move || slots.install_inactive(&path, kind, &trusted))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the install failed: {e}"))?
             .map_err(|e| e.to_string())?;
         if kind == DeploymentKind::Docker {
             // Loaded before the slot is activated: an image that does not
@@ -341,9 +417,7 @@ impl Executor {
             let tag = crate::docker_node::load_slot_image(&self.slots, slot, role).await?;
             info!(%tag, "image loaded");
         }
-        self.slots.activate_on_trial(slot).map_err(|e| e.to_string())?;
-        info!(version = %m.version, %slot, "installed and activated on trial");
-        Ok(Outcome { message: format!("installed {} in slot {slot}; rebooting into it", m.version), reboot: true })
+        Ok((slot, m))
     }
 
     fn commit(&self, version: Version) -> Result<Outcome, String> {

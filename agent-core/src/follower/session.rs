@@ -146,6 +146,8 @@ async fn session_once(ctx: &NodeCtx) -> Result<(), Ended> {
     let mut inbound = client.session(ReceiverStream::new(rx)).await.map_err(status_ended)?.into_inner();
     info!(leader = %addr, "session established");
     let r = session_loop(ctx, &tx, &mut inbound).await;
+    // Whoever leads next commands only once its own session welcomed us.
+    *ctx.commander.lock().expect("commander lock") = None;
     r.map_err(|message| Ended { message, hint: None, established: true })
 }
 
@@ -167,6 +169,7 @@ async fn session_loop(
                 match LeaderMessage::try_from(msg) {
                     Ok(LeaderMessage::Welcome(w)) => {
                         debug!(leader = %w.leader_id, generation = w.generation, "welcomed");
+                        *ctx.commander.lock().expect("commander lock") = Some((w.leader_id.clone(), w.generation));
                     }
                     Ok(LeaderMessage::Command(cmd)) => {
                         on_command(ctx, cmd);

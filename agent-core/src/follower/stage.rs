@@ -215,8 +215,21 @@ pub struct Stager {
 }
 
 impl Stager {
-    /// Opens `data_dir/staging`, listing the images already verified there.
+    /// Opens `data_dir/staging`, listing the images already verified there;
+    /// signatures are not checked.
     pub fn open(data_dir: &Path, kind: DeploymentKind) -> Result<Self, StageError> {
+        Self::open_trusting(data_dir, kind, Vec::new())
+    }
+
+    /// Opens `data_dir/staging` for a node that stages only packages signed
+    /// by one of `trusted` (none: signatures are not checked). An image
+    /// staged before is checked again against these keys: one staged while
+    /// the node trusted other keys, or none, is deleted, not offered.
+    pub fn open_trusting(
+        data_dir: &Path,
+        kind: DeploymentKind,
+        trusted: Vec<package::signing::PublicKey>,
+    ) -> Result<Self, StageError> {
         let dir = data_dir.join("staging");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let mut state = State::default();
@@ -224,23 +237,25 @@ impl Stager {
             let path = e.map_err(io_err(&dir))?.path();
             let Some(sha) = staged_sha(&path) else { continue };
             let meta = fs::metadata(&path).map_err(io_err(&path))?;
-            match File::open(&path)
+            let manifest = File::open(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|f| package::read_manifest(std::io::BufReader::new(f)).map_err(|e| e.to_string()))
-            {
+                .and_then(|f| package::read_manifest(std::io::BufReader::new(f)).map_err(|e| e.to_string()));
+            match manifest.and_then(|m| package::signing::check(&m, &trusted).map(|_| m).map_err(|e| e.to_string())) {
                 Ok(m) => {
                     state.staged.insert(sha, StagedImage { sha256: sha, version: m.version, size: meta.len() });
                 }
-                Err(e) => warn!(path = %path.display(), error = %e, "ignoring unreadable staged image"),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "deleting a staged image this node does not accept");
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                }
             }
         }
-        Ok(Self { dir, kind, state: Arc::new(Mutex::new(state)), trusted: Arc::default() })
+        Ok(Self { dir, kind, state: Arc::new(Mutex::new(state)), trusted: Arc::new(trusted) })
     }
 
-    /// Stages only packages signed by one of `keys` (none: signatures are not checked).
-    pub fn with_trusted_keys(mut self, keys: Vec<package::signing::PublicKey>) -> Self {
-        self.trusted = Arc::new(keys);
-        self
+    /// The keys this node's packages must be signed by (none: not checked).
+    pub fn trusted_keys(&self) -> &[package::signing::PublicKey] {
+        &self.trusted
     }
 
     /// Images verified and kept.

@@ -13,7 +13,13 @@
 //!   relative, stays inside the slot when resolved from its own directory,
 //!   and passes through no other symlink of the archive on its way;
 //! - `manifest.json` at the root is the slot's own and may not come from a package;
-//! - modes are sanitized: no setuid, setgid, sticky, group- or world-writable bits.
+//! - modes are sanitized: no setuid, setgid, sticky, group- or world-writable bits;
+//! - sizes stay within what every file system and `openat2` take, so that
+//!   nothing verified can fail half way through unpacking for its shape:
+//!   a name of at most [`MAX_NAME_BYTES`], a path of at most
+//!   [`MAX_PATH_BYTES`] and [`MAX_DEPTH`] levels, a symlink target of at most
+//!   [`MAX_LINK_BYTES`], at most [`MAX_ENTRIES`] nodes, the directories only
+//!   implied by a path included.
 //!
 //! Unpacking then applies the entries without ever following a symlink:
 //! parents are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
@@ -22,6 +28,7 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     fs::File,
     io,
     os::{
@@ -38,7 +45,7 @@ use nix::{
     unistd::symlinkat,
 };
 
-use super::{MAX_ENTRIES, PackageError};
+use super::{MAX_DEPTH, MAX_ENTRIES, MAX_LINK_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, PackageError};
 
 /// The slot's own manifest, written by the installer next to the payload.
 pub const RESERVED_ROOT_ENTRY: &str = "manifest.json";
@@ -75,26 +82,114 @@ enum Node {
     Symlink,
 }
 
+/// The payload's tree as seen so far, one node per path: a node holds its
+/// own name only (never its whole path), so memory is linear in the
+/// number of nodes, whatever the depth.
+#[derive(Debug)]
+struct Tree {
+    kinds: Vec<Node>,
+    parents: Vec<u32>,
+    children: Vec<HashMap<Box<OsStr>, u32>>,
+}
+
+/// The root of every payload's tree.
+const ROOT: u32 = 0;
+
+impl Tree {
+    fn new() -> Self {
+        Self { kinds: vec![Node::Dir], parents: vec![ROOT], children: vec![HashMap::new()] }
+    }
+
+    /// Nodes, the root included.
+    fn len(&self) -> usize {
+        self.kinds.len()
+    }
+
+    fn child(&self, at: u32, name: &OsStr) -> Option<u32> {
+        self.children[at as usize].get(name).copied()
+    }
+
+    fn add(&mut self, at: u32, name: &OsStr, kind: Node) -> u32 {
+        let id = self.kinds.len() as u32;
+        self.kinds.push(kind);
+        self.parents.push(at);
+        self.children.push(HashMap::new());
+        self.children[at as usize].insert(name.into(), id);
+        id
+    }
+
+    fn kind(&self, id: u32) -> Node {
+        self.kinds[id as usize]
+    }
+
+    /// The nodes from the root down to `id`, both included.
+    fn chain(&self, mut id: u32) -> Vec<u32> {
+        let mut out = vec![id];
+        while id != ROOT {
+            id = self.parents[id as usize];
+            out.push(id);
+        }
+        out.reverse();
+        out
+    }
+}
+
 /// The payload's entries seen so far, checked one by one ([`Self::admit`])
 /// and as a whole at the end ([`Self::finish`]).
 #[derive(Debug)]
 pub struct PayloadRules {
-    nodes: HashMap<PathBuf, Node>,
-    symlinks: Vec<(PathBuf, PathBuf)>,
+    tree: Tree,
+    /// Each symlink's node and target.
+    symlinks: Vec<(u32, PathBuf)>,
     count: u64,
     /// The files the payload must hold, and whether each was seen.
     required: Vec<(&'static str, bool)>,
 }
 
 fn unsafe_entry(path: &Path, why: impl Into<String>) -> PackageError {
-    PackageError::UnsafeEntry { path: path.display().to_string(), why: why.into() }
+    PackageError::UnsafeEntry { path: shown(path), why: why.into() }
+}
+
+/// A path as an error shows it: at most 200 bytes of it, so an error about
+/// an overlong path is not itself overlong.
+fn shown(path: &Path) -> String {
+    let s = path.display().to_string();
+    if s.len() <= 200 {
+        return s;
+    }
+    let mut cut = 200;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..cut], path.as_os_str().len())
+}
+
+/// Checks a path against the size limits every file system and `openat2`
+/// hold it to; `what` names it in the error (an entry, a symlink's target).
+fn check_limits(path: &Path, what: &str, max_bytes: usize) -> Result<(), String> {
+    let len = path.as_os_str().len();
+    if len > max_bytes {
+        return Err(format!("has a {what} of {len} bytes, more than the {max_bytes} allowed"));
+    }
+    let mut depth = 0;
+    for c in path.components() {
+        depth += 1;
+        let n = c.as_os_str().len();
+        if n > MAX_NAME_BYTES {
+            return Err(format!("has a {what} with a name of {n} bytes, more than the {MAX_NAME_BYTES} allowed"));
+        }
+    }
+    if depth > MAX_DEPTH {
+        return Err(format!("has a {what} {depth} levels deep, more than the {MAX_DEPTH} allowed"));
+    }
+    Ok(())
 }
 
 impl PayloadRules {
     /// Rules for a payload that must hold the files `required`.
     pub fn new(required: &[&'static str]) -> Self {
         Self {
-            nodes: HashMap::new(),
+            tree: Tree::new(),
             symlinks: Vec::new(),
             count: 0,
             required: required.iter().map(|r| (*r, false)).collect(),
@@ -114,6 +209,7 @@ impl PayloadRules {
         if self.count > MAX_ENTRIES {
             return Err(PackageError::TooManyEntries);
         }
+        check_limits(path, "path", MAX_PATH_BYTES).map_err(|why| unsafe_entry(path, why))?;
         let rel = strict_relative(path).ok_or_else(|| unsafe_entry(path, "is absolute or has a `..` component"))?;
         if rel.as_os_str().is_empty() {
             return if kind == tar::EntryType::Directory {
@@ -130,45 +226,51 @@ impl PayloadRules {
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => {
                 let target = link.ok_or_else(|| unsafe_entry(path, "is a symlink without a target"))?;
+                check_limits(target, "symlink target", MAX_LINK_BYTES).map_err(|why| unsafe_entry(path, why))?;
                 check_link_lexically(&rel, target).map_err(|why| unsafe_entry(path, why))?;
                 EntryKind::Symlink(target.to_owned())
             }
             _ => return Err(unsafe_entry(path, "has a type other than file, directory or relative symlink")),
         };
         // Every parent must be a directory of this payload, never a symlink or a file.
-        let mut parent = PathBuf::new();
         let depth = rel.components().count();
-        for c in rel.components().take(depth - 1) {
-            parent.push(c);
-            match self.nodes.get(&parent) {
-                Some(Node::Symlink) => {
-                    return Err(unsafe_entry(
-                        path,
-                        format!("lies under the symlink {:?}: unpacking it would follow that link", parent.display()),
-                    ));
-                }
-                Some(Node::File) => {
-                    return Err(unsafe_entry(path, format!("lies under the file {:?}", parent.display())));
-                }
-                Some(Node::Dir | Node::ImpliedDir) => {}
-                None => {
-                    self.nodes.insert(parent.clone(), Node::ImpliedDir);
-                }
-            }
+        let mut at = ROOT;
+        for (i, c) in rel.components().take(depth - 1).enumerate() {
+            let name = c.as_os_str();
+            at = match self.tree.child(at, name) {
+                Some(id) => match self.tree.kind(id) {
+                    Node::Symlink => {
+                        let parent: PathBuf = rel.components().take(i + 1).collect();
+                        return Err(unsafe_entry(
+                            path,
+                            format!("lies under the symlink {:?}: unpacking it would follow that link", shown(&parent)),
+                        ));
+                    }
+                    Node::File => {
+                        let parent: PathBuf = rel.components().take(i + 1).collect();
+                        return Err(unsafe_entry(path, format!("lies under the file {:?}", shown(&parent))));
+                    }
+                    Node::Dir | Node::ImpliedDir => id,
+                },
+                None => self.add_node(at, name, Node::ImpliedDir)?,
+            };
         }
         let node = match kind {
             EntryKind::File => Node::File,
             EntryKind::Dir => Node::Dir,
             EntryKind::Symlink(_) => Node::Symlink,
         };
-        match (self.nodes.get(&rel), node) {
-            (None, _) | (Some(Node::ImpliedDir | Node::Dir), Node::Dir) => {
-                self.nodes.insert(rel.clone(), node);
+        let name = rel.file_name().expect("a non-empty normal path has a last name");
+        let id = match (self.tree.child(at, name), node) {
+            (None, _) => self.add_node(at, name, node)?,
+            (Some(id), Node::Dir) if matches!(self.tree.kind(id), Node::ImpliedDir | Node::Dir) => {
+                self.tree.kinds[id as usize] = Node::Dir;
+                id
             }
             (Some(_), _) => return Err(unsafe_entry(path, "appears more than once in the payload")),
-        }
+        };
         if let EntryKind::Symlink(target) = &kind {
-            self.symlinks.push((rel.clone(), target.clone()));
+            self.symlinks.push((id, target.clone()));
         }
         if kind == EntryKind::File
             && let Some(seen) = self.required.iter_mut().find(|(r, _)| Path::new(r) == rel)
@@ -182,26 +284,46 @@ impl PayloadRules {
         Ok(Some(Admitted { rel, kind, mode }))
     }
 
+    /// Adds a node, counting it against [`MAX_ENTRIES`]: a directory only
+    /// implied by a path is made by unpacking as surely as a named one.
+    fn add_node(&mut self, at: u32, name: &OsStr, kind: Node) -> Result<u32, PackageError> {
+        if self.tree.len() as u64 > MAX_ENTRIES {
+            return Err(PackageError::TooManyEntries);
+        }
+        Ok(self.tree.add(at, name, kind))
+    }
+
     /// The checks that need the whole payload: required files present, and
     /// no symlink target passing through another symlink. Returns the entry count.
     pub fn finish(self) -> Result<u64, PackageError> {
-        for (rel, target) in &self.symlinks {
-            let mut at: PathBuf = rel.parent().unwrap_or(Path::new("")).to_owned();
+        for (link, target) in &self.symlinks {
+            // The way from the root to where the walk stands; `None` once it
+            // left the payload's tree (a name no entry made), where no
+            // symlink of the package can be.
+            let mut way: Vec<Option<u32>> =
+                self.tree.chain(self.tree.parents[*link as usize]).into_iter().map(Some).collect();
             let parts: Vec<Component<'_>> = target.components().collect();
             for (i, c) in parts.iter().enumerate() {
                 match c {
                     Component::CurDir => continue,
                     Component::ParentDir => {
-                        at.pop();
+                        // Never above the root: checked lexically in admit.
+                        way.pop();
                     }
-                    Component::Normal(n) => at.push(n),
+                    Component::Normal(n) => {
+                        let next = way.last().copied().flatten().and_then(|at| self.tree.child(at, n));
+                        way.push(next);
+                    }
                     Component::RootDir | Component::Prefix(_) => unreachable!("checked in admit"),
                 }
                 let last = i + 1 == parts.len();
-                if !last && self.nodes.get(&at) == Some(&Node::Symlink) {
+                if !last
+                    && let Some(Some(at)) = way.last()
+                    && self.tree.kind(*at) == Node::Symlink
+                {
                     return Err(unsafe_entry(
-                        rel,
-                        format!("is a symlink whose target passes through the symlink {:?}", at.display()),
+                        &self.path_of(*link),
+                        format!("is a symlink whose target passes through the symlink {:?}", shown(&self.path_of(*at))),
                     ));
                 }
             }
@@ -210,6 +332,19 @@ impl PayloadRules {
             return Err(PackageError::MissingEntry(missing));
         }
         Ok(self.count)
+    }
+
+    /// A node's path, for an error.
+    fn path_of(&self, id: u32) -> PathBuf {
+        let chain = self.tree.chain(id);
+        let mut out = PathBuf::new();
+        for pair in chain.windows(2) {
+            let (parent, child) = (pair[0], pair[1]);
+            if let Some((name, _)) = self.tree.children[parent as usize].iter().find(|(_, c)| **c == child) {
+                out.push(&**name);
+            }
+        }
+        out
     }
 }
 

@@ -125,3 +125,139 @@ fn verifying_all_but_the_digest_checks_the_same_and_takes_the_callers_digest() {
     flipped[last] ^= 1;
     assert!(verify_except_digest(&flipped[..]).is_err(), "the payload digest is still checked");
 }
+
+/// A tar of the two binaries and `extra`, each (path, type, link) written
+/// through the tar builder: paths over 100 bytes get a GNU long-name record.
+fn tar_with(extra: &[(String, tar::EntryType, Option<String>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut all: Vec<(String, tar::EntryType, Option<String>)> = vec![
+        ("bin/controller-agent".into(), tar::EntryType::Regular, None),
+        ("bin/se-agent".into(), tar::EntryType::Regular, None),
+    ];
+    all.extend_from_slice(extra);
+    for (path, kind, link) in all {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        let data: &[u8] = if kind == tar::EntryType::Regular { b"abc" } else { b"" };
+        h.set_size(data.len() as u64);
+        match link {
+            Some(l) => b.append_link(&mut h, &path, &l).unwrap(),
+            None => b.append_data(&mut h, &path, data).unwrap(),
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn verdicts(pkg: &[u8]) -> (Result<PackageInfo, PackageError>, Result<Manifest, PackageError>, bool) {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("p.pkg");
+    std::fs::write(&file, pkg).unwrap();
+    let slot = d.path().join("slot");
+    let unpacked = unpack(&file, &slot);
+    (verify(Cursor::new(pkg)), unpacked, slot.exists())
+}
+
+/// Issue 25, 1: a package one file 21,000 levels deep, or with a 300-byte
+/// name, was "verified" and then crashed every node that unpacked it.
+/// Verify and unpack now refuse both, in the same words, and leave nothing.
+#[test]
+fn names_paths_and_depths_beyond_the_limits_are_refused_by_verify_and_unpack_alike() {
+    let deep = |levels: usize| format!("{}f", "d/".repeat(levels - 1));
+    let ok = package_of_tar(&tar_with(&[
+        (deep(MAX_DEPTH), tar::EntryType::Regular, None),
+        ("n".repeat(MAX_NAME_BYTES), tar::EntryType::Regular, None),
+    ]));
+    let (v, u, slot) = verdicts(&ok);
+    assert!(v.is_ok() && u.is_ok() && slot, "{v:?} {u:?}");
+    let cases = [
+        (deep(MAX_DEPTH + 1), None, "levels deep, more than the 64 allowed"),
+        (deep(21_000), None, "a GNU long name of 42000 bytes, more than the 4097 allowed"),
+        (deep(2_000), None, "has a path 2000 levels deep"),
+        (vec!["x".repeat(250); 17].join("/"), None, "a GNU long name of 4267 bytes, more than the 4097 allowed"),
+        ("n".repeat(MAX_NAME_BYTES + 1), None, "a name of 256 bytes, more than the 255 allowed"),
+        (format!("{}/x", "m".repeat(300)), None, "a name of 300 bytes"),
+        (
+            "link".into(),
+            Some(format!("{}", "../".repeat(0) + &"t".repeat(256))),
+            "symlink target with a name of 256 bytes",
+        ),
+    ];
+    for (path, link, why) in cases {
+        let kind = if link.is_some() { tar::EntryType::Symlink } else { tar::EntryType::Regular };
+        let pkg = package_of_tar(&tar_with(&[(path.clone(), kind, link)]));
+        let (v, u, slot) = verdicts(&pkg);
+        let (v, u) = (v.unwrap_err().to_string(), u.unwrap_err().to_string());
+        assert!(v.contains(why), "{}: {v}", &path[..path.len().min(40)]);
+        assert_eq!(v, u, "verify and unpack say the same");
+        assert!(v.len() < 600, "the error quotes at most a part of the path: {v}");
+        assert!(!slot, "a refused package leaves no slot");
+    }
+}
+
+/// Issue 25, 2: a GNU long name or PAX record was read whole before any
+/// check (a 1 GiB one took 4.7 GB). Their declared size is checked first.
+#[test]
+fn long_name_and_pax_records_are_bounded_before_they_are_read() {
+    let mut tar = tar_with(&[]);
+    tar.truncate(tar.len() - 1024); // the end-of-archive blocks
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(1 << 30); // declared, never sent
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    tar.extend_from_slice(&[0u8; 4096]);
+    let e = verify(Cursor::new(package_of_tar(&tar))).unwrap_err().to_string();
+    assert!(e.contains("a GNU long name of 1073741824 bytes, more than the 4097 allowed"), "{e}");
+
+    // PAX: a path record is taken (and checked), a size record is refused.
+    let pax = |records: &[(&str, &str)]| {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions(records.iter().map(|(k, v)| (*k, v.as_bytes()))).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o755);
+        h.set_size(3);
+        b.append_data(&mut h, "placeholder", &b"abc"[..]).unwrap();
+        let mut tar = tar_with(&[]);
+        tar.truncate(tar.len() - 1024);
+        tar.extend_from_slice(&b.into_inner().unwrap());
+        package_of_tar(&tar)
+    };
+    let info = verify(Cursor::new(pax(&[("path", "docs/readme"), ("mtime", "1")]))).unwrap();
+    assert_eq!(info.entries, 3);
+    let e = verify(Cursor::new(pax(&[("path", &format!("{}f", "d/".repeat(70)))]))).unwrap_err().to_string();
+    assert!(e.contains("levels deep"), "{e}");
+    let long = vec!["x".repeat(250); 17].join("/");
+    let e = verify(Cursor::new(pax(&[("path", &long)]))).unwrap_err().to_string();
+    assert!(e.contains("has a path of 4266 bytes, more than the 4096 allowed"), "{e}");
+    let e = verify(Cursor::new(pax(&[("size", "3")]))).unwrap_err().to_string();
+    assert!(e.contains("a PAX record with the key \"size\""), "{e}");
+}
+
+/// Issue 25, 2: every ancestor of every path was kept as a path of its own,
+/// so memory grew with the square of the depth. Directories a path implies
+/// now count against the entry limit, and each node keeps its own name.
+#[test]
+fn directories_a_path_implies_count_against_the_entry_limit() {
+    // 1,700 files each 60 levels deep in a tree of their own: 102,000 nodes.
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind) in [("bin/controller-agent", tar::EntryType::Regular), ("bin/se-agent", tar::EntryType::Regular)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_size(3);
+        b.append_data(&mut h, path, &b"abc"[..]).unwrap();
+    }
+    for i in 0..1_700 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        b.append_data(&mut h, format!("t{i}/{}f", "d/".repeat(58)), &b""[..]).unwrap();
+    }
+    let e = verify(Cursor::new(package_of_tar(&b.into_inner().unwrap()))).unwrap_err();
+    assert!(matches!(e, PackageError::TooManyEntries), "{e}");
+    assert!(e.to_string().contains("directories its paths only imply count too"), "{e}");
+}

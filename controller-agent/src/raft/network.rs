@@ -157,7 +157,22 @@ impl RaftService {
     }
 
     fn decode<T: DeserializeOwned>(&self, req: Request<pb::RaftMessage>) -> Result<T, Status> {
-        auth::caller(&req, &self.settings.cluster, &[Role::Controller])?;
+        let caller = auth::caller(&req, &self.settings.cluster, &[Role::Controller])?;
+        // Only a member of the group as this controller knows it (voter or
+        // learner): a controller certificate that is not, or no longer, one
+        // (removed, or issued for a node never added) cannot force an
+        // election. A controller that knows no members yet (one being
+        // added, before the leader's first entries) takes any controller.
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut members = membership.nodes().map(|(id, _)| *id).peekable();
+        if members.peek().is_some() && !members.any(|id| id == super::raft_id(&caller.node_id)) {
+            tracing::warn!(caller = %caller.node_id, "refused a raft message from a controller that is not a member");
+            return Err(Status::permission_denied(format!(
+                "{} is not a member of this cluster's controller group; add it with `molt cluster add-controller`",
+                caller.node_id
+            )));
+        }
         serde_json::from_slice(&req.into_inner().json)
             .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
     }

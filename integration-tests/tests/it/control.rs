@@ -461,7 +461,7 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_health_gate_is_an_se_failure_then_passing_gates_let_the_group_on() {
-    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2"]);
+    let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:2", "--allow-gate-program", "/bin/sh"]);
     api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2})).await.unwrap();
     let gates = |exec: &[&str]| {
         json!({"name": "g1", "ha_mode": "active-active", "health_gates": [

@@ -89,7 +89,7 @@ async fn execute(c: &TestCluster, who: Option<&str>, target: &str) -> Result<pb:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_controllers_command_nodes_and_a_deposed_leaders_generation_is_refused() {
+async fn only_the_controller_leading_a_nodes_session_commands_it() {
     let c = TestCluster::builder().controllers(3).group("g1", "active-active", 2).start().await;
     let e = execute(&c, Some("g1-se1"), "g1-se2").await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "an SE commands another SE: {e}");
@@ -103,11 +103,17 @@ async fn only_controllers_command_nodes_and_a_deposed_leaders_generation_is_refu
     assert!(generation >= 1 << 32, "generation {generation}");
     let ack = execute_at(&c, Some("c1"), "g1-se1", generation).await.unwrap();
     assert_eq!(ack.result.unwrap().state, pb::CommandState::Running as i32, "the leader's command is taken");
-    // A command of an older generation — a deposed leader's — is refused,
-    // whichever controller sends it.
-    let ack = execute_at(&c, Some("c2"), "g1-se1", generation - 1).await.unwrap().result.unwrap();
-    assert_eq!(ack.state, pb::CommandState::Failed as i32, "{ack:?}");
-    assert!(ack.message.contains("has already commanded this node"), "{}", ack.message);
+    // Another controller's certificate does not command a node, whatever
+    // generation it claims (issue 25, 3c: a follower made an SE apply).
+    for claimed in [generation, generation + 1] {
+        let e = execute_at(&c, Some("c2"), "g1-se1", claimed).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "a follower commands an SE: {e}");
+        assert!(e.message().contains("c1 in generation"), "{}", e.message());
+    }
+    // Nor does the leader with a generation other than the one it announced
+    // (a deposed leader's, or one made up).
+    let e = execute_at(&c, Some("c1"), "g1-se1", generation - 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,10 +133,17 @@ async fn only_controllers_reach_the_raft_service() {
         let e = vote(who).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e}");
     }
-    // A controller passes the check, and a malformed message is refused as such.
+    // A member passes the check, and a malformed message is refused as such.
     let e = vote("c1").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert!(e.message().contains("malformed raft message"), "{}", e.message());
+    // A controller certificate of this CA for a node that is no member
+    // (issue 25, 7: a non-member c9 forced an election).
+    let spec: molt::pki::NodeSpec = "c9=controller@127.0.0.1".parse().unwrap();
+    molt::pki::add(&pki, &[spec], 30).unwrap();
+    let e = vote("c9").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("not a member"), "{}", e.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
