@@ -557,10 +557,28 @@ pub type RawEntry<'a> = (&'a str, tar::EntryType, Option<&'a str>, u32);
 /// Writes a package (version 2.0.0, min 1.0.0, vm) whose payload holds
 /// exactly `entries`, each regular file with the contents `abc`, bypassing
 /// every check of the tar builder and of this module: hostile archives for
-/// the verifier's tests and fuzzing. Paths and targets are cut at 100 bytes.
+/// the verifier's tests and fuzzing. A path or target over 100 bytes gets a
+/// GNU long-name record before its entry, as GNU tar writes it.
 pub fn raw_package(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
+    let long = |b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str| {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        let mut data = name.as_bytes().to_vec();
+        data.push(0);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data.as_slice()).expect("writing to a Vec does not fail");
+    };
     for (path, kind, link, mode) in entries {
+        if path.len() > 100 {
+            long(&mut b, tar::EntryType::GNULongName, path);
+        }
+        if let Some(l) = link.filter(|l| l.len() > 100) {
+            long(&mut b, tar::EntryType::GNULongLink, l);
+        }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(*kind);
         h.set_size(if *kind == tar::EntryType::Regular { 3 } else { 0 });

@@ -529,4 +529,67 @@ mod tests {
         let e = slots.install_first(&pkg, DeploymentKind::Vm, &[]).unwrap_err();
         assert!(e.to_string().contains("already runs 1.0.0"), "{e}");
     }
+
+    /// Issue 25, 3a/3b: a node installs only what its own keys trust, and
+    /// only forward; `install` checks as an upgrade does.
+    #[test]
+    fn a_node_installs_only_packages_its_keys_trust_and_only_newer_versions() {
+        use crate::package::signing;
+        let d = tempfile::tempdir().unwrap();
+        fake_bins(&d.path().join("payload/bin"), b"c", b"s");
+        let keys = signing::keygen(&d.path().join("keys")).unwrap();
+        let other = signing::keygen(&d.path().join("other")).unwrap();
+        let key = signing::SigningKey::load(&d.path().join("keys/signing.key")).unwrap();
+        let build = |v: &str, signed: bool| {
+            let pkg = d.path().join(format!("{v}-{signed}.pkg"));
+            let (v, min) = (v.parse().unwrap(), "1.0.0".parse().unwrap());
+            let k = signed.then_some(&key);
+            crate::package::build_signed(&d.path().join("payload"), v, min, DeploymentKind::Vm, &pkg, k).unwrap();
+            pkg
+        };
+        let slots = Slots::new(&d.path().join("node"));
+        let trusted = std::slice::from_ref(&keys);
+        let e = slots.install_first(&build("1.0.0", false), DeploymentKind::Vm, trusted).unwrap_err();
+        assert!(matches!(e, InstallError::Untrusted(_)), "{e}");
+        assert!(e.to_string().contains("unsigned"), "{e}");
+        assert!(matches!(slots.active(), Err(SlotError::NotInstalled(_))), "nothing installed");
+        let e =
+            slots.install_first(&build("1.0.0", true), DeploymentKind::Vm, std::slice::from_ref(&other)).unwrap_err();
+        assert!(matches!(e, InstallError::Untrusted(_)), "a key not trusted: {e}");
+        slots.install_first(&build("1.0.0", true), DeploymentKind::Vm, trusted).unwrap();
+
+        // An upgrade: unsigned refused, signed taken; never the same or an older version.
+        let e = slots.install_inactive(&build("2.0.0", false), DeploymentKind::Vm, trusted).unwrap_err();
+        assert!(matches!(e, InstallError::Untrusted(_)), "{e}");
+        let (slot, _) = slots.install_inactive(&build("2.0.0", true), DeploymentKind::Vm, trusted).unwrap();
+        slots.activate_on_trial(slot).unwrap();
+        slots.commit().unwrap();
+        for older in ["2.0.0", "1.5.0"] {
+            let e = slots.install_inactive(&build(older, true), DeploymentKind::Vm, trusted).unwrap_err();
+            assert!(matches!(e, InstallError::NotNewer { .. }), "{older}: {e}");
+            assert!(e.to_string().contains("not newer than the 2.0.0 this node runs"), "{e}");
+        }
+        assert_eq!(slots.slot_manifest(Slot::A).unwrap().version.to_string(), "1.0.0", "the previous slot is kept");
+    }
+
+    /// Issue 25, 1: a leftover `.a.installing` deeper than any stack could
+    /// walk made every later install (and start) fail; it is removed.
+    #[test]
+    fn a_deep_leftover_of_an_interrupted_install_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let bins = fake_bins(&d.path().join("bins"), b"c", b"s");
+        let slots = Slots::new(&d.path().join("node"));
+        slots.install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
+        let mut deep = slots.installing_dir(Slot::B);
+        for _ in 0..200 {
+            deep.push("a");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), b"x").unwrap();
+        let removed = slots.remove_leftovers().unwrap();
+        assert_eq!(removed, vec![slots.installing_dir(Slot::B)]);
+        assert!(!slots.installing_dir(Slot::B).exists());
+        assert!(slots.remove_leftovers().unwrap().is_empty());
+        assert_eq!(slots.active().unwrap().1.version.to_string(), "1.0.0");
+    }
 }

@@ -376,10 +376,6 @@ impl Executor {
         if active.version == image.version {
             return Ok(done(format!("already running {}", image.version)));
         }
-        let path = self
-            .stager
-            .path_of(&image.sha256)
-            .ok_or_else(|| format!("image {} is not staged on this node; prestage it first", image.sha256.short()))?;
         let marker = self.applying_path.clone();
         let begun = read_applying(&marker).filter(|a| a.id == id).map_or(0, |a| a.starts);
         if begun >= MAX_APPLY_STARTS {
@@ -389,6 +385,10 @@ impl Executor {
                 image.version, active.version
             ));
         }
+        let path = self
+            .stager
+            .path_of(&image.sha256)
+            .ok_or_else(|| format!("image {} is not staged on this node; prestage it first", image.sha256.short()))?;
         let note = serde_json::to_vec(&Applying { id: id.to_owned(), starts: begun + 1 }).map_err(|e| e.to_string())?;
         fsutil::atomic_write(&marker, &note)
             .map_err(|e| format!("cannot note the install in {}: {e}", marker.display()))?;
@@ -588,5 +588,81 @@ mod tests {
         let started = tokio::time::Instant::now();
         e.until_reported(3).await;
         assert_eq!(started.elapsed(), REPORT_BEFORE_REBOOT);
+    }
+
+    struct Panicking;
+    impl ImageSource for Panicking {
+        fn fetch(
+            &self,
+            _: Sha256Digest,
+            _: u64,
+            _: common::stripe::Stripe,
+        ) -> futures_util::future::BoxFuture<'_, Result<ChunkStream, FetchError>> {
+            panic!("a bug in the image source")
+        }
+    }
+
+    /// Issue 25: a panic while running a command took the whole agent down
+    /// (at every boot, as the leader sent the command again). It is that
+    /// command's failure now, and the executor goes on.
+    #[tokio::test]
+    async fn a_panic_in_a_command_is_reported_as_its_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let stager = Stager::open(d.path(), DeploymentKind::Vm).unwrap();
+        let e = Executor::new(
+            d.path(),
+            stager,
+            Arc::new(Panicking),
+            Arc::new(crate::reboot::NoReboot),
+            CancellationToken::new(),
+        );
+        e.submit(stage("boom", 1, DeploymentKind::Vm));
+        let r = settled(&e, "boom").await;
+        assert_eq!(r.state, CommandState::Failed);
+        assert!(r.message.contains("internal error: a bug in the image source"), "{}", r.message);
+        // The executor still takes commands.
+        e.submit(stage("next", 1, DeploymentKind::Docker));
+        assert_eq!(settled(&e, "next").await.state, CommandState::Failed);
+    }
+
+    /// Issue 25, 1: an image whose install crashed the agent was installed
+    /// again at every boot, as the leader re-sent the apply. An apply whose
+    /// install two agents began and never ended is refused.
+    #[tokio::test]
+    async fn an_apply_begun_twice_by_agents_that_stopped_is_not_begun_again() {
+        let d = tempfile::tempdir().unwrap();
+        let bins = d.path().join("bins");
+        std::fs::create_dir_all(&bins).unwrap();
+        for b in ["controller-agent", "se-agent"] {
+            std::fs::write(bins.join(b), b"x").unwrap();
+        }
+        Slots::new(d.path()).install_initial("1.0.0".parse().unwrap(), DeploymentKind::Vm, &bins).unwrap();
+        let apply = |id: &str| Command {
+            id: id.into(),
+            generation: 1,
+            kind: CommandKind::Apply(ImageRef {
+                sha256: Sha256Digest::of(b"image"),
+                size: 10,
+                version: "2.0.0".parse().unwrap(),
+                kind: DeploymentKind::Vm,
+                min_compatible: "1.0.0".parse().unwrap(),
+            }),
+        };
+        let marker = d.path().join(APPLYING_FILE);
+        // Begun once before: tried again (and here fails for want of the image).
+        std::fs::write(&marker, br#"{"id":"apply-1","starts":1}"#).unwrap();
+        let (e, _) = executor(d.path());
+        e.submit(apply("apply-1"));
+        let r = settled(&e, "apply-1").await;
+        assert!(r.message.contains("not staged on this node"), "tried again: {}", r.message);
+        // Begun twice: refused, the node stays on its version.
+        std::fs::write(&marker, br#"{"id":"apply-2","starts":2}"#).unwrap();
+        let (e, _) = executor(d.path());
+        e.submit(apply("apply-2"));
+        let r = settled(&e, "apply-2").await;
+        assert_eq!(r.state, CommandState::Failed);
+        assert!(r.message.contains("was begun 2 times and the agent stopped before it ended"), "{}", r.message);
+        assert!(r.message.contains("this node stays on 1.0.0"), "{}", r.message);
+        assert!(!marker.exists());
     }
 }

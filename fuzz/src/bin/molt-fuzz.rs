@@ -29,6 +29,12 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The descriptors of a node's agent at their tightest (`ulimit -n
+    // 256`): the package target's unpacking must succeed within them.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((256, 256));
+    if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256.min(hard), hard) {
+        eprintln!("warning: cannot lower the descriptor limit to 256: {e}");
+    }
     if args.list {
         for t in molt_fuzz::TARGETS {
             println!("{:10} {}", t.name, t.about);

@@ -58,7 +58,18 @@ pub fn verify_and_unpack(pkg: &[u8]) -> Result<Outcome, String> {
     let slot = dir.path().join("slot");
     let before = tree(dir.path());
     let verified = verify(std::io::Cursor::new(pkg));
-    let unpacked = unpack(&file, &slot);
+    // As a node's agent would under `ulimit -s 2048` (the molt-fuzz binary
+    // also lowers its descriptors to 256): whatever `verify` took must
+    // unpack whole, whatever it refused must leave nothing.
+    let unpacked = {
+        let (file, slot) = (file.clone(), slot.clone());
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || unpack(&file, &slot))
+            .map_err(|e| e.to_string())?
+            .join()
+            .map_err(|_| "unpack panicked".to_owned())?
+    };
     let after: Vec<_> = tree(dir.path()).into_iter().filter(|p| !p.starts_with("slot")).collect();
     if after != before {
         return Err(format!("unpacking changed something outside the slot: {before:?} -> {after:?}"));
@@ -100,6 +111,21 @@ pub fn random_entries(rng: &mut Rng) -> Vec<(String, tar::EntryType, Option<Stri
     let mut out: Vec<_> = Vec::new();
     if !rng.one_in(10) {
         out.extend(BINS.iter().map(|(p, k, _, m)| (p.to_string(), *k, None, *m)));
+    }
+    // Sometimes an entry at the size limits, a little within or beyond:
+    // deep, with a long name, or a long path (verify is a dry run of
+    // unpack, resources included).
+    if rng.one_in(4) {
+        let name = |rng: &mut Rng| "n".repeat(250 + rng.below(10) as usize);
+        let entry = match rng.below(4) {
+            0 => format!("{}f", "d/".repeat(60 + rng.below(8) as usize)),
+            1 => format!("bin/{}", name(rng)),
+            2 => (0..15 + rng.below(3)).map(|_| name(rng)).collect::<Vec<_>>().join("/"),
+            _ => format!("{}/f", (0..3 + rng.below(3)).map(|i| format!("w{i}")).collect::<Vec<_>>().join("/")),
+        };
+        let kind = if rng.one_in(3) { Directory } else { Regular };
+        let at = rng.below(out.len() as u64 + 1) as usize;
+        out.insert(at, (entry, kind, None, 0o755));
     }
     for _ in 0..rng.below(7) {
         let kind = match rng.below(20) {

@@ -292,3 +292,23 @@ fn a_relay_finds_arrived_chunks_until_they_are_in_the_file() {
     assert!(a.get(0, 1).is_none(), "in the file now: read from there");
     assert_eq!(a.get(4096, 1).unwrap(), Bytes::from(vec![1u8]), "partly in the file: kept until wholly");
 }
+
+/// Issue 25, 3a: an SE that staged an unsigned image, then was given
+/// `trusted_keys` and restarted, installed that image in the next upgrade:
+/// staged images were listed again without a signature check. They are
+/// checked at every start, and one the node no longer trusts is deleted.
+#[tokio::test]
+async fn a_staged_image_the_node_no_longer_trusts_is_not_offered_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let bytes = package_bytes(d.path(), DeploymentKind::Vm);
+    let image = image_of(&bytes, DeploymentKind::Vm);
+    let node = d.path().join("node");
+    let stager = Stager::open(&node, DeploymentKind::Vm).unwrap();
+    stager.stage(&image, &Fake::new(bytes.clone(), None)).await.unwrap();
+    assert!(stager.path_of(&image.sha256).is_some());
+    let key = package::signing::keygen(&d.path().join("keys")).unwrap();
+    let restarted = Stager::open_trusting(&node, DeploymentKind::Vm, vec![key]).unwrap();
+    assert!(restarted.staged().is_empty(), "{:?}", restarted.staged());
+    assert!(restarted.path_of(&image.sha256).is_none());
+    assert!(!stager.final_path(&image.sha256).exists(), "the untrusted copy is deleted");
+}
