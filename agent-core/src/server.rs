@@ -32,6 +32,8 @@ use crate::auth::Peer;
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// HTTP/2 frame size we accept: large frames roughly double upload throughput.
 const MAX_FRAME: u32 = 1 << 20;
+/// The largest request head (request line and headers) the server reads.
+const MAX_HEAD: usize = 16 * 1024;
 
 /// Connections without a cluster certificate, per source address.
 #[derive(Debug, Default)]
@@ -154,9 +156,16 @@ pub async fn serve(
                         }
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+                    // A request line and headers of at most 16 KiB (hyper
+                    // answers 431 beyond), over HTTP/1.1 and HTTP/2 alike.
+                    builder
+                        .http1()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .max_buf_size(MAX_HEAD);
                     builder
                         .http2()
+                        .max_header_list_size(MAX_HEAD as u32)
                         .timer(TokioTimer::new())
                         .keep_alive_interval(H2_KEEPALIVE)
                         .keep_alive_timeout(H2_KEEPALIVE)

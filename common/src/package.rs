@@ -152,6 +152,9 @@ pub enum PackageError {
     /// A required file is missing from the payload.
     #[error("the package payload lacks {0}: a node could not boot it")]
     MissingEntry(&'static str),
+    /// The manifest is not signed by a trusted key.
+    #[error("{0}")]
+    Untrusted(#[from] signing::SigningError),
     /// `molt package build` input problems.
     #[error("{0}")]
     Build(String),
@@ -214,16 +217,24 @@ fn read_exact_or(r: &mut impl Read, buf: &mut [u8], short: PackageError) -> Resu
 /// digest and size, every entry's path, nothing trailing. Returns the manifest
 /// and the digest of the whole stream.
 pub fn verify(r: impl Read) -> Result<PackageInfo, PackageError> {
+    verify_trusting(r, &[])
+}
+
+/// As [`verify`], for a reader that accepts only packages signed by one of
+/// `trusted` (none: unchecked): the signature is checked as soon as the
+/// manifest is read, before a byte of the payload, so an untrusted
+/// package costs no more than its header.
+pub fn verify_trusting(r: impl Read, trusted: &[signing::PublicKey]) -> Result<PackageInfo, PackageError> {
     let mut outer = CountingReader::new(r);
-    let checked = verify_counted(&mut outer)?;
+    let checked = verify_counted(&mut outer, trusted)?;
     Ok(checked.with_digest(outer.digest()))
 }
 
-/// As [`verify`], but hashing only the payload: the caller hashes the whole
-/// stream elsewhere (on another core) and completes the answer with
-/// [`Checked::with_digest`].
-pub fn verify_except_digest(r: impl Read) -> Result<Checked, PackageError> {
-    verify_counted(&mut CountingReader::counting_only(r))
+/// As [`verify_trusting`], but hashing only the payload: the caller hashes
+/// the whole stream elsewhere (on another core) and completes the answer
+/// with [`Checked::with_digest`].
+pub fn verify_except_digest(r: impl Read, trusted: &[signing::PublicKey]) -> Result<Checked, PackageError> {
+    verify_counted(&mut CountingReader::counting_only(r), trusted)
 }
 
 /// A package checked by [`verify_except_digest`]: all but its digest.
@@ -241,8 +252,12 @@ impl Checked {
     }
 }
 
-fn verify_counted<R: Read>(outer: &mut CountingReader<R>) -> Result<Checked, PackageError> {
+fn verify_counted<R: Read>(
+    outer: &mut CountingReader<R>,
+    trusted: &[signing::PublicKey],
+) -> Result<Checked, PackageError> {
     let manifest = read_header(outer)?;
+    signing::check(&manifest, trusted)?;
     let header_len = outer.count;
     let expected_total = header_len + manifest.payload_size;
     let mut payload = CountingReader::new(outer.by_ref().take(manifest.payload_size));

@@ -208,7 +208,14 @@ async fn authorize(token: &str, state: &Arc<LeaderState>, req: Request, next: Ne
         .into_response();
     }
     let reads = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-    let action = format!("{} {}", req.method(), req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    // The path only, bounded: a query or an overlong path says nothing the
+    // trail needs, and would let any caller fill it.
+    let path = req.uri().path();
+    let mut cut = path.len().min(crate::raft::AUDIT_PATH_MAX);
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let action = format!("{} {}{}", req.method(), &path[..cut], if cut < path.len() { "…" } else { "" });
     if !reads && caller.role == common::token::ApiRole::ReadOnly {
         discard_briefly(&mut req.into_body().into_data_stream()).await;
         let answer = ApiError::new(
@@ -238,6 +245,7 @@ async fn record(state: &Arc<LeaderState>, caller: &common::token::Caller, action
         role: caller.role.name().into(),
         action,
         status: status.as_u16(),
+        count: 1,
     };
     tracing::info!(who = %entry.who, role = %entry.role, action = %entry.action, status = entry.status, "operator action");
     state.audit(entry).await;

@@ -64,10 +64,33 @@ pub struct AuditEntry {
     pub who: String,
     /// Its role.
     pub role: String,
-    /// `METHOD /path?query`.
+    /// `METHOD /path`: the path without its query, at most
+    /// [`AUDIT_PATH_MAX`] bytes of it.
     pub action: String,
     /// The HTTP status it was answered with.
     pub status: u16,
+    /// How many times in a row this caller was refused this same action
+    /// (folded into one entry: refusals cannot push the trail's other
+    /// entries out); 1 for anything else.
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The longest path an audit entry keeps.
+pub const AUDIT_PATH_MAX: usize = 256;
+
+impl AuditEntry {
+    /// Whether `next` repeats this entry's refusal (same caller, action and
+    /// status, a 4xx): then it is counted here rather than added.
+    pub fn folds(&self, next: &AuditEntry) -> bool {
+        (400..500).contains(&next.status)
+            && (self.who.as_str(), self.role.as_str(), self.action.as_str(), self.status)
+                == (next.who.as_str(), next.role.as_str(), next.action.as_str(), next.status)
+    }
 }
 
 /// A replicated write. Each carries a whole value, so applying it twice

@@ -273,12 +273,16 @@ pub fn status(v: &Value) -> String {
         for a in &audit[audit.len().saturating_sub(5)..] {
             let _ = writeln!(
                 out,
-                "  {:.0}  {} ({})  {}  -> {}",
+                "  {:.0}  {} ({})  {}  -> {}{}",
                 a["at"].as_f64().unwrap_or(0.0),
                 s(&a["who"]),
                 s(&a["role"]),
                 s(&a["action"]),
-                a["status"]
+                a["status"],
+                match a["count"].as_u64() {
+                    Some(n) if n > 1 => format!(" ({n} times in a row)"),
+                    _ => String::new(),
+                }
             );
         }
     }

@@ -114,16 +114,16 @@ fn verifying_all_but_the_digest_checks_the_same_and_takes_the_callers_digest() {
     let (_d, pkg, built) = build_pkg();
     let bytes = std::fs::read(&pkg).unwrap();
     let whole = verify(&bytes[..]).unwrap();
-    let checked = verify_except_digest(&bytes[..]).unwrap().with_digest(Sha256Digest::of(&bytes));
+    let checked = verify_except_digest(&bytes[..], &[]).unwrap().with_digest(Sha256Digest::of(&bytes));
     assert_eq!((checked.sha256, checked.size, checked.entries), (whole.sha256, whole.size, whole.entries));
     assert_eq!(checked.manifest, built.manifest);
     let mut cut = bytes.clone();
     cut.truncate(bytes.len() - 100);
-    assert!(matches!(verify_except_digest(&cut[..]), Err(PackageError::Truncated { .. })));
+    assert!(matches!(verify_except_digest(&cut[..], &[]), Err(PackageError::Truncated { .. })));
     let mut flipped = bytes.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
-    assert!(verify_except_digest(&flipped[..]).is_err(), "the payload digest is still checked");
+    assert!(verify_except_digest(&flipped[..], &[]).is_err(), "the payload digest is still checked");
 }
 
 /// A tar of the two binaries and `extra`, each (path, type, link) written
@@ -260,4 +260,19 @@ fn directories_a_path_implies_count_against_the_entry_limit() {
     let e = verify(Cursor::new(package_of_tar(&b.into_inner().unwrap()))).unwrap_err();
     assert!(matches!(e, PackageError::TooManyEntries), "{e}");
     assert!(e.to_string().contains("directories its paths only imply count too"), "{e}");
+}
+
+/// Issue 25, 2/3: the payload was read (and could cost gigabytes) before
+/// the signature was checked. With keys, an unsigned package is refused
+/// after its header: a payload that is not even there is never read.
+#[test]
+fn the_signature_is_checked_before_the_payload_is_read() {
+    let d = tempfile::tempdir().unwrap();
+    let key = signing::keygen(d.path()).unwrap();
+    let (_d, out, _) = build_pkg();
+    let bytes = std::fs::read(&out).unwrap();
+    let header = 12 + u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let e = verify_trusting(Cursor::new(&bytes[..header]), std::slice::from_ref(&key)).unwrap_err();
+    assert!(matches!(e, PackageError::Untrusted(_)), "refused for its signature, not as truncated: {e}");
+    assert!(matches!(verify_trusting(Cursor::new(&bytes[..header]), &[]).unwrap_err(), PackageError::Truncated { .. }));
 }

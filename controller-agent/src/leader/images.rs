@@ -164,9 +164,9 @@ impl ImageStore {
         let info = match cached {
             Some(info) => info,
             None => {
-                let p = path.clone();
+                let (p, trusted) = (path.clone(), self.trusted.clone());
                 let info = tokio::task::spawn_blocking(move || {
-                    package::verify(io::BufReader::with_capacity(1 << 20, fs::File::open(p)?))
+                    package::verify_trusting(io::BufReader::with_capacity(1 << 20, fs::File::open(p)?), &trusted)
                 })
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))??;
@@ -259,13 +259,15 @@ impl ImageStore {
         // and page-cache reads, the cost had only moved to serving.
         let file = fsutil::DirectAppend::open(tmp)?;
         let pkgs = self.pkgs.clone();
+        let trusted = self.trusted.clone();
         // The package is checked in the same pass that puts it on disk: this
         // thread verifies (hash, entries) while a thread of its own writes.
         // A refusal returns at once, which closes the channel and so stops
         // the reading below.
         let worker = tokio::task::spawn_blocking(move || -> Result<PackageInfo, ImageError> {
             let mut tee = TeeReader::new(rx, file, pkgs)?;
-            let verdict = package::verify_except_digest(&mut tee);
+            // Signature first: an untrusted package is refused after its header.
+            let verdict = package::verify_except_digest(&mut tee, &trusted);
             let closed = tee.closed;
             let (written, out_of_space, written_file) = tee.finish();
             if let Some(free) = out_of_space {

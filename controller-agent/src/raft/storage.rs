@@ -295,11 +295,17 @@ pub fn apply_change(data: &mut Replicated, change: Change) {
         Change::Image { path, sha256 } => {
             data.images.insert(path, sha256);
         }
-        Change::Audit(entry) => {
-            data.audit.push(entry);
-            let over = data.audit.len().saturating_sub(crate::raft::AUDIT_KEPT);
-            data.audit.drain(..over);
-        }
+        Change::Audit(entry) => match data.audit.last_mut() {
+            Some(last) if last.folds(&entry) => {
+                last.count = last.count.saturating_add(entry.count);
+                last.at = entry.at;
+            }
+            _ => {
+                data.audit.push(entry);
+                let over = data.audit.len().saturating_sub(crate::raft::AUDIT_KEPT);
+                data.audit.drain(..over);
+            }
+        },
         Change::Seed(seed) => {
             if data.config.is_none() {
                 *data = seed;
@@ -396,5 +402,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{AUDIT_KEPT, AuditEntry};
+
+    fn entry(who: &str, action: &str, status: u16) -> AuditEntry {
+        AuditEntry { at: 1.0, who: who.into(), role: "read-only".into(), action: action.into(), status, count: 1 }
+    }
+
+    /// Issue 25, 6: 1,050 refused calls of a read-only token pushed every
+    /// admin entry out of the trail. Repeated refusals fold into one entry.
+    #[test]
+    fn repeated_refusals_are_counted_in_one_entry_and_push_nothing_out() {
+        let mut data = Replicated::default();
+        apply_change(
+            &mut data,
+            Change::Audit(AuditEntry { role: "admin".into(), ..entry("admin", "POST /api/cluster/upgrade", 202) }),
+        );
+        for _ in 0..AUDIT_KEPT * 3 {
+            apply_change(&mut data, Change::Audit(entry("noc", "POST /api/cluster/upgrade/pause", 403)));
+        }
+        assert_eq!(data.audit.len(), 2, "{:?}", data.audit);
+        assert_eq!(data.audit[0].who, "admin", "the admin's entry is kept");
+        assert_eq!(data.audit[1].count as usize, AUDIT_KEPT * 3);
+        // Another action, or a success, is an entry of its own.
+        apply_change(&mut data, Change::Audit(entry("noc", "POST /api/virtualservice", 403)));
+        apply_change(&mut data, Change::Audit(entry("noc", "POST /api/virtualservice", 403)));
+        apply_change(
+            &mut data,
+            Change::Audit(AuditEntry { role: "admin".into(), ..entry("admin", "POST /api/virtualservice", 201) }),
+        );
+        apply_change(
+            &mut data,
+            Change::Audit(AuditEntry { role: "admin".into(), ..entry("admin", "POST /api/virtualservice", 201) }),
+        );
+        let counts: Vec<u32> = data.audit.iter().map(|e| e.count).collect();
+        assert_eq!(counts, vec![1, AUDIT_KEPT as u32 * 3, 2, 1, 1]);
     }
 }
