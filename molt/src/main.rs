@@ -207,6 +207,8 @@ enum PackageCmd {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum LocalCmd {
     /// Start every node of a local cluster (creating it on first use).
     Up {

@@ -177,11 +177,7 @@ fn names_paths_and_depths_beyond_the_limits_are_refused_by_verify_and_unpack_ali
         (vec!["x".repeat(250); 17].join("/"), None, "a GNU long name of 4267 bytes, more than the 4097 allowed"),
         ("n".repeat(MAX_NAME_BYTES + 1), None, "a name of 256 bytes, more than the 255 allowed"),
         (format!("{}/x", "m".repeat(300)), None, "a name of 300 bytes"),
-        (
-            "link".into(),
-            Some(format!("{}", "../".repeat(0) + &"t".repeat(256))),
-            "symlink target with a name of 256 bytes",
-        ),
+        ("link".into(), Some("t".repeat(256)), "symlink target with a name of 256 bytes"),
     ];
     for (path, link, why) in cases {
         let kind = if link.is_some() { tar::EntryType::Symlink } else { tar::EntryType::Regular };
