@@ -368,6 +368,14 @@ async fn upload(
     };
     let image = match state.images.upload(&name, len, &mut data).await {
         Ok(image) => image,
+        // A package refused for what it is (its signature, checked after
+        // its header, or an entry) may be refused long before the client
+        // has sent it: the rest is read and dropped, unhashed and
+        // unwritten, so that the client reads the answer.
+        Err(e @ ImageError::Package(_)) => {
+            discard_to_end(&mut data).await;
+            return Err(e.into());
+        }
         Err(e) => {
             discard_briefly(&mut data).await;
             return Err(e.into());
@@ -389,6 +397,13 @@ async fn upload(
 /// and 8 MiB, so that it reads the JSON refusal: over HTTP/2 an answer sent
 /// while the request body still flows ends in a stream reset the client may
 /// report instead of the answer. Nothing of it is written anywhere.
+/// Reads what the client still sends of a refused upload to its end (or
+/// until it stalls for 10 s), dropping it.
+async fn discard_to_end(data: &mut axum::body::BodyDataStream) {
+    use futures_util::StreamExt;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(std::time::Duration::from_secs(10), data.next()).await {}
+}
+
 async fn discard_briefly(data: &mut axum::body::BodyDataStream) {
     use futures_util::StreamExt;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
