@@ -66,15 +66,84 @@ impl Drop for AnonymousSlot {
     }
 }
 
+/// The three connection budgets (see [`serve`]).
+#[derive(Clone)]
+struct Budgets {
+    handshakes: Arc<Semaphore>,
+    certified: Arc<Semaphore>,
+    anonymous: Arc<Semaphore>,
+}
+
+/// Connections closed over a budget, logged at powers of two so that a
+/// flood does not flood the log.
+#[derive(Default)]
+struct Refusals(std::sync::atomic::AtomicU64);
+
+impl Refusals {
+    fn note(&self, remote: std::net::SocketAddr, limit: &str, max: usize) {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!(%remote, refused = n, limit, max, "connection budget full; new connections over it are closed at once");
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Default)]
+struct Activity {
+    state: Mutex<(usize, Option<tokio::time::Instant>)>,
+}
+
+/// One request in flight; ended when dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.state.lock().expect("activity lock").0 += 1;
+        Busy(self.clone())
+    }
+
+    /// Completes once no request has been in flight for `limit` (counted
+    /// from the connection's start when it never had one).
+    async fn idle_for(&self, limit: Duration) {
+        let start = tokio::time::Instant::now();
+        loop {
+            let (inflight, last) = *self.state.lock().expect("activity lock");
+            let since = last.unwrap_or(start);
+            if inflight == 0 && since.elapsed() >= limit {
+                return;
+            }
+            let wait = if inflight == 0 { limit.saturating_sub(since.elapsed()) } else { limit };
+            tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().expect("activity lock");
+        s.0 -= 1;
+        s.1 = Some(tokio::time::Instant::now());
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` is cancelled; then every
 /// open connection is dropped at once (as a power cut or reboot would).
 ///
-/// Limits ([`Limits`]): at most `max_connections` at once; at most
-/// `max_anonymous_per_ip` per source address until a connection has shown a
-/// cluster certificate (a connection over either cap is closed at once, so
-/// the accept queue never fills); the TLS handshake within
-/// `handshake_timeout`; request headers within `header_timeout`, which also
-/// ends an idle HTTP/1.1 connection; HTTP/2 peers must answer keep-alive pings.
+/// Connections are counted in three budgets ([`Limits`]), so that callers
+/// without a cluster certificate cannot take what the cluster's own nodes
+/// need:
+/// - in its TLS handshake (`max_handshakes` in all, each within
+///   `handshake_timeout`): nobody is known yet;
+/// - after it, with a cluster certificate: `max_connections`;
+/// - after it, without one (REST with a token, the page, `/metrics`):
+///   `max_anonymous` in all; such a connection is closed once it has had no
+///   request in flight for `header_timeout`, over HTTP/2 as over HTTP/1.1.
+///
+/// From one source address, at most `max_anonymous_per_ip` connections are
+/// in their handshake or anonymous. A connection over any budget is closed
+/// at once, so the accept queue never fills. Request headers must arrive
+/// within `header_timeout`; HTTP/2 peers must answer keep-alive pings.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -86,9 +155,13 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let mut conns = JoinSet::new();
-    let open = Arc::new(Semaphore::new(limits.max_connections));
-    let anonymous = Arc::new(AnonymousCount::default());
-    let mut refused = 0u64;
+    let budgets = Budgets {
+        handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+        certified: Arc::new(Semaphore::new(limits.max_connections)),
+        anonymous: Arc::new(Semaphore::new(limits.max_anonymous)),
+    };
+    let per_address = Arc::new(AnonymousCount::default());
+    let refused = Arc::new(Refusals::default());
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
     loop {
         tokio::select! {
@@ -103,18 +176,12 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(permit) = open.clone().try_acquire_owned() else {
-                    refused += 1;
-                    if refused.is_power_of_two() {
-                        warn!(%remote, refused, max = limits.max_connections, "connection limit reached; connections are closed at once");
-                    }
+                let Ok(handshake) = budgets.handshakes.clone().try_acquire_owned() else {
+                    refused.note(remote, "handshakes", limits.max_handshakes);
                     continue;
                 };
-                let Some(slot) = anonymous.take(remote.ip(), limits.max_anonymous_per_ip) else {
-                    refused += 1;
-                    if refused.is_power_of_two() {
-                        warn!(%remote, refused, max = limits.max_anonymous_per_ip, "per-address limit reached for connections without a certificate");
-                    }
+                let Some(slot) = per_address.take(remote.ip(), limits.max_anonymous_per_ip) else {
+                    refused.note(remote, "max_anonymous_per_ip", limits.max_anonymous_per_ip);
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
@@ -123,8 +190,9 @@ pub async fn serve(
                 let limits = limits.clone();
                 let creds = creds.clone();
                 let reloaded = reloaded.clone();
+                let budgets = budgets.clone();
+                let refused = refused.clone();
                 conns.spawn(async move {
-                    let _permit = permit;
                     let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -135,14 +203,31 @@ pub async fn serve(
                     };
                     let end_entity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
                     let identity = end_entity.as_ref().and_then(|c| PeerIdentity::from_cert_der(c).ok());
-                    // A cluster certificate lifts the per-address count (nodes
-                    // behind one address, such as a local cluster, are many).
-                    let _slot = identity.is_none().then_some(slot);
+                    drop(handshake);
+                    // A cluster certificate moves the connection to the
+                    // certificate holders' budget and lifts the per-address
+                    // count (nodes behind one address, such as a local
+                    // cluster, are many).
+                    let (budget, name, max) = match identity {
+                        Some(_) => (&budgets.certified, "max_connections", limits.max_connections),
+                        None => (&budgets.anonymous, "max_anonymous", limits.max_anonymous),
+                    };
+                    let Ok(_permit) = budget.clone().try_acquire_owned() else {
+                        refused.note(remote, name, max);
+                        return;
+                    };
+                    let anonymous = identity.is_none();
+                    let _slot = anonymous.then_some(slot);
+                    let activity = Arc::new(Activity::default());
                     let peer = Peer { identity, remote };
-                    let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    let svc = tower::service_fn({
+                        let activity = activity.clone();
+                        move |mut req: http::Request<hyper::body::Incoming>| {
                         let app = app.clone();
                         let peer = peer.clone();
+                        let busy = activity.begin();
                         async move {
+                            let _busy = busy;
                             if needs_certificate(req.uri().path()) && peer.identity.is_none() {
                                 return Ok::<_, Infallible>(
                                     tonic::Status::unauthenticated(
@@ -154,7 +239,7 @@ pub async fn serve(
                             req.extensions_mut().insert(peer);
                             app.oneshot(req.map(Body::new)).await
                         }
-                    });
+                    }});
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     // A request line and headers of at most 16 KiB (hyper
                     // answers 431 beyond), over HTTP/1.1 and HTTP/2 alike.
@@ -172,10 +257,24 @@ pub async fn serve(
                         .max_frame_size(MAX_FRAME)
                         .max_concurrent_streams(256);
                     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+                    tokio::pin!(conn);
+                    let idle = async {
+                        if anonymous { activity.idle_for(limits.header_timeout).await } else { std::future::pending().await }
+                    };
                     tokio::select! {
-                        r = conn => if let Err(e) = r {
+                        r = conn.as_mut() => if let Err(e) = r {
                             debug!(%remote, error = %e, "connection ended with an error");
                         },
+                        () = idle => {
+                            // GOAWAY over HTTP/2: a stream still sending
+                            // its answer ends first (bounded by the same
+                            // deadline); a new one is refused.
+                            debug!(%remote, "closing an idle connection without a certificate");
+                            conn.as_mut().graceful_shutdown();
+                            if let Err(e) = tokio::time::timeout(limits.header_timeout, conn).await.unwrap_or(Ok(())) {
+                                debug!(%remote, error = %e, "connection ended with an error");
+                            }
+                        }
                         () = revoked_later(&creds, end_entity.as_deref(), reloaded) => {
                             warn!(%remote, "closing a connection whose certificate was revoked");
                         }

@@ -141,9 +141,16 @@ pub struct LimitsFile {
     /// longest an HTTP/1.1 connection may idle between requests (default 15000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout_ms: Option<u64>,
-    /// Open connections in all (default 4096).
+    /// Open connections of cluster-certificate holders (default 4096).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Open connections without a cluster certificate, after their
+    /// handshake, in all (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_anonymous: Option<usize>,
+    /// Connections in their TLS handshake at once (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_handshakes: Option<usize>,
     /// Open connections per source address without a cluster certificate (default 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_anonymous_per_ip: Option<usize>,
@@ -162,8 +169,12 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Request header (and HTTP/1.1 idle) timeout.
     pub header_timeout: Duration,
-    /// Open connections in all.
+    /// Open connections of cluster-certificate holders.
     pub max_connections: usize,
+    /// Open connections without a cluster certificate.
+    pub max_anonymous: usize,
+    /// Connections in their TLS handshake.
+    pub max_handshakes: usize,
     /// Open connections per source address without a cluster certificate.
     pub max_anonymous_per_ip: usize,
     /// Image streams per node.
@@ -197,6 +208,8 @@ impl Limits {
             handshake_timeout: ms("handshake_timeout_ms", f.handshake_timeout_ms, 10_000)?,
             header_timeout: ms("header_timeout_ms", f.header_timeout_ms, 15_000)?,
             max_connections: count("max_connections", f.max_connections, 4096, 1 << 20)?,
+            max_anonymous: count("max_anonymous", f.max_anonymous, 1024, 1 << 20)?,
+            max_handshakes: count("max_handshakes", f.max_handshakes, 256, 1 << 20)?,
             max_anonymous_per_ip: count("max_anonymous_per_ip", f.max_anonymous_per_ip, 64, 1 << 20)?,
             fetch_streams_per_node: count("fetch_streams_per_node", f.fetch_streams_per_node, 8, 64)?,
             fetch_streams_total: count("fetch_streams_total", f.fetch_streams_total, 32, 4096)?,

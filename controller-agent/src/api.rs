@@ -113,14 +113,14 @@ async fn follow_leader(State(state): State<Arc<LeaderState>>, req: Request, next
     let (mut r, leader_id) = match leader {
         _ if state.leading() => (next.run(req).await, Some(me.to_owned())),
         Some(m) if !req.headers().contains_key(crate::forward::FORWARDED) => {
-            let ca = state.settings.tls.material().ca_pem.clone();
+            let tls = state.settings.tls.material();
             // A read the leader cannot answer is answered here, marked stale.
             let read = (req.method() == http::Method::GET).then(|| (req.uri().clone(), req.headers().clone()));
             let req = match bounded_for_forwarding(req).await {
                 Ok(r) => r,
                 Err(e) => return e.into_response(),
             };
-            match crate::forward::forward(&ca, me, &m, req).await {
+            match crate::forward::forward(&tls, me, &m, req).await {
                 Ok(r) => (r, Some(m.id)),
                 Err(why) => match read {
                     Some((uri, headers)) => {
@@ -370,9 +370,13 @@ async fn upload(
         Ok(image) => image,
         // A package refused for what it is (its signature, checked after
         // its header, or an entry) may be refused long before the client
-        // has sent it: the rest is read and dropped, unhashed and
-        // unwritten, so that the client reads the answer.
-        Err(e @ ImageError::Package(_)) => {
+        // has sent it. A client that declared its length (molt, curl
+        // --data-binary) has committed to sending it all and reads the
+        // answer only then: the rest, no more than it declared, is read
+        // and dropped, unhashed and unwritten (nginx's lingering close). A
+        // client streaming without a length watches for an early answer
+        // (RFC 9112 §9.5) and is stopped at once.
+        Err(e @ ImageError::Package(_)) if len.is_some() => {
             discard_to_end(&mut data).await;
             return Err(e.into());
         }
@@ -393,17 +397,18 @@ async fn upload(
     })))
 }
 
-/// Reads and drops what a refused client is still sending, for at most 2 s
-/// and 8 MiB, so that it reads the JSON refusal: over HTTP/2 an answer sent
-/// while the request body still flows ends in a stream reset the client may
-/// report instead of the answer. Nothing of it is written anywhere.
-/// Reads what the client still sends of a refused upload to its end (or
-/// until it stalls for 10 s), dropping it.
+/// Reads what the client still sends of a refused upload to its end (the
+/// server checks the body against its declared length), or until it stalls
+/// for 10 s, dropping it.
 async fn discard_to_end(data: &mut axum::body::BodyDataStream) {
     use futures_util::StreamExt;
     while let Ok(Some(Ok(_))) = tokio::time::timeout(std::time::Duration::from_secs(10), data.next()).await {}
 }
 
+/// Reads and drops what a refused client is still sending, for at most 2 s
+/// and 8 MiB, so that it reads the JSON refusal: over HTTP/2 an answer sent
+/// while the request body still flows ends in a stream reset the client may
+/// report instead of the answer. Nothing of it is written anywhere.
 async fn discard_briefly(data: &mut axum::body::BodyDataStream) {
     use futures_util::StreamExt;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);

@@ -2,7 +2,10 @@
 //! does, as they came (method, path, token, body: an upload's streamed, any
 //! other read whole first, at most 64 KiB, by `api::follow_leader`), and
 //! streams the answer back: the CLI, scripts and the web page work through any
-//! controller. TLS to the leader trusts only the cluster CA.
+//! controller. TLS to the leader trusts only the cluster CA, and presents the
+//! controller's own certificate: the forwarded call counts against the
+//! certificate holders' connection budget, which anonymous callers cannot
+//! fill (the certificate grants no API role: the caller's token decides).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -11,6 +14,7 @@ use axum::{
     extract::Request,
     response::{IntoResponse, Response},
 };
+use common::tls::TlsMaterial;
 use http::{HeaderValue, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
@@ -35,8 +39,8 @@ enum ForwardError {
 
 /// Sends `req` to `leader` and returns its answer; `Err` with why when the
 /// leader cannot be reached (it may be gone: an election follows).
-pub async fn forward(ca_pem: &[u8], me: &str, leader: &Member, req: Request) -> Result<Response, String> {
-    send(ca_pem, me, leader, req)
+pub async fn forward(tls: &TlsMaterial, me: &str, leader: &Member, req: Request) -> Result<Response, String> {
+    send(tls, me, leader, req)
         .await
         .map_err(|e| format!("the leader {} at {} cannot be reached: {e}", leader.id, leader.addr))
 }
@@ -53,7 +57,7 @@ pub fn no_leader(me: &str, why: &str) -> Response {
     .into_response()
 }
 
-async fn send(ca_pem: &[u8], me: &str, leader: &Member, req: Request) -> Result<Response, ForwardError> {
+async fn send(tls: &TlsMaterial, me: &str, leader: &Member, req: Request) -> Result<Response, ForwardError> {
     let err = |e: &dyn std::fmt::Display| ForwardError::Connect(e.to_string());
     let addr: SocketAddr = leader.addr.parse().map_err(|e| err(&e))?;
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
@@ -61,7 +65,7 @@ async fn send(ca_pem: &[u8], me: &str, leader: &Member, req: Request) -> Result<
         .map_err(|_| err(&"connection timed out"))?
         .map_err(|e| err(&e))?;
     let _ = tcp.set_nodelay(true);
-    let config = common::tls::anonymous_client_config(ca_pem, &[b"http/1.1"]).map_err(|e| err(&e))?;
+    let config = tls.client_config(&[b"http/1.1"]).map_err(|e| err(&e))?;
     let name = ServerName::try_from(addr.ip().to_string()).map_err(|e| err(&e))?;
     let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| err(&format!("TLS: {e}")))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| err(&e))?;

@@ -207,6 +207,14 @@ fn is_dns_name(h: &str) -> bool {
             .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
+/// The admin certificate and key kept next to the CA file (`admin.pem` and
+/// `admin.key` in a cluster's PKI dir), when both are there and readable.
+fn admin_certificate(ca: &Path) -> Option<(PathBuf, PathBuf)> {
+    let dir = ca.parent()?;
+    let (cert, key) = (dir.join("admin.pem"), dir.join("admin.key"));
+    (std::fs::File::open(&cert).is_ok() && std::fs::File::open(&key).is_ok()).then_some((cert, key))
+}
+
 /// How long a request keeps looking for a leader (an election takes a few
 /// heartbeats).
 const FIND_LEADER: std::time::Duration = std::time::Duration::from_secs(20);
@@ -244,8 +252,15 @@ impl Api {
             .map_err(|e| ClientError::Config(format!("token file {}: {e}", conn.token_file.display())))?
             .trim()
             .to_owned();
-        let tls = common::tls::anonymous_client_config(&ca, &[b"http/1.1"])
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let tls = match admin_certificate(&conn.ca) {
+            // The admin certificate counts against the certificate holders'
+            // connection budget, which callers without one cannot fill.
+            Some((cert, key)) => {
+                common::tls::TlsMaterial::load(&conn.ca, &cert, &key).and_then(|c| c.client_config(&[b"http/1.1"]))
+            }
+            None => common::tls::anonymous_client_config(&ca, &[b"http/1.1"]),
+        }
+        .map_err(|e| ClientError::Config(e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(Arc::unwrap_or_clone(tls))
             // Redirects to the leader are followed by `send`, which knows

@@ -313,6 +313,71 @@ async fn unauthenticated_connections_are_capped_and_timed_out() {
     assert!(t < 2.0, "an idle connection stayed open {t} s");
 }
 
+/// Finding 5 of issue 25: idle HTTP/2 connections without a certificate
+/// (TLS, the preface, pings answered) used to take every connection slot,
+/// so that SE heartbeats, the admin and writes through a follower failed.
+/// Now they fill only the anonymous budget, and are closed once idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connections_cannot_starve_certificate_holders() {
+    use std::time::Duration;
+
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let limits = "max_anonymous = 16\nheader_timeout_ms = 1500\nmax_handshakes = 8";
+    let c = TestCluster::builder()
+        .controllers(3)
+        .group("g1", "active-active", 1)
+        .limits("c1", limits)
+        .limits("c2", limits)
+        .limits("c3", limits)
+        .start()
+        .await;
+    let leader = c.leader().settings.node_id.to_string();
+    let follower = ["c1", "c2", "c3"].into_iter().find(|n| *n != leader).unwrap();
+    let to = addr_of(&c, &leader);
+    let ca = std::fs::read(c.cluster_dir().join("pki/ca.pem")).unwrap();
+    let h2_idle = async |from: &str| {
+        let cfg = common::tls::anonymous_client_config(&ca, &[b"h2"]).unwrap();
+        let ip: std::net::SocketAddr = to.parse().unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(rustls::pki_types::ServerName::from(ip.ip()), tcp_from(from, &to).await)
+            .await
+            .unwrap();
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tls))
+            .await
+            .unwrap();
+        (send, tokio::spawn(conn))
+    };
+    // The attack, from addresses of their own: the anonymous budget fills.
+    let mut held = Vec::new();
+    for i in 0..16 {
+        held.push(h2_idle(&format!("127.0.1.{}", 10 + i / 4)).await);
+    }
+    // One more without a certificate is closed once its handshake is done.
+    let (_send, extra) = h2_idle("127.0.1.30").await;
+    let closed = tokio::time::timeout(Duration::from_secs(1), extra).await;
+    assert!(closed.is_ok(), "a connection over the anonymous budget stayed open");
+    // Certificate holders go on: the admin's certificate (molt's client
+    // presents it), SEs' heartbeats, a write through a follower.
+    assert_eq!(c.api().get("/api/cluster").await.unwrap()["leader"], leader.as_str());
+    let api = c.api().pinned(addr_of(&c, follower).parse().unwrap());
+    api.post("/api/serviceenginegroup", &serde_json::json!({"name": "g7", "ha_mode": "active-active"})).await.unwrap();
+    for id in ["c1", "c2", "c3", "g1-se1"] {
+        assert_eq!(c.node_view(id).await["state"], "up", "{id}");
+    }
+    // The idle ones are closed after header_timeout_ms (1.5 s), whatever
+    // pings they answer; then anonymous callers get in again.
+    for (send, conn) in held {
+        let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+        assert!(ended.is_ok(), "an idle HTTP/2 connection without a certificate stayed open");
+        drop(send);
+    }
+    let (mut send, conn) = h2_idle("127.0.1.10").await;
+    let req = http::Request::get("/").header(http::header::HOST, to.as_str()).body(Default::default()).unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    conn.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_streams_only_for_nodes_told_to_stage_and_bounded() {
     use common::DeploymentKind;
