@@ -32,6 +32,49 @@ fn field<T, E: std::fmt::Display>(
     r.map_err(|e| InvalidMessage { message, field, reason: e.to_string() })
 }
 
+/// Bounds of what a node reports, checked where a heartbeat comes in: a
+/// node's report goes into the leader's memory, its journal (replicated to
+/// every controller) and its history, so none of it may be unbounded.
+pub mod bounds {
+    /// A command's id (`KIND-OPERATION-TRY-NODE`, or a reconcile's with a boot id).
+    pub const ID: usize = 256;
+    /// A command's message; a longer one is cut by its sender ([`super::one_line`]).
+    pub const MESSAGE: usize = 1024;
+    /// A virtual service's name.
+    pub const NAME: usize = 64;
+    /// Command results in one heartbeat (an agent keeps 64).
+    pub const RESULTS: usize = 256;
+    /// Staged images, and transfers, in one heartbeat.
+    pub const IMAGES: usize = 64;
+    /// Virtual services one SE serves.
+    pub const SERVING: usize = 4096;
+}
+
+/// A list of at most `max` entries.
+fn at_most<T>(message: &'static str, name: &'static str, v: Vec<T>, max: usize) -> Result<Vec<T>, InvalidMessage> {
+    if v.len() > max {
+        return Err(InvalidMessage { message, field: name, reason: format!("{} entries, more than {max}", v.len()) });
+    }
+    Ok(v)
+}
+
+/// `s` on one line of at most `max` bytes: control characters (a newline
+/// in an error chain, a tool's output) become spaces, and a longer text is
+/// cut at a character boundary with `…`. What an agent sends thus always
+/// passes the leader's check ([`printable`]).
+pub fn one_line(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if out.len() > max {
+        let mut cut = max - '…'.len_utf8();
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
 impl TryFrom<pb::Heartbeat> for Heartbeat {
     type Error = InvalidMessage;
     fn try_from(h: pb::Heartbeat) -> Result<Self, Self::Error> {
@@ -49,8 +92,7 @@ impl TryFrom<pb::Heartbeat> for Heartbeat {
                 addr
             },
             disk_free_bytes: h.disk_free_bytes,
-            staged: h
-                .staged
+            staged: at_most(M, "staged", h.staged, bounds::IMAGES)?
                 .into_iter()
                 .map(|s| {
                     Ok(StagedImage {
@@ -60,8 +102,7 @@ impl TryFrom<pb::Heartbeat> for Heartbeat {
                     })
                 })
                 .collect::<Result<_, InvalidMessage>>()?,
-            transfers: h
-                .transfers
+            transfers: at_most(M, "transfers", h.transfers, bounds::IMAGES)?
                 .into_iter()
                 .map(|t| {
                     Ok(Transfer {
@@ -71,7 +112,10 @@ impl TryFrom<pb::Heartbeat> for Heartbeat {
                     })
                 })
                 .collect::<Result<_, InvalidMessage>>()?,
-            results: h.results.into_iter().map(CommandResult::try_from).collect::<Result<_, _>>()?,
+            results: at_most(M, "results", h.results, bounds::RESULTS)?
+                .into_iter()
+                .map(CommandResult::try_from)
+                .collect::<Result<_, _>>()?,
             seq: h.seq,
             pending: h.pending,
             previous_version: if h.previous_version.is_empty() {
@@ -79,7 +123,10 @@ impl TryFrom<pb::Heartbeat> for Heartbeat {
             } else {
                 Some(field(M, "previous_version", h.previous_version.parse())?)
             },
-            serving: h.serving,
+            serving: at_most(M, "serving", h.serving, bounds::SERVING)?
+                .into_iter()
+                .map(|v| printable(M, "serving", v, bounds::NAME))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -129,8 +176,11 @@ impl TryFrom<pb::CommandResult> for CommandResult {
                 });
             }
         };
-        let boot_id = printable("command result", "boot_id", r.boot_id, 64)?;
-        Ok(CommandResult { id: r.id, state, message: r.message, boot_id })
+        const M: &str = "command result";
+        let id = printable(M, "id", r.id, bounds::ID)?;
+        let message = printable(M, "message", r.message, bounds::MESSAGE)?;
+        let boot_id = printable(M, "boot_id", r.boot_id, 64)?;
+        Ok(CommandResult { id, state, message, boot_id })
     }
 }
 
@@ -141,7 +191,8 @@ impl From<CommandResult> for pb::CommandResult {
             CommandState::Succeeded => pb::CommandState::Succeeded,
             CommandState::Failed => pb::CommandState::Failed,
         };
-        pb::CommandResult { id: r.id, state: state as i32, message: r.message, boot_id: r.boot_id }
+        let message = one_line(&r.message, bounds::MESSAGE);
+        pb::CommandResult { id: r.id, state: state as i32, message, boot_id: r.boot_id }
     }
 }
 
@@ -320,5 +371,75 @@ pub fn heartbeat_of(m: pb::AgentMessage) -> Result<Heartbeat, InvalidMessage> {
     match m.kind {
         Some(pb::agent_message::Kind::Heartbeat(h)) => h.try_into(),
         None => Err(InvalidMessage { message: "agent message", field: "kind", reason: "missing".into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat() -> pb::Heartbeat {
+        pb::Heartbeat {
+            node_id: "g1-se1".into(),
+            role: "se".into(),
+            version: "1.0.0".into(),
+            boot_id: "b1".into(),
+            deployment: "vm".into(),
+            se_group: "g1".into(),
+            addr: "127.0.0.1:8443".into(),
+            ..Default::default()
+        }
+    }
+
+    fn result(message: &str) -> pb::CommandResult {
+        pb::CommandResult {
+            id: "apply-op1-0-g1-se1".into(),
+            state: pb::CommandState::Failed as i32,
+            message: message.into(),
+            boot_id: String::new(),
+        }
+    }
+
+    fn refused(h: pb::Heartbeat) -> String {
+        Heartbeat::try_from(h).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn what_a_node_reports_is_bounded_and_printable() {
+        Heartbeat::try_from(heartbeat()).unwrap();
+        let with = |r: pb::CommandResult| pb::Heartbeat { results: vec![r], ..heartbeat() };
+        // A message that would clear an operator's terminal, or is too long.
+        assert!(refused(with(result("x\u{1b}[2J"))).contains("message: holds control characters"));
+        assert!(refused(with(result(&"x".repeat(2000)))).contains("message: longer than 1024 bytes"));
+        let long_id = pb::CommandResult { id: "i".repeat(300), ..result("") };
+        assert!(refused(with(long_id)).contains("id: longer than 256 bytes"));
+        // Lists have a bound.
+        let many = pb::Heartbeat { results: vec![result(""); 257], ..heartbeat() };
+        assert!(refused(many).contains("results: 257 entries, more than 256"));
+        let serving = pb::Heartbeat { serving: vec!["vs1".into(); 4097], ..heartbeat() };
+        assert!(refused(serving).contains("serving: 4097 entries"));
+        let bad_name = pb::Heartbeat { serving: vec!["vs\n1".into()], ..heartbeat() };
+        assert!(refused(bad_name).contains("serving: holds control characters"));
+        let staged = pb::Heartbeat { staged: vec![Default::default(); 65], ..heartbeat() };
+        assert!(refused(staged).contains("staged: 65 entries"));
+    }
+
+    #[test]
+    fn what_an_agent_sends_passes_the_leaders_check() {
+        // A multi-line, overlong message (an error chain, a tool's output)
+        // is put on one line and cut, so the agent's own report is never
+        // refused.
+        let text = format!("first line\nsecond\tline {}é", "y".repeat(3000));
+        let r = CommandResult {
+            id: "apply-op1-0-g1-se1".into(),
+            state: CommandState::Failed,
+            message: text,
+            boot_id: String::new(),
+        };
+        let back = CommandResult::try_from(pb::CommandResult::from(r)).unwrap();
+        assert!(back.message.len() <= bounds::MESSAGE && back.message.ends_with('…'), "{}", back.message.len());
+        assert!(back.message.starts_with("first line second line yyy"), "{}", &back.message[..30]);
+        assert_eq!(one_line("ok", 10), "ok");
+        assert_eq!(one_line("ééééé", 7), "éé…");
     }
 }

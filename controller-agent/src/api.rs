@@ -216,6 +216,7 @@ async fn authorize(token: &str, state: &Arc<LeaderState>, req: Request, next: Ne
         cut -= 1;
     }
     let action = format!("{} {}{}", req.method(), &path[..cut], if cut < path.len() { "…" } else { "" });
+    let mut what = Asked::default();
     if !reads && caller.role == common::token::ApiRole::ReadOnly {
         discard_briefly(&mut req.into_body().into_data_stream()).await;
         let answer = ApiError::new(
@@ -226,19 +227,85 @@ async fn authorize(token: &str, state: &Arc<LeaderState>, req: Request, next: Ne
             ),
         )
         .into_response();
-        record(state, &caller, action, answer.status()).await;
+        record(state, &caller, action, answer.status(), what).await;
         return answer;
     }
+    // A write's body (a small JSON document; an upload streams on) is read
+    // here once, so that the trail holds its digest and the gates it sets.
+    let req = if reads || req.uri().path() == "/api/upload" {
+        req
+    } else {
+        let (parts, body) = req.into_parts();
+        let bytes = match read_bounded(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                let answer = e.into_response();
+                record(state, &caller, action, answer.status(), what).await;
+                return answer;
+            }
+        };
+        what = Asked::of(&bytes);
+        Request::from_parts(parts, Body::from(bytes))
+    };
     let answer = next.run(req).await;
     if !reads {
-        record(state, &caller, action, answer.status()).await;
+        record(state, &caller, action, answer.status(), what).await;
     }
     answer
 }
 
+/// What a write asked for, as the audit trail keeps it.
+#[derive(Default)]
+struct Asked {
+    body_sha256: Option<String>,
+    gates: Option<String>,
+}
+
+impl Asked {
+    fn of(body: &[u8]) -> Self {
+        if body.is_empty() {
+            return Self::default();
+        }
+        let mut gates = Vec::new();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            health_gates_in(&v, &mut gates);
+        }
+        Self {
+            body_sha256: Some(common::Sha256Digest::of(body).to_hex()),
+            gates: (!gates.is_empty()).then(|| {
+                let text = serde_json::Value::Array(gates).to_string();
+                common::convert::one_line(&text, crate::raft::AUDIT_GATES_MAX)
+            }),
+        }
+    }
+}
+
+/// Every health gate a JSON document sets, wherever its `health_gates` are
+/// (an SE group's body, or the groups of a whole configuration).
+fn health_gates_in(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("health_gates", serde_json::Value::Array(gates)) => out.extend(gates.iter().cloned()),
+                    _ => health_gates_in(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| health_gates_in(v, out)),
+        _ => {}
+    }
+}
+
 /// Appends an operator action to the audit trail (the leader's write; a
 /// follower that forwarded the call does not record it twice).
-async fn record(state: &Arc<LeaderState>, caller: &common::token::Caller, action: String, status: StatusCode) {
+async fn record(
+    state: &Arc<LeaderState>,
+    caller: &common::token::Caller,
+    action: String,
+    status: StatusCode,
+    what: Asked,
+) {
     let entry = crate::raft::AuditEntry {
         at: crate::leader::status::now(),
         who: caller.name.clone(),
@@ -246,8 +313,18 @@ async fn record(state: &Arc<LeaderState>, caller: &common::token::Caller, action
         action,
         status: status.as_u16(),
         count: 1,
+        body_sha256: what.body_sha256,
+        gates: what.gates,
     };
-    tracing::info!(who = %entry.who, role = %entry.role, action = %entry.action, status = entry.status, "operator action");
+    tracing::info!(
+        who = %entry.who,
+        role = %entry.role,
+        action = %entry.action,
+        status = entry.status,
+        body_sha256 = entry.body_sha256.as_deref().unwrap_or(""),
+        gates = entry.gates.as_deref().unwrap_or(""),
+        "operator action"
+    );
     state.audit(entry).await;
 }
 

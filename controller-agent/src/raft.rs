@@ -55,6 +55,9 @@ pub struct Replicated {
 /// How many audit entries every controller keeps.
 pub const AUDIT_KEPT: usize = 1000;
 
+/// How many finished operations every controller keeps in the history.
+pub const HISTORY_KEPT: usize = 100;
+
 /// One operator action: who, what, when, and how it was answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -74,6 +77,17 @@ pub struct AuditEntry {
     /// entries out); 1 for anything else.
     #[serde(default = "one")]
     pub count: u32,
+    /// SHA-256 of the request's body (hex), for a write that carried one
+    /// (an upload's image is named by its own digest instead): what was
+    /// asked can be matched against what the operator sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+    /// The health gates the body sets (an SE group's, or a whole
+    /// configuration's), compact JSON on one line of at most
+    /// [`AUDIT_GATES_MAX`] bytes: an exec gate runs a program on SEs, so the
+    /// trail says which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<String>,
 }
 
 fn one() -> u32 {
@@ -83,13 +97,16 @@ fn one() -> u32 {
 /// The longest path an audit entry keeps.
 pub const AUDIT_PATH_MAX: usize = 256;
 
+/// The longest gates text an audit entry keeps.
+pub const AUDIT_GATES_MAX: usize = 2048;
+
 impl AuditEntry {
     /// Whether `next` repeats this entry's refusal (same caller, action and
     /// status, a 4xx): then it is counted here rather than added.
     pub fn folds(&self, next: &AuditEntry) -> bool {
         (400..500).contains(&next.status)
-            && (self.who.as_str(), self.role.as_str(), self.action.as_str(), self.status)
-                == (next.who.as_str(), next.role.as_str(), next.action.as_str(), next.status)
+            && (self.who.as_str(), self.role.as_str(), self.action.as_str(), self.status, &self.body_sha256)
+                == (next.who.as_str(), next.role.as_str(), next.action.as_str(), next.status, &next.body_sha256)
     }
 }
 

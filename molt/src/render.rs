@@ -284,6 +284,12 @@ pub fn status(v: &Value) -> String {
                     _ => String::new(),
                 }
             );
+            if let Some(d) = a["body_sha256"].as_str() {
+                let _ = writeln!(out, "      body sha256 {d}");
+            }
+            if let Some(g) = a["gates"].as_str() {
+                let _ = writeln!(out, "      health gates {g}");
+            }
         }
     }
     out

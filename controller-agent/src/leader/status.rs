@@ -222,7 +222,8 @@ pub fn history_entry(j: &Journal) -> HistoryEntry {
         state: op_state(j),
         started_at: secs(j.started),
         ended_at: j.ended.map(secs),
-        reason: j.reason.clone(),
+        // Bounded: the history is replicated and kept.
+        reason: common::convert::one_line(&j.reason, 4096),
         timings: coordinator::eta::measure(j),
     }
 }

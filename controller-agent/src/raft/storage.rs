@@ -289,6 +289,8 @@ pub fn apply_change(data: &mut Replicated, change: Change) {
             let ended = data.journal.as_ref().is_some_and(|c| c.id == j.id && c.is_running()) && !j.is_running();
             if ended {
                 data.history.push(crate::leader::status::history_entry(&j));
+                let over = data.history.len().saturating_sub(crate::raft::HISTORY_KEPT);
+                data.history.drain(..over);
             }
             data.journal = Some(j);
         }
@@ -408,10 +410,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coordinator::journal::{Outcome, Phase};
+
     use crate::raft::{AUDIT_KEPT, AuditEntry};
 
     fn entry(who: &str, action: &str, status: u16) -> AuditEntry {
-        AuditEntry { at: 1.0, who: who.into(), role: "read-only".into(), action: action.into(), status, count: 1 }
+        AuditEntry {
+            at: 1.0,
+            who: who.into(),
+            role: "read-only".into(),
+            action: action.into(),
+            status,
+            count: 1,
+            body_sha256: None,
+            gates: None,
+        }
+    }
+
+    /// Issue 25, 7: the history (replicated, kept by every controller) had
+    /// no bound.
+    #[test]
+    fn the_history_keeps_the_last_operations_only() {
+        let mut data = Replicated::default();
+        for i in 0..crate::raft::HISTORY_KEPT + 30 {
+            let mut j = coordinator::sim::sample_journal(1, &[]);
+            j.id = format!("op{i}");
+            apply_change(&mut data, Change::Journal(j.clone()));
+            j.reason = "x\n".repeat(10_000);
+            (j.phase, j.outcome, j.ended) = (Phase::Done, Some(Outcome::Aborted), Some(2));
+            apply_change(&mut data, Change::Journal(j));
+        }
+        assert_eq!(data.history.len(), crate::raft::HISTORY_KEPT);
+        assert!(data.history.iter().all(|h| h.reason.len() <= 4096 && !h.reason.contains('\n')));
     }
 
     /// Issue 25, 6: 1,050 refused calls of a read-only token pushed every

@@ -124,9 +124,8 @@ fn image(to: Version, min_compatible: Version, kind: DeploymentKind) -> Image {
 
 /// A journal just started: an upgrade from 1.0.0 to 2.0.0 of `controllers`
 /// controllers (`c1` leads) and these groups of active-active SEs (for the
-/// unit tests of what reads a journal).
-#[cfg(test)]
-pub(crate) fn sample_journal(controllers: usize, groups: &[(&str, usize)]) -> Journal {
+/// unit tests of what reads a journal, here and in the controller agent).
+pub fn sample_journal(controllers: usize, groups: &[(&str, usize)]) -> Journal {
     use crate::request::{NodeSummary, StartCtx, StartRequest, start};
     let mut config = Config::default();
     let mut nodes = vec![];

@@ -258,8 +258,12 @@ async fn a_read_only_token_reads_and_every_change_is_audited_with_who_made_it() 
     assert_eq!(created["role"], "admin");
     assert!(created["status"].as_u64().unwrap() < 300 && created["at"].as_f64().unwrap() > 1.7e9, "{created}");
     assert!(find("noc", "GET").is_none(), "reads are not changes: {audit:#?}");
+    let sent = serde_json::to_vec(&json!({"name": "web", "se_group": "g1", "port": 8080})).unwrap();
+    assert_eq!(created["body_sha256"], common::Sha256Digest::of(&sent).to_hex().as_str(), "{created}");
+    assert!(created.get("gates").is_none(), "{created}");
     let shown = ok(&c.molt(&["show", "upgrade", "status"]));
     assert!(shown.contains("ops (admin)  POST /api/virtualservice"), "{shown}");
+    assert!(shown.contains("body sha256 "), "{shown}");
 
     // The client certificate carries the token's role: with no token, curl
     // presenting noc's certificate reads, and is refused a change.
@@ -481,9 +485,19 @@ async fn a_failing_health_gate_is_an_se_failure_then_passing_gates_let_the_group
     let m = refused(api.put("/api/serviceenginegroup/g1", &gates(&["check.sh"])).await);
     assert!(m.contains("health_gates[1]: command [\"check.sh\"]: must start with an absolute path"), "{m}");
     // The new build is sick on the SEs: the exec gate fails, and the group returns to 1.0.0.
-    api.put("/api/serviceenginegroup/g1", &gates(&["/bin/sh", "-c", "echo the new build is sick >&2; exit 1"]))
-        .await
-        .unwrap();
+    let sick = gates(&["/bin/sh", "-c", "echo the new build is sick >&2; exit 1"]);
+    api.put("/api/serviceenginegroup/g1", &sick).await.unwrap();
+    // The trail names the program an exec gate will run on the SEs, and the
+    // digest of the body that set it.
+    let s = status(&api).await;
+    let set = s["audit"].as_array().unwrap().iter().rfind(|a| a["action"] == "PUT /api/serviceenginegroup/g1").unwrap();
+    assert_eq!(set["status"], 200, "{set}");
+    assert!(
+        set["gates"].as_str().unwrap().contains(r#""command":["/bin/sh","-c","echo the new build is sick"#),
+        "{set}"
+    );
+    let digest = common::Sha256Digest::of(&serde_json::to_vec(&sick).unwrap()).to_hex();
+    assert_eq!(set["body_sha256"], digest.as_str(), "{set}");
     let gated = conflict(api.delete("/api/virtualservice/web").await, "delete a gated service");
     assert!(gated.contains("checked by a health gate of SE group g1"), "{gated}");
     let tmp = tempfile::tempdir().unwrap();
