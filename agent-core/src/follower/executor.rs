@@ -346,12 +346,11 @@ impl Executor {
     /// Runs a command; `ticket` orders placements by arrival.
     async fn run(&self, id: &str, kind: &CommandKind, ticket: u64) -> Result<Outcome, String> {
         match kind {
-            CommandKind::Stage(image) => self
-                .stager
-                .stage(image, self.source.as_ref())
-                .await
-                .map(|s| done(format!("staged {} ({} bytes)", s.version, s.size)))
-                .map_err(|e| e.to_string()),
+            CommandKind::Stage(image) => {
+                let s = self.stager.stage(image, self.source.as_ref()).await.map_err(|e| e.to_string())?;
+                self.prune_staging(s.version);
+                Ok(done(format!("staged {} ({} bytes)", s.version, s.size)))
+            }
             CommandKind::Apply(image) => self.apply(id, image).await,
             CommandKind::Commit(v) => self.commit(*v),
             CommandKind::Rollback(v) => self.rollback(*v),
@@ -364,6 +363,22 @@ impl Executor {
                 None => Err("this node is not a Service Engine: it serves no virtual services".into()),
             },
         }
+    }
+
+    /// Keeps in staging only the images of `staged`, of the running version
+    /// and of the previous slot's.
+    fn prune_staging(&self, staged: Version) {
+        let mut keep = vec![staged];
+        if let Ok((record, active)) = self.slots.active() {
+            keep.push(active.version);
+            if let Some(m) = record.previous.and_then(|p| self.slots.slot_manifest(p).ok()) {
+                keep.push(m.version);
+            }
+        } else {
+            // Not knowing what runs, delete nothing.
+            return;
+        }
+        self.stager.prune(&keep);
     }
 
     /// Installs the staged image into the inactive slot and activates it on

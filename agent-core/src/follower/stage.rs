@@ -19,7 +19,7 @@ use std::{
 
 use bytes::Bytes;
 use common::{
-    DeploymentKind, Sha256Digest, fsutil, package,
+    DeploymentKind, Sha256Digest, Version, fsutil, package,
     session::{ImageRef, StagedImage, Transfer},
     stripe::Stripe,
 };
@@ -300,6 +300,28 @@ impl Stager {
             }) as Box<dyn Fn() -> Growth + Send>
         });
         Some(RelaySource { file, size, growth, arrived })
+    }
+
+    /// Deletes every staged image whose version is not in `keep` (the
+    /// running version, the previous slot's, the one just staged): staging
+    /// holds what a node may still install or return to, nothing more. A
+    /// relay already reading a deleted image reads on (the file stays open);
+    /// a new fetch of it goes to another source. Returns what was deleted.
+    pub fn prune(&self, keep: &[Version]) -> Vec<StagedImage> {
+        let gone: Vec<StagedImage> = {
+            let mut s = self.state.lock().expect("stager lock");
+            let drop: Vec<Sha256Digest> =
+                s.staged.values().filter(|i| !keep.contains(&i.version)).map(|i| i.sha256).collect();
+            drop.iter().filter_map(|sha| s.staged.remove(sha)).collect()
+        };
+        for image in &gone {
+            let path = self.final_path(&image.sha256);
+            match fs::remove_file(&path) {
+                Ok(()) => info!(sha = %image.sha256.short(), version = %image.version, "staged image pruned"),
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot delete a pruned staged image"),
+            }
+        }
+        gone
     }
 
     fn final_path(&self, sha: &Sha256Digest) -> PathBuf {

@@ -100,6 +100,19 @@ fn package_of_size(dir: &Path, kind: DeploymentKind, size: u32) -> Vec<u8> {
     fs::read(out).unwrap()
 }
 
+/// A small vm package of `version`, and its reference.
+fn package_of_version(dir: &Path, version: &str) -> (Vec<u8>, ImageRef) {
+    let payload = dir.join(format!("payload-{version}"));
+    fs::create_dir_all(payload.join("bin")).unwrap();
+    fs::write(payload.join("bin/controller-agent"), version.as_bytes()).unwrap();
+    fs::write(payload.join("bin/se-agent"), version.as_bytes()).unwrap();
+    let out = dir.join(format!("{version}.pkg"));
+    package::build(&payload, version.parse().unwrap(), "1.0.0".parse().unwrap(), DeploymentKind::Vm, &out).unwrap();
+    let bytes = fs::read(out).unwrap();
+    let image = ImageRef { version: version.parse().unwrap(), ..image_of(&bytes, DeploymentKind::Vm) };
+    (bytes, image)
+}
+
 fn image_of(bytes: &[u8], kind: DeploymentKind) -> ImageRef {
     ImageRef {
         sha256: Sha256Digest::of(bytes),
@@ -311,4 +324,30 @@ async fn a_staged_image_the_node_no_longer_trusts_is_not_offered_after_a_restart
     assert!(restarted.staged().is_empty(), "{:?}", restarted.staged());
     assert!(restarted.path_of(&image.sha256).is_none());
     assert!(!stager.final_path(&image.sha256).exists(), "the untrusted copy is deleted");
+}
+
+/// Issue 25, 7: staging was never pruned (five images per controller after
+/// a day of testing). It keeps what the node may still install or return to.
+#[tokio::test]
+async fn staging_keeps_only_the_versions_asked_for() {
+    let d = tempfile::tempdir().unwrap();
+    let stager = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    let mut images = Vec::new();
+    for v in ["1.0.0", "2.0.0", "2.1.0", "3.0.0"] {
+        let (bytes, image) = package_of_version(d.path(), v);
+        stager.stage(&image, &Fake::new(bytes, None)).await.unwrap();
+        images.push(image);
+    }
+    assert_eq!(stager.staged().len(), 4);
+    // Running 2.0.0, previous slot 1.0.0, 3.0.0 just staged: 2.1.0 goes.
+    let keep: Vec<Version> = ["3.0.0", "2.0.0", "1.0.0"].iter().map(|v| v.parse().unwrap()).collect();
+    let gone = stager.prune(&keep);
+    assert_eq!(gone.iter().map(|i| i.version.to_string()).collect::<Vec<_>>(), ["2.1.0"]);
+    assert!(stager.path_of(&images[2].sha256).is_none() && !stager.final_path(&images[2].sha256).exists());
+    for i in [0, 1, 3] {
+        assert!(stager.final_path(&images[i].sha256).exists(), "{}", images[i].version);
+    }
+    // After a restart the same three are found.
+    let again = Stager::open(&d.path().join("node"), DeploymentKind::Vm).unwrap();
+    assert_eq!(again.staged().len(), 3);
 }
