@@ -83,8 +83,9 @@ pub struct StreamSpec {
     pub size: u64,
     /// This stream's cap, bytes per second.
     pub rate: Option<u64>,
-    /// The node's cap over all its streams.
-    pub egress: Option<Arc<Egress>>,
+    /// The caps this stream shares with others: the node's over all its
+    /// streams, a relay's over all the streams of one fetcher.
+    pub egress: Vec<Arc<Egress>>,
     /// Counts the bytes sent.
     pub served: Arc<AtomicU64>,
     /// For a file still arriving: where it stands.
@@ -156,7 +157,7 @@ pub fn stream<P: Send + 'static>(spec: StreamSpec, permit: P) -> mpsc::Receiver<
                     std::thread::sleep(wait);
                 }
             }
-            if let Some(e) = &egress {
+            for e in &egress {
                 let at = e.reserve(filled);
                 if let Some(wait) = at.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
@@ -205,7 +206,7 @@ mod tests {
             stripe: Stripe::WHOLE,
             size: 6000,
             rate: None,
-            egress: None,
+            egress: vec![],
             served: Arc::default(),
             growth: Some(Box::new(move || g.lock().unwrap().clone())),
             arrived: None,
@@ -230,7 +231,7 @@ mod tests {
             stripe: Stripe::WHOLE,
             size: 9000,
             rate: None,
-            egress: None,
+            egress: vec![],
             served: Arc::default(),
             growth: Some(Box::new(move || g.lock().unwrap().clone())),
             arrived: None,
@@ -255,7 +256,7 @@ mod tests {
             stripe: Stripe::new(1, 3).unwrap(),
             size: image.len() as u64,
             rate: None,
-            egress: None,
+            egress: vec![],
             served: Arc::default(),
             growth: None,
             arrived: None,
@@ -287,7 +288,7 @@ mod tests {
                         stripe: Stripe::WHOLE,
                         size: 2 * CHUNK as u64,
                         rate: None,
-                        egress: egress.clone(),
+                        egress: egress.clone().into_iter().collect(),
                         served: Arc::default(),
                         growth: None,
                         arrived: None,

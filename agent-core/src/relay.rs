@@ -4,13 +4,16 @@
 //!
 //! Who may fetch: the caller's certificate must name the ticket's fetcher,
 //! this node must be the ticket's relay, and the ticket must be a
-//! controller's of this cluster and not expired. At most
+//! controller's of this cluster and not expired. A ticket carries one
+//! stream at a time, of the one stripe it names; all the streams of one
+//! fetcher share the transfer's rate cap. At most
 //! `limits.fetch_streams_total` relay streams at once.
 
 use std::{
+    collections::{HashMap, HashSet},
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, Weak,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -21,7 +24,7 @@ use proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{auth, follower::dial::MAX_MESSAGE, image_stream, node::NodeCtx};
+use crate::{auth, follower::dial::MAX_MESSAGE, image_stream, image_stream::Egress, node::NodeCtx};
 
 /// The gRPC metadata under which the leader names the relay to fetch from
 /// (its address), and its ticket (binary).
@@ -43,23 +46,39 @@ const COPY_START_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 pub struct RelayService {
     ctx: Arc<NodeCtx>,
     open: Arc<AtomicUsize>,
+    streams: Arc<Mutex<Streams>>,
+}
+
+/// The streams open now: which tickets carry one, and each fetcher's
+/// shared rate cap (gone with its last stream).
+#[derive(Debug, Default)]
+struct Streams {
+    tickets: HashSet<Sha256Digest>,
+    fetchers: HashMap<String, Weak<Egress>>,
 }
 
 impl RelayService {
     /// The tonic server for a node.
     pub fn server(ctx: Arc<NodeCtx>) -> pb::relay_server::RelayServer<Self> {
-        pb::relay_server::RelayServer::new(Self { ctx, open: Arc::default() })
+        pb::relay_server::RelayServer::new(Self { ctx, open: Arc::default(), streams: Arc::default() })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 }
 
-/// One open relay stream, counted until dropped.
-struct Open(Arc<AtomicUsize>);
+/// One open relay stream, counted until dropped; its ticket is free again then.
+struct Open {
+    count: Arc<AtomicUsize>,
+    streams: Arc<Mutex<Streams>>,
+    ticket: Sha256Digest,
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        let mut s = self.streams.lock().expect("relay streams lock");
+        s.tickets.remove(&self.ticket);
+        s.fetchers.retain(|_, cap| cap.strong_count() > 0);
     }
 }
 
@@ -90,6 +109,12 @@ impl pb::relay_server::Relay for RelayService {
             )));
         }
         let stripe = common::stripe::Stripe::new(r.stripe, r.stripes).map_err(Status::invalid_argument)?;
+        if (grant.stripe, grant.stripes) != (stripe.index(), stripe.count()) {
+            return Err(Status::permission_denied(format!(
+                "the ticket is for stripe {} of {}, not {stripe}; ask the leader for this stripe's ticket",
+                grant.stripe, grant.stripes
+            )));
+        }
         let waited = std::time::Instant::now();
         let source = loop {
             match self.ctx.stager.relay_source(&sha) {
@@ -116,14 +141,32 @@ impl pb::relay_server::Relay for RelayService {
                 s.node_id, s.limits.fetch_streams_total
             )));
         }
-        let permit = Open(self.open.clone());
+        let ticket = Sha256Digest::of(&r.ticket);
+        let fetcher_cap = {
+            let mut streams = self.streams.lock().expect("relay streams lock");
+            if !streams.tickets.insert(ticket) {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                return Err(Status::resource_exhausted(
+                    "this ticket already carries a stream: a ticket is for one stream at a time; ask the leader again",
+                ));
+            }
+            // One cap for all of this fetcher's streams: more tickets do
+            // not buy more bandwidth.
+            let existing = streams.fetchers.get(&grant.fetcher).and_then(Weak::upgrade);
+            let cap = existing.or_else(|| Egress::new(grant.transfer_rate()));
+            if let Some(cap) = &cap {
+                streams.fetchers.insert(grant.fetcher.clone(), Arc::downgrade(cap));
+            }
+            cap
+        };
+        let permit = Open { count: self.open.clone(), streams: self.streams.clone(), ticket };
         let spec = image_stream::StreamSpec {
             file: source.file,
             offset: r.offset,
             stripe,
             size: source.size,
             rate: grant.rate,
-            egress: self.ctx.egress.clone(),
+            egress: self.ctx.egress.clone().into_iter().chain(fetcher_cap).collect(),
             served: self.ctx.bytes_relayed.clone(),
             growth: source.growth,
             arrived: source.arrived,

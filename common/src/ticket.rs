@@ -41,6 +41,16 @@ pub struct RelayGrant {
     /// by its stripes), when the leader caps transfers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
+    /// The one stripe it may fetch: its index ...
+    #[serde(default)]
+    pub stripe: u32,
+    /// ... of this many (1: the whole image).
+    #[serde(default = "one")]
+    pub stripes: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,15 +102,24 @@ fn algorithm(scheme: SignatureScheme) -> Option<&'static dyn signature::Verifica
 }
 
 impl RelayGrant {
-    /// `fetcher` may fetch `sha256` from `relay` for [`TICKET_LIFETIME`] from now.
-    pub fn new(sha256: &crate::Sha256Digest, fetcher: &str, relay: &str) -> Self {
+    /// `fetcher` may fetch `stripe` of `sha256` from `relay` for [`TICKET_LIFETIME`] from now,
+    /// one stream at a time.
+    pub fn new(sha256: &crate::Sha256Digest, fetcher: &str, relay: &str, stripe: crate::stripe::Stripe) -> Self {
         Self {
             sha256: sha256.to_hex(),
             fetcher: fetcher.to_owned(),
             relay: relay.to_owned(),
             expires_unix_ms: now_ms() + TICKET_LIFETIME.as_millis() as u64,
             rate: None,
+            stripe: stripe.index(),
+            stripes: stripe.count(),
         }
+    }
+
+    /// The whole transfer's cap, bytes per second: what all of the
+    /// fetcher's streams share.
+    pub fn transfer_rate(&self) -> Option<u64> {
+        self.rate.map(|r| r.saturating_mul(u64::from(self.stripes.max(1))))
     }
 
     /// The same grant, capping the stream at `rate` bytes per second.

@@ -227,8 +227,8 @@ impl LeaderState {
         };
         drop(relays);
         let addr = up.iter().find(|h| h.id == relay).map(|h| h.addr.clone())?;
-        let grant =
-            common::ticket::RelayGrant::new(&sha, node.as_str(), relay.as_str()).with_rate(self.stream_rate(stripe));
+        let grant = common::ticket::RelayGrant::new(&sha, node.as_str(), relay.as_str(), stripe)
+            .with_rate(self.stream_rate(stripe));
         let ticket = match common::ticket::sign(&self.settings.tls, &grant) {
             Ok(t) => t,
             Err(e) => {

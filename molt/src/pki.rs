@@ -353,7 +353,7 @@ mod tests {
             common::credentials::Credentials::load(&d.path().join("ca.pem"), &p("pem"), &p("key"), None).unwrap()
         };
         let (leader, relay) = (creds("c1"), creds("se-1"));
-        let grant = RelayGrant::new(&common::Sha256Digest::of(b"image"), "se-2", "se-1");
+        let grant = RelayGrant::new(&common::Sha256Digest::of(b"image"), "se-2", "se-1", common::stripe::Stripe::WHOLE);
         let t = ticket::sign(&leader, &grant).unwrap();
         assert_eq!(ticket::verify(&relay, &t).unwrap(), grant);
         // The transfer's cap travels signed: a fetcher cannot lift it.

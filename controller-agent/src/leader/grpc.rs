@@ -147,7 +147,7 @@ impl pb::leader_server::Leader for LeaderService {
             stripe,
             size,
             rate,
-            egress: self.state.egress.get().cloned().flatten(),
+            egress: self.state.egress.get().cloned().flatten().into_iter().collect(),
             served: self.state.bytes_served.clone(),
             growth: None,
             arrived: None,

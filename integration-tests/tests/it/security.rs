@@ -1,7 +1,7 @@
 //! Who may call what: mutual TLS for gRPC, roles from certificates, tokens
 //! for REST.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use integration_tests::TestCluster;
 use proto::v1 as pb;
@@ -296,7 +296,7 @@ async fn a_relay_serves_only_the_fetcher_its_leader_ticket_names() {
     };
     let e = fetch("g1-se2", vec![]).await;
     assert_eq!(e.code(), Code::PermissionDenied, "no ticket: {e}");
-    let grant = RelayGrant::new(&sha, "g1-se2", "g1-se1");
+    let grant = RelayGrant::new(&sha, "g1-se2", "g1-se1", common::stripe::Stripe::WHOLE);
     let e = fetch("g1-se2", sign(&creds("g1-se2"), &grant).unwrap()).await;
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert!(e.message().contains("not a controller"), "an SE's ticket: {}", e.message());
@@ -309,4 +309,106 @@ async fn a_relay_serves_only_the_fetcher_its_leader_ticket_names() {
     let e = fetch("g1-se2", ticket).await;
     assert_eq!(e.code(), Code::NotFound, "{e}");
     assert!(e.message().contains("holds no copy"), "{}", e.message());
+}
+
+/// Issue 25, 7: one ticket opened 28 streams, each at the full rate cap,
+/// and a one-stripe ticket fetched the whole image. A ticket now names its
+/// stripe and carries one stream at a time, and the streams of one fetcher
+/// share the transfer's cap however many tickets it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_ticket_is_one_stream_of_one_stripe_and_a_fetcher_shares_one_rate() {
+    use common::{
+        stripe::Stripe,
+        ticket::{RelayGrant, sign},
+    };
+    use integration_tests::{eventually, make_package};
+    let c = TestCluster::builder().group("g1", "active-active", 2).start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = make_package(tmp.path(), "2.0.0", common::DeploymentKind::Vm, 24 << 20);
+    let (sha, _) = common::package::hash_file(&pkg).unwrap();
+    c.api().upload(&pkg, "controller.pkg", |_| {}).await.unwrap();
+    c.api()
+        .post(
+            "/api/cluster/upgrade/prestage",
+            &serde_json::json!({"image_path": "controller://upgrade_pkgs/controller.pkg"}),
+        )
+        .await
+        .unwrap();
+    let staged = c.data_dir("g1-se1").join("staging").join(format!("{sha}.pkg"));
+    eventually(60, "g1-se1 staged", async || staged.is_file()).await;
+    let end = c.wait_operation(60).await;
+    assert_eq!(end["state"], "completed", "{end:#}");
+
+    let pki = c.cluster_dir().join("pki");
+    let leader =
+        common::credentials::Credentials::load(&pki.join("ca.pem"), &pki.join("c1.pem"), &pki.join("c1.key"), None)
+            .unwrap();
+    let rate = 2u64 << 20;
+    // As the leader signs them: each stripe's stream gets its share of the
+    // transfer's cap.
+    let ticket = |stripe: Stripe| {
+        let share = rate / u64::from(stripe.count());
+        sign(&leader, &RelayGrant::new(&sha, "g1-se2", "g1-se1", stripe).with_rate(Some(share))).unwrap()
+    };
+    let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("g1-se2"), &addr_of(&c, "g1-se1")).await.unwrap();
+    let client = pb::relay_client::RelayClient::new(ch);
+    let fetch = |ticket: Vec<u8>, stripe: Stripe| {
+        let mut client = client.clone();
+        async move {
+            client
+                .fetch_image(pb::FetchImageRequest {
+                    sha256: sha.to_hex(),
+                    offset: 0,
+                    ticket,
+                    stripe: stripe.index(),
+                    stripes: stripe.count(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    // A ticket for stripe 0 of 2 does not fetch stripe 1, nor the whole image.
+    let half = Stripe::new(0, 2).unwrap();
+    let t = ticket(half);
+    for other in [Stripe::new(1, 2).unwrap(), Stripe::WHOLE] {
+        let e = fetch(t.clone(), other).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        assert!(e.message().contains("the ticket is for stripe 0 of 2"), "{}", e.message());
+    }
+    // One stream per ticket at a time; free again once it ends.
+    let first = fetch(t.clone(), half).await.unwrap();
+    let e = fetch(t.clone(), half).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("already carries a stream"), "{}", e.message());
+    drop(first);
+    eventually(10, "the ticket is free again", async || fetch(t.clone(), half).await.is_ok()).await;
+
+    // Four tickets of the whole image, read together for about 3 s: they
+    // share the transfer's 2 MiB/s, not 2 MiB/s each.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(fetch(ticket(Stripe::WHOLE), Stripe::WHOLE).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            let total = total.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(chunk)) = s.message().await {
+                    total.fetch_add(chunk.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = total.load(std::sync::atomic::Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    readers.iter().for_each(|r| r.abort());
+    // At most the shared cap plus one chunk per stream of slack (10 MiB);
+    // four caps would be about 24 MiB.
+    let bound = (rate as f64 * secs) as u64 + 4 * (1 << 20) + (1 << 20);
+    assert!(got <= bound, "{got} bytes in {secs:.1} s through four tickets; the shared cap allows {bound}");
+    assert!(got > 0, "nothing came through");
 }
