@@ -5,8 +5,15 @@
 //!   the package's `image.tar` and its manifest; the image it boots is
 //!   `molt-ROLE:VERSION` of the slot's version, so the boot record's active
 //!   and previous slots name the active tag and the tag on trial.
-//! - Installing ([`load_slot_image`]) is `docker load` of the slot's archive,
-//!   checked to hold this role's tag, before the slot is activated.
+//! - Installing is unpacking the slot and checking its archive
+//!   ([`check_slot_archive`]) without Docker: the agent's container has no
+//!   Docker socket (which is root on the host). The archive may name only
+//!   `molt-controller:VERSION` and `molt-se:VERSION` of the package's own
+//!   version, so loading it can replace no other image (the previous
+//!   version's tag, the fallback, least of all).
+//! - The boot loader (on the host) loads a slot's image when it boots a tag
+//!   Docker does not have ([`load_slot_image`], the same check first); an
+//!   image that does not load is a failed boot, counted like any other.
 //! - The boot loader's job is [`supervise`] (`controller-agent boot --docker`,
 //!   a host unit): count attempts of the slot on trial exactly as the VM boot
 //!   loader does ([`common::slots::next_record`]), then replace the node's
@@ -35,26 +42,50 @@ use crate::boot::BootError;
 /// agent's `reboot(2)` does to its PID namespace.
 pub const REBOOTED: i64 = 129;
 
-/// `docker load` of `slot`'s image archive; checks that it holds this role's
-/// image of the slot's version and returns that tag.
-pub async fn load_slot_image(slots: &Slots, slot: Slot, role: Role) -> Result<String, String> {
+/// Checks `slot`'s image archive without Docker: it names this role's
+/// image of the slot's version, and no image but the two roles' of that
+/// version. Returns the archive and this role's tag.
+pub fn check_slot_archive(slots: &Slots, slot: Slot, role: Role) -> Result<(PathBuf, String), String> {
     let manifest = slots.slot_manifest(slot).map_err(|e| e.to_string())?;
     let tag = image_tag(role, manifest.version);
+    let own = [image_tag(Role::Controller, manifest.version), image_tag(Role::ServiceEngine, manifest.version)];
     let archive = slots.slot_dir(slot).join(DOCKER_IMAGE_ENTRY);
-    let engine = Engine::connect().await.map_err(|e| e.to_string())?;
-    let loaded = engine.load(&archive).await.map_err(|e| e.to_string())?;
-    if !engine.has_image(&tag).await.map_err(|e| e.to_string())? {
+    let tags = molt_docker::archive_tags(&archive).map_err(|e| e.to_string())?;
+    let foreign: Vec<&String> = tags.iter().filter(|t| !own.contains(t)).collect();
+    if !foreign.is_empty() {
         return Err(format!(
-            "the package's image archive holds {}, not {tag}: rebuild it with `molt package build --kind docker`",
-            if loaded.is_empty() { "no tagged image".to_owned() } else { loaded.join(", ") }
+            "the package's image archive would also load {}: a package of {} may carry only {} and {}, so that \
+             loading it replaces no other image; rebuild it with `molt package build --kind docker`",
+            foreign.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+            manifest.version,
+            own[0],
+            own[1]
         ));
     }
+    if !tags.contains(&tag) {
+        return Err(format!(
+            "the package's image archive holds {}, not {tag}: rebuild it with `molt package build --kind docker`",
+            if tags.is_empty() { "no tagged image".to_owned() } else { tags.join(", ") }
+        ));
+    }
+    Ok((archive, tag))
+}
+
+/// The boot loader's `docker load` of `slot`'s image archive, once
+/// [`check_slot_archive`] passes; returns this role's tag.
+pub async fn load_slot_image(engine: &Engine, slots: &Slots, slot: Slot, role: Role) -> Result<String, String> {
+    let (archive, tag) = check_slot_archive(slots, slot, role)?;
+    engine.load(&archive).await.map_err(|e| e.to_string())?;
+    if !engine.has_image(&tag).await.map_err(|e| e.to_string())? {
+        return Err(format!("Docker loaded {} but has no {tag} after it", archive.display()));
+    }
+    info!(%tag, "image loaded");
     Ok(tag)
 }
 
 /// The host paths a node's container mounts at the same path: the config's
-/// directory and the directories of the files it names (read-only), the data
-/// dir (read-write), and Docker's socket (for `docker load` on upgrade).
+/// directory and the directories of the files it names (read-only), and the
+/// data dir (read-write). Not Docker's socket: the boot loader loads images.
 pub fn binds(config: &Path, file: &NodeConfigFile) -> Vec<Bind> {
     let data_dir = file.data_dir.clone();
     let mut ro: Vec<PathBuf> = std::iter::once(config.to_owned())
@@ -66,7 +97,6 @@ pub fn binds(config: &Path, file: &NodeConfigFile) -> Vec<Bind> {
     ro.dedup();
     let mut binds: Vec<Bind> = ro.into_iter().map(|path| Bind { path, read_only: true }).collect();
     binds.push(Bind { path: data_dir, read_only: false });
-    binds.push(Bind { path: PathBuf::from(molt_docker::SOCKET), read_only: false });
     binds
 }
 
@@ -174,12 +204,15 @@ async fn boot_once(engine: &Engine, config: &Path, file: &NodeConfigFile, settin
         Ok(s) => s,
         Err(e) => return Ended::Failed(e.to_string()),
     };
-    // The image may be missing: a first install from a package, or an
-    // operator's `docker image prune`. The slot keeps its archive.
-    match engine.has_image(&spec.image).await {
+    // A slot on trial is booted from its own archive (a tag of the same
+    // version may be left from another package); any slot whose image is
+    // missing (a first install, an operator's `docker image prune`) too.
+    // The slot keeps its archive.
+    let present = if record.pending { Ok(false) } else { engine.has_image(&spec.image).await };
+    match present {
         Ok(true) => {}
         Ok(false) => {
-            if let Err(e) = load_slot_image(&slots, record.active, settings.role).await {
+            if let Err(e) = load_slot_image(engine, &slots, record.active, settings.role).await {
                 return Ended::Failed(format!("image {} is missing and cannot be loaded: {e}", spec.image));
             }
         }
@@ -200,5 +233,72 @@ async fn boot_once(engine: &Engine, config: &Path, file: &NodeConfigFile, settin
         Ok(REBOOTED) => Ended::Rebooted,
         Ok(code) => Ended::Failed(format!("{} exited with code {code}", spec.image)),
         Err(e) => Ended::Failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use common::DeploymentKind;
+
+    use super::*;
+
+    /// A docker node whose slot `a` holds a package of 2.0.0 whose image
+    /// archive names `tags`.
+    fn slot_with(dir: &Path, tags: &[&str]) -> Slots {
+        let payload = dir.join("payload");
+        std::fs::create_dir_all(payload.join("bin")).unwrap();
+        for b in ["controller-agent", "se-agent"] {
+            std::fs::write(payload.join("bin").join(b), b"x").unwrap();
+        }
+        let manifest = serde_json::json!([{ "Config": "c.json", "RepoTags": tags, "Layers": [] }]).to_string();
+        let mut b = tar::Builder::new(std::fs::File::create(payload.join(DOCKER_IMAGE_ENTRY)).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(manifest.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", manifest.as_bytes()).unwrap();
+        b.into_inner().unwrap();
+        let pkg = dir.join("p.tgz");
+        let (v, min) = ("2.0.0".parse().unwrap(), "1.0.0".parse().unwrap());
+        common::package::build(&payload, v, min, DeploymentKind::Docker, &pkg).unwrap();
+        let slots = Slots::new(&dir.join("node"));
+        slots.install_first(&pkg, DeploymentKind::Docker, &[]).unwrap();
+        slots
+    }
+
+    /// Issue 25, 7: `docker load` took any tag an archive carried, so a
+    /// package could overwrite the previous version's tag (the fallback).
+    #[test]
+    fn a_slot_archive_may_name_only_its_own_versions_images() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = slot_with(&d.path().join("ok"), &["molt-controller:2.0.0", "molt-se:2.0.0"]);
+        let (_, tag) = check_slot_archive(&ok, Slot::A, Role::ServiceEngine).unwrap();
+        assert_eq!(tag, "molt-se:2.0.0");
+        let fallback = slot_with(&d.path().join("fallback"), &["molt-se:2.0.0", "molt-se:1.0.0"]);
+        let e = check_slot_archive(&fallback, Slot::A, Role::ServiceEngine).unwrap_err();
+        assert!(e.contains("would also load molt-se:1.0.0") && e.contains("may carry only"), "{e}");
+        let other = slot_with(&d.path().join("other"), &["molt-se:2.0.0", "nginx:latest"]);
+        let e = check_slot_archive(&other, Slot::A, Role::ServiceEngine).unwrap_err();
+        assert!(e.contains("would also load nginx:latest"), "{e}");
+        let missing = slot_with(&d.path().join("missing"), &["molt-controller:2.0.0"]);
+        let e = check_slot_archive(&missing, Slot::A, Role::ServiceEngine).unwrap_err();
+        assert!(e.contains("holds molt-controller:2.0.0, not molt-se:2.0.0"), "{e}");
+    }
+
+    /// The agent's container gets no Docker socket (root on the host).
+    #[test]
+    fn a_nodes_container_mounts_no_docker_socket() {
+        let d = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "cluster = \"c\"\nnode_id = \"g1-se1\"\nrole = \"se\"\nlisten = \"127.0.0.21:8443\"\n\
+             data_dir = \"{}\"\ndeployment = \"docker\"\nleader = \"c1\"\nse_group = \"g1\"\n\
+             [tls]\nca = \"/pki/ca.pem\"\ncert = \"/pki/se.pem\"\nkey = \"/pki/se.key\"\n\
+             [[controllers]]\nid = \"c1\"\naddr = \"127.0.0.11:8443\"\n",
+            d.path().join("data").display()
+        );
+        std::fs::write(d.path().join("node.toml"), toml).unwrap();
+        let file = NodeConfigFile::read(&d.path().join("node.toml")).unwrap();
+        let binds = binds(&d.path().join("node.toml"), &file);
+        assert!(binds.iter().all(|b| b.path != Path::new(molt_docker::SOCKET)), "{binds:?}");
+        assert!(binds.iter().any(|b| b.path == d.path().join("data") && !b.read_only));
     }
 }

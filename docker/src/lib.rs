@@ -300,29 +300,71 @@ impl Engine {
     }
 }
 
-/// The tags a `docker save` archive holds (from its `manifest.json`), read
-/// without Docker: a package's image can be checked where no engine runs.
+/// The names a `docker save` archive would give images when loaded, read
+/// without Docker: the `RepoTags` of its `manifest.json`, and the image
+/// names its OCI `index.json` annotates (which Docker's containerd store
+/// loads), normalised (`docker.io/library/` dropped). A package's image is
+/// checked with them where no engine runs, before anything is loaded.
 pub fn archive_tags(archive: &Path) -> Result<Vec<String>, DockerError> {
     #[derive(serde::Deserialize)]
     struct Entry {
         #[serde(rename = "RepoTags", default)]
         repo_tags: Option<Vec<String>>,
     }
+    #[derive(serde::Deserialize)]
+    struct Index {
+        #[serde(default)]
+        manifests: Vec<Described>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Described {
+        #[serde(default)]
+        annotations: HashMap<String, String>,
+    }
+    /// The largest `manifest.json` or `index.json` read.
+    const MAX_INDEX: u64 = 1 << 20;
     let file = std::fs::File::open(archive).map_err(io_err(archive))?;
     let mut tar = tar::Archive::new(std::io::BufReader::new(file));
     let bad =
         |why: String| DockerError::Invalid(format!("{} is not a `docker save` archive: {why}", archive.display()));
+    let mut tags = Vec::new();
+    let mut has_manifest = false;
     for entry in tar.entries().map_err(|e| bad(e.to_string()))? {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-        if entry.path().map_err(|e| bad(e.to_string()))?.as_os_str() != "manifest.json" {
+        let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        let name = path.to_str().unwrap_or_default().trim_start_matches("./");
+        if name != "manifest.json" && name != "index.json" {
             continue;
+        }
+        if entry.size() > MAX_INDEX {
+            return Err(bad(format!("its {name} is over {MAX_INDEX} bytes")));
         }
         let mut text = Vec::new();
         entry.read_to_end(&mut text).map_err(|e| bad(e.to_string()))?;
-        let entries: Vec<Entry> = serde_json::from_slice(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
-        return Ok(entries.into_iter().flat_map(|e| e.repo_tags.unwrap_or_default()).collect());
+        if name == "manifest.json" {
+            has_manifest = true;
+            let entries: Vec<Entry> = serde_json::from_slice(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
+            tags.extend(entries.into_iter().flat_map(|e| e.repo_tags.unwrap_or_default()));
+        } else {
+            let index: Index = serde_json::from_slice(&text).map_err(|e| bad(format!("index.json: {e}")))?;
+            for m in index.manifests {
+                for key in ["io.containerd.image.name", "org.opencontainers.image.ref.name"] {
+                    let Some(v) = m.annotations.get(key) else { continue };
+                    // A bare OCI ref name ("2.0.0") names no repository.
+                    if key == "org.opencontainers.image.ref.name" && !v.contains(':') {
+                        continue;
+                    }
+                    tags.push(v.trim_start_matches("docker.io/library/").to_owned());
+                }
+            }
+        }
     }
-    Err(bad("it has no manifest.json".into()))
+    if !has_manifest {
+        return Err(bad("it has no manifest.json".into()));
+    }
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
 }
 
 /// A root filesystem tar holding each `(path in image, host binary)`, the
@@ -449,5 +491,20 @@ mod tests {
         drop(b);
         let e = archive_tags(&other).unwrap_err().to_string();
         assert!(e.contains("has no manifest.json"), "{e}");
+
+        // An OCI index naming another image counts too (Docker's containerd
+        // store loads by it).
+        let oci = dir.path().join("oci.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&oci).unwrap());
+        let index = br#"{"manifests":[{"annotations":{"io.containerd.image.name":"docker.io/library/postgres:16","org.opencontainers.image.ref.name":"16"}}]}"#;
+        for (name, data) in [("index.json", &index[..]), ("manifest.json", &manifest[..])] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        assert_eq!(archive_tags(&oci).unwrap(), vec!["molt-controller:2.0.0", "molt-se:2.0.0", "postgres:16"]);
     }
 }

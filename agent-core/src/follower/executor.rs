@@ -427,10 +427,12 @@ impl Executor {
             .map_err(|e| format!("the install failed: {e}"))?
             .map_err(|e| e.to_string())?;
         if kind == DeploymentKind::Docker {
-            // Loaded before the slot is activated: an image that does not
-            // load leaves the boot record as it was.
-            let tag = crate::docker_node::load_slot_image(&self.slots, slot, role).await?;
-            info!(%tag, "image loaded");
+            // Checked before the slot is activated: an archive that names
+            // another image than this version's leaves the boot record as
+            // it was. The boot loader on the host loads it (this agent has
+            // no Docker socket).
+            let (_, tag) = crate::docker_node::check_slot_archive(&self.slots, slot, role)?;
+            info!(%tag, "image checked; the boot loader loads it");
         }
         Ok((slot, m))
     }
