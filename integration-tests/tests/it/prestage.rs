@@ -90,6 +90,31 @@ async fn bad_packages_and_paths_are_refused_and_leave_nothing() {
     let e = upload(&c, &foreign).await.unwrap_err();
     assert!(e.to_string().contains("not a molt package"), "{e}");
 
+    // Issue 25, 1: a package with a file 21,000 levels deep and a 300-byte
+    // name once passed verification and crash-looped every follower that
+    // unpacked it. Verification is now a dry run of unpacking: refused at
+    // the upload, naming what is wrong.
+    let deep_path = format!("{}f", "a/".repeat(21_000));
+    let depth_65 = format!("{}f", "a/".repeat(65));
+    let long_name = format!("bin/{}", "n".repeat(300));
+    let cases = [
+        (deep_path.as_str(), "a GNU long name of 42002 bytes, more than the 4097 allowed"),
+        (depth_65.as_str(), "66 levels deep, more than the 64 allowed"),
+        (long_name.as_str(), "300 bytes"),
+    ];
+    for (path, why) in cases {
+        let deep = tmp.path().join("deep.pkg");
+        let entries = [
+            ("bin/controller-agent", tar::EntryType::Regular, None, 0o755),
+            ("bin/se-agent", tar::EntryType::Regular, None, 0o755),
+            (path, tar::EntryType::Regular, None, 0o644),
+        ];
+        std::fs::write(&deep, common::package::raw_package(&entries)).unwrap();
+        let e = upload(&c, &deep).await.unwrap_err();
+        assert_eq!(status_of(&e), 400, "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+    }
+
     assert_eq!(std::fs::read_dir(&pkgs).unwrap().count(), 0, "a refused upload keeps nothing");
 
     // A bad file placed on the leader by hand is refused at prestage.
