@@ -141,7 +141,9 @@ impl Drop for Busy {
 ///   request in flight for `header_timeout`, over HTTP/2 as over HTTP/1.1.
 ///
 /// From one source address, at most `max_anonymous_per_ip` connections are
-/// in their handshake or anonymous. A connection over any budget is closed
+/// in their handshake or anonymous, and at most `max_handshakes_per_ip` in
+/// their handshake: a few addresses cannot fill the handshake budget that
+/// certificate holders need to get in. A connection over any budget is closed
 /// at once, so the accept queue never fills. Request headers must arrive
 /// within `header_timeout`; HTTP/2 peers must answer keep-alive pings.
 pub async fn serve(
@@ -161,6 +163,7 @@ pub async fn serve(
         anonymous: Arc::new(Semaphore::new(limits.max_anonymous)),
     };
     let per_address = Arc::new(AnonymousCount::default());
+    let handshakes_per_address = Arc::new(AnonymousCount::default());
     let refused = Arc::new(Refusals::default());
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
     loop {
@@ -184,6 +187,10 @@ pub async fn serve(
                     refused.note(remote, "max_anonymous_per_ip", limits.max_anonymous_per_ip);
                     continue;
                 };
+                let Some(shaking) = handshakes_per_address.take(remote.ip(), limits.max_handshakes_per_ip) else {
+                    refused.note(remote, "max_handshakes_per_ip", limits.max_handshakes_per_ip);
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let app = app.clone();
@@ -203,7 +210,7 @@ pub async fn serve(
                     };
                     let end_entity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
                     let identity = end_entity.as_ref().and_then(|c| PeerIdentity::from_cert_der(c).ok());
-                    drop(handshake);
+                    drop((handshake, shaking));
                     // A cluster certificate moves the connection to the
                     // certificate holders' budget and lifts the per-address
                     // count (nodes behind one address, such as a local

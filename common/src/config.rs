@@ -148,9 +148,12 @@ pub struct LimitsFile {
     /// handshake, in all (default 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_anonymous: Option<usize>,
-    /// Connections in their TLS handshake at once (default 256).
+    /// Connections in their TLS handshake at once (default 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_handshakes: Option<usize>,
+    /// Connections in their TLS handshake at once from one source address (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_handshakes_per_ip: Option<usize>,
     /// Open connections per source address without a cluster certificate (default 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_anonymous_per_ip: Option<usize>,
@@ -175,6 +178,8 @@ pub struct Limits {
     pub max_anonymous: usize,
     /// Connections in their TLS handshake.
     pub max_handshakes: usize,
+    /// Connections in their TLS handshake from one source address.
+    pub max_handshakes_per_ip: usize,
     /// Open connections per source address without a cluster certificate.
     pub max_anonymous_per_ip: usize,
     /// Image streams per node.
@@ -209,7 +214,8 @@ impl Limits {
             header_timeout: ms("header_timeout_ms", f.header_timeout_ms, 15_000)?,
             max_connections: count("max_connections", f.max_connections, 4096, 1 << 20)?,
             max_anonymous: count("max_anonymous", f.max_anonymous, 1024, 1 << 20)?,
-            max_handshakes: count("max_handshakes", f.max_handshakes, 256, 1 << 20)?,
+            max_handshakes: count("max_handshakes", f.max_handshakes, 1024, 1 << 20)?,
+            max_handshakes_per_ip: count("max_handshakes_per_ip", f.max_handshakes_per_ip, 8, 1 << 20)?,
             max_anonymous_per_ip: count("max_anonymous_per_ip", f.max_anonymous_per_ip, 64, 1 << 20)?,
             fetch_streams_per_node: count("fetch_streams_per_node", f.fetch_streams_per_node, 8, 64)?,
             fetch_streams_total: count("fetch_streams_total", f.fetch_streams_total, 32, 4096)?,

@@ -269,7 +269,7 @@ async fn unauthenticated_connections_are_capped_and_timed_out() {
     use tokio::io::AsyncWriteExt;
     let c = TestCluster::builder()
         .group("g1", "active-active", 1)
-        .limits("c1", "handshake_timeout_ms = 500\nheader_timeout_ms = 500\nmax_anonymous_per_ip = 20")
+        .limits("c1", "handshake_timeout_ms = 500\nheader_timeout_ms = 500\nmax_anonymous_per_ip = 20\nmax_handshakes_per_ip = 20")
         .start()
         .await;
     let leader = addr_of(&c, "c1");
@@ -322,7 +322,7 @@ async fn anonymous_connections_cannot_starve_certificate_holders() {
     use std::time::Duration;
 
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let limits = "max_anonymous = 16\nheader_timeout_ms = 1500\nmax_handshakes = 8";
+    let limits = "max_anonymous = 16\nheader_timeout_ms = 1500\nmax_handshakes_per_ip = 4";
     let c = TestCluster::builder()
         .controllers(3)
         .group("g1", "active-active", 1)
@@ -357,6 +357,14 @@ async fn anonymous_connections_cannot_starve_certificate_holders() {
     let (_send, extra) = h2_idle("127.0.1.30").await;
     let closed = tokio::time::timeout(Duration::from_secs(1), extra).await;
     assert!(closed.is_ok(), "a connection over the anonymous budget stayed open");
+    // Handshakes left hanging: at most 4 from one address; a 5th is closed at once.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(tcp_from("127.0.2.1", &to).await);
+    }
+    let fifth = tcp_from("127.0.2.1", &to).await;
+    let t = closed_within(fifth, Duration::from_secs(5)).await.expect("a fifth handshake is closed");
+    assert!(t < 0.4, "a fifth handshake from one address stayed open {t} s");
     // Certificate holders go on: the admin's certificate (molt's client
     // presents it), SEs' heartbeats, a write through a follower.
     assert_eq!(c.api().get("/api/cluster").await.unwrap()["leader"], leader.as_str());
