@@ -223,6 +223,12 @@ impl TestCluster {
         Api::new(&Connection::resolve(Some(&self.cluster_dir()), None, None, None).unwrap()).unwrap()
     }
 
+    /// `POST /api/cluster/upgrade/prestage` of `image_path` (such as
+    /// `controller://upgrade_pkgs/controller.pkg`).
+    pub async fn prestage(&self, image_path: &str) -> Result<Value, molt::client::ClientError> {
+        self.api().post("/api/cluster/upgrade/prestage", &serde_json::json!({ "image_path": image_path })).await
+    }
+
     /// `GET /api/cluster`'s node entry for `id`.
     pub async fn node_view(&self, id: &str) -> Value {
         let v = self.api().get("/api/cluster").await.unwrap();

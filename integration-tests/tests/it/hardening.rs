@@ -413,13 +413,7 @@ async fn image_streams_only_for_nodes_told_to_stage_and_bounded() {
     // While the leader drives g1-se1's staging, it may fetch, within its
     // limit (`fetch_streams_per_node`, 8 — a node fetches up to
     // `relay_fanout` stripes — its own stream included).
-    c.api()
-        .post(
-            "/api/cluster/upgrade/prestage",
-            &serde_json::json!({"image_path": "controller://upgrade_pkgs/controller.pkg"}),
-        )
-        .await
-        .unwrap();
+    c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
     let part = c.data_dir("g1-se1").join("staging").join(format!("{sha}.part"));
     eventually(30, "g1-se1 staging", async || std::fs::metadata(&part).map(|m| m.len() > 0).unwrap_or(false)).await;
     let mut held = Vec::new();

@@ -48,10 +48,7 @@ async fn metrics_show_nodes_heartbeats_and_operations() {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = make_package(tmp.path(), "2.0.0", common::DeploymentKind::Vm, 1 << 20);
     c.api().upload(&pkg, "controller.pkg", |_| {}).await.unwrap();
-    c.api()
-        .post("/api/cluster/upgrade/prestage", &json!({ "image_path": "controller://upgrade_pkgs/controller.pkg" }))
-        .await
-        .unwrap();
+    c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
     assert_eq!(c.wait_operation(60).await["state"], "completed");
     let text = metrics(&c).await;
     let size = std::fs::metadata(&pkg).unwrap().len() as f64;

@@ -12,10 +12,6 @@ async fn upload(c: &TestCluster, path: &std::path::Path) -> Result<serde_json::V
     c.api().upload(path, "controller.pkg", |_| {}).await
 }
 
-async fn prestage(c: &TestCluster, image_path: &str) -> Result<serde_json::Value, molt::client::ClientError> {
-    c.api().post("/api/cluster/upgrade/prestage", &json!({ "image_path": image_path })).await
-}
-
 fn status_of(e: &molt::client::ClientError) -> u16 {
     match e {
         molt::client::ClientError::Api { status, .. } => status.as_u16(),
@@ -40,7 +36,7 @@ async fn prestage_puts_the_verified_image_on_every_node() {
     assert_eq!(up["image_path"], "controller://upgrade_pkgs/controller.pkg");
     assert_eq!(up["sha256"], sha.to_hex(), "the upload's digest is sha256sum's");
     assert_eq!(up["manifest"]["version"], "2.0.0");
-    let started = prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap();
+    let started = c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
     assert_eq!(started["state"], "in_progress");
     assert_eq!(started["operation"], "prestage");
     let end = c.wait_operation(60).await;
@@ -58,7 +54,7 @@ async fn prestage_puts_the_verified_image_on_every_node() {
     assert_eq!(end["history"][0]["state"], "completed");
     // Again: nothing moves, it completes at once.
     let served = c.leader().bytes_served.load(std::sync::atomic::Ordering::Relaxed);
-    prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap();
+    c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
     assert_eq!(c.wait_operation(30).await["state"], "completed");
     assert_eq!(c.leader().bytes_served.load(std::sync::atomic::Ordering::Relaxed), served);
 }
@@ -119,7 +115,7 @@ async fn bad_packages_and_paths_are_refused_and_leave_nothing() {
 
     // A bad file placed on the leader by hand is refused at prestage.
     std::fs::write(pkgs.join("hand.pkg"), &bytes[..100]).unwrap();
-    let e = prestage(&c, "controller://upgrade_pkgs/hand.pkg").await.unwrap_err();
+    let e = c.prestage("controller://upgrade_pkgs/hand.pkg").await.unwrap_err();
     assert_eq!(status_of(&e), 400);
     for (path, code, words) in [
         ("controller://../../../etc/passwd", 400, "leaves the controller's data directory"),
@@ -127,12 +123,12 @@ async fn bad_packages_and_paths_are_refused_and_leave_nothing() {
         ("/etc/passwd", 400, "must be a controller:// path"),
         ("controller://upgrade_pkgs/missing.pkg", 404, "does not exist"),
     ] {
-        let e = prestage(&c, path).await.unwrap_err();
+        let e = c.prestage(path).await.unwrap_err();
         assert_eq!(status_of(&e), code, "{path}: {e}");
         assert!(e.to_string().contains(words), "{path}: {e}");
     }
     std::os::unix::fs::symlink("/etc/passwd", pkgs.join("link.pkg")).unwrap();
-    let e = prestage(&c, "controller://upgrade_pkgs/link.pkg").await.unwrap_err();
+    let e = c.prestage("controller://upgrade_pkgs/link.pkg").await.unwrap_err();
     assert!(e.to_string().contains("outside"), "{e}");
     let e = c.api().post("/api/cluster/upgrade/prestage", &json!({ "image": "x" })).await.unwrap_err();
     assert_eq!(status_of(&e), 400);
@@ -148,7 +144,7 @@ async fn an_image_of_the_wrong_kind_is_refused_before_any_node_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, MIB);
     upload(&c, &pkg).await.unwrap();
-    let e = prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
+    let e = c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
     assert_eq!(status_of(&e), 400);
     let msg = e.to_string();
     assert!(msg.contains("g1-se2 (docker)") && msg.contains("controller_docker.tgz"), "{msg}");
@@ -161,7 +157,7 @@ async fn too_little_disk_on_a_node_is_refused_before_any_node_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 12 * MIB);
     upload(&c, &pkg).await.unwrap();
-    let e = prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
+    let e = c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
     assert_eq!(status_of(&e), 507);
     assert!(e.to_string().contains("g1-se1") && e.to_string().contains("disk"), "{e}");
     nothing_staged(&c);
@@ -175,9 +171,9 @@ async fn a_node_restarted_mid_transfer_resumes_where_it_stopped() {
     let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 12 * MIB);
     let (sha, size) = hash_file(&pkg).unwrap();
     upload(&c, &pkg).await.unwrap();
-    prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap();
+    c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
     // A second operation is refused while this one runs.
-    let e = prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
+    let e = c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap_err();
     assert_eq!(status_of(&e), 409);
     let part = c.data_dir("g1-se1").join("staging").join(format!("{sha}.part"));
     eventually(30, "g1-se1 a third of the way", async || {
@@ -267,7 +263,7 @@ async fn relays_survive_a_dying_relay(k: usize) {
     upload(&c, &pkg).await.unwrap();
     let leader = c.leader();
     let served_before = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed);
-    prestage(&c, "controller://upgrade_pkgs/controller.pkg").await.unwrap();
+    c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
     // A relay that serves another SE and has a quarter of the image.
     let part = |id: &str| c.data_dir(id).join("staging").join(format!("{sha}.part"));
     let mut relay = String::new();

@@ -327,13 +327,7 @@ async fn a_relay_ticket_is_one_stream_of_one_stripe_and_a_fetcher_shares_one_rat
     let pkg = make_package(tmp.path(), "2.0.0", common::DeploymentKind::Vm, 24 << 20);
     let (sha, _) = common::package::hash_file(&pkg).unwrap();
     c.api().upload(&pkg, "controller.pkg", |_| {}).await.unwrap();
-    c.api()
-        .post(
-            "/api/cluster/upgrade/prestage",
-            &serde_json::json!({"image_path": "controller://upgrade_pkgs/controller.pkg"}),
-        )
-        .await
-        .unwrap();
+    c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
     let staged = c.data_dir("g1-se1").join("staging").join(format!("{sha}.pkg"));
     eventually(60, "g1-se1 staged", async || staged.is_file()).await;
     let end = c.wait_operation(60).await;
