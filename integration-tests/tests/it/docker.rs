@@ -3,8 +3,6 @@
 //! image and a "reboot" that ends the container; the supervisor on the host
 //! (`AGENT boot --docker`) boots the boot record's tag.
 
-use std::time::Duration;
-
 use integration_tests::{
     LocalCluster,
     process::{cli_package, docker_package},
@@ -127,8 +125,13 @@ async fn a_docker_controller_image_that_cannot_start_aborts_the_upgrade() {
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &docker_package(tmp.path(), "2.2.0", "1.0.0", Some("controller-agent"))).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
-    // The leader itself falls back after three attempts and finds the upgrade failed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The leader itself falls back after three attempts and finds the upgrade failed:
+    // wait for its first boot of the new tag, then for the end.
+    let c1_log = c.path().join("nodes/c1/agent.log");
+    integration_tests::eventually(120, "c1 booting molt-controller:2.2.0", async || {
+        std::fs::read_to_string(&c1_log).is_ok_and(|l| l.contains("image=molt-controller:2.2.0"))
+    })
+    .await;
     let end = wait_end(&api, 300).await;
     assert_eq!(end["state"], "aborted", "{end:#}");
     all_up_on(&api, "1.0.0", &[], 60).await;

@@ -96,9 +96,16 @@ async fn a_stopped_leader_leaves_no_task_running() {
     let pkg = make_package(tmp.path(), "2.0.0", DeploymentKind::Vm, 8 << 20);
     let api = c.api();
     let image = api.upload(&pkg, "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
-    // An upgrade in its distribution, with a transfer per SE under way.
+    // An upgrade in its distribution, with a transfer per SE under way:
+    // bytes arrived on each SE, as the leader sees it.
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for se in ["g1-se1", "g1-se2"] {
+        integration_tests::eventually(30, &format!("a transfer under way on {se}"), async || {
+            let v = c.node_view(se).await;
+            v["transfers"].as_array().is_some_and(|t| t.iter().any(|t| t["received"].as_u64().unwrap_or(0) > 0))
+        })
+        .await;
+    }
     let state = c.leader();
     c.stop_node("c1").await;
     let mut holders = 0;

@@ -113,7 +113,12 @@ async fn the_leader_killed_in_the_se_phase_resumes_the_upgrade_after_power_on() 
     let pid = c.init_pid("c1").unwrap();
     // SIGKILL, as a crash would; the supervisor treats it as the power going off.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Gone (or a zombie its parent has yet to reap): dead either way.
+    integration_tests::eventually(10, "c1's init dead", async || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+    })
+    .await;
     let _ = molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c1"]);
     assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c1"]).status.success());
     let end = wait_end(&api, 180).await;
