@@ -75,8 +75,10 @@ pub struct NodeConfigFile {
     /// leader before it rolls itself back (default 600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_revert_secs: Option<u64>,
-    /// Leader only: seconds the controllers have to re-form on a new version
-    /// (and each SE to rejoin) before the upgrade fails (default 300).
+    /// Controllers (any may lead; set it alike on all): seconds the
+    /// controllers have to re-form on a new version (and each SE to rejoin)
+    /// before the upgrade fails, and the longest a node may be down while
+    /// it stages (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reform_timeout_secs: Option<u64>,
     /// Leader only: seconds an upload may go without a byte before it is

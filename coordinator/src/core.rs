@@ -168,6 +168,20 @@ impl Decider<'_> {
         self.j.nodes[id].deadline.is_some_and(|d| self.now() > d)
     }
 
+    /// Notes in the journal since when `id` has been seen down (clears it
+    /// once it is up); how long it has been down.
+    fn track_down(&mut self, id: &NodeId) -> Option<Ms> {
+        let now = self.now();
+        let up = self.obs.up(id).is_some();
+        let n = self.node(id);
+        if up {
+            n.down_since = None;
+            return None;
+        }
+        let since = *n.down_since.get_or_insert(now);
+        Some(now.saturating_sub(since))
+    }
+
     fn down_or_up(&self, id: &NodeId) -> &'static str {
         if self.obs.up(id).is_some() { "up" } else { "down" }
     }
@@ -401,6 +415,8 @@ impl Decider<'_> {
                 _ => continue,
             }
             let c = self.command(id, CommandKind::Stage(self.image(id)));
+            let down_for = self.track_down(id);
+            let reform = self.ctx.timeouts.reform;
             match self.obs.result(id, &c.id) {
                 Some(r) if r.state == CommandState::Succeeded => self.set(id, Step::Staged, None),
                 Some(r) if r.state == CommandState::Failed => {
@@ -409,6 +425,16 @@ impl Decider<'_> {
                 }
                 _ if self.past(id) => {
                     let why = format!("not staged within the deadline (node {})", self.down_or_up(id));
+                    self.fail(id, why);
+                }
+                // Down longer than a node may be away: staging's own,
+                // longer deadline is for a slow transfer, not a lost node.
+                Some(_) | None if down_for.is_some_and(|d| d > reform) => {
+                    let why = format!(
+                        "down for {} s while staging, longer than the {} s a node may be away (the re-formation deadline)",
+                        down_for.unwrap_or(0) / 1000,
+                        reform / 1000
+                    );
                     self.fail(id, why);
                 }
                 _ => self.send(id, c),

@@ -38,6 +38,14 @@ pub struct Reality<'a> {
     pub nodes: &'a BTreeMap<NodeId, RealNode>,
     /// The leader's configuration (on its disk).
     pub config: &'a Config,
+    /// The clock.
+    pub now: crate::journal::Ms,
+    /// How long a node may be down in a step before the leader gives up on
+    /// it (the re-formation deadline), plus the time to notice and to elect
+    /// a leader: a node down longer than this while staging is a stuck operation.
+    pub down_limit: crate::journal::Ms,
+    /// A leader acts now (with no controller leading, nothing can give up).
+    pub leading: bool,
 }
 
 /// A broken invariant.
@@ -52,6 +60,10 @@ pub struct Monitor {
     last_outcome: Option<(String, Option<Outcome>)>,
     /// The last journal's hold and abort, and its steps.
     last_steps: Option<LastSteps>,
+    /// Since when each node that is down has been down.
+    down_since: BTreeMap<NodeId, crate::journal::Ms>,
+    /// Since when each node has been staging, in which operation.
+    staging_since: BTreeMap<NodeId, (String, crate::journal::Ms)>,
 }
 
 /// What the last step's journal said: its id, whether it was paused or
@@ -81,7 +93,40 @@ impl Monitor {
                 out.push(format!("bootable: {id}'s boot record names a slot without a manifest"));
             }
         }
+        for (id, n) in real.nodes {
+            if n.up {
+                self.down_since.remove(id);
+            } else {
+                self.down_since.entry(id.clone()).or_insert(real.now);
+            }
+        }
         let Some(j) = j else { return out };
+        // A node down while it stages is given up on after the
+        // re-formation deadline, not the (much longer) staging one.
+        for (id, n) in &j.nodes {
+            if n.step == Step::Staging {
+                let entry = self.staging_since.entry(id.clone()).or_insert((j.id.clone(), real.now));
+                if entry.0 != j.id {
+                    *entry = (j.id.clone(), real.now);
+                }
+            } else {
+                self.staging_since.remove(id);
+            }
+        }
+        if real.leading && j.is_running() && j.phase == Phase::Distribute {
+            for (id, down) in &self.down_since {
+                // Counted from when it was both down and staging.
+                let Some((_, staging)) = self.staging_since.get(id) else { continue };
+                let since = (*down).max(*staging);
+                if real.now > since + real.down_limit {
+                    out.push(format!(
+                        "down-staging: {id}, down for {} s while staging, still staging (the leader gives up after {} s)",
+                        (real.now - since) / 1000,
+                        real.down_limit / 1000
+                    ));
+                }
+            }
+        }
         // Every service predicted non-disruptive (and served when the
         // operation started) keeps a serving placement.
         let op = (j.id.clone(), j.started);

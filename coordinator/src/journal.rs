@@ -276,6 +276,11 @@ pub struct NodeOp {
     /// Its steps so far, as the status lists them.
     #[serde(default)]
     pub events: Vec<Event>,
+    /// Since when the leader has seen it down while it stages: the leader
+    /// gives up on it a re-formation deadline later (whichever controller
+    /// leads by then: it is in the replicated journal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_since: Option<Ms>,
 }
 
 impl NodeOp {
@@ -292,6 +297,7 @@ impl NodeOp {
             fell_back: 0,
             note: String::new(),
             events: vec![],
+            down_since: None,
         }
     }
 }

@@ -133,7 +133,8 @@ pub struct LocalSpec {
     pub port: u16,
     /// Self-revert deadline of uncommitted boots.
     pub self_revert_secs: Option<u64>,
-    /// The leader's re-formation deadline.
+    /// The re-formation deadline (and how long a node may be down while
+    /// staging), on every controller: any of them may lead.
     pub reform_timeout_secs: Option<u64>,
     /// How the nodes are deployed.
     pub deployment: LocalDeployment,
@@ -329,7 +330,8 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             se_group: n.se_group.clone(),
             fetch_rate_limit_bytes: spec.fetch_rate_limit.filter(|_| n.id == "c1"),
             self_revert_secs: spec.self_revert_secs,
-            reform_timeout_secs: spec.reform_timeout_secs.filter(|_| n.id == "c1"),
+            // Any controller may lead: each applies the same deadline.
+            reform_timeout_secs: spec.reform_timeout_secs.filter(|_| n.role == "controller"),
             upload_stall_secs: None,
             egress_limit_bytes: spec.egress_limit,
             relay_fanout: spec.relay_fanout.filter(|_| n.role == "controller"),

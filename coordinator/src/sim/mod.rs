@@ -803,7 +803,10 @@ impl World {
             Some(l) => l.journal.as_ref(),
             None => self.disk.journal(),
         };
-        let real = Reality { nodes: &nodes, config: &self.disk.config };
+        // The re-formation deadline, plus heartbeats missed and an election.
+        let down_limit = leader::sim_timeouts().reform + 30_000;
+        let leading = self.leader.is_some();
+        let real = Reality { nodes: &nodes, config: &self.disk.config, now: self.now, down_limit, leading };
         let mut found = self.monitor.after_step(j, &real);
         for (id, n) in &mut self.nodes {
             if let Some(kind) = n.wrong_image.take() {

@@ -102,6 +102,40 @@ async fn a_follower_powered_off_mid_upgrade_aborts_and_rolls_back() {
     all_up_on(&api, "1.0.0", &[], 60).await;
 }
 
+/// Issue 26: a follower powered off while it staged left the upgrade in
+/// `distribute` for the whole staging deadline (30 min), the status saying
+/// nothing of it. Now the status names the node and when the leader gives
+/// up on it, and it does after the re-formation deadline (25 s here, set on
+/// every controller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lost_while_staging_fails_the_distribution_after_the_reformation_deadline() {
+    // 2 MiB/s: the image takes several seconds to reach each node.
+    let (c, api) = start(&["--controllers", "3", "--fetch-rate-limit", "2097152"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
+    let leader = get(&api, "/api/cluster").await["leader"].as_str().unwrap().to_owned();
+    let lost = ["c2", "c3"].into_iter().find(|n| *n != leader).unwrap();
+    api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
+    wait_phase(&api, "distribute").await;
+    let d = c.path();
+    assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), lost]).status.success());
+    let off = Instant::now();
+    // While it waits, the status says for whom and until when.
+    integration_tests::eventually(30, "the status naming the lost node", async || {
+        let s = get(&api, "/api/cluster/upgrade/status").await;
+        let reason = s["reason"].as_str().unwrap_or_default();
+        reason.contains(&format!("waiting for {lost}: down for")) && reason.contains("the leader gives up on it in")
+    })
+    .await;
+    let end = wait_end(&api, 120).await;
+    assert_eq!(end["state"], "aborted", "{end:#}");
+    let reason = end["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("{lost}: down for")) && reason.contains("while staging"), "{reason}");
+    let took = off.elapsed().as_secs();
+    assert!(took < 90, "given up {took} s after the power cut: the staging deadline, not the re-formation one");
+    all_up_on(&api, "1.0.0", &[lost], 30).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_in_the_se_phase_resumes_the_upgrade_after_power_on() {
     let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:3,g2:n-plus-m:3"]);
