@@ -6,8 +6,49 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// HA modes of an SE group.
-pub const HA_MODES: [&str; 3] = ["active-active", "n-plus-m", "active-standby"];
+/// How the SEs of a group share a virtual service (as in the reference
+/// product): on the wire and on disk `active-active`, `n-plus-m` or
+/// `active-standby`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HaMode {
+    /// Every SE it is placed on serves it.
+    ActiveActive,
+    /// As active-active, with spare SEs in the group.
+    NPlusM,
+    /// Two SEs: one serves, the other takes over.
+    ActiveStandby,
+}
+
+impl HaMode {
+    /// Every mode.
+    pub const ALL: [HaMode; 3] = [HaMode::ActiveActive, HaMode::NPlusM, HaMode::ActiveStandby];
+
+    /// Its name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            HaMode::ActiveActive => "active-active",
+            HaMode::NPlusM => "n-plus-m",
+            HaMode::ActiveStandby => "active-standby",
+        }
+    }
+}
+
+impl std::fmt::Display for HaMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for HaMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("ha_mode {s:?}: expected active-active, n-plus-m or active-standby"))
+    }
+}
 
 /// An SE group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,8 +56,8 @@ pub const HA_MODES: [&str; 3] = ["active-active", "n-plus-m", "active-standby"];
 pub struct SeGroup {
     /// Name.
     pub name: String,
-    /// `active-active`, `n-plus-m` or `active-standby`.
-    pub ha_mode: String,
+    /// How its SEs share a virtual service.
+    pub ha_mode: HaMode,
     /// Upgrade profile: SEs of this group moved at once (1 when absent; an
     /// upgrade's `max_parallel_ses` overrides it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,12 +237,6 @@ impl Config {
     /// Validates and inserts (or, with `replace`, updates) an SE group.
     pub fn put_group(&mut self, g: SeGroup, replace: bool) -> Result<(), ConfigError> {
         check_name("SE group", &g.name)?;
-        if !HA_MODES.contains(&g.ha_mode.as_str()) {
-            return Err(ConfigError::Invalid(format!(
-                "ha_mode {:?}: expected active-active, n-plus-m or active-standby",
-                g.ha_mode
-            )));
-        }
         if let Some(k) = g.max_parallel_ses.filter(|k| !(1..=MAX_PARALLEL_SES).contains(k)) {
             return Err(ConfigError::Invalid(format!(
                 "max_parallel_ses {k}: must be 1-{MAX_PARALLEL_SES} (SEs of the group upgraded at once)"
@@ -296,9 +331,22 @@ mod tests {
     #[test]
     fn objects_are_validated_and_references_kept() {
         let mut c = Config::default();
-        let g =
-            |ha: &str, k| SeGroup { name: "g1".into(), ha_mode: ha.into(), max_parallel_ses: k, health_gates: vec![] };
-        assert!(c.put_group(g("fancy", None), false).is_err());
+        let g = |ha: &str, k| SeGroup {
+            name: "g1".into(),
+            ha_mode: ha.parse().unwrap(),
+            max_parallel_ses: k,
+            health_gates: vec![],
+        };
+        let fancy = serde_json::from_str::<SeGroup>(r#"{"name": "g1", "ha_mode": "fancy"}"#).unwrap_err();
+        assert!(fancy.to_string().contains("unknown variant `fancy`"), "{fancy}");
+        assert_eq!(
+            "fancy".parse::<HaMode>().unwrap_err(),
+            "ha_mode \"fancy\": expected active-active, n-plus-m or active-standby"
+        );
+        for m in HaMode::ALL {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+            assert_eq!(m.name().parse::<HaMode>(), Ok(m));
+        }
         let zero = c.put_group(g("n-plus-m", Some(0)), false).unwrap_err();
         assert!(zero.to_string().contains("max_parallel_ses 0: must be 1-64"), "{zero}");
         c.put_group(g("n-plus-m", Some(2)), false).unwrap();

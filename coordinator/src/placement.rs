@@ -6,15 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::session::ServiceSpec;
 
-use crate::config::Config;
+use crate::config::{Config, HaMode};
 
 /// SEs a service of `ha_mode` and `scale` is placed on.
-pub fn wanted(ha_mode: &str, scale: u32) -> usize {
-    if ha_mode == "active-standby" { 2 } else { scale as usize }
+pub fn wanted(ha_mode: HaMode, scale: u32) -> usize {
+    if ha_mode == HaMode::ActiveStandby { 2 } else { scale as usize }
 }
 
-fn ha_of<'a>(cfg: &'a Config, group: &str) -> &'a str {
-    cfg.se_groups.get(group).map(|g| g.ha_mode.as_str()).unwrap_or("active-active")
+fn ha_of(cfg: &Config, group: &str) -> HaMode {
+    cfg.se_groups.get(group).map(|g| g.ha_mode).unwrap_or(HaMode::ActiveActive)
 }
 
 /// Places every virtual service on SEs of its group: keeps valid existing
@@ -58,7 +58,7 @@ pub fn serving(cfg: &Config, drained: &BTreeSet<String>) -> BTreeMap<String, Vec
     for (name, vs) in &cfg.virtual_services {
         let available: Vec<&String> =
             cfg.placements.get(name).into_iter().flatten().filter(|se| !drained.contains(*se)).collect();
-        let servers = if ha_of(cfg, &vs.se_group) == "active-standby" {
+        let servers = if ha_of(cfg, &vs.se_group) == HaMode::ActiveStandby {
             &available[..available.len().min(1)]
         } else {
             &available[..]
@@ -97,7 +97,7 @@ pub fn predict(cfg: &Config, disruptive: bool, parallel: &BTreeMap<String, usize
                 (true, "disruptive upgrade: all SEs of the group reboot together".to_owned())
             } else if placed < 2 {
                 (true, format!("{ha}: placed on {placed} SE, which reboots; nothing else serves it meanwhile"))
-            } else if ha == "active-standby" {
+            } else if ha == HaMode::ActiveStandby {
                 (false, "active-standby: the standby is upgraded first, then the service fails over to it".to_owned())
             } else {
                 match parallel.get(&vs.se_group).copied().unwrap_or(1) {
@@ -128,7 +128,7 @@ mod tests {
         let mut c = Config::default();
         for (g, ha) in [("aa", "active-active"), ("nm", "n-plus-m"), ("as", "active-standby")] {
             c.put_group(
-                SeGroup { name: g.into(), ha_mode: ha.into(), max_parallel_ses: None, health_gates: vec![] },
+                SeGroup { name: g.into(), ha_mode: ha.parse().unwrap(), max_parallel_ses: None, health_gates: vec![] },
                 false,
             )
             .unwrap();

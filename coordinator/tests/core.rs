@@ -28,7 +28,12 @@ fn id(s: &str) -> NodeId {
 fn config() -> Config {
     let mut c = Config::default();
     c.put_group(
-        SeGroup { name: "g1".into(), ha_mode: "active-standby".into(), max_parallel_ses: None, health_gates: vec![] },
+        SeGroup {
+            name: "g1".into(),
+            ha_mode: "active-standby".parse().unwrap(),
+            max_parallel_ses: None,
+            health_gates: vec![],
+        },
         false,
     )
     .unwrap();
@@ -574,12 +579,22 @@ fn an_operation_that_continues_an_aborted_upgrade_does_not_inherit_its_abort() {
 fn four_ses(k: Option<u32>, series: bool) -> (Journal, Observed) {
     let mut cfg = Config::default();
     cfg.put_group(
-        SeGroup { name: "g1".into(), ha_mode: "active-active".into(), max_parallel_ses: Some(2), health_gates: vec![] },
+        SeGroup {
+            name: "g1".into(),
+            ha_mode: "active-active".parse().unwrap(),
+            max_parallel_ses: Some(2),
+            health_gates: vec![],
+        },
         false,
     )
     .unwrap();
     cfg.put_group(
-        SeGroup { name: "h".into(), ha_mode: "active-active".into(), max_parallel_ses: None, health_gates: vec![] },
+        SeGroup {
+            name: "h".into(),
+            ha_mode: "active-active".parse().unwrap(),
+            max_parallel_ses: None,
+            health_gates: vec![],
+        },
         false,
     )
     .unwrap();

@@ -317,7 +317,7 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
             serde_json::json!({
                 "name": g.name,
                 "gates": gates,
-                "ha_mode": j.config.se_groups.get(&g.name).map(|x| x.ha_mode.as_str()).unwrap_or("unknown"),
+                "ha_mode": j.config.se_groups.get(&g.name).map(|x| x.ha_mode.name()).unwrap_or("unknown"),
                 "state": g.state,
                 "progress": g.progress,
                 "ses": j.groups[&g.name].ses,

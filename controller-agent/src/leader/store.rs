@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use common::fsutil;
-pub use coordinator::config::{Config, ConfigError, HA_MODES, SeGroup, VirtualService};
+pub use coordinator::config::{Config, ConfigError, HaMode, SeGroup, VirtualService};
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The store's files.
@@ -60,12 +60,7 @@ mod tests {
         assert_eq!(s.load::<Config>("config").unwrap(), None);
         let mut c = Config::default();
         c.put_group(
-            SeGroup {
-                name: "g1".into(),
-                ha_mode: "active-active".into(),
-                max_parallel_ses: None,
-                health_gates: vec![],
-            },
+            SeGroup { name: "g1".into(), ha_mode: HaMode::ActiveActive, max_parallel_ses: None, health_gates: vec![] },
             false,
         )
         .unwrap();

@@ -24,7 +24,7 @@ use self::{
 };
 use crate::{
     Mutant,
-    config::{Config, HealthGate, SeGroup, VirtualService},
+    config::{Config, HaMode, HealthGate, SeGroup, VirtualService},
     invariants::{Monitor, RealNode, Reality},
     journal::{ActionOnError, Image, Journal, Member, Ms, Operation, Outcome, Phase, Step},
     placement,
@@ -135,7 +135,7 @@ pub fn sample_journal(controllers: usize, groups: &[(&str, usize)]) -> Journal {
     for (g, n) in groups {
         let group = SeGroup {
             name: g.to_string(),
-            ha_mode: "active-active".into(),
+            ha_mode: HaMode::ActiveActive,
             max_parallel_ses: None,
             health_gates: vec![],
         };
@@ -222,7 +222,7 @@ impl World {
             nodes.insert(id(&format!("c{i}")), Node::new(Member::Controller, v(1)));
         }
         let mut config = Config::default();
-        let modes = ["active-standby", "active-active", "n-plus-m"];
+        let modes = [HaMode::ActiveStandby, HaMode::ActiveActive, HaMode::NPlusM];
         let groups = rng.range(1, 4) as usize;
         // Some clusters are mixed: SE groups on docker beside vm controllers.
         let mixed = rng.chance(0.3);
@@ -234,10 +234,7 @@ impl World {
             // Some groups move several SEs at once by their configuration.
             let max_parallel_ses = rng.chance(0.2).then(|| rng.range(1, 4) as u32);
             config
-                .put_group(
-                    SeGroup { name: name.clone(), ha_mode: ha.into(), max_parallel_ses, health_gates: vec![] },
-                    false,
-                )
+                .put_group(SeGroup { name: name.clone(), ha_mode: ha, max_parallel_ses, health_gates: vec![] }, false)
                 .expect("valid");
             let kind = if mixed && rng.chance(0.5) { DeploymentKind::Docker } else { DeploymentKind::Vm };
             for s in 0..rng.range(2, 4) {

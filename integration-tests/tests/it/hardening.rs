@@ -226,6 +226,17 @@ async fn oversize_json_bodies_get_the_json_413_from_any_controller() {
     // A small body still goes through the follower to the leader.
     let api = c.api().pinned(addr_of(&c, follower).parse().unwrap());
     api.post("/api/serviceenginegroup", &serde_json::json!({"name": "g7", "ha_mode": "active-active"})).await.unwrap();
+    // An HA mode that is not one of the three is refused when the body is
+    // read (the mode is a type, not a string checked later), saying which are.
+    let e =
+        api.post("/api/serviceenginegroup", &serde_json::json!({"name": "g8", "ha_mode": "mesh"})).await.unwrap_err();
+    let molt::client::ClientError::Api { status, message, .. } = &e else { panic!("{e}") };
+    assert_eq!(status.as_u16(), 400, "{e}");
+    assert!(
+        message.contains("unknown variant `mesh`, expected one of `active-active`, `n-plus-m`, `active-standby`"),
+        "{message}"
+    );
+    assert!(c.api().get("/api/serviceenginegroup/g8").await.is_err(), "nothing was created");
 }
 
 /// A TCP connection to `addr` from the source address `from`.
