@@ -718,8 +718,9 @@ async fn get_vs(
 async fn create_vs(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let v: VirtualService = json_body(body).await?;
     let ports = agent_ports(&state);
-    config_write(&state, |c| c.put_vs(v.clone(), false, &ports)).await?;
-    let placed = place_now(&state, &v.name).await;
+    let ses = state.cluster.ses_by_group();
+    config_write(&state, |c| c.put_vs(v.clone(), false, &ports).map(|()| place(c, &ses))).await?;
+    let placed = state.config().placements.get(&v.name).cloned();
     Ok((StatusCode::CREATED, Json(vs_json(&v, placed.as_ref()))).into_response())
 }
 
@@ -733,8 +734,9 @@ async fn put_vs(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", v.name)));
     }
     let ports = agent_ports(&state);
-    config_write(&state, |c| c.put_vs(v.clone(), true, &ports)).await?;
-    let placed = place_now(&state, &v.name).await;
+    let ses = state.cluster.ses_by_group();
+    config_write(&state, |c| c.put_vs(v.clone(), true, &ports).map(|()| place(c, &ses))).await?;
+    let placed = state.config().placements.get(&v.name).cloned();
     Ok(Json(vs_json(&v, placed.as_ref())))
 }
 
@@ -757,18 +759,9 @@ fn agent_ports(state: &LeaderState) -> Vec<u16> {
     ports
 }
 
-/// Places virtual services at once (the placer would within a second) and
-/// returns where `name` went.
-async fn place_now(state: &LeaderState, name: &str) -> Option<Vec<String>> {
-    let ses = state.cluster.ses_by_group();
-    // Written only when they change: an unchanged placement costs no
-    // replicated write.
-    if crate::leader::placement::place(&state.config(), &ses) != state.config().placements {
-        let _ = config_write(state, |c| {
-            c.placements = crate::leader::placement::place(c, &ses);
-            Ok(())
-        })
-        .await;
-    }
-    state.config().placements.get(name).cloned()
+/// Places the virtual services in the same write as the change, so the
+/// answer says where a new service went (the driver's placer would within
+/// a step).
+fn place(c: &mut crate::leader::store::Config, ses: &std::collections::BTreeMap<String, Vec<String>>) {
+    c.placements = crate::leader::placement::place(c, ses);
 }

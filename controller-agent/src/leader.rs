@@ -31,9 +31,6 @@ use self::{
     store::{Config, Store},
 };
 
-/// A placement pushed to an SE: the services, when, and the command's id.
-pub type Placed = (Vec<String>, std::time::Instant, String);
-
 /// Everything the leader's services share. Every controller has one: its
 /// replica of the configuration, journal and history (through raft), and,
 /// while it leads, the cluster view fed by the sessions and the leader's
@@ -82,11 +79,6 @@ pub struct LeaderState {
     pub relays: Mutex<relays::Relays>,
     /// The node's cap on image bytes sent (shared with its relay service).
     pub egress: std::sync::OnceLock<Option<Arc<agent_core::image_stream::Egress>>>,
-    /// What each SE was last told to serve, when, and by which command (the
-    /// placer's pushes; in flight until the SE reports that command done).
-    pub placing: Mutex<std::collections::BTreeMap<common::NodeId, Placed>>,
-    /// Numbers `place` commands.
-    pub place_seq: std::sync::atomic::AtomicU64,
     /// When a majority of the controllers last confirmed this leader.
     confirmed_at: Mutex<Option<std::time::Instant>>,
 }
@@ -166,8 +158,6 @@ impl LeaderState {
             version,
             relays: Mutex::new(relays::Relays::new(settings.relay_fanout)),
             egress: std::sync::OnceLock::new(),
-            placing: Default::default(),
-            place_seq: Default::default(),
             confirmed_at: Mutex::new(None),
             settings,
         }))
@@ -328,7 +318,7 @@ impl LeaderState {
 
     /// Begins this controller's term as leader: the generation from the
     /// term, the replicated state seeded if it never was, then the
-    /// driver and the placer.
+    /// driver (which places the virtual services too).
     pub async fn begin_term(self: &Arc<Self>, term: u64) {
         *self.halted.lock().expect("halted lock") = None;
         *self.halted_journal.lock().expect("halted lock") = None;
@@ -363,7 +353,6 @@ impl LeaderState {
             }
         }
         driver::spawn(self.clone());
-        traffic::spawn_placer(self.clone());
     }
 
     /// Ends the term: the leader's tasks stop, the sessions close (the
@@ -377,7 +366,6 @@ impl LeaderState {
             t.abort();
         }
         self.cluster.close_all();
-        self.placing.lock().expect("placing lock").clear();
     }
 
     /// Follows raft leadership until the node stops: begins a term when
@@ -527,17 +515,18 @@ impl LeaderState {
     }
 
     /// The journal's operation stopped because the journal could not be
-    /// written: it ends suspended in this process only, the configuration
-    /// is writable, and nothing goes on from this process.
+    /// written (raft stopped): it ends suspended in this process only, the
+    /// configuration is writable, and nothing goes on from this process.
     pub async fn halt(&self, why: String) {
-        let Some(mut j) = self.journal().filter(|j| j.is_running()) else { return };
-        j.phase = coordinator::journal::Phase::Done;
-        j.outcome = Some(coordinator::journal::Outcome::Suspended);
-        j.reason = why.clone();
-        j.ended = Some(driver::now_ms());
-        j.drained.clear();
+        let Some(j) = self.journal().filter(|j| j.is_running()) else { return };
+        self.suspend(coordinator::core::halt(&j, &why, driver::now_ms(), None));
+    }
+
+    /// Keeps `j`, an operation suspended in this process, as this
+    /// controller's journal until a write succeeds again.
+    pub fn suspend(&self, j: Journal) {
+        *self.halted.lock().expect("halted lock") = Some(j.reason.clone());
         *self.halted_journal.lock().expect("halted lock") = Some(j);
-        *self.halted.lock().expect("halted lock") = Some(why);
     }
 
     /// The status: a view of the journal, the cluster and the history.

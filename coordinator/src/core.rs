@@ -70,6 +70,17 @@ pub enum Action {
     },
     /// Put the configuration back as it was when the operation started.
     RestoreConfig(Config),
+    /// Let `node` fetch the image `sha` (it stages it now). The driver
+    /// takes back every grant a step does not name.
+    AllowFetch {
+        /// Who.
+        node: NodeId,
+        /// Which image.
+        sha: common::Sha256Digest,
+    },
+    /// Probe every virtual service (SEs move now). The driver stops the
+    /// probes at the first step that does not ask for them.
+    Probe,
 }
 
 /// A decision: the journal to write, then the actions.
@@ -99,7 +110,35 @@ pub fn next(journal: &Journal, obs: &Observed, ctx: &Ctx) -> Decision {
     let raw = d.progress();
     d.j.progress = d.j.progress.max(raw);
     record_events(journal, &mut d.j, ctx.now);
+    d.measure(journal);
+    d.fetches_and_probes();
     Decision { journal: d.j, actions: d.actions }
+}
+
+/// Whether SEs move (their services with them) in `j`'s phase: the
+/// traffic probes run.
+pub fn moving(j: &Journal) -> bool {
+    j.is_running() && matches!(j.phase, Phase::ServiceEngines | Phase::RollbackSeGroups)
+}
+
+/// The journal of an operation suspended in this process because its
+/// journal could not be written: it ends there, nothing is out of
+/// service any more (the placer puts every SE back), and the
+/// configuration is writable.
+pub fn halt(j: &Journal, why: &str, now: Ms, mutant: Option<Mutant>) -> Journal {
+    if !j.is_running() {
+        return j.clone();
+    }
+    let ctx = Ctx { now, generation: 0, timeouts: Timeouts::default(), mutant };
+    let obs = Observed::default();
+    let mut d = Decider { j: j.clone(), obs: &obs, ctx: &ctx, actions: vec![] };
+    d.finish(Outcome::Suspended, why.to_owned());
+    // The defect: the SEs out of service stay so in a journal that ended.
+    if mutant == Some(Mutant::DrainedAfterHalt) {
+        d.j.drained = j.drained.clone();
+    }
+    record_events(j, &mut d.j, now);
+    d.j
 }
 
 /// How the note of an SE that failed its health gates starts.
@@ -122,6 +161,42 @@ struct Decider<'a> {
 }
 
 impl Decider<'_> {
+    /// When the SEs stop moving, what the probes measured goes into the
+    /// journal of the same step: the status never shows the phase ended
+    /// without its measurements.
+    fn measure(&mut self, before: &Journal) {
+        let Some(p) = self.obs.probed.as_ref().filter(|p| p.journal == self.j.id) else { return };
+        if !moving(before) || moving(&self.j) {
+            return;
+        }
+        for (vs, s) in &p.measured {
+            let m = self.j.measured.entry(vs.clone()).or_default();
+            *m = crate::journal::Measured {
+                downtime_ms: m.downtime_ms + s.downtime_ms,
+                failed_probes: m.failed_probes + s.failed_probes,
+                rounds: m.rounds + s.rounds,
+                down_slots: m.down_slots.iter().chain(&s.down_slots).take(10).cloned().collect(),
+            };
+        }
+    }
+
+    /// A node may fetch the operation's image exactly while it stages it;
+    /// the services are probed while SEs move.
+    fn fetches_and_probes(&mut self) {
+        if !self.j.is_running() {
+            return;
+        }
+        for (id, n) in &self.j.nodes {
+            if n.step == Step::Staging {
+                let sha = self.j.image_for(n.kind).sha256;
+                self.actions.push(Action::AllowFetch { node: id.clone(), sha });
+            }
+        }
+        if moving(&self.j) {
+            self.actions.push(Action::Probe);
+        }
+    }
+
     fn now(&self) -> Ms {
         self.ctx.now
     }
@@ -589,6 +664,9 @@ impl Decider<'_> {
 
     fn finish(&mut self, outcome: Outcome, reason: String) {
         let now = self.now();
+        // Nothing of the operation goes out once it ended: a command
+        // decided earlier in this step is not in the journal any more.
+        self.actions.retain(|a| !matches!(a, Action::Send { .. }));
         let j = &mut self.j;
         j.phase = Phase::Done;
         j.phase_deadline = None;

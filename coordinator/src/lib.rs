@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod core;
+pub mod driver;
 pub mod eta;
 mod events;
 pub mod invariants;
@@ -53,11 +54,21 @@ pub enum Mutant {
     ParallelSharesService,
     /// A failing health gate counts as passed.
     GateIgnored,
+    /// The driver carries out a decision whose journal a majority did not
+    /// confirm.
+    ActOnFailedWrite,
+    /// The driver re-sends commands of a journal it did not write in this
+    /// step without asking whether a majority still follows it.
+    ResendUnconfirmed,
+    /// The driver never takes a fetch grant back.
+    GrantKept,
+    /// A suspended operation's journal keeps its SEs out of service.
+    DrainedAfterHalt,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 10] = [
+    pub const ALL: [Mutant; 14] = [
         Mutant::ConcurrentStart,
         Mutant::RollbackUnjournaled,
         Mutant::DrainedInMemory,
@@ -68,6 +79,10 @@ impl Mutant {
         Mutant::AbortInPlace,
         Mutant::ParallelSharesService,
         Mutant::GateIgnored,
+        Mutant::ActOnFailedWrite,
+        Mutant::ResendUnconfirmed,
+        Mutant::GrantKept,
+        Mutant::DrainedAfterHalt,
     ];
 
     /// Its name on the command line.
@@ -83,6 +98,10 @@ impl Mutant {
             Mutant::AbortInPlace => "abort-in-place",
             Mutant::ParallelSharesService => "parallel-shares-service",
             Mutant::GateIgnored => "gate-ignored",
+            Mutant::ActOnFailedWrite => "act-on-failed-write",
+            Mutant::ResendUnconfirmed => "resend-unconfirmed",
+            Mutant::GrantKept => "grant-kept",
+            Mutant::DrainedAfterHalt => "drained-after-halt",
         }
     }
 
@@ -99,6 +118,10 @@ impl Mutant {
             Mutant::AbortInPlace => "an abort after the commit leaves groups partly upgraded",
             Mutant::ParallelSharesService => "max_parallel_ses takes two SEs of one virtual service out together",
             Mutant::GateIgnored => "an SE whose health gate failed counts as upgraded",
+            Mutant::ActOnFailedWrite => "the driver acts on a journal a majority did not confirm",
+            Mutant::ResendUnconfirmed => "the driver re-sends old commands without asking a majority",
+            Mutant::GrantKept => "the driver never takes a fetch grant back",
+            Mutant::DrainedAfterHalt => "a suspended operation keeps its SEs out of service",
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Observed {
     /// Why the operation's image cannot be served any more (it changed, or
     /// is gone from the leader's store), if so.
     pub image_unusable: Option<String>,
+    /// What the traffic probes measured so far.
+    pub probed: Option<crate::driver::Probed>,
 }
 
 impl Observed {

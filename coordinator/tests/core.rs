@@ -134,6 +134,7 @@ fn se_failure(on_error: ActionOnError) -> (Journal, Observed) {
             (id("s2"), seen("2.0.0", "b3", &["db"])),
         ]),
         image_unusable: None,
+        probed: None,
     };
     (j, obs)
 }
@@ -161,6 +162,7 @@ fn a_drained_se_keeps_serving_until_another_serves() {
             (standby.clone(), seen("1.0.0", "b", &[])),
         ]),
         image_unusable: None,
+        probed: None,
     };
     let ses = [active.clone(), standby.clone()];
     // Draining: the standby takes db over, the active keeps it.
@@ -274,7 +276,7 @@ fn an_apply_reported_after_the_reboot_is_not_mistaken_for_a_fallback() {
     // The result, kept across the reboot, names the boot that ran it.
     let mut s1 = seen("2.0.0", "new", &[]);
     s1.results.insert(cmd, Reported { state: CommandState::Succeeded, message: "ok".into(), boot_id: "old".into() });
-    let obs = Observed { nodes: BTreeMap::from([(id("s1"), s1)]), image_unusable: None };
+    let obs = Observed { nodes: BTreeMap::from([(id("s1"), s1)]), image_unusable: None, probed: None };
     let d = core::next(&j, &obs, &ctx(1));
     assert_eq!(d.journal.nodes[&id("s1")].step, Step::Committing);
 }
@@ -315,7 +317,8 @@ fn the_leader_waits_for_its_own_rollback_after_the_followers() {
     c2.step = Step::Failed;
     c2.note = "apply failed".into();
     // c1 (the leader) is up on 2.0.0; c2 is down.
-    let obs = Observed { nodes: BTreeMap::from([(id("c1"), seen("2.0.0", "b1", &[]))]), image_unusable: None };
+    let obs =
+        Observed { nodes: BTreeMap::from([(id("c1"), seen("2.0.0", "b1", &[]))]), image_unusable: None, probed: None };
     let j = core::next(&j, &obs, &ctx(1)).journal;
     assert_eq!(j.phase, Phase::RollbackControllers);
     let reform = Timeouts::default().reform;
@@ -338,7 +341,7 @@ fn after_an_abort_a_committed_node_on_the_new_version_is_rolled_back() {
     j.outcome = Some(Outcome::Aborted);
     let mut c1 = seen("2.0.0", "b1", &[]);
     c1.previous = Some(v("1.0.0"));
-    let obs = Observed { nodes: BTreeMap::from([(id("c1"), c1)]), image_unusable: None };
+    let obs = Observed { nodes: BTreeMap::from([(id("c1"), c1)]), image_unusable: None, probed: None };
     let d = core::next(&j, &obs, &ctx(1));
     assert!(
         d.actions
@@ -407,6 +410,7 @@ fn a_drain_waits_while_no_other_se_is_in_service() {
             (standby.clone(), seen("1.0.0", "b", &[])),
         ]),
         image_unusable: None,
+        probed: None,
     };
     let d = core::next(&j, &obs, &ctx(500));
     assert_eq!(d.journal.nodes[&active].step, Step::Draining, "it keeps serving db");
@@ -434,6 +438,7 @@ fn an_se_with_a_placement_in_flight_does_not_count_as_serving() {
     let obs = Observed {
         nodes: BTreeMap::from([(active.clone(), seen("1.0.0", "a", &["db"])), (standby.clone(), busy)]),
         image_unusable: None,
+        probed: None,
     };
     let push = core::placements_to_push(&cfg, Some(&j), &[active.clone(), standby.clone()], &obs);
     assert!(push.iter().all(|(se, want)| *se != active || !want.is_empty()), "break before make: {push:?}");
@@ -548,7 +553,8 @@ fn pause_holds_the_next_se_and_abort_after_the_commit_rolls_the_group_back() {
     assert!(request::pause(Some(&paused)).unwrap().is_none(), "pausing twice changes nothing");
     let d = core::next(&paused, &obs, &ctx(1));
     assert_eq!(d.journal.nodes[&id("s1")].step, Step::Staged, "held");
-    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    // Nothing is sent; the probes go on while the group is held.
+    assert_eq!(d.actions, vec![Action::Probe]);
     assert_eq!(coordinator::view::view(&d.journal).state, "paused");
     // Resumed, s1 is drained next.
     let resumed = request::resume_paused(Some(&d.journal)).unwrap().unwrap();

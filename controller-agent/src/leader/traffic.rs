@@ -1,84 +1,19 @@
-//! Virtual service traffic, from the leader's side: keeping every SE's
-//! listeners as the coordinator says (an SE being upgraded is drained
-//! make-before-break), and probing every service during the SE phase to
-//! measure real downtime.
+//! Virtual service traffic, from the leader's side: probing every service
+//! during the SE phase to measure real downtime. (What each SE serves is the
+//! driver's placer: [`coordinator::driver`].)
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use common::{
-    NodeId,
-    session::{Command, CommandKind, LeaderMessage},
-};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use coordinator::core;
-
-use super::{LeaderState, placement};
-
-/// Keeps placements computed (when nothing runs) and every SE serving what
-/// the coordinator says, make-before-break ([`coordinator::core::placements_to_push`]):
-/// a service is added at once, taken off an SE only once another serves it.
-pub fn spawn_placer(state: Arc<LeaderState>) {
-    state.clone().spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let ses = state.cluster.ses_by_group();
-            if !state.read_only() {
-                let next = placement::place(&state.config(), &ses);
-                let changed = state.config().placements != next;
-                if changed {
-                    let _gate = state.operation_gate.lock().await;
-                    if !state.read_only() {
-                        let _ = state
-                            .change_config(|c| {
-                                c.placements = next;
-                                Ok(())
-                            })
-                            .await;
-                    }
-                }
-            }
-            let se_ids: Vec<NodeId> = ses.into_values().flatten().filter_map(|id| id.parse().ok()).collect();
-            let obs = super::driver::observed(&state);
-            let cfg = state.config().clone();
-            let journal = state.journal();
-            let mut confirmed = None;
-            for (se, want) in core::placements_to_push(&cfg, journal.as_ref(), &se_ids, &obs) {
-                let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
-                let recent = state
-                    .placing
-                    .lock()
-                    .expect("placing lock")
-                    .get(&se)
-                    .is_some_and(|(n, t, _)| *n == names && t.elapsed() < Duration::from_secs(1));
-                if recent {
-                    continue;
-                }
-                // Pushed only while a majority answers this leader (a leader
-                // cut off from the others commands nothing).
-                if confirmed.is_none() {
-                    confirmed = Some(state.may_act().await);
-                }
-                if confirmed == Some(false) {
-                    break;
-                }
-                let seq = state.place_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let id = format!("place-{se}-{}-{seq}", state.generation());
-                let c = Command { id: id.clone(), generation: state.generation(), kind: CommandKind::Place(want) };
-                if state.cluster.send(&se, LeaderMessage::Command(c)).is_ok() {
-                    state.placing.lock().expect("placing lock").insert(se, (names, Instant::now(), id));
-                }
-            }
-        }
-    });
-}
+use super::LeaderState;
 
 /// Probe results of one virtual service.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -121,7 +56,7 @@ async fn probe(addr: std::net::SocketAddr) -> Probe {
 }
 
 /// Probes every virtual service on every SE it is placed on, every
-/// `interval`, until `stop`; returns the stats per service.
+/// `interval`, until `stop`; the stats per service so far are in `stats`.
 ///
 /// Rounds start at a fixed cadence whatever their probes take (a probe may
 /// wait up to a second on an SE that is going down), and each round is one
@@ -130,13 +65,14 @@ pub async fn probe_until(
     state: Arc<LeaderState>,
     interval: Duration,
     stop: CancellationToken,
-) -> BTreeMap<String, ProbeStats> {
-    let mut stats: BTreeMap<String, ProbeStats> = BTreeMap::new();
+    stats: Arc<Mutex<BTreeMap<String, ProbeStats>>>,
+) {
     let mut rounds = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let slot_ms = interval.as_millis() as u64;
-    let record = |stats: &mut BTreeMap<String, ProbeStats>, (at, round): Round| {
+    let record = |(at, round): Round| {
+        let mut stats = stats.lock().expect("probe stats lock");
         for (name, results) in round {
             let s = stats.entry(name.clone()).or_default();
             s.rounds += 1;
@@ -156,7 +92,7 @@ pub async fn probe_until(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            Some(Ok(round)) = rounds.join_next(), if !rounds.is_empty() => record(&mut stats, round),
+            Some(Ok(round)) = rounds.join_next(), if !rounds.is_empty() => record(round),
             _ = tick.tick() => {
                 let targets = probe_targets(&state);
                 let at = super::status::now();
@@ -170,11 +106,7 @@ pub async fn probe_until(
             }
         }
     }
-    while let Some(Ok(round)) = rounds.join_next().await {
-        record(&mut stats, round);
-    }
-    info!(services = stats.len(), "probing stopped");
-    stats
+    info!(services = stats.lock().expect("probe stats lock").len(), "probing stopped");
 }
 
 /// Every virtual service with the addresses of the SEs it is placed on.

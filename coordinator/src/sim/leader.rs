@@ -1,6 +1,7 @@
-//! The simulated leader: the same driver loop as the product's — observe,
-//! decide with [`core::next`], write the journal, then act — over a
-//! simulated disk that keeps only what is serialized.
+//! The simulated leader: the product's driver ([`crate::driver::Driver`])
+//! over simulated effects — a replicated store that keeps only what is
+//! serialized, an outbox of commands — and the operator's requests,
+//! decided by [`crate::request`] as the REST handlers decide them.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,8 @@ use super::image;
 use crate::{
     Mutant,
     config::{Config, VirtualService},
-    core::{self, Action, Ctx, Observed, Seen, Timeouts},
+    core::{Observed, Seen, Timeouts},
+    driver::{Driver, Effects, Logged, Probed, WriteFailure},
     journal::{ActionOnError, Journal, Member, Ms, Operation},
     placement,
     request::{self, NodeSummary, ProfileRequest, StartCtx, StartRequest},
@@ -18,8 +20,6 @@ use crate::{
 
 /// A heartbeat's age after which the node counts as down.
 const DOWN_AFTER: Ms = 3_000;
-/// A command is sent again at most this often.
-const RESEND: Ms = 2_000;
 
 /// What survives a leader: the controllers' replicated store, as raft
 /// keeps it (what a majority has committed). It also checks raft's
@@ -149,10 +149,12 @@ pub struct Message {
     pub payload: Payload,
 }
 
-/// The leader process; gone when its node is down.
+/// The leader process; gone when its node is down. Its driver is the
+/// product's ([`Driver`]), run over [`SimEffects`].
 #[derive(Debug)]
 pub struct Leader {
-    /// Its journal in memory.
+    /// Its journal in memory (its replica's, or the operation as it
+    /// suspended it).
     pub journal: Option<Journal>,
     /// What the heartbeats said, with `up` as of the last step.
     cluster: Observed,
@@ -162,17 +164,155 @@ pub struct Leader {
     /// The raft term it leads in; its generation is derived from it.
     pub term: u64,
     generation: u64,
-    sent: BTreeMap<String, Ms>,
-    placed: BTreeMap<NodeId, (Vec<String>, Ms, String)>,
-    seq: u64,
+    /// The product's driver.
+    pub driver: Driver,
+    /// Whether it suspended the operation (its disk failed).
+    pub suspended: bool,
     /// Requests received, decided at the next step.
     pub inbox: Vec<Request>,
     me: NodeId,
 }
 
+/// What the leader's node and the cluster allow in one step.
+#[derive(Debug, Clone, Copy)]
+pub struct Conditions {
+    /// A majority of the controllers answers this leader.
+    pub quorum: bool,
+    /// This controller's disk refuses writes.
+    pub disk_fails: bool,
+}
+
+/// The simulation's effects: the replicated store is [`Disk`] (a write
+/// needs a majority, and fails with the node's disk), commands go to an
+/// outbox the world delivers, grants and probes are recorded.
+struct SimEffects<'a> {
+    now: Ms,
+    generation: u64,
+    term: u64,
+    me: &'a NodeId,
+    journal: &'a mut Option<Journal>,
+    config: &'a mut Config,
+    cluster: &'a Observed,
+    disk: &'a mut Disk,
+    members: &'a [(NodeId, Member, DeploymentKind)],
+    when: Conditions,
+    mutant: Option<Mutant>,
+    suspended: &'a mut bool,
+    violations: &'a mut Vec<String>,
+    out: Vec<(NodeId, Command)>,
+}
+
+impl SimEffects<'_> {
+    fn writable(&self) -> Result<(), WriteFailure> {
+        if self.when.disk_fails {
+            return Err(WriteFailure::Storage("No space left on device (os error 28)".into()));
+        }
+        // The defect: a leader acts without asking a majority.
+        if !self.when.quorum && self.mutant != Some(Mutant::StaleLeader) {
+            return Err(WriteFailure::NoQuorum);
+        }
+        Ok(())
+    }
+}
+
+impl Effects for SimEffects<'_> {
+    fn now(&self) -> Ms {
+        self.now
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+    fn timeouts(&self) -> Timeouts {
+        sim_timeouts()
+    }
+    fn journal(&self) -> Option<Journal> {
+        self.journal.clone()
+    }
+    fn config(&self) -> Config {
+        self.config.clone()
+    }
+    fn observe(&mut self) -> Observed {
+        self.cluster.clone()
+    }
+    fn ses_by_group(&self) -> BTreeMap<String, Vec<String>> {
+        ses_by_group(self.members)
+    }
+    fn halted(&self) -> bool {
+        *self.suspended
+    }
+    async fn check_image(&mut self, _: &Journal) -> Option<String> {
+        None
+    }
+    async fn write_journal(&mut self, j: &Journal) -> Result<(), WriteFailure> {
+        self.writable()?;
+        persist(self.disk, self.term, self.me, j, self.violations);
+        *self.journal = Some(j.clone());
+        Ok(())
+    }
+    async fn write_config(&mut self, c: &Config) -> Result<(), WriteFailure> {
+        self.writable()?;
+        self.disk.accept(self.term, self.me, self.violations);
+        self.disk.config = c.clone();
+        *self.config = c.clone();
+        Ok(())
+    }
+    async fn may_act(&mut self) -> bool {
+        self.when.quorum || self.mutant == Some(Mutant::StaleLeader)
+    }
+    fn send(&mut self, node: &NodeId, command: Command) -> bool {
+        self.out.push((node.clone(), command));
+        true
+    }
+    fn grant(&mut self, _: &NodeId, _: common::Sha256Digest) {}
+    fn revoke(&mut self, _: &NodeId) {}
+    fn start_probes(&mut self, _: &str) {}
+    fn stop_probes(&mut self) {}
+    fn probed(&self) -> Option<Probed> {
+        None
+    }
+    fn suspend(&mut self, j: Journal) {
+        *self.journal = Some(j);
+        *self.suspended = true;
+    }
+    fn log(&mut self, _: Logged<'_>) {}
+}
+
+/// The SEs of each group.
+fn ses_by_group(members: &[(NodeId, Member, DeploymentKind)]) -> BTreeMap<String, Vec<String>> {
+    let mut ses: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (id, m, _) in members {
+        if let Member::ServiceEngine(g) = m {
+            ses.entry(g.clone()).or_default().push(id.to_string());
+        }
+    }
+    ses
+}
+
+/// A journal write taken by the replicated store, with its checks.
+fn persist(disk: &mut Disk, term: u64, me: &NodeId, j: &Journal, violations: &mut Vec<String>) {
+    disk.accept(term, me, violations);
+    if let Some(old) = disk.journal()
+        && old.is_running()
+        && old.id != j.id
+    {
+        violations.push(format!("one-operation: the running operation {} was replaced by {}", old.id, j.id));
+    }
+    disk.write(j);
+}
+
+/// Runs a future of the simulation's effects, which never wait.
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => unreachable!("the simulation's effects never wait"),
+    }
+}
+
 impl Leader {
     /// Starts leading in `term`, from the replicated store.
-    pub fn start(disk: &Disk, me: NodeId, term: u64) -> Self {
+    pub fn start(disk: &Disk, me: NodeId, term: u64, mutant: Option<Mutant>) -> Self {
         Self {
             journal: disk.read(),
             cluster: Observed::default(),
@@ -180,9 +320,8 @@ impl Leader {
             config: disk.config.clone(),
             term,
             generation: term << 32,
-            sent: BTreeMap::new(),
-            placed: BTreeMap::new(),
-            seq: 0,
+            driver: Driver::with_mutant(mutant),
+            suspended: false,
             inbox: vec![],
             me,
         }
@@ -203,32 +342,11 @@ impl Leader {
     fn observe(&mut self, now: Ms) {
         for (id, s) in self.cluster.nodes.iter_mut() {
             s.up = self.last_heartbeat.get(id).is_some_and(|at| now.saturating_sub(*at) <= DOWN_AFTER);
-            s.placing = self.placed.get(id).filter(|(_, _, c)| !s.settled(c)).map(|(n, _, _)| n.clone());
         }
     }
 
-    /// Writes the journal through raft: taken only with a majority (or
-    /// without, behind the stale-leader mutant). Returns whether it was.
-    fn persist(&mut self, disk: &mut Disk, j: Journal, quorum: bool, violations: &mut Vec<String>) -> bool {
-        if !quorum {
-            return false;
-        }
-        disk.accept(self.term, &self.me, violations);
-        if let Some(old) = disk.journal()
-            && old.is_running()
-            && old.id != j.id
-        {
-            violations.push(format!("one-operation: the running operation {} was replaced by {}", old.id, j.id));
-        }
-        disk.write(&j);
-        self.journal = Some(j);
-        true
-    }
-
-    /// One step of the driver; returns the commands to send. `quorum`:
-    /// whether a majority of the controllers answers this leader now (a
-    /// leader cut off from them writes nothing and sends nothing).
-    #[allow(clippy::too_many_arguments)]
+    /// One step: the requests received, then one step of the driver;
+    /// returns the commands to send.
     pub fn tick(
         &mut self,
         now: Ms,
@@ -236,62 +354,33 @@ impl Leader {
         members: &[(NodeId, Member, DeploymentKind)],
         mutant: Option<Mutant>,
         violations: &mut Vec<String>,
-        quorum: bool,
+        when: Conditions,
     ) -> Vec<(NodeId, Command)> {
-        // The defect: a leader acts without asking a majority.
-        let quorum = quorum || mutant == Some(Mutant::StaleLeader);
         self.observe(now);
-        let obs = std::mem::take(&mut self.cluster);
-        let mut out = vec![];
-        if !quorum {
-            // Nothing is decided or sent on a term a majority may have left.
-            self.cluster = obs;
-            return out;
+        // Nothing is decided on a term a majority may have left, nor by a
+        // leader whose disk refuses writes (the API's writes fail too).
+        if (when.quorum || mutant == Some(Mutant::StaleLeader)) && !when.disk_fails && !self.suspended {
+            self.requests(now, disk, members, mutant, violations);
         }
-        self.requests(now, disk, members, &obs, mutant, violations);
-        if let Some(j) = self.journal.clone() {
-            let ctx = Ctx { now, generation: self.generation, timeouts: sim_timeouts(), mutant };
-            let d = core::next(&j, &obs, &ctx);
-            if d.journal != j && !self.persist(disk, d.journal, quorum, violations) {
-                self.cluster = obs;
-                return out;
-            }
-            for a in d.actions {
-                match a {
-                    Action::Send { node, command } => {
-                        if self.sent.get(&command.id).is_none_or(|t| now >= t + RESEND) {
-                            self.sent.insert(command.id.clone(), now);
-                            out.push((node, command));
-                        }
-                    }
-                    Action::RestoreConfig(c) => {
-                        disk.accept(self.term, &self.me, violations);
-                        disk.config = c.clone();
-                        self.config = c;
-                    }
-                }
-            }
-        }
-        // The placer: every SE serves what it should.
-        let ses: Vec<NodeId> = members
-            .iter()
-            .filter(|(_, m, _)| matches!(m, Member::ServiceEngine(_)))
-            .map(|(id, _, _)| id.clone())
-            .collect();
-        for (id, want) in core::placements_to_push(&self.config, self.journal.as_ref(), &ses, &obs) {
-            let names: Vec<String> = want.iter().map(|w| w.name.clone()).collect();
-            if self.placed.get(&id).is_some_and(|(n, at, _)| *n == names && now < at + 1_000) {
-                continue;
-            }
-            self.seq += 1;
-            let cid = format!("place-{}-{}", self.generation, self.seq);
-            self.placed.insert(id.clone(), (names, now, cid.clone()));
-            let command =
-                Command { id: cid, generation: self.generation, kind: common::session::CommandKind::Place(want) };
-            out.push((id, command));
-        }
-        self.cluster = obs;
-        out
+        let Leader { journal, cluster, config, term, generation, driver, suspended, me, .. } = self;
+        let mut fx = SimEffects {
+            now,
+            generation: *generation,
+            term: *term,
+            me,
+            journal,
+            config,
+            cluster,
+            disk,
+            members,
+            when,
+            mutant,
+            suspended,
+            violations,
+            out: vec![],
+        };
+        ready(driver.step(&mut fx));
+        fx.out
     }
 
     fn requests(
@@ -299,10 +388,10 @@ impl Leader {
         now: Ms,
         disk: &mut Disk,
         members: &[(NodeId, Member, DeploymentKind)],
-        obs: &Observed,
         mutant: Option<Mutant>,
         violations: &mut Vec<String>,
     ) {
+        let obs = &self.cluster;
         let inbox = std::mem::take(&mut self.inbox);
         let summaries: Vec<NodeSummary> = members
             .iter()
@@ -365,15 +454,19 @@ impl Leader {
             };
             match decision {
                 Some(j) if checked_together => decided.push(j),
-                Some(j) => {
-                    self.persist(disk, j, true, violations);
-                }
+                Some(j) => self.take(disk, j, violations),
                 None => {}
             }
         }
         for j in decided {
-            self.persist(disk, j, true, violations);
+            self.take(disk, j, violations);
         }
+    }
+
+    /// A request's journal written.
+    fn take(&mut self, disk: &mut Disk, j: Journal, violations: &mut Vec<String>) {
+        persist(disk, self.term, &self.me, &j, violations);
+        self.journal = Some(j);
     }
 
     fn decide_start(
@@ -395,12 +488,7 @@ impl Leader {
         members: &[(NodeId, Member, DeploymentKind)],
         violations: &mut Vec<String>,
     ) {
-        let mut ses: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (id, m, _) in members {
-            if let Member::ServiceEngine(g) = m {
-                ses.entry(g.clone()).or_default().push(id.to_string());
-            }
-        }
+        let ses = ses_by_group(members);
         let mut c = self.config.clone();
         let name = format!("extra-{}", c.virtual_services.len());
         let group = c.se_groups.keys().next().cloned().unwrap_or_default();

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use common::{DeploymentKind, NodeId, Sha256Digest, Version};
 
 use self::{
-    leader::{Disk, Leader, Request},
+    leader::{Conditions, Disk, Leader, Request},
     node::{Node, id},
 };
 use crate::{
@@ -176,6 +176,8 @@ struct World {
     stale: Option<Leader>,
     /// A controller cut off from every other node, until when.
     cut: Option<(NodeId, Ms)>,
+    /// A controller whose disk refuses writes, until when.
+    disk_full: Option<(NodeId, Ms)>,
     /// Since when no leader has had a majority.
     leaderless_since: Option<Ms>,
     disk: Disk,
@@ -369,6 +371,7 @@ impl World {
             term: 0,
             stale: None,
             cut: None,
+            disk_full: None,
             leaderless_since: None,
             disk,
             net: vec![],
@@ -476,6 +479,15 @@ impl World {
             self.log(|| format!("FAULT {l} cut off until t={:.1}s", until as f64 / 1000.0));
             self.cut = Some((l, until));
         }
+        if self.disk_full.is_none() && self.rng.chance(0.0004) {
+            // The leader's disk fills up: its writes fail until it is freed.
+            let phase = self.journal().filter(|j| j.is_running()).map(|j| j.phase.name()).unwrap_or("idle");
+            let l = self.leader_id.clone();
+            let until = self.now + self.rng.range(1_000, 20_000);
+            self.count("leader-disk-full", phase);
+            self.log(|| format!("FAULT {l}'s disk full until t={:.1}s", until as f64 / 1000.0));
+            self.disk_full = Some((l, until));
+        }
         if self.rng.chance(0.0008) {
             let phase = self.journal().filter(|j| j.is_running()).map(|j| j.phase.name()).unwrap_or("idle");
             let l = self.leader_id.clone();
@@ -512,6 +524,18 @@ impl World {
             self.cut = None;
             self.log(|| "FAULT healed".into());
         }
+        if let Some((n, until)) = self.disk_full.clone()
+            && now >= until
+        {
+            self.disk_full = None;
+            // Its disk freed, the operator restarts the controller that
+            // suspended the operation, as its message says.
+            let suspended = [&self.leader, &self.stale].into_iter().flatten().any(|l| *l.me() == n && l.suspended);
+            self.log(|| format!("FAULT {n}'s disk freed{}", if suspended { "; restarted" } else { "" }));
+            if suspended {
+                self.power_cycle(&n, 1_000);
+            }
+        }
         if self.leader.is_some() && !self.nodes[&self.leader_id].agent_up {
             self.leader = None; // the process died with its node
         }
@@ -535,7 +559,7 @@ impl World {
                     }
                     let term = self.term;
                     self.log(|| format!("ELECTED {c} in term {term}"));
-                    self.leader = Some(Leader::start(&self.disk, c.clone(), term));
+                    self.leader = Some(Leader::start(&self.disk, c.clone(), term, self.mutant));
                     self.leader_id = c;
                     self.leaderless_since = None;
                 }
@@ -612,9 +636,10 @@ impl World {
         self.operate();
         let members = self.members();
         let before = if self.trace.is_some() { self.disk.journal().cloned() } else { None };
-        let quorum = self.quorum(&self.leader_id);
+        let when = self.conditions(&self.leader_id.clone());
         if let Some(l) = self.leader.as_mut() {
-            let out = l.tick(now, &mut self.disk, &members, self.mutant, &mut self.violations, quorum);
+            let out = l.tick(now, &mut self.disk, &members, self.mutant, &mut self.violations, when);
+            self.driver_checks(true, &out);
             if self.trace.is_some() {
                 let after = self.disk.journal().cloned();
                 self.trace_journal(before.as_ref(), after.as_ref());
@@ -628,13 +653,77 @@ impl World {
         }
         if let Some(mut s) = self.stale.take() {
             let me = s.me().clone();
-            let quorum = self.quorum(&me);
-            let out = s.tick(now, &mut self.disk, &members, self.mutant, &mut self.violations, quorum);
+            let when = self.conditions(&me);
+            let out = s.tick(now, &mut self.disk, &members, self.mutant, &mut self.violations, when);
+            self.stale = Some(s);
+            self.driver_checks(false, &out);
             if !out.is_empty() {
                 self.log(|| format!("stale leader {me} sends {} commands", out.len()));
             }
             self.send_commands(&me, out);
-            self.stale = Some(s);
+        }
+    }
+
+    /// What the leader on `l` may do in this step.
+    fn conditions(&self, l: &NodeId) -> Conditions {
+        let disk_fails = self.disk_full.as_ref().is_some_and(|(n, _)| n == l);
+        Conditions { quorum: self.quorum(l), disk_fails }
+    }
+
+    /// The driver's rules, checked on what a leader (`current`, or the
+    /// stale one) just did: every command of an operation it sends is one
+    /// the committed journal issues now (it never acts on a journal a
+    /// majority does not hold), and it lets a node fetch the image only
+    /// while its journal says the node stages it.
+    fn driver_checks(&mut self, current: bool, out: &[(NodeId, common::session::Command)]) {
+        let committed = self.disk.journal();
+        for (node, c) in out {
+            if c.kind.name() == "place" {
+                continue;
+            }
+            // An ended operation's nodes left on its new version go back.
+            let reconcile = committed.is_some_and(|j| {
+                !j.is_running() && c.kind.name() == "rollback" && c.id.starts_with(&format!("reconcile-{}-", j.id))
+            });
+            if reconcile {
+                continue;
+            }
+            let issued = committed
+                .filter(|j| j.is_running())
+                .and_then(|j| j.nodes.get(node).map(|n| (j, n)))
+                .is_some_and(|(j, n)| {
+                    let step = match c.kind.name() {
+                        "stage" => Step::Staging,
+                        "apply" => Step::Applying,
+                        "commit" => Step::Committing,
+                        "gate" => Step::Gating,
+                        _ => Step::RollingBack,
+                    };
+                    n.step == step && c.id == crate::core::command_id(c.kind.name(), &j.id, n.tries, node)
+                });
+            if !issued {
+                self.violations.push(format!(
+                    "t={:.1}s sent-unjournaled: {node} was sent {} although the committed journal does not issue it",
+                    self.now as f64 / 1000.0,
+                    c.id
+                ));
+            }
+        }
+        let l = if current { self.leader.as_ref() } else { self.stale.as_ref() };
+        let Some(l) = l else { return };
+        for node in l.driver.granted().keys() {
+            let staging = l
+                .journal
+                .as_ref()
+                .filter(|j| j.is_running())
+                .and_then(|j| j.nodes.get(node))
+                .is_some_and(|n| n.step == Step::Staging);
+            if !staging {
+                self.violations.push(format!(
+                    "t={:.1}s grant: {node} may fetch the image although it does not stage it",
+                    self.now as f64 / 1000.0
+                ));
+            }
         }
     }
 
