@@ -18,19 +18,15 @@ pub struct Peer {
 /// The caller of a gRPC method: a certificate of this cluster with one of
 /// the `allowed` roles.
 pub fn caller<T>(req: &tonic::Request<T>, cluster: &str, allowed: &[Role]) -> Result<PeerIdentity, Status> {
-    let id = req
-        .extensions()
-        .get::<Peer>()
-        .and_then(|p| p.identity.clone())
-        .ok_or_else(|| Status::unauthenticated("a client certificate issued by the cluster CA is required"))?;
+    let id = req.extensions().get::<Peer>().and_then(|p| p.identity.clone()).ok_or_else(|| {
+        common::errors::ErrorKind::Unauthenticated.grpc("a client certificate issued by the cluster CA is required")
+    })?;
     if id.cluster != cluster {
-        return Err(Status::permission_denied(format!(
-            "certificate is for cluster {:?}, this is cluster {cluster:?}",
-            id.cluster
-        )));
+        return Err(common::errors::ErrorKind::Forbidden
+            .grpc(format!("certificate is for cluster {:?}, this is cluster {cluster:?}", id.cluster)));
     }
     if !allowed.contains(&id.role) {
-        return Err(Status::permission_denied(format!("{id} may not call this method")));
+        return Err(common::errors::ErrorKind::Forbidden.grpc(format!("{id} may not call this method")));
     }
     Ok(id)
 }

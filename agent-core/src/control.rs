@@ -38,7 +38,7 @@ impl pb::control_server::Control for ControlService {
                 let leading =
                     other.map_or("no controller (no session)".to_owned(), |(l, g)| format!("{l} in generation {g}"));
                 warn!(caller = %caller.node_id, generation = cmd.generation, %leading, command = %cmd.id, "refused a command from a controller that does not lead this node");
-                return Err(Status::permission_denied(format!(
+                return Err(common::errors::ErrorKind::Forbidden.grpc(format!(
                     "{} may not command this node: it takes commands from the controller its session found leading, {leading}",
                     caller.node_id
                 )));

@@ -112,7 +112,7 @@ pub fn stream<P: Send + 'static>(spec: StreamSpec, permit: P) -> mpsc::Receiver<
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let fail = |why: String| {
-            let _ = tx.blocking_send(Err(Status::unavailable(why)));
+            let _ = tx.blocking_send(Err(common::errors::ErrorKind::Unavailable.grpc(why)));
         };
         let StreamSpec { mut file, offset, stripe, size, rate, egress, served, growth, arrived, direct } = spec;
         let mut pos = stripe.next_byte(offset);

@@ -95,11 +95,14 @@ impl pb::relay_server::Relay for RelayService {
         let s = &self.ctx.settings;
         let peer = auth::caller(&req, &s.cluster, &[Role::Controller, Role::ServiceEngine])?;
         let r = req.into_inner();
-        let sha: Sha256Digest =
-            r.sha256.parse().map_err(|e: common::types::ParseError| Status::invalid_argument(e.to_string()))?;
-        let grant = ticket::verify(&s.tls, &r.ticket).map_err(|e| Status::permission_denied(e.to_string()))?;
+        let sha: Sha256Digest = r
+            .sha256
+            .parse()
+            .map_err(|e: common::types::ParseError| common::errors::ErrorKind::BadRequest.grpc(e.to_string()))?;
+        let grant =
+            ticket::verify(&s.tls, &r.ticket).map_err(|e| common::errors::ErrorKind::Forbidden.grpc(e.to_string()))?;
         if grant.fetcher != peer.node_id.as_str() || grant.relay != s.node_id.as_str() || grant.sha256 != r.sha256 {
-            return Err(Status::permission_denied(format!(
+            return Err(common::errors::ErrorKind::Forbidden.grpc(format!(
                 "the ticket lets {} fetch image {} from {}; this is {peer} asking {} for image {}",
                 grant.fetcher,
                 &grant.sha256[..grant.sha256.len().min(12)],
@@ -108,9 +111,10 @@ impl pb::relay_server::Relay for RelayService {
                 sha.short()
             )));
         }
-        let stripe = common::stripe::Stripe::new(r.stripe, r.stripes).map_err(Status::invalid_argument)?;
+        let stripe = common::stripe::Stripe::new(r.stripe, r.stripes)
+            .map_err(|e| common::errors::ErrorKind::BadRequest.grpc(e))?;
         if (grant.stripe, grant.stripes) != (stripe.index(), stripe.count()) {
-            return Err(Status::permission_denied(format!(
+            return Err(common::errors::ErrorKind::Forbidden.grpc(format!(
                 "the ticket is for stripe {} of {}, not {stripe}; ask the leader for this stripe's ticket",
                 grant.stripe, grant.stripes
             )));
@@ -123,7 +127,7 @@ impl pb::relay_server::Relay for RelayService {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await
                 }
                 None => {
-                    return Err(Status::not_found(format!(
+                    return Err(common::errors::ErrorKind::NotFound.grpc(format!(
                         "{} holds no copy of image {}: ask the leader again",
                         s.node_id,
                         sha.short()
@@ -132,11 +136,12 @@ impl pb::relay_server::Relay for RelayService {
             }
         };
         if r.offset > source.size {
-            return Err(Status::out_of_range(format!("offset {} is past the image's {} bytes", r.offset, source.size)));
+            return Err(common::errors::ErrorKind::OutOfRange
+                .grpc(format!("offset {} is past the image's {} bytes", r.offset, source.size)));
         }
         if self.open.fetch_add(1, Ordering::Relaxed) >= s.limits.fetch_streams_total {
             self.open.fetch_sub(1, Ordering::Relaxed);
-            return Err(Status::resource_exhausted(format!(
+            return Err(common::errors::ErrorKind::Exhausted.grpc(format!(
                 "{} relays {} image streams, its limit; ask the leader again",
                 s.node_id, s.limits.fetch_streams_total
             )));
@@ -146,7 +151,7 @@ impl pb::relay_server::Relay for RelayService {
             let mut streams = self.streams.lock().expect("relay streams lock");
             if !streams.tickets.insert(ticket) {
                 self.open.fetch_sub(1, Ordering::Relaxed);
-                return Err(Status::resource_exhausted(
+                return Err(common::errors::ErrorKind::Exhausted.grpc(
                     "this ticket already carries a stream: a ticket is for one stream at a time; ask the leader again",
                 ));
             }

@@ -237,7 +237,7 @@ pub async fn serve(
                             let _busy = busy;
                             if needs_certificate(req.uri().path()) && peer.identity.is_none() {
                                 return Ok::<_, Infallible>(
-                                    tonic::Status::unauthenticated(
+                                    common::errors::ErrorKind::Unauthenticated.grpc(
                                         "gRPC needs a client certificate issued by the cluster CA",
                                     )
                                     .into_http::<Body>(),

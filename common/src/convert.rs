@@ -20,7 +20,7 @@ pub struct InvalidMessage {
 
 impl From<InvalidMessage> for tonic::Status {
     fn from(e: InvalidMessage) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
+        crate::errors::ErrorKind::BadRequest.grpc(e.to_string())
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod convert;
 pub mod credentials;
+pub mod errors;
 pub mod fsutil;
 pub mod identity;
 pub mod package;

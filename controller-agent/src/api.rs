@@ -15,6 +15,8 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
+use common::errors::ErrorKind;
+
 use crate::leader::{
     LeaderState,
     distribute::Refused,
@@ -26,26 +28,28 @@ use crate::leader::{
 /// An error answer: status plus `{"error": ...}` (and pre-checks when they ran).
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
+    kind: ErrorKind,
     body: serde_json::Value,
 }
 
 impl ApiError {
-    /// An error with a message.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, body: json!({ "error": message.into() }) }
+    /// An error with a message; its status comes from the one table
+    /// ([`common::errors`]).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, body: json!({ "error": message.into() }) }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let status = StatusCode::from_u16(self.kind.http()).expect("the table holds valid statuses");
+        (status, Json(self.body)).into_response()
     }
 }
 
 impl From<Refused> for ApiError {
     fn from(r: Refused) -> Self {
-        Self { status: r.status, body: json!({ "error": r.message, "prechecks": r.prechecks }) }
+        Self { kind: r.kind, body: json!({ "error": r.message, "prechecks": r.prechecks }) }
     }
 }
 
@@ -143,7 +147,7 @@ async fn follow_leader(State(state): State<Arc<LeaderState>>, req: Request, next
         _ => {
             discard_briefly(&mut req.into_body().into_data_stream()).await;
             let r = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
                 format!(
                     "no quorum: {me} cannot reach a majority of the controllers and no leader is elected; \
                      writes are refused until one is (reads answer from this controller's copy, marked {STALE_HEADER})"
@@ -191,7 +195,7 @@ async fn authorize(token: &str, state: &Arc<LeaderState>, req: Request, next: Ne
     let Some(caller) = caller else {
         discard_briefly(&mut req.into_body().into_data_stream()).await;
         return ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthenticated,
             "missing or wrong token: send Authorization: Bearer <the contents of admin.token, or of a token from \
              `molt pki token`>, or present that token's client certificate",
         )
@@ -202,7 +206,7 @@ async fn authorize(token: &str, state: &Arc<LeaderState>, req: Request, next: Ne
     if caller.name != "admin" && state.settings.tls.revocations().revokes(&caller.name, "") {
         discard_briefly(&mut req.into_body().into_data_stream()).await;
         return ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthenticated,
             format!("the token {} is revoked (`molt pki revoke`); ask an admin for a new one", caller.name),
         )
         .into_response();
@@ -220,7 +224,7 @@ async fn authorize(token: &str, state: &Arc<LeaderState>, req: Request, next: Ne
     if !reads && caller.role == common::token::ApiRole::ReadOnly {
         discard_briefly(&mut req.into_body().into_data_stream()).await;
         let answer = ApiError::new(
-            StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden,
             format!(
                 "the token {} is read-only: it may read the status, the cluster, the configuration and the metrics; {action} needs an admin token",
                 caller.name
@@ -329,7 +333,7 @@ async fn record(
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such API path")
+    ApiError::new(ErrorKind::NotFound, "no such API path")
 }
 
 async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
@@ -371,10 +375,10 @@ struct AddController {
 /// an operation runs: the controllers phase counts on a fixed group.
 async fn membership_gate(state: &LeaderState) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
     let gate = state.operation_gate.lock().await;
-    if state.read_only() {
+    if coordinator::request::config_writable(state.journal().as_ref()).is_err() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "an upgrade is in progress: controllers are added or removed only between upgrades",
+            ErrorKind::ReadOnly,
+            "upgrade in progress: controllers are added or removed only between upgrades",
         ));
     }
     Ok(gate)
@@ -386,18 +390,18 @@ async fn add_controller(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req: AddController = serde_json::from_slice(&read_bounded(body).await?).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
+            ErrorKind::BadRequest,
             format!("invalid request body: {e}; expected {{\"id\": \"c4\", \"addr\": \"IP:PORT\"}}"),
         )
     })?;
-    let id: common::NodeId = req.id.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("id: {e}")))?;
+    let id: common::NodeId = req.id.parse().map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("id: {e}")))?;
     let addr: std::net::SocketAddr = req
         .addr
         .parse()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("addr {:?}: {e}; expected IP:PORT", req.addr)))?;
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("addr {:?}: {e}; expected IP:PORT", req.addr)))?;
     let _gate = membership_gate(&state).await?;
     if state.consensus.member_views().iter().any(|m| m.id == id.as_str() && m.raft == "voter") {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("{id} is already a controller of this cluster")));
+        return Err(ApiError::new(ErrorKind::Conflict, format!("{id} is already a controller of this cluster")));
     }
     state.consensus.add_controller(&id, addr).await?;
     Ok(Json(json!({ "controllers": state.consensus.member_views() })))
@@ -407,13 +411,13 @@ async fn remove_controller(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id: common::NodeId = id.parse().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("id: {e}")))?;
+    let id: common::NodeId = id.parse().map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("id: {e}")))?;
     let _gate = membership_gate(&state).await?;
     if !state.consensus.member_views().iter().any(|m| m.id == id.as_str()) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("{id} is not a controller of this cluster")));
+        return Err(ApiError::new(ErrorKind::NotFound, format!("{id} is not a controller of this cluster")));
     }
     if state.consensus.member_views().len() == 1 {
-        return Err(ApiError::new(StatusCode::CONFLICT, "the last controller cannot be removed"));
+        return Err(ApiError::new(ErrorKind::Conflict, "the last controller cannot be removed"));
     }
     state.consensus.remove_controller(&id).await?;
     Ok(Json(json!({ "controllers": state.consensus.member_views() })))
@@ -432,7 +436,7 @@ async fn upload(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let len = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let early = match q.name {
-        None => Err(ApiError::new(StatusCode::BAD_REQUEST, "name the file: POST /api/upload?name=controller.pkg")),
+        None => Err(ApiError::new(ErrorKind::BadRequest, "name the file: POST /api/upload?name=controller.pkg")),
         Some(name) => state.images.precheck_upload(&name, len).map(|()| name).map_err(ApiError::from),
     };
     let mut data = body.into_data_stream();
@@ -524,11 +528,11 @@ async fn read_bounded(body: Body) -> Result<Vec<u8>, ApiError> {
     let mut buf = Vec::new();
     while let Some(chunk) = data.next().await {
         let chunk =
-            chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the request body broke off: {e}")))?;
+            chunk.map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("the request body broke off: {e}")))?;
         if buf.len() + chunk.len() > MAX_JSON_BODY {
             discard_briefly(&mut data).await;
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::TooLarge,
                 format!("the request body is over {MAX_JSON_BODY} bytes; molt's requests are small JSON documents"),
             ));
         }
@@ -551,8 +555,7 @@ async fn bounded_for_forwarding(req: Request) -> Result<Request, ApiError> {
 
 /// Parses a JSON body, answering 400 with the parser's words.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("invalid request body: {e}")))
 }
 
 async fn prestage(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
@@ -610,10 +613,10 @@ async fn rollback(State(state): State<Arc<LeaderState>>, body: Body) -> Result<R
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
         let status = match e {
-            ConfigError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ConfigError::NotFound(_) => StatusCode::NOT_FOUND,
-            ConfigError::Conflict(_) => StatusCode::CONFLICT,
-            ConfigError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ConfigError::Invalid(_) => ErrorKind::BadRequest,
+            ConfigError::NotFound(_) => ErrorKind::NotFound,
+            ConfigError::Conflict(_) => ErrorKind::Conflict,
+            ConfigError::Io(_) => ErrorKind::Internal,
         };
         ApiError::new(status, e.to_string())
     }
@@ -621,7 +624,7 @@ impl From<ConfigError> for ApiError {
 
 impl From<crate::raft::WriteError> for ApiError {
     fn from(e: crate::raft::WriteError) -> Self {
-        ApiError::new(e.status(), e.to_string())
+        ApiError::new(e.kind(), e.to_string())
     }
 }
 
@@ -644,7 +647,7 @@ async fn config_write<T>(
 ) -> Result<T, ApiError> {
     let _gate = state.operation_gate.lock().await;
     if coordinator::request::config_writable(state.journal().as_ref()).is_err() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "upgrade in progress: configuration is read-only"));
+        return Err(ApiError::new(ErrorKind::ReadOnly, "upgrade in progress: configuration is read-only"));
     }
     Ok(state.change_config(f).await?)
 }
@@ -685,7 +688,7 @@ async fn put_group(
 ) -> Result<Json<SeGroup>, ApiError> {
     let g: SeGroup = json_body(body).await?;
     if g.name != name {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", g.name)));
+        return Err(ApiError::new(ErrorKind::BadRequest, format!("the body names {}, the path {name}", g.name)));
     }
     config_write(&state, |c| c.put_group(g.clone(), true)).await?;
     Ok(Json(g))
@@ -731,7 +734,7 @@ async fn put_vs(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let v: VirtualService = json_body(body).await?;
     if v.name != name {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {}, the path {name}", v.name)));
+        return Err(ApiError::new(ErrorKind::BadRequest, format!("the body names {}, the path {name}", v.name)));
     }
     let ports = agent_ports(&state);
     let ses = state.cluster.ses_by_group();

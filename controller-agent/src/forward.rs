@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use common::tls::TlsMaterial;
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -48,7 +48,7 @@ pub async fn forward(tls: &TlsMaterial, me: &str, leader: &Member, req: Request)
 /// The answer to a write that found no leader to go to.
 pub fn no_leader(me: &str, why: &str) -> Response {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+        common::errors::ErrorKind::Unavailable,
         format!(
             "no quorum: {me} does not lead and {why}; the controllers elect a new leader if it is gone: retry \
              (reads answer from this controller's copy meanwhile)"

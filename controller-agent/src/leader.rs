@@ -104,29 +104,29 @@ pub fn read_starts(path: &std::path::Path) -> std::io::Result<u64> {
     })
 }
 
-/// The journal on disk. One written by an older molt (another format) is
-/// set aside as `journal-format-N.json` with a warning rather than stopping
-/// the leader: this version cannot resume it.
+/// The journal on disk, migrated to this molt's format. One this molt
+/// cannot read (a format older than it migrates, or newer) is set aside as
+/// `journal-format-N.json` with a warning rather than stopping the leader.
 fn load_journal(store: &Store) -> std::io::Result<Option<Journal>> {
-    match store.load::<Journal>("journal") {
-        Ok(j) => Ok(j),
-        Err(e) => {
-            let format = store.load::<serde_json::Value>("journal")?.and_then(|v| v["format"].as_u64());
-            match format {
-                Some(f) if f != u64::from(coordinator::journal::FORMAT) => {
-                    let aside = format!("journal-format-{f}");
-                    store.rename("journal", &aside)?;
-                    tracing::warn!(
-                        format = f,
-                        file = %aside,
-                        "the upgrade journal was written by an older molt and cannot be resumed by this one; \
-                         set aside: check `molt show cluster` and finish that upgrade by hand if it was running"
-                    );
-                    Ok(None)
-                }
-                _ => Err(e),
+    let Some(v) = store.load::<serde_json::Value>("journal")? else { return Ok(None) };
+    let format = v["format"].as_u64();
+    match coordinator::journal::from_value(v) {
+        Ok(j) => Ok(Some(j)),
+        Err(why) => match format {
+            Some(f) if f != u64::from(coordinator::journal::FORMAT) => {
+                let aside = format!("journal-format-{f}");
+                store.rename("journal", &aside)?;
+                tracing::warn!(
+                    format = f,
+                    file = %aside,
+                    %why,
+                    "the upgrade journal cannot be resumed by this molt; set aside: check `molt show cluster` \
+                     and finish that upgrade by hand if it was running"
+                );
+                Ok(None)
             }
-        }
+            _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why)),
+        },
     }
 }
 
@@ -191,7 +191,7 @@ impl LeaderState {
         relays.forget(|s| *s == sha || !self.fetch_gate.granted(s).is_empty());
         let count = relays.stripes(sha, planned.len());
         if stripe.count() != count {
-            let mut status = tonic::Status::failed_precondition(format!(
+            let mut status = common::errors::ErrorKind::PreconditionFailed.grpc(format!(
                 "the leader sends image {} in {count} stripes to its {} fetchers; fetch each stripe",
                 sha.short(),
                 planned.len()
@@ -226,7 +226,7 @@ impl LeaderState {
                 return None;
             }
         };
-        let mut status = tonic::Status::unavailable(format!(
+        let mut status = common::errors::ErrorKind::Unavailable.grpc(format!(
             "fetch {stripe} of image {} from relay {relay} at {addr}: the leader streams each stripe to one node, \
              each node relays to {} more",
             sha.short(),
@@ -628,6 +628,26 @@ mod tests {
         assert!(super::read_starts(&p).unwrap_err().to_string().contains("write a number above"));
     }
 
+    /// Written by main at 0fc8ecf (format 2).
+    const JOURNAL_0FC8ECF: &str = include_str!("../../coordinator/tests/fixtures/journal-0fc8ecf.json");
+
+    #[test]
+    fn the_previous_molts_journal_is_migrated_on_disk_and_in_the_raft_log() {
+        let d = tempfile::tempdir().unwrap();
+        let store = super::Store::open(d.path()).unwrap();
+        std::fs::write(d.path().join("store/journal.json"), JOURNAL_0FC8ECF).unwrap();
+        let j = super::load_journal(&store).unwrap().expect("migrated, not set aside");
+        assert_eq!(j.format, coordinator::journal::FORMAT);
+        assert!(j.is_running());
+        // A raft log entry and a snapshot of the previous molt read the same way.
+        let entry = format!(r#"{{"Journal": {JOURNAL_0FC8ECF}}}"#);
+        let change: crate::raft::Change = serde_json::from_str(&entry).unwrap();
+        assert!(matches!(change, crate::raft::Change::Journal(ref k) if *k == j));
+        let snapshot = format!(r#"{{"config": null, "journal": {JOURNAL_0FC8ECF}, "history": []}}"#);
+        let r: crate::raft::Replicated = serde_json::from_str(&snapshot).unwrap();
+        assert_eq!(r.journal, Some(j));
+    }
+
     #[test]
     fn a_journal_of_an_older_format_is_set_aside_not_fatal() {
         let d = tempfile::tempdir().unwrap();
@@ -637,7 +657,7 @@ mod tests {
         assert!(d.path().join("store/journal-format-1.json").exists());
         assert!(!d.path().join("store/journal.json").exists());
         // A corrupt journal of this format still stops the leader.
-        std::fs::write(d.path().join("store/journal.json"), r#"{"format": 2, "phase": 7}"#).unwrap();
+        std::fs::write(d.path().join("store/journal.json"), r#"{"format": 3, "phase": 7}"#).unwrap();
         assert!(super::load_journal(&store).is_err());
     }
 }

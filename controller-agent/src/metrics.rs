@@ -194,7 +194,7 @@ pub fn render(s: &Snapshot) -> String {
         "1 for each node's state in the current operation (pending, running, done, failed).",
     );
     for n in &st.nodes {
-        f.sample(&[("node", &n.id), ("state", &n.state)], 1.0);
+        f.sample(&[("node", &n.id), ("state", n.state.name())], 1.0);
     }
 
     let mut f = Family::new(
@@ -288,7 +288,7 @@ mod tests {
             nodes: vec![NodeStatus {
                 id: "c1".into(),
                 role: "controller".into(),
-                state: "done".into(),
+                state: crate::leader::status::NodeState::Done,
                 version: "2.0.0".into(),
                 received: 4096,
                 source: None,

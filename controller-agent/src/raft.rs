@@ -38,7 +38,8 @@ pub struct Member {
 pub struct Replicated {
     /// The configuration; `None` until the first leader seeded it.
     pub config: Option<Config>,
-    /// The current or last operation.
+    /// The current or last operation (migrated as it is read).
+    #[serde(default, deserialize_with = "coordinator::journal::stored::option::deserialize")]
     pub journal: Option<Journal>,
     /// Operations that ended, oldest first.
     pub history: Vec<HistoryEntry>,
@@ -117,7 +118,8 @@ pub enum Change {
     /// The configuration, replaced.
     Config(Config),
     /// The journal, replaced; an operation that ends goes into the history.
-    Journal(Journal),
+    /// (A log entry of an older molt is migrated as it is read.)
+    Journal(#[serde(deserialize_with = "coordinator::journal::stored::deserialize")] Journal),
     /// An image registered under its `controller://` path.
     Image {
         /// The path.
@@ -176,11 +178,11 @@ pub enum WriteError {
 impl WriteError {
     /// The HTTP status of a REST call this error stopped: 503 while there
     /// is no leader or quorum (try again, or at the leader), 500 otherwise.
-    pub fn status(&self) -> http::StatusCode {
+    pub fn kind(&self) -> common::errors::ErrorKind {
         match self {
-            WriteError::NotLeader(_) | WriteError::NoQuorum => http::StatusCode::SERVICE_UNAVAILABLE,
-            WriteError::Refused(_) => http::StatusCode::CONFLICT,
-            WriteError::Fatal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+            WriteError::NotLeader(_) | WriteError::NoQuorum => common::errors::ErrorKind::Unavailable,
+            WriteError::Refused(_) => common::errors::ErrorKind::Conflict,
+            WriteError::Fatal(_) => common::errors::ErrorKind::Internal,
         }
     }
 }

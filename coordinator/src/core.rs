@@ -16,7 +16,7 @@ use crate::{
     Mutant,
     config::Config,
     events::record_events,
-    journal::{GroupState, Journal, Member, Ms, NodeOp, Operation, Outcome, Phase, Step},
+    journal::{Cause, GroupState, Journal, Member, Ms, NodeOp, Operation, Outcome, Phase, Step},
 };
 mod se_groups;
 
@@ -141,12 +141,12 @@ pub fn halt(j: &Journal, why: &str, now: Ms, mutant: Option<Mutant>) -> Journal 
     d.j
 }
 
-/// How the note of an SE that failed its health gates starts.
-pub const GATE_FAILED: &str = "health gate failed";
+pub use crate::journal::GATE_FAILED;
 
 /// Queues an SE for its group's rollback (a fresh attempt: new command ids).
 pub(crate) fn queue_rollback(n: &mut NodeOp) {
     n.rollback = true;
+    n.cause = None;
     n.tries += 1;
     n.step = Step::Waiting;
     n.by = None;
@@ -233,10 +233,15 @@ impl Decider<'_> {
     }
 
     fn fail(&mut self, id: &NodeId, why: String) {
+        self.fail_as(id, why, Cause::Failed);
+    }
+
+    fn fail_as(&mut self, id: &NodeId, why: String, cause: Cause) {
         let n = self.node(id);
         n.step = Step::Failed;
         n.deadline = None;
         n.note = why;
+        n.cause = Some(cause);
     }
 
     fn past(&self, id: &NodeId) -> bool {
@@ -396,14 +401,14 @@ impl Decider<'_> {
                     }
                     Some(r) if r.state == CommandState::Failed => {
                         let why = format!("{GATE_FAILED} on {to}: {}", r.message);
-                        self.fail(id, why);
+                        self.fail_as(id, why, Cause::GateFailed);
                     }
                     _ if self.past(id) => {
                         let why = format!(
                             "{GATE_FAILED} on {to}: no answer within the deadline (node {})",
                             self.down_or_up(id)
                         );
-                        self.fail(id, why);
+                        self.fail_as(id, why, Cause::GateFailed);
                     }
                     _ => self.send(id, c),
                 }
@@ -691,6 +696,7 @@ impl Decider<'_> {
         for n in j.nodes.values_mut() {
             if n.step.running_event().is_some() {
                 n.note = format!("stopped in {:?}: the operation ended", n.step).to_lowercase();
+                n.cause = Some(Cause::Stopped);
                 n.step = if n.step == Step::Staging { Step::Waiting } else { Step::Failed };
             }
             n.deadline = None;

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{GroupState, Journal, Member, Ms, NodeOp, Operation, Phase, Step};
+use crate::journal::{EventStatus, GroupState, Journal, Member, Ms, NodeOp, Operation, Phase, Step, Task};
 
 /// Per-node times measured in one operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -70,8 +70,8 @@ fn se_pass(n: &NodeOp) -> Option<(Ms, Option<Ms>)> {
     let start = n
         .events
         .iter()
-        .rposition(|e| e.task == "drain")
-        .or_else(|| n.events.iter().rposition(|e| e.task == "apply" || e.task == "rollback"))?;
+        .rposition(|e| e.task == Task::Drain)
+        .or_else(|| n.events.iter().rposition(|e| e.task == Task::Apply || e.task == Task::Rollback))?;
     let end = n.events.last().and_then(|e| e.end).filter(|_| matches!(n.step, Step::Upgraded | Step::RolledBack));
     Some((n.events[start].start, end))
 }
@@ -81,7 +81,7 @@ fn controllers_start(j: &Journal) -> Option<Ms> {
     j.nodes
         .values()
         .filter(|n| n.member == Member::Controller)
-        .flat_map(|n| n.events.iter().filter(|e| e.task == "apply" || e.task == "rollback"))
+        .flat_map(|n| n.events.iter().filter(|e| e.task == Task::Apply || e.task == Task::Rollback))
         .map(|e| e.start)
         .min()
 }
@@ -92,7 +92,7 @@ pub fn measure(j: &Journal) -> Timings {
         .nodes
         .values()
         .filter_map(|n| {
-            let e = n.events.iter().rev().find(|e| e.task == "stage" && e.status == "done")?;
+            let e = n.events.iter().rev().find(|e| e.task == Task::Stage && e.status == EventStatus::Done)?;
             let ms = e.end?.saturating_sub(e.start).max(1);
             Some(j.image_for(n.kind).size.saturating_mul(1000) / ms)
         })
@@ -198,7 +198,7 @@ fn distribution(j: &Journal, now: Ms, p: &Pick, received: impl Fn(&common::NodeI
             let size = j.image_for(n.kind).size;
             let got = received(id).min(size);
             let since =
-                n.events.last().filter(|e| e.task == "stage" && e.end.is_none()).map(|e| now - e.start.min(now));
+                n.events.last().filter(|e| e.task == Task::Stage && e.end.is_none()).map(|e| now - e.start.min(now));
             let rate = match since {
                 Some(ms) if ms >= 1_000 && got > 0 => got.saturating_mul(1000) / ms,
                 _ => p.stage_rate(),
@@ -277,10 +277,10 @@ mod tests {
     use super::*;
     use crate::journal::Event;
 
-    fn ev(task: &str, start: Ms, end: Option<Ms>) -> Event {
+    fn ev(task: Task, start: Ms, end: Option<Ms>) -> Event {
         Event {
-            task: task.into(),
-            status: if end.is_some() { "done" } else { "running" }.into(),
+            task,
+            status: if end.is_some() { EventStatus::Done } else { EventStatus::Running },
             start,
             end,
             message: String::new(),
@@ -299,10 +299,10 @@ mod tests {
         // g1's first SE took 40 s; its second is 10 s into its pass; one waits.
         let first = j.nodes.get_mut(&g1[0]).unwrap();
         first.step = Step::Upgraded;
-        first.events = vec![ev("drain", 1_000, Some(5_000)), ev("restore", 30_000, Some(41_000))];
+        first.events = vec![ev(Task::Drain, 1_000, Some(5_000)), ev(Task::Restore, 30_000, Some(41_000))];
         let second = j.nodes.get_mut(&g1[1]).unwrap();
         second.step = Step::Applying;
-        second.events = vec![ev("drain", 50_000, Some(52_000)), ev("apply", 52_000, None)];
+        second.events = vec![ev(Task::Drain, 50_000, Some(52_000)), ev(Task::Apply, 52_000, None)];
         let eta = estimate(&j, 60_000, &[], |_| 0).unwrap();
         // 30 s left of the second, then 40 s for the third (g2's one SE: 40 s, in parallel).
         assert_eq!(eta.remaining, 70_000);
@@ -333,7 +333,7 @@ mod tests {
         let id = j.controllers()[0].clone();
         let n = j.nodes.get_mut(&id).unwrap();
         n.step = Step::Staging;
-        n.events = vec![ev("stage", 0, None)];
+        n.events = vec![ev(Task::Stage, 0, None)];
         let size = j.image.size;
         let half = |x: &common::NodeId| if *x == id { size / 2 } else { 0 };
         let earlier = Timings { stage_bytes_per_s: Some(size * 100), controllers_ms: Some(0), se_ms: Some(0) };
@@ -351,8 +351,8 @@ mod tests {
         for (i, s) in ses.iter().enumerate() {
             let n = j.nodes.get_mut(s).unwrap();
             n.step = Step::Upgraded;
-            n.events = vec![ev("stage", 0, Some(2_000)), ev("drain", 10_000, Some(11_000))];
-            n.events.push(ev("restore", 12_000, Some(10_000 + 1_000 * (i as u64 + 1))));
+            n.events = vec![ev(Task::Stage, 0, Some(2_000)), ev(Task::Drain, 10_000, Some(11_000))];
+            n.events.push(ev(Task::Restore, 12_000, Some(10_000 + 1_000 * (i as u64 + 1))));
         }
         let t = measure(&j);
         assert_eq!(t.se_ms, Some(3_000), "1, 2, 3, 4 s: the median");

@@ -1,6 +1,6 @@
 //! The events each node's status lists, recorded from its step changes. Pure.
 
-use crate::journal::{Event, Journal, Ms, Step};
+use crate::journal::{Cause, Event, EventStatus, Journal, Ms, Step};
 
 /// Closes and opens each node's events as its step changed.
 pub(crate) fn record_events(before: &Journal, after: &mut Journal, now: Ms) {
@@ -10,18 +10,17 @@ pub(crate) fn record_events(before: &Journal, after: &mut Journal, now: Ms) {
             continue;
         }
         if let Some(open) = n.events.last_mut().filter(|e| e.end.is_none()) {
-            let stopped = n.note.starts_with("stopped in");
+            let stopped = n.cause == Some(Cause::Stopped);
             // Failed and queued again (a group rollback) in one decision.
             let requeued = n.step == Step::Waiting && !n.note.is_empty() && !stopped;
             let retried = old.step == Step::Rejoining && n.step == Step::Applying || requeued;
             open.status = match n.step {
-                Step::Failed if stopped => "stopped",
-                Step::Failed => "failed",
-                _ if retried => "failed",
-                _ if stopped => "stopped",
-                _ => "done",
-            }
-            .into();
+                Step::Failed if stopped => EventStatus::Stopped,
+                Step::Failed => EventStatus::Failed,
+                _ if retried => EventStatus::Failed,
+                _ if stopped => EventStatus::Stopped,
+                _ => EventStatus::Done,
+            };
             open.end = Some(now);
             open.message =
                 if n.step == Step::Failed || stopped || retried { n.note.clone() } else { describe(old.step, n.step) };
@@ -29,13 +28,7 @@ pub(crate) fn record_events(before: &Journal, after: &mut Journal, now: Ms) {
         if let Some(task) = n.step.running_event()
             && n.events.last().is_none_or(|e| e.end.is_some() || e.task != task)
         {
-            n.events.push(Event {
-                task: task.into(),
-                status: "running".into(),
-                start: now,
-                end: None,
-                message: String::new(),
-            });
+            n.events.push(Event { task, status: EventStatus::Running, start: now, end: None, message: String::new() });
         }
     }
 }

@@ -167,8 +167,10 @@ impl Monitor {
             if !v.drained.is_empty() {
                 out.push(format!("ended: SEs still drained: {}", v.drained.join(", ")));
             }
-            if let Some(g) = v.se_groups.iter().find(|g| g.state == "pending" || g.state == "in_progress") {
-                out.push(format!("ended: group {} still {}", g.name, g.state));
+            if let Some(g) =
+                v.se_groups.iter().find(|g| matches!(g.state, GroupState::Pending | GroupState::InProgress))
+            {
+                out.push(format!("ended: group {} still {}", g.name, g.state.name()));
             }
         }
         // An SE whose health gates fail on the new version never counts as
@@ -176,7 +178,7 @@ impl Monitor {
         if !j.operation.is_rollback() {
             for (id, op) in j.ses() {
                 let sick = real.nodes.get(id).is_some_and(|n| n.gate_fails_on == Some(j.to));
-                if sick && op.step == Step::Upgraded && !op.note.starts_with(crate::core::GATE_FAILED) {
+                if sick && op.step == Step::Upgraded && op.cause != Some(crate::journal::Cause::GateFailed) {
                     out.push(format!("gate: {id} counts as upgraded, but its health gates fail on {}", j.to));
                 }
             }

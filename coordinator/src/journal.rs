@@ -14,8 +14,10 @@ use crate::config::Config;
 /// virtual time in the simulation).
 pub type Ms = u64;
 
-/// The journal's format; older journals are not resumed.
-pub const FORMAT: u32 = 2;
+/// The journal's format. A journal of an older format (since 2) is
+/// migrated when it is read ([`from_value`]); one of a newer format is
+/// refused.
+pub const FORMAT: u32 = 3;
 
 /// What an SE failure does to its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,16 +203,16 @@ pub enum Step {
 
 impl Step {
     /// The event a node shows while in this step, if it is one that runs.
-    pub fn running_event(self) -> Option<&'static str> {
+    pub fn running_event(self) -> Option<Task> {
         match self {
-            Step::Staging => Some("stage"),
-            Step::Draining | Step::Stopping => Some("drain"),
-            Step::Applying => Some("apply"),
-            Step::Rejoining | Step::RollbackRejoining => Some("rejoin"),
-            Step::Committing => Some("commit"),
-            Step::Restoring | Step::Releasing => Some("restore"),
-            Step::Gating => Some("gate"),
-            Step::RollingBack => Some("rollback"),
+            Step::Staging => Some(Task::Stage),
+            Step::Draining | Step::Stopping => Some(Task::Drain),
+            Step::Applying => Some(Task::Apply),
+            Step::Rejoining | Step::RollbackRejoining => Some(Task::Rejoin),
+            Step::Committing => Some(Task::Commit),
+            Step::Restoring | Step::Releasing => Some(Task::Restore),
+            Step::Gating => Some(Task::Gate),
+            Step::RollingBack => Some(Task::Rollback),
             Step::Waiting
             | Step::Staged
             | Step::Rejoined
@@ -273,6 +275,9 @@ pub struct NodeOp {
     pub fell_back: u32,
     /// What happened (a failure's reason).
     pub note: String,
+    /// Why its step ended without doing what it does, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
     /// Its steps so far, as the status lists them.
     #[serde(default)]
     pub events: Vec<Event>,
@@ -296,6 +301,7 @@ impl NodeOp {
             rollback: false,
             fell_back: 0,
             note: String::new(),
+            cause: None,
             events: vec![],
             down_since: None,
         }
@@ -305,16 +311,90 @@ impl NodeOp {
 /// One step of a node's part, as the status lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    /// `stage`, `drain`, `apply`, `rejoin`, `commit`, `restore` or `rollback`.
-    pub task: String,
-    /// `running`, `done`, `failed` or `stopped`.
-    pub status: String,
+    /// What it does.
+    pub task: Task,
+    /// Where it stands.
+    pub status: EventStatus,
     /// When it started.
     pub start: Ms,
     /// When it ended.
     pub end: Option<Ms>,
     /// What happened.
     pub message: String,
+}
+
+/// What a node's event does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Fetching and verifying the image.
+    Stage,
+    /// (SE) its virtual services move to the others.
+    Drain,
+    /// Installing into the inactive slot.
+    Apply,
+    /// Rebooting and coming back.
+    Rejoin,
+    /// Keeping the new version.
+    Commit,
+    /// (SE) serving again.
+    Restore,
+    /// (SE) its group's health gates.
+    Gate,
+    /// Returning to the previous slot.
+    Rollback,
+}
+
+impl Task {
+    /// Its name in the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Stage => "stage",
+            Task::Drain => "drain",
+            Task::Apply => "apply",
+            Task::Rejoin => "rejoin",
+            Task::Commit => "commit",
+            Task::Restore => "restore",
+            Task::Gate => "gate",
+            Task::Rollback => "rollback",
+        }
+    }
+}
+
+/// Where a node's event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Under way.
+    Running,
+    /// It did what it does.
+    Done,
+    /// It failed; the message says why.
+    Failed,
+    /// The operation ended while it ran.
+    Stopped,
+}
+
+/// Why a node's step ended without doing what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// It failed (the note says how).
+    Failed,
+    /// (SE) its health gates failed on the new version: it runs it,
+    /// committed, serving.
+    GateFailed,
+    /// The operation ended while it was in a step.
+    Stopped,
+}
+
+/// An SE its group went on past (`action_on_error: continue`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Passed {
+    /// The SE.
+    pub se: NodeId,
+    /// What it failed.
+    pub reason: String,
 }
 
 /// What the probes measured of one virtual service during the SE phase.
@@ -380,7 +460,7 @@ pub struct GroupOp {
     /// Why it is suspended or rolled back.
     pub reason: String,
     /// SEs it went on past (`action_on_error: continue`), and why.
-    pub passed: Vec<String>,
+    pub passed: Vec<Passed>,
     /// Not selected for this upgrade (`se_groups`): it stays on the old version.
     #[serde(default)]
     pub left_out: bool,
@@ -553,5 +633,99 @@ impl Journal {
             self.nodes.iter().filter(|(_, n)| n.member == Member::Controller).map(|(id, _)| id.clone()).collect();
         v.sort_by_key(|id| *id == self.leader);
         v
+    }
+}
+
+/// Reads a stored journal of any format since 2: its JSON is migrated one
+/// format at a time to [`FORMAT`], then read. A journal of a newer format
+/// (written by a newer molt) is refused, naming both formats.
+pub fn from_value(mut v: serde_json::Value) -> Result<Journal, String> {
+    let format = v.get("format").and_then(serde_json::Value::as_u64).ok_or("the journal names no format")?;
+    if format > u64::from(FORMAT) {
+        return Err(format!("the journal has format {format}, written by a newer molt; this one reads up to {FORMAT}"));
+    }
+    if format < 2 {
+        return Err(format!("the journal has format {format}, older than any this molt migrates (2 on)"));
+    }
+    for from in format..u64::from(FORMAT) {
+        match from {
+            2 => migrate::v2_to_v3(&mut v),
+            _ => unreachable!("a migration per format below FORMAT"),
+        }
+        v["format"] = (from + 1).into();
+    }
+    serde_json::from_value(v).map_err(|e| format!("the journal cannot be read: {e}"))
+}
+
+/// The migrations, one per format.
+mod migrate {
+    use serde_json::Value;
+
+    use super::GATE_FAILED;
+
+    /// Format 3 types what format 2 kept in prose: why a node's step
+    /// ended (the note's "stopped in" and "health gate failed" prefixes)
+    /// and whom a group went on past ("id: reason" lines).
+    pub(super) fn v2_to_v3(v: &mut Value) {
+        if let Some(nodes) = v.get_mut("nodes").and_then(Value::as_object_mut) {
+            for n in nodes.values_mut() {
+                let note = n.get("note").and_then(Value::as_str).unwrap_or_default();
+                let failed = n.get("step").and_then(Value::as_str) == Some("failed");
+                let cause = if note.starts_with("stopped in") {
+                    Some("stopped")
+                } else if note.starts_with(GATE_FAILED) {
+                    Some("gate_failed")
+                } else if failed {
+                    Some("failed")
+                } else {
+                    None
+                };
+                if let Some(c) = cause {
+                    n["cause"] = c.into();
+                }
+            }
+        }
+        if let Some(groups) = v.get_mut("groups").and_then(Value::as_object_mut) {
+            for g in groups.values_mut() {
+                let Some(lines) = g.get("passed").and_then(Value::as_array) else { continue };
+                let passed: Vec<Value> = lines
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .flat_map(|line| line.split("; "))
+                    .filter_map(|one| one.split_once(": "))
+                    .map(|(se, reason)| serde_json::json!({ "se": se, "reason": reason }))
+                    .collect();
+                g["passed"] = passed.into();
+            }
+        }
+    }
+}
+
+/// How the note of an SE that failed its health gates starts (format 2
+/// told the failure apart by it; [`Cause::GateFailed`] does now).
+pub const GATE_FAILED: &str = "health gate failed";
+
+/// Serde helpers for the places a stored journal is read: each migrates it.
+pub mod stored {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    use super::Journal;
+
+    /// A journal.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Journal, D::Error> {
+        super::from_value(serde_json::Value::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// A journal that may be absent.
+    pub mod option {
+        use super::*;
+
+        /// `None`, or a journal.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Journal>, D::Error> {
+            match Option::<serde_json::Value>::deserialize(d)? {
+                Some(v) => super::super::from_value(v).map(Some).map_err(D::Error::custom),
+                None => Ok(None),
+            }
+        }
     }
 }

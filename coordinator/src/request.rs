@@ -21,18 +21,8 @@ use crate::{
     placement,
 };
 
-/// Why a request was refused; the HTTP layer maps it to a status code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusalKind {
-    /// The request itself is wrong (400).
-    BadRequest,
-    /// Another operation, or none, is running (409).
-    Conflict,
-    /// A pre-check failed (412).
-    PreconditionFailed,
-    /// A node lacks the disk space for the image (507).
-    InsufficientStorage,
-}
+/// What kind of refusal: a kind of the one error table.
+pub use common::errors::ErrorKind as RefusalKind;
 
 /// A refused request: nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,21 +45,35 @@ fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
 pub struct Precheck {
     /// Which check.
     pub check: String,
-    /// `ok`, `warning` or `error`.
-    pub result: String,
+    /// What it found.
+    pub result: CheckResult,
     /// What it found.
     pub message: String,
 }
 
+/// A pre-check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckResult {
+    /// Passed.
+    Ok,
+    /// Passed, with something the operator should know.
+    Warning,
+    /// Failed: the operation does not start.
+    Error,
+}
+
 impl Precheck {
-    fn new(check: &str, result: &str, message: String) -> Self {
-        Self { check: check.into(), result: result.into(), message }
+    /// A check's verdict and what it found.
+    pub fn new(check: &str, result: CheckResult, message: String) -> Self {
+        Self { check: check.into(), result, message }
     }
 }
 
 /// The refusal of failed pre-checks: their errors, with every verdict.
 pub fn failed_checks(kind: RefusalKind, checks: Vec<Precheck>) -> Refusal {
-    let errors: Vec<&str> = checks.iter().filter(|c| c.result == "error").map(|c| c.message.as_str()).collect();
+    let errors: Vec<&str> =
+        checks.iter().filter(|c| c.result == CheckResult::Error).map(|c| c.message.as_str()).collect();
     Refusal { kind, message: errors.join("; "), prechecks: checks }
 }
 
@@ -100,13 +104,16 @@ pub fn version_checks(
     min_compatible: Version,
     force: bool,
 ) -> (Precheck, Option<RefusalKind>) {
-    let check = |result: &str, message: String| Precheck::new("version", result, message);
+    let check = |result: CheckResult, message: String| Precheck::new("version", result, message);
     let Some(from) = from else {
-        return (check("error", "no controller reports its version".into()), Some(RefusalKind::PreconditionFailed));
+        return (
+            check(CheckResult::Error, "no controller reports its version".into()),
+            Some(RefusalKind::PreconditionFailed),
+        );
     };
     if to <= from {
         return (
-            check("error", format!("the cluster runs {from}; the image is {to}: nothing to upgrade")),
+            check(CheckResult::Error, format!("the cluster runs {from}; the image is {to}: nothing to upgrade")),
             Some(RefusalKind::BadRequest),
         );
     }
@@ -114,14 +121,14 @@ pub fn version_checks(
         let msg =
             format!("the cluster runs {from}, below {min_compatible}, the oldest version this image upgrades from");
         if force {
-            return (check("warning", format!("{msg}; forced: the upgrade is disruptive")), None);
+            return (check(CheckResult::Warning, format!("{msg}; forced: the upgrade is disruptive")), None);
         }
         return (
-            check("error", format!("{msg}; upgrade through an intermediate version, or force (disruptive)")),
+            check(CheckResult::Error, format!("{msg}; upgrade through an intermediate version, or force (disruptive)")),
             Some(RefusalKind::PreconditionFailed),
         );
     }
-    (check("ok", format!("{from} → {to} (compatible from {min_compatible})")), None)
+    (check(CheckResult::Ok, format!("{from} → {to} (compatible from {min_compatible})")), None)
 }
 
 /// At most two versions may be live in the system: what every node runs now,
@@ -141,10 +148,10 @@ pub fn two_versions_check<'a>(nodes: impl IntoIterator<Item = &'a NodeSummary>, 
         }
     }
     by_version.entry(to).or_default();
-    let check = |result: &str, message: String| Precheck::new("versions", result, message);
+    let check = |result: CheckResult, message: String| Precheck::new("versions", result, message);
     if by_version.len() <= 2 {
         let live: Vec<String> = by_version.keys().map(|v| v.to_string()).collect();
-        return check("ok", format!("versions live during the upgrade: {}", live.join(" and ")));
+        return check(CheckResult::Ok, format!("versions live during the upgrade: {}", live.join(" and ")));
     }
     let described: Vec<String> = by_version
         .iter()
@@ -154,7 +161,7 @@ pub fn two_versions_check<'a>(nodes: impl IntoIterator<Item = &'a NodeSummary>, 
     let (oldest, who) = by_version.iter().next().expect("more than two");
     let next = by_version.keys().nth(1).expect("more than two");
     check(
-        "error",
+        CheckResult::Error,
         format!(
             "{}: upgrading to {to} would put three versions in the system, and at most two may be live; \
              bring {} from {oldest} to {next} first",
@@ -169,11 +176,15 @@ pub fn traffic_check(config: &Config, disruptive: bool, profile: &Profile) -> Pr
     let predicted = placement::predict(config, disruptive, &profile.max_parallel_ses);
     let hit: Vec<&str> = predicted.iter().filter(|(_, d, _)| *d).map(|(n, _, _)| n.as_str()).collect();
     if hit.is_empty() {
-        Precheck::new("traffic", "ok", format!("no virtual service is interrupted ({} checked)", predicted.len()))
+        Precheck::new(
+            "traffic",
+            CheckResult::Ok,
+            format!("no virtual service is interrupted ({} checked)", predicted.len()),
+        )
     } else {
         Precheck::new(
             "traffic",
-            "warning",
+            CheckResult::Warning,
             format!("these virtual services will be interrupted while their SE reboots: {}", hit.join(", ")),
         )
     }
@@ -323,7 +334,7 @@ pub fn start_checks(req: &StartRequest, ctx: &StartCtx<'_>) -> (Vec<Precheck>, O
     if !silent.is_empty() {
         checks.push(Precheck::new(
             "nodes",
-            "error",
+            CheckResult::Error,
             format!("{} not reported its version yet; wait until every node is up (`molt show cluster`)", {
                 let who = silent.join(", ");
                 if silent.len() == 1 { format!("{who} has") } else { format!("{who} have") }
@@ -341,7 +352,7 @@ pub fn start_checks(req: &StartRequest, ctx: &StartCtx<'_>) -> (Vec<Precheck>, O
         } else {
             two_versions_check(ctx.nodes, req.to)
         };
-        if two.result == "error" {
+        if two.result == CheckResult::Error {
             failed = failed.or(Some(RefusalKind::PreconditionFailed));
         }
         checks.push(two);
@@ -820,7 +831,7 @@ pub fn rollback_system(
 
 /// Whether the configuration may change: not while an operation runs.
 pub fn config_writable(current: Option<&Journal>) -> Result<(), Refusal> {
-    match current.filter(|j| j.is_running()) {
+    match current.filter(|j| crate::view::op_state(j).is_running()) {
         Some(j) => Err(refuse(
             RefusalKind::Conflict,
             format!(

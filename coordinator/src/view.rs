@@ -3,7 +3,90 @@
 
 use serde::Serialize;
 
-use crate::journal::{GroupState, Journal, Member, Operation, Outcome, Phase, Step};
+use serde::Deserialize;
+
+use crate::journal::{Cause, GroupState, Journal, Member, Operation, Outcome, Phase, Step, Task};
+
+/// The overall state of the current (or last) operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    /// Nothing has run since the leader started.
+    #[default]
+    Idle,
+    /// Checks running.
+    Prechecking,
+    /// Running.
+    InProgress,
+    /// Held by the operator (`molt upgrade pause`): what was in flight
+    /// finishes, nothing new starts until `molt upgrade resume`.
+    Paused,
+    /// Finished.
+    Completed,
+    /// Stopped on an SE group failure, or in this leader's process.
+    Suspended,
+    /// Stopped and undone.
+    Aborted,
+}
+
+impl OpState {
+    /// Whether an operation runs (the configuration is read-only).
+    pub fn is_running(self) -> bool {
+        matches!(self, OpState::Prechecking | OpState::InProgress | OpState::Paused)
+    }
+}
+
+/// The state of `j`: the one derivation the status shows and the
+/// configuration's writability follows ([`crate::request::config_writable`]).
+pub fn op_state(j: &Journal) -> OpState {
+    match j.outcome {
+        _ if j.is_running() && j.paused => OpState::Paused,
+        _ if j.is_running() => OpState::InProgress,
+        Some(Outcome::Completed) => OpState::Completed,
+        Some(Outcome::Aborted) => OpState::Aborted,
+        Some(Outcome::Suspended) | None => OpState::Suspended,
+    }
+}
+
+/// Where a node stands in the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Nothing asked of it yet.
+    Pending,
+    /// In a step.
+    Running,
+    /// Its part done.
+    Done,
+    /// Failed.
+    Failed,
+    /// The operation ended before its part was done.
+    Stopped,
+}
+
+impl NodeState {
+    /// Its name in the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Pending => "pending",
+            NodeState::Running => "running",
+            NodeState::Done => "done",
+            NodeState::Failed => "failed",
+            NodeState::Stopped => "stopped",
+        }
+    }
+}
+
+fn node_state(j: &Journal, n: &crate::journal::NodeOp) -> NodeState {
+    match n.step {
+        s if s.running_event().is_some() => NodeState::Running,
+        Step::Failed if n.cause == Some(Cause::Stopped) => NodeState::Stopped,
+        Step::Failed => NodeState::Failed,
+        Step::Waiting if j.is_running() => NodeState::Pending,
+        Step::Waiting => NodeState::Stopped,
+        _ => NodeState::Done,
+    }
+}
 
 /// One node's line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -14,8 +97,10 @@ pub struct NodeLine {
     pub se_group: Option<String>,
     /// Its step (`waiting`, `applying`, `upgraded`, …).
     pub step: Step,
-    /// The event it is running, if any (`apply`, `rejoin`, …).
-    pub running: Option<&'static str>,
+    /// The event it is running, if any.
+    pub running: Option<Task>,
+    /// Where it stands.
+    pub state: NodeState,
     /// What happened to it.
     pub note: String,
 }
@@ -26,7 +111,7 @@ pub struct GroupLine {
     /// Its name.
     pub name: String,
     /// Its state.
-    pub state: &'static str,
+    pub state: GroupState,
     /// Its SEs done, in percent.
     pub progress: u8,
     /// Why it is suspended or rolled back.
@@ -38,8 +123,8 @@ pub struct GroupLine {
 pub struct View {
     /// `upgrade`, `prestage` or `se_group_rollback`.
     pub operation: &'static str,
-    /// `in_progress`, `paused`, `completed`, `suspended` or `aborted`.
-    pub state: &'static str,
+    /// Where it stands.
+    pub state: OpState,
     /// Where it is, or where it stopped.
     pub phase: &'static str,
     /// Percent; never goes down within an operation.
@@ -64,11 +149,7 @@ pub struct View {
 /// The view of `j`.
 pub fn view(j: &Journal) -> View {
     let (from, to) = if j.operation.is_rollback() { (j.to, j.from) } else { (j.from, j.to) };
-    let state = match j.outcome {
-        Some(o) => o.name(),
-        None if j.paused => "paused",
-        None => "in_progress",
-    };
+    let state = op_state(j);
     let rolled_back = j.nodes.values().any(|n| n.member == Member::Controller && n.step == Step::RolledBack);
     let phase = match (j.phase, j.outcome) {
         (Phase::Done, Some(Outcome::Suspended)) if j.operation.is_rollback() => "rollback_se_groups",
@@ -89,7 +170,7 @@ pub fn view(j: &Journal) -> View {
                 .count();
             let progress = if g.ses.is_empty() { 100 } else { (done * 100 / g.ses.len()) as u8 };
             let progress = if g.state == GroupState::Completed { 100 } else { progress };
-            GroupLine { name: name.clone(), state: g.state.name(), progress, reason: g.reason.clone() }
+            GroupLine { name: name.clone(), state: g.state, progress, reason: g.reason.clone() }
         })
         .collect();
     View {
@@ -111,6 +192,7 @@ pub fn view(j: &Journal) -> View {
                 },
                 step: n.step,
                 running: n.step.running_event(),
+                state: node_state(j, n),
                 note: n.note.clone(),
             })
             .collect(),

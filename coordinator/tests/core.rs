@@ -256,7 +256,7 @@ fn an_ended_operation_shows_nothing_running_and_nobody_drained() {
     j.nodes.get_mut(&id("s2")).unwrap().step = Step::Upgraded;
     let d = core::next(&j, &obs, &ctx(1));
     let view = coordinator::view::view(&d.journal);
-    assert_eq!(view.state, "suspended");
+    assert_eq!(view.state, coordinator::view::OpState::Suspended);
     assert_eq!(view.phase, "service_engines", "it stays in the phase it can go on from");
     assert!(view.nodes.iter().all(|n| n.running.is_none()), "{view:?}");
     assert!(view.drained.is_empty());
@@ -555,7 +555,7 @@ fn pause_holds_the_next_se_and_abort_after_the_commit_rolls_the_group_back() {
     assert_eq!(d.journal.nodes[&id("s1")].step, Step::Staged, "held");
     // Nothing is sent; the probes go on while the group is held.
     assert_eq!(d.actions, vec![Action::Probe]);
-    assert_eq!(coordinator::view::view(&d.journal).state, "paused");
+    assert_eq!(coordinator::view::view(&d.journal).state, coordinator::view::OpState::Paused);
     // Resumed, s1 is drained next.
     let resumed = request::resume_paused(Some(&d.journal)).unwrap().unwrap();
     assert_eq!(core::next(&resumed, &obs, &ctx(2)).journal.nodes[&id("s1")].step, Step::Draining);
@@ -700,4 +700,47 @@ fn max_transfers_stages_that_many_nodes_at_once_controllers_first() {
     let staging: Vec<&str> =
         d.nodes.iter().filter(|(_, n)| n.step == Step::Staging).map(|(id, _)| id.as_str()).collect();
     assert_eq!(staging, ["c1"]);
+}
+
+/// A journal written by main at 0fc8ecf (format 2), in the SE phase: a
+/// group went on past s1, whose health gate failed; s2 is next.
+const JOURNAL_0FC8ECF: &str = include_str!("fixtures/journal-0fc8ecf.json");
+
+#[test]
+fn a_journal_of_the_previous_format_is_migrated_and_resumed() {
+    let v: serde_json::Value = serde_json::from_str(JOURNAL_0FC8ECF).unwrap();
+    assert_eq!(v["format"], 2, "the fixture is of the previous format");
+    let j = coordinator::journal::from_value(v).expect("migrated");
+    assert_eq!(j.format, coordinator::journal::FORMAT);
+    assert!(j.is_running());
+    // What format 2 kept in prose is typed.
+    let s1 = &j.nodes[&id("s1")];
+    assert_eq!(s1.cause, Some(coordinator::journal::Cause::GateFailed));
+    let passed = &j.groups["g1"].passed;
+    assert_eq!(passed.len(), 1);
+    assert_eq!(passed[0].se, id("s1"));
+    assert_eq!(passed[0].reason, "health gate failed on 2.0.0: http://db/ answered 500");
+    assert_eq!(j.nodes[&id("c1")].events[0].status, coordinator::journal::EventStatus::Done);
+    // The new leader resumes it: s2 is drained next (s1 serves again).
+    let obs = Observed {
+        nodes: BTreeMap::from([
+            (id("c1"), seen("2.0.0", "b1", &[])),
+            (id("s1"), seen("2.0.0", "b2", &["db"])),
+            (id("s2"), seen("1.0.0", "b3", &["db"])),
+        ]),
+        ..Default::default()
+    };
+    let d = core::next(&j, &obs, &ctx(10_000));
+    assert_eq!(d.journal.nodes[&id("s2")].step, Step::Draining, "{:?}", d.journal.nodes[&id("s2")]);
+    // Read back as the current format, it round-trips.
+    let again = coordinator::journal::from_value(serde_json::to_value(&d.journal).unwrap()).unwrap();
+    assert_eq!(again, d.journal);
+}
+
+#[test]
+fn a_journal_of_a_newer_format_is_refused_by_name() {
+    let mut v: serde_json::Value = serde_json::from_str(JOURNAL_0FC8ECF).unwrap();
+    v["format"] = 9.into();
+    let e = coordinator::journal::from_value(v).unwrap_err();
+    assert!(e.contains("format 9") && e.contains("newer molt"), "{e}");
 }

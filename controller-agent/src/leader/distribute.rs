@@ -4,8 +4,8 @@
 //! staging itself is a step of the coordinator, carried out by the driver.
 
 use common::DeploymentKind;
+use common::errors::ErrorKind;
 use coordinator::request::{Refusal, RefusalKind};
-use http::StatusCode;
 
 use super::{
     cluster::{NodeState, NodeView},
@@ -18,48 +18,37 @@ use agent_core::follower::stage::DISK_MARGIN;
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Refused {
-    /// The HTTP status that fits.
-    pub status: StatusCode,
+    /// What kind of error (its HTTP status is in [`common::errors`]).
+    pub kind: ErrorKind,
     /// What is wrong and what to do.
     pub message: String,
     /// The checks, when they ran.
     pub prechecks: Vec<Precheck>,
 }
 
-/// The HTTP status of a refusal's kind: the one place they are mapped.
-pub fn status_of(kind: RefusalKind) -> StatusCode {
-    match kind {
-        RefusalKind::BadRequest => StatusCode::BAD_REQUEST,
-        RefusalKind::Conflict => StatusCode::CONFLICT,
-        RefusalKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
-        RefusalKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-    }
-}
-
 impl From<Refusal> for Refused {
     fn from(r: Refusal) -> Self {
-        Refused { status: status_of(r.kind), message: r.message, prechecks: r.prechecks }
+        Refused { kind: r.kind, message: r.message, prechecks: r.prechecks }
     }
 }
 
 impl From<ImageError> for Refused {
     fn from(e: ImageError) -> Self {
-        let status = match e {
-            ImageError::NotFound(_) => StatusCode::NOT_FOUND,
-            ImageError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ImageError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            _ => StatusCode::BAD_REQUEST,
+        let kind = match e {
+            ImageError::NotFound(_) => ErrorKind::NotFound,
+            ImageError::Io(_) => ErrorKind::Internal,
+            ImageError::NoSpace { .. } => ErrorKind::InsufficientStorage,
+            _ => ErrorKind::BadRequest,
         };
-        Refused { status, message: e.to_string(), prechecks: vec![] }
+        Refused { kind, message: e.to_string(), prechecks: vec![] }
     }
 }
 
 fn check(name: &str, result: Result<String, String>) -> Precheck {
-    let (result, message) = match result {
-        Ok(m) => ("ok", m),
-        Err(m) => ("error", m),
-    };
-    Precheck { check: name.into(), result: result.into(), message }
+    match result {
+        Ok(m) => Precheck::new(name, coordinator::request::CheckResult::Ok, m),
+        Err(m) => Precheck::new(name, coordinator::request::CheckResult::Error, m),
+    }
 }
 
 /// The images of an operation: one, or in a mixed cluster one per
@@ -76,7 +65,7 @@ pub struct Images {
 impl Images {
     /// Checks that the two go together; `docker` is the docker nodes' package.
     pub fn new(main: Image, docker: Option<Image>) -> Result<Self, Refused> {
-        let bad = |message: String| Refused { status: StatusCode::BAD_REQUEST, message, prechecks: vec![] };
+        let bad = |message: String| Refused { kind: ErrorKind::BadRequest, message, prechecks: vec![] };
         if let Some(d) = &docker {
             let (dm, mm) = (&d.info.manifest, &main.info.manifest);
             if dm.kind != DeploymentKind::Docker {

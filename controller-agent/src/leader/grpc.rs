@@ -37,13 +37,15 @@ impl LeaderService {
 pub fn not_leader(state: &LeaderState) -> Status {
     match state.consensus.leader().filter(|m| m.id != state.settings.node_id.as_str()) {
         Some(m) => {
-            let mut s = Status::unavailable(format!("not the leader: {} leads at {}", m.id, m.addr));
+            let mut s =
+                common::errors::ErrorKind::Unavailable.grpc(format!("not the leader: {} leads at {}", m.id, m.addr));
             if let Ok(v) = m.addr.parse() {
                 s.metadata_mut().insert(agent_core::follower::session::LEADER_HINT, v);
             }
             s
         }
-        None => Status::unavailable("not the leader, and no leader is known yet: the controllers are electing one"),
+        None => common::errors::ErrorKind::Unavailable
+            .grpc("not the leader, and no leader is known yet: the controllers are electing one"),
     }
 }
 
@@ -68,17 +70,15 @@ impl pb::leader_server::Leader for LeaderService {
         let first = inbound
             .message()
             .await?
-            .ok_or_else(|| Status::invalid_argument("the session opened without a heartbeat"))?;
+            .ok_or_else(|| common::errors::ErrorKind::BadRequest.grpc("the session opened without a heartbeat"))?;
         let hb = convert::heartbeat_of(first)?;
         if hb.node_id != peer.node_id || hb.role != peer.role {
-            return Err(Status::permission_denied(format!(
-                "the heartbeat claims {} {} but the certificate is for {peer}",
-                hb.role, hb.node_id
-            )));
+            return Err(common::errors::ErrorKind::Forbidden
+                .grpc(format!("the heartbeat claims {} {} but the certificate is for {peer}", hb.role, hb.node_id)));
         }
         if let Err(why) = self.state.cluster.check_membership(&hb) {
             warn!(node = %hb.node_id, remote = ?req_remote, "session refused: {why}");
-            return Err(Status::permission_denied(why));
+            return Err(common::errors::ErrorKind::Forbidden.grpc(why));
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<LeaderMessage>(32);
         let welcome = Welcome {
@@ -90,7 +90,7 @@ impl pb::leader_server::Leader for LeaderService {
         let node = hb.node_id.clone();
         let session = self.state.cluster.open_session(hb, tx).map_err(|why| {
             warn!(node = %peer.node_id, remote = ?req_remote, "{why}");
-            Status::already_exists(why)
+            common::errors::ErrorKind::Conflict.grpc(why)
         })?;
         let state = self.state.clone();
         state.clone().spawn(async move {
@@ -124,18 +124,22 @@ impl pb::leader_server::Leader for LeaderService {
     ) -> Result<Response<Self::FetchImageStream>, Status> {
         let peer = auth::caller(&req, &self.state.settings.cluster, &[Role::Controller, Role::ServiceEngine])?;
         let r = req.into_inner();
-        let sha: Sha256Digest =
-            r.sha256.parse().map_err(|e: common::types::ParseError| Status::invalid_argument(e.to_string()))?;
-        let stripe = common::stripe::Stripe::new(r.stripe, r.stripes).map_err(Status::invalid_argument)?;
+        let sha: Sha256Digest = r
+            .sha256
+            .parse()
+            .map_err(|e: common::types::ParseError| common::errors::ErrorKind::BadRequest.grpc(e.to_string()))?;
+        let stripe = common::stripe::Stripe::new(r.stripe, r.stripes)
+            .map_err(|e| common::errors::ErrorKind::BadRequest.grpc(e))?;
         let permit = self.state.fetch_gate.open(&peer.node_id, &sha)?;
-        let path = self
-            .state
-            .image_path(&sha)
-            .ok_or_else(|| Status::not_found(format!("the leader holds no image {}", sha.short())))?;
-        let file = std::fs::File::open(&path).map_err(|e| Status::internal(format!("cannot read image: {e}")))?;
-        let size = file.metadata().map_err(|e| Status::internal(e.to_string()))?.len();
+        let path = self.state.image_path(&sha).ok_or_else(|| {
+            common::errors::ErrorKind::NotFound.grpc(format!("the leader holds no image {}", sha.short()))
+        })?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| common::errors::ErrorKind::Internal.grpc(format!("cannot read image: {e}")))?;
+        let size = file.metadata().map_err(|e| common::errors::ErrorKind::Internal.grpc(e.to_string()))?.len();
         if r.offset > size {
-            return Err(Status::out_of_range(format!("offset {} is past the image's {size} bytes", r.offset)));
+            return Err(common::errors::ErrorKind::OutOfRange
+                .grpc(format!("offset {} is past the image's {size} bytes", r.offset)));
         }
         if let Some(redirect) = self.state.route_fetch(sha, &peer.node_id, stripe) {
             return Err(redirect);

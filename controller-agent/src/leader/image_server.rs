@@ -97,23 +97,21 @@ impl FetchGate {
     pub fn open(&self, node: &NodeId, sha: &Sha256Digest) -> Result<StreamPermit, Status> {
         let mut s = self.state.lock().expect("fetch gate lock");
         if !s.grants.contains_key(&(node.clone(), *sha)) {
-            return Err(Status::permission_denied(format!(
+            return Err(common::errors::ErrorKind::Forbidden.grpc(format!(
                 "{node} may not fetch image {}: the leader has not asked it to stage that image",
                 sha.short()
             )));
         }
         let mine = s.streams.get(node).copied().unwrap_or(0);
         if mine >= self.per_node {
-            return Err(Status::resource_exhausted(format!(
+            return Err(common::errors::ErrorKind::Exhausted.grpc(format!(
                 "{node} already holds {mine} image streams (limit {}); close one first",
                 self.per_node
             )));
         }
         if s.total >= self.max_total {
-            return Err(Status::resource_exhausted(format!(
-                "the leader serves {} image streams, its limit; retry shortly",
-                s.total
-            )));
+            return Err(common::errors::ErrorKind::Exhausted
+                .grpc(format!("the leader serves {} image streams, its limit; retry shortly", s.total)));
         }
         s.total += 1;
         *s.streams.entry(node.clone()).or_default() += 1;

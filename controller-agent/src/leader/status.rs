@@ -8,7 +8,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use coordinator::journal::{Journal, Member, Ms, Outcome, Step};
+use coordinator::journal::{Journal, Member, Ms, Step};
 use serde::{Deserialize, Serialize};
 
 use super::cluster::NodeView;
@@ -19,35 +19,15 @@ pub fn now() -> f64 {
     (d.as_millis() as f64) / 1000.0
 }
 
-/// The overall state of the current (or last) operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OpState {
-    /// Nothing has run since the leader started.
-    #[default]
-    Idle,
-    /// Checks running.
-    Prechecking,
-    /// Running.
-    InProgress,
-    /// Held by the operator (`molt upgrade pause`): what was in flight
-    /// finishes, nothing new starts until `molt upgrade resume`.
-    Paused,
-    /// Finished.
-    Completed,
-    /// Stopped on an SE group failure.
-    Suspended,
-    /// Stopped and undone.
-    Aborted,
-}
+pub use coordinator::view::{NodeState, OpState};
 
 /// One step of a node's part in an operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
-    /// What the step does (`stage`, ...).
-    pub task: String,
-    /// `running`, `done` or `failed`.
-    pub status: String,
+    /// What the step does.
+    pub task: coordinator::journal::Task,
+    /// Where it stands.
+    pub status: coordinator::journal::EventStatus,
     /// When it started.
     pub start: f64,
     /// When it ended.
@@ -63,8 +43,8 @@ pub struct NodeStatus {
     pub id: String,
     /// Role.
     pub role: String,
-    /// `pending`, `running`, `done` or `failed`.
-    pub state: String,
+    /// Where it stands.
+    pub state: NodeState,
     /// Version it runs.
     pub version: String,
     /// Bytes of the image it holds.
@@ -194,22 +174,12 @@ pub const AUDIT_SHOWN: usize = 50;
 impl UpgradeStatus {
     /// Whether an operation is running.
     pub fn is_running(&self) -> bool {
-        matches!(self.state, OpState::Prechecking | OpState::InProgress | OpState::Paused)
+        self.state.is_running()
     }
 }
 
 fn secs(ms: Ms) -> f64 {
     ms as f64 / 1000.0
-}
-
-fn op_state(j: &Journal) -> OpState {
-    match j.outcome {
-        None if j.paused => OpState::Paused,
-        None => OpState::InProgress,
-        Some(Outcome::Completed) => OpState::Completed,
-        Some(Outcome::Suspended) => OpState::Suspended,
-        Some(Outcome::Aborted) => OpState::Aborted,
-    }
 }
 
 /// The history line of an operation that ended.
@@ -219,7 +189,7 @@ pub fn history_entry(j: &Journal) -> HistoryEntry {
         operation: v.operation.into(),
         from_version: v.from_version,
         to_version: v.to_version,
-        state: op_state(j),
+        state: v.state,
         started_at: secs(j.started),
         ended_at: j.ended.map(secs),
         // Bounded: the history is replicated and kept.
@@ -254,21 +224,13 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
                 Step::Waiting | Step::Staging => receiving(&line.id),
                 _ => image.size,
             };
-            let state = match n.step {
-                _ if line.running.is_some() => "running",
-                Step::Failed if n.note.starts_with("stopped in") => "stopped",
-                Step::Failed => "failed",
-                Step::Waiting if j.is_running() => "pending",
-                Step::Waiting => "stopped",
-                _ => "done",
-            };
             NodeStatus {
                 id: line.id.clone(),
                 role: match n.member {
                     Member::Controller => common::Role::Controller.to_string(),
                     Member::ServiceEngine(_) => common::Role::ServiceEngine.to_string(),
                 },
-                state: state.into(),
+                state: line.state,
                 version: seen.map(|s| s.version.clone()).unwrap_or_default(),
                 received,
                 source: None,
@@ -276,8 +238,8 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
                     .events
                     .iter()
                     .map(|e| Event {
-                        task: e.task.clone(),
-                        status: e.status.clone(),
+                        task: e.task,
+                        status: e.status,
                         start: secs(e.start),
                         end: e.end.map(secs),
                         message: e.message.clone(),
@@ -303,7 +265,8 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
                 .ses
                 .iter()
                 .filter_map(|se| {
-                    let e = j.nodes.get(se)?.events.iter().rev().find(|e| e.task == "gate")?;
+                    let e =
+                        j.nodes.get(se)?.events.iter().rev().find(|e| e.task == coordinator::journal::Task::Gate)?;
                     Some(serde_json::json!({
                         "se": se, "status": e.status, "message": e.message,
                         "start": secs(e.start), "end": e.end.map(secs),
@@ -347,7 +310,7 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
         })
         .collect();
     UpgradeStatus {
-        state: op_state(j),
+        state: v.state,
         operation: v.operation.into(),
         phase: v.phase.into(),
         progress: v.progress,

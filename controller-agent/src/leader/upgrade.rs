@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use common::Role;
+use common::errors::ErrorKind;
 use coordinator::{
     journal::{ActionOnError, Image as JournalImage, Member, Operation},
     request::{self, NodeSummary, ProfileRequest, StartCtx, StartRequest},
@@ -91,8 +92,8 @@ pub struct GroupRequest {
     pub system: bool,
 }
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
-    Refused { status, message: message.into(), prechecks: vec![] }
+fn refuse(kind: ErrorKind, message: impl Into<String>) -> Refused {
+    Refused { kind, message: message.into(), prechecks: vec![] }
 }
 
 /// The nodes as the pre-checks see them.
@@ -185,9 +186,10 @@ fn start_request(
 /// Writes a new journal under the gate the caller holds, and wakes the driver.
 async fn begin(state: &LeaderState, j: coordinator::journal::Journal) -> Result<(), Refused> {
     let what = j.operation.name().replace('_', " ");
-    state.write_journal(j).await.map_err(|e| {
-        refuse(e.status(), format!("cannot write the upgrade journal, so the {what} did not start: {e}"))
-    })?;
+    state
+        .write_journal(j)
+        .await
+        .map_err(|e| refuse(e.kind(), format!("cannot write the upgrade journal, so the {what} did not start: {e}")))?;
     state.wake.notify_one();
     Ok(())
 }
@@ -195,7 +197,7 @@ async fn begin(state: &LeaderState, j: coordinator::journal::Journal) -> Result<
 fn refuse_if_running(state: &LeaderState) -> Result<(), Refused> {
     if state.read_only() {
         return Err(refuse(
-            StatusCode::CONFLICT,
+            ErrorKind::Conflict,
             "an upgrade or prestage is already running; follow it with `molt show upgrade status`",
         ));
     }
@@ -206,12 +208,12 @@ fn refuse_if_running(state: &LeaderState) -> Result<(), Refused> {
 pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(StatusCode, serde_json::Value), Refused> {
     let Some(on_error) = ActionOnError::parse(&req.action_on_error) else {
         return Err(refuse(
-            StatusCode::BAD_REQUEST,
+            ErrorKind::BadRequest,
             format!("action_on_error {:?}: expected suspend, continue or rollback", req.action_on_error),
         ));
     };
     if let Some(o) = req.se_group_order.as_deref().filter(|o| !matches!(*o, "parallel" | "series")) {
-        return Err(refuse(StatusCode::BAD_REQUEST, format!("se_group_order {o:?}: expected parallel or series")));
+        return Err(refuse(ErrorKind::BadRequest, format!("se_group_order {o:?}: expected parallel or series")));
     }
     if !req.prechecks_only {
         refuse_if_running(state)?;
@@ -300,7 +302,7 @@ pub async fn prestage(
 
 fn refuse_if_halted(state: &LeaderState, what: &str) -> Result<(), Refused> {
     match state.halted.lock().expect("halted lock").as_ref() {
-        Some(why) => Err(refuse(StatusCode::CONFLICT, format!("{why}; SE groups cannot be {what} from here"))),
+        Some(why) => Err(refuse(ErrorKind::Conflict, format!("{why}; SE groups cannot be {what} from here"))),
         None => Ok(()),
     }
 }
@@ -362,7 +364,7 @@ pub async fn upgrade_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Resu
     for image in j.images() {
         state.image(&image.path).await.map_err(|e| {
             refuse(
-                StatusCode::PRECONDITION_FAILED,
+                ErrorKind::PreconditionFailed,
                 format!("the upgrade's image {} is no longer usable ({}); upload it again first", image.path, e),
             )
         })?;
@@ -389,7 +391,7 @@ pub async fn rollback_system(state: &Arc<LeaderState>) -> Result<serde_json::Val
 pub async fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
     if req.system {
         if !req.se_groups.is_empty() {
-            return Err(refuse(StatusCode::BAD_REQUEST, "name SE groups or ask for the system, not both"));
+            return Err(refuse(ErrorKind::BadRequest, "name SE groups or ask for the system, not both"));
         }
         return rollback_system(state).await;
     }

@@ -168,13 +168,13 @@ impl RaftService {
         let mut members = membership.nodes().map(|(id, _)| *id).peekable();
         if members.peek().is_some() && !members.any(|id| id == super::raft_id(&caller.node_id)) {
             tracing::warn!(caller = %caller.node_id, "refused a raft message from a controller that is not a member");
-            return Err(Status::permission_denied(format!(
+            return Err(common::errors::ErrorKind::Forbidden.grpc(format!(
                 "{} is not a member of this cluster's controller group; add it with `molt cluster add-controller`",
                 caller.node_id
             )));
         }
         serde_json::from_slice(&req.into_inner().json)
-            .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+            .map_err(|e| common::errors::ErrorKind::BadRequest.grpc(format!("malformed raft message: {e}")))
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use common::{NodeId, session::ServiceSpec};
 
-use super::{Decider, GATE_FAILED, queue_rollback};
+use super::{Decider, queue_rollback};
 use crate::{
     Mutant,
     config::HealthGate,
@@ -210,7 +210,7 @@ impl Decider<'_> {
                 if !op.passed.is_empty() {
                     notes.push(format!(
                         "SE group {g} went on past failed SEs (action_on_error: continue): {}",
-                        op.passed.join("; ")
+                        op.passed.iter().map(|p| format!("{}: {}", p.se, p.reason)).collect::<Vec<_>>().join("; ")
                     ));
                 }
             }
@@ -264,12 +264,15 @@ impl Decider<'_> {
                 ActionOnError::Continue => {
                     for s in &failed {
                         // Failed its gate: it runs the new version, committed, serving.
-                        let gate = self.j.nodes[s].note.starts_with(GATE_FAILED);
+                        let gate = self.j.nodes[s].cause == Some(crate::journal::Cause::GateFailed);
                         self.set(s, if gate { Step::Upgraded } else { Step::Skipped }, None);
                         self.j.drained.remove(s);
                         self.j.volatile.drained.remove(s);
                     }
-                    self.j.groups.get_mut(g).expect("group").passed.push(reason);
+                    let passed = failed
+                        .iter()
+                        .map(|s| crate::journal::Passed { se: s.clone(), reason: self.j.nodes[s].note.clone() });
+                    self.j.groups.get_mut(g).expect("group").passed.extend(passed.collect::<Vec<_>>());
                 }
                 ActionOnError::Rollback => {
                     self.start_group_rollback(g, reason);

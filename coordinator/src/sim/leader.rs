@@ -74,7 +74,10 @@ impl Disk {
 
     /// The journal read back from its text, as a restarted leader reads it.
     fn read(&self) -> Option<Journal> {
-        self.journal.as_ref().map(|t| serde_json::from_str(t).expect("the journal round-trips"))
+        self.journal.as_ref().map(|t| {
+            let v = serde_json::from_str(t).expect("the journal is JSON");
+            crate::journal::from_value(v).expect("the journal round-trips")
+        })
     }
 }
 
