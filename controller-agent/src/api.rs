@@ -77,6 +77,7 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/api/cluster/upgrade/segroup", post(upgrade_segroup))
         .route("/api/cluster/controllers", get(controllers).post(add_controller))
         .route("/api/cluster/controllers/{id}", axum::routing::delete(remove_controller))
+        .route("/api/cluster/settings", get(get_settings).put(put_settings))
         .route("/api/serviceenginegroup", get(list_groups).post(create_group))
         .route("/api/serviceenginegroup/{name}", get(get_group).put(put_group).delete(delete_group))
         .route("/api/virtualservice", get(list_vs).post(create_vs))
@@ -656,6 +657,27 @@ fn vs_json(v: &VirtualService, placements: Option<&Vec<String>>) -> serde_json::
     let mut j = serde_json::to_value(v).expect("serializes");
     j["placements"] = json!(placements.cloned().unwrap_or_default());
     j
+}
+
+/// The cluster-wide rules (`{"reform_timeout_secs": N}`).
+async fn get_settings(State(state): State<Arc<LeaderState>>) -> Json<coordinator::config::Rules> {
+    Json(state.config().rules)
+}
+
+/// Replaces the cluster-wide rules: a configuration change (503 while an
+/// operation runs; a running operation keeps the rules it started with).
+async fn put_settings(
+    State(state): State<Arc<LeaderState>>,
+    body: Body,
+) -> Result<Json<coordinator::config::Rules>, ApiError> {
+    let rules: coordinator::config::Rules = json_body(body).await?;
+    rules.validate()?;
+    config_write(&state, |c| {
+        c.rules = rules;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(rules))
 }
 
 async fn list_groups(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {

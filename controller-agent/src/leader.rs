@@ -534,22 +534,10 @@ impl LeaderState {
         let j = self.journal();
         let mut s = status::view(j.as_ref(), self.history(), &self.cluster.snapshot(), driver::now_ms());
         if let Some(j) = j.as_ref().filter(|j| j.is_running()) {
-            // What the operation waits for, and until when.
-            let now = driver::now_ms();
-            let reform = self.settings.reform_timeout.as_millis() as u64;
-            let waiting: Vec<String> = j
-                .nodes
-                .iter()
-                .filter(|(_, n)| n.step == coordinator::journal::Step::Staging)
-                .filter_map(|(id, n)| {
-                    let down = now.saturating_sub(n.down_since?);
-                    Some(format!(
-                        "waiting for {id}: down for {} s while staging; the leader gives up on it in {} s",
-                        down / 1000,
-                        reform.saturating_sub(down).div_ceil(1000)
-                    ))
-                })
-                .collect();
+            // What the operation waits for, and until when: the same
+            // waits the driver applies.
+            let timeouts = driver::timeouts(self).under(&j.config);
+            let waiting = coordinator::view::waiting(j, driver::now_ms(), timeouts);
             if s.reason.is_empty() && !waiting.is_empty() {
                 s.reason = waiting.join("; ");
             }

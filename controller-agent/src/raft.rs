@@ -22,7 +22,7 @@ use sha2::Digest;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::leader::status::HistoryEntry;
+use coordinator::view::HistoryEntry;
 
 /// A controller as raft knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

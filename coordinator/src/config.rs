@@ -207,6 +207,40 @@ pub struct Config {
     /// Where each virtual service is placed: SE ids, the active first.
     #[serde(default)]
     pub placements: BTreeMap<String, Vec<String>>,
+    /// The rules every leader applies the same way.
+    #[serde(default)]
+    pub rules: Rules,
+}
+
+/// Cluster-wide rules: replicated with the configuration (and snapshotted
+/// into an operation's journal when it starts), so whichever controller
+/// leads applies the same ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// How long a node may be away (down while staging, rebooting, or
+    /// before it acknowledges apply) before its step fails, and how long
+    /// the controllers have to re-form; unset: each controller's
+    /// `reform_timeout_secs` (node.toml), 300 s by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reform_timeout_secs: Option<u64>,
+}
+
+impl Rules {
+    /// The bounds of `reform_timeout_secs`.
+    pub const REFORM_SECS: std::ops::RangeInclusive<u64> = 10..=3600;
+
+    /// Checks the rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.reform_timeout_secs {
+            Some(s) if !Self::REFORM_SECS.contains(&s) => Err(ConfigError::Invalid(format!(
+                "reform_timeout_secs {s}: must be {} to {} seconds",
+                Self::REFORM_SECS.start(),
+                Self::REFORM_SECS.end()
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Why a configuration change was refused.

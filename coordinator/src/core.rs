@@ -38,6 +38,17 @@ pub struct Timeouts {
     pub commit: Ms,
 }
 
+impl Timeouts {
+    /// These waits under the cluster's rules (`config`: the operation's
+    /// snapshot of the replicated configuration).
+    pub fn under(self, config: &Config) -> Self {
+        match config.rules.reform_timeout_secs {
+            Some(s) => Self { reform: s * 1000, ..self },
+            None => self,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Self { reform: 300_000, stage: 1_800_000, drain: 20_000, commit: 60_000 }

@@ -176,7 +176,8 @@ impl Driver {
         if let Some(j) = journal.clone() {
             obs.image_unusable = self.check_image(fx, &j).await;
             obs.probed = fx.probed();
-            let ctx = Ctx { now, generation: fx.generation(), timeouts: fx.timeouts(), mutant: self.mutant };
+            let timeouts = fx.timeouts().under(&j.config);
+            let ctx = Ctx { now, generation: fx.generation(), timeouts, mutant: self.mutant };
             let d = core::next(&j, &obs, &ctx);
             if d.journal != j {
                 match fx.write_journal(&d.journal).await {

@@ -209,3 +209,79 @@ pub fn view(j: &Journal) -> View {
         },
     }
 }
+
+/// What a running operation waits for, and until when: each node that is
+/// down while it stages, since when, and when the leader gives up on it
+/// (`timeouts`: the waits under the cluster's rules, as the driver uses
+/// them).
+pub fn waiting(j: &Journal, now: crate::journal::Ms, timeouts: crate::core::Timeouts) -> Vec<String> {
+    if !j.is_running() {
+        return vec![];
+    }
+    let reform = timeouts.reform;
+    j.nodes
+        .iter()
+        .filter(|(_, n)| n.step == Step::Staging)
+        .filter_map(|(id, n)| {
+            let since = n.down_since?;
+            let down = now.saturating_sub(since);
+            Some(format!(
+                "waiting for {id}: down for {} s while staging (since {}); the leader gives up on it in {} s \
+                 (reform_timeout_secs {}, a cluster setting)",
+                down / 1000,
+                clock(since),
+                reform.saturating_sub(down).div_ceil(1000),
+                reform / 1000
+            ))
+        })
+        .collect()
+}
+
+/// A time of day, UTC, from milliseconds since the Unix epoch.
+fn clock(ms: crate::journal::Ms) -> String {
+    let s = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// A past operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// `prestage` or `upgrade`.
+    pub operation: String,
+    /// Version before.
+    pub from_version: String,
+    /// Version of the image.
+    pub to_version: String,
+    /// How it ended.
+    pub state: OpState,
+    /// Started.
+    pub started_at: f64,
+    /// Ended.
+    pub ended_at: Option<f64>,
+    /// Why it failed, if it did.
+    pub reason: String,
+    /// The per-node times it measured (the next operation's ETA starts from them).
+    #[serde(default)]
+    pub timings: crate::eta::Timings,
+}
+
+/// The history line of an operation that ended.
+pub fn history_entry(j: &Journal) -> HistoryEntry {
+    let v = view(j);
+    HistoryEntry {
+        operation: v.operation.into(),
+        from_version: v.from_version,
+        to_version: v.to_version,
+        state: v.state,
+        started_at: secs(j.started),
+        ended_at: j.ended.map(secs),
+        // Bounded: the history is replicated and kept.
+        reason: common::convert::one_line(&j.reason, 4096),
+        timings: crate::eta::measure(j),
+    }
+}
+
+/// Seconds since the Unix epoch, to the millisecond.
+pub fn secs(ms: crate::journal::Ms) -> f64 {
+    ms as f64 / 1000.0
+}

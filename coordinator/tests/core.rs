@@ -744,3 +744,29 @@ fn a_journal_of_a_newer_format_is_refused_by_name() {
     let e = coordinator::journal::from_value(v).unwrap_err();
     assert!(e.contains("format 9") && e.contains("newer molt"), "{e}");
 }
+
+#[test]
+fn the_clusters_reformation_rule_is_the_deadline_for_a_node_down_while_staging() {
+    let mut j = start(ActionOnError::Suspend);
+    j.config.rules.reform_timeout_secs = Some(10);
+    let timeouts = Timeouts::default().under(&j.config);
+    assert_eq!(timeouts.reform, 10_000, "the rule, not the node's 300 s");
+    let mut obs = Observed::default();
+    for n in ["c1", "s1", "s2"] {
+        obs.nodes.insert(id(n), seen("1.0.0", "b", &[]));
+    }
+    let c = |now| Ctx { now, generation: 1, timeouts, mutant: None };
+    let j = core::next(&j, &obs, &c(1_000)).journal;
+    assert_eq!(j.nodes[&id("s1")].step, Step::Staging);
+    obs.nodes.get_mut(&id("s1")).unwrap().up = false;
+    let j = core::next(&j, &obs, &c(2_000)).journal;
+    let waiting = coordinator::view::waiting(&j, 7_000, timeouts);
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert!(waiting[0].starts_with("waiting for s1: down for 5 s while staging (since 00:00:02 UTC)"), "{waiting:?}");
+    assert!(waiting[0].contains("gives up on it in 5 s (reform_timeout_secs 10"), "{waiting:?}");
+    let still = core::next(&j, &obs, &c(11_000)).journal;
+    assert!(still.is_running(), "9 s down: not yet");
+    let ended = core::next(&still, &obs, &c(12_500)).journal;
+    assert!(!ended.is_running(), "10 s down: given up");
+    assert!(ended.reason.contains("s1: down for 10 s while staging"), "{}", ended.reason);
+}

@@ -330,8 +330,9 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             se_group: n.se_group.clone(),
             fetch_rate_limit_bytes: spec.fetch_rate_limit.filter(|_| n.id == "c1"),
             self_revert_secs: spec.self_revert_secs,
-            // Any controller may lead: each applies the same deadline.
-            reform_timeout_secs: spec.reform_timeout_secs.filter(|_| n.role == "controller"),
+            // A cluster-wide rule: set in the replicated configuration
+            // once the cluster is up (`cluster_settings`), not per node.
+            reform_timeout_secs: None,
             upload_stall_secs: None,
             egress_limit_bytes: spec.egress_limit,
             relay_fanout: spec.relay_fanout.filter(|_| n.role == "controller"),
@@ -494,7 +495,21 @@ pub async fn up(spec: &LocalSpec, timeout: Duration) -> Result<ClusterFile, Loca
     }
     wait_up(&spec.dir, timeout).await?;
     register_groups(&spec.dir, &spec.groups).await?;
+    cluster_settings(&spec.dir, spec.reform_timeout_secs).await?;
     Ok(cf)
+}
+
+/// Sets the cluster-wide rules in the replicated configuration, so that
+/// whichever controller leads applies them.
+async fn cluster_settings(dir: &Path, reform_timeout_secs: Option<u64>) -> Result<(), LocalError> {
+    let Some(secs) = reform_timeout_secs else { return Ok(()) };
+    let conn = Connection::resolve(Some(dir), None, None, None).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let api = Api::new(&conn).map_err(|e| LocalError::Invalid(e.to_string()))?;
+    let body = serde_json::json!({ "reform_timeout_secs": secs });
+    api.put("/api/cluster/settings", &body)
+        .await
+        .map_err(|e| LocalError::Invalid(format!("cannot set reform_timeout_secs {secs}: {e}")))?;
+    Ok(())
 }
 
 /// Makes the images `molt-ROLE:VERSION` of the first version from the

@@ -226,8 +226,9 @@ impl Effects for TokioEffects {
     }
 }
 
-/// The coordinator's waits, from the node's settings.
-fn timeouts(state: &LeaderState) -> Timeouts {
+/// The coordinator's waits, from the node's settings (the cluster's rules
+/// apply over them: [`Timeouts::under`]).
+pub fn timeouts(state: &LeaderState) -> Timeouts {
     let reform = state.settings.reform_timeout.as_millis() as Ms;
     Timeouts { reform, ..Timeouts::default() }
 }

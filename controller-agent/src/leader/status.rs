@@ -59,27 +59,7 @@ pub struct NodeStatus {
 
 pub use coordinator::request::Precheck;
 
-/// A past operation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    /// `prestage` or `upgrade`.
-    pub operation: String,
-    /// Version before.
-    pub from_version: String,
-    /// Version of the image.
-    pub to_version: String,
-    /// How it ended.
-    pub state: OpState,
-    /// Started.
-    pub started_at: f64,
-    /// Ended.
-    pub ended_at: Option<f64>,
-    /// Why it failed, if it did.
-    pub reason: String,
-    /// The per-node times it measured (the next operation's ETA starts from them).
-    #[serde(default)]
-    pub timings: coordinator::eta::Timings,
-}
+pub use coordinator::view::{HistoryEntry, history_entry};
 
 /// The status document.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -178,25 +158,7 @@ impl UpgradeStatus {
     }
 }
 
-fn secs(ms: Ms) -> f64 {
-    ms as f64 / 1000.0
-}
-
-/// The history line of an operation that ended.
-pub fn history_entry(j: &Journal) -> HistoryEntry {
-    let v = coordinator::view::view(j);
-    HistoryEntry {
-        operation: v.operation.into(),
-        from_version: v.from_version,
-        to_version: v.to_version,
-        state: v.state,
-        started_at: secs(j.started),
-        ended_at: j.ended.map(secs),
-        // Bounded: the history is replicated and kept.
-        reason: common::convert::one_line(&j.reason, 4096),
-        timings: coordinator::eta::measure(j),
-    }
-}
+use coordinator::view::secs;
 
 /// The status at `now`: a view of the journal (what the leader acts on),
 /// with the versions and bytes the nodes report, the history, and the time

@@ -288,7 +288,7 @@ pub fn apply_change(data: &mut Replicated, change: Change) {
         Change::Journal(j) => {
             let ended = data.journal.as_ref().is_some_and(|c| c.id == j.id && c.is_running()) && !j.is_running();
             if ended {
-                data.history.push(crate::leader::status::history_entry(&j));
+                data.history.push(coordinator::view::history_entry(&j));
                 let over = data.history.len().saturating_sub(crate::raft::HISTORY_KEPT);
                 data.history.drain(..over);
             }

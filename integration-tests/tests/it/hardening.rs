@@ -237,6 +237,14 @@ async fn oversize_json_bodies_get_the_json_413_from_any_controller() {
         "{message}"
     );
     assert!(c.api().get("/api/serviceenginegroup/g8").await.is_err(), "nothing was created");
+    // A cluster-wide rule out of its bounds is refused, naming them; one
+    // set through a follower is in the replicated configuration.
+    let e = api.put("/api/cluster/settings", &serde_json::json!({"reform_timeout_secs": 5})).await.unwrap_err();
+    let molt::client::ClientError::Api { status, message, .. } = &e else { panic!("{e}") };
+    assert_eq!((status.as_u16(), message.as_str()), (400, "reform_timeout_secs 5: must be 10 to 3600 seconds"));
+    api.put("/api/cluster/settings", &serde_json::json!({"reform_timeout_secs": 42})).await.unwrap();
+    assert_eq!(c.api().get("/api/cluster/settings").await.unwrap(), serde_json::json!({"reform_timeout_secs": 42}));
+    assert_eq!(c.leader().config().rules.reform_timeout_secs, Some(42));
 }
 
 /// A TCP connection to `addr` from the source address `from`.

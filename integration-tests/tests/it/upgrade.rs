@@ -19,6 +19,9 @@ async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() 
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     let started = api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
     assert_eq!(started["state"], "in_progress");
+    // At every step, a configuration write then a status read: a write is
+    // accepted only once no status read can say the upgrade runs.
+    let writer = tokio::spawn(write_at_every_step(api.clone()));
     // While it runs: config changes get 503 and change nothing; reads work.
     for (method, path, body) in [
         ("POST", "/api/virtualservice", json!({"name": "new", "se_group": "g1", "port": 9000})),
@@ -44,6 +47,10 @@ async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() 
     let end = wait_end(&api, 180).await;
     assert_eq!(end["state"], "completed", "{end:#}");
     assert_eq!(end["history"].as_array().unwrap().last().unwrap()["state"], "completed");
+    let refused_in = writer.await.unwrap();
+    for phase in ["distribute", "controllers", "service_engines"] {
+        assert!(refused_in.contains(phase), "no write was tried in {phase}: {refused_in:?}");
+    }
     all_up_on(&api, "2.0.0", &[], 30).await;
     // Every node rebooted for real: each is the init of a new PID namespace.
     for n in ["c1", "c2", "g1-se1", "g2-se2"] {
@@ -58,6 +65,40 @@ async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() 
         let tasks: Vec<&str> = n["events"].as_array().unwrap().iter().map(|e| e["task"].as_str().unwrap()).collect();
         assert!(tasks.contains(&"apply"), "{n}");
         assert!(n["events"].as_array().unwrap().iter().all(|e| e["end"].is_number()), "{n}");
+    }
+}
+
+/// Until the operation has ended: a configuration write (one that changes
+/// nothing), then a status read, typed as the server serializes it. A write
+/// that is accepted is never followed by a status that says the operation
+/// runs; one that is refused answers the contract's 503. Returns the phases
+/// in which writes were refused.
+async fn write_at_every_step(api: molt::client::Api) -> std::collections::BTreeSet<String> {
+    use controller_agent::leader::status::UpgradeStatus;
+    let mut refused_in = std::collections::BTreeSet::new();
+    loop {
+        let w = api.put("/api/cluster/settings", &json!({"reform_timeout_secs": 25})).await;
+        let s: UpgradeStatus = serde_json::from_value(get(&api, "/api/cluster/upgrade/status").await).unwrap();
+        match &w {
+            Ok(_) => {
+                assert!(
+                    !s.is_running(),
+                    "a config write was accepted, then the status said {:?} in {}",
+                    s.state,
+                    s.phase
+                );
+                return refused_in;
+            }
+            Err(ClientError::Api { status, message, .. }) if status.as_u16() == 503 => {
+                // The leader's own reboot: no leader for a moment.
+                if message == "upgrade in progress: configuration is read-only" {
+                    refused_in.insert(s.phase.clone());
+                }
+            }
+            Err(ClientError::Unreachable { .. }) => {}
+            Err(e) => panic!("a config write during the upgrade: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
