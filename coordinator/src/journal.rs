@@ -654,7 +654,31 @@ pub fn from_value(mut v: serde_json::Value) -> Result<Journal, String> {
         }
         v["format"] = (from + 1).into();
     }
-    serde_json::from_value(v).map_err(|e| format!("the journal cannot be read: {e}"))
+    let j: Journal = serde_json::from_value(v).map_err(|e| format!("the journal cannot be read: {e}"))?;
+    j.check()?;
+    Ok(j)
+}
+
+impl Journal {
+    /// The journal's references hold: every SE a group names is a node of
+    /// the journal in that group, and every SE out of service is a node. Checked once, when a
+    /// journal is read from disk or from another controller, so that the
+    /// coordinator's lookups by id cannot fail on a journal it did not write.
+    pub fn check(&self) -> Result<(), String> {
+        for (g, op) in &self.groups {
+            for se in &op.ses {
+                match self.nodes.get(se).map(|n| &n.member) {
+                    Some(Member::ServiceEngine(of)) if of == g => {}
+                    Some(_) => return Err(format!("the journal's group {g} names {se}, which is not an SE of {g}")),
+                    None => return Err(format!("the journal's group {g} names {se}, which is not one of its nodes")),
+                }
+            }
+        }
+        if let Some(se) = self.drained.iter().find(|s| !self.nodes.contains_key(*s)) {
+            return Err(format!("the journal keeps {se} out of service, which is not one of its nodes"));
+        }
+        Ok(())
+    }
 }
 
 /// The migrations, one per format.

@@ -406,14 +406,20 @@ pub fn plan_hash(req: &StartRequest, ctx: &StartCtx<'_>) -> String {
     common::Sha256Digest::of(plan.to_string().as_bytes()).to_hex()[..16].to_owned()
 }
 
-/// Decides a start: the journal to write first, or why not.
-pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal> {
-    if ctx.current.is_some_and(Journal::is_running) {
+/// Refuses a start while an operation runs (409).
+pub fn refuse_if_running(current: Option<&Journal>) -> Result<(), Refusal> {
+    if current.is_some_and(|j| crate::view::op_state(j).is_running()) {
         return Err(refuse(
             RefusalKind::Conflict,
             "an upgrade or prestage is already running; follow it with `molt show upgrade status`",
         ));
     }
+    Ok(())
+}
+
+/// Decides a start: the journal to write first, or why not.
+pub fn start(req: &StartRequest, ctx: &StartCtx<'_>) -> Result<Journal, Refusal> {
+    refuse_if_running(ctx.current)?;
     let (checks, failed) = start_checks(req, ctx);
     if let Some(kind) = failed {
         return Err(failed_checks(kind, checks));

@@ -770,3 +770,15 @@ fn the_clusters_reformation_rule_is_the_deadline_for_a_node_down_while_staging()
     assert!(!ended.is_running(), "10 s down: given up");
     assert!(ended.reason.contains("s1: down for 10 s while staging"), "{}", ended.reason);
 }
+
+#[test]
+fn a_journal_whose_references_do_not_hold_is_refused_when_it_is_read() {
+    let mut v: serde_json::Value = serde_json::from_str(JOURNAL_0FC8ECF).unwrap();
+    v["groups"]["g1"]["ses"].as_array_mut().unwrap().push("s9".into());
+    let e = coordinator::journal::from_value(v).unwrap_err();
+    assert_eq!(e, "the journal's group g1 names s9, which is not one of its nodes");
+    let mut v: serde_json::Value = serde_json::from_str(JOURNAL_0FC8ECF).unwrap();
+    v["drained"] = serde_json::json!(["c9"]);
+    let e = coordinator::journal::from_value(v).unwrap_err();
+    assert_eq!(e, "the journal keeps c9 out of service, which is not one of its nodes");
+}

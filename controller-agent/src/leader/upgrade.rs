@@ -44,9 +44,10 @@ pub struct UpgradeRequest {
     /// Run the checks only; change nothing.
     #[serde(default)]
     pub prechecks_only: bool,
-    /// What an SE failure does to its group: `suspend`, `continue` or `rollback`.
+    /// What an SE failure does to its group: `suspend` (the default),
+    /// `continue` or `rollback`.
     #[serde(default = "suspend")]
-    pub action_on_error: String,
+    pub action_on_error: ActionOnError,
     /// Only these SE groups (a canary); the others stay on the old version
     /// until `molt upgrade segroup`.
     #[serde(default)]
@@ -64,7 +65,7 @@ pub struct UpgradeRequest {
     pub max_parallel_ses: Option<u32>,
     /// Upgrade profile: SE groups `parallel` (the default) or `series`.
     #[serde(default)]
-    pub se_group_order: Option<String>,
+    pub se_group_order: Option<SeGroupOrder>,
     /// Upgrade profile: nodes staging the image at once (default: all).
     #[serde(default)]
     pub max_transfers: Option<u32>,
@@ -73,8 +74,45 @@ pub struct UpgradeRequest {
     pub transfer_rate_mib: Option<u64>,
 }
 
-fn suspend() -> String {
-    "suspend".into()
+fn suspend() -> ActionOnError {
+    ActionOnError::Suspend
+}
+
+/// The answer to `prechecks_only`: what the upgrade would do.
+#[derive(Debug, serde::Serialize)]
+struct Plan {
+    prechecks_only: bool,
+    /// Whether it would start.
+    ok: bool,
+    prechecks: Vec<coordinator::request::Precheck>,
+    virtual_services: Vec<Predicted>,
+    from_version: Option<String>,
+    to_version: String,
+    force: bool,
+    disruptive: bool,
+    /// What to pass as `plan_hash` to start exactly this plan.
+    plan_hash: String,
+    profile: coordinator::journal::Profile,
+}
+
+/// A virtual service as the plan predicts it.
+#[derive(Debug, serde::Serialize)]
+struct Predicted {
+    name: String,
+    predicted_disruption: bool,
+    reason: String,
+    measured_downtime_ms: Option<u64>,
+    failed_probes: Option<u64>,
+}
+
+/// How SE groups follow one another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeGroupOrder {
+    /// All at once.
+    Parallel,
+    /// One after the other.
+    Series,
 }
 
 /// What `resume` and `rollback` of SE groups ask for.
@@ -175,7 +213,7 @@ fn start_request(
         profile: req
             .map(|r| ProfileRequest {
                 max_parallel_ses: r.max_parallel_ses,
-                groups_in_series: r.se_group_order.as_deref().map(|o| o == "series"),
+                groups_in_series: r.se_group_order.map(|o| o == SeGroupOrder::Series),
                 max_transfers: r.max_transfers,
                 transfer_rate_mib: r.transfer_rate_mib,
             })
@@ -194,27 +232,15 @@ async fn begin(state: &LeaderState, j: coordinator::journal::Journal) -> Result<
     Ok(())
 }
 
+/// A fast refusal before the image is read (the start decides again
+/// under the gate).
 fn refuse_if_running(state: &LeaderState) -> Result<(), Refused> {
-    if state.read_only() {
-        return Err(refuse(
-            ErrorKind::Conflict,
-            "an upgrade or prestage is already running; follow it with `molt show upgrade status`",
-        ));
-    }
-    Ok(())
+    request::refuse_if_running(state.journal().as_ref()).map_err(Refused::from)
 }
 
 /// Checks and, unless `prechecks_only`, starts an upgrade.
 pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(StatusCode, serde_json::Value), Refused> {
-    let Some(on_error) = ActionOnError::parse(&req.action_on_error) else {
-        return Err(refuse(
-            ErrorKind::BadRequest,
-            format!("action_on_error {:?}: expected suspend, continue or rollback", req.action_on_error),
-        ));
-    };
-    if let Some(o) = req.se_group_order.as_deref().filter(|o| !matches!(*o, "parallel" | "series")) {
-        return Err(refuse(ErrorKind::BadRequest, format!("se_group_order {o:?}: expected parallel or series")));
-    }
+    let on_error = req.action_on_error;
     if !req.prechecks_only {
         refuse_if_running(state)?;
     }
@@ -235,25 +261,31 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         let disruptive = req.disruptive || req.force;
         let profile = request::resolve_profile(&sreq.profile, config, &request::group_names(&summaries))
             .map_err(Refused::from)?;
-        let vs_rows: Vec<serde_json::Value> = coordinator::placement::predict(config, disruptive, &profile.max_parallel_ses)
+        let virtual_services = coordinator::placement::predict(config, disruptive, &profile.max_parallel_ses)
             .into_iter()
-            .map(|(n, d, why)| {
-                serde_json::json!({"name": n, "predicted_disruption": d, "reason": why, "measured_downtime_ms": null, "failed_probes": null})
+            .map(|(name, predicted_disruption, reason)| Predicted {
+                name,
+                predicted_disruption,
+                reason,
+                measured_downtime_ms: None,
+                failed_probes: None,
             })
             .collect();
-        return Ok((
-            StatusCode::OK,
-            serde_json::json!({
-                "prechecks_only": true, "ok": dist_failed.is_none() && v_failed.is_none(),
-                "prechecks": checks, "virtual_services": vs_rows,
-                "from_version": request::cluster_version(&summaries).map(|v| v.to_string()),
-                "to_version": m.version.to_string(), "force": req.force, "disruptive": disruptive,
-                "plan_hash": request::plan_hash(&sreq, &ctx),
-                "profile": profile,
-            }),
-        ));
+        let plan = Plan {
+            prechecks_only: true,
+            ok: dist_failed.is_none() && v_failed.is_none(),
+            prechecks: checks,
+            virtual_services,
+            from_version: request::cluster_version(&summaries).map(|v| v.to_string()),
+            to_version: m.version.to_string(),
+            force: req.force,
+            disruptive,
+            plan_hash: request::plan_hash(&sreq, &ctx),
+            profile,
+        };
+        return Ok((StatusCode::OK, serde_json::to_value(plan).expect("serializes")));
     }
-    refuse_if_running(state)?;
+    request::refuse_if_running(current.journal.as_ref())?;
     if let Some(kind) = dist_failed.or(v_failed) {
         return Err(request::failed_checks(kind, checks).into());
     }
@@ -290,7 +322,6 @@ pub async fn prestage(
     let summaries = summaries(&nodes);
     let sreq = start_request(&images, Operation::Prestage, None, ActionOnError::Suspend);
     let _gate = state.operation_gate.lock().await;
-    refuse_if_running(state)?;
     let current = Current::read(state);
     let ctx = current.ctx(state, &summaries);
     let mut j = request::start(&sreq, &ctx).map_err(Refused::from)?;
