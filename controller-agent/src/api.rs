@@ -344,6 +344,7 @@ async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
         nodes: state.cluster.snapshot(),
         status: state.status(),
         bytes_served: state.bytes_served.load(std::sync::atomic::Ordering::Relaxed),
+        driver_steps: state.driver_steps.load(std::sync::atomic::Ordering::Relaxed),
         now: crate::leader::status::now(),
     };
     ([(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&snapshot)).into_response()

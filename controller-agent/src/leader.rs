@@ -57,6 +57,8 @@ pub struct LeaderState {
     generation: std::sync::atomic::AtomicU64,
     /// Bytes of image data served by `FetchImage` since start.
     pub bytes_served: Arc<std::sync::atomic::AtomicU64>,
+    /// Steps the driver has taken since start (a test waits on steps, not time).
+    pub driver_steps: std::sync::atomic::AtomicU64,
     /// The store's files (the pre-raft state, and the mirror of the configuration).
     pub store: Store,
     /// The version this leader runs.
@@ -147,6 +149,7 @@ impl LeaderState {
             wake: tokio::sync::Notify::new(),
             generation: Default::default(),
             bytes_served: Default::default(),
+            driver_steps: Default::default(),
             operation_gate: tokio::sync::Mutex::new(()),
             shutdown: tokio_util::sync::CancellationToken::new(),
             tasks: Mutex::default(),

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub status: UpgradeStatus,
     /// Image bytes served by `FetchImage` since the leader started.
     pub bytes_served: u64,
+    /// Steps the leader's driver has taken since this controller started.
+    pub driver_steps: u64,
     /// Now, in Unix seconds (for durations of running operations).
     pub now: f64,
 }
@@ -214,6 +216,13 @@ pub fn render(s: &Snapshot) -> String {
         "Image bytes the leader has streamed to nodes since it started.",
     );
     f.sample(&[], s.bytes_served as f64);
+    let mut f = Family::new(
+        &mut out,
+        "molt_driver_steps_total",
+        "counter",
+        "Decisions the leader's driver has taken since this controller started.",
+    );
+    f.sample(&[], s.driver_steps as f64);
 
     let mut f = Family::new(&mut out, "molt_se_group_progress_percent", "gauge", "Progress of each SE group.");
     for g in &st.se_groups {
@@ -316,6 +325,7 @@ mod tests {
             nodes: vec![node("c1", true, Some(250)), node("c2", false, None)],
             status,
             bytes_served: 1 << 30,
+            driver_steps: 7,
             now: 112.5,
         });
         assert_eq!(value(&text, "molt_upgrade_state{state=\"in_progress\"}"), Some(1.0));
@@ -330,6 +340,7 @@ mod tests {
         assert!(!text.contains("molt_node_heartbeat_age_seconds{node=\"c2\"}"), "no age for a node never heard");
         assert_eq!(value(&text, "molt_node_image_received_bytes{node=\"c1\"}"), Some(4096.0));
         assert_eq!(value(&text, "molt_image_bytes_served_total"), Some(1073741824.0));
+        assert_eq!(value(&text, "molt_driver_steps_total"), Some(7.0));
         assert_eq!(value(&text, "molt_vs_measured_downtime_seconds{virtual_service=\"web\"}"), Some(0.0));
         assert_eq!(value(&text, "molt_vs_measured_downtime_seconds{virtual_service=\"one \\\"x\\\"\"}"), Some(1.25));
         assert_eq!(value(&text, "molt_upgrades_total{operation=\"upgrade\",state=\"completed\"}"), Some(1.0));

@@ -377,6 +377,16 @@ impl Api {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    /// GET of an answer that is text (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let answer = self.send(|to| Ok(self.request(reqwest::Method::GET, Self::url(to, path, &[])?))).await?;
+        if answer.status.is_success() {
+            Ok(answer.text)
+        } else {
+            Err(ClientError::Api { status: answer.status, message: answer.message().to_owned(), body: answer.body })
+        }
+    }
+
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
@@ -426,6 +436,8 @@ struct Answer {
     /// Answered from a controller's replica while it knew no leader.
     stale: bool,
     body: serde_json::Value,
+    /// The body as text (for the answers that are not JSON: `/metrics`).
+    text: String,
 }
 
 impl Answer {
@@ -436,7 +448,8 @@ impl Answer {
         let bytes = resp.bytes().await.map_err(|e| unreachable(addr, e))?;
         let body: serde_json::Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
-        Ok(Self { status, location, stale, body })
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(Self { status, location, stale, body, text })
     }
 
     fn message(&self) -> &str {

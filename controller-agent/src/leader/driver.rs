@@ -62,6 +62,7 @@ pub fn spawn(state: Arc<LeaderState>) {
                 let _gate = state.operation_gate.lock().await;
                 driver.step(&mut fx).await
             };
+            state.driver_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             run = if moved { run + 1 } else { 0 };
         }
     });

@@ -19,6 +19,13 @@ fn version_of(v: &[(String, String, String)], id: &str) -> String {
     v.iter().find(|(n, _, _)| n == id).map(|(_, ver, _)| ver.clone()).unwrap_or_default()
 }
 
+/// The decisions the leader's driver has taken (`molt_driver_steps_total`).
+async fn driver_steps(api: &Api) -> u64 {
+    let text = api.get_text("/metrics").await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("molt_driver_steps_total ")).expect("the counter");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 async fn status(api: &Api) -> Value {
     get(api, "/api/cluster/upgrade/status").await
 }
@@ -137,8 +144,13 @@ async fn pause_after_a_canary_holds_resume_goes_on_and_abort_leaves_whole_groups
     assert_eq!(s["phase"], "service_engines");
     assert_eq!(group(&s, "g1")["state"], "completed");
     assert_eq!(group(&s, "g2")["state"], "pending");
-    // Held: nothing moves, and the configuration stays read-only.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Held: nothing moves over 30 decisions of the driver, and the
+    // configuration stays read-only.
+    let steps = driver_steps(&api).await;
+    integration_tests::eventually(60, "30 steps of the driver while paused", async || {
+        driver_steps(&api).await >= steps + 30
+    })
+    .await;
     let v = versions(&api).await;
     for id in ["g2-se1", "g2-se2", "g2-se3"] {
         assert_eq!(version_of(&v, id), "1.0.0", "{id} moved while paused: {v:?}");

@@ -560,8 +560,13 @@ async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_resta
         v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "g1-se1").unwrap()["boot_id"].clone()
     };
     let boot_before = boot(&api.get("/api/cluster").await.unwrap());
-    molt::pki::revoke(&pki, &[before]).unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    molt::pki::revoke(&pki, &[before.clone()]).unwrap();
+    // Once the leader has the revocation in force, the connections made with
+    // the old serial are ended (`revoked_later`).
+    eventually(15, "the leader revoking the old serial", async || {
+        c.leader().settings.tls.revocations().revokes("g1-se1", &before)
+    })
+    .await;
     eventually(15, "g1-se1 up on its renewed certificate", async || {
         node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1") == "up"
     })
