@@ -560,7 +560,7 @@ async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_resta
         v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "g1-se1").unwrap()["boot_id"].clone()
     };
     let boot_before = boot(&api.get("/api/cluster").await.unwrap());
-    molt::pki::revoke(&pki, &[before.clone()]).unwrap();
+    molt::pki::revoke(&pki, std::slice::from_ref(&before)).unwrap();
     // Once the leader has the revocation in force, the connections made with
     // the old serial are ended (`revoked_later`).
     eventually(15, "the leader revoking the old serial", async || {
