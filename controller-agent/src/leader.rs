@@ -31,10 +31,16 @@ use self::{
     store::{Config, Store},
 };
 
-/// Everything the leader's services share. Every controller has one: its
-/// replica of the configuration, journal and history (through raft), and,
-/// while it leads, the cluster view fed by the sessions and the leader's
-/// tasks (the driver, the placer), which stop when its term ends.
+/// Everything the leader's services share, by lifetime. Every controller
+/// has one, for as long as its process runs: its replica of the
+/// configuration, journal, history and audit (`consensus`; the raft state
+/// machine depends on coordinator types only), the image service (`images`,
+/// `bytes_served`, `egress`) and the node's settings. What exists only
+/// while it leads is a [`Term`] (generation, fetch gate, relay trees, the
+/// majority's confirmation), built when leadership starts and dropped when
+/// it ends, with the leader's tasks (the driver) aborted then. The cluster
+/// view is filled by the sessions, which only the leader accepts, and
+/// emptied when the term ends.
 #[derive(Debug)]
 pub struct LeaderState {
     /// This node's settings.
@@ -52,9 +58,9 @@ pub struct LeaderState {
     halted_journal: Mutex<Option<Journal>>,
     /// Wakes the driver (a request changed the journal).
     pub wake: tokio::sync::Notify,
-    /// This leader's generation (from the raft term it leads in; 0 while
-    /// it does not lead).
-    generation: std::sync::atomic::AtomicU64,
+    /// What exists only while this controller leads: built when its term
+    /// begins, dropped when it ends.
+    term: std::sync::RwLock<Option<Arc<Term>>>,
     /// Bytes of image data served by `FetchImage` since start.
     pub bytes_served: Arc<std::sync::atomic::AtomicU64>,
     /// Steps the driver has taken since start (a test waits on steps, not time).
@@ -75,14 +81,39 @@ pub struct LeaderState {
     /// The tasks started through [`LeaderState::spawn`] (finished ones are
     /// pruned); aborted when the term ends.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The node's cap on image bytes sent (shared with its relay service).
+    pub egress: std::sync::OnceLock<Option<Arc<agent_core::image_stream::Egress>>>,
+}
+
+/// What exists only while this controller leads. Built when its term
+/// begins and dropped when it ends, so nothing of one term (a grant, a
+/// relay tree, a confirmation by the majority) outlives it.
+#[derive(Debug)]
+pub struct Term {
+    /// This leader's generation: derived from the raft term it leads in
+    /// and how many times this controller began leading.
+    pub generation: u64,
     /// Who may fetch which image, and the open image streams.
     pub fetch_gate: image_server::FetchGate,
     /// Which node each fetcher gets an image from (the leader or a relay).
     pub relays: Mutex<relays::Relays>,
-    /// The node's cap on image bytes sent (shared with its relay service).
-    pub egress: std::sync::OnceLock<Option<Arc<agent_core::image_stream::Egress>>>,
     /// When a majority of the controllers last confirmed this leader.
     confirmed_at: Mutex<Option<std::time::Instant>>,
+}
+
+impl Term {
+    fn new(settings: &NodeSettings, generation: u64) -> Self {
+        Self {
+            generation,
+            fetch_gate: image_server::FetchGate::new(
+                settings.limits.fetch_streams_per_node,
+                settings.limits.fetch_streams_total,
+            ),
+            relays: Mutex::new(relays::Relays::new(settings.relay_fanout)),
+            // Confirmed by the majority that elected it, a moment ago.
+            confirmed_at: Mutex::new(Some(std::time::Instant::now())),
+        }
+    }
 }
 
 /// How many times this controller began leading: 0 only when the file does
@@ -147,21 +178,15 @@ impl LeaderState {
             halted: Mutex::new(None),
             halted_journal: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
-            generation: Default::default(),
+            term: std::sync::RwLock::new(None),
             bytes_served: Default::default(),
             driver_steps: Default::default(),
             operation_gate: tokio::sync::Mutex::new(()),
             shutdown: tokio_util::sync::CancellationToken::new(),
             tasks: Mutex::default(),
-            fetch_gate: image_server::FetchGate::new(
-                settings.limits.fetch_streams_per_node,
-                settings.limits.fetch_streams_total,
-            ),
             store,
             version,
-            relays: Mutex::new(relays::Relays::new(settings.relay_fanout)),
             egress: std::sync::OnceLock::new(),
-            confirmed_at: Mutex::new(None),
             settings,
         }))
     }
@@ -188,10 +213,11 @@ impl LeaderState {
     ) -> Option<tonic::Status> {
         use agent_core::relay::{RELAY_ADDR, RELAY_NODE, RELAY_STRIPES, RELAY_TICKET};
         let hex = sha.to_hex();
-        let mut planned = self.fetch_gate.granted(&sha);
+        let term = self.term()?;
+        let mut planned = term.fetch_gate.granted(&sha);
         planned.retain(|n| *n != self.settings.node_id);
-        let mut relays = self.relays.lock().expect("relays lock");
-        relays.forget(|s| *s == sha || !self.fetch_gate.granted(s).is_empty());
+        let mut relays = term.relays.lock().expect("relays lock");
+        relays.forget(|s| *s == sha || !term.fetch_gate.granted(s).is_empty());
         let count = relays.stripes(sha, planned.len());
         if stripe.count() != count {
             let mut status = common::errors::ErrorKind::PreconditionFailed.grpc(format!(
@@ -280,26 +306,32 @@ impl LeaderState {
     /// remembers when a majority last said so.
     pub async fn confirm_majority(&self) -> bool {
         let ok = self.consensus.quorum_answers().await;
-        if ok {
-            *self.confirmed_at.lock().expect("confirmed lock") = Some(std::time::Instant::now());
+        if ok && let Some(t) = self.term() {
+            *t.confirmed_at.lock().expect("confirmed lock") = Some(std::time::Instant::now());
         }
         ok
+    }
+
+    /// When a majority last confirmed this leader (in its current term).
+    fn confirmed_at(&self) -> Option<std::time::Instant> {
+        *self.term()?.confirmed_at.lock().expect("confirmed lock")
+    }
+
+    /// What exists while this controller leads; `None` while it does not.
+    pub fn term(&self) -> Option<Arc<Term>> {
+        self.term.read().expect("term lock").clone()
     }
 
     /// Whether this leader may act now: a majority confirmed it within the
     /// last heartbeat interval (shorter than any election), or does now.
     pub async fn may_act(&self) -> bool {
-        let fresh = self
-            .confirmed_at
-            .lock()
-            .expect("confirmed lock")
-            .is_some_and(|t| t.elapsed() < self.settings.heartbeat_interval);
+        let fresh = self.confirmed_at().is_some_and(|t| t.elapsed() < self.settings.heartbeat_interval);
         fresh || self.confirm_majority().await
     }
 
     /// This leader's generation: derived from the raft term it leads in.
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        self.term().map_or(0, |t| t.generation)
     }
 
     /// Whether this controller leads now.
@@ -343,7 +375,8 @@ impl LeaderState {
                 return;
             }
         };
-        self.generation.store(crate::raft::generation_of(term, starts), std::sync::atomic::Ordering::SeqCst);
+        let generation = crate::raft::generation_of(term, starts);
+        *self.term.write().expect("term lock") = Some(Arc::new(Term::new(&self.settings, generation)));
         info!(term, generation = self.generation(), "this controller leads");
         if self.consensus.replicated().config.is_none() {
             match self.pre_raft_state() {
@@ -361,7 +394,7 @@ impl LeaderState {
     /// Ends the term: the leader's tasks stop, the sessions close (the
     /// agents redial and find the new leader), nothing is in flight.
     pub fn end_term(&self) {
-        if self.generation.swap(0, std::sync::atomic::Ordering::SeqCst) == 0 {
+        if self.term.write().expect("term lock").take().is_none() {
             return;
         }
         info!("this controller no longer leads");
@@ -392,7 +425,7 @@ impl LeaderState {
                 if raft_term.is_some() && raft_term == term && tokio::time::Instant::now() >= next_check {
                     state.confirm_majority().await;
                     next_check = tokio::time::Instant::now() + every;
-                    let last = *state.confirmed_at.lock().expect("confirmed lock");
+                    let last = state.confirmed_at();
                     confirmed = last.is_some_and(|t| t.elapsed() < silence);
                 }
                 let now = raft_term.filter(|_| confirmed);
@@ -408,7 +441,6 @@ impl LeaderState {
                         // Before deciding anything, this leader's replica
                         // holds every write committed before its term.
                         if state.consensus.caught_up().await {
-                            *state.confirmed_at.lock().expect("confirmed lock") = Some(std::time::Instant::now());
                             state.begin_term(t).await;
                             term = now;
                         }
@@ -544,12 +576,16 @@ impl LeaderState {
             if s.reason.is_empty() && !waiting.is_empty() {
                 s.reason = waiting.join("; ");
             }
-            let relays = self.relays.lock().expect("relays lock");
-            for row in &mut s.nodes {
+            // Where each staging node gets the image from (while this
+            // controller leads and routes the fetches).
+            let term = self.term();
+            let relays = term.as_ref().map(|t| t.relays.lock().expect("relays lock"));
+            for row in s.nodes.iter_mut().filter(|_| relays.is_some()) {
                 let Ok(id) = row.id.parse::<common::NodeId>() else { continue };
                 let Some(n) = j.nodes.get(&id).filter(|n| n.step == coordinator::journal::Step::Staging) else {
                     continue;
                 };
+                let Some(relays) = relays.as_ref() else { continue };
                 row.source = relays.sources(&j.image_for(n.kind).sha256).get(&id).map(|ps| {
                     let names = ps.iter().map(|p| match p {
                         relays::Parent::Leader => self.settings.node_id.to_string(),

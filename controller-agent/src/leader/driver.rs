@@ -42,7 +42,9 @@ pub fn spawn(state: Arc<LeaderState>) {
     }
     state.clone().spawn(async move {
         let mut driver = Driver::default();
-        let mut fx = TokioEffects { state: state.clone(), grants: HashMap::new(), probe: None };
+        // The driver lives as long as the term: its grants are the term's.
+        let Some(term) = state.term() else { return };
+        let mut fx = TokioEffects { state: state.clone(), term, grants: HashMap::new(), probe: None };
         // Steps taken in a row without waiting.
         let mut run = 0;
         loop {
@@ -78,6 +80,7 @@ struct Probe {
 /// The leader's effects.
 struct TokioEffects {
     state: Arc<LeaderState>,
+    term: Arc<super::Term>,
     grants: HashMap<NodeId, Grant>,
     probe: Option<Probe>,
 }
@@ -97,7 +100,7 @@ impl Effects for TokioEffects {
     }
 
     fn generation(&self) -> u64 {
-        self.state.generation()
+        self.term.generation
     }
 
     fn timeouts(&self) -> Timeouts {
@@ -165,7 +168,7 @@ impl Effects for TokioEffects {
     }
 
     fn grant(&mut self, node: &NodeId, sha: Sha256Digest) {
-        self.grants.insert(node.clone(), self.state.fetch_gate.grant(node, sha));
+        self.grants.insert(node.clone(), self.term.fetch_gate.grant(node, sha));
     }
 
     fn revoke(&mut self, node: &NodeId) {

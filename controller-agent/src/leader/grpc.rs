@@ -130,7 +130,10 @@ impl pb::leader_server::Leader for LeaderService {
             .map_err(|e: common::types::ParseError| common::errors::ErrorKind::BadRequest.grpc(e.to_string()))?;
         let stripe = common::stripe::Stripe::new(r.stripe, r.stripes)
             .map_err(|e| common::errors::ErrorKind::BadRequest.grpc(e))?;
-        let permit = self.state.fetch_gate.open(&peer.node_id, &sha)?;
+        let term = self.state.term().ok_or_else(|| {
+            common::errors::ErrorKind::Unavailable.grpc("this controller does not lead: fetch from the leader")
+        })?;
+        let permit = term.fetch_gate.open(&peer.node_id, &sha)?;
         let path = self.state.image_path(&sha).ok_or_else(|| {
             common::errors::ErrorKind::NotFound.grpc(format!("the leader holds no image {}", sha.short()))
         })?;

@@ -268,7 +268,7 @@ async fn relays_survive_a_dying_relay(k: usize) {
     let part = |id: &str| c.data_dir(id).join("staging").join(format!("{sha}.part"));
     let mut relay = String::new();
     eventually(30, "an SE relaying to another, a quarter in", async || {
-        let sources = leader.relays.lock().unwrap().sources(&sha);
+        let sources = leader.term().expect("it leads").relays.lock().unwrap().sources(&sha);
         relay = sources
             .values()
             .flatten()
@@ -282,7 +282,7 @@ async fn relays_survive_a_dying_relay(k: usize) {
         !relay.is_empty()
     })
     .await;
-    let sources = leader.relays.lock().unwrap().sources(&sha);
+    let sources = leader.term().expect("it leads").relays.lock().unwrap().sources(&sha);
     let from_leader = sources.values().flatten().filter(|p| **p == Parent::Leader).count();
     assert_eq!(from_leader, k, "the leader serves one stream per stripe: {sources:?}");
     assert!(sources.values().all(|ps| ps.len() == k), "every SE fetches {k} stripes: {sources:?}");
@@ -303,7 +303,7 @@ async fn relays_survive_a_dying_relay(k: usize) {
         eventually(60, &format!("{id} staged"), async || staged.exists()).await;
         assert_eq!(hash_file(&staged).unwrap(), (sha, size), "{id}'s copy");
     }
-    let now = leader.relays.lock().unwrap().sources(&sha);
+    let now = leader.term().expect("it leads").relays.lock().unwrap().sources(&sha);
     let child_now = now.get(&child.parse().unwrap()).cloned().unwrap_or_default();
     assert!(!child_now.contains(&Parent::Node(relay_id)), "{now:?}");
     // The relay comes back and resumes; the operation completes.
