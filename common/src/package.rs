@@ -694,5 +694,10 @@ impl<R: Read> Read for CountingReader<R> {
 
 pub mod payload;
 pub mod signing;
+
+/// Free space a node keeps beyond what an image needs: the distribution's
+/// pre-check and the node's own check before it stages use the same.
+pub const DISK_MARGIN: u64 = 16 << 20;
+
 #[cfg(test)]
 mod tests;

@@ -90,6 +90,97 @@ pub struct NodeSummary {
     pub kind: DeploymentKind,
     /// The version its other slot holds, if it reported one.
     pub previous: Option<Version>,
+    /// What the distribution pre-checks need of it.
+    pub health: NodeHealth,
+}
+
+/// A node as the distribution pre-checks see it. The default is a node
+/// that is up and reports nothing that would refuse a distribution.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeHealth {
+    /// Its heartbeats stopped.
+    pub down: bool,
+    /// Free bytes on its data disk, if it reported them.
+    pub disk_free: Option<u64>,
+    /// The images it holds staged.
+    pub staged: Vec<common::Sha256Digest>,
+    /// It has not reported how it is deployed yet (`kind` is then a guess).
+    pub kind_unknown: bool,
+}
+
+/// The pre-checks of distributing the request's images to `nodes`: the
+/// images, every node up, a package for each node's deployment kind, disk
+/// space (with `DISK_MARGIN`) on every node that does not hold the image.
+pub fn distribution_checks(req: &StartRequest, nodes: &[NodeSummary]) -> (Vec<Precheck>, Option<RefusalKind>) {
+    use common::package::DISK_MARGIN;
+    let images: Vec<&Image> = std::iter::once(&req.image).chain(req.docker_image.as_ref()).collect();
+    let of = |kind: DeploymentKind| images.iter().copied().find(|i| i.kind == kind);
+    let mut out: Vec<Precheck> = images
+        .iter()
+        .map(|i| {
+            let what = format!("{} package {} ({} bytes, sha256 {})", i.kind, req.to, i.size, i.sha256);
+            Precheck::new("image", CheckResult::Ok, what)
+        })
+        .collect();
+    let mut failed = None;
+    let down: Vec<String> = nodes.iter().filter(|n| n.health.down).map(|n| n.id.to_string()).collect();
+    out.push(if down.is_empty() {
+        Precheck::new("nodes_up", CheckResult::Ok, format!("all {} nodes are up", nodes.len()))
+    } else {
+        failed.get_or_insert(RefusalKind::PreconditionFailed);
+        let why = format!("nodes not heartbeating: {}; bring them back (molt show cluster) and retry", down.join(", "));
+        Precheck::new("nodes_up", CheckResult::Error, why)
+    });
+    let without: Vec<String> = nodes
+        .iter()
+        .filter(|n| !n.health.kind_unknown && of(n.kind).is_none())
+        .map(|n| format!("{} ({})", n.id, n.kind))
+        .collect();
+    let kinds: std::collections::HashSet<DeploymentKind> = nodes.iter().map(|n| n.kind).collect();
+    out.push(if without.is_empty() {
+        let what = match kinds.len() {
+            1 => format!("every node is deployed as {}", req.image.kind),
+            _ => "every node has the package of its deployment kind (vm and docker)".into(),
+        };
+        Precheck::new("deployment_kind", CheckResult::Ok, what)
+    } else {
+        failed.get_or_insert(RefusalKind::BadRequest);
+        let kind = req.image.kind;
+        let why = if kinds.len() > 1 {
+            format!(
+                "no package for these nodes' deployment kind: {}; a mixed cluster takes image_path {} and docker_image_path {}",
+                without.join(", "),
+                DeploymentKind::Vm.package_file_name(),
+                DeploymentKind::Docker.package_file_name()
+            )
+        } else {
+            let other = if kind == DeploymentKind::Vm { DeploymentKind::Docker } else { DeploymentKind::Vm };
+            format!(
+                "the image is a {kind} package ({}) but these nodes are not: {}; use {}",
+                kind.package_file_name(),
+                without.join(", "),
+                other.package_file_name()
+            )
+        };
+        Precheck::new("deployment_kind", CheckResult::Error, why)
+    });
+    let image_of = |n: &NodeSummary| of(n.kind).unwrap_or(&req.image);
+    let need = |n: &NodeSummary| image_of(n).size + DISK_MARGIN;
+    let short: Vec<String> = nodes
+        .iter()
+        .filter(|n| !n.health.staged.contains(&image_of(n).sha256))
+        .filter(|n| n.health.disk_free.is_some_and(|f| f < need(n)))
+        .map(|n| format!("{} ({} bytes free, {} needed)", n.id, n.health.disk_free.unwrap_or(0), need(n)))
+        .collect();
+    let most = images.iter().map(|i| i.size + DISK_MARGIN).max().unwrap_or(0);
+    out.push(if short.is_empty() {
+        Precheck::new("disk_space", CheckResult::Ok, format!("every node has the {most} bytes the image needs"))
+    } else {
+        failed.get_or_insert(RefusalKind::InsufficientStorage);
+        let why = format!("not enough disk for the image (with margin) on: {}; free space and retry", short.join(", "));
+        Precheck::new("disk_space", CheckResult::Error, why)
+    });
+    (out, failed)
 }
 
 /// The version the controllers run: the lowest one reported.
@@ -322,12 +413,11 @@ pub struct StartCtx<'a> {
     pub mutant: Option<Mutant>,
 }
 
-/// The pre-checks of a start (the distribution's own checks, disk space
-/// and image kind, are the driver's: they need the nodes' reports).
+/// The pre-checks of a start: the distribution's (`distribution_checks`),
+/// every node reported, the versions, the traffic, the groups and profile.
 pub fn start_checks(req: &StartRequest, ctx: &StartCtx<'_>) -> (Vec<Precheck>, Option<RefusalKind>) {
     let from = cluster_version(ctx.nodes);
-    let mut checks = vec![];
-    let mut failed = None;
+    let (mut checks, mut failed) = distribution_checks(req, ctx.nodes);
     // A node that has not reported (it may still be redialling a leader
     // that just started) could hide a third version, or miss the image.
     let silent: Vec<String> = ctx.nodes.iter().filter(|n| n.version.is_none()).map(|n| n.id.to_string()).collect();

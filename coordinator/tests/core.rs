@@ -45,13 +45,21 @@ fn config() -> Config {
 
 fn nodes(se_version: &str) -> Vec<NodeSummary> {
     vec![
-        NodeSummary { id: id("c1"), member: Member::Controller, version: Some(v("1.0.0")), kind: Vm, previous: None },
+        NodeSummary {
+            id: id("c1"),
+            member: Member::Controller,
+            version: Some(v("1.0.0")),
+            kind: Vm,
+            previous: None,
+            health: Default::default(),
+        },
         NodeSummary {
             id: id("s1"),
             member: Member::ServiceEngine("g1".into()),
             version: Some(v(se_version)),
             kind: Vm,
             previous: None,
+            health: Default::default(),
         },
         NodeSummary {
             id: id("s2"),
@@ -59,6 +67,7 @@ fn nodes(se_version: &str) -> Vec<NodeSummary> {
             version: Some(v(se_version)),
             kind: Vm,
             previous: None,
+            health: Default::default(),
         },
     ]
 }
@@ -615,10 +624,18 @@ fn four_ses(k: Option<u32>, series: bool) -> (Journal, Observed) {
         version: Some(v("1.0.0")),
         kind: Vm,
         previous: None,
+        health: Default::default(),
     }];
     for (s, g) in [("s1", "g1"), ("s2", "g1"), ("s3", "g1"), ("s4", "g1"), ("h1", "h")] {
         let member = Member::ServiceEngine(g.into());
-        ns.push(NodeSummary { id: id(s), member, version: Some(v("1.0.0")), kind: Vm, previous: None });
+        ns.push(NodeSummary {
+            id: id(s),
+            member,
+            version: Some(v("1.0.0")),
+            kind: Vm,
+            previous: None,
+            health: Default::default(),
+        });
     }
     let profile = request::ProfileRequest { max_parallel_ses: k, groups_in_series: Some(series), ..Default::default() };
     let req = StartRequest { profile, ..upgrade_to("2.0.0") };
@@ -781,4 +798,39 @@ fn a_journal_whose_references_do_not_hold_is_refused_when_it_is_read() {
     v["drained"] = serde_json::json!(["c9"]);
     let e = coordinator::journal::from_value(v).unwrap_err();
     assert_eq!(e, "the journal keeps c9 out of service, which is not one of its nodes");
+}
+
+#[test]
+fn the_distribution_pre_checks_are_decided_with_the_start() {
+    use coordinator::request::{CheckResult, NodeHealth, RefusalKind};
+    let req = upgrade_to("2.0.0");
+    let check = |ns: &[NodeSummary], name: &str| {
+        let (checks, failed) = request::distribution_checks(&req, ns);
+        (checks.into_iter().find(|c| c.check == name).unwrap(), failed)
+    };
+    let mut ns = nodes("1.0.0");
+    let (c, failed) = check(&ns, "nodes_up");
+    assert_eq!((c.result, failed), (CheckResult::Ok, None));
+    ns[1].health = NodeHealth { down: true, ..Default::default() };
+    let (c, failed) = check(&ns, "nodes_up");
+    assert_eq!((c.result, failed), (CheckResult::Error, Some(RefusalKind::PreconditionFailed)));
+    assert!(c.message.contains("nodes not heartbeating: s1"), "{}", c.message);
+    // Too little disk, unless the node already holds the image.
+    let mut ns = nodes("1.0.0");
+    ns[2].health = NodeHealth { disk_free: Some(1), ..Default::default() };
+    let (c, failed) = check(&ns, "disk_space");
+    assert_eq!((c.result, failed), (CheckResult::Error, Some(RefusalKind::InsufficientStorage)));
+    ns[2].health.staged = vec![req.image.sha256];
+    assert_eq!(check(&ns, "disk_space").0.result, CheckResult::Ok);
+    // A docker node and only the vm package.
+    let mut ns = nodes("1.0.0");
+    ns[0].kind = DeploymentKind::Docker;
+    let (c, failed) = check(&ns, "deployment_kind");
+    assert_eq!((c.result, failed), (CheckResult::Error, Some(RefusalKind::BadRequest)));
+    // And request::start refuses with every check, the distribution's first.
+    let cfg = config();
+    let ctx = StartCtx { current: None, nodes: &ns, config: &cfg, leader: &id("c1"), id: "op", now: 0, mutant: None };
+    let e = request::start(&req, &ctx).unwrap_err();
+    assert_eq!(e.kind, RefusalKind::BadRequest);
+    assert_eq!(e.prechecks[0].check, "image");
 }

@@ -29,8 +29,7 @@ use tracing::{info, warn};
 
 use crate::image_stream::Growth;
 
-/// Free space kept beyond what an image needs.
-pub const DISK_MARGIN: u64 = 16 << 20;
+pub use common::package::DISK_MARGIN;
 /// Consecutive failed attempts without progress before staging gives up.
 const MAX_ATTEMPTS: u32 = 8;
 /// How far past the first missing byte a stripe may run ahead: bytes

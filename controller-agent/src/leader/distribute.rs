@@ -1,18 +1,17 @@
-//! Distribution's pre-checks (image valid, every node up, every node of the
-//! image's deployment kind, disk space on every node) and the refusal of an
-//! operation. A failed check refuses the request and touches no node; the
-//! staging itself is a step of the coordinator, carried out by the driver.
+//! The refusal of an operation, and the images of a request (checked to go
+//! together). The distribution's pre-checks are the coordinator's
+//! (`coordinator::request::distribution_checks`), run with every other
+//! pre-check when the request is decided.
 
 use common::DeploymentKind;
 use common::errors::ErrorKind;
-use coordinator::request::{Refusal, RefusalKind};
+use coordinator::request::Refusal;
 
 use super::{
-    cluster::{NodeState, NodeView},
+    cluster::NodeView,
     images::{Image, ImageError},
     status::Precheck,
 };
-use agent_core::follower::stage::DISK_MARGIN;
 
 /// Why an operation was not started. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +40,6 @@ impl From<ImageError> for Refused {
             _ => ErrorKind::BadRequest,
         };
         Refused { kind, message: e.to_string(), prechecks: vec![] }
-    }
-}
-
-fn check(name: &str, result: Result<String, String>) -> Precheck {
-    match result {
-        Ok(m) => Precheck::new(name, coordinator::request::CheckResult::Ok, m),
-        Err(m) => Precheck::new(name, coordinator::request::CheckResult::Error, m),
     }
 }
 
@@ -108,89 +100,4 @@ impl Images {
 /// A node's deployment kind as it reports it (vm until it has reported).
 pub fn kind_of(n: &NodeView) -> DeploymentKind {
     n.deployment.as_deref().and_then(|d| d.parse().ok()).unwrap_or_default()
-}
-
-/// The pre-checks of distributing `images` to `nodes`, pure. Returns the
-/// verdicts and, if one failed, the kind of the refusal.
-pub fn prechecks(images: &Images, nodes: &[NodeView]) -> (Vec<Precheck>, Option<RefusalKind>) {
-    let mut out: Vec<Precheck> = images
-        .all()
-        .map(|image| {
-            let m = &image.info.manifest;
-            check(
-                "image",
-                Ok(format!(
-                    "{} package {} ({} bytes, sha256 {})",
-                    m.kind, m.version, image.info.size, image.info.sha256
-                )),
-            )
-        })
-        .collect();
-    let mut failed = None;
-    let down: Vec<_> = nodes.iter().filter(|n| n.state != NodeState::Up).map(|n| n.id.to_string()).collect();
-    out.push(check(
-        "nodes_up",
-        if down.is_empty() {
-            Ok(format!("all {} nodes are up", nodes.len()))
-        } else {
-            failed.get_or_insert(RefusalKind::PreconditionFailed);
-            Err(format!("nodes not heartbeating: {}; bring them back (molt show cluster) and retry", down.join(", ")))
-        },
-    ));
-    let without: Vec<_> = nodes
-        .iter()
-        .filter(|n| n.deployment.is_some() && images.of(kind_of(n)).is_none())
-        .map(|n| format!("{} ({})", n.id, kind_of(n)))
-        .collect();
-    let kinds: std::collections::HashSet<DeploymentKind> = nodes.iter().map(kind_of).collect();
-    out.push(check(
-        "deployment_kind",
-        if without.is_empty() {
-            Ok(match kinds.len() {
-                1 => format!("every node is deployed as {}", images.main.info.manifest.kind),
-                _ => "every node has the package of its deployment kind (vm and docker)".into(),
-            })
-        } else {
-            failed.get_or_insert(RefusalKind::BadRequest);
-            let m = &images.main.info.manifest;
-            Err(if kinds.len() > 1 {
-                format!(
-                    "no package for these nodes' deployment kind: {}; a mixed cluster takes image_path {} and docker_image_path {}",
-                    without.join(", "),
-                    DeploymentKind::Vm.package_file_name(),
-                    DeploymentKind::Docker.package_file_name()
-                )
-            } else {
-                let other = if m.kind == DeploymentKind::Vm { DeploymentKind::Docker } else { DeploymentKind::Vm };
-                format!(
-                    "the image is a {} package ({}) but these nodes are not: {}; use {}",
-                    m.kind,
-                    m.kind.package_file_name(),
-                    without.join(", "),
-                    other.package_file_name()
-                )
-            })
-        },
-    ));
-    let need = |n: &NodeView| images.of(kind_of(n)).unwrap_or(&images.main).info.size + DISK_MARGIN;
-    let short: Vec<_> = nodes
-        .iter()
-        .filter(|n| {
-            let image = images.of(kind_of(n)).unwrap_or(&images.main);
-            !n.staged.iter().any(|s| s.sha256 == image.info.sha256.to_hex())
-        })
-        .filter(|n| n.disk_free_bytes.is_some_and(|f| f < need(n)))
-        .map(|n| format!("{} ({} bytes free, {} needed)", n.id, n.disk_free_bytes.unwrap_or(0), need(n)))
-        .collect();
-    let most = images.all().map(|i| i.info.size + DISK_MARGIN).max().unwrap_or(0);
-    out.push(check(
-        "disk_space",
-        if short.is_empty() {
-            Ok(format!("every node has the {most} bytes the image needs"))
-        } else {
-            failed.get_or_insert(RefusalKind::InsufficientStorage);
-            Err(format!("not enough disk for the image (with margin) on: {}; free space and retry", short.join(", ")))
-        },
-    ));
-    (out, failed)
 }

@@ -147,6 +147,12 @@ fn summaries(nodes: &[NodeView]) -> Vec<NodeSummary> {
             version: n.version.parse().ok(),
             kind: distribute::kind_of(n),
             previous: n.previous_version.as_deref().and_then(|v| v.parse().ok()),
+            health: request::NodeHealth {
+                down: n.state != super::cluster::NodeState::Up,
+                disk_free: n.disk_free_bytes,
+                staged: n.staged.iter().filter_map(|s| s.sha256.parse().ok()).collect(),
+                kind_unknown: n.deployment.is_none(),
+            },
         })
         .collect()
 }
@@ -245,9 +251,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         refuse_if_running(state)?;
     }
     let images = resolve(state, &req.image_path, req.docker_image_path.as_deref()).await?;
-    let nodes = state.cluster.snapshot();
-    let (mut checks, dist_failed) = distribute::prechecks(&images, &nodes);
-    let summaries = summaries(&nodes);
+    let summaries = summaries(&state.cluster.snapshot());
     let m = &images.main.info.manifest;
     let sreq = start_request(&images, Operation::Upgrade, Some(&req), on_error);
     // Check and act under the operation gate: of requests at once, one starts.
@@ -255,8 +259,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
     let current = Current::read(state);
     let config = &current.config;
     let ctx = current.ctx(state, &summaries);
-    let (vchecks, v_failed) = request::start_checks(&sreq, &ctx);
-    checks.extend(vchecks);
+    let (checks, failed) = request::start_checks(&sreq, &ctx);
     if req.prechecks_only {
         let disruptive = req.disruptive || req.force;
         let profile = request::resolve_profile(&sreq.profile, config, &request::group_names(&summaries))
@@ -273,7 +276,7 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
             .collect();
         let plan = Plan {
             prechecks_only: true,
-            ok: dist_failed.is_none() && v_failed.is_none(),
+            ok: failed.is_none(),
             prechecks: checks,
             virtual_services,
             from_version: request::cluster_version(&summaries).map(|v| v.to_string()),
@@ -285,12 +288,8 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
         };
         return Ok((StatusCode::OK, serde_json::to_value(plan).expect("serializes")));
     }
-    request::refuse_if_running(current.journal.as_ref())?;
-    if let Some(kind) = dist_failed.or(v_failed) {
-        return Err(request::failed_checks(kind, checks).into());
-    }
-    let mut j = request::start(&sreq, &ctx).map_err(Refused::from)?;
-    j.prechecks = checks;
+    // Decided (the conflict, every pre-check) by the coordinator alone.
+    let j = request::start(&sreq, &ctx).map_err(Refused::from)?;
     info!(from = %j.from, to = %j.to, "upgrade started");
     begin(state, j).await?;
     Ok((StatusCode::ACCEPTED, serde_json::to_value(state.status()).expect("serializes")))
@@ -314,19 +313,13 @@ pub async fn prestage(
 ) -> Result<UpgradeStatus, Refused> {
     refuse_if_running(state)?;
     let images = resolve(state, image_path, docker_image_path).await?;
-    let nodes = state.cluster.snapshot();
-    let (checks, failed) = distribute::prechecks(&images, &nodes);
-    if let Some(kind) = failed {
-        return Err(request::failed_checks(kind, checks).into());
-    }
-    let summaries = summaries(&nodes);
+    let summaries = summaries(&state.cluster.snapshot());
     let sreq = start_request(&images, Operation::Prestage, None, ActionOnError::Suspend);
     let _gate = state.operation_gate.lock().await;
     let current = Current::read(state);
     let ctx = current.ctx(state, &summaries);
-    let mut j = request::start(&sreq, &ctx).map_err(Refused::from)?;
-    j.prechecks = checks;
-    info!(image = %images.main.image_path, sha = %images.main.info.sha256.short(), nodes = nodes.len(), "prestage started");
+    let j = request::start(&sreq, &ctx).map_err(Refused::from)?;
+    info!(image = %images.main.image_path, sha = %images.main.info.sha256.short(), nodes = summaries.len(), "prestage started");
     begin(state, j).await?;
     Ok(state.status())
 }

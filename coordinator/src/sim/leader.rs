@@ -404,6 +404,8 @@ impl Leader {
                 version: obs.nodes.get(id).map(|s| s.version),
                 kind: *kind,
                 previous: obs.nodes.get(id).and_then(|s| s.previous),
+                // As the product's handler fills it: the same pre-checks run.
+                health: request::NodeHealth { down: !obs.nodes.get(id).is_some_and(|s| s.up), ..Default::default() },
             })
             .collect();
         // A mixed cluster gets one image per kind, as the real leader's request does.

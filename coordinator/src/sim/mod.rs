@@ -146,7 +146,14 @@ pub fn sample_journal(controllers: usize, groups: &[(&str, usize)]) -> Journal {
     }
     let summaries: Vec<NodeSummary> = nodes
         .into_iter()
-        .map(|(id, member)| NodeSummary { id, member, version: Some(v(1)), kind: DeploymentKind::Vm, previous: None })
+        .map(|(id, member)| NodeSummary {
+            id,
+            member,
+            version: Some(v(1)),
+            kind: DeploymentKind::Vm,
+            previous: None,
+            health: Default::default(),
+        })
         .collect();
     let req = StartRequest::new(Operation::Upgrade, image(v(2), v(1), DeploymentKind::Vm), v(2));
     let ctx = StartCtx {
