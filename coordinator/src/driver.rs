@@ -139,7 +139,8 @@ pub struct Driver {
     placed: BTreeMap<NodeId, Placed>,
     seq: u64,
     grants: BTreeMap<NodeId, Sha256Digest>,
-    probing: Option<String>,
+    /// Whether the traffic probes run.
+    probing: bool,
     image_checked: Option<(String, Option<String>)>,
     /// A known defect put back (simulation only).
     pub mutant: Option<Mutant>,
@@ -173,7 +174,7 @@ impl Driver {
         let mut written = false;
         let mut journal = fx.journal();
         let mut actions = vec![];
-        if let Some(j) = journal.clone() {
+        if let Some(j) = journal.take() {
             obs.image_unusable = self.check_image(fx, &j).await;
             obs.probed = fx.probed();
             let timeouts = fx.timeouts().under(&j.config);
@@ -186,7 +187,7 @@ impl Driver {
                     Err(WriteFailure::NoQuorum | WriteFailure::NotLeader)
                         if self.mutant == Some(Mutant::ActOnFailedWrite) =>
                     {
-                        self.act(fx, d.actions, now).await;
+                        self.act(fx, d.actions, Some(&d.journal.id), now).await;
                         return false;
                     }
                     Err(WriteFailure::NoQuorum) => {
@@ -225,14 +226,14 @@ impl Driver {
         if !written && due && self.mutant != Some(Mutant::ResendUnconfirmed) && !fx.may_act().await {
             return false;
         }
-        self.act(fx, actions, now).await;
+        self.act(fx, actions, journal.as_ref().map(|j| j.id.as_str()), now).await;
         self.place(fx, journal.as_ref(), &obs, now).await;
         self.sent.retain(|_, t| now < *t + 600_000);
         written
     }
 
-    /// Carries out a decision's actions.
-    async fn act<E: Effects>(&mut self, fx: &mut E, actions: Vec<Action>, now: Ms) {
+    /// Carries out the actions decided for the operation `journal`.
+    async fn act<E: Effects>(&mut self, fx: &mut E, actions: Vec<Action>, journal: Option<&str>, now: Ms) {
         let mut fetching = BTreeMap::new();
         let mut probe = false;
         for a in actions {
@@ -274,17 +275,14 @@ impl Driver {
                 self.grants.insert(id, sha);
             }
         }
-        let journal = fx.journal().map(|j| j.id);
-        match (&self.probing, probe) {
-            (None, true) => {
-                if let Some(id) = journal {
-                    fx.start_probes(&id);
-                    self.probing = Some(id);
-                }
+        match (self.probing, probe, journal) {
+            (false, true, Some(id)) => {
+                fx.start_probes(id);
+                self.probing = true;
             }
-            (Some(_), false) => {
+            (true, false, _) => {
                 fx.stop_probes();
-                self.probing = None;
+                self.probing = false;
             }
             _ => {}
         }
@@ -296,7 +294,7 @@ impl Driver {
         for id in std::mem::take(&mut self.grants).into_keys() {
             fx.revoke(&id);
         }
-        if self.probing.take().is_some() {
+        if std::mem::take(&mut self.probing) {
             fx.stop_probes();
         }
     }

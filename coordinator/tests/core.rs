@@ -43,32 +43,23 @@ fn config() -> Config {
     c
 }
 
+/// A node on `version`, up, deployed as a vm.
+fn summary(node: &str, member: Member, version: &str) -> NodeSummary {
+    NodeSummary {
+        id: id(node),
+        member,
+        version: Some(v(version)),
+        kind: Vm,
+        previous: None,
+        health: Default::default(),
+    }
+}
+
 fn nodes(se_version: &str) -> Vec<NodeSummary> {
     vec![
-        NodeSummary {
-            id: id("c1"),
-            member: Member::Controller,
-            version: Some(v("1.0.0")),
-            kind: Vm,
-            previous: None,
-            health: Default::default(),
-        },
-        NodeSummary {
-            id: id("s1"),
-            member: Member::ServiceEngine("g1".into()),
-            version: Some(v(se_version)),
-            kind: Vm,
-            previous: None,
-            health: Default::default(),
-        },
-        NodeSummary {
-            id: id("s2"),
-            member: Member::ServiceEngine("g1".into()),
-            version: Some(v(se_version)),
-            kind: Vm,
-            previous: None,
-            health: Default::default(),
-        },
+        summary("c1", Member::Controller, "1.0.0"),
+        summary("s1", Member::ServiceEngine("g1".into()), se_version),
+        summary("s2", Member::ServiceEngine("g1".into()), se_version),
     ]
 }
 
@@ -618,24 +609,9 @@ fn four_ses(k: Option<u32>, series: bool) -> (Journal, Observed) {
     }
     cfg.placements.insert("a".into(), vec!["s1".into(), "s2".into()]);
     cfg.placements.insert("b".into(), vec!["s3".into(), "s4".into()]);
-    let mut ns = vec![NodeSummary {
-        id: id("c1"),
-        member: Member::Controller,
-        version: Some(v("1.0.0")),
-        kind: Vm,
-        previous: None,
-        health: Default::default(),
-    }];
+    let mut ns = vec![summary("c1", Member::Controller, "1.0.0")];
     for (s, g) in [("s1", "g1"), ("s2", "g1"), ("s3", "g1"), ("s4", "g1"), ("h1", "h")] {
-        let member = Member::ServiceEngine(g.into());
-        ns.push(NodeSummary {
-            id: id(s),
-            member,
-            version: Some(v("1.0.0")),
-            kind: Vm,
-            previous: None,
-            health: Default::default(),
-        });
+        ns.push(summary(s, Member::ServiceEngine(g.into()), "1.0.0"));
     }
     let profile = request::ProfileRequest { max_parallel_ses: k, groups_in_series: Some(series), ..Default::default() };
     let req = StartRequest { profile, ..upgrade_to("2.0.0") };
