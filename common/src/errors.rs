@@ -4,8 +4,11 @@
 //! answers from an [`ErrorKind`], so the same condition answers the same
 //! status on every path.
 
-/// What kind of error an answer reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What kind of error an answer reports. Every REST error body names it
+/// (`{"error": "...", "kind": "conflict"}`), so a client decides on the kind,
+/// not on the words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The request itself is wrong: fix it and send it again.
     BadRequest,

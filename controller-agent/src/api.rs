@@ -19,13 +19,15 @@ use common::errors::ErrorKind;
 
 use crate::leader::{
     LeaderState,
+    cluster::ClusterDoc,
     distribute::Refused,
     images::ImageError,
     store::{ConfigError, SeGroup, VirtualService},
     upgrade::{self, UpgradeRequest},
 };
 
-/// An error answer: status plus `{"error": ...}` (and pre-checks when they ran).
+/// An error answer: status plus `{"error": ..., "kind": ...}` (and pre-checks
+/// when they ran).
 #[derive(Debug)]
 pub struct ApiError {
     kind: ErrorKind,
@@ -36,7 +38,7 @@ impl ApiError {
     /// An error with a message; its status comes from the one table
     /// ([`common::errors`]).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, body: json!({ "error": message.into() }) }
+        Self { kind, body: json!({ "error": message.into(), "kind": kind }) }
     }
 }
 
@@ -49,7 +51,7 @@ impl IntoResponse for ApiError {
 
 impl From<Refused> for ApiError {
     fn from(r: Refused) -> Self {
-        Self { kind: r.kind, body: json!({ "error": r.message, "prechecks": r.prechecks }) }
+        Self { kind: r.kind, body: json!({ "error": r.message, "kind": r.kind, "prechecks": r.prechecks }) }
     }
 }
 
@@ -350,16 +352,14 @@ async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
     ([(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&snapshot)).into_response()
 }
 
-async fn cluster(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
-    let s = &state.settings;
-    let leader = state.consensus.leader().map(|m| m.id);
-    Json(json!({
-        "cluster": s.cluster,
-        "leader": leader,
-        "generation": state.generation(),
-        "controllers": state.consensus.member_views(),
-        "nodes": state.cluster.snapshot(),
-    }))
+async fn cluster(State(state): State<Arc<LeaderState>>) -> Json<ClusterDoc> {
+    Json(ClusterDoc {
+        cluster: state.settings.cluster.clone(),
+        leader: state.consensus.leader().map(|m| m.id),
+        generation: state.generation(),
+        controllers: state.consensus.member_views(),
+        nodes: state.cluster.snapshot(),
+    })
 }
 
 async fn controllers(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
@@ -402,7 +402,7 @@ async fn add_controller(
         .parse()
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("addr {:?}: {e}; expected IP:PORT", req.addr)))?;
     let _gate = membership_gate(&state).await?;
-    if state.consensus.member_views().iter().any(|m| m.id == id.as_str() && m.raft == "voter") {
+    if state.consensus.member_views().iter().any(|m| m.id == id.as_str() && m.raft == crate::raft::RaftPart::Voter) {
         return Err(ApiError::new(ErrorKind::Conflict, format!("{id} is already a controller of this cluster")));
     }
     state.consensus.add_controller(&id, addr).await?;

@@ -2,6 +2,7 @@
 //! format (version 0.0.4). Rendering is a pure function of a cluster
 //! snapshot and the status document, so it is tested without a server.
 
+use coordinator::journal::Operation;
 use std::fmt::Write as _;
 
 use crate::leader::{
@@ -114,8 +115,8 @@ pub fn render(s: &Snapshot) -> String {
     }
 
     let mut f = Family::new(&mut out, "molt_upgrade_phase", "gauge", "1 for the phase the current operation is in.");
-    if !st.phase.is_empty() {
-        f.sample(&[("operation", &st.operation), ("phase", &st.phase)], 1.0);
+    if let (Some(op), Some(phase)) = (st.operation, st.phase) {
+        f.sample(&[("operation", op.name()), ("phase", phase.name())], 1.0);
     }
 
     let mut f = Family::new(&mut out, "molt_upgrade_progress_percent", "gauge", "Progress of the current operation.");
@@ -137,12 +138,12 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "How long the current or last operation has run (so far).",
     );
-    if let Some(start) = st.started_at {
-        f.sample(&[("operation", &st.operation)], (st.ended_at.unwrap_or(s.now) - start).max(0.0));
+    if let (Some(start), Some(op)) = (st.started_at, st.operation) {
+        f.sample(&[("operation", op.name())], (st.ended_at.unwrap_or(s.now) - start).max(0.0));
     }
 
     let mut f = Family::new(&mut out, "molt_upgrade_info", "gauge", "Versions of the current or last operation.");
-    if !st.operation.is_empty() {
+    if st.operation.is_some() {
         let force = if st.force { "true" } else { "false" };
         let disruptive = if st.disruptive { "true" } else { "false" };
         f.sample(
@@ -158,12 +159,12 @@ pub fn render(s: &Snapshot) -> String {
 
     let mut f =
         Family::new(&mut out, "molt_upgrades_total", "counter", "Finished operations in the history, by outcome.");
-    for op in ["upgrade", "prestage", "se_group_upgrade", "se_group_rollback", "system_rollback"] {
+    for op in Operation::ALL {
         let finished =
             STATES.iter().filter(|(s, _)| matches!(s, OpState::Completed | OpState::Suspended | OpState::Aborted));
         for (state, name) in finished {
             let n = st.history.iter().filter(|h| h.operation == op && h.state == *state).count();
-            f.sample(&[("operation", op), ("state", name)], n as f64);
+            f.sample(&[("operation", op.name()), ("state", name)], n as f64);
         }
     }
 
@@ -226,9 +227,7 @@ pub fn render(s: &Snapshot) -> String {
 
     let mut f = Family::new(&mut out, "molt_se_group_progress_percent", "gauge", "Progress of each SE group.");
     for g in &st.se_groups {
-        let name = g["name"].as_str().unwrap_or("");
-        let state = g["state"].as_str().unwrap_or("");
-        f.sample(&[("se_group", name), ("state", state)], g["progress"].as_f64().unwrap_or(0.0));
+        f.sample(&[("se_group", &g.name), ("state", g.state.name())], f64::from(g.progress));
     }
 
     let mut f = Family::new(
@@ -238,8 +237,7 @@ pub fn render(s: &Snapshot) -> String {
         "1 if the upgrade is predicted to interrupt the virtual service.",
     );
     for v in &st.virtual_services {
-        let name = v["name"].as_str().unwrap_or("");
-        f.sample(&[("virtual_service", name)], bool01(v["predicted_disruption"].as_bool().unwrap_or(false)));
+        f.sample(&[("virtual_service", &v.name)], bool01(v.predicted_disruption));
     }
 
     let mut f = Family::new(
@@ -249,8 +247,8 @@ pub fn render(s: &Snapshot) -> String {
         "Downtime of each virtual service measured during the current or last upgrade.",
     );
     for v in &st.virtual_services {
-        if let Some(ms) = v["measured_downtime_ms"].as_u64() {
-            f.sample(&[("virtual_service", v["name"].as_str().unwrap_or(""))], ms as f64 / 1000.0);
+        if let Some(ms) = v.measured_downtime_ms {
+            f.sample(&[("virtual_service", &v.name)], ms as f64 / 1000.0);
         }
     }
     out
@@ -279,6 +277,18 @@ mod tests {
         }
     }
 
+    fn vs(name: &str, predicted: bool, downtime_ms: u64) -> crate::leader::status::VsStatus {
+        crate::leader::status::VsStatus {
+            name: name.into(),
+            predicted_disruption: predicted,
+            reason: String::new(),
+            measured_downtime_ms: Some(downtime_ms),
+            failed_probes: None,
+            probe_rounds: None,
+            down_slots: vec![],
+        }
+    }
+
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
@@ -287,8 +297,8 @@ mod tests {
     fn renders_nodes_state_and_downtime() {
         let status = UpgradeStatus {
             state: OpState::InProgress,
-            operation: "upgrade".into(),
-            phase: "se_groups".into(),
+            operation: Some(Operation::Upgrade),
+            phase: Some(coordinator::view::ShownPhase::ServiceEngines),
             progress: 70,
             eta_seconds: Some(95),
             from_version: "1.0.0".into(),
@@ -296,19 +306,16 @@ mod tests {
             started_at: Some(100.0),
             nodes: vec![NodeStatus {
                 id: "c1".into(),
-                role: "controller".into(),
+                role: common::Role::Controller,
                 state: crate::leader::status::NodeState::Done,
                 version: "2.0.0".into(),
                 received: 4096,
                 source: None,
                 events: vec![],
             }],
-            virtual_services: vec![
-                serde_json::json!({"name": "web", "predicted_disruption": false, "measured_downtime_ms": 0}),
-                serde_json::json!({"name": "one \"x\"", "predicted_disruption": true, "measured_downtime_ms": 1250}),
-            ],
+            virtual_services: vec![vs("web", false, 0), vs("one \"x\"", true, 1250)],
             history: vec![HistoryEntry {
-                operation: "upgrade".into(),
+                operation: Operation::Upgrade,
                 from_version: "0.9.0".into(),
                 to_version: "1.0.0".into(),
                 state: OpState::Completed,
@@ -330,7 +337,7 @@ mod tests {
         });
         assert_eq!(value(&text, "molt_upgrade_state{state=\"in_progress\"}"), Some(1.0));
         assert_eq!(value(&text, "molt_upgrade_state{state=\"idle\"}"), Some(0.0));
-        assert_eq!(value(&text, "molt_upgrade_phase{operation=\"upgrade\",phase=\"se_groups\"}"), Some(1.0));
+        assert_eq!(value(&text, "molt_upgrade_phase{operation=\"upgrade\",phase=\"service_engines\"}"), Some(1.0));
         assert_eq!(value(&text, "molt_upgrade_progress_percent"), Some(70.0));
         assert_eq!(value(&text, "molt_upgrade_eta_seconds"), Some(95.0));
         assert_eq!(value(&text, "molt_upgrade_duration_seconds{operation=\"upgrade\"}"), Some(12.5));

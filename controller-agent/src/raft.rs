@@ -337,16 +337,26 @@ impl Consensus {
 }
 
 /// A controller in the group, as `molt cluster` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberView {
     /// Its node id.
     pub id: String,
     /// Its address.
     pub addr: String,
-    /// `voter` or `learner` (a learner receives the log but does not vote).
-    pub raft: &'static str,
+    /// Its part in the group.
+    pub raft: RaftPart,
     /// Whether it leads.
     pub leader: bool,
+}
+
+/// A controller's part in the consensus group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftPart {
+    /// It votes.
+    Voter,
+    /// It receives the log but does not vote (yet).
+    Learner,
 }
 
 impl Consensus {
@@ -360,7 +370,7 @@ impl Consensus {
             .map(|(id, n)| MemberView {
                 id: n.id.clone(),
                 addr: n.addr.clone(),
-                raft: if voters.contains(id) { "voter" } else { "learner" },
+                raft: if voters.contains(id) { RaftPart::Voter } else { RaftPart::Learner },
                 leader: m.current_leader == Some(*id),
             })
             .collect();

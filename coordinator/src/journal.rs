@@ -69,6 +69,15 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 5] = [
+        Operation::Upgrade,
+        Operation::Prestage,
+        Operation::SeGroupRollback,
+        Operation::SeGroupUpgrade,
+        Operation::SystemRollback,
+    ];
+
     /// As the status and history name it.
     pub fn name(self) -> &'static str {
         match self {

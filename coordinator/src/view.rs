@@ -118,15 +118,65 @@ pub struct GroupLine {
     pub reason: String,
 }
 
+/// Where an operation is, or where it stopped, as the status shows it: the
+/// journal's [`Phase`], with an ended operation shown at the phase it
+/// stopped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShownPhase {
+    /// Staging the image on every node.
+    Distribute,
+    /// The controllers' part.
+    Controllers,
+    /// The SE groups' part (and where a suspended upgrade stopped).
+    ServiceEngines,
+    /// Returning the controllers to the old version.
+    Rollback,
+    /// Returning SE groups to the old version.
+    RollbackSeGroups,
+    /// Aborted, and the controllers are back on the old version.
+    RolledBack,
+    /// Ended.
+    Done,
+}
+
+impl ShownPhase {
+    /// Its name in the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShownPhase::Distribute => "distribute",
+            ShownPhase::Controllers => "controllers",
+            ShownPhase::ServiceEngines => "service_engines",
+            ShownPhase::Rollback => "rollback",
+            ShownPhase::RollbackSeGroups => "rollback_se_groups",
+            ShownPhase::RolledBack => "rolled_back",
+            ShownPhase::Done => "done",
+        }
+    }
+}
+
+impl From<Phase> for ShownPhase {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Distribute => ShownPhase::Distribute,
+            Phase::Controllers => ShownPhase::Controllers,
+            Phase::ServiceEngines => ShownPhase::ServiceEngines,
+            Phase::RollbackControllers => ShownPhase::Rollback,
+            Phase::RollbackSeGroups => ShownPhase::RollbackSeGroups,
+            Phase::Done => ShownPhase::Done,
+        }
+    }
+}
+
 /// The operation as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct View {
-    /// `upgrade`, `prestage` or `se_group_rollback`.
-    pub operation: &'static str,
+    /// Which operation.
+    pub operation: Operation,
     /// Where it stands.
     pub state: OpState,
     /// Where it is, or where it stopped.
-    pub phase: &'static str,
+    pub phase: ShownPhase,
     /// Percent; never goes down within an operation.
     pub progress: u8,
     /// From (for a group rollback: the version the groups leave).
@@ -152,10 +202,10 @@ pub fn view(j: &Journal) -> View {
     let state = op_state(j);
     let rolled_back = j.nodes.values().any(|n| n.member == Member::Controller && n.step == Step::RolledBack);
     let phase = match (j.phase, j.outcome) {
-        (Phase::Done, Some(Outcome::Suspended)) if j.operation.is_rollback() => "rollback_se_groups",
-        (Phase::Done, Some(Outcome::Suspended)) => "service_engines",
-        (Phase::Done, Some(Outcome::Aborted)) if rolled_back => "rolled_back",
-        (p, _) => p.name(),
+        (Phase::Done, Some(Outcome::Suspended)) if j.operation.is_rollback() => ShownPhase::RollbackSeGroups,
+        (Phase::Done, Some(Outcome::Suspended)) => ShownPhase::ServiceEngines,
+        (Phase::Done, Some(Outcome::Aborted)) if rolled_back => ShownPhase::RolledBack,
+        (p, _) => p.into(),
     };
     let se_groups = j
         .groups
@@ -174,7 +224,7 @@ pub fn view(j: &Journal) -> View {
         })
         .collect();
     View {
-        operation: j.operation.name(),
+        operation: j.operation,
         state,
         phase,
         progress: j.progress,
@@ -246,8 +296,8 @@ fn clock(ms: crate::journal::Ms) -> String {
 /// A past operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryEntry {
-    /// `prestage` or `upgrade`.
-    pub operation: String,
+    /// Which operation.
+    pub operation: Operation,
     /// Version before.
     pub from_version: String,
     /// Version of the image.
@@ -269,7 +319,7 @@ pub struct HistoryEntry {
 pub fn history_entry(j: &Journal) -> HistoryEntry {
     let v = view(j);
     HistoryEntry {
-        operation: v.operation.into(),
+        operation: v.operation,
         from_version: v.from_version,
         to_version: v.to_version,
         state: v.state,
@@ -284,4 +334,27 @@ pub fn history_entry(j: &Journal) -> HistoryEntry {
 /// Seconds since the Unix epoch, to the millisecond.
 pub fn secs(ms: crate::journal::Ms) -> f64 {
     ms as f64 / 1000.0
+}
+
+/// Serde for a status field that is absent while idle: `None` is the empty
+/// string on the wire (as the contract's status shows it), `Some` the value.
+pub mod empty_is_none {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
+
+    /// `None` as `""`.
+    pub fn serialize<T: Serialize, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => v.serialize(s),
+            None => s.serialize_str(""),
+        }
+    }
+
+    /// `""` as `None`.
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        if v.as_str() == Some("") {
+            return Ok(None);
+        }
+        T::deserialize(v).map(Some).map_err(serde::de::Error::custom)
+    }
 }

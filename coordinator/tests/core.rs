@@ -257,7 +257,7 @@ fn an_ended_operation_shows_nothing_running_and_nobody_drained() {
     let d = core::next(&j, &obs, &ctx(1));
     let view = coordinator::view::view(&d.journal);
     assert_eq!(view.state, coordinator::view::OpState::Suspended);
-    assert_eq!(view.phase, "service_engines", "it stays in the phase it can go on from");
+    assert_eq!(view.phase, coordinator::view::ShownPhase::ServiceEngines, "it stays in the phase it can go on from");
     assert!(view.nodes.iter().all(|n| n.running.is_none()), "{view:?}");
     assert!(view.drained.is_empty());
 }

@@ -230,9 +230,14 @@ impl TestCluster {
     }
 
     /// `GET /api/cluster`'s node entry for `id`.
-    pub async fn node_view(&self, id: &str) -> Value {
-        let v = self.api().get("/api/cluster").await.unwrap();
-        v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).cloned().unwrap_or(Value::Null)
+    pub async fn node_view(&self, id: &str) -> controller_agent::leader::cluster::NodeView {
+        let doc = self.cluster().await;
+        doc.node(id).cloned().unwrap_or_else(|| panic!("no node {id}: {doc:#?}"))
+    }
+
+    /// `GET /api/cluster`, typed as the leader serializes it.
+    pub async fn cluster(&self) -> controller_agent::leader::cluster::ClusterDoc {
+        serde_json::from_value(self.api().get("/api/cluster").await.unwrap()).unwrap()
     }
 
     /// Waits until every node heartbeats.
@@ -241,15 +246,21 @@ impl TestCluster {
     }
 
     /// Waits until the running operation ends; returns the final status.
-    pub async fn wait_operation(&self, secs: u64) -> Value {
-        let api = self.api();
+    /// The status, typed as the leader serializes it.
+    pub async fn status(&self) -> controller_agent::leader::status::UpgradeStatus {
+        let v = self.api().get("/api/cluster/upgrade/status").await.unwrap();
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("the status does not parse ({e}): {v:#}"))
+    }
+
+    pub async fn wait_operation(&self, secs: u64) -> controller_agent::leader::status::UpgradeStatus {
+        use controller_agent::leader::status::OpState;
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);
         loop {
-            let v = api.get("/api/cluster/upgrade/status").await.unwrap();
-            if !matches!(v["state"].as_str(), Some("in_progress" | "prechecking")) {
+            let v = self.status().await;
+            if !matches!(v.state, OpState::InProgress | OpState::Prechecking) {
                 return v;
             }
-            assert!(std::time::Instant::now() < deadline, "operation still running after {secs} s: {v:#}");
+            assert!(std::time::Instant::now() < deadline, "operation still running after {secs} s: {v:#?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

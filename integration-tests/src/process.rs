@@ -175,22 +175,21 @@ impl LocalCluster {
     }
 
     /// `molt show cluster --json`.
-    pub fn cluster_json(&self) -> serde_json::Value {
+    pub fn cluster(&self) -> controller_agent::leader::cluster::ClusterDoc {
         let out = self.molt(&["show", "cluster", "--json"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The leader's view of the node `id`.
+    pub fn node(&self, id: &str) -> controller_agent::leader::cluster::NodeView {
+        let doc = self.cluster();
+        doc.node(id).cloned().unwrap_or_else(|| panic!("no node {id}: {doc:#?}"))
     }
 
     /// The state the leader shows for `id`.
-    pub fn state_of(&self, id: &str) -> String {
-        let v = self.cluster_json();
-        v["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["id"] == id)
-            .map(|n| n["state"].as_str().unwrap().to_owned())
-            .unwrap()
+    pub fn state_of(&self, id: &str) -> controller_agent::leader::cluster::NodeState {
+        self.node(id).state
     }
 
     /// The pid (outside its namespace) of a node's init, if it is powered on.

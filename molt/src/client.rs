@@ -429,6 +429,16 @@ impl Api {
     }
 }
 
+impl ClientError {
+    /// The kind of error the leader answered (its body's `kind`), if it did.
+    pub fn kind(&self) -> Option<common::errors::ErrorKind> {
+        match self {
+            ClientError::Api { body, .. } => serde_json::from_value(body.get("kind")?.clone()).ok(),
+            _ => None,
+        }
+    }
+}
+
 /// A controller's answer, read whole.
 struct Answer {
     status: StatusCode,

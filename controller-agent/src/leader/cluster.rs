@@ -13,7 +13,7 @@ use common::{
     config::NodeSettings,
     session::{CommandResult, Heartbeat, LeaderMessage},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -21,7 +21,7 @@ use tracing::info;
 pub const MISSED_BEATS: f64 = 2.5;
 
 /// What the cluster view says of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     /// Heartbeating.
@@ -42,8 +42,30 @@ struct Entry {
     session: Option<(u64, mpsc::Sender<LeaderMessage>)>,
 }
 
+/// `GET /api/cluster`: the cluster as the leader sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterDoc {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The controller that leads (none while no leader is elected).
+    pub leader: Option<String>,
+    /// The leader's generation (0 on a controller that does not lead).
+    pub generation: u64,
+    /// The consensus group.
+    pub controllers: Vec<crate::raft::MemberView>,
+    /// Every node.
+    pub nodes: Vec<NodeView>,
+}
+
+impl ClusterDoc {
+    /// The node `id`, if the cluster has it.
+    pub fn node(&self, id: &str) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| n.id.as_str() == id)
+    }
+}
+
 /// A node as the REST API and operations see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeView {
     /// Node id.
     pub id: NodeId,
@@ -74,7 +96,7 @@ pub struct NodeView {
 }
 
 /// A staged image in the REST view.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StagedView {
     /// Version.
     pub version: String,
@@ -83,7 +105,7 @@ pub struct StagedView {
 }
 
 /// A transfer in the REST view.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferView {
     /// Digest.
     pub sha256: String,

@@ -8,7 +8,11 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use coordinator::journal::{Journal, Member, Ms, Step};
+use coordinator::{
+    config::HaMode,
+    journal::{ActionOnError, EventStatus, GroupState, Journal, Member, Ms, Operation, Step, Task},
+    view::ShownPhase,
+};
 use serde::{Deserialize, Serialize};
 
 use super::cluster::NodeView;
@@ -25,9 +29,9 @@ pub use coordinator::view::{NodeState, OpState};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// What the step does.
-    pub task: coordinator::journal::Task,
+    pub task: Task,
     /// Where it stands.
-    pub status: coordinator::journal::EventStatus,
+    pub status: EventStatus,
     /// When it started.
     pub start: f64,
     /// When it ended.
@@ -42,7 +46,7 @@ pub struct NodeStatus {
     /// Node id.
     pub id: String,
     /// Role.
-    pub role: String,
+    pub role: common::Role,
     /// Where it stands.
     pub state: NodeState,
     /// Version it runs.
@@ -59,6 +63,71 @@ pub struct NodeStatus {
 
 pub use coordinator::request::Precheck;
 
+/// An SE group's part in the operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Its name.
+    pub name: String,
+    /// Its health gates, and what they answered.
+    pub gates: Gates,
+    /// Its HA mode (absent when the group is no longer configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_mode: Option<HaMode>,
+    /// Where it stands.
+    pub state: GroupState,
+    /// Its SEs done, in percent.
+    pub progress: u8,
+    /// Its SEs, in the order they move.
+    pub ses: Vec<String>,
+    /// Why it is suspended or rolled back.
+    pub reason: String,
+    /// Its virtual services that lost traffic, as measured.
+    pub vs_disrupted: Vec<String>,
+}
+
+/// An SE group's health gates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Gates {
+    /// Each gate, described.
+    pub checks: Vec<String>,
+    /// The last gate run of each of its SEs.
+    pub results: Vec<GateResult>,
+}
+
+/// The last gate run on one SE.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateResult {
+    /// The SE.
+    pub se: String,
+    /// Where it stands.
+    pub status: EventStatus,
+    /// What the gates answered.
+    pub message: String,
+    /// When it started.
+    pub start: f64,
+    /// When it ended.
+    pub end: Option<f64>,
+}
+
+/// A virtual service: the disruption predicted for it, and measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VsStatus {
+    /// Its name.
+    pub name: String,
+    /// Whether the upgrade will drop its traffic at some point.
+    pub predicted_disruption: bool,
+    /// Why, or why not.
+    pub reason: String,
+    /// Time during which no placement answered (once probed).
+    pub measured_downtime_ms: Option<u64>,
+    /// Probes that failed.
+    pub failed_probes: Option<u64>,
+    /// Rounds probed.
+    pub probe_rounds: Option<u64>,
+    /// The first down slots: when, and what each placement answered.
+    pub down_slots: Vec<String>,
+}
+
 pub use coordinator::view::{HistoryEntry, history_entry};
 
 /// The status document.
@@ -67,10 +136,12 @@ pub use coordinator::view::{HistoryEntry, history_entry};
 pub struct UpgradeStatus {
     /// Overall state.
     pub state: OpState,
-    /// `prestage` or `upgrade` (empty when idle).
-    pub operation: String,
-    /// Current phase.
-    pub phase: String,
+    /// Which operation (the empty string when idle).
+    #[serde(with = "coordinator::view::empty_is_none")]
+    pub operation: Option<Operation>,
+    /// Where it is, or where it stopped (the empty string when idle).
+    #[serde(with = "coordinator::view::empty_is_none")]
+    pub phase: Option<ShownPhase>,
     /// 0..100.
     pub progress: u8,
     /// Version the cluster runs.
@@ -93,8 +164,10 @@ pub struct UpgradeStatus {
     pub force: bool,
     /// SEs upgraded without moving traffic.
     pub disruptive: bool,
-    /// What an SE failure does to its group: `suspend`, `continue` or `rollback`.
-    pub action_on_error: String,
+    /// What an SE failure does to its group: `suspend`, `continue` or
+    /// `rollback` (the empty string when idle).
+    #[serde(with = "coordinator::view::empty_is_none")]
+    pub action_on_error: Option<ActionOnError>,
     /// Why aborted or suspended.
     pub reason: String,
     /// Started.
@@ -103,10 +176,10 @@ pub struct UpgradeStatus {
     pub ended_at: Option<f64>,
     /// Per node.
     pub nodes: Vec<NodeStatus>,
-    /// Per SE group: name, ha_mode, state, progress, ses, vs_disrupted.
-    pub se_groups: Vec<serde_json::Value>,
+    /// Per SE group.
+    pub se_groups: Vec<GroupStatus>,
     /// Per virtual service: predicted and measured disruption.
-    pub virtual_services: Vec<serde_json::Value>,
+    pub virtual_services: Vec<VsStatus>,
     /// Pre-check verdicts.
     pub prechecks: Vec<Precheck>,
     /// SEs out of service right now (their services moved to the others of
@@ -189,8 +262,8 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
             NodeStatus {
                 id: line.id.clone(),
                 role: match n.member {
-                    Member::Controller => common::Role::Controller.to_string(),
-                    Member::ServiceEngine(_) => common::Role::ServiceEngine.to_string(),
+                    Member::Controller => common::Role::Controller,
+                    Member::ServiceEngine(_) => common::Role::ServiceEngine,
                 },
                 state: line.state,
                 version: seen.map(|s| s.version.clone()).unwrap_or_default(),
@@ -223,32 +296,30 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
                 .map(|(vs, _)| vs)
                 .collect();
             let gated = j.config.se_groups.get(&g.name).map(|x| x.health_gates.as_slice()).unwrap_or_default();
-            let results: Vec<serde_json::Value> = j.groups[&g.name]
-                .ses
+            let ses = j.groups.get(&g.name).map(|o| o.ses.as_slice()).unwrap_or_default();
+            let results = ses
                 .iter()
                 .filter_map(|se| {
-                    let e =
-                        j.nodes.get(se)?.events.iter().rev().find(|e| e.task == coordinator::journal::Task::Gate)?;
-                    Some(serde_json::json!({
-                        "se": se, "status": e.status, "message": e.message,
-                        "start": secs(e.start), "end": e.end.map(secs),
-                    }))
+                    let e = j.nodes.get(se)?.events.iter().rev().find(|e| e.task == Task::Gate)?;
+                    Some(GateResult {
+                        se: se.to_string(),
+                        status: e.status,
+                        message: e.message.clone(),
+                        start: secs(e.start),
+                        end: e.end.map(secs),
+                    })
                 })
                 .collect();
-            let gates = serde_json::json!({
-                "checks": gated.iter().map(|h| h.to_check(&j.config).to_string()).collect::<Vec<_>>(),
-                "results": results,
-            });
-            serde_json::json!({
-                "name": g.name,
-                "gates": gates,
-                "ha_mode": j.config.se_groups.get(&g.name).map(|x| x.ha_mode.name()).unwrap_or("unknown"),
-                "state": g.state,
-                "progress": g.progress,
-                "ses": j.groups[&g.name].ses,
-                "reason": g.reason,
-                "vs_disrupted": disrupted,
-            })
+            GroupStatus {
+                name: g.name.clone(),
+                gates: Gates { checks: gated.iter().map(|h| h.to_check(&j.config).to_string()).collect(), results },
+                ha_mode: j.config.se_groups.get(&g.name).map(|x| x.ha_mode),
+                state: g.state,
+                progress: g.progress,
+                ses: ses.iter().map(ToString::to_string).collect(),
+                reason: g.reason.clone(),
+                vs_disrupted: disrupted.into_iter().cloned().collect(),
+            }
         })
         .collect();
     let earlier: Vec<coordinator::eta::Timings> = history.iter().map(|h| h.timings).collect();
@@ -262,19 +333,21 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
         .into_iter()
         .map(|(name, hit, why)| {
             let m = j.measured.get(&name);
-            serde_json::json!({
-                "name": name, "predicted_disruption": hit, "reason": why,
-                "measured_downtime_ms": m.map(|m| m.downtime_ms),
-                "failed_probes": m.map(|m| m.failed_probes),
-                "probe_rounds": m.map(|m| m.rounds),
-                "down_slots": m.map(|m| m.down_slots.clone()).unwrap_or_default(),
-            })
+            VsStatus {
+                measured_downtime_ms: m.map(|m| m.downtime_ms),
+                failed_probes: m.map(|m| m.failed_probes),
+                probe_rounds: m.map(|m| m.rounds),
+                down_slots: m.map(|m| m.down_slots.clone()).unwrap_or_default(),
+                name,
+                predicted_disruption: hit,
+                reason: why,
+            }
         })
         .collect();
     UpgradeStatus {
         state: v.state,
-        operation: v.operation.into(),
-        phase: v.phase.into(),
+        operation: Some(v.operation),
+        phase: Some(v.phase),
         progress: v.progress,
         from_version: v.from_version,
         to_version: v.to_version,
@@ -285,7 +358,7 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
         docker_image_sha256: j.docker_image.as_ref().map(|i| i.sha256.to_hex()),
         force: j.force,
         disruptive: j.disruptive,
-        action_on_error: j.on_error.name().into(),
+        action_on_error: Some(j.on_error),
         reason: j.reason.clone(),
         started_at: Some(secs(j.started)),
         ended_at: j.ended.map(secs),

@@ -79,30 +79,28 @@ fn suspend() -> ActionOnError {
 }
 
 /// The answer to `prechecks_only`: what the upgrade would do.
-#[derive(Debug, serde::Serialize)]
-struct Plan {
-    prechecks_only: bool,
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Plan {
+    /// Always true: this is a plan, nothing started.
+    pub prechecks_only: bool,
     /// Whether it would start.
-    ok: bool,
-    prechecks: Vec<coordinator::request::Precheck>,
-    virtual_services: Vec<Predicted>,
-    from_version: Option<String>,
-    to_version: String,
-    force: bool,
-    disruptive: bool,
+    pub ok: bool,
+    /// The pre-checks' verdicts.
+    pub prechecks: Vec<coordinator::request::Precheck>,
+    /// Each virtual service, and whether the upgrade would drop its traffic.
+    pub virtual_services: Vec<super::status::VsStatus>,
+    /// The version the cluster runs (none when its nodes disagree).
+    pub from_version: Option<String>,
+    /// The image's version.
+    pub to_version: String,
+    /// Forced past version compatibility.
+    pub force: bool,
+    /// SEs upgraded without moving traffic.
+    pub disruptive: bool,
     /// What to pass as `plan_hash` to start exactly this plan.
-    plan_hash: String,
-    profile: coordinator::journal::Profile,
-}
-
-/// A virtual service as the plan predicts it.
-#[derive(Debug, serde::Serialize)]
-struct Predicted {
-    name: String,
-    predicted_disruption: bool,
-    reason: String,
-    measured_downtime_ms: Option<u64>,
-    failed_probes: Option<u64>,
+    pub plan_hash: String,
+    /// How it would be paced.
+    pub profile: coordinator::journal::Profile,
 }
 
 /// How SE groups follow one another.
@@ -266,12 +264,14 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
             .map_err(Refused::from)?;
         let virtual_services = coordinator::placement::predict(config, disruptive, &profile.max_parallel_ses)
             .into_iter()
-            .map(|(name, predicted_disruption, reason)| Predicted {
+            .map(|(name, predicted_disruption, reason)| super::status::VsStatus {
                 name,
                 predicted_disruption,
                 reason,
                 measured_downtime_ms: None,
                 failed_probes: None,
+                probe_rounds: None,
+                down_slots: vec![],
             })
             .collect();
         let plan = Plan {

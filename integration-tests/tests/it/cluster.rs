@@ -1,40 +1,45 @@
 //! Sessions, heartbeats and the cluster view.
 
+use controller_agent::{
+    leader::cluster::{ClusterDoc, NodeState},
+    raft::RaftPart,
+};
 use integration_tests::{TestCluster, eventually};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_heartbeats_with_role_version_and_group() {
     let c = TestCluster::builder().controllers(3).group("g1", "active-active", 2).start().await;
-    let v = c.api().get("/api/cluster").await.unwrap();
-    assert_eq!(v["cluster"], "local");
-    assert_eq!(v["leader"], "c1");
-    let nodes = v["nodes"].as_array().unwrap();
-    let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    let v = c.cluster().await;
+    assert_eq!(v.cluster, "local");
+    assert_eq!(v.leader.as_deref(), Some("c1"));
+    let ids: Vec<&str> = v.nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, ["c1", "c2", "c3", "g1-se1", "g1-se2"], "controllers first");
-    for n in nodes {
-        assert_eq!(n["state"], "up", "{n}");
-        assert_eq!(n["version"], "1.0.0", "{n}");
-        assert_eq!(n["deployment"], "vm");
-        let se = n["id"].as_str().unwrap().starts_with("g1");
-        assert_eq!(n["role"], if se { "se" } else { "controller" });
-        assert_eq!(n["se_group"], if se { serde_json::json!("g1") } else { serde_json::Value::Null });
+    for n in &v.nodes {
+        assert_eq!(n.state, NodeState::Up, "{n:?}");
+        assert_eq!(n.version, "1.0.0", "{n:?}");
+        assert_eq!(n.deployment.as_deref(), Some("vm"));
+        let se = n.id.as_str().starts_with("g1");
+        assert_eq!(n.role, if se { common::Role::ServiceEngine } else { common::Role::Controller });
+        assert_eq!(n.se_group.as_deref(), se.then_some("g1"));
     }
+    assert!(v.controllers.iter().all(|m| m.raft == RaftPart::Voter), "{v:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_is_down_and_rejoins_with_a_new_boot_id() {
     let mut c = TestCluster::builder().group("g1", "active-active", 2).heartbeat_ms(200).start().await;
-    let before = c.node_view("g1-se1").await["boot_id"].clone();
+    let before = c.node_view("g1-se1").await.boot_id;
+    assert!(before.is_some());
     c.stop_node("g1-se1").await;
     let started = std::time::Instant::now();
-    eventually(5, "g1-se1 shown down", async || c.node_view("g1-se1").await["state"] == "down").await;
+    eventually(5, "g1-se1 shown down", async || c.node_view("g1-se1").await.state == NodeState::Down).await;
     // The bound: down within 3 heartbeat intervals (plus polling slack).
     assert!(started.elapsed().as_millis() < 3 * 200 + 300, "took {:?}", started.elapsed());
-    assert_eq!(c.node_view("g1-se2").await["state"], "up", "the other SE is unaffected");
+    assert_eq!(c.node_view("g1-se2").await.state, NodeState::Up, "the other SE is unaffected");
     c.start_node("g1-se1").await;
-    eventually(10, "g1-se1 back up", async || c.node_view("g1-se1").await["state"] == "up").await;
-    assert_ne!(c.node_view("g1-se1").await["boot_id"], before, "a restart is a new boot");
+    eventually(10, "g1-se1 back up", async || c.node_view("g1-se1").await.state == NodeState::Up).await;
+    assert_ne!(c.node_view("g1-se1").await.boot_id, before, "a restart is a new boot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,12 +51,11 @@ async fn a_follower_controller_forwards_rest_calls_to_the_leader() {
     let via_c2 = api.pinned(c2.addr.parse().unwrap());
     let body = json!({"name": "g9", "ha_mode": "active-active"});
     via_c2.post("/api/serviceenginegroup", &body).await.unwrap();
-    let v = via_c2.get("/api/cluster").await.unwrap();
-    assert_eq!(v["leader"], "c1");
-    let nodes = v["nodes"].as_array().unwrap();
-    assert!(nodes.iter().all(|n| n["state"] == "up"), "the leader's view, not c2's: {v}");
-    let members: Vec<&str> = v["controllers"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(members, ["c1", "c2", "c3"], "{v}");
+    let v: ClusterDoc = serde_json::from_value(via_c2.get("/api/cluster").await.unwrap()).unwrap();
+    assert_eq!(v.leader.as_deref(), Some("c1"));
+    assert!(v.nodes.iter().all(|n| n.state == NodeState::Up), "the leader's view, not c2's: {v:#?}");
+    let members: Vec<&str> = v.controllers.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(members, ["c1", "c2", "c3"], "{v:#?}");
     // The write is replicated to every controller's copy of the configuration.
     for id in ["c1", "c2", "c3"] {
         let path = c.data_dir(id).join("store/config.json");

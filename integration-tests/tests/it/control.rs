@@ -15,7 +15,7 @@ fn ok(out: &std::process::Output) -> String {
     text
 }
 
-fn version_of(v: &[(String, String, String)], id: &str) -> String {
+fn version_of(v: &[(String, String, ClusterNodeState)], id: &str) -> String {
     v.iter().find(|(n, _, _)| n == id).map(|(_, ver, _)| ver.clone()).unwrap_or_default()
 }
 
@@ -26,19 +26,18 @@ async fn driver_steps(api: &Api) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-async fn status(api: &Api) -> Value {
-    get(api, "/api/cluster/upgrade/status").await
-}
-
-fn group<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["se_groups"].as_array().unwrap().iter().find(|g| g["name"] == name).unwrap()
-}
-
+/// The message of a conflict (409): what the state does not allow.
 fn conflict(r: Result<Value, ClientError>, what: &str) -> String {
-    match r {
-        Err(ClientError::Api { status, message, .. }) if status.as_u16() == 409 => message,
-        other => panic!("{what}: expected 409, got {other:?}"),
-    }
+    let (kind, message) = refusal(r);
+    assert_eq!(kind, ErrorKind::Conflict, "{what}: {message}");
+    message
+}
+
+/// The message of a request refused as wrong (400).
+fn bad_request(r: Result<Value, ClientError>) -> String {
+    let (kind, message) = refusal(r);
+    assert_eq!(kind, ErrorKind::BadRequest, "{message}");
+    message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +52,7 @@ async fn a_canary_group_of_an_approved_plan_then_the_rest_then_the_whole_system_
     let out = c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g9"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no SE group g9"), "{out:?}");
-    assert_eq!(status(&api).await["state"], "idle");
+    assert_eq!(status(&api).await.state, OpState::Idle);
 
     // The plan shown by the pre-checks, then the configuration changes: a
     // start that carries the old plan is refused, the new plan starts.
@@ -67,19 +66,19 @@ async fn a_canary_group_of_an_approved_plan_then_the_rest_then_the_whole_system_
     let out = c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1", "plan_hash", &shown]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(&format!("the plan changed since {shown}")), "{err}");
-    assert_eq!(status(&api).await["state"], "idle", "nothing started");
+    assert_eq!(status(&api).await.state, OpState::Idle, "nothing started");
     let approved = plan(&ok(&c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1", "prechecks_only"])));
     assert_ne!(approved, shown);
 
     // The controllers and g1 only.
     ok(&c.molt(&["upgrade", "system", "image_path", pkg, "se_groups", "g1", "plan_hash", &approved]));
     let s = status(&api).await;
-    assert_eq!(s["plan_hash"], approved.as_str());
-    assert!(s["package_signature"].as_str().unwrap().starts_with("unsigned: no trusted_keys"), "{s:#}");
-    assert_eq!(s["state"], "completed", "{s:#}");
-    assert_eq!(s["se_groups_behind"], json!(["g2"]), "{s:#}");
-    assert_eq!(group(&s, "g2")["state"], "not_started");
-    assert!(s["reason"].as_str().unwrap().contains("molt upgrade segroup g2"), "{s:#}");
+    assert_eq!(s.plan_hash.as_deref(), Some(approved.as_str()));
+    assert!(s.package_signature.starts_with("unsigned: no trusted_keys"), "{s:#?}");
+    assert_eq!(s.state, OpState::Completed, "{s:#?}");
+    assert_eq!(s.se_groups_behind, ["g2"], "{s:#?}");
+    assert_eq!(group(&s, "g2").state, GroupState::NotStarted);
+    assert!(s.reason.contains("molt upgrade segroup g2"), "the reason says what to run: {s:#?}");
     let v = versions(&api).await;
     for (id, want) in
         [("c1", "2.0.0"), ("g1-se1", "2.0.0"), ("g1-se2", "2.0.0"), ("g2-se1", "1.0.0"), ("g2-se2", "1.0.0")]
@@ -102,25 +101,21 @@ async fn a_canary_group_of_an_approved_plan_then_the_rest_then_the_whole_system_
     // The rest, to the controllers' version: staged, then one SE at a time.
     ok(&c.molt(&["upgrade", "segroup", "g2"]));
     let s = status(&api).await;
-    assert_eq!((s["operation"].as_str(), s["state"].as_str()), (Some("se_group_upgrade"), Some("completed")), "{s:#}");
-    assert_eq!(s["se_groups_behind"], json!([]));
+    assert_eq!((s.operation, s.state), (Some(Operation::SeGroupUpgrade), OpState::Completed), "{s:#?}");
+    assert!(s.se_groups_behind.is_empty(), "{s:#?}");
     all_up_on(&api, "2.0.0", &[], 30).await;
 
     // Everything back, SE groups first, the controller last.
     let out = ok(&c.molt(&["rollback", "system"]));
     assert!(out.contains("system_rollback"), "{out}");
     let s = status(&api).await;
-    assert_eq!((s["operation"].as_str(), s["state"].as_str()), (Some("system_rollback"), Some("completed")), "{s:#}");
+    assert_eq!((s.operation, s.state), (Some(Operation::SystemRollback), OpState::Completed), "{s:#?}");
     all_up_on(&api, "1.0.0", &[], 60).await;
-    let history = s["history"].as_array().unwrap();
-    let ops: Vec<&str> = history.iter().map(|h| h["operation"].as_str().unwrap()).collect();
-    assert_eq!(ops, ["upgrade", "se_group_upgrade", "system_rollback"], "{history:?}");
+    let ops: Vec<Operation> = s.history.iter().map(|h| h.operation).collect();
+    assert_eq!(ops, [Operation::Upgrade, Operation::SeGroupUpgrade, Operation::SystemRollback], "{:?}", s.history);
     // The SEs were rolled back before the controller: their events end first.
-    let ended = |id: &str| -> f64 {
-        let n = s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap();
-        n["events"].as_array().unwrap().iter().filter_map(|e| e["end"].as_f64()).fold(0.0, f64::max)
-    };
-    assert!(ended("g2-se1") < ended("c1") && ended("g1-se2") < ended("c1"), "{s:#}");
+    let ended = |id: &str| -> f64 { node(&s, id).events.iter().filter_map(|e| e.end).fold(0.0, f64::max) };
+    assert!(ended("g2-se1") < ended("c1") && ended("g1-se2") < ended("c1"), "{s:#?}");
     assert_eq!(config(&api).await, before, "the configuration is kept");
     // Once back, a second system rollback has nothing to return to.
     let again = conflict(api.post("/api/cluster/upgrade/rollback", &json!({"system": true})).await, "rollback again");
@@ -140,10 +135,10 @@ async fn pause_after_a_canary_holds_resume_goes_on_and_abort_leaves_whole_groups
     let out = ok(&c.molt(&["upgrade", "system", "image_path", pkg, "pause_after", "g1"]));
     assert!(out.contains("paused: `molt upgrade resume`"), "{out}");
     let s = status(&api).await;
-    assert_eq!(s["state"], "paused", "{s:#}");
-    assert_eq!(s["phase"], "service_engines");
-    assert_eq!(group(&s, "g1")["state"], "completed");
-    assert_eq!(group(&s, "g2")["state"], "pending");
+    assert_eq!(s.state, OpState::Paused, "{s:#?}");
+    assert_eq!(s.phase, Some(ShownPhase::ServiceEngines));
+    assert_eq!(group(&s, "g1").state, GroupState::Completed);
+    assert_eq!(group(&s, "g2").state, GroupState::Pending);
     // Held: nothing moves over 30 decisions of the driver, and the
     // configuration stays read-only.
     let steps = driver_steps(&api).await;
@@ -156,10 +151,10 @@ async fn pause_after_a_canary_holds_resume_goes_on_and_abort_leaves_whole_groups
         assert_eq!(version_of(&v, id), "1.0.0", "{id} moved while paused: {v:?}");
     }
     let write = api.post("/api/virtualservice", &json!({"name": "x", "se_group": "g1", "port": 9000})).await;
-    assert!(matches!(write, Err(ClientError::Api { status, .. }) if status.as_u16() == 503), "{write:?}");
+    assert_eq!(refusal(write).0, ErrorKind::ReadOnly);
     // Pausing again changes nothing.
     ok(&c.molt(&["upgrade", "pause"]));
-    assert_eq!(status(&api).await["state"], "paused");
+    assert_eq!(status(&api).await.state, OpState::Paused);
 
     // Resume; then abort while g2 is partly upgraded.
     ok(&c.molt(&["upgrade", "resume", "--no-wait"]));
@@ -171,10 +166,10 @@ async fn pause_after_a_canary_holds_resume_goes_on_and_abort_leaves_whole_groups
     let out = ok(&c.molt(&["upgrade", "abort"]));
     assert!(out.contains("aborted by the operator after the controllers committed"), "{out}");
     let s = status(&api).await;
-    assert_eq!(s["state"], "aborted", "{s:#}");
-    assert_eq!(group(&s, "g1")["state"], "completed");
-    assert_eq!(group(&s, "g2")["state"], "rolled_back", "{s:#}");
-    assert_eq!(s["se_groups_behind"], json!(["g2"]));
+    assert_eq!(s.state, OpState::Aborted, "{s:#?}");
+    assert_eq!(group(&s, "g1").state, GroupState::Completed);
+    assert_eq!(group(&s, "g2").state, GroupState::RolledBack, "{s:#?}");
+    assert_eq!(s.se_groups_behind, ["g2"]);
     all_up_on(&api, "2.0.0", &["g2-se1", "g2-se2", "g2-se3"], 30).await;
     let v = versions(&api).await;
     for id in ["g2-se1", "g2-se2", "g2-se3"] {
@@ -186,8 +181,7 @@ async fn pause_after_a_canary_holds_resume_goes_on_and_abort_leaves_whole_groups
         conflict(api.post("/api/cluster/upgrade/pause", &json!({})).await, "pause").contains("no upgrade is running")
     );
     // The page and the metrics know the new state names.
-    let history = s["history"].as_array().unwrap();
-    assert_eq!(history.last().unwrap()["state"], "aborted");
+    assert_eq!(s.history.last().map(|h| h.state), Some(OpState::Aborted));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,17 +192,16 @@ async fn abort_before_the_commit_rolls_every_controller_back() {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = package(tmp.path(), "2.0.0", "1.0.0", None);
     ok(&c.molt(&["upgrade", "system", "image_path", pkg.to_str().unwrap(), "--no-wait"]));
-    wait_phase(&api, "controllers").await;
+    wait_phase(&api, ShownPhase::Controllers).await;
     let out = ok(&c.molt(&["upgrade", "abort"]));
     assert!(out.contains("aborted by the operator before the controllers committed 2.0.0"), "{out}");
     let s = status(&api).await;
-    assert_eq!((s["state"].as_str(), s["phase"].as_str()), (Some("aborted"), Some("rolled_back")), "{s:#}");
+    assert_eq!((s.state, s.phase), (OpState::Aborted, Some(ShownPhase::RolledBack)), "{s:#?}");
     all_up_on(&api, "1.0.0", &[], 60).await;
     assert_eq!(config(&api).await, before);
     // After the end, abort is idempotent and resume has nothing to resume.
     api.post("/api/cluster/upgrade/abort", &json!({})).await.unwrap();
-    let r = api.post("/api/cluster/upgrade/resume", &json!({})).await;
-    assert!(matches!(r, Err(ClientError::Api { status, .. }) if status.as_u16() == 409), "{r:?}");
+    conflict(api.post("/api/cluster/upgrade/resume", &json!({})).await, "resume after the end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,19 +253,17 @@ async fn a_read_only_token_reads_and_every_change_is_audited_with_who_made_it() 
 
     // The audit trail: who, what, when, and the answer.
     let s = status(&api).await;
-    let audit = s["audit"].as_array().unwrap();
-    let find = |who: &str, action: &str| {
-        audit.iter().find(|a| a["who"] == who && a["action"].as_str().unwrap().starts_with(action)).cloned()
-    };
+    let audit = &s.audit;
+    let find = |who: &str, action: &str| audit.iter().find(|a| a.who == who && a.action.starts_with(action));
     let paused = find("noc", "POST /api/cluster/upgrade/pause").unwrap_or_else(|| panic!("{audit:#?}"));
-    assert_eq!((paused["role"].as_str(), paused["status"].as_u64()), (Some("read-only"), Some(403)));
+    assert_eq!((paused.role.as_str(), paused.status), ("read-only", 403));
     let created = find("ops", "POST /api/virtualservice").unwrap_or_else(|| panic!("{audit:#?}"));
-    assert_eq!(created["role"], "admin");
-    assert!(created["status"].as_u64().unwrap() < 300 && created["at"].as_f64().unwrap() > 1.7e9, "{created}");
+    assert_eq!(created.role, "admin");
+    assert!(created.status < 300 && created.at > 1.7e9, "{created:?}");
     assert!(find("noc", "GET").is_none(), "reads are not changes: {audit:#?}");
     let sent = serde_json::to_vec(&json!({"name": "web", "se_group": "g1", "port": 8080})).unwrap();
-    assert_eq!(created["body_sha256"], common::Sha256Digest::of(&sent).to_hex().as_str(), "{created}");
-    assert!(created.get("gates").is_none(), "{created}");
+    assert_eq!(created.body_sha256, Some(common::Sha256Digest::of(&sent).to_hex()), "{created:?}");
+    assert!(created.gates.is_none(), "{created:?}");
     let shown = ok(&c.molt(&["show", "upgrade", "status"]));
     assert!(shown.contains("ops (admin)  POST /api/virtualservice"), "{shown}");
     assert!(shown.contains("body sha256 "), "{shown}");
@@ -302,7 +293,9 @@ async fn a_read_only_token_reads_and_every_change_is_audited_with_who_made_it() 
     let (body, code) = curl("noc", "GET", "/api/cluster/upgrade/status");
     assert_eq!(code, "200", "{body}");
     let (body, code) = curl("noc", "POST", "/api/cluster/upgrade/pause");
-    assert!(code == "403" && body.contains("the token noc is read-only"), "{code} {body}");
+    let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!((code.as_str(), &body["kind"]), ("403", &json!(ErrorKind::Forbidden)), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("the token noc is read-only"), "it names the token: {body}");
     // Revoking a name revokes its certificate and its token.
     ok(&integration_tests::process::molt(&["pki", "revoke", "--dir", pki.to_str().unwrap(), "noc"]));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -320,12 +313,11 @@ async fn a_read_only_token_reads_and_every_change_is_audited_with_who_made_it() 
 }
 
 /// A node's pass in the SE phase: from its drain to its last event's end.
-fn pass(s: &Value, id: &str) -> (f64, f64) {
-    let n = s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap_or_else(|| panic!("{id}: {s:#}"));
-    let events = n["events"].as_array().unwrap();
-    let start = events.iter().find(|e| e["task"] == "drain").map(|e| e["start"].as_f64().unwrap());
-    let end = events.iter().filter_map(|e| e["end"].as_f64()).fold(0.0, f64::max);
-    (start.unwrap_or_else(|| panic!("{id} was never drained: {n:#}")), end)
+fn pass(s: &UpgradeStatus, id: &str) -> (f64, f64) {
+    let n = node(s, id);
+    let start = n.events.iter().find(|e| e.task == Task::Drain).map(|e| e.start);
+    let end = n.events.iter().filter_map(|e| e.end).fold(0.0, f64::max);
+    (start.unwrap_or_else(|| panic!("{id} was never drained: {n:#?}")), end)
 }
 
 fn overlap(a: (f64, f64), b: (f64, f64)) -> bool {
@@ -337,12 +329,8 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
     let (c, api) = start(&["--controllers", "1", "--groups", "g1:active-active:4,g2:active-active:1"]);
     // Bad profiles are refused, naming the field, and nothing changes.
     let bad = json!({"name": "g1", "ha_mode": "active-active", "max_parallel_ses": 0});
-    match api.put("/api/serviceenginegroup/g1", &bad).await {
-        Err(ClientError::Api { status, message, .. }) if status.as_u16() == 400 => {
-            assert!(message.contains("max_parallel_ses 0: must be 1-64"), "{message}")
-        }
-        other => panic!("expected 400, got {other:?}"),
-    }
+    let message = bad_request(api.put("/api/serviceenginegroup/g1", &bad).await);
+    assert!(message.contains("max_parallel_ses 0: must be 1-64"), "it names the field: {message}");
     // g1 moves two SEs at once by its own configuration.
     let g1 = json!({"name": "g1", "ha_mode": "active-active", "max_parallel_ses": 2});
     api.put("/api/serviceenginegroup/g1", &g1).await.unwrap();
@@ -366,13 +354,9 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
     }
     let path = upload(&api, std::path::Path::new(pkg)).await;
     let wrong = api.post("/api/cluster/upgrade", &json!({"image_path": path, "max_parallel_ses": 65})).await;
-    match wrong {
-        Err(ClientError::Api { status, message, .. }) if status.as_u16() == 400 => {
-            assert!(message.contains("max_parallel_ses 65: must be 1-64"), "{message}")
-        }
-        other => panic!("expected 400, got {other:?}"),
-    }
-    assert_eq!(status(&api).await["state"], "idle");
+    let message = bad_request(wrong);
+    assert!(message.contains("max_parallel_ses 65: must be 1-64"), "it names the field: {message}");
+    assert_eq!(status(&api).await.state, OpState::Idle);
 
     // The plan shows the profile.
     let profile = ["se_group_order", "series", "max_transfers", "2", "transfer_rate_mib", "100"];
@@ -406,17 +390,17 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
     let deadline = Instant::now() + Duration::from_secs(240);
     let end = loop {
         let s = status(&api).await;
-        if s["state"] != "in_progress" {
+        if s.state != OpState::InProgress {
             break s;
         }
-        assert!(Instant::now() < deadline, "the upgrade did not end: {s:#}");
-        samples.push((s["progress"].as_u64().unwrap(), s["eta_seconds"].as_u64(), s["eta_basis"].clone()));
-        if shown_running.is_none() && s["phase"] == "service_engines" {
+        assert!(Instant::now() < deadline, "the upgrade did not end: {s:#?}");
+        samples.push((s.progress, s.eta_seconds, s.eta_basis.clone()));
+        if shown_running.is_none() && s.phase == Some(ShownPhase::ServiceEngines) {
             shown_running = Some(ok(&c.molt(&["show", "upgrade", "status"])));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     let watched = ok(&watch.join().unwrap());
     assert!(watched.contains(" left (ends about "), "the --watch bars show the time left: {watched}");
     let shown = shown_running.expect("the SE phase was seen");
@@ -425,29 +409,26 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
     // While it ran: a time left in every sample, at first a guess (no
     // history), then from this run's own times; progress never went back.
     assert!(samples.iter().all(|(_, eta, _)| eta.is_some()), "{samples:?}");
-    assert!(samples[0].2.as_str().unwrap().starts_with("a first guess"), "{samples:?}");
-    assert!(
-        samples.iter().any(|(_, _, b)| b.as_str().unwrap().starts_with("from the times measured in this run")),
-        "{samples:?}"
-    );
+    assert!(samples[0].2.starts_with("a first guess"), "{samples:?}");
+    assert!(samples.iter().any(|(_, _, b)| b.starts_with("from the times measured in this run")), "{samples:?}");
     assert!(samples.windows(2).all(|w| w[0].0 <= w[1].0), "progress went back: {samples:?}");
     // Ended: no time left, and the times measured go into the history for the next one.
-    assert!(end["eta_seconds"].is_null() && end["eta_basis"] == "ended", "{end:#}");
-    let timings = &end["history"].as_array().unwrap().last().unwrap()["timings"];
-    assert!(timings["se_ms"].as_u64().unwrap() > 0 && timings["controllers_ms"].as_u64().unwrap() > 0, "{timings}");
-    assert_eq!(end["profile"]["max_parallel_ses"], json!({"g1": 2, "g2": 1}), "{end:#}");
+    assert!(end.eta_seconds.is_none() && end.eta_basis == "ended", "{end:#?}");
+    let timings = end.history.last().unwrap().timings;
+    assert!(timings.se_ms > Some(0) && timings.controllers_ms > Some(0), "{timings:?}");
+    let profile = end.profile.as_ref().unwrap();
+    assert_eq!(profile.max_parallel_ses, [("g1".to_owned(), 2), ("g2".to_owned(), 1)].into(), "{end:#?}");
 
     // Two nodes staged at a time, each at no more than 100 MiB/s.
-    let stages: Vec<(&str, f64, f64)> = end["nodes"]
-        .as_array()
-        .unwrap()
+    let stages: Vec<(&str, f64, f64)> = end
+        .nodes
         .iter()
         .map(|n| {
-            let e = n["events"].as_array().unwrap().iter().find(|e| e["task"] == "stage").unwrap();
-            (n["id"].as_str().unwrap(), e["start"].as_f64().unwrap(), e["end"].as_f64().unwrap())
+            let e = n.events.iter().find(|e| e.task == Task::Stage).unwrap();
+            (n.id.as_str(), e.start, e.end.unwrap())
         })
         .collect();
-    let size = end["image_size"].as_f64().unwrap();
+    let size = end.image_size as f64;
     for (id, start, stop) in &stages {
         let at_once = stages.iter().filter(|o| o.1 <= *start && *start < o.2).count();
         assert!(at_once <= 2, "{at_once} nodes staged at once: {stages:?}");
@@ -462,15 +443,15 @@ async fn an_upgrade_profile_moves_ses_in_parallel_groups_in_series_and_the_eta_c
     for vs in placements.as_array().unwrap() {
         let p: Vec<String> = vs["placements"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().into()).collect();
         assert_eq!(p.len(), 2, "{vs}");
-        assert!(!overlap(pass(&end, &p[0]), pass(&end, &p[1])), "{p:?} were out together: {end:#}");
+        assert!(!overlap(pass(&end, &p[0]), pass(&end, &p[1])), "{p:?} were out together: {end:#?}");
     }
     let ses = ["g1-se1", "g1-se2", "g1-se3", "g1-se4"];
     let together = ses.iter().any(|a| ses.iter().any(|b| a < b && overlap(pass(&end, a), pass(&end, b))));
-    assert!(together, "no two SEs of g1 were out at once: {end:#}");
+    assert!(together, "no two SEs of g1 were out at once: {end:#?}");
     let g1_end = ses.iter().map(|s| pass(&end, s).1).fold(0.0, f64::max);
-    assert!(pass(&end, "g2-se1").0 >= g1_end, "g2 started before g1 ended: {end:#}");
-    for vs in end["virtual_services"].as_array().unwrap() {
-        assert_eq!(vs["measured_downtime_ms"].as_u64().unwrap_or(0), 0, "{vs:#}");
+    assert!(pass(&end, "g2-se1").0 >= g1_end, "g2 started before g1 ended: {end:#?}");
+    for vs in &end.virtual_services {
+        assert_eq!(vs.measured_downtime_ms.unwrap_or(0), 0, "{vs:#?}");
     }
     all_up_on(&api, "2.0.0", &[], 30).await;
 }
@@ -488,13 +469,9 @@ async fn a_failing_health_gate_is_an_se_failure_then_passing_gates_let_the_group
     // A gate on a service that does not exist, or a relative program, is refused.
     let bad =
         json!({"name": "g1", "ha_mode": "active-active", "health_gates": [{"http": {"virtual_service": "nope"}}]});
-    let refused = |r: Result<Value, ClientError>| match r {
-        Err(ClientError::Api { status, message, .. }) if status.as_u16() == 400 => message,
-        other => panic!("expected 400, got {other:?}"),
-    };
-    let m = refused(api.put("/api/serviceenginegroup/g1", &bad).await);
+    let m = bad_request(api.put("/api/serviceenginegroup/g1", &bad).await);
     assert!(m.contains("health_gates[0]: virtual service nope does not exist"), "{m}");
-    let m = refused(api.put("/api/serviceenginegroup/g1", &gates(&["check.sh"])).await);
+    let m = bad_request(api.put("/api/serviceenginegroup/g1", &gates(&["check.sh"])).await);
     assert!(m.contains("health_gates[1]: command [\"check.sh\"]: must start with an absolute path"), "{m}");
     // The new build is sick on the SEs: the exec gate fails, and the group returns to 1.0.0.
     let sick = gates(&["/bin/sh", "-c", "echo the new build is sick >&2; exit 1"]);
@@ -502,35 +479,34 @@ async fn a_failing_health_gate_is_an_se_failure_then_passing_gates_let_the_group
     // The trail names the program an exec gate will run on the SEs, and the
     // digest of the body that set it.
     let s = status(&api).await;
-    let set = s["audit"].as_array().unwrap().iter().rfind(|a| a["action"] == "PUT /api/serviceenginegroup/g1").unwrap();
-    assert_eq!(set["status"], 200, "{set}");
-    assert!(
-        set["gates"].as_str().unwrap().contains(r#""command":["/bin/sh","-c","echo the new build is sick"#),
-        "{set}"
-    );
+    let set = s.audit.iter().rfind(|a| a.action == "PUT /api/serviceenginegroup/g1").unwrap();
+    assert_eq!(set.status, 200, "{set:?}");
+    let set_gates: Value = serde_json::from_str(set.gates.as_deref().unwrap()).unwrap();
+    assert_eq!(set_gates, sick["health_gates"], "{set:?}");
     let digest = common::Sha256Digest::of(&serde_json::to_vec(&sick).unwrap()).to_hex();
-    assert_eq!(set["body_sha256"], digest.as_str(), "{set}");
+    assert_eq!(set.body_sha256.as_deref(), Some(digest.as_str()), "{set:?}");
     let gated = conflict(api.delete("/api/virtualservice/web").await, "delete a gated service");
     assert!(gated.contains("checked by a health gate of SE group g1"), "{gated}");
     let tmp = tempfile::tempdir().unwrap();
     let pkg = package(tmp.path(), "2.0.0", "1.0.0", None);
     ok(&c.molt(&["upgrade", "system", "image_path", pkg.to_str().unwrap(), "action_on_error", "rollback"]));
     let s = status(&api).await;
-    assert_eq!(s["state"], "completed", "{s:#}");
+    assert_eq!(s.state, OpState::Completed, "{s:#?}");
     let g = group(&s, "g1");
-    assert_eq!(g["state"], "rolled_back", "{s:#}");
-    assert!(g["reason"].as_str().unwrap().contains("health gate failed on 2.0.0"), "{g:#}");
-    assert!(g["reason"].as_str().unwrap().contains("exit 1: the new build is sick"), "{g:#}");
-    let failed: Vec<&Value> =
-        g["gates"]["results"].as_array().unwrap().iter().filter(|r| r["status"] == "failed").collect();
-    assert_eq!(failed.len(), 1, "the first SE failed its gate, the second never ran it: {g:#}");
-    assert!(failed[0]["message"].as_str().unwrap().contains("answers 200 (up to 5 tries): 200 on try"), "{g:#}");
+    assert_eq!(g.state, GroupState::RolledBack, "{s:#?}");
+    // The reason carries what the gate program said.
+    assert!(g.reason.contains("health gate failed on 2.0.0"), "{g:#?}");
+    assert!(g.reason.contains("exit 1: the new build is sick"), "{g:#?}");
+    let failed: Vec<_> = g.gates.results.iter().filter(|r| r.status == EventStatus::Failed).collect();
+    assert_eq!(failed.len(), 1, "the first SE failed its gate, the second never ran it: {g:#?}");
+    // The http gate passed before the exec gate failed.
+    assert!(failed[0].message.contains("answers 200 (up to 5 tries): 200 on try"), "{g:#?}");
     let v = versions(&api).await;
     for (id, want) in [("c1", "2.0.0"), ("g1-se1", "1.0.0"), ("g1-se2", "1.0.0")] {
         assert_eq!(version_of(&v, id), want, "{id}: {v:?}");
     }
-    for vs in s["virtual_services"].as_array().unwrap() {
-        assert_eq!(vs["measured_downtime_ms"].as_u64().unwrap_or(0), 0, "{vs:#}");
+    for vs in &s.virtual_services {
+        assert_eq!(vs.measured_downtime_ms.unwrap_or(0), 0, "{vs:#?}");
     }
     let shown = ok(&c.molt(&["show", "upgrade", "status"]));
     assert!(shown.contains("health gates: http web GET /health answers 200 (up to 5 tries); exec /bin/sh"), "{shown}");
@@ -541,9 +517,8 @@ async fn a_failing_health_gate_is_an_se_failure_then_passing_gates_let_the_group
     ok(&c.molt(&["upgrade", "segroup", "g1"]));
     let s = status(&api).await;
     let g = group(&s, "g1");
-    assert_eq!((s["state"].as_str(), g["state"].as_str()), (Some("completed"), Some("completed")), "{s:#}");
-    let results = g["gates"]["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2, "{g:#}");
-    assert!(results.iter().all(|r| r["status"] == "done"), "{g:#}");
+    assert_eq!((s.state, g.state), (OpState::Completed, GroupState::Completed), "{s:#?}");
+    assert_eq!(g.gates.results.len(), 2, "{g:#?}");
+    assert!(g.gates.results.iter().all(|r| r.status == EventStatus::Done), "{g:#?}");
     all_up_on(&api, "2.0.0", &[], 30).await;
 }

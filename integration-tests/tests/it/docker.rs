@@ -7,7 +7,6 @@ use integration_tests::{
     LocalCluster,
     process::{cli_package, docker_package},
 };
-use molt::client::ClientError;
 use serde_json::json;
 
 use crate::support::*;
@@ -43,21 +42,21 @@ async fn a_docker_cluster_refuses_a_vm_package_then_upgrades_to_new_containers()
     // A vm package: refused by the pre-checks, before anything is staged.
     let vm = upload(&api, &cli_package(tmp.path(), "2.0.0", "1.0.0")).await;
     let e = api.post("/api/cluster/upgrade", &json!({"image_path": vm})).await.unwrap_err();
-    let ClientError::Api { status, message, .. } = &e else { panic!("{e}") };
-    assert_eq!(status.as_u16(), 400, "{e}");
-    assert!(message.contains("is a vm package") && message.contains("use controller_docker.tgz"), "{message}");
-    let v = get(&api, "/api/cluster").await;
+    let (kind, message) = refusal::<()>(Err(e));
+    assert_eq!(kind, ErrorKind::BadRequest, "{message}");
     assert!(
-        v["nodes"].as_array().unwrap().iter().all(|n| n["staged"].as_array().is_none_or(|s| s.is_empty())),
-        "{v:#}"
+        message.contains("is a vm package") && message.contains("use controller_docker.tgz"),
+        "it says which package to use: {message}"
     );
-    assert_eq!(get(&api, "/api/cluster/upgrade/status").await["state"], "idle");
+    let v = cluster(&api).await;
+    assert!(v.nodes.iter().all(|n| n.staged.is_empty()), "{v:#?}");
+    assert_eq!(status(&api).await.state, OpState::Idle);
 
     // The docker package: every node loads its image and boots a container of the new tag.
     let image = upload(&api, &docker_package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
     let end = wait_end(&api, 240).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     all_up_on(&api, "2.0.0", &[], 30).await;
     assert_eq!(config(&api).await, config_before, "the configuration survived the upgrade");
     // One container per node, of the new tag: the old ones are gone, the old images kept for rollback.
@@ -102,13 +101,12 @@ async fn a_docker_se_image_that_cannot_start_falls_back_to_the_old_tag_and_suspe
     let image = upload(&api, &docker_package(tmp.path(), "2.1.0", "1.0.0", Some("se-agent"))).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
     let end = wait_end(&api, 300).await;
-    assert_eq!(end["state"], "suspended", "{end:#}");
-    let g1 = &end["se_groups"].as_array().unwrap()[0];
-    assert_eq!(g1["state"], "suspended", "{g1}");
+    assert_eq!(end.state, OpState::Suspended, "{end:#?}");
+    assert_eq!(group(&end, "g1").state, GroupState::Suspended, "{end:#?}");
     // The controller is on 2.1.0; the first SE tried the new tag three times, then fell back.
     let nodes = versions(&api).await;
-    assert!(nodes.contains(&("c1".into(), "2.1.0".into(), "up".into())), "{nodes:?}");
-    assert!(nodes.contains(&("g1-se1".into(), "1.0.0".into(), "up".into())), "{nodes:?}");
+    assert!(nodes.contains(&("c1".into(), "2.1.0".into(), ClusterNodeState::Up)), "{nodes:?}");
+    assert!(nodes.contains(&("g1-se1".into(), "1.0.0".into(), ClusterNodeState::Up)), "{nodes:?}");
     let log = std::fs::read_to_string(c.path().join("nodes/g1-se1/agent.log")).unwrap();
     // Three boots of the new tag, then the boot loader falls back.
     let (before, _) = log.split_once("falling back").unwrap_or_else(|| panic!("no fallback in:\n{log}"));
@@ -133,7 +131,7 @@ async fn a_docker_controller_image_that_cannot_start_aborts_the_upgrade() {
     })
     .await;
     let end = wait_end(&api, 300).await;
-    assert_eq!(end["state"], "aborted", "{end:#}");
+    assert_eq!(end.state, OpState::Aborted, "{end:#?}");
     all_up_on(&api, "1.0.0", &[], 60).await;
     let log = std::fs::read_to_string(c.path().join("nodes/c1/agent.log")).unwrap();
     assert!(log.contains("falling back"), "{log}");
@@ -147,13 +145,9 @@ async fn a_mixed_cluster_upgrades_in_one_operation_each_node_with_its_package() 
     let c = LocalCluster::docker("mixed", "1", "g1:active-active:2");
     let api = c.api();
     api.post("/api/virtualservice", &json!({"name": "web", "se_group": "g1", "port": 8080, "scale": 2})).await.unwrap();
-    let v = get(&api, "/api/cluster").await;
-    let kinds: Vec<(&str, &str)> = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n["deployment"].as_str().unwrap()))
-        .collect();
+    let v = cluster(&api).await;
+    let kinds: Vec<(&str, &str)> =
+        v.nodes.iter().map(|n| (n.id.as_str(), n.deployment.as_deref().unwrap_or_default())).collect();
     assert_eq!(kinds, vec![("c1", "vm"), ("g1-se1", "docker"), ("g1-se2", "docker")]);
     // `molt show cluster` says how each node runs.
     let shown = c.molt(&["show", "cluster"]);
@@ -180,7 +174,7 @@ async fn a_mixed_cluster_upgrades_in_one_operation_each_node_with_its_package() 
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("image_path is the vm nodes' package"), "{out:?}");
-    assert_eq!(get(&api, "/api/cluster/upgrade/status").await["state"], "idle");
+    assert_eq!(status(&api).await.state, OpState::Idle);
 
     // Both, in one operation, through the CLI.
     let out = c.molt(&[
@@ -194,8 +188,8 @@ async fn a_mixed_cluster_upgrades_in_one_operation_each_node_with_its_package() 
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let end = wait_end(&api, 240).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
-    assert!(end["docker_image_path"].as_str().unwrap().ends_with(".tgz"), "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    assert!(end.docker_image_path.as_deref().is_some_and(|p| p.ends_with(".tgz")), "{end:#?}");
     all_up_on(&api, "2.0.0", &[], 30).await;
     let c1 = std::fs::read_to_string(c.path().join("nodes/c1/agent.log")).unwrap();
     assert!(c1.contains("rebooted; powering on again"), "the vm controller rebooted in its PID namespace");

@@ -52,7 +52,7 @@ async fn the_leader_lost_for_good_in_the_se_phase_is_replaced_and_the_upgrade_co
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
-    wait_phase(&api, "service_engines").await;
+    wait_phase(&api, ShownPhase::ServiceEngines).await;
     let d = c.path();
     assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c1"]).status.success());
     let lost = Instant::now();
@@ -70,7 +70,7 @@ async fn the_leader_lost_for_good_in_the_se_phase_is_replaced_and_the_upgrade_co
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["leader"], new_leader.as_str());
     let end = wait_end(&api, 240).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     all_up_on(&api, "2.0.0", &["c1"], 60).await;
     let resumed = ["c2", "c3"].iter().any(|id| {
         std::fs::read_to_string(d.join(format!("nodes/{id}/agent.log")))

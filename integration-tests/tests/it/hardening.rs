@@ -3,6 +3,7 @@
 //! routed around by a content-type, trusted heartbeat fields, uploads that
 //! are refused but still written, virtual services on the agent's port.
 
+use crate::support::*;
 use integration_tests::TestCluster;
 
 use crate::security::{addr_of, raw_https};
@@ -386,11 +387,11 @@ async fn anonymous_connections_cannot_starve_certificate_holders() {
     assert!(t < 0.4, "a fifth handshake from one address stayed open {t} s");
     // Certificate holders go on: the admin's certificate (molt's client
     // presents it), SEs' heartbeats, a write through a follower.
-    assert_eq!(c.api().get("/api/cluster").await.unwrap()["leader"], leader.as_str());
+    assert_eq!(c.cluster().await.leader, Some(leader.clone()));
     let api = c.api().pinned(addr_of(&c, follower).parse().unwrap());
     api.post("/api/serviceenginegroup", &serde_json::json!({"name": "g7", "ha_mode": "active-active"})).await.unwrap();
     for id in ["c1", "c2", "c3", "g1-se1"] {
-        assert_eq!(c.node_view(id).await["state"], "up", "{id}");
+        assert_eq!(c.node_view(id).await.state, ClusterNodeState::Up, "{id}");
     }
     // The idle ones are closed after header_timeout_ms (1.5 s), whatever
     // pings they answer; then anonymous callers get in again.
@@ -447,7 +448,7 @@ async fn image_streams_only_for_nodes_told_to_stage_and_bounded() {
     assert!(held.len() <= 7 && exhausted >= 13, "{} streams opened, {exhausted} refused", held.len());
     drop(held);
     let end = c.wait_operation(60).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     // Staged: the grant is gone with the operation.
     let e = fetch().await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
@@ -483,10 +484,9 @@ async fn heartbeats_are_checked_and_one_session_per_node_lives() {
     let e = open("g1-se1", base("g1-se1", "se", &addr_of(&c, "g1-se1"))).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e}");
     assert!(e.message().contains("already has a live session"), "{}", e.message());
-    let nodes = c.api().get("/api/cluster").await.unwrap();
-    let se = nodes["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "g1-se1").unwrap().clone();
-    assert_eq!(se["state"], "up");
-    assert_ne!(se["boot_id"], "intruder", "the real agent's session was displaced");
+    let se = c.node_view("g1-se1").await;
+    assert_eq!(se.state, ClusterNodeState::Up);
+    assert_ne!(se.boot_id.as_deref(), Some("intruder"), "the real agent's session was displaced");
     // Control characters in a field are refused.
     let mut hb = base("g1-se1", "se", &addr_of(&c, "g1-se1"));
     hb.boot_id = "x\u{1b}[2J".into();
@@ -514,10 +514,6 @@ async fn served_serial(c: &TestCluster, addr: &str) -> String {
     common::identity::serial_hex(&der).unwrap()
 }
 
-fn node_state(v: &serde_json::Value, id: &str) -> String {
-    v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["state"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_restart() {
     use integration_tests::eventually;
@@ -525,13 +521,10 @@ async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_resta
 
     let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
     let pki = c.cluster_dir().join("pki");
-    let api = c.api();
     // Revoked: its open session is closed, and it cannot come back.
     molt::pki::revoke(&pki, &["g1-se1".into()]).unwrap();
-    eventually(15, "g1-se1 down once revoked", async || {
-        node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1") == "down"
-    })
-    .await;
+    eventually(15, "g1-se1 down once revoked", async || c.node_view("g1-se1").await.state == ClusterNodeState::Down)
+        .await;
     let ca = std::fs::read(pki.join("ca.pem")).unwrap();
     let refused = match crate::security::channel(&ca, &pki, Some("g1-se1"), &addr_of(&c, "c1")).await {
         Err(_) => true,
@@ -543,8 +536,7 @@ async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_resta
     assert!(refused, "a revoked certificate still completed a handshake");
     // Taken off the list: it rejoins by itself.
     std::fs::write(pki.join("revoked.txt"), "# nothing revoked\n").unwrap();
-    eventually(15, "g1-se1 up again", async || node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1") == "up")
-        .await;
+    eventually(15, "g1-se1 up again", async || c.node_view("g1-se1").await.state == ClusterNodeState::Up).await;
     // Renewed: the running node serves the new certificate, and stays up.
     let before = served_serial(&c, &addr_of(&c, "g1-se1")).await;
     let renewed = molt::pki::renew(&pki, &"g1-se1".parse().unwrap(), 30).unwrap();
@@ -553,13 +545,10 @@ async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_resta
         served_serial(&c, &addr_of(&c, "g1-se1")).await == renewed.serial
     })
     .await;
-    assert_eq!(node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1"), "up");
+    assert_eq!(c.node_view("g1-se1").await.state, ClusterNodeState::Up);
     // Revoking the old serial ends the connections made with it; the node
     // redials with its renewed certificate and stays in the cluster.
-    let boot = |v: &serde_json::Value| {
-        v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "g1-se1").unwrap()["boot_id"].clone()
-    };
-    let boot_before = boot(&api.get("/api/cluster").await.unwrap());
+    let boot_before = c.node_view("g1-se1").await.boot_id;
     molt::pki::revoke(&pki, std::slice::from_ref(&before)).unwrap();
     // Once the leader has the revocation in force, the connections made with
     // the old serial are ended (`revoked_later`).
@@ -568,10 +557,10 @@ async fn revoked_certificates_are_cut_off_and_renewed_ones_taken_without_a_resta
     })
     .await;
     eventually(15, "g1-se1 up on its renewed certificate", async || {
-        node_state(&api.get("/api/cluster").await.unwrap(), "g1-se1") == "up"
+        c.node_view("g1-se1").await.state == ClusterNodeState::Up
     })
     .await;
-    assert_eq!(boot(&api.get("/api/cluster").await.unwrap()), boot_before, "the node was not restarted");
+    assert_eq!(c.node_view("g1-se1").await.boot_id, boot_before, "the node was not restarted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

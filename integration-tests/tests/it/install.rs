@@ -10,6 +10,8 @@ use std::{
 
 use integration_tests::{bin, process::molt};
 
+use crate::support::{ClusterDoc, ClusterNodeState};
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -173,19 +175,18 @@ fn install_md_takes_nodes_from_nothing_to_a_cluster() {
             .args(["show", "cluster", "--json"])
             .output()
             .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+        serde_json::from_slice::<ClusterDoc>(&out.stdout).ok()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    let up = |v: &serde_json::Value, id: &str| {
-        v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == id && n["state"] == "up" && n["version"] == "1.0.0")
-    };
+    let up =
+        |v: &ClusterDoc, id: &str| v.node(id).is_some_and(|n| n.state == ClusterNodeState::Up && n.version == "1.0.0");
     loop {
         if let Some(v) = show()
             && ["c1", "c2", "se-1", "se-2"].iter().all(|id| up(&v, id))
         {
-            assert_eq!(v["cluster"], "prod");
-            let se2 = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "se-2").unwrap();
-            assert_eq!(se2["deployment"], "docker", "{se2}");
+            assert_eq!(v.cluster, "prod");
+            let se2 = v.node("se-2").unwrap();
+            assert_eq!(se2.deployment.as_deref(), Some("docker"), "{se2:?}");
             break;
         }
         assert!(Instant::now() < deadline, "the installed nodes never showed up on 1.0.0: {:?}", show());

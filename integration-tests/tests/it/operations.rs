@@ -1,6 +1,7 @@
 //! Operations started at the same moment (issue 9's observations that have
 //! landed): one wins, the others are told why.
 
+use crate::support::*;
 use common::DeploymentKind;
 use integration_tests::{TestCluster, make_package};
 use molt::client::ClientError;
@@ -39,8 +40,8 @@ async fn five_concurrent_starts_give_one_operation() {
     let codes: Vec<u16> = answers.iter().map(status_of).collect();
     assert_eq!(codes.iter().filter(|&&c| c == 202).count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|&&c| c == 409).count(), 4, "{codes:?}");
-    let status = c.api().get("/api/cluster/upgrade/status").await.unwrap();
-    assert_eq!(status["state"], "in_progress", "{status:#}");
+    let status = c.status().await;
+    assert_eq!(status.state, OpState::InProgress, "{status:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,14 +65,9 @@ async fn a_journal_that_cannot_be_written_stops_the_upgrade_and_unlocks_the_conf
         let block = vec![0u8; size];
         while filler.write_all(&block).is_ok() {}
     }
-    let mut end = serde_json::Value::Null;
-    integration_tests::eventually(60, "the upgrade to stop", async || {
-        end = api.get("/api/cluster/upgrade/status").await.unwrap();
-        end["state"] != "in_progress"
-    })
-    .await;
-    assert_eq!(end["state"], "suspended", "{end:#}");
-    assert!(end["reason"].as_str().unwrap().contains("cannot write the upgrade journal"), "{end:#}");
+    let end = c.wait_operation(60).await;
+    assert_eq!(end.state, OpState::Suspended, "{end:#?}");
+    assert!(end.reason.as_str().contains("cannot write the upgrade journal"), "{end:#?}");
     // Writes say why they cannot happen: not "read-only" (503) but the
     // controller's store (500), with what to do.
     match api.post("/api/serviceenginegroup", &json!({"name": "g9", "ha_mode": "active-active"})).await {
@@ -101,8 +97,7 @@ async fn a_stopped_leader_leaves_no_task_running() {
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
     for se in ["g1-se1", "g1-se2"] {
         integration_tests::eventually(30, &format!("a transfer under way on {se}"), async || {
-            let v = c.node_view(se).await;
-            v["transfers"].as_array().is_some_and(|t| t.iter().any(|t| t["received"].as_u64().unwrap_or(0) > 0))
+            c.node_view(se).await.transfers.iter().any(|t| t.received > 0)
         })
         .await;
     }

@@ -1,6 +1,7 @@
 //! What operators use besides the CLI: the web page (served, and driven in
 //! headless Chromium through a whole upgrade) and `GET /metrics`.
 
+use crate::support::*;
 use integration_tests::{LocalCluster, TestCluster, browser::Browser, make_package};
 use serde_json::json;
 
@@ -49,7 +50,7 @@ async fn metrics_show_nodes_heartbeats_and_operations() {
     let pkg = make_package(tmp.path(), "2.0.0", common::DeploymentKind::Vm, 1 << 20);
     c.api().upload(&pkg, "controller.pkg", |_| {}).await.unwrap();
     c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
-    assert_eq!(c.wait_operation(60).await["state"], "completed");
+    assert_eq!(c.wait_operation(60).await.state, OpState::Completed);
     let text = metrics(&c).await;
     let size = std::fs::metadata(&pkg).unwrap().len() as f64;
     // The leader stages from its own store; the two SEs fetch over the
@@ -104,8 +105,7 @@ fn in_a_browser_an_operator_uploads_and_upgrades_the_cluster() {
     let c = LocalCluster::for_upgrades("3", "g1:active-active:2");
     let tmp = tempfile::tempdir().unwrap();
     let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", None);
-    let cluster = c.cluster_json();
-    let n_nodes = cluster["nodes"].as_array().unwrap().len();
+    let n_nodes = c.cluster().nodes.len();
     let url = format!("{}/", c.leader_url());
     // A service whose traffic the page predicts, then shows measured.
     let api = c.api();
@@ -226,7 +226,9 @@ fn in_a_browser_an_operator_resumes_pauses_and_aborts_an_upgrade() {
     let pkg = integration_tests::release_package(tmp.path(), "2.0.0", "1.0.0", None);
     let api = c.api();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let status = || rt.block_on(api.get("/api/cluster/upgrade/status")).unwrap();
+    let status = || -> UpgradeStatus {
+        serde_json::from_value(rt.block_on(api.get("/api/cluster/upgrade/status")).unwrap()).unwrap()
+    };
     let image = rt.block_on(api.upload(&pkg, "controller.pkg", |_| {})).unwrap()["image_path"].clone();
     rt.block_on(api.post("/api/cluster/upgrade", &json!({"image_path": image, "pause_after": "g1"}))).unwrap();
 
@@ -248,13 +250,13 @@ fn in_a_browser_an_operator_resumes_pauses_and_aborts_an_upgrade() {
     b.wait_for("!document.querySelector('#op-pause').hidden", 10);
     b.click("#op-pause");
     b.wait_for("document.querySelector('#op-summary').dataset.state === 'paused'", 10);
-    assert_eq!(status()["state"], "paused");
+    assert_eq!(status().state, OpState::Paused);
     b.screenshot("paused-by-the-operator");
 
     b.click("#op-abort");
     b.wait_for("document.querySelector('#op-summary').dataset.state === 'aborted'", 120);
     let s = status();
-    assert_eq!(s["se_groups_behind"], json!(["g2"]), "{s:#}");
+    assert_eq!(s.se_groups_behind, ["g2"], "{s:#?}");
     b.wait_for("!document.querySelector('#op-segroup').hidden", 10);
     assert!(b.text("#op-segroup").contains("g2"), "{}", b.text("#op-segroup"));
     b.screenshot("aborted");
@@ -262,8 +264,8 @@ fn in_a_browser_an_operator_resumes_pauses_and_aborts_an_upgrade() {
     b.click("#op-segroup");
     b.wait_for("document.querySelector('#op-summary').dataset.state === 'completed'", 120);
     let s = status();
-    assert_eq!(s["operation"], "se_group_upgrade", "{s:#}");
-    assert_eq!(s["se_groups_behind"], json!([]));
+    assert_eq!(s.operation, Some(Operation::SeGroupUpgrade), "{s:#?}");
+    assert!(s.se_groups_behind.is_empty(), "{s:#?}");
     b.wait_for("!document.querySelector('#op-rollback-system').hidden", 10);
     b.screenshot("rest-upgraded");
 
@@ -383,7 +385,7 @@ fn the_shell_runs_an_upgrade_and_watches_it_with_progress_bars() {
     assert!(stdout.contains("    2  show bogus\n") && stdout.contains("    5  history\n"), "{stdout}");
     let kept = std::fs::read_to_string(&history).unwrap();
     assert!(kept.contains("show upgrade status --watch") && kept.contains("show bogus"), "{kept}");
-    assert_eq!(c.cluster_json()["nodes"][0]["version"], "2.0.0");
+    assert_eq!(c.cluster().nodes[0].version, "2.0.0");
 }
 
 /// A suspended SE group in the page: the reason and the group's actions are
@@ -438,9 +440,8 @@ fn in_a_browser_a_suspended_group_is_rolled_back() {
         30,
     );
     b.screenshot("rolled-back");
-    let v = c.cluster_json();
-    for n in v["nodes"].as_array().unwrap().iter().filter(|n| n["role"] == "se") {
-        assert_eq!(n["version"], "1.0.0", "{n}");
+    for n in c.cluster().nodes.iter().filter(|n| n.role == common::Role::ServiceEngine) {
+        assert_eq!(n.version, "1.0.0", "{n:?}");
     }
 }
 

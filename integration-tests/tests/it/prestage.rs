@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::support::*;
 use common::{DeploymentKind, package::hash_file};
 use integration_tests::{TestCluster, eventually, make_package};
 use serde_json::json;
@@ -37,25 +38,24 @@ async fn prestage_puts_the_verified_image_on_every_node() {
     assert_eq!(up["sha256"], sha.to_hex(), "the upload's digest is sha256sum's");
     assert_eq!(up["manifest"]["version"], "2.0.0");
     let started = c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
-    assert_eq!(started["state"], "in_progress");
-    assert_eq!(started["operation"], "prestage");
+    let started: UpgradeStatus = serde_json::from_value(started).unwrap();
+    assert_eq!((started.operation, started.state), (Some(Operation::Prestage), OpState::InProgress));
     let end = c.wait_operation(60).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
-    assert_eq!(end["progress"], 100);
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    assert_eq!(end.progress, 100);
     for id in c.ids() {
         let file = c.data_dir(&id).join("staging").join(format!("{sha}.pkg"));
         assert_eq!(hash_file(&file).unwrap(), (sha, size), "{id}'s copy");
         assert_eq!(c.staging_files(&id), vec![format!("{sha}.pkg")], "{id}: nothing else left");
-        let view = c.node_view(&id).await;
-        assert_eq!(view["staged"], json!([{ "version": "2.0.0", "sha256": sha.to_hex() }]));
+        let staged: Vec<_> = c.node_view(&id).await.staged.into_iter().map(|s| (s.version, s.sha256)).collect();
+        assert_eq!(staged, [("2.0.0".to_owned(), sha.to_hex())], "{id}");
     }
-    let nodes = end["nodes"].as_array().unwrap();
-    assert!(nodes.iter().all(|n| n["state"] == "done" && n["events"][0]["task"] == "stage"), "{end:#}");
-    assert_eq!(end["history"][0]["state"], "completed");
+    assert!(end.nodes.iter().all(|n| n.state == NodeState::Done && n.events[0].task == Task::Stage), "{end:#?}");
+    assert_eq!(end.history[0].state, OpState::Completed);
     // Again: nothing moves, it completes at once.
     let served = c.leader().bytes_served.load(std::sync::atomic::Ordering::Relaxed);
     c.prestage("controller://upgrade_pkgs/controller.pkg").await.unwrap();
-    assert_eq!(c.wait_operation(30).await["state"], "completed");
+    assert_eq!(c.wait_operation(30).await.state, OpState::Completed);
     assert_eq!(c.leader().bytes_served.load(std::sync::atomic::Ordering::Relaxed), served);
 }
 
@@ -135,7 +135,7 @@ async fn bad_packages_and_paths_are_refused_and_leave_nothing() {
     assert!(e.to_string().contains("invalid request body"), "{e}");
 
     nothing_staged(&c);
-    assert_eq!(c.api().get("/api/cluster/upgrade/status").await.unwrap()["state"], "idle", "no operation started");
+    assert_eq!(c.status().await.state, OpState::Idle, "no operation started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +187,7 @@ async fn a_node_restarted_mid_transfer_resumes_where_it_stopped() {
     let served_before = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed);
     c.start_node("g1-se1").await;
     let end = c.wait_operation(60).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     let served_after = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed) - served_before;
     assert!(
         served_after <= size - kept + (2 << 20),
@@ -290,12 +290,12 @@ async fn relays_survive_a_dying_relay(k: usize) {
     let child = sources.iter().find(|(_, ps)| ps.contains(&Parent::Node(relay_id.clone()))).unwrap().0.to_string();
     let child_had = std::fs::metadata(part(&child)).map(|m| m.len()).unwrap_or(0);
     // The status names each receiver's sources; the CLI prints them.
-    let status = c.api().get("/api/cluster/upgrade/status").await.unwrap();
-    let row = status["nodes"].as_array().unwrap().iter().find(|n| n["id"] == child.as_str()).unwrap();
-    let named: Vec<&str> = row["source"].as_str().unwrap().split(',').collect();
-    assert!(named.contains(&relay.as_str()) && named.len() == k, "{status:#}");
-    let shown = molt::render::status(&status);
-    assert!(shown.contains(&format!("(from {})", row["source"].as_str().unwrap())), "{shown}");
+    let status = c.status().await;
+    let source = node(&status, &child).source.clone().unwrap_or_else(|| panic!("{child} has no source: {status:#?}"));
+    let named: Vec<&str> = source.split(',').collect();
+    assert!(named.contains(&relay.as_str()) && named.len() == k, "{status:#?}");
+    let shown = molt::render::status(&serde_json::to_value(&status).unwrap());
+    assert!(shown.contains(&format!("(from {source})")), "{shown}");
     c.stop_node(&relay).await;
     // Everyone else finishes, the relay's fetcher from another source.
     for id in c.ids().into_iter().filter(|id| id.starts_with("g1-") && *id != relay) {
@@ -309,7 +309,7 @@ async fn relays_survive_a_dying_relay(k: usize) {
     // The relay comes back and resumes; the operation completes.
     c.start_node(&relay).await;
     let end = c.wait_operation(90).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     let served = leader.bytes_served.load(std::sync::atomic::Ordering::Relaxed) - served_before;
     // Without relays the leader sends 4 copies; here one copy to the
     // stripes' roots, the dead relay's fetchers from where they were, and

@@ -3,6 +3,8 @@
 
 use integration_tests::{LocalCluster, process::molt};
 
+use crate::support::ClusterNodeState;
+
 /// The innermost pid of `pid` (1 if it is the init of its own namespace).
 fn ns_pid(pid: u32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -18,10 +20,10 @@ fn gone(pid: u32) -> bool {
     }
 }
 
-fn wait_state(c: &LocalCluster, id: &str, want: &str, secs: u64) {
+fn wait_state(c: &LocalCluster, id: &str, want: ClusterNodeState, secs: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while c.state_of(id) != want {
-        assert!(std::time::Instant::now() < deadline, "{id} not {want} after {secs} s");
+        assert!(std::time::Instant::now() < deadline, "{id} not {want:?} after {secs} s");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
@@ -36,12 +38,11 @@ fn local_cluster_nodes_run_in_pid_namespaces_and_take_a_prestage() {
         "--heartbeat-ms",
         "300",
     ]);
-    let v = c.cluster_json();
-    let nodes = v["nodes"].as_array().unwrap();
+    let nodes = c.cluster().nodes;
     assert_eq!(nodes.len(), 6);
-    for n in nodes {
-        assert_eq!(n["state"], "up", "{n}");
-        let id = n["id"].as_str().unwrap();
+    for n in &nodes {
+        assert_eq!(n.state, ClusterNodeState::Up, "{n:?}");
+        let id = n.id.as_str();
         assert_eq!(ns_pid(c.init_pid(id).unwrap()), 1, "{id} is the init of its own PID namespace");
     }
 
@@ -56,8 +57,8 @@ fn local_cluster_nodes_run_in_pid_namespaces_and_take_a_prestage() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    for n in c.cluster_json()["nodes"].as_array().unwrap() {
-        assert_eq!(n["staged"][0]["sha256"], sha.to_hex(), "{n}");
+    for n in c.cluster().nodes {
+        assert_eq!(n.staged.first().map(|s| s.sha256.clone()), Some(sha.to_hex()), "{n:?}");
     }
 
     // Pull a node's power: it is shown down, its processes are gone; power on brings it back.
@@ -65,9 +66,9 @@ fn local_cluster_nodes_run_in_pid_namespaces_and_take_a_prestage() {
     let d = c.path();
     assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "g1-se2"]).status.success());
     assert!(gone(pid), "the node's init is gone");
-    wait_state(&c, "g1-se2", "down", 3);
+    wait_state(&c, "g1-se2", ClusterNodeState::Down, 3);
     assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "g1-se2"]).status.success());
-    wait_state(&c, "g1-se2", "up", 20);
+    wait_state(&c, "g1-se2", ClusterNodeState::Up, 20);
 
     // A refusal exits non-zero and says why.
     let out = c.molt(&["upgrade", "prestage", "image_path", "/etc/hostname"]);

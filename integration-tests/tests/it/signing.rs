@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use integration_tests::process::{bin, molt};
-use serde_json::json;
 
 use crate::support::*;
 
@@ -83,7 +82,7 @@ async fn only_packages_signed_by_a_trusted_key_are_installed() {
     let err = refused(&c, &tampered);
     assert!(err.contains(&format!("signature by key {id_a} does not match")), "{err}");
     // Nothing was kept or started.
-    assert_eq!(get(&api, "/api/cluster/upgrade/status").await["state"], "idle");
+    assert_eq!(status(&api).await.state, OpState::Idle);
 
     // One SE trusts only key B: it refuses to stage A's package, so the
     // distribution fails and nothing is installed anywhere.
@@ -97,9 +96,9 @@ async fn only_packages_signed_by_a_trusted_key_are_installed() {
     all_up_on(&api, "1.0.0", &[], 30).await;
     let out = c.molt(&["upgrade", "system", "image_path", by_a.to_str().unwrap()]);
     assert!(!out.status.success());
-    let s = get(&api, "/api/cluster/upgrade/status").await;
-    assert_eq!(s["state"], "aborted", "{s:#}");
-    let reason = s["reason"].as_str().unwrap();
+    let s = status(&api).await;
+    assert_eq!(s.state, OpState::Aborted, "{s:#?}");
+    let reason = s.reason.as_str();
     assert!(reason.contains("g1-se2") && reason.contains(&format!("signed by key {id_a}")), "{reason}");
     all_up_on(&api, "1.0.0", &[], 30).await;
 
@@ -109,8 +108,8 @@ async fn only_packages_signed_by_a_trusted_key_are_installed() {
     c.power("on", "g1-se2");
     all_up_on(&api, "1.0.0", &[], 30).await;
     ok(&c.molt(&["upgrade", "system", "image_path", by_a.to_str().unwrap()]));
-    let s = get(&api, "/api/cluster/upgrade/status").await;
-    assert_eq!(s["state"], "completed", "{s:#}");
-    assert_eq!(s["package_signature"], json!(format!("verified: signed by trusted key {id_a}")));
+    let s = status(&api).await;
+    assert_eq!(s.state, OpState::Completed, "{s:#?}");
+    assert_eq!(s.package_signature, format!("verified: signed by trusted key {id_a}"));
     all_up_on(&api, "2.0.0", &[], 30).await;
 }

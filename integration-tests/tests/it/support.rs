@@ -6,6 +6,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use common::errors::ErrorKind;
+pub use controller_agent::leader::cluster::{ClusterDoc, NodeState as ClusterNodeState};
+pub use controller_agent::leader::{
+    status::{GroupStatus, NodeStatus, OpState, UpgradeStatus, VsStatus},
+    upgrade::Plan,
+};
+pub use coordinator::{
+    journal::{ActionOnError, EventStatus, GroupState, Operation, Task},
+    request::CheckResult,
+    view::{NodeState, ShownPhase},
+};
 use integration_tests::LocalCluster;
 use molt::client::{Api, ClientError};
 use serde_json::Value;
@@ -37,24 +48,54 @@ pub async fn get(api: &Api, path: &str) -> Value {
     panic!("the leader stayed unreachable");
 }
 
-pub async fn wait_end(api: &Api, secs: u64) -> Value {
+/// The status, typed as the server serializes it.
+pub async fn status(api: &Api) -> UpgradeStatus {
+    let v = get(api, "/api/cluster/upgrade/status").await;
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("the status does not parse ({e}): {v:#}"))
+}
+
+/// The status once the operation no longer runs (held by the operator
+/// counts as running only if it is still checking or moving).
+pub async fn wait_end(api: &Api, secs: u64) -> UpgradeStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let v = get(api, "/api/cluster/upgrade/status").await;
-        if !matches!(v["state"].as_str(), Some("in_progress" | "prechecking")) {
-            return v;
+        let s = status(api).await;
+        if !matches!(s.state, OpState::InProgress | OpState::Prechecking) {
+            return s;
         }
-        assert!(Instant::now() < deadline, "upgrade still running after {secs} s: {v:#}");
+        assert!(Instant::now() < deadline, "upgrade still running after {secs} s: {s:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-pub async fn wait_phase(api: &Api, phase: &str) {
+pub async fn wait_phase(api: &Api, phase: ShownPhase) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while get(api, "/api/cluster/upgrade/status").await["phase"] != phase {
-        assert!(Instant::now() < deadline, "phase {phase} never came");
+    while status(api).await.phase != Some(phase) {
+        assert!(Instant::now() < deadline, "phase {phase:?} never came");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The kind and message of a refusal; panics on success or another failure.
+pub fn refusal<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorKind, String) {
+    match r {
+        Err(e @ ClientError::Api { .. }) => {
+            let kind = e.kind().unwrap_or_else(|| panic!("an error body without a kind: {e:?}"));
+            let ClientError::Api { message, .. } = e else { unreachable!() };
+            (kind, message)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A node's line of the status.
+pub fn node<'a>(s: &'a UpgradeStatus, id: &str) -> &'a NodeStatus {
+    s.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id} in the status: {s:#?}"))
+}
+
+/// An SE group's line of the status.
+pub fn group<'a>(s: &'a UpgradeStatus, name: &str) -> &'a GroupStatus {
+    s.se_groups.iter().find(|g| g.name == name).unwrap_or_else(|| panic!("no SE group {name} in the status: {s:#?}"))
 }
 
 /// Waits (up to `secs`) until every node but `except` is up on `version`:
@@ -65,7 +106,7 @@ pub async fn all_up_on(api: &Api, version: &str, except: &[&str], secs: u64) {
         let v = versions(api).await;
         if v.iter()
             .filter(|(id, _, _)| !except.contains(&id.as_str()))
-            .all(|(_, ver, state)| ver == version && state == "up")
+            .all(|(_, ver, state)| ver == version && *state == ClusterNodeState::Up)
         {
             return;
         }
@@ -74,20 +115,14 @@ pub async fn all_up_on(api: &Api, version: &str, except: &[&str], secs: u64) {
     }
 }
 
-pub async fn versions(api: &Api) -> Vec<(String, String, String)> {
-    let v = get(api, "/api/cluster").await;
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().into(),
-                n["version"].as_str().unwrap().into(),
-                n["state"].as_str().unwrap().into(),
-            )
-        })
-        .collect()
+/// `GET /api/cluster`, typed as the leader serializes it.
+pub async fn cluster(api: &Api) -> ClusterDoc {
+    serde_json::from_value(get(api, "/api/cluster").await).unwrap()
+}
+
+/// Each node's id, version and state, as the leader sees them.
+pub async fn versions(api: &Api) -> Vec<(String, String, ClusterNodeState)> {
+    cluster(api).await.nodes.into_iter().map(|n| (n.id.to_string(), n.version, n.state)).collect()
 }
 
 pub async fn config(api: &Api) -> (Value, Value) {

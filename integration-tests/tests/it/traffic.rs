@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
+use crate::support::*;
 use integration_tests::LocalCluster;
 use molt::client::Api;
 use serde_json::{Value, json};
@@ -21,23 +22,22 @@ async fn get(api: &Api, path: &str) -> Value {
     panic!("the leader stayed unreachable");
 }
 
-async fn run_upgrade(c: &LocalCluster, body: Value) -> (Value, Value) {
+async fn run_upgrade(c: &LocalCluster, body: Value) -> (Plan, UpgradeStatus) {
     let api = c.api();
     let mut predict = body.clone();
     predict["prechecks_only"] = true.into();
-    let predicted = api.post("/api/cluster/upgrade", &predict).await.unwrap();
+    let predicted = serde_json::from_value(api.post("/api/cluster/upgrade", &predict).await.unwrap()).unwrap();
     api.post("/api/cluster/upgrade", &body).await.unwrap();
-    loop {
-        let v = get(&api, "/api/cluster/upgrade/status").await;
-        if v["state"] != "in_progress" {
-            return (predicted, v);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    (predicted, wait_end(&api, 300).await)
 }
 
-fn by_name(rows: &Value) -> BTreeMap<String, Value> {
-    rows.as_array().unwrap().iter().map(|r| (r["name"].as_str().unwrap().to_owned(), r.clone())).collect()
+fn by_name(rows: &[VsStatus]) -> BTreeMap<&str, &VsStatus> {
+    rows.iter().map(|r| (r.name.as_str(), r)).collect()
+}
+
+/// When a node's first `task` event started.
+fn started(end: &UpgradeStatus, id: &str, task: Task) -> f64 {
+    node(end, id).events.iter().find(|e| e.task == task).unwrap_or_else(|| panic!("{id}: no {task:?}: {end:#?}")).start
 }
 
 async fn setup(groups: &str) -> (LocalCluster, Api, tempfile::TempDir) {
@@ -48,8 +48,7 @@ async fn setup(groups: &str) -> (LocalCluster, Api, tempfile::TempDir) {
 }
 
 async fn serves(c: &LocalCluster, se: &str, port: u16) -> Option<String> {
-    let v = c.cluster_json();
-    let addr = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == se)?["addr"].as_str()?.to_owned();
+    let addr = c.cluster().node(se)?.addr.clone();
     let ip = addr.rsplit_once(':')?.0.to_owned();
     let mut s = tokio::net::TcpStream::connect((ip.as_str(), port)).await.ok()?;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,30 +87,29 @@ async fn each_ha_mode_keeps_serving_as_predicted_while_its_ses_upgrade() {
     assert!(answered.contains("virtual service web on") && answered.contains("version 1.0.0"), "{answered}");
     let image = api.upload(&package(tmp.path(), None), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
     let (predicted, end) = run_upgrade(&c, json!({"image_path": image})).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
-    let predicted = by_name(&predicted["virtual_services"]);
-    let measured = by_name(&end["virtual_services"]);
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    let predicted = by_name(&predicted.virtual_services);
+    let measured = by_name(&end.virtual_services);
     for name in ["web", "two", "db"] {
-        assert_eq!(predicted[name]["predicted_disruption"], false, "{name}");
-        assert_eq!(measured[name]["measured_downtime_ms"], 0, "{name} must not lose traffic: {end:#}");
-        assert!(measured[name]["probe_rounds"].as_u64().unwrap() > 5, "{name} was probed");
+        assert!(!predicted[name].predicted_disruption, "{name}");
+        assert_eq!(measured[name].measured_downtime_ms, Some(0), "{name} must not lose traffic: {end:#?}");
+        assert!(measured[name].probe_rounds > Some(5), "{name} was probed");
     }
-    assert_eq!(predicted["one"]["predicted_disruption"], true);
-    assert!(measured["one"]["measured_downtime_ms"].as_u64().unwrap() > 0, "{:#}", measured["one"]);
+    assert!(predicted["one"].predicted_disruption);
+    assert!(measured["one"].measured_downtime_ms > Some(0), "{:#?}", measured["one"]);
     // As the reference (16.3) does, an N+M service on one SE does not stop
     // the rolling upgrade: it is named in a warning, before and after.
-    let traffic = end["prechecks"].as_array().unwrap().iter().find(|c| c["check"] == "traffic").unwrap().clone();
-    assert_eq!(traffic["result"], "warning", "{traffic}");
-    assert!(traffic["message"].as_str().unwrap().ends_with("while their SE reboots: one"), "{traffic}");
+    let traffic = end.prechecks.iter().find(|c| c.check == "traffic").unwrap();
+    assert_eq!(traffic.result, CheckResult::Warning, "{traffic:?}");
+    assert!(traffic.message.ends_with("while their SE reboots: one"), "the warning names the service: {traffic:?}");
     // Active-standby: the standby is upgraded first.
     let db = before.as_array().unwrap().iter().find(|v| v["name"] == "db").unwrap()["placements"].clone();
-    let apply_start = |se: &Value| {
-        let n = end["nodes"].as_array().unwrap().iter().find(|n| n["id"] == *se).unwrap();
-        n["events"].as_array().unwrap().iter().find(|e| e["task"] == "apply").unwrap()["start"].as_f64().unwrap()
-    };
-    assert!(apply_start(&db[1]) < apply_start(&db[0]), "standby {} before active {}", db[1], db[0]);
-    let nm = end["se_groups"].as_array().unwrap().iter().find(|g| g["name"] == "nm").unwrap();
-    assert_eq!(nm["vs_disrupted"], json!(["one"]));
+    let (active, standby) = (db[0].as_str().unwrap(), db[1].as_str().unwrap());
+    assert!(
+        started(&end, standby, Task::Apply) < started(&end, active, Task::Apply),
+        "standby {standby} before active {active}"
+    );
+    assert_eq!(group(&end, "nm").vs_disrupted, ["one"]);
     assert_eq!(get(&api, "/api/virtualservice").await, before, "services and placements unchanged");
     let after = serves(&c, &web_on, 8080).await.unwrap_or_default();
     assert!(after.contains("version 2.0.0"), "the SE serves again, on the new version: {after}");
@@ -123,21 +121,18 @@ async fn disruptive_upgrades_a_group_at_once_moving_nothing() {
     api.post("/api/virtualservice", &json!({"name": "web", "se_group": "aa", "port": 8080, "scale": 2})).await.unwrap();
     let image = api.upload(&package(tmp.path(), None), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
     let (predicted, end) = run_upgrade(&c, json!({"image_path": image, "disruptive": true})).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
-    assert_eq!(by_name(&predicted["virtual_services"])["web"]["predicted_disruption"], true);
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    assert!(by_name(&predicted.virtual_services)["web"].predicted_disruption);
+    let ses = || end.nodes.iter().filter(|n| n.role == common::Role::ServiceEngine);
     // Nothing was moved: no SE was drained before its reboot.
-    for n in end["nodes"].as_array().unwrap().iter().filter(|n| n["role"] == "se") {
-        assert!(!n["events"].as_array().unwrap().iter().any(|e| e["task"] == "drain"), "{n}");
+    for n in ses() {
+        assert!(!n.events.iter().any(|e| e.task == Task::Drain), "{n:#?}");
     }
     // Both SEs were applied together: their apply events overlap.
-    let applies: Vec<(f64, f64)> = end["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["role"] == "se")
+    let applies: Vec<(f64, f64)> = ses()
         .map(|n| {
-            let e = n["events"].as_array().unwrap().iter().find(|e| e["task"] == "apply").unwrap();
-            (e["start"].as_f64().unwrap(), e["end"].as_f64().unwrap())
+            let e = n.events.iter().find(|e| e.task == Task::Apply).unwrap();
+            (e.start, e.end.unwrap())
         })
         .collect();
     assert!(applies[0].0 < applies[1].1 && applies[1].0 < applies[0].1, "{applies:?}");
@@ -151,26 +146,24 @@ async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
     let image =
         api.upload(&package(tmp.path(), Some("g1-se1")), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
     let (_, end) = run_upgrade(&c, json!({"image_path": image})).await;
-    assert_eq!(end["state"], "suspended", "{end:#}");
-    assert_eq!(end["phase"], "service_engines", "it stays in the phase it can go on from: {end:#}");
-    assert!(end["reason"].as_str().unwrap().contains("g1-se1"), "{end:#}");
-    let groups = by_name(&end["se_groups"]);
-    assert_eq!(groups["g1"]["state"], "suspended");
-    assert_eq!(groups["g2"]["state"], "completed");
-    let v = c.cluster_json();
-    for n in v["nodes"].as_array().unwrap() {
-        let want = match n["id"].as_str().unwrap() {
+    assert_eq!(end.state, OpState::Suspended, "{end:#?}");
+    assert_eq!(end.phase, Some(ShownPhase::ServiceEngines), "it stays in the phase it can go on from: {end:#?}");
+    assert!(end.reason.contains("g1-se1"), "the reason names the SE: {end:#?}");
+    assert_eq!(group(&end, "g1").state, GroupState::Suspended);
+    assert_eq!(group(&end, "g2").state, GroupState::Completed);
+    for n in c.cluster().nodes {
+        let want = match n.id.as_str() {
             "g1-se1" => "1.0.0", // fell back through its boot loader
             _ => "2.0.0",
         };
-        if n["id"] != "g1-se2" {
-            assert_eq!(n["version"], want, "{n}");
+        if n.id.as_str() != "g1-se2" {
+            assert_eq!(n.version, want, "{n:?}");
         }
     }
 
     // Suspended is an end: no SE stays out of service, so the failed SE (back
     // on 1.0.0 through its boot loader) serves its placement again.
-    assert_eq!(end["drained"], json!([]), "{end:#}");
+    assert!(end.drained.is_empty(), "{end:#?}");
     let mut answer = None;
     for _ in 0..50 {
         answer = serves(&c, "g1-se1", 8080).await;
@@ -184,26 +177,22 @@ async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
     // Resume past the SE that failed: the group finishes, that SE stays on 1.0.0.
     let out = c.molt(&["resume", "segroup", "g1", "skip_suspended"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let end = get(&api, "/api/cluster/upgrade/status").await;
-    assert_eq!(end["state"], "completed", "{end:#}");
-    assert!(end["reason"].as_str().unwrap().contains("g1-se1"), "the skipped SE is named: {end:#}");
-    let version_of = |id: &str| {
-        let v = c.cluster_json();
-        v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["version"].as_str().unwrap().to_owned()
-    };
+    let end = status(&api).await;
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    assert!(end.reason.as_str().contains("g1-se1"), "the skipped SE is named: {end:#?}");
+    let version_of = |id: &str| c.node(id).version;
     assert_eq!((version_of("g1-se1"), version_of("g1-se2")), ("1.0.0".into(), "2.0.0".into()));
 
     // Roll the group back: its SEs return to 1.0.0, its services to their placements.
     let out = c.molt(&["rollback", "segroup", "g1"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let end = get(&api, "/api/cluster/upgrade/status").await;
-    let g1 = by_name(&end["se_groups"])["g1"].clone();
-    assert_eq!(g1["state"], "rolled_back", "{end:#}");
-    let last = end["history"].as_array().unwrap().last().unwrap().clone();
+    let end = status(&api).await;
+    assert_eq!(group(&end, "g1").state, GroupState::RolledBack, "{end:#?}");
+    let last = end.history.last().unwrap();
     assert_eq!(
-        (last["operation"].as_str(), last["from_version"].as_str(), last["to_version"].as_str()),
-        (Some("se_group_rollback"), Some("2.0.0"), Some("1.0.0")),
-        "a group rollback is recorded as one, not as another upgrade: {last}"
+        (last.operation, last.from_version.as_str(), last.to_version.as_str()),
+        (Operation::SeGroupRollback, "2.0.0", "1.0.0"),
+        "a group rollback is recorded as one, not as another upgrade: {last:?}"
     );
     assert_eq!((version_of("g1-se1"), version_of("g1-se2")), ("1.0.0".into(), "1.0.0".into()));
     assert_eq!(version_of("g2-se1"), "2.0.0", "the other group is untouched");
@@ -220,21 +209,23 @@ async fn a_failing_se_suspends_its_group_which_resumes_and_rolls_back() {
         assert!(answer.unwrap_or_default().contains("version 1.0.0"), "{se} serves web again on 1.0.0");
     }
     // Nothing left to resume.
+    let r = api.post("/api/cluster/upgrade/resume", &json!({"se_groups": ["g1"]})).await;
+    assert_eq!(refusal(r).0, ErrorKind::Conflict);
     let out = c.molt(&["resume", "segroup", "g1"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to resume"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to resume"), "the CLI says why: {out:?}");
     // g1 on 1.0.0, the rest on 2.0.0: a third version is refused, even forced,
     // naming the group that holds the old one.
     let next = integration_tests::release_package(tmp.path(), "2.1.0", "2.0.0", None);
     let image = api.upload(&next, "controller-2.1.pkg", |_| {}).await.unwrap()["image_path"].clone();
     for force in [false, true] {
-        match api.post("/api/cluster/upgrade", &json!({"image_path": image, "force": force})).await {
-            Err(molt::client::ClientError::Api { status, message, .. }) => {
-                assert_eq!(status.as_u16(), 412, "{message}");
-                assert!(message.contains("SE group g1 on 1.0.0") && message.contains("three versions"), "{message}");
-            }
-            other => panic!("a third version was not refused (force {force}): {other:?}"),
-        }
+        let (kind, message) =
+            refusal(api.post("/api/cluster/upgrade", &json!({"image_path": image, "force": force})).await);
+        assert_eq!(kind, ErrorKind::PreconditionFailed, "{message}");
+        assert!(
+            message.contains("SE group g1 on 1.0.0") && message.contains("three versions"),
+            "it names the group: {message}"
+        );
     }
 }
 
@@ -251,16 +242,16 @@ async fn action_on_error_rollback_returns_the_group_to_the_old_version() {
     let image =
         api.upload(&package(tmp.path(), Some(&active)), "controller.pkg", |_| {}).await.unwrap()["image_path"].clone();
     let (_, end) = run_upgrade(&c, json!({"image_path": image, "action_on_error": "rollback"})).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
-    assert_eq!(by_name(&end["se_groups"])["g1"]["state"], "rolled_back", "{end:#}");
-    assert!(end["reason"].as_str().unwrap().contains("rolled back"), "{end:#}");
-    assert_eq!(end["drained"], json!([]), "{end:#}");
-    for n in c.cluster_json()["nodes"].as_array().unwrap() {
-        let want = if n["role"] == "se" { "1.0.0" } else { "2.0.0" };
-        assert_eq!(n["version"], want, "{n}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    assert_eq!(group(&end, "g1").state, GroupState::RolledBack, "{end:#?}");
+    assert!(end.reason.contains("rolled back"), "{end:#?}");
+    assert!(end.drained.is_empty(), "{end:#?}");
+    for n in c.cluster().nodes {
+        let want = if n.role == common::Role::ServiceEngine { "1.0.0" } else { "2.0.0" };
+        assert_eq!(n.version, want, "{n:?}");
     }
-    let rolled = end["nodes"].as_array().unwrap().iter().find(|n| n["id"] == other.as_str()).unwrap();
-    assert!(rolled["events"].as_array().unwrap().iter().any(|e| e["task"] == "rollback"), "{rolled}");
+    let rolled = node(&end, &other);
+    assert!(rolled.events.iter().any(|e| e.task == Task::Rollback), "{rolled:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,21 +260,21 @@ async fn action_on_error_continue_completes_saying_who_stayed_behind() {
     // Through the CLI, as an operator sets it.
     let pkg = package(tmp.path(), Some("g1-se1"));
     let out = c.molt(&["upgrade", "system", "image_path", pkg.to_str().unwrap(), "action_on_error", "continue"]);
-    let end = get(&api, "/api/cluster/upgrade/status").await;
+    let end = status(&api).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(end["state"], "completed", "{end:#}");
-    assert_eq!(end["action_on_error"], "continue", "{end:#}");
-    let reason = end["reason"].as_str().unwrap();
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    assert_eq!(end.action_on_error, Some(ActionOnError::Continue), "{end:#?}");
+    let reason = end.reason.as_str();
     assert!(reason.contains("g1-se1") && reason.contains("continue"), "the failure is recorded: {reason}");
-    for n in c.cluster_json()["nodes"].as_array().unwrap() {
-        let want = if n["id"] == "g1-se1" { "1.0.0" } else { "2.0.0" };
-        assert_eq!(n["version"], want, "{n}");
+    for n in c.cluster().nodes {
+        let want = if n.id.as_str() == "g1-se1" { "1.0.0" } else { "2.0.0" };
+        assert_eq!(n.version, want, "{n:?}");
     }
     // Nothing shows running under the ended operation, and history says what happened.
-    for n in end["nodes"].as_array().unwrap() {
-        assert!(n["events"].as_array().unwrap().iter().all(|e| e["status"] != "running"), "{n}");
+    for n in &end.nodes {
+        assert!(n.events.iter().all(|e| e.status != EventStatus::Running), "{n:#?}");
     }
-    let last = end["history"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((last["operation"].as_str(), last["state"].as_str()), (Some("upgrade"), Some("completed")));
-    assert!(last["reason"].as_str().unwrap().contains("g1-se1"), "{last}");
+    let last = end.history.last().unwrap();
+    assert_eq!((last.operation, last.state), (Operation::Upgrade, OpState::Completed));
+    assert!(last.reason.contains("g1-se1"), "{last:?}");
 }

@@ -34,9 +34,9 @@ async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() 
             _ => api.delete(path).await,
         };
         match r {
-            Err(ClientError::Api { status, message, .. }) => {
-                assert_eq!(status.as_u16(), 503, "{method} {path}");
-                assert_eq!(message, "upgrade in progress: configuration is read-only");
+            Err(e) => {
+                assert_eq!(e.kind(), Some(ErrorKind::ReadOnly), "{method} {path}: {e}");
+                assert!(matches!(e, ClientError::Api { status, .. } if status.as_u16() == 503), "{e}");
             }
             other => panic!("{method} {path} during the upgrade: {other:?}"),
         }
@@ -45,11 +45,11 @@ async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() 
     let again = api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap_err();
     assert!(matches!(again, ClientError::Api { status, .. } if status.as_u16() == 409), "{again}");
     let end = wait_end(&api, 180).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
-    assert_eq!(end["history"].as_array().unwrap().last().unwrap()["state"], "completed");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    assert_eq!(end.history.last().map(|h| (h.operation, h.state)), Some((Operation::Upgrade, OpState::Completed)));
     let refused_in = writer.await.unwrap();
-    for phase in ["distribute", "controllers", "service_engines"] {
-        assert!(refused_in.contains(phase), "no write was tried in {phase}: {refused_in:?}");
+    for phase in [ShownPhase::Distribute, ShownPhase::Controllers, ShownPhase::ServiceEngines] {
+        assert!(refused_in.contains(&phase), "no write was tried in {phase:?}: {refused_in:?}");
     }
     all_up_on(&api, "2.0.0", &[], 30).await;
     // Every node rebooted for real: each is the init of a new PID namespace.
@@ -61,10 +61,9 @@ async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() 
     // And it is writable again.
     api.post("/api/virtualservice", &json!({"name": "new", "se_group": "g1", "port": 9000})).await.unwrap();
     // The per-node record: every node has apply and commit events with times.
-    for n in end["nodes"].as_array().unwrap() {
-        let tasks: Vec<&str> = n["events"].as_array().unwrap().iter().map(|e| e["task"].as_str().unwrap()).collect();
-        assert!(tasks.contains(&"apply"), "{n}");
-        assert!(n["events"].as_array().unwrap().iter().all(|e| e["end"].is_number()), "{n}");
+    for n in &end.nodes {
+        assert!(n.events.iter().any(|e| e.task == Task::Apply && e.status == EventStatus::Done), "{n:#?}");
+        assert!(n.events.iter().all(|e| e.end.is_some()), "{n:#?}");
     }
 }
 
@@ -73,28 +72,26 @@ async fn a_cluster_upgrades_and_keeps_its_config_which_is_read_only_meanwhile() 
 /// that is accepted is never followed by a status that says the operation
 /// runs; one that is refused answers the contract's 503. Returns the phases
 /// in which writes were refused.
-async fn write_at_every_step(api: molt::client::Api) -> std::collections::BTreeSet<String> {
-    use controller_agent::leader::status::UpgradeStatus;
+async fn write_at_every_step(api: molt::client::Api) -> std::collections::BTreeSet<ShownPhase> {
     let mut refused_in = std::collections::BTreeSet::new();
     loop {
         let w = api.put("/api/cluster/settings", &json!({"reform_timeout_secs": 25})).await;
-        let s: UpgradeStatus = serde_json::from_value(get(&api, "/api/cluster/upgrade/status").await).unwrap();
+        let s = status(&api).await;
         match &w {
             Ok(_) => {
                 assert!(
                     !s.is_running(),
-                    "a config write was accepted, then the status said {:?} in {}",
+                    "a config write was accepted, then the status said {:?} in {:?}",
                     s.state,
                     s.phase
                 );
                 return refused_in;
             }
-            Err(ClientError::Api { status, message, .. }) if status.as_u16() == 503 => {
-                // The leader's own reboot: no leader for a moment.
-                if message == "upgrade in progress: configuration is read-only" {
-                    refused_in.insert(s.phase.clone());
-                }
+            Err(e) if e.kind() == Some(ErrorKind::ReadOnly) => {
+                refused_in.extend(s.phase);
             }
+            // The leader's own reboot: no leader for a moment.
+            Err(e) if e.kind() == Some(ErrorKind::Unavailable) => {}
             Err(ClientError::Unreachable { .. }) => {}
             Err(e) => panic!("a config write during the upgrade: {e}"),
         }
@@ -111,8 +108,8 @@ async fn a_version_that_cannot_start_on_one_controller_rolls_every_controller_ba
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", Some("c2"))).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
     let end = wait_end(&api, 180).await;
-    assert_eq!(end["state"], "aborted", "{end:#}");
-    let reason = end["reason"].as_str().unwrap();
+    assert_eq!(end.state, OpState::Aborted, "{end:#?}");
+    let reason = end.reason.as_str();
     assert!(reason.contains("c2") && reason.contains("fell back"), "{reason}");
     all_up_on(&api, "1.0.0", &[], 30).await;
     let log = std::fs::read_to_string(c.path().join("nodes/c2/agent.log")).unwrap();
@@ -128,16 +125,16 @@ async fn a_follower_powered_off_mid_upgrade_aborts_and_rolls_back() {
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
-    wait_phase(&api, "controllers").await;
+    wait_phase(&api, ShownPhase::Controllers).await;
     let d = c.path();
     assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c3"]).status.success());
     let end = wait_end(&api, 180).await;
-    assert_eq!(end["state"], "aborted", "{end:#}");
-    let reason = end["reason"].as_str().unwrap();
+    assert_eq!(end.state, OpState::Aborted, "{end:#?}");
+    let reason = end.reason.as_str();
     assert!(reason.contains("c3"), "the status names the missing node: {reason}");
     all_up_on(&api, "1.0.0", &["c3"], 30).await;
     let c3 = versions(&api).await.into_iter().find(|(id, _, _)| id == "c3").unwrap();
-    assert_eq!(c3.2, "down", "c3 is shown down");
+    assert_eq!(c3.2, ClusterNodeState::Down, "c3 is shown down");
     // Powered on again, c3 ends on the old version too.
     assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c3"]).status.success());
     all_up_on(&api, "1.0.0", &[], 60).await;
@@ -157,20 +154,20 @@ async fn a_node_lost_while_staging_fails_the_distribution_after_the_reformation_
     let leader = get(&api, "/api/cluster").await["leader"].as_str().unwrap().to_owned();
     let lost = ["c2", "c3"].into_iter().find(|n| *n != leader).unwrap();
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
-    wait_phase(&api, "distribute").await;
+    wait_phase(&api, ShownPhase::Distribute).await;
     let d = c.path();
     assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), lost]).status.success());
     let off = Instant::now();
     // While it waits, the status says for whom and until when.
     integration_tests::eventually(30, "the status naming the lost node", async || {
-        let s = get(&api, "/api/cluster/upgrade/status").await;
-        let reason = s["reason"].as_str().unwrap_or_default();
+        let s = status(&api).await;
+        let reason = s.reason.as_str();
         reason.contains(&format!("waiting for {lost}: down for")) && reason.contains("the leader gives up on it in")
     })
     .await;
     let end = wait_end(&api, 120).await;
-    assert_eq!(end["state"], "aborted", "{end:#}");
-    let reason = end["reason"].as_str().unwrap();
+    assert_eq!(end.state, OpState::Aborted, "{end:#?}");
+    let reason = end.reason.as_str();
     assert!(reason.contains(&format!("{lost}: down for")) && reason.contains("while staging"), "{reason}");
     let took = off.elapsed().as_secs();
     assert!(took < 90, "given up {took} s after the power cut: the staging deadline, not the re-formation one");
@@ -183,7 +180,7 @@ async fn the_leader_killed_in_the_se_phase_resumes_the_upgrade_after_power_on() 
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
     api.post("/api/cluster/upgrade", &json!({"image_path": image})).await.unwrap();
-    wait_phase(&api, "service_engines").await;
+    wait_phase(&api, ShownPhase::ServiceEngines).await;
     let d = c.path();
     let pid = c.init_pid("c1").unwrap();
     // SIGKILL, as a crash would; the supervisor treats it as the power going off.
@@ -197,7 +194,7 @@ async fn the_leader_killed_in_the_se_phase_resumes_the_upgrade_after_power_on() 
     let _ = molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c1"]);
     assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c1"]).status.success());
     let end = wait_end(&api, 180).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     all_up_on(&api, "2.0.0", &[], 30).await;
     let log = std::fs::read_to_string(c.path().join("nodes/c1/agent.log")).unwrap();
     assert!(log.contains("resuming the upgrade from the journal"), "the leader resumed");
@@ -216,7 +213,7 @@ async fn a_too_distant_version_needs_force_which_makes_it_disruptive() {
         }
         other => panic!("{other}"),
     }
-    assert_eq!(get(&api, "/api/cluster/upgrade/status").await["state"], "idle", "nothing changed");
+    assert_eq!(status(&api).await.state, OpState::Idle, "nothing changed");
     // prechecks_only says the same and changes nothing.
     let p = api.post("/api/cluster/upgrade", &json!({"image_path": image, "prechecks_only": true})).await.unwrap();
     assert_eq!(p["ok"], false);
@@ -229,12 +226,9 @@ async fn a_too_distant_version_needs_force_which_makes_it_disruptive() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let end = get(&api, "/api/cluster/upgrade/status").await;
-    assert_eq!(
-        (end["state"].as_str(), end["force"].as_bool(), end["disruptive"].as_bool()),
-        (Some("completed"), Some(true), Some(true))
-    );
-    assert!(end["prechecks"].as_array().unwrap().iter().any(|c| c["result"] == "warning"), "{end:#}");
+    let end = status(&api).await;
+    assert_eq!((end.state, end.force, end.disruptive), (OpState::Completed, true, true), "{end:#?}");
+    assert!(end.prechecks.iter().any(|c| c.result == CheckResult::Warning), "{end:#?}");
     for (id, version, _) in versions(&api).await {
         assert_eq!(version, "3.0.0", "{id}");
     }
@@ -261,16 +255,11 @@ async fn an_se_that_cannot_reach_the_leader_after_its_reboot_rolls_itself_back()
     // Once g1-se1 has applied and is rebooting into 2.0.0, the leader goes dark.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let v = get(&api, "/api/cluster/upgrade/status").await;
-        let rejoining = v["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["id"] == "g1-se1" && n["events"].as_array().unwrap().iter().any(|e| e["task"] == "rejoin"));
-        if rejoining {
+        let v = status(&api).await;
+        if node(&v, "g1-se1").events.iter().any(|e| e.task == Task::Rejoin) {
             break;
         }
-        assert!(Instant::now() < deadline, "g1-se1 never applied: {v:#}");
+        assert!(Instant::now() < deadline, "g1-se1 never applied: {v:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let d = c.path();
@@ -296,14 +285,14 @@ async fn an_se_that_cannot_reach_the_leader_after_its_reboot_rolls_itself_back()
     // was about reachability, not the new version.
     assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c1"]).status.success());
     let end = wait_end(&api, 120).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     all_up_on(&api, "2.0.0", &[], 30).await;
 }
 
 /// Starts an upgrade on `cluster`, cuts the leader's power once `phase` is
 /// reached, powers it on again, and checks that the upgrade completes on
 /// every node after the leader resumed it from its journal.
-async fn leader_power_cut_in(phase: &str, cluster: &[&str]) {
+async fn leader_power_cut_in(phase: ShownPhase, cluster: &[&str]) {
     let (c, api) = start(cluster);
     let tmp = tempfile::tempdir().unwrap();
     let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
@@ -313,21 +302,21 @@ async fn leader_power_cut_in(phase: &str, cluster: &[&str]) {
     assert!(molt(&["local", "power", "off", "--dir", d.to_str().unwrap(), "c1"]).status.success());
     assert!(molt(&["local", "power", "on", "--dir", d.to_str().unwrap(), "c1"]).status.success());
     let end = wait_end(&api, 180).await;
-    assert_eq!(end["state"], "completed", "{phase}: {end:#}");
+    assert_eq!(end.state, OpState::Completed, "{phase:?}: {end:#?}");
     all_up_on(&api, "2.0.0", &[], 30).await;
     // Whichever controller leads next resumes from the replicated journal.
     let resumed = ["c1", "c2", "c3"].iter().any(|id| {
         std::fs::read_to_string(c.path().join(format!("nodes/{id}/agent.log")))
             .is_ok_and(|l| l.contains("resuming the upgrade from the journal"))
     });
-    assert!(resumed, "{phase}: a leader resumed the upgrade");
+    assert!(resumed, "{phase:?}: a leader resumed the upgrade");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_powered_off_during_distribution_resumes_and_completes() {
     // 8 MiB/s per transfer: distribution lasts long enough to cut it.
     leader_power_cut_in(
-        "distribute",
+        ShownPhase::Distribute,
         &["--controllers", "1", "--groups", "g1:active-active:2", "--fetch-rate-limit", "8388608"],
     )
     .await;
@@ -335,5 +324,5 @@ async fn the_leader_powered_off_during_distribution_resumes_and_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_powered_off_in_the_controllers_phase_resumes_and_completes() {
-    leader_power_cut_in("controllers", &["--controllers", "3", "--groups", "g1:active-active:1"]).await;
+    leader_power_cut_in(ShownPhase::Controllers, &["--controllers", "3", "--groups", "g1:active-active:1"]).await;
 }
