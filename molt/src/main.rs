@@ -138,13 +138,18 @@ enum PkiCmd {
         validity_days: u32,
     },
     /// Re-issue a node's certificate and key (same identity and hosts); the
-    /// node takes them within seconds, without a restart.
+    /// node takes them within seconds, without a restart. `--all` re-issues
+    /// every certificate of the PKI dir (nodes, admin, tokens), as this
+    /// version of molt issues them.
     Renew {
         #[arg(long)]
         dir: PathBuf,
-        /// The node (or `admin`).
+        /// The node (or `admin`, or a token's name).
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        node: Option<String>,
+        /// Every certificate of the PKI dir.
         #[arg(long)]
-        node: String,
+        all: bool,
         #[arg(long, default_value_t = pki::DEFAULT_VALIDITY_DAYS)]
         validity_days: u32,
     },
@@ -454,14 +459,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Cmd::Pki { cmd: PkiCmd::Renew { dir, node, validity_days } } => {
-            let id: common::NodeId =
-                node.parse().map_err(|e| pki::PkiError::Invalid(format!("--node {node:?}: {e}")))?;
-            let r = pki::renew(dir, &id, *validity_days)?;
-            println!(
-                "renewed {id}: serial {} (replaces {}), valid until {} (Unix time); a running node takes it within seconds",
-                r.serial, r.replaces, r.not_after
-            );
+        Cmd::Pki { cmd: PkiCmd::Renew { dir, node, all, validity_days } } => {
+            let renewed = match node {
+                Some(node) if !*all => {
+                    let id: common::NodeId =
+                        node.parse().map_err(|e| pki::PkiError::Invalid(format!("--node {node:?}: {e}")))?;
+                    let r = pki::renew(dir, &id, *validity_days)?;
+                    vec![(id, r)]
+                }
+                _ => pki::renew_all(dir, *validity_days)?,
+            };
+            for (id, r) in renewed {
+                println!(
+                    "renewed {id}: serial {} (replaces {}), valid until {} (Unix time); a running node takes it within seconds",
+                    r.serial, r.replaces, r.not_after
+                );
+            }
             Ok(())
         }
         Cmd::Pki { cmd: PkiCmd::Token { dir, role, name, validity_days } } => {

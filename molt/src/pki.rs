@@ -296,13 +296,51 @@ fn issue(
         .subject_alt_names
         .push(SanType::URI(Ia5String::try_from(identity.uri()).map_err(|e| PkiError::Invalid(e.to_string()))?));
     params.distinguished_name.push(DnType::CommonName, format!("{role} {id}"));
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = extended_key_usages(role);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // What strict verifiers (OpenSSL's -x509_strict, Python 3.13's default
+    // context) require of an issued certificate: basic constraints saying it
+    // is no CA, a subject key identifier, and the issuer's key identifier.
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     replace(&dir.join(format!("{id}.key")), key.serialize_pem().as_bytes(), 0o600)?;
     replace(&dir.join(format!("{id}.pem")), cert.pem().as_bytes(), 0o644)?;
     Ok(cert.der().to_vec())
+}
+
+/// What a certificate of `role` may be used for: a node serves (the one
+/// port) and dials (its leader, its relay parents), so it is a server and a
+/// client; an operator's certificate is a client only.
+fn extended_key_usages(role: Role) -> Vec<ExtendedKeyUsagePurpose> {
+    match role {
+        Role::Controller | Role::ServiceEngine => {
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+        }
+        Role::Admin | Role::ReadOnly => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    }
+}
+
+/// Re-issues every certificate of the PKI dir (nodes, `admin` and the
+/// tokens' client certificates), as [`renew`] does each: what `molt pki
+/// renew --all` runs to bring a cluster's certificates to what this version
+/// of molt issues. Returns the ids renewed, in file-name order.
+pub fn renew_all(dir: &Path, validity_days: u32) -> Result<Vec<(NodeId, Renewed)>, PkiError> {
+    check_validity(validity_days)?;
+    let entries = fs::read_dir(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
+    let mut ids: Vec<NodeId> = entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".pem")?;
+            (stem != "ca").then(|| stem.parse().ok()).flatten()
+        })
+        .collect();
+    ids.sort();
+    if ids.is_empty() {
+        return Err(PkiError::Invalid(format!("{} holds no certificate to renew", dir.display())));
+    }
+    ids.into_iter().map(|id| renew(dir, &id, validity_days).map(|r| (id, r))).collect()
 }
 
 /// Writes `path` through a temporary file renamed over it, so a node that
@@ -417,6 +455,71 @@ mod tests {
 
     fn cert_der(path: &Path) -> Vec<u8> {
         rustls_pki_types::CertificateDer::from_pem_file(path).unwrap().to_vec()
+    }
+
+    /// `openssl verify -x509_strict` of `cert` against the PKI dir's CA, for
+    /// `purpose` (`sslserver`, `sslclient`) if given: whether it passed, and
+    /// what openssl said.
+    fn openssl_verify(dir: &Path, cert: &str, purpose: Option<&str>) -> (bool, String) {
+        let ca = dir.join("ca.pem");
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["verify", "-x509_strict", "-CAfile"]).arg(&ca);
+        if let Some(p) = purpose {
+            cmd.args(["-purpose", p]);
+        }
+        let out = cmd.arg(dir.join(cert)).output().expect("openssl (Debian's openssl package) runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Issue 27: node and admin certificates had no Authority Key
+    /// Identifier, and the admin's client certificate carried serverAuth, so
+    /// `openssl verify -x509_strict` (and Python 3.13's default context)
+    /// refused them. Every certificate `molt pki` writes now passes, each for
+    /// what it is for only; `renew --all` brings older ones up to it.
+    #[test]
+    fn strict_verifiers_accept_every_certificate_and_renew_all_reissues_old_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let nodes: Vec<NodeSpec> =
+            ["c1=controller@127.0.0.11", "se-1=se@se1.example"].iter().map(|s| s.parse().unwrap()).collect();
+        init(d.path(), "prod", &nodes).unwrap();
+        token(d.path(), common::token::ApiRole::ReadOnly, "noc", 30).unwrap();
+        let all = ["c1.pem", "se-1.pem", "admin.pem", "noc.pem"];
+        for cert in all {
+            let (ok, said) = openssl_verify(d.path(), cert, None);
+            assert!(ok, "{cert}: {said}");
+        }
+        for (cert, server) in [("c1.pem", true), ("se-1.pem", true), ("admin.pem", false), ("noc.pem", false)] {
+            assert_eq!(openssl_verify(d.path(), cert, Some("sslserver")).0, server, "{cert} as a server");
+            assert!(openssl_verify(d.path(), cert, Some("sslclient")).0, "{cert} as a client");
+        }
+
+        // A certificate as molt issued them before: no key identifiers.
+        let ca_key = KeyPair::from_pem(&fs::read_to_string(d.path().join("ca.key")).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&fs::read_to_string(d.path().join("ca.pem")).unwrap(), ca_key).unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.11".to_owned()]).unwrap();
+        params.subject_alt_names.push(SanType::URI(Ia5String::try_from("molt://prod/controller/c1").unwrap()));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let old = params.signed_by(&key, &issuer).unwrap();
+        fs::write(d.path().join("c1.pem"), old.pem()).unwrap();
+        fs::write(d.path().join("c1.key"), key.serialize_pem()).unwrap();
+        let (ok, said) = openssl_verify(d.path(), "c1.pem", None);
+        assert!(!ok && said.contains("Authority Key Identifier"), "{said}");
+
+        let renewed = renew_all(d.path(), 30).unwrap();
+        let ids: Vec<&str> = renewed.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["admin", "c1", "noc", "se-1"]);
+        for cert in all {
+            let (ok, said) = openssl_verify(d.path(), cert, None);
+            assert!(ok, "{cert} after renew --all: {said}");
+        }
+        assert_eq!(
+            PeerIdentity::from_cert_der(&cert_der(&d.path().join("c1.pem"))).unwrap().uri(),
+            "molt://prod/controller/c1"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(renew_all(empty.path(), 30), Err(PkiError::Invalid(_))));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::support::*;
 use integration_tests::TestCluster;
 use proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -204,6 +205,57 @@ async fn a_node_cannot_open_a_session_as_another_node() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 }
 
+/// Runs `python3 -c script` with `args`; returns its exit success and output.
+fn python(script: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3 runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A REST call from Python's standard library with a strict default context:
+/// `ssl.create_default_context(cafile=CA)` plus `VERIFY_X509_STRICT` (the
+/// default from Python 3.13 on), the admin's client certificate, no token.
+/// Prints the status and the body.
+const STRICT_CLIENT: &str = r#"
+import ssl, sys, urllib.request, urllib.error
+ca, cert, key, url = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+ctx.load_cert_chain(cert, key)
+try:
+    r = urllib.request.urlopen(url, context=ctx, timeout=10)
+    print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"#;
+
+/// Issue 27: with no Authority Key Identifier in the certificates, a strict
+/// client (Python 3.13's default) refused every controller. It now reaches
+/// the REST API and `/metrics` with the admin's certificate, verifying the
+/// controller's; an operator certificate cannot serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_python_client_calls_the_rest_api_with_a_client_certificate() {
+    let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
+    let pki = c.cluster_dir().join("pki");
+    let file = |name: &str| pki.join(name).to_str().unwrap().to_owned();
+    let url = |path: &str| format!("https://{}{path}", addr_of(&c, "c1"));
+    let (ca, cert, key) = (file("ca.pem"), file("admin.pem"), file("admin.key"));
+    let (ok, out) = python(STRICT_CLIENT, &[&ca, &cert, &key, &url("/api/cluster")]);
+    assert!(ok && out.starts_with("200 "), "{out}");
+    let doc: ClusterDoc = serde_json::from_str(out.trim_start_matches("200 ").trim()).unwrap();
+    assert_eq!(doc.leader.as_deref(), Some("c1"));
+    let (ok, out) = python(STRICT_CLIENT, &[&ca, &cert, &key, &url("/metrics")]);
+    assert!(ok && out.starts_with("200 ") && out.contains("molt_node_up"), "{out}");
+    // What each certificate may be: nodes serve and dial, the admin only dials.
+    for (name, server) in [("c1.pem", true), ("g1-se1.pem", true), ("admin.pem", false)] {
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", &ca, &file(name)])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), server, "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_needs_the_admin_token() {
     let c = TestCluster::builder().start().await;
@@ -331,7 +383,7 @@ async fn a_relay_ticket_is_one_stream_of_one_stripe_and_a_fetcher_shares_one_rat
     let staged = c.data_dir("g1-se1").join("staging").join(format!("{sha}.pkg"));
     eventually(60, "g1-se1 staged", async || staged.is_file()).await;
     let end = c.wait_operation(60).await;
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
 
     let pki = c.cluster_dir().join("pki");
     let leader =
