@@ -312,3 +312,35 @@ mod tests {
         assert!("xyz".parse::<Sha256Digest>().is_err());
     }
 }
+
+/// A size in IEC units, as operators read it: `4.0 KiB`, `169.8 MiB`,
+/// `1.2 GiB` (bytes below 1 KiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Iec(pub u64);
+
+impl fmt::Display for Iec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0 as f64;
+        let mut i = 0;
+        while v >= 1024.0 && i < UNITS.len() - 1 {
+            v /= 1024.0;
+            i += 1;
+        }
+        if i == 0 { write!(f, "{} B", self.0) } else { write!(f, "{v:.1} {}", UNITS[i]) }
+    }
+}
+
+#[cfg(test)]
+mod iec_tests {
+    use super::Iec;
+
+    #[test]
+    fn sizes_read_in_iec_units() {
+        assert_eq!(Iec(0).to_string(), "0 B");
+        assert_eq!(Iec(1023).to_string(), "1023 B");
+        assert_eq!(Iec(4096).to_string(), "4.0 KiB");
+        assert_eq!(Iec(178_072_786).to_string(), "169.8 MiB");
+        assert_eq!(Iec(3 << 40).to_string(), "3.0 TiB");
+    }
+}

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use common::{DeploymentKind, NodeId, Version};
+use common::{DeploymentKind, NodeId, Version, types::Iec};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -118,7 +118,7 @@ pub fn distribution_checks(req: &StartRequest, nodes: &[NodeSummary]) -> (Vec<Pr
     let mut out: Vec<Precheck> = images
         .iter()
         .map(|i| {
-            let what = format!("{} package {} ({} bytes, sha256 {})", i.kind, req.to, i.size, i.sha256);
+            let what = format!("{} package {} ({}, sha256 {})", i.kind, req.to, Iec(i.size), i.sha256);
             Precheck::new("image", CheckResult::Ok, what)
         })
         .collect();
@@ -170,11 +170,11 @@ pub fn distribution_checks(req: &StartRequest, nodes: &[NodeSummary]) -> (Vec<Pr
         .iter()
         .filter(|n| !n.health.staged.contains(&image_of(n).sha256))
         .filter(|n| n.health.disk_free.is_some_and(|f| f < need(n)))
-        .map(|n| format!("{} ({} bytes free, {} needed)", n.id, n.health.disk_free.unwrap_or(0), need(n)))
+        .map(|n| format!("{} ({} free, {} needed)", n.id, Iec(n.health.disk_free.unwrap_or(0)), Iec(need(n))))
         .collect();
     let most = images.iter().map(|i| i.size + DISK_MARGIN).max().unwrap_or(0);
     out.push(if short.is_empty() {
-        Precheck::new("disk_space", CheckResult::Ok, format!("every node has the {most} bytes the image needs"))
+        Precheck::new("disk_space", CheckResult::Ok, format!("every node has the {} the image needs", Iec(most)))
     } else {
         failed.get_or_insert(RefusalKind::InsufficientStorage);
         let why = format!("not enough disk for the image (with margin) on: {}; free space and retry", short.join(", "));

@@ -89,7 +89,7 @@ impl LocalCluster {
         let [a, b, c] = crate::unique_subnet(2);
         let subnet = format!("{a}.{b}.{c}");
         let d = dir.path().join("c");
-        let mut all = vec!["local", "up", "--dir", d.to_str().unwrap(), "--subnet", &subnet];
+        let mut all = vec!["local", "up", "--cluster-dir", d.to_str().unwrap(), "--subnet", &subnet];
         all.extend_from_slice(args);
         let out = molt(&all);
         assert!(out.status.success(), "molt local up failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -170,7 +170,7 @@ impl LocalCluster {
     /// `molt local power on|off --dir DIR NODE`; panics unless it succeeds.
     pub fn power(&self, on_off: &str, node: &str) {
         let d = self.path();
-        let out = molt(&["local", "power", on_off, "--dir", d.to_str().unwrap(), node]);
+        let out = molt(&["local", "power", on_off, "--cluster-dir", d.to_str().unwrap(), node]);
         assert!(out.status.success(), "power {on_off} {node}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -201,7 +201,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         let d = self.path();
-        let _ = molt(&["local", "down", "--dir", d.to_str().unwrap()]);
+        let _ = molt(&["local", "down", "--cluster-dir", d.to_str().unwrap()]);
         if std::thread::panicking() {
             // What the controllers said last: the failing test's evidence.
             for c in ["c1", "c2", "c3"] {

@@ -217,8 +217,9 @@ enum PackageCmd {
 enum LocalCmd {
     /// Start every node of a local cluster (creating it on first use).
     Up {
+        /// The cluster dir (or the global `--cluster-dir`).
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         controllers: usize,
         /// NAME:HA:COUNT,...
@@ -269,27 +270,31 @@ enum LocalCmd {
     },
     /// Power every node off (the cluster dir stays).
     Down {
+        /// The cluster dir (or the global `--cluster-dir`).
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
     },
     /// Cut these nodes off from all the others (nftables; replaces an earlier partition).
     Partition {
+        /// The cluster dir (or the global `--cluster-dir`).
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         #[arg(required = true)]
         nodes: Vec<String>,
     },
     /// Reconnect every node.
     Heal {
+        /// The cluster dir (or the global `--cluster-dir`).
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
     },
     /// Pull or restore a node's power.
     Power {
         /// on | off
         state: String,
+        /// The cluster dir (or the global `--cluster-dir`).
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         node: String,
     },
     /// (internal) The per-node supervisor.
@@ -471,8 +476,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             for (id, r) in renewed {
                 println!(
-                    "renewed {id}: serial {} (replaces {}), valid until {} (Unix time); a running node takes it within seconds",
-                    r.serial, r.replaces, r.not_after
+                    "renewed {id}: serial {} (replaces {}), valid until {}; a running node takes it within seconds",
+                    r.serial,
+                    r.replaces,
+                    render::time(r.not_after as f64)
                 );
             }
             Ok(())
@@ -531,7 +538,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Local { cmd } => local_cmd(cmd).await,
+        Cmd::Local { cmd } => local_cmd(cmd, cli.cluster_dir.as_deref()).await,
         Cmd::Demo { dir, deployment } => demo::demo(dir.clone(), deployment.parse()?).await,
         Cmd::Shell => Err(usage("already in the shell")),
     }
@@ -596,8 +603,14 @@ async fn package(cmd: &PackageCmd) -> Result<(), Failure> {
                 println!("version   {}", m.version);
                 println!("min compatible {}", m.min_compatible);
                 println!("kind      {}", m.kind);
-                println!("payload   {} bytes, {} entries, sha256 {}", m.payload_size, info.entries, m.payload_sha256);
-                println!("built at  {} (Unix time)", m.built_at);
+                println!(
+                    "payload   {} ({}), {} entries, sha256 {}",
+                    m.payload_size,
+                    render::bytes(m.payload_size),
+                    info.entries,
+                    m.payload_sha256
+                );
+                println!("built at  {}", render::time(m.built_at as f64));
                 match &m.signature {
                     Some(sig) => println!("signed by key {} (checked by nodes that trust it)", sig.key_id),
                     None => println!("unsigned"),
@@ -1027,7 +1040,13 @@ async fn show(cli: &Cli, words: &[String], json: bool, watch: bool) -> Result<()
     }
 }
 
-async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
+/// The cluster dir a `local` command names with `--dir` (kept as an alias)
+/// or the global `--cluster-dir` (`MOLT_CLUSTER_DIR`).
+fn cluster_dir<'a>(dir: &'a Option<PathBuf>, global: Option<&'a Path>) -> Result<&'a Path, Failure> {
+    dir.as_deref().or(global).ok_or_else(|| usage("which local cluster? give --cluster-dir DIR (or MOLT_CLUSTER_DIR)"))
+}
+
+async fn local_cmd(cmd: &LocalCmd, global: Option<&Path>) -> Result<(), Failure> {
     match cmd {
         LocalCmd::Up {
             dir,
@@ -1047,6 +1066,7 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
             trusted_keys,
             allowed_gate_programs,
         } => {
+            let dir = cluster_dir(dir, global)?.to_owned();
             let spec = LocalSpec {
                 dir: dir.clone(),
                 controllers: *controllers,
@@ -1077,13 +1097,13 @@ async fn local_cmd(cmd: &LocalCmd) -> Result<(), Failure> {
             );
             Ok(())
         }
-        LocalCmd::Down { dir } => Ok(local::down(dir)?),
-        LocalCmd::Partition { dir, nodes } => Ok(molt::partition::partition(dir, nodes)?),
-        LocalCmd::Heal { dir } => Ok(molt::partition::heal(dir)?),
-        LocalCmd::Power { state, dir, node } => match state.as_str() {
-            "on" => Ok(local::power_on(dir, node)?),
-            "off" => Ok(local::power_off(dir, node)?),
-            other => Err(usage(format!("power {other:?}: expected on or off"))),
+        LocalCmd::Down { dir } => Ok(local::down(cluster_dir(dir, global)?)?),
+        LocalCmd::Partition { dir, nodes } => Ok(molt::partition::partition(cluster_dir(dir, global)?, nodes)?),
+        LocalCmd::Heal { dir } => Ok(molt::partition::heal(cluster_dir(dir, global)?)?),
+        LocalCmd::Power { state, dir, node } => match (state.as_str(), cluster_dir(dir, global)?) {
+            ("on", dir) => Ok(local::power_on(dir, node)?),
+            ("off", dir) => Ok(local::power_off(dir, node)?),
+            (other, _) => Err(usage(format!("power {other:?}: expected on or off"))),
         },
         LocalCmd::Supervise { dir, node } => Ok(local::supervise(dir, node)?),
         // The supervisor reads how the node ended from the exit code.

@@ -44,16 +44,19 @@ pub fn rollback_verdict(end: &Value, asked: &[String]) -> Result<String, String>
     Err(format!("the rollback did not finish: {}{reason}", not_back.join("; ")))
 }
 
-/// Formats a byte count as KiB/MiB/GiB.
+/// Formats a byte count in IEC units (KiB, MiB, GiB).
 pub fn bytes(n: u64) -> String {
-    const U: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut f = n as f64;
-    let mut i = 0;
-    while f >= 1024.0 && i < 3 {
-        f /= 1024.0;
-        i += 1;
-    }
-    if i == 0 { format!("{n} B") } else { format!("{f:.1} {}", U[i]) }
+    common::types::Iec(n).to_string()
+}
+
+/// A time (Unix seconds) as RFC 3339 in UTC, to the second:
+/// `2026-12-05T13:40:12Z`. The `--json` output keeps the raw seconds.
+pub fn time(secs: f64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp(secs.floor() as i64)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{secs} (Unix time)"))
 }
 
 /// A duration in seconds as `1h 2m`, `2m 10s` or `45s`.
@@ -69,10 +72,7 @@ pub fn duration(secs: u64) -> String {
 /// 22:41:05 UTC)`, or while paused, that there is no end while held.
 pub fn eta(v: &Value) -> Option<String> {
     if let Some(left) = v["eta_seconds"].as_u64() {
-        let end = v["expected_end"].as_f64().map(|e| {
-            let t = e as u64 % 86_400;
-            format!(" (ends about {:02}:{:02}:{:02} UTC)", t / 3600, t % 3600 / 60, t % 60)
-        });
+        let end = v["expected_end"].as_f64().map(|e| format!(" (ends about {})", time(e)));
         return Some(format!("about {} left{}", duration(left), end.unwrap_or_default()));
     }
     (v["state"] == "paused").then(|| "no end while paused".to_owned())
@@ -258,7 +258,8 @@ pub fn status(v: &Value) -> String {
         for h in history {
             let _ = writeln!(
                 out,
-                "  {:<9} {} -> {}  {}  {}",
+                "  {}  {:<9} {} -> {}  {}  {}",
+                time(h["started_at"].as_f64().unwrap_or(0.0)),
                 s(&h["operation"]),
                 s(&h["from_version"]),
                 s(&h["to_version"]),
@@ -273,8 +274,8 @@ pub fn status(v: &Value) -> String {
         for a in &audit[audit.len().saturating_sub(5)..] {
             let _ = writeln!(
                 out,
-                "  {:.0}  {} ({})  {}  -> {}{}",
-                a["at"].as_f64().unwrap_or(0.0),
+                "  {}  {} ({})  {}  -> {}{}",
+                time(a["at"].as_f64().unwrap_or(0.0)),
                 s(&a["who"]),
                 s(&a["role"]),
                 s(&a["action"]),
@@ -417,12 +418,29 @@ mod tests {
         let text = phase_bars(&v);
         let line = |name: &str| text.lines().find(|l| l.trim_start().starts_with(name)).unwrap().to_owned();
         assert!(line("overall").contains(&format!("[{}{}]  60%", "#".repeat(18), "-".repeat(12))), "{text}");
-        assert!(line("overall").ends_with("about 2m 10s left (ends about 01:02:05 UTC)"), "{text}");
+        assert!(line("overall").ends_with("about 2m 10s left (ends about 1970-01-04T01:02:05Z)"), "{text}");
         assert!(line("distribution").contains(" 75%") && line("distribution").contains("1/2 nodes staged"), "{text}");
         assert!(line("controllers").contains("100%") && line("controllers").contains("1/1 installed"), "{text}");
         assert!(line("SE group g1").contains(" 50%") && line("SE group g1").contains("active-active, 1 SEs"), "{text}");
         assert!(text.starts_with("upgrade 1.0.0 → 2.0.0  in_progress  phase service_engines"), "{text}");
         assert_eq!(phase_bars(&json!({"state": "idle"})), "");
+    }
+
+    /// Issue 27: audit and history times were raw epoch seconds.
+    #[test]
+    fn times_read_as_rfc_3339_in_utc_and_sizes_in_iec_units() {
+        assert_eq!(time(1_796_447_103.0), "2026-12-05T05:05:03Z");
+        assert_eq!(time(1_796_447_103.9), "2026-12-05T05:05:03Z");
+        assert_eq!(bytes(198_049_490), "188.9 MiB");
+        let v = json!({
+            "state": "completed", "operation": "upgrade", "phase": "done", "progress": 100,
+            "audit": [{"at": 1_796_447_103.25, "who": "ops", "role": "admin", "action": "POST /api/cluster/upgrade", "status": 202}],
+            "history": [{"operation": "upgrade", "from_version": "1.0.0", "to_version": "2.0.0", "state": "completed",
+                         "started_at": 1_796_447_000.0, "reason": ""}],
+        });
+        let text = status(&v);
+        assert!(text.contains("  2026-12-05T05:05:03Z  ops (admin)  POST /api/cluster/upgrade  -> 202"), "{text}");
+        assert!(text.contains("  2026-12-05T05:03:20Z  upgrade   1.0.0 -> 2.0.0  completed"), "{text}");
     }
 
     #[test]
