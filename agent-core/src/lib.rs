@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod docker_node;
 pub mod follower;
 pub mod gate;
+pub mod http;
 pub mod image_stream;
 pub mod node;
 pub mod reboot;

@@ -192,6 +192,8 @@ pub struct Node {
     pub ctx: Arc<NodeCtx>,
     shutdown: CancellationToken,
     on_trial: bool,
+    /// What `grpc.health.v1.Health` answers, per service this node serves.
+    health: tonic_health::server::HealthReporter,
 }
 
 /// A started agent.
@@ -262,14 +264,16 @@ impl Node {
             seq: AtomicU64::new(0),
             slot_state: SlotStateCache::default(),
         });
-        Ok(Self { ctx, shutdown, on_trial: record.pending })
+        Ok(Self { ctx, shutdown, on_trial: record.pending, health: tonic_health::server::HealthReporter::new() })
     }
 
     /// The gRPC routes every agent serves: `Control`, `Relay`, health, reflection
     /// (`grpc.reflection.v1`, and `v1alpha` for the clients that speak only
     /// that: grpcio-reflection's Python client, older grpcurl, Evans, Postman).
     pub fn base_routes(&self) -> tonic::service::Routes {
-        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let health = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(self.health.clone()),
+        );
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -277,8 +281,10 @@ impl Node {
         };
         let v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
         let v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
+        let reporter = self.health.clone();
         tokio::spawn(async move {
-            health_reporter.set_serving::<proto::v1::control_server::ControlServer<ControlService>>().await;
+            reporter.set_serving::<proto::v1::control_server::ControlServer<ControlService>>().await;
+            reporter.set_serving::<proto::v1::relay_server::RelayServer<crate::relay::RelayService>>().await;
         });
         tonic::service::Routes::new(ControlService::new(self.ctx.clone()))
             .add_service(crate::relay::RelayService::server(self.ctx.clone()))
@@ -287,14 +293,23 @@ impl Node {
             .add_service(v1alpha)
     }
 
+    /// The health of this node's services, for the services a role adds
+    /// (`grpc.health.v1.Health` answers `NOT_FOUND` for a service never set).
+    pub fn health(&self) -> tonic_health::server::HealthReporter {
+        self.health.clone()
+    }
+
     /// The token that stops this node.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
-    /// Binds the listener and starts the server (serving `app`) and the
+    /// Binds the listener and starts the server (serving the gRPC services
+    /// `grpc` and the HTTP routes `http`, see [`server::is_grpc`]; `http`
+    /// answers what it does not serve itself, see [`crate::http`]) and the
     /// session with the leader.
-    pub async fn start(self, app: axum::Router) -> Result<NodeHandle, NodeError> {
+    pub async fn start(self, grpc: tonic::service::Routes, http: axum::Router) -> Result<NodeHandle, NodeError> {
+        let apps = server::Apps { grpc: grpc.into_axum_router(), http };
         let s = &self.ctx.settings;
         let listener =
             TcpListener::bind(s.listen).await.map_err(|source| NodeError::Bind { addr: s.listen, source })?;
@@ -313,7 +328,7 @@ impl Node {
                 listener,
                 tls,
                 ctx.settings.tls.clone(),
-                app,
+                apps,
                 shutdown.clone(),
                 ctx.settings.limits.clone(),
                 reloads,

@@ -1,9 +1,11 @@
 //! The one port. A TLS listener whose connections carry both gRPC (HTTP/2,
 //! client certificate required) and HTTPS for the REST API and web page
 //! (HTTP/1.1 or HTTP/2, token). Each request carries the connection's
-//! [`Peer`]; a request for any path but the REST API, `/metrics` and the web
-//! page ([`needs_certificate`]) without a verified client certificate is
-//! answered `UNAUTHENTICATED` before it reaches any service.
+//! [`Peer`]. A request is gRPC by its content type ([`is_grpc`]): those go to
+//! the gRPC services, and without a verified client certificate are answered
+//! `UNAUTHENTICATED` before they reach any; every other request goes to the
+//! HTTP routes, which answer what they do not serve with JSON 404 and 405
+//! ([`crate::http`]).
 
 use std::{
     collections::HashMap,
@@ -127,7 +129,25 @@ impl Drop for Busy {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled; then every
+/// Whether a request is gRPC: its content type is `application/grpc` (or a
+/// `+proto`/`+json` variant of it), as gRPC over HTTP/2 says.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// What the one port serves: the gRPC services and the HTTP routes.
+#[derive(Clone, Debug)]
+pub struct Apps {
+    /// Requests whose content type says gRPC ([`is_grpc`]).
+    pub grpc: axum::Router,
+    /// Every other request.
+    pub http: axum::Router,
+}
+
+/// Serves `apps` on `listener` until `shutdown` is cancelled; then every
 /// open connection is dropped at once (as a power cut or reboot would).
 ///
 /// Connections are counted in three budgets ([`Limits`]), so that callers
@@ -150,7 +170,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     creds: Arc<Credentials>,
-    app: axum::Router,
+    apps: Apps,
     shutdown: CancellationToken,
     limits: Limits,
     reloaded: tokio::sync::watch::Receiver<u64>,
@@ -193,7 +213,7 @@ pub async fn serve(
                 };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
-                let app = app.clone();
+                let apps = apps.clone();
                 let limits = limits.clone();
                 let creds = creds.clone();
                 let reloaded = reloaded.clone();
@@ -230,12 +250,13 @@ pub async fn serve(
                     let svc = tower::service_fn({
                         let activity = activity.clone();
                         move |mut req: http::Request<hyper::body::Incoming>| {
-                        let app = app.clone();
+                        let apps = apps.clone();
                         let peer = peer.clone();
                         let busy = activity.begin();
                         async move {
                             let _busy = busy;
-                            if needs_certificate(req.uri().path()) && peer.identity.is_none() {
+                            let grpc_call = is_grpc(req.headers());
+                            if grpc_call && peer.identity.is_none() {
                                 return Ok::<_, Infallible>(
                                     common::errors::ErrorKind::Unauthenticated.grpc(
                                         "gRPC needs a client certificate issued by the cluster CA",
@@ -244,6 +265,7 @@ pub async fn serve(
                                 );
                             }
                             req.extensions_mut().insert(peer);
+                            let app = if grpc_call { apps.grpc } else { apps.http };
                             app.oneshot(req.map(Body::new)).await
                         }
                     }});
@@ -313,14 +335,4 @@ async fn revoked_later(
             return;
         }
     }
-}
-
-/// Paths served to a caller without a client certificate: the REST API and
-/// `/metrics` (token), the web page (nothing secret). Everything else — every
-/// gRPC service, health and reflection included — needs a certificate of the
-/// cluster CA. The gate is by route, so no header (such as a content-type
-/// that does not say gRPC) can route around it.
-pub fn needs_certificate(path: &str) -> bool {
-    let open = path == "/" || path == "/metrics" || path.starts_with("/api/") || path.starts_with("/ui/");
-    !open
 }

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     Forbidden,
     /// What the request names does not exist.
     NotFound,
+    /// The path exists, the method does not (the answer's `Allow` lists those that do).
+    MethodNotAllowed,
     /// It conflicts with the state: another operation runs, or it exists.
     Conflict,
     /// The configuration and the cluster's membership are read-only while
@@ -41,11 +43,12 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthenticated,
         ErrorKind::Forbidden,
         ErrorKind::NotFound,
+        ErrorKind::MethodNotAllowed,
         ErrorKind::Conflict,
         ErrorKind::ReadOnly,
         ErrorKind::PreconditionFailed,
@@ -65,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => (401, Code::Unauthenticated),
             ErrorKind::Forbidden => (403, Code::PermissionDenied),
             ErrorKind::NotFound => (404, Code::NotFound),
+            ErrorKind::MethodNotAllowed => (405, Code::Unimplemented),
             ErrorKind::Conflict => (409, Code::AlreadyExists),
             ErrorKind::ReadOnly => (503, Code::Unavailable),
             ErrorKind::PreconditionFailed => (412, Code::FailedPrecondition),
@@ -90,6 +94,13 @@ impl ErrorKind {
     /// A gRPC status of this kind.
     pub fn grpc(self, message: impl Into<String>) -> tonic::Status {
         tonic::Status::new(self.code(), message)
+    }
+
+    /// The REST error body of this kind: `{"error": MESSAGE, "kind": KIND}`,
+    /// the one shape every error answer has (some add fields, such as the
+    /// pre-checks of a refused start).
+    pub fn body(self, message: impl Into<String>) -> serde_json::Value {
+        serde_json::json!({ "error": message.into(), "kind": self })
     }
 }
 

@@ -38,7 +38,7 @@ impl ApiError {
     /// An error with a message; its status comes from the one table
     /// ([`common::errors`]).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, body: json!({ "error": message.into(), "kind": kind }) }
+        Self { kind, body: kind.body(message) }
     }
 }
 
@@ -51,7 +51,9 @@ impl IntoResponse for ApiError {
 
 impl From<Refused> for ApiError {
     fn from(r: Refused) -> Self {
-        Self { kind: r.kind, body: json!({ "error": r.message, "kind": r.kind, "prechecks": r.prechecks }) }
+        let mut body = r.kind.body(r.message);
+        body["prechecks"] = json!(r.prechecks);
+        Self { kind: r.kind, body }
     }
 }
 
@@ -557,7 +559,26 @@ async fn bounded_for_forwarding(req: Request) -> Result<Request, ApiError> {
 
 /// Parses a JSON body, answering 400 with the parser's words.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("invalid request body: {e}")))
+    let bad = |why: String| ApiError::new(ErrorKind::BadRequest, format!("invalid request body: {why}"));
+    // An object, and only an object: serde would take an array for a struct,
+    // field by position.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if !value.is_object() {
+        return Err(bad(format!("expected a JSON object, got {}", json_kind(&value))));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+}
+
+/// What kind of JSON value `v` is, as an error names it.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 async fn prestage(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {

@@ -31,6 +31,9 @@ use self::{
     store::{Config, Store},
 };
 
+/// The leader's gRPC service name, as health checks ask for it.
+pub const LEADER_SERVICE: &str = proto::v1::leader_server::SERVICE_NAME;
+
 /// Everything the leader's services share, by lifetime. Every controller
 /// has one, for as long as its process runs: its replica of the
 /// configuration, journal, history and audit (`consensus`; the raft state
@@ -83,6 +86,9 @@ pub struct LeaderState {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// The node's cap on image bytes sent (shared with its relay service).
     pub egress: std::sync::OnceLock<Option<Arc<agent_core::image_stream::Egress>>>,
+    /// The node's gRPC health: `molt.v1.Leader` is `SERVING` only while
+    /// this controller leads.
+    pub health: std::sync::OnceLock<tonic_health::server::HealthReporter>,
 }
 
 /// What exists only while this controller leads. Built when its term
@@ -187,6 +193,7 @@ impl LeaderState {
             store,
             version,
             egress: std::sync::OnceLock::new(),
+            health: std::sync::OnceLock::new(),
             settings,
         }))
     }
@@ -393,6 +400,16 @@ impl LeaderState {
 
     /// Ends the term: the leader's tasks stop, the sessions close (the
     /// agents redial and find the new leader), nothing is in flight.
+    /// Sets `molt.v1.Leader`'s gRPC health: `SERVING` while this controller
+    /// leads (its term begun), `NOT_SERVING` otherwise.
+    pub async fn report_leading(&self, leading: bool) {
+        use tonic_health::ServingStatus;
+        if let Some(h) = self.health.get() {
+            let status = if leading { ServingStatus::Serving } else { ServingStatus::NotServing };
+            h.set_service_status(LEADER_SERVICE, status).await;
+        }
+    }
+
     pub fn end_term(&self) {
         if self.term.write().expect("term lock").take().is_none() {
             return;
@@ -445,6 +462,7 @@ impl LeaderState {
                             term = now;
                         }
                     }
+                    state.report_leading(term.is_some()).await;
                 }
                 tokio::select! {
                     _ = state.shutdown.cancelled() => break,

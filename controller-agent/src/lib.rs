@@ -39,15 +39,17 @@ pub async fn start(
         std::sync::Arc::new(move |sha| store.images.local_copy(sha));
     let node = Node::with_local_images(settings, Some(local), reboot)?;
     let _ = state.egress.set(node.ctx.egress.clone());
+    let health = node.health();
+    health.set_service_status(proto::v1::raft_server::SERVICE_NAME, tonic_health::ServingStatus::Serving).await;
+    let _ = state.health.set(health);
+    state.report_leading(false).await;
     // Every leader task ends when the node stops.
     state.stop_with(node.shutdown_token());
     state.follow_leadership();
-    let app = node
+    let grpc = node
         .base_routes()
         .add_service(leader::grpc::LeaderService::server(state.clone()))
-        .add_service(raft::network::RaftService::server(state.consensus.raft.clone(), state.settings.clone()))
-        .into_axum_router()
-        .merge(api::router(state.clone()))
-        .merge(web::router());
-    Ok((node.start(app).await?, state))
+        .add_service(raft::network::RaftService::server(state.consensus.raft.clone(), state.settings.clone()));
+    let http = agent_core::http::by_the_book(api::router(state.clone()).merge(web::router()));
+    Ok((node.start(grpc, http).await?, state))
 }

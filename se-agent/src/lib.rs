@@ -10,6 +10,7 @@ pub async fn start(
     reboot: std::sync::Arc<dyn agent_core::reboot::Reboot>,
 ) -> Result<NodeHandle, NodeError> {
     let node = Node::new(std::sync::Arc::new(settings), reboot)?;
-    let app = node.base_routes().into_axum_router();
-    node.start(app).await
+    let http = agent_core::http::service_engine(&node.ctx.settings.controllers);
+    let grpc = node.base_routes();
+    node.start(grpc, http).await
 }

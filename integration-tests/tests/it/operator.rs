@@ -81,14 +81,40 @@ async fn the_page_ships_in_the_binary_and_every_controller_serves_it() {
     let page = get("c1", "/").await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("text/html") && page.contains("content-security-policy: default-src 'self'"), "{page}");
-    for text in ["System Upgrade", "Begin System Upgrade", "admin.token", "/ui/app.js"] {
+    for text in ["System Upgrade", "Begin System Upgrade", "admin.token"] {
         assert!(page.contains(text), "the page lacks {text:?}");
     }
-    let js = get("c1", "/ui/app.js").await;
+    assert!(page.contains("cache-control: no-store"), "{page}");
+    // Its files are named by their digest, and may be kept for a year.
+    let files: Vec<&str> = page.match_indices("/ui/app.").filter_map(|(at, _)| page[at..].split('"').next()).collect();
+    let named = |ext: &str| files.iter().find(|f| f.ends_with(ext)).unwrap_or_else(|| panic!("{page}")).to_string();
+    let (js_path, css_path) = (named(".js"), named(".css"));
+    assert!(
+        js_path.ends_with(".js") && css_path.ends_with(".css") && js_path.len() > "/ui/app..js".len(),
+        "{js_path} {css_path}"
+    );
+    let js = get("c1", &js_path).await;
     assert!(js.starts_with("HTTP/1.1 200") && js.contains("text/javascript"), "{js}");
+    assert!(js.contains("cache-control: public, max-age=31536000, immutable"), "{js}");
     assert!(js.contains("/api/cluster/upgrade/status"), "the script polls the status");
-    let css = get("c1", "/ui/app.css").await;
+    let css = get("c1", &css_path).await;
     assert!(css.starts_with("HTTP/1.1 200") && css.contains("text/css"), "{css}");
+    // Compressed for a client that accepts gzip.
+    let req = format!("GET {js_path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br, gzip\r\nConnection: close\r\n\r\n");
+    let gz = raw_https(&c, &addr(&c, "c1"), req.as_bytes(), false).await;
+    assert!(
+        gz.contains("content-encoding: gzip") && gz.contains("vary: accept-encoding"),
+        "{}",
+        &gz[..gz.len().min(400)]
+    );
+    let length = |raw: &str| -> usize {
+        let head = raw.split("\r\n\r\n").next().unwrap();
+        head.lines().find_map(|l| l.strip_prefix("content-length: ")).and_then(|n| n.trim().parse().ok()).unwrap()
+    };
+    assert!(length(&gz) * 2 < length(&js), "gzip {} bytes, plain {}", length(&gz), length(&js));
+    // A file that is not the page's is a JSON 404.
+    let nope = get("c1", "/ui/nope.js").await;
+    assert!(nope.starts_with("HTTP/1.1 404") && nope.contains("application/json"), "{nope}");
     // A follower serves the same page; its API calls reach the leader through it.
     let follower = get("c2", "/").await;
     assert!(follower.starts_with("HTTP/1.1 200") && follower.contains("System Upgrade"), "{follower}");

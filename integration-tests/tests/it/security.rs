@@ -284,18 +284,96 @@ async fn rest_needs_the_admin_token() {
     assert_eq!(c.api().get("/api/cluster").await.unwrap()["leader"], "c1");
 }
 
+/// The status code, the headers (lower case) and the JSON body of a raw
+/// HTTP/1.1 answer.
+fn parse_answer(raw: &str) -> (u16, String, serde_json::Value) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let json = serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
+    (code, head.to_lowercase(), json)
+}
+
+/// Issue 27: without a client certificate, paths outside the routes
+/// answered `200 application/grpc` with a gRPC error in a trailer, an SE
+/// answered the REST API and `/metrics` 200 with an empty body, a 405 had no
+/// body, and a JSON array was taken for a request by position. A request is
+/// gRPC by its content type now; everything else is HTTP by the book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_outside_the_routes_is_json_404_or_405_and_an_se_names_the_controllers() {
+    let c = TestCluster::builder().group("g1", "active-active", 1).start().await;
+    let token = String::from_utf8(pki_file(&c, "admin.token")).unwrap().trim().to_owned();
+    let ask = async |id: &str, method: &str, path: &str, extra: &str| {
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+        parse_answer(&raw_https(&c, &addr_of(&c, id), req.as_bytes(), false).await)
+    };
+    for path in ["/openapi.json", "/docs", "/api", "/favicon.ico", "/API/cluster", "/nonexistent", "/ui/nope.js"] {
+        let (code, head, body) = ask("c1", "GET", path, "").await;
+        assert_eq!(code, 404, "{path}: {head}");
+        assert!(head.contains("content-type: application/json"), "{path}: {head}");
+        assert_eq!(body["kind"], "not_found", "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    // A known path, another method: 405, JSON, and what is allowed.
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let (code, head, body) = ask("c1", "DELETE", "/api/cluster", &auth).await;
+    assert_eq!((code, &body["kind"]), (405, &serde_json::json!("method_not_allowed")), "{head}{body}");
+    assert!(head.contains("allow: get,head") && head.contains("content-type: application/json"), "{head}");
+    let (code, head, _) = ask("c1", "POST", "/", "Content-Length: 0\r\n").await;
+    assert!(code == 405 && head.contains("allow: get,head"), "{head}");
+    // A body is a JSON object, or it is refused naming what it was.
+    let array = api_post_raw(&c, "/api/cluster/upgrade", "[]", &token).await;
+    assert_eq!((array.0, &array.2["kind"]), (400, &serde_json::json!("bad_request")), "{array:?}");
+    assert!(array.2["error"].as_str().unwrap().contains("expected a JSON object, got an array"), "{array:?}");
+    // gRPC is still gRPC: without a certificate, UNAUTHENTICATED on any path.
+    let (code, head, _) =
+        ask("c1", "POST", "/nonexistent", "Content-Type: application/grpc\r\nContent-Length: 0\r\n").await;
+    assert!(code == 200 && head.contains("grpc-status: 16"), "{head}");
+    // An SE serves no REST API, metrics or page: 404, naming the controllers.
+    for path in ["/", "/metrics", "/api/cluster"] {
+        let (code, head, body) = ask("g1-se1", "GET", path, &auth).await;
+        assert_eq!((code, &body["kind"]), (404, &serde_json::json!("not_found")), "{path}: {head}{body}");
+        let said = body["error"].as_str().unwrap();
+        assert!(said.contains("Service Engine") && said.contains(&addr_of(&c, "c1")), "{said}");
+    }
+}
+
+/// POSTs `body` with the token over a raw connection: status, head, JSON body.
+async fn api_post_raw(c: &TestCluster, path: &str, body: &str, token: &str) -> (u16, String, serde_json::Value) {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    parse_answer(&raw_https(c, &addr_of(c, "c1"), req.as_bytes(), false).await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_answer_with_cluster_certificates() {
-    let c = TestCluster::builder().start().await;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let c = TestCluster::builder().controllers(3).group("g1", "active-active", 1).start().await;
     let pki = c.cluster_dir().join("pki");
-    let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, "c1")).await.unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
-    let r = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "molt.v1.Control".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let health_of = async |id: &str, service: &str| -> Result<i32, tonic::Status> {
+        let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, id)).await.unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+        let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
+        health.check(req).await.map(|r| r.into_inner().status)
+    };
+    // Issue 27: health knew only "" and molt.v1.Control. Every service a node
+    // serves answers now, and molt.v1.Leader follows leadership.
+    let serving = ServingStatus::Serving as i32;
+    for service in ["", "molt.v1.Control", "molt.v1.Relay", "molt.v1.Leader", "molt.v1.Raft"] {
+        assert_eq!(health_of("c1", service).await.unwrap(), serving, "c1 {service}");
+    }
+    for service in ["", "molt.v1.Control", "molt.v1.Relay", "molt.v1.Raft"] {
+        assert_eq!(health_of("c2", service).await.unwrap(), serving, "c2 {service}");
+    }
+    assert_eq!(health_of("c2", "molt.v1.Leader").await.unwrap(), ServingStatus::NotServing as i32, "c2 does not lead");
+    for service in ["", "molt.v1.Control", "molt.v1.Relay"] {
+        assert_eq!(health_of("g1-se1", service).await.unwrap(), serving, "g1-se1 {service}");
+    }
+    for service in ["molt.v1.Leader", "molt.v1.Raft", "molt.v1.Nope"] {
+        let e = health_of("g1-se1", service).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "an SE does not serve {service}");
+    }
     // Reflection lists molt's services, as `grpcurl ... list` shows them.
     let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, "c1")).await.unwrap();
     let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
