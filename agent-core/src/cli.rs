@@ -56,9 +56,15 @@ where
     Fut: Future<Output = Result<NodeHandle, E>>,
     E: std::fmt::Display,
 {
-    common::telemetry::init("info");
     common::tls::install_default_provider();
     let cli = Cli::parse_from(std::env::args_os().enumerate().map(|(i, a)| if i == 0 { name.into() } else { a }));
+    // The log format is the node's configuration's (text when it cannot be
+    // read: the error about it is then printed as text).
+    let config = match &cli.cmd {
+        Cmd::Run { config } | Cmd::Boot { config, .. } | Cmd::Install { config, .. } => config,
+    };
+    let format = common::config::NodeConfigFile::read(config).ok().and_then(|f| f.log_format).unwrap_or_default();
+    common::telemetry::init_as("info", format);
     let outcome: Result<(), String> = match cli.cmd {
         Cmd::Boot { config, docker: true } => match tokio::runtime::Runtime::new() {
             Err(e) => Err(format!("cannot start the runtime: {e}")),

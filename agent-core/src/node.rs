@@ -323,19 +323,25 @@ impl Node {
         }
         let (reloaded, reloads) = tokio::sync::watch::channel(0u64);
         tokio::spawn(credential_watch(ctx.settings.tls.clone(), reloaded, shutdown.clone()));
-        let task = tokio::spawn(async move {
-            let server = server::serve(
-                listener,
-                tls,
-                ctx.settings.tls.clone(),
-                apps,
-                shutdown.clone(),
-                ctx.settings.limits.clone(),
-                reloads,
-            );
-            let session = session::run(ctx, shutdown.clone());
-            tokio::join!(server, session);
-        });
+        // Every line the node logs names it (several nodes share a process
+        // in the in-process cluster).
+        let node_span = tracing::info_span!("node", node = %s.node_id);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let server = server::serve(
+                    listener,
+                    tls,
+                    ctx.settings.tls.clone(),
+                    apps,
+                    shutdown.clone(),
+                    ctx.settings.limits.clone(),
+                    reloads,
+                );
+                let session = session::run(ctx, shutdown.clone());
+                tokio::join!(server, session);
+            },
+            node_span,
+        ));
         Ok(NodeHandle { addr, shutdown: self.shutdown, task })
     }
 }

@@ -130,12 +130,13 @@ impl Drop for Busy {
 }
 
 /// Whether a request is gRPC: its content type is `application/grpc` (or a
-/// `+proto`/`+json` variant of it), as gRPC over HTTP/2 says.
+/// `+proto`/`+json` variant of it), as gRPC over HTTP/2 says; media types
+/// compare without case.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+        .is_some_and(|ct| ct.len() >= 16 && ct[..16].eq_ignore_ascii_case("application/grpc"))
 }
 
 /// What the one port serves: the gRPC services and the HTTP routes.

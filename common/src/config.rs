@@ -112,6 +112,11 @@ pub struct NodeConfigFile {
     /// through the REST API; only the node's own configuration lets it run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_gate_programs: Vec<PathBuf>,
+    /// How the agent writes its log lines on stderr: `text` (the default)
+    /// or `json` (one object a line, with the spans it runs in:
+    /// `operation_id`, `node`, `step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<crate::telemetry::LogFormat>,
     /// Every controller of the cluster.
     pub controllers: Vec<ControllerEntry>,
     /// Controllers: every Service Engine of the cluster, with its address

@@ -275,7 +275,15 @@ impl TryFrom<pb::Command> for Command {
                     .collect::<Result<_, InvalidMessage>>()?,
             ),
         };
-        Ok(Command { id: c.id, generation: c.generation, kind })
+        if c.operation_id.len() > 128 || c.operation_id.chars().any(char::is_control) {
+            return Err(InvalidMessage {
+                message: "command",
+                field: "operation_id",
+                reason: "must be at most 128 printable characters".into(),
+            });
+        }
+        let operation_id = Some(c.operation_id).filter(|o| !o.is_empty());
+        Ok(Command { id: c.id, generation: c.generation, kind, operation_id })
     }
 }
 
@@ -311,7 +319,12 @@ impl From<Command> for pb::Command {
                     .collect(),
             }),
         };
-        pb::Command { id: c.id, generation: c.generation, kind: Some(kind) }
+        pb::Command {
+            id: c.id,
+            generation: c.generation,
+            kind: Some(kind),
+            operation_id: c.operation_id.unwrap_or_default(),
+        }
     }
 }
 

@@ -94,6 +94,9 @@ pub struct Command {
     pub generation: u64,
     /// What to do.
     pub kind: CommandKind,
+    /// The operation it belongs to (its journal's id), as the node's logs
+    /// and traces name it; none for a placement outside any operation.
+    pub operation_id: Option<String>,
 }
 
 /// What a command orders.

@@ -316,6 +316,7 @@ mod tests {
             virtual_services: vec![vs("web", false, 0), vs("one \"x\"", true, 1250)],
             history: vec![HistoryEntry {
                 operation: Operation::Upgrade,
+                operation_id: None,
                 from_version: "0.9.0".into(),
                 to_version: "1.0.0".into(),
                 state: OpState::Completed,

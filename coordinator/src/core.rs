@@ -224,7 +224,12 @@ impl Decider<'_> {
 
     fn command(&self, node: &NodeId, kind: CommandKind) -> Command {
         let tries = self.j.nodes[node].tries;
-        Command { id: command_id(kind.name(), &self.j.id, tries, node), generation: self.ctx.generation, kind }
+        Command {
+            id: command_id(kind.name(), &self.j.id, tries, node),
+            generation: self.ctx.generation,
+            kind,
+            operation_id: Some(self.j.id.clone()),
+        }
     }
 
     fn send(&mut self, node: &NodeId, command: Command) {
@@ -738,6 +743,7 @@ impl Decider<'_> {
                     id: format!("reconcile-{}-{id}-{}", self.j.id, s.boot_id),
                     generation: self.ctx.generation,
                     kind: CommandKind::Rollback(from),
+                    operation_id: Some(self.j.id.clone()),
                 };
                 self.actions.push(Action::Send { node: id.clone(), command });
             }

@@ -347,7 +347,12 @@ impl Driver {
             self.seq += 1;
             let generation = fx.generation();
             let id = format!("place-{se}-{generation}-{}", self.seq);
-            let command = Command { id: id.clone(), generation, kind: common::session::CommandKind::Place(want) };
+            let command = Command {
+                id: id.clone(),
+                generation,
+                kind: common::session::CommandKind::Place(want),
+                operation_id: None,
+            };
             if fx.send(&se, command) {
                 self.placed.insert(se, Placed { names, at: now, id });
             }

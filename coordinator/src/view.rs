@@ -298,6 +298,9 @@ fn clock(ms: crate::journal::Ms) -> String {
 pub struct HistoryEntry {
     /// Which operation.
     pub operation: Operation,
+    /// Its id, as its log lines carry it (`operation_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<String>,
     /// Version before.
     pub from_version: String,
     /// Version of the image.
@@ -320,6 +323,7 @@ pub fn history_entry(j: &Journal) -> HistoryEntry {
     let v = view(j);
     HistoryEntry {
         operation: v.operation,
+        operation_id: Some(j.id.clone()),
         from_version: v.from_version,
         to_version: v.to_version,
         state: v.state,

@@ -144,6 +144,8 @@ pub struct LocalSpec {
     pub trusted_keys: Vec<PathBuf>,
     /// Programs exec health gates may run on every SE (`allowed_gate_programs`).
     pub allowed_gate_programs: Vec<PathBuf>,
+    /// How every node writes its log (`log_format`).
+    pub log_format: common::telemetry::LogFormat,
 }
 
 impl LocalSpec {
@@ -170,6 +172,7 @@ impl LocalSpec {
             cluster: "local".into(),
             trusted_keys: vec![],
             allowed_gate_programs: vec![],
+            log_format: common::telemetry::LogFormat::Text,
         }
     }
 }
@@ -347,6 +350,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             api: (n.role == "controller").then(|| ApiFile { token_file: pki_dir.join("admin.token") }),
             trusted_keys: trusted_keys.clone(),
             allowed_gate_programs: if n.role == "controller" { vec![] } else { spec.allowed_gate_programs.clone() },
+            log_format: Some(spec.log_format).filter(|f| *f != common::telemetry::LogFormat::Text),
             controllers: controllers.clone(),
             service_engines: if n.role == "controller" { service_engines.clone() } else { vec![] },
         };

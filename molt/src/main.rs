@@ -267,6 +267,9 @@ enum LocalCmd {
         /// repeat it for several). Without it, exec gates fail on the SEs.
         #[arg(long = "allow-gate-program")]
         allowed_gate_programs: Vec<PathBuf>,
+        /// How the nodes write their logs (`agent.log`): text or json.
+        #[arg(long, default_value = "text")]
+        log_format: String,
     },
     /// Power every node off (the cluster dir stays).
     Down {
@@ -1065,6 +1068,7 @@ async fn local_cmd(cmd: &LocalCmd, global: Option<&Path>) -> Result<(), Failure>
             cluster,
             trusted_keys,
             allowed_gate_programs,
+            log_format,
         } => {
             let dir = cluster_dir(dir, global)?.to_owned();
             let spec = LocalSpec {
@@ -1085,6 +1089,11 @@ async fn local_cmd(cmd: &LocalCmd, global: Option<&Path>) -> Result<(), Failure>
                 cluster: cluster.clone(),
                 trusted_keys: trusted_keys.clone(),
                 allowed_gate_programs: allowed_gate_programs.clone(),
+                log_format: match log_format.as_str() {
+                    "text" => common::telemetry::LogFormat::Text,
+                    "json" => common::telemetry::LogFormat::Json,
+                    other => return Err(usage(format!("--log-format {other:?}: expected text or json"))),
+                },
             };
             let started = std::time::Instant::now();
             let cf = local::up(&spec, Duration::from_secs(60)).await?;

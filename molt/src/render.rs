@@ -165,6 +165,10 @@ pub fn status(v: &Value) -> String {
         if let Some(p) = profile(&v["profile"]) {
             let _ = writeln!(out, "{p}");
         }
+        if let Some(id) = v["operation_id"].as_str() {
+            let started = v["started_at"].as_f64().map(time).unwrap_or_default();
+            let _ = writeln!(out, "operation_id {id}  started {started}  (its log lines carry operation_id={id})");
+        }
         let _ = writeln!(out, "image {} (sha256 {})", s(&v["image_path"]), s(&v["image_sha256"]));
         if v["docker_image_path"].is_string() {
             let _ =

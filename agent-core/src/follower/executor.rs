@@ -17,7 +17,7 @@ use common::{
 };
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::stage::{ImageSource, Stager};
 use crate::reboot::Reboot;
@@ -275,56 +275,68 @@ impl Executor {
             boot_id: String::new(),
         };
         self.log.lock().expect("log lock").record(running.clone());
-        info!(id = %cmd.id, command = cmd.kind.name(), generation = cmd.generation, "command accepted");
+        // Every line of this step, here and in the task that runs it, carries
+        // the operation, the node (the root span) and the step.
+        let span = tracing::info_span!(
+            "step",
+            operation_id = cmd.operation_id.as_deref().unwrap_or_default(),
+            step = cmd.kind.name(),
+            command = %cmd.id,
+        );
+        let _in_step = span.enter();
+        info!(generation = cmd.generation, "command accepted");
         let this = self.clone();
         let ticket = self.place_tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        tokio::spawn(async move {
-            // A panic while running a command is this command's failure,
-            // reported like any other: never the agent's end.
-            let run = std::panic::AssertUnwindSafe(this.run(&cmd.id, &cmd.kind, ticket)).catch_unwind();
-            let outcome = tokio::select! {
-                _ = this.shutdown.cancelled() => return,
-                r = run => r.unwrap_or_else(|panic| Err(format!(
-                    "the agent failed while running this command ({}); nothing else changed on the node",
-                    panic_message(panic.as_ref())
-                ))),
-            };
-            let (state, message, reboot) = match outcome {
-                Ok(o) => (CommandState::Succeeded, o.message, o.reboot),
-                Err(m) => {
-                    warn!(id = %cmd.id, command = cmd.kind.name(), error = %m, "command failed");
-                    (CommandState::Failed, m, false)
+        tokio::spawn(
+            async move {
+                // A panic while running a command is this command's failure,
+                // reported like any other: never the agent's end.
+                let run = std::panic::AssertUnwindSafe(this.run(&cmd.id, &cmd.kind, ticket)).catch_unwind();
+                let outcome = tokio::select! {
+                    _ = this.shutdown.cancelled() => return,
+                    r = run => r.unwrap_or_else(|panic| Err(format!(
+                        "the agent failed while running this command ({}); nothing else changed on the node",
+                        panic_message(panic.as_ref())
+                    ))),
+                };
+                let (state, message, reboot) = match outcome {
+                    Ok(o) => (CommandState::Succeeded, o.message, o.reboot),
+                    Err(m) => {
+                        warn!(id = %cmd.id, command = cmd.kind.name(), error = %m, "command failed");
+                        (CommandState::Failed, m, false)
+                    }
+                };
+                if reboot {
+                    // Kept before the reboot: the next boot answers this id
+                    // instead of running it again.
+                    let kept = Kept { id: cmd.id.clone(), message: message.clone(), boot_id: this.boot_id.clone() };
+                    let path = this.kept_path.clone();
+                    let saved = tokio::task::spawn_blocking(move || keep(&path, kept)).await;
+                    if let Err(e) = saved.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                        warn!(id = %cmd.id, error = %e, "cannot keep the command across the reboot");
+                    }
                 }
-            };
-            if reboot {
-                // Kept before the reboot: the next boot answers this id
-                // instead of running it again.
-                let kept = Kept { id: cmd.id.clone(), message: message.clone(), boot_id: this.boot_id.clone() };
-                let path = this.kept_path.clone();
-                let saved = tokio::task::spawn_blocking(move || keep(&path, kept)).await;
-                if let Err(e) = saved.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-                    warn!(id = %cmd.id, error = %e, "cannot keep the command across the reboot");
-                }
-            }
-            let recorded = {
-                let mut log = this.log.lock().expect("log lock");
-                log.record(CommandResult { id: cmd.id.clone(), state, message, boot_id: String::new() });
-                log.recorded
-            };
-            this.settled.notify_one();
-            if reboot {
-                this.until_reported(recorded).await;
-                info!(id = %cmd.id, "rebooting");
-                let Err(e) = this.reboot.reboot();
-                this.log.lock().expect("log lock").record(CommandResult {
-                    id: cmd.id,
-                    state: CommandState::Failed,
-                    message: e,
-                    boot_id: String::new(),
-                });
+                let recorded = {
+                    let mut log = this.log.lock().expect("log lock");
+                    log.record(CommandResult { id: cmd.id.clone(), state, message, boot_id: String::new() });
+                    log.recorded
+                };
                 this.settled.notify_one();
+                if reboot {
+                    this.until_reported(recorded).await;
+                    info!(id = %cmd.id, "rebooting");
+                    let Err(e) = this.reboot.reboot();
+                    this.log.lock().expect("log lock").record(CommandResult {
+                        id: cmd.id,
+                        state: CommandState::Failed,
+                        message: e,
+                        boot_id: String::new(),
+                    });
+                    this.settled.notify_one();
+                }
             }
-        });
+            .instrument(span.clone()),
+        );
         running
     }
 
@@ -515,6 +527,7 @@ mod tests {
                 kind,
                 min_compatible: "1.0.0".parse().unwrap(),
             }),
+            operation_id: None,
         }
     }
 
@@ -664,6 +677,7 @@ mod tests {
                 kind: DeploymentKind::Vm,
                 min_compatible: "1.0.0".parse().unwrap(),
             }),
+            operation_id: Some("op-1".into()),
         };
         let marker = d.path().join(APPLYING_FILE);
         // Begun once before: tried again (and here fails for want of the image).

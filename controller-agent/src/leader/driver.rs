@@ -62,7 +62,10 @@ pub fn spawn(state: Arc<LeaderState>) {
             // A request and a step never decide at once.
             let moved = {
                 let _gate = state.operation_gate.lock().await;
-                driver.step(&mut fx).await
+                // The step's lines carry the operation it decides for.
+                let id = state.journal().map(|j| j.id).unwrap_or_default();
+                let span = tracing::info_span!("operation", operation_id = %id, node = %state.settings.node_id);
+                tracing::Instrument::instrument(driver.step(&mut fx), span).await
             };
             state.driver_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             run = if moved { run + 1 } else { 0 };

@@ -136,6 +136,10 @@ pub use coordinator::view::{HistoryEntry, history_entry};
 pub struct UpgradeStatus {
     /// Overall state.
     pub state: OpState,
+    /// The operation's id (its journal's): every log line and span of its
+    /// work, on the leader and on the nodes, carries it as `operation_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<String>,
     /// Which operation (the empty string when idle).
     #[serde(with = "coordinator::view::empty_is_none")]
     pub operation: Option<Operation>,
@@ -346,6 +350,7 @@ pub fn view(j: Option<&Journal>, history: Vec<HistoryEntry>, nodes: &[NodeView],
         .collect();
     UpgradeStatus {
         state: v.state,
+        operation_id: Some(j.id.clone()),
         operation: Some(v.operation),
         phase: Some(v.phase),
         progress: v.progress,

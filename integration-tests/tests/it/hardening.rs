@@ -28,13 +28,31 @@ async fn no_content_type_routes_around_the_certificate_gate() {
             req.extend_from_slice(LIST_SERVICES);
             let answer = raw_https(&c, &addr_of(&c, node), &req, false).await;
             assert!(!answer.contains("molt.v1"), "{node}, {ct}: reflection answered without a certificate: {answer}");
-            assert!(answer.to_ascii_lowercase().contains("grpc-status: 16"), "{node}, {ct}: {answer}");
+            // gRPC (by its content type, in any case) is refused without a
+            // certificate; anything else never reaches a gRPC service.
+            let lower = answer.to_ascii_lowercase();
+            if ct.eq_ignore_ascii_case("application/grpc") {
+                assert!(lower.contains("grpc-status: 16"), "{node}, {ct}: {answer}");
+            } else {
+                assert!(
+                    answer.starts_with("HTTP/1.1 404") && lower.contains("application/json"),
+                    "{node}, {ct}: {answer}"
+                );
+            }
         }
         // Health too: no gRPC path is open without a certificate.
-        let req = b"POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
-                    Content-Length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0";
-        let answer = raw_https(&c, &addr_of(&c, node), req, false).await;
-        assert!(answer.to_ascii_lowercase().contains("grpc-status: 16"), "{node} health: {answer}");
+        for ct in ["application/grpc", "text/plain"] {
+            let req = format!(
+                "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\n\
+                 Content-Length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
+            );
+            let answer = raw_https(&c, &addr_of(&c, node), req.as_bytes(), false).await;
+            assert!(!answer.to_ascii_lowercase().contains("grpc-status: 0"), "{node} health, {ct}: {answer}");
+            assert!(
+                answer.to_ascii_lowercase().contains(if ct == "text/plain" { "404" } else { "grpc-status: 16" }),
+                "{node} health, {ct}: {answer}"
+            );
+        }
     }
     // The REST API and the page stay reachable (the token still applies).
     let page =

@@ -133,3 +133,61 @@ fn output_into_a_closed_pipe_ends_molt_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as `cat` is: {:?} {stderr}", out.status);
 }
+
+/// The JSON log lines of `node` in a local cluster (its `agent.log` also
+/// holds the supervisor's plain lines, which are skipped).
+fn json_lines(c: &LocalCluster, node: &str) -> Vec<serde_json::Value> {
+    let log = std::fs::read_to_string(c.path().join("nodes").join(node).join("agent.log")).unwrap();
+    log.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{node}: a log line is not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Whether a JSON log line runs in a span named `name` whose `field` is `value`.
+fn in_span(line: &serde_json::Value, name: &str, field: &str, value: &str) -> bool {
+    line["spans"].as_array().is_some_and(|spans| spans.iter().any(|s| s["name"] == name && s[field] == value))
+}
+
+/// Issue 27: logs were plain text only, with no spans, so one upgrade could
+/// not be followed across the leader and the nodes. With `log_format =
+/// "json"` every line is a JSON object, and the work of an operation runs in
+/// spans that carry its `operation_id` (the status shows it), the node, and
+/// the step.
+#[test]
+fn json_logs_follow_one_operation_across_the_leader_and_the_nodes() {
+    let c = LocalCluster::up(&[
+        "--controllers",
+        "1",
+        "--groups",
+        "g1:active-active:1",
+        "--heartbeat-ms",
+        "300",
+        "--log-format",
+        "json",
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = integration_tests::process::cli_package(tmp.path(), "2.0.0", "1.0.0");
+    let out = c.molt(&["upgrade", "prestage", "image_path", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status: crate::support::UpgradeStatus =
+        serde_json::from_value(rt.block_on(c.api().get("/api/cluster/upgrade/status")).unwrap()).unwrap();
+    let id = status.operation_id.clone().expect("the status names the operation");
+    assert_eq!(status.history.last().and_then(|h| h.operation_id.clone()), Some(id.clone()));
+    let shown = String::from_utf8_lossy(&c.molt(&["show", "upgrade", "status"]).stdout).into_owned();
+    assert!(shown.contains(&format!("operation_id {id}")), "{shown}");
+    // The leader decided the operation's steps in its span...
+    let leader = json_lines(&c, "c1");
+    assert!(leader.iter().any(|l| in_span(l, "operation", "operation_id", &id)), "c1: nothing under operation {id}");
+    assert!(leader.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()), "c1: {leader:?}");
+    // ...and each node ran its step of it in one that names the operation.
+    for node in ["c1", "g1-se1"] {
+        let lines = json_lines(&c, node);
+        let step = lines
+            .iter()
+            .find(|l| in_span(l, "step", "operation_id", &id) && in_span(l, "step", "step", "stage"))
+            .unwrap_or_else(|| panic!("{node}: no line of its stage step of {id}"));
+        assert!(in_span(step, "node", "node", node), "{node}: the step's line names the node: {step}");
+    }
+}

@@ -69,6 +69,7 @@ fn stage_command(generation: u64) -> pb::Command {
                 min_compatible: "1.0.0".into(),
             }),
         })),
+        operation_id: String::new(),
     }
 }
 
