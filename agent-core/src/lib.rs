@@ -14,6 +14,7 @@ pub mod http;
 pub mod image_stream;
 pub mod node;
 pub mod reboot;
+pub mod reflection;
 pub mod relay;
 pub mod server;
 

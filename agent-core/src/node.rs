@@ -274,13 +274,9 @@ impl Node {
         let health = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(self.health.clone()),
         );
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
-        let v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
+        let catalog = Arc::new(crate::reflection::Catalog::molt());
+        let v1 = crate::reflection::v1::server(catalog.clone());
+        let v1alpha = crate::reflection::v1alpha::server(catalog);
         let reporter = self.health.clone();
         tokio::spawn(async move {
             reporter.set_serving::<proto::v1::control_server::ControlServer<ControlService>>().await;

@@ -384,10 +384,36 @@ async fn health_and_reflection_answer_with_cluster_certificates() {
             String::new(),
         )),
     };
-    let mut answers = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    // Issue 27: an unknown symbol ended the whole stream with NOT_FOUND, and
+    // what was asked after it on that stream was lost. It is an in-stream
+    // error_response now, and the stream goes on.
+    use tonic_reflection::pb::v1::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let unknown = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol("molt.v1.Nope".into())),
+    };
+    let known = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol("molt.v1.Leader".into())),
+    };
+    let mut answers =
+        refl.server_reflection_info(tokio_stream::iter(vec![unknown, req, known])).await.unwrap().into_inner();
+    match answers.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ErrorResponse(e)) => {
+            assert_eq!(e.error_code, Code::NotFound as i32, "{e:?}");
+            assert!(e.error_message.contains("molt.v1.Nope"), "{e:?}");
+        }
+        other => panic!("expected an in-stream error, got {other:?}"),
+    }
     let answer = answers.message().await.unwrap().unwrap();
     let listed = format!("{:?}", answer.message_response);
     assert!(listed.contains("molt.v1.Leader") && listed.contains("molt.v1.Control"), "{listed}");
+    match answers.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::FileDescriptorResponse(f)) => assert_eq!(f.file_descriptor_proto.len(), 1),
+        other => panic!("expected the file of molt.v1.Leader, got {other:?}"),
+    }
     // The same through v1alpha, for clients that speak only that version.
     let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("admin"), &addr_of(&c, "c1")).await.unwrap();
     let mut refl = tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(ch);
