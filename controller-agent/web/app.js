@@ -227,11 +227,21 @@ function renderStatus(s) {
   $("#op-summary").dataset.state = s.state;
   $("#op-bar").style.width = `${s.progress || 0}%`;
   $("#op-reason").textContent = s.reason || "";
+  // A reason is an error only when the operation did not complete.
+  $("#op-reason").className = ["aborted", "suspended"].includes(s.state) ? "failed" : "muted";
   controls(s);
   $("#phases").innerHTML = s.operation ? phases(s) : "";
   $("#history tbody").innerHTML = (s.history || []).slice().reverse().map((h) => `<tr><td>${esc(h.operation)}</td>
     <td>${esc(h.from_version)}</td><td>${esc(h.to_version)}</td><td>${badge(h.state)}</td><td>${esc(when(h.started_at))}</td>
-    <td>${esc(took(h.started_at, h.ended_at))}</td><td>${esc(h.reason)}</td></tr>`).join("");
+    <td>${esc(took(h.started_at, h.ended_at))}</td><td>${esc(h.reason)}</td></tr>`).join("")
+    || `<tr><td colspan="7" class="muted">No operation has run on this cluster yet.</td></tr>`;
+}
+
+/** A refused action, or a leader that did not answer, in the error color. */
+function opError(text) {
+  const e = $("#op-reason");
+  e.textContent = text;
+  e.className = "failed";
 }
 
 function phaseState(rows) {
@@ -332,11 +342,11 @@ async function opAction(op, groups) {
   if (sure && !window.confirm(sure)) return;
   try {
     const r = await api("POST", what[0], what[1]);
-    if (r.status >= 300) $("#op-reason").textContent = `${op} refused (${r.status}): ${r.body.error}`;
+    if (r.status >= 300) opError(`${op} refused (${r.status}): ${r.body.error}`);
     else renderStatus(r.body);
   } catch (e) {
     if (e instanceof Unauthorized) return showLogin("The token was refused. Log in again.");
-    $("#op-reason").textContent = `The leader did not answer: ${e.message}`;
+    opError(`The leader did not answer: ${e.message}`);
   }
 }
 
@@ -484,11 +494,11 @@ async function groupAction(act, group) {
   const body = act === "rollback" ? { se_groups: [group] } : { se_groups: [group], skip_suspended: act === "skip" };
   try {
     const r = await api("POST", path, body);
-    if (r.status !== 202) $("#op-reason").textContent = `${act} ${group} refused (${r.status}): ${r.body.error}`;
+    if (r.status !== 202) opError(`${act} ${group} refused (${r.status}): ${r.body.error}`);
     else renderStatus(r.body);
   } catch (e) {
     if (e instanceof Unauthorized) return showLogin("The token was refused. Log in again.");
-    $("#op-reason").textContent = `The leader did not answer: ${e.message}`;
+    opError(`The leader did not answer: ${e.message}`);
   }
 }
 

@@ -222,6 +222,50 @@ impl Browser {
     }
 }
 
+/// axe-core's script: `MOLT_AXE_JS`, else where `.ci/run` installs it
+/// (`npm install --prefix target/tools axe-core@4`).
+pub fn axe_script() -> String {
+    let p = std::env::var_os("MOLT_AXE_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("tools/node_modules/axe-core/axe.min.js"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "the accessibility test needs axe-core at {} ({e}): run .ci/run, or `npm install --prefix target/tools \
+             axe-core@4`, or set MOLT_AXE_JS",
+            p.display()
+        )
+    })
+}
+
+/// One rule axe-core found broken on the page.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AxeViolation {
+    /// The rule (`label`, `color-contrast`, `region`, ...).
+    pub id: String,
+    /// `minor`, `moderate`, `serious` or `critical`.
+    pub impact: Option<String>,
+    /// What the rule asks for.
+    pub help: String,
+    /// The first elements that break it (CSS selectors).
+    pub targets: Vec<String>,
+}
+
+impl Browser {
+    /// Runs axe-core (WCAG 2.x A and AA rules, and best practices) on the
+    /// page as it is now; returns what it found broken.
+    pub fn axe(&mut self, script: &str) -> Vec<AxeViolation> {
+        if self.eval("typeof window.axe") != json!("object") {
+            self.eval(&format!("{script}\n;0"));
+        }
+        let found = self.eval(
+            "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map(v => ({\
+               id: v.id, impact: v.impact, help: v.help,\
+               targets: v.nodes.slice(0, 5).map(n => n.target.join(' '))})))",
+        );
+        serde_json::from_value(found.clone()).unwrap_or_else(|e| panic!("axe answered {found}: {e}"))
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.child.kill();
