@@ -34,15 +34,17 @@ pub fn by_the_book(router: Router) -> Router {
         })
 }
 
-/// What a Service Engine answers every request that is not gRPC: it serves
-/// neither the REST API, nor `/metrics` of the cluster, nor the page.
-pub fn service_engine(controllers: &[common::config::Controller]) -> Router {
-    let at: Vec<String> = controllers.iter().map(|c| format!("https://{}", c.addr)).collect();
+/// What a Service Engine answers every request that is not gRPC: its own
+/// metrics at `/metrics` (to a caller with a cluster certificate); it
+/// serves neither the REST API nor the page, and says where they are.
+pub fn service_engine(ctx: std::sync::Arc<crate::node::NodeCtx>) -> Router {
+    let at: Vec<String> = ctx.settings.controllers.iter().map(|c| format!("https://{}", c.addr)).collect();
     let message = format!(
         "this node is a Service Engine: the REST API and the page are served by the controllers ({})",
         at.join(", ")
     );
-    Router::new().fallback(move || {
+    let metrics = axum::routing::get(move |req: Request<Body>| crate::metrics::service_engine(ctx.clone(), req));
+    by_the_book(Router::new().route("/metrics", metrics)).fallback(move || {
         let message = message.clone();
         async move { error(ErrorKind::NotFound, message) }
     })

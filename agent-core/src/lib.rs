@@ -12,6 +12,7 @@ pub mod follower;
 pub mod gate;
 pub mod http;
 pub mod image_stream;
+pub mod metrics;
 pub mod node;
 pub mod reboot;
 pub mod reflection;

@@ -341,7 +341,7 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "no such API path")
 }
 
-async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
+async fn metrics(State(state): State<Arc<LeaderState>>, headers: http::HeaderMap) -> Response {
     let snapshot = crate::metrics::Snapshot {
         cluster: state.settings.cluster.clone(),
         generation: state.generation(),
@@ -351,7 +351,13 @@ async fn metrics(State(state): State<Arc<LeaderState>>) -> Response {
         driver_steps: state.driver_steps.load(std::sync::atomic::Ordering::Relaxed),
         now: crate::leader::status::now(),
     };
-    ([(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&snapshot)).into_response()
+    let mut page = agent_core::metrics::Page::new();
+    crate::metrics::cluster(&mut page, &snapshot);
+    if let Some(node) = state.node.get() {
+        agent_core::metrics::node(&mut page, node);
+    }
+    let (content_type, text) = page.render(&headers);
+    ([(http::header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 async fn cluster(State(state): State<Arc<LeaderState>>) -> Json<ClusterDoc> {

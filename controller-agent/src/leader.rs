@@ -89,6 +89,8 @@ pub struct LeaderState {
     /// The node's gRPC health: `molt.v1.Leader` is `SERVING` only while
     /// this controller leads.
     pub health: std::sync::OnceLock<tonic_health::server::HealthReporter>,
+    /// The node this controller is (for its own metrics).
+    pub node: std::sync::OnceLock<Arc<agent_core::node::NodeCtx>>,
 }
 
 /// What exists only while this controller leads. Built when its term
@@ -194,6 +196,7 @@ impl LeaderState {
             version,
             egress: std::sync::OnceLock::new(),
             health: std::sync::OnceLock::new(),
+            node: std::sync::OnceLock::new(),
             settings,
         }))
     }

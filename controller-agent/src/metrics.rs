@@ -1,17 +1,16 @@
-//! `GET /metrics`: the leader's state in the Prometheus text exposition
-//! format (version 0.0.4). Rendering is a pure function of a cluster
+//! `GET /metrics` of a controller: the cluster as the leader sees it (next
+//! to the node's own metrics, `agent_core::metrics`), on a page of
+//! `prometheus-client`. What it shows is a pure function of a cluster
 //! snapshot and the status document, so it is tested without a server.
 
 use coordinator::journal::Operation;
-use std::fmt::Write as _;
+
+use agent_core::metrics::{Kind, Page};
 
 use crate::leader::{
     cluster::{NodeState, NodeView},
     status::{OpState, UpgradeStatus},
 };
-
-/// The content type Prometheus expects for the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Everything the metrics are rendered from, read under the leader's locks.
 #[derive(Debug)]
@@ -42,107 +41,58 @@ const STATES: [(OpState, &str); 7] = [
     (OpState::Aborted, "aborted"),
 ];
 
-/// A family being written: `# HELP` and `# TYPE` once, then samples.
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
-}
-
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        Self { out, name }
-    }
-
-    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(self.name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {}", number(value));
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// Integers as integers, the rest to the millisecond (times come from
-/// millisecond clocks; more digits would be noise).
-fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    }
-}
-
 fn bool01(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
 
-/// Renders the metrics.
-pub fn render(s: &Snapshot) -> String {
-    let mut out = String::new();
+/// Adds the cluster's metrics, as the leader sees them, to `page`.
+pub fn cluster(page: &mut Page, s: &Snapshot) {
     let st = &s.status;
     let cluster = s.cluster.as_str();
 
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_leader_generation",
-        "gauge",
+        Kind::Gauge,
         "The leader's generation (its raft term << 32): it grows with every new leader.",
     );
     f.sample(&[("cluster", cluster)], s.generation as f64);
 
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_upgrade_state",
-        "gauge",
+        Kind::Gauge,
         "1 for the state of the current or last operation, 0 for the others.",
     );
     for (state, name) in STATES {
         f.sample(&[("state", name)], bool01(st.state == state));
     }
 
-    let mut f = Family::new(&mut out, "molt_upgrade_phase", "gauge", "1 for the phase the current operation is in.");
+    let mut f = page.family("molt_upgrade_phase", Kind::Gauge, "1 for the phase the current operation is in.");
     if let (Some(op), Some(phase)) = (st.operation, st.phase) {
         f.sample(&[("operation", op.name()), ("phase", phase.name())], 1.0);
     }
 
-    let mut f = Family::new(&mut out, "molt_upgrade_progress_percent", "gauge", "Progress of the current operation.");
+    let mut f = page.family("molt_upgrade_progress_percent", Kind::Gauge, "Progress of the current operation.");
     f.sample(&[], f64::from(st.progress));
 
     if let Some(eta) = st.eta_seconds {
-        let mut f = Family::new(
-            &mut out,
+        let mut f = page.family(
             "molt_upgrade_eta_seconds",
-            "gauge",
+            Kind::Gauge,
             "Estimated seconds left of the running operation (absent when none runs or it is paused).",
         );
         f.sample(&[], eta as f64);
     }
 
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_upgrade_duration_seconds",
-        "gauge",
+        Kind::Gauge,
         "How long the current or last operation has run (so far).",
     );
     if let (Some(start), Some(op)) = (st.started_at, st.operation) {
         f.sample(&[("operation", op.name())], (st.ended_at.unwrap_or(s.now) - start).max(0.0));
     }
 
-    let mut f = Family::new(&mut out, "molt_upgrade_info", "gauge", "Versions of the current or last operation.");
+    let mut f = page.family("molt_upgrade_info", Kind::Gauge, "Versions of the current or last operation.");
     if st.operation.is_some() {
         let force = if st.force { "true" } else { "false" };
         let disruptive = if st.disruptive { "true" } else { "false" };
@@ -157,8 +107,7 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
-    let mut f =
-        Family::new(&mut out, "molt_upgrades_total", "counter", "Finished operations in the history, by outcome.");
+    let mut f = page.family("molt_upgrades_total", Kind::Counter, "Finished operations in the history, by outcome.");
     for op in Operation::ALL {
         let finished =
             STATES.iter().filter(|(s, _)| matches!(s, OpState::Completed | OpState::Suspended | OpState::Aborted));
@@ -168,7 +117,7 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
-    let mut f = Family::new(&mut out, "molt_node_up", "gauge", "1 while the node heartbeats to the leader.");
+    let mut f = page.family("molt_node_up", Kind::Gauge, "1 while the node heartbeats to the leader.");
     for n in &s.nodes {
         let role = n.role.to_string();
         f.sample(
@@ -177,73 +126,66 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
-    let mut f = Family::new(&mut out, "molt_node_version_info", "gauge", "The version each node's active slot runs.");
+    let mut f = page.family("molt_node_version_info", Kind::Gauge, "The version each node's active slot runs.");
     for n in s.nodes.iter().filter(|n| !n.version.is_empty()) {
         f.sample(&[("node", n.id.as_str()), ("version", &n.version)], 1.0);
     }
 
-    let mut f =
-        Family::new(&mut out, "molt_node_heartbeat_age_seconds", "gauge", "Time since the node's last heartbeat.");
+    let mut f = page.family("molt_node_heartbeat_age_seconds", Kind::Gauge, "Time since the node's last heartbeat.");
     for n in &s.nodes {
         if let Some(ms) = n.heartbeat_age_ms {
             f.sample(&[("node", n.id.as_str())], ms as f64 / 1000.0);
         }
     }
 
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_node_upgrade_state",
-        "gauge",
+        Kind::Gauge,
         "1 for each node's state in the current operation (pending, running, done, failed).",
     );
     for n in &st.nodes {
         f.sample(&[("node", &n.id), ("state", n.state.name())], 1.0);
     }
 
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_node_image_received_bytes",
-        "gauge",
+        Kind::Gauge,
         "Bytes of the current operation's image each node holds.",
     );
     for n in &st.nodes {
         f.sample(&[("node", &n.id)], n.received as f64);
     }
 
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_image_bytes_served_total",
-        "counter",
+        Kind::Counter,
         "Image bytes the leader has streamed to nodes since it started.",
     );
     f.sample(&[], s.bytes_served as f64);
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_driver_steps_total",
-        "counter",
+        Kind::Counter,
         "Decisions the leader's driver has taken since this controller started.",
     );
     f.sample(&[], s.driver_steps as f64);
 
-    let mut f = Family::new(&mut out, "molt_se_group_progress_percent", "gauge", "Progress of each SE group.");
+    let mut f = page.family("molt_se_group_progress_percent", Kind::Gauge, "Progress of each SE group.");
     for g in &st.se_groups {
         f.sample(&[("se_group", &g.name), ("state", g.state.name())], f64::from(g.progress));
     }
 
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_vs_predicted_disruption",
-        "gauge",
+        Kind::Gauge,
         "1 if the upgrade is predicted to interrupt the virtual service.",
     );
     for v in &st.virtual_services {
         f.sample(&[("virtual_service", &v.name)], bool01(v.predicted_disruption));
     }
 
-    let mut f = Family::new(
-        &mut out,
+    let mut f = page.family(
         "molt_vs_measured_downtime_seconds",
-        "gauge",
+        Kind::Gauge,
         "Downtime of each virtual service measured during the current or last upgrade.",
     );
     for v in &st.virtual_services {
@@ -251,7 +193,6 @@ pub fn render(s: &Snapshot) -> String {
             f.sample(&[("virtual_service", &v.name)], ms as f64 / 1000.0);
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -327,15 +268,20 @@ mod tests {
             }],
             ..Default::default()
         };
-        let text = render(&Snapshot {
-            cluster: "prod".into(),
-            generation: 3,
-            nodes: vec![node("c1", true, Some(250)), node("c2", false, None)],
-            status,
-            bytes_served: 1 << 30,
-            driver_steps: 7,
-            now: 112.5,
-        });
+        let mut page = Page::new();
+        cluster(
+            &mut page,
+            &Snapshot {
+                cluster: "prod".into(),
+                generation: 3,
+                nodes: vec![node("c1", true, Some(250)), node("c2", false, None)],
+                status,
+                bytes_served: 1 << 30,
+                driver_steps: 7,
+                now: 112.5,
+            },
+        );
+        let (_, text) = page.render(&axum::http::HeaderMap::new());
         assert_eq!(value(&text, "molt_upgrade_state{state=\"in_progress\"}"), Some(1.0));
         assert_eq!(value(&text, "molt_upgrade_state{state=\"idle\"}"), Some(0.0));
         assert_eq!(value(&text, "molt_upgrade_phase{operation=\"upgrade\",phase=\"service_engines\"}"), Some(1.0));
@@ -354,8 +300,6 @@ mod tests {
         assert_eq!(value(&text, "molt_upgrades_total{operation=\"upgrade\",state=\"completed\"}"), Some(1.0));
         assert_eq!(value(&text, "molt_upgrades_total{operation=\"upgrade\",state=\"aborted\"}"), Some(0.0));
         assert!(!text.contains("molt_upgrades_total{operation=\"upgrade\",state=\"in_progress\"}"));
-        assert_eq!(number(6.180999994277954), "6.181");
-        assert_eq!(number(0.25), "0.25");
         // Every family is declared once, before its samples.
         let declared: Vec<_> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
         let mut unique = declared.clone();

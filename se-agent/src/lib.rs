@@ -10,7 +10,7 @@ pub async fn start(
     reboot: std::sync::Arc<dyn agent_core::reboot::Reboot>,
 ) -> Result<NodeHandle, NodeError> {
     let node = Node::new(std::sync::Arc::new(settings), reboot)?;
-    let http = agent_core::http::service_engine(&node.ctx.settings.controllers);
+    let http = agent_core::http::service_engine(node.ctx.clone());
     let grpc = node.base_routes();
     node.start(grpc, http).await
 }

@@ -23,7 +23,7 @@ fn version_of(v: &[(String, String, ClusterNodeState)], id: &str) -> String {
 async fn driver_steps(api: &Api) -> u64 {
     let text = api.get_text("/metrics").await.unwrap();
     let line = text.lines().find(|l| l.starts_with("molt_driver_steps_total ")).expect("the counter");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
 }
 
 /// The message of a conflict (409): what the state does not allow.

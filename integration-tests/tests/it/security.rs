@@ -329,8 +329,11 @@ async fn http_outside_the_routes_is_json_404_or_405_and_an_se_names_the_controll
     let (code, head, _) =
         ask("c1", "POST", "/nonexistent", "Content-Type: application/grpc\r\nContent-Length: 0\r\n").await;
     assert!(code == 200 && head.contains("grpc-status: 16"), "{head}");
-    // An SE serves no REST API, metrics or page: 404, naming the controllers.
-    for path in ["/", "/metrics", "/api/cluster"] {
+    // An SE serves no REST API or page: 404, naming the controllers; its
+    // own metrics only to a cluster certificate.
+    let (code, head, body) = ask("g1-se1", "GET", "/metrics", &auth).await;
+    assert_eq!((code, &body["kind"]), (401, &serde_json::json!("unauthenticated")), "{head}{body}");
+    for path in ["/", "/api/cluster"] {
         let (code, head, body) = ask("g1-se1", "GET", path, &auth).await;
         assert_eq!((code, &body["kind"]), (404, &serde_json::json!("not_found")), "{path}: {head}{body}");
         let said = body["error"].as_str().unwrap();
