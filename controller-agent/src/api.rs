@@ -353,8 +353,8 @@ async fn metrics(State(state): State<Arc<LeaderState>>, headers: http::HeaderMap
     };
     let mut page = agent_core::metrics::Page::new();
     crate::metrics::cluster(&mut page, &snapshot);
-    if let Some(node) = state.node.get() {
-        agent_core::metrics::node(&mut page, node);
+    if let Some(node) = state.node.get().and_then(std::sync::Weak::upgrade) {
+        agent_core::metrics::node(&mut page, &node);
     }
     let (content_type, text) = page.render(&headers);
     ([(http::header::CONTENT_TYPE, content_type)], text).into_response()

@@ -89,8 +89,10 @@ pub struct LeaderState {
     /// The node's gRPC health: `molt.v1.Leader` is `SERVING` only while
     /// this controller leads.
     pub health: std::sync::OnceLock<tonic_health::server::HealthReporter>,
-    /// The node this controller is (for its own metrics).
-    pub node: std::sync::OnceLock<Arc<agent_core::node::NodeCtx>>,
+    /// The node this controller is (for its own metrics). Weak: the node
+    /// holds this state (its local images come from the leader's store), and
+    /// a strong pointer back would keep both alive once the node stopped.
+    pub node: std::sync::OnceLock<std::sync::Weak<agent_core::node::NodeCtx>>,
 }
 
 /// What exists only while this controller leads. Built when its term

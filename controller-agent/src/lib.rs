@@ -39,7 +39,7 @@ pub async fn start(
         std::sync::Arc::new(move |sha| store.images.local_copy(sha));
     let node = Node::with_local_images(settings, Some(local), reboot)?;
     let _ = state.egress.set(node.ctx.egress.clone());
-    let _ = state.node.set(node.ctx.clone());
+    let _ = state.node.set(std::sync::Arc::downgrade(&node.ctx));
     let health = node.health();
     health.set_service_status(proto::v1::raft_server::SERVICE_NAME, tonic_health::ServingStatus::Serving).await;
     let _ = state.health.set(health);
