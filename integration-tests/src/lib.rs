@@ -10,6 +10,7 @@
 //! - [`browser`]: headless Chromium over the DevTools protocol.
 //! - Package and PKI helpers.
 
+pub mod bench;
 pub mod browser;
 pub mod inproc;
 pub mod process;

@@ -27,6 +27,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use integration_tests::bench::{Args, Flag};
 use integration_tests::{bin, payload_dir};
 use molt::client::{Api, Connection};
 use sha2::Digest;
@@ -34,9 +35,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1 << 20;
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_owned())
+/// The flags this bench takes.
+const FLAGS: &[Flag] = &[
+    Flag { name: "--agents", help: "agents per run, comma-separated", default: "1,8" },
+    Flag { name: "--cap-agents", help: "agents of the capped relay runs", default: "16" },
+    Flag { name: "--cap-fanouts", help: "relay fan-outs of the capped runs, comma-separated", default: "4,1,0" },
+    Flag { name: "--cap-size-mib", help: "image size of the capped runs, MiB", default: "64" },
+    Flag { name: "--node-cap-mib", help: "each node's egress cap in the capped runs, MiB/s", default: "16" },
+    Flag { name: "--size-mib", help: "image size, MiB", default: "1024" },
+    Flag { name: "--small-mib", help: "image size of the many-agent runs, MiB", default: "256" },
+];
+
+/// What `--help` prints before the flags.
+const ABOUT: &str = "Distribution benchmark: molt's prestage against a plain rustls copy of the same bytes (see shared/perf.md).\nusage: bench_distribution [FLAGS]";
+
+/// The command line, parsed once (`--help` and unknown flags end the bench
+/// before anything runs).
+fn args() -> &'static Args {
+    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| Args::parse(ABOUT, FLAGS))
 }
 
 fn gib_s(bytes: u64, d: Duration) -> f64 {
@@ -303,14 +320,15 @@ async fn molt_run(work: &Path, pkg: &Path, agents: usize, subnet: u8, net: Net) 
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    args();
     common::tls::install_default_provider();
-    let size_mib: u64 = arg("--size-mib", "1024").parse().unwrap();
-    let small_mib: u64 = arg("--small-mib", "256").parse().unwrap();
-    let agents: Vec<usize> = arg("--agents", "1,8").split(',').map(|a| a.parse().unwrap()).collect();
-    let cap_mib: u64 = arg("--node-cap-mib", "16").parse().unwrap();
-    let cap_size_mib: u64 = arg("--cap-size-mib", "64").parse().unwrap();
-    let cap_agents: usize = arg("--cap-agents", "16").parse().unwrap();
-    let fanouts: Vec<usize> = arg("--cap-fanouts", "4,1,0").split(',').map(|a| a.parse().unwrap()).collect();
+    let size_mib: u64 = args().text("--size-mib").parse().unwrap();
+    let small_mib: u64 = args().text("--small-mib").parse().unwrap();
+    let agents: Vec<usize> = args().text("--agents").split(',').map(|a| a.parse().unwrap()).collect();
+    let cap_mib: u64 = args().text("--node-cap-mib").parse().unwrap();
+    let cap_size_mib: u64 = args().text("--cap-size-mib").parse().unwrap();
+    let cap_agents: usize = args().text("--cap-agents").parse().unwrap();
+    let fanouts: Vec<usize> = args().text("--cap-fanouts").split(',').map(|a| a.parse().unwrap()).collect();
     let work = tempfile::Builder::new().prefix("molt-bench-").tempdir_in(std::env::temp_dir()).unwrap();
     eprintln!("building packages ({small_mib} MiB and {size_mib} MiB)...");
     let pkg = build_package(work.path(), size_mib);

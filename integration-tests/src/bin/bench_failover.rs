@@ -12,13 +12,23 @@
 
 use std::time::{Duration, Instant};
 
+use integration_tests::bench::{Args, Flag};
 use integration_tests::bin;
 use molt::client::{Api, Connection};
 use serde_json::json;
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_owned())
+/// The flags this bench takes.
+const FLAGS: &[Flag] =
+    &[Flag { name: "--writes", help: "configuration writes timed before the failover", default: "500" }];
+
+/// What `--help` prints before the flags.
+const ABOUT: &str = "Controller failover benchmark on a local cluster of three controllers: write latency, then the leader's loss to the first accepted write.\nusage: bench_failover [FLAGS]";
+
+/// The command line, parsed once (`--help` and unknown flags end the bench
+/// before anything runs).
+fn args() -> &'static Args {
+    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| Args::parse(ABOUT, FLAGS))
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -40,8 +50,9 @@ fn report(what: &str, mut lat: Vec<Duration>) {
 
 #[tokio::main]
 async fn main() {
+    args();
     common::tls::install_default_provider();
-    let writes: usize = arg("--writes", "500").parse().expect("--writes N");
+    let writes: usize = args().text("--writes").parse().expect("--writes N");
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("cluster");
     let st = std::process::Command::new(bin("molt"))

@@ -23,15 +23,25 @@ use std::{
 };
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use integration_tests::bench::{Args, Flag};
 use integration_tests::bin;
 use molt::client::{Api, Connection};
 use serde_json::json;
 
-const USAGE: &str = "usage: bench_flood [--per-address N (default 64)] [--hold-secs S (default 30)]";
+const USAGE: &str =
+    "Anonymous connection flood on a local cluster of three controllers and two SEs.\nusage: bench_flood [FLAGS]";
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_owned())
+/// The flags this bench takes.
+const FLAGS: &[Flag] = &[
+    Flag { name: "--hold-secs", help: "seconds the flood is held", default: "30" },
+    Flag { name: "--per-address", help: "connections opened from each source address", default: "64" },
+];
+
+/// The command line, parsed once (`--help` and unknown flags end the bench
+/// before anything runs).
+fn args() -> &'static Args {
+    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| Args::parse(USAGE, FLAGS))
 }
 
 /// Powers the cluster off when dropped, a panic included.
@@ -75,13 +85,10 @@ async fn idle_connection(ca: &[u8], from: &str, to: std::net::SocketAddr, open: 
 
 #[tokio::main]
 async fn main() {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return;
-    }
+    args();
     common::tls::install_default_provider();
-    let per_address: usize = arg("--per-address", "64").parse().expect("--per-address N");
-    let hold: u64 = arg("--hold-secs", "30").parse().expect("--hold-secs S");
+    let per_address: usize = args().text("--per-address").parse().expect("--per-address N");
+    let hold: u64 = args().text("--hold-secs").parse().expect("--hold-secs S");
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("cluster");
     let st = std::process::Command::new(bin("molt"))

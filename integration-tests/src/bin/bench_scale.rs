@@ -25,6 +25,7 @@ use std::{
 };
 
 use common::{DeploymentKind, Role, convert, session::Heartbeat, tls::TlsMaterial};
+use integration_tests::bench::{Args, Flag};
 use integration_tests::bin;
 use molt::{
     client::{Api, Connection},
@@ -34,9 +35,20 @@ use molt::{
 use proto::v1::leader_client::LeaderClient;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_owned())
+/// The flags this bench takes.
+const FLAGS: &[Flag] = &[
+    Flag { name: "--measure-secs", help: "seconds the leader is measured", default: "20" },
+    Flag { name: "--ses", help: "SE sessions", default: "1000" },
+];
+
+/// What `--help` prints before the flags.
+const ABOUT: &str = "Control-plane scale: one leader (a real process) and N SE sessions over mutual TLS, heartbeating at 1 Hz.\nusage: bench_scale [FLAGS]";
+
+/// The command line, parsed once (`--help` and unknown flags end the bench
+/// before anything runs).
+fn args() -> &'static Args {
+    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| Args::parse(ABOUT, FLAGS))
 }
 
 fn se_ip(i: usize) -> String {
@@ -162,9 +174,10 @@ impl Drop for Down {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    args();
     common::tls::install_default_provider();
-    let n: usize = arg("--ses", "1000").parse().unwrap();
-    let window: u64 = arg("--measure-secs", "20").parse().unwrap();
+    let n: usize = args().text("--ses").parse().unwrap();
+    let window: u64 = args().text("--measure-secs").parse().unwrap();
     assert!((2..=5000).contains(&n), "--ses is between 2 and 5000");
     let work = tempfile::Builder::new().prefix("molt-scale-").tempdir_in(std::env::temp_dir()).unwrap();
     let dir = work.path().join("cluster");

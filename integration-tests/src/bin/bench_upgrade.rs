@@ -17,13 +17,22 @@
 
 use std::{path::Path, time::Duration};
 
+use integration_tests::bench::{Args, Flag};
 use integration_tests::bin;
 use molt::client::{Api, Connection};
 use serde_json::{Value, json};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_owned())
+/// The flags this bench takes.
+const FLAGS: &[Flag] = &[Flag { name: "--runs", help: "upgrades measured (the median is reported)", default: "3" }];
+
+/// What `--help` prints before the flags.
+const ABOUT: &str = "Upgrade benchmark: the wall time of a happy-path system upgrade of a local cluster, split on the critical path.\nusage: bench_upgrade [FLAGS]";
+
+/// The command line, parsed once (`--help` and unknown flags end the bench
+/// before anything runs).
+fn args() -> &'static Args {
+    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| Args::parse(ABOUT, FLAGS))
 }
 
 fn events<'a>(status: &'a Value, node: &str, task: &str) -> Vec<&'a Value> {
@@ -164,8 +173,9 @@ async fn one_run(work: &Path, pkg: &Path, i: usize) -> Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    args();
     common::tls::install_default_provider();
-    let runs: usize = arg("--runs", "3").parse().unwrap();
+    let runs: usize = args().text("--runs").parse().unwrap();
     let work = tempfile::Builder::new().prefix("molt-bench-upgrade-").tempdir().unwrap();
     let payload = work.path().join("payload/bin");
     std::fs::create_dir_all(&payload).unwrap();

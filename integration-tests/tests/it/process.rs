@@ -191,3 +191,18 @@ fn json_logs_follow_one_operation_across_the_leader_and_the_nodes() {
         assert!(in_span(step, "node", "node", node), "{node}: the step's line names the node: {step}");
     }
 }
+
+/// Issue 28: `bench_distribution --help` ran the whole benchmark. Every
+/// bench now answers `--help` and refuses an unknown flag, before it starts
+/// anything.
+#[test]
+fn every_bench_answers_help_and_refuses_unknown_flags_before_it_starts() {
+    for bench in ["bench_distribution", "bench_failover", "bench_flood", "bench_scale", "bench_upgrade"] {
+        let help = std::process::Command::new(integration_tests::bin(bench)).arg("--help").output().unwrap();
+        let said = String::from_utf8_lossy(&help.stdout);
+        assert!(help.status.success() && said.contains("usage: ") && said.contains("flags:"), "{bench}: {said}");
+        let bogus = std::process::Command::new(integration_tests::bin(bench)).args(["--bogus", "1"]).output().unwrap();
+        assert_eq!(bogus.status.code(), Some(2), "{bench}");
+        assert!(String::from_utf8_lossy(&bogus.stderr).contains("unknown argument \"--bogus\""), "{bench}: {bogus:?}");
+    }
+}

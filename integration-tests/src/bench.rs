@@ -1,0 +1,104 @@
+//! The benchmarks' command line, one parser for all of them: `--help`
+//! prints what a bench measures and its flags, and exits 0 before anything
+//! runs; an unknown flag, a flag without its value, or a value that does
+//! not parse exits 2 naming it, before anything runs.
+
+use std::{collections::BTreeMap, str::FromStr};
+
+/// One flag: its name (`--runs`), what it sets, its default.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag {
+    /// `--name`.
+    pub name: &'static str,
+    /// What it sets.
+    pub help: &'static str,
+    /// Its value when not given.
+    pub default: &'static str,
+}
+
+/// A bench's parsed command line.
+#[derive(Debug)]
+pub struct Args {
+    values: BTreeMap<&'static str, String>,
+}
+
+impl Args {
+    /// Parses this process's arguments against `flags`; `about` is the
+    /// bench's description (its usage line first).
+    pub fn parse(about: &str, flags: &[Flag]) -> Self {
+        match Self::from(std::env::args().skip(1), flags) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                println!("{about}\n\nflags:");
+                for f in flags {
+                    println!("  {:<18} {} (default {})", format!("{} V", f.name), f.help, f.default);
+                }
+                std::process::exit(0)
+            }
+            Err(e) => {
+                eprintln!("error: {e}; see --help");
+                std::process::exit(2)
+            }
+        }
+    }
+
+    /// Parses `args`: `None` when help was asked for.
+    pub fn from(args: impl IntoIterator<Item = String>, flags: &[Flag]) -> Result<Option<Self>, String> {
+        let mut values: BTreeMap<&'static str, String> = flags.iter().map(|f| (f.name, f.default.to_owned())).collect();
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            if a == "--help" || a == "-h" {
+                return Ok(None);
+            }
+            let (name, inline) = match a.split_once('=') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (a.clone(), None),
+            };
+            let Some(f) = flags.iter().find(|f| f.name == name) else {
+                return Err(format!("unknown argument {a:?}"));
+            };
+            let v = inline.or_else(|| it.next()).ok_or_else(|| format!("{} needs a value", f.name))?;
+            values.insert(f.name, v);
+        }
+        Ok(Some(Self { values }))
+    }
+
+    /// The value of `flag`, parsed; exits 2 naming it when it does not parse.
+    pub fn get<T: FromStr>(&self, flag: &str) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.values.get(flag).unwrap_or_else(|| panic!("{flag} is not a flag of this bench"));
+        raw.parse().unwrap_or_else(|e| {
+            eprintln!("error: {flag} {raw:?}: {e}; see --help");
+            std::process::exit(2)
+        })
+    }
+
+    /// The value of `flag` as given.
+    pub fn text(&self, flag: &str) -> String {
+        self.values.get(flag).unwrap_or_else(|| panic!("{flag} is not a flag of this bench")).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLAGS: &[Flag] = &[Flag { name: "--runs", help: "runs", default: "3" }];
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
+        Args::from(args.iter().map(|s| s.to_string()), FLAGS)
+    }
+
+    #[test]
+    fn flags_parse_help_stops_and_unknown_ones_are_refused() {
+        assert_eq!(parse(&[]).unwrap().unwrap().get::<u32>("--runs"), 3);
+        assert_eq!(parse(&["--runs", "5"]).unwrap().unwrap().get::<u32>("--runs"), 5);
+        assert_eq!(parse(&["--runs=7"]).unwrap().unwrap().get::<u32>("--runs"), 7);
+        assert!(parse(&["--help"]).unwrap().is_none());
+        assert!(parse(&["--runs", "2", "-h"]).unwrap().is_none());
+        assert_eq!(parse(&["--rusn", "2"]).unwrap_err(), "unknown argument \"--rusn\"");
+        assert_eq!(parse(&["--runs"]).unwrap_err(), "--runs needs a value");
+    }
+}
