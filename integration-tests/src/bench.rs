@@ -102,3 +102,68 @@ mod tests {
         assert_eq!(parse(&["--runs"]).unwrap_err(), "--runs needs a value");
     }
 }
+
+/// The local clusters this bench has up, powered off if it is interrupted.
+static LIVE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn local_down(dir: &std::path::Path) {
+    let _ = std::process::Command::new(crate::bin("molt"))
+        .args(["local", "down", "--cluster-dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// A local cluster a bench made: powered off when this is dropped (at the
+/// end of its run, or by a panic, such as `println!` into a closed pipe), and
+/// when the bench gets SIGINT, SIGTERM or SIGHUP. Declare it after the
+/// temporary dir that holds the cluster, so the cluster is down before its
+/// dir is removed.
+#[derive(Debug)]
+pub struct Down(std::path::PathBuf);
+
+impl Down {
+    /// Watches `dir` (from within the bench's tokio runtime).
+    pub fn new(dir: &std::path::Path) -> Self {
+        static SIGNALS: std::sync::Once = std::sync::Once::new();
+        SIGNALS.call_once(|| {
+            tokio::spawn(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {}, _ = hup.recv() => {} }
+                let live = LIVE.lock().expect("live clusters").clone();
+                for dir in &live {
+                    local_down(dir);
+                }
+                eprintln!("interrupted: {} local cluster(s) powered off", live.len());
+                std::process::exit(130);
+            });
+        });
+        LIVE.lock().expect("live clusters").push(dir.to_owned());
+        eprintln!("local cluster {} (powered off when the bench ends or is interrupted)", dir.display());
+        Self(dir.to_owned())
+    }
+
+    /// `molt local up --cluster-dir DIR ARGS...`, watched.
+    pub fn up(dir: &std::path::Path, args: &[&str]) -> Self {
+        let down = Self::new(dir);
+        let st = std::process::Command::new(crate::bin("molt"))
+            .args(["local", "up", "--cluster-dir"])
+            .arg(dir)
+            .args(args)
+            .status()
+            .expect("molt local up");
+        assert!(st.success(), "molt local up {args:?} failed");
+        down
+    }
+}
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        local_down(&self.0);
+        LIVE.lock().expect("live clusters").retain(|d| d != &self.0);
+    }
+}

@@ -27,8 +27,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use integration_tests::bench::{Args, Flag};
-use integration_tests::{bin, payload_dir};
+use integration_tests::bench::{Args, Down, Flag};
+use integration_tests::payload_dir;
 use molt::client::{Api, Connection};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -271,17 +271,16 @@ struct Net {
 async fn molt_run(work: &Path, pkg: &Path, agents: usize, subnet: u8, net: Net) -> MoltRun {
     let dir = work.join(format!("cluster-{agents}-{subnet}"));
     let groups = format!("g1:active-active:{agents}");
-    let mut cmd = std::process::Command::new(bin("molt"));
-    cmd.args(["local", "up", "--dir", dir.to_str().unwrap(), "--controllers", "1", "--groups", &groups])
-        .args(["--subnet", &format!("127.3.{subnet}")]);
-    if let Some(e) = net.egress {
-        cmd.args(["--egress-limit", &e.to_string()]);
+    let subnet = format!("127.3.{subnet}");
+    let mut up = vec!["--controllers", "1", "--groups", &groups, "--subnet", &subnet];
+    let (egress, fanout) = (net.egress.map(|e| e.to_string()), net.fanout.map(|k| k.to_string()));
+    if let Some(e) = &egress {
+        up.extend(["--egress-limit", e]);
     }
-    if let Some(k) = net.fanout {
-        cmd.args(["--relay-fanout", &k.to_string()]);
+    if let Some(k) = &fanout {
+        up.extend(["--relay-fanout", k]);
     }
-    let st = cmd.status().unwrap();
-    assert!(st.success());
+    let down = Down::up(&dir, &up);
     let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
     let size = std::fs::metadata(pkg).unwrap().len();
     let t = Instant::now();
@@ -306,7 +305,7 @@ async fn molt_run(work: &Path, pkg: &Path, agents: usize, subnet: u8, net: Net) 
         / ses.len() as f64;
     let leader_pid: u32 = std::fs::read_to_string(dir.join("nodes/c1/init.pid")).unwrap().trim().parse().unwrap();
     let hwm = vm_hwm_kib(leader_pid);
-    let _ = std::process::Command::new(bin("molt")).args(["local", "down", "--dir", dir.to_str().unwrap()]).status();
+    drop(down);
     let _ = std::fs::remove_dir_all(&dir);
     MoltRun {
         agents,

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::bench::{Args, Flag};
+use integration_tests::bench::{Args, Down, Flag};
 use integration_tests::bin;
 use molt::client::{Api, Connection};
 use serde_json::json;
@@ -55,12 +55,10 @@ async fn main() {
     let writes: usize = args().text("--writes").parse().expect("--writes N");
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("cluster");
-    let st = std::process::Command::new(bin("molt"))
-        .args(["local", "up", "--dir", dir.to_str().unwrap(), "--controllers", "3", "--groups", "g1:active-active:1"])
-        .args(["--subnet", "127.5.20", "--heartbeat-ms", "1000"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "molt local up failed");
+    let _down = Down::up(
+        &dir,
+        &["--controllers", "3", "--groups", "g1:active-active:1", "--subnet", "127.5.20", "--heartbeat-ms", "1000"],
+    );
     let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
     let leader = api.get("/api/cluster").await.unwrap()["leader"].as_str().unwrap().to_owned();
 
@@ -120,5 +118,4 @@ async fn main() {
         "leader {leader} lost -> first accepted write on the new leader {new_leader}: {:.2} s ({tries} attempts)",
         took.as_secs_f64()
     );
-    let _ = std::process::Command::new(bin("molt")).args(["local", "down", "--dir", dir.to_str().unwrap()]).status();
 }

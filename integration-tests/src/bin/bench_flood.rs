@@ -23,8 +23,8 @@ use std::{
 };
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use integration_tests::bench::{Args, Flag};
-use integration_tests::bin;
+use integration_tests::bench::{Args, Down, Flag};
+
 use molt::client::{Api, Connection};
 use serde_json::json;
 
@@ -42,16 +42,6 @@ const FLAGS: &[Flag] = &[
 fn args() -> &'static Args {
     static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
     ARGS.get_or_init(|| Args::parse(USAGE, FLAGS))
-}
-
-/// Powers the cluster off when dropped, a panic included.
-struct Down(std::path::PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ =
-            std::process::Command::new(bin("molt")).args(["local", "down", "--dir", self.0.to_str().unwrap()]).status();
-    }
 }
 
 /// Connections open now, and the most at once.
@@ -91,13 +81,7 @@ async fn main() {
     let hold: u64 = args().text("--hold-secs").parse().expect("--hold-secs S");
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("cluster");
-    let st = std::process::Command::new(bin("molt"))
-        .args(["local", "up", "--dir", dir.to_str().unwrap(), "--controllers", "3", "--groups", "g1:active-active:2"])
-        .args(["--subnet", "127.5.30"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "molt local up failed");
-    let _down = Down(dir.clone());
+    let _down = Down::up(&dir, &["--controllers", "3", "--groups", "g1:active-active:2", "--subnet", "127.5.30"]);
     let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
     let cluster = api.get("/api/cluster").await.unwrap();
     let leader = cluster["leader"].as_str().unwrap().to_owned();

@@ -25,7 +25,7 @@ use std::{
 };
 
 use common::{DeploymentKind, Role, convert, session::Heartbeat, tls::TlsMaterial};
-use integration_tests::bench::{Args, Flag};
+use integration_tests::bench::{Args, Down, Flag};
 use integration_tests::bin;
 use molt::{
     client::{Api, Connection},
@@ -162,16 +162,6 @@ async fn time_until_down(api: &Api, id: &str, from: Instant) -> f64 {
     }
 }
 
-/// Powers the cluster off when dropped, a panic included.
-struct Down(std::path::PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ =
-            std::process::Command::new(bin("molt")).args(["local", "down", "--dir", self.0.to_str().unwrap()]).status();
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     args();
@@ -203,7 +193,7 @@ async fn main() {
     // One connection per SE: past 4,096 the leader's default cap, an operator raises it.
     cfg.limits.get_or_insert_with(Default::default).max_connections = Some((n + 256).max(4096));
     std::fs::write(&c1_toml, toml::to_string(&cfg).unwrap()).unwrap();
-    let _down = Down(dir.clone());
+    let _down = Down::new(&dir);
     let st = std::process::Command::new(bin("molt"))
         .args(["local", "power", "on", "--dir", dir.to_str().unwrap(), "c1"])
         .status()

@@ -17,7 +17,7 @@
 
 use std::{path::Path, time::Duration};
 
-use integration_tests::bench::{Args, Flag};
+use integration_tests::bench::{Args, Down, Flag};
 use integration_tests::bin;
 use molt::client::{Api, Connection};
 use serde_json::{Value, json};
@@ -146,12 +146,9 @@ fn analyse(status: &Value) -> Breakdown {
 
 async fn one_run(work: &Path, pkg: &Path, i: usize) -> Value {
     let dir = work.join(format!("cluster-{i}"));
-    let st = std::process::Command::new(bin("molt"))
-        .args(["local", "up", "--dir", dir.to_str().unwrap(), "--controllers", "3"])
-        .args(["--groups", "g1:active-active:2,g2:n-plus-m:2", "--subnet", &format!("127.4.{}", 10 + i)])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let subnet = format!("127.4.{}", 10 + i);
+    let down =
+        Down::up(&dir, &["--controllers", "3", "--groups", "g1:active-active:2,g2:n-plus-m:2", "--subnet", &subnet]);
     let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
     let up = api.upload(pkg, "controller.pkg", |_| {}).await.unwrap();
     api.post("/api/cluster/upgrade", &json!({ "image_path": up["image_path"] })).await.unwrap();
@@ -162,7 +159,7 @@ async fn one_run(work: &Path, pkg: &Path, i: usize) -> Value {
             break v;
         }
     };
-    let _ = std::process::Command::new(bin("molt")).args(["local", "down", "--dir", dir.to_str().unwrap()]).status();
+    drop(down);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(end["state"], "completed", "{end:#}");
     if let Ok(path) = std::env::var("MOLT_BENCH_DUMP") {

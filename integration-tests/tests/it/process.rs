@@ -206,3 +206,33 @@ fn every_bench_answers_help_and_refuses_unknown_flags_before_it_starts() {
         assert!(String::from_utf8_lossy(&bogus.stderr).contains("unknown argument \"--bogus\""), "{bench}: {bogus:?}");
     }
 }
+
+/// Issue 28: a benchmark killed half way left its local cluster running.
+/// Interrupted (SIGTERM here, as `timeout` sends), a bench powers its
+/// clusters off before it exits.
+#[test]
+fn an_interrupted_bench_powers_its_cluster_off() {
+    use std::io::BufRead;
+    let mut bench = std::process::Command::new(integration_tests::bin("bench_scale"))
+        .args(["--ses", "2", "--measure-secs", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(bench.stderr.take().unwrap()).lines();
+    let dir = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("local cluster ").and_then(|r| r.split(" (").next()).map(std::path::PathBuf::from))
+        .expect("the bench names its cluster");
+    // Once the leader runs (the bench measures it), interrupt the bench.
+    let measuring = lines.by_ref().map_while(Result::ok).any(|l| l.contains("measuring the leader"));
+    assert!(measuring, "the bench never got its cluster up");
+    let pid: u32 = std::fs::read_to_string(dir.join("nodes/c1/init.pid")).unwrap().trim().parse().unwrap();
+    assert!(!gone(pid), "c1 runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(bench.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = bench.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(gone(pid), "the interrupted bench left c1 running");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
