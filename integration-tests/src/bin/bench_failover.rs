@@ -4,10 +4,12 @@
 //! 1. the latency of REST configuration writes (each replicated to a
 //!    majority, fsynced, applied) over loopback: p50 and p99;
 //! 2. the leader's power cut, and the time from then to the first write a
-//!    new leader accepts.
+//!    new leader accepts; `--runs N` times (the lost leader is powered on
+//!    again and rejoins between runs). Last line:
+//!    `failover median: M s (min A, max B) over N runs`.
 //!
 //! ```text
-//! cargo build --release --workspace && target/release/bench_failover [--writes 500]
+//! cargo build --release --workspace && target/release/bench_failover [--writes 500] [--runs 5]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -18,8 +20,10 @@ use molt::client::{Api, Connection};
 use serde_json::json;
 
 /// The flags this bench takes.
-const FLAGS: &[Flag] =
-    &[Flag { name: "--writes", help: "configuration writes timed before the failover", default: "500" }];
+const FLAGS: &[Flag] = &[
+    Flag { name: "--runs", help: "failovers measured (the median is reported)", default: "5" },
+    Flag { name: "--writes", help: "configuration writes timed before the failover", default: "500" },
+];
 
 /// What `--help` prints before the flags.
 const ABOUT: &str = "Controller failover benchmark on a local cluster of three controllers: write latency, then the leader's loss to the first accepted write.\nusage: bench_failover [FLAGS]";
@@ -95,27 +99,58 @@ async fn main() {
     }
     report("config writes on 3 controllers (PUT virtualservice)", lat);
 
-    // 2. The leader's power is cut; how long until a write is accepted again?
-    let off = std::process::Command::new(bin("molt"))
-        .args(["local", "power", "off", "--dir", dir.to_str().unwrap(), &leader])
-        .status()
-        .unwrap();
-    assert!(off.success());
-    let lost = Instant::now();
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let body = json!({"name": "bench", "se_group": "g1", "port": 9500});
-        if api.put("/api/virtualservice/bench", &body).await.is_ok() {
-            break;
+    // 2. The leader's power is cut; how long until a write is accepted
+    // again? Then it is powered on, and once every node is up and the three
+    // controllers are members again, the next run cuts whichever one leads.
+    let runs: usize = args().get("--runs");
+    let mut took = Vec::with_capacity(runs);
+    let mut leader = leader;
+    let power = |state: &str, node: &str| {
+        let st = std::process::Command::new(bin("molt"))
+            .args(["local", "power", state, "--cluster-dir", dir.to_str().unwrap(), node])
+            .status()
+            .unwrap();
+        assert!(st.success(), "molt local power {state} {node}");
+    };
+    for run in 1..=runs {
+        power("off", &leader);
+        let lost = Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let body = json!({"name": "bench", "se_group": "g1", "port": 9500 + run as u16});
+            if api.put("/api/virtualservice/bench", &body).await.is_ok() {
+                break;
+            }
+            assert!(lost.elapsed() < Duration::from_secs(60), "no write accepted 60 s after the leader was lost");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(lost.elapsed() < Duration::from_secs(60), "no write accepted 60 s after the leader was lost");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = lost.elapsed();
+        took.push(t);
+        let new_leader = api.get("/api/cluster").await.unwrap()["leader"].as_str().unwrap_or("?").to_owned();
+        println!(
+            "run {run}: leader {leader} lost -> first accepted write on the new leader {new_leader}: {:.2} s ({tries} attempts)",
+            t.as_secs_f64()
+        );
+        power("on", &leader);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = api.get("/api/cluster").await.unwrap_or_default();
+            let up = v["nodes"].as_array().is_some_and(|n| n.iter().all(|n| n["state"] == "up"));
+            if up && v["controllers"].as_array().is_some_and(|c| c.len() == 3) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{leader} did not rejoin: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        leader = new_leader;
     }
-    let took = lost.elapsed();
-    let new_leader = api.get("/api/cluster").await.unwrap()["leader"].as_str().unwrap_or("?").to_owned();
+    took.sort();
+    let secs = |d: Duration| d.as_secs_f64();
     println!(
-        "leader {leader} lost -> first accepted write on the new leader {new_leader}: {:.2} s ({tries} attempts)",
-        took.as_secs_f64()
+        "failover median: {:.2} s (min {:.2}, max {:.2}) over {runs} runs",
+        secs(took[took.len() / 2]),
+        secs(took[0]),
+        secs(took[took.len() - 1])
     );
 }
