@@ -119,14 +119,16 @@ fn bool01(b: bool) -> f64 {
 /// commands it ran by kind and outcome (health gates among them).
 pub fn node(page: &mut Page, ctx: &NodeCtx) {
     let s = &ctx.settings;
-    let hb = ctx.heartbeat();
+    // What a heartbeat reports, read without sending one (a heartbeat
+    // numbers itself: a scrape must not take a number).
+    let (pending, _) = ctx.slot_state();
     let node = s.node_id.as_str();
     let mut f = page.family("molt_agent_info", Kind::Gauge, "This agent: its node, role, version and kind");
     f.sample(
         &[
             ("node", node),
             ("role", s.role.as_str()),
-            ("version", &hb.version.to_string()),
+            ("version", &ctx.version.to_string()),
             ("deployment", s.deployment.as_str()),
             ("se_group", s.se_group.as_deref().unwrap_or("")),
         ],
@@ -151,19 +153,19 @@ pub fn node(page: &mut Page, ctx: &NodeCtx) {
         Kind::Gauge,
         "1 while the running slot is not committed (the boot loader falls back after its attempts)",
     );
-    f.sample(&[], bool01(hb.pending));
+    f.sample(&[], bool01(pending));
     let mut f = page.family("molt_agent_boot_attempts", Kind::Gauge, "Boots of the slot on trial so far");
     f.sample(&[], record.as_ref().map_or(0.0, |r| f64::from(r.attempts)));
     let mut f = page.family("molt_agent_disk_free_bytes", Kind::Gauge, "Free space on the data disk");
-    f.sample(&[], hb.disk_free_bytes as f64);
+    f.sample(&[], common::fsutil::disk_free(&s.data_dir).unwrap_or(0) as f64);
     let mut f = page.family("molt_agent_staged_image_info", Kind::Gauge, "Each verified image this node holds");
-    for i in &hb.staged {
+    for i in &ctx.stager.staged() {
         f.sample(&[("version", &i.version.to_string()), ("sha256", &i.sha256.to_hex())], 1.0);
     }
     let mut f =
         page.family("molt_agent_staging_received_bytes", Kind::Gauge, "Bytes received of each image being staged");
     let mut total = page.family("molt_agent_staging_size_bytes", Kind::Gauge, "The size of each image being staged");
-    for t in &hb.transfers {
+    for t in &ctx.stager.transfers() {
         let sha = t.sha256.to_hex();
         f.sample(&[("sha256", &sha)], t.received as f64);
         total.sample(&[("sha256", &sha)], t.total as f64);
@@ -180,7 +182,7 @@ pub fn node(page: &mut Page, ctx: &NodeCtx) {
         "Commands this node holds a result of, by kind and state (kind=gate: health gates)",
     );
     let mut counts = std::collections::BTreeMap::<(String, String), u32>::new();
-    for r in &hb.results {
+    for r in &ctx.executor.results() {
         let kind = r.id.split('-').next().unwrap_or_default().to_owned();
         *counts.entry((kind, format!("{:?}", r.state).to_lowercase())).or_default() += 1;
     }

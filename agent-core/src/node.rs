@@ -137,7 +137,7 @@ impl NodeCtx {
     }
 
     /// Whether the running slot is on trial, and the previous slot's version.
-    fn slot_state(&self) -> (bool, Option<Version>) {
+    pub fn slot_state(&self) -> (bool, Option<Version>) {
         self.slot_state.get(&self.settings.data_dir, self.version)
     }
 }

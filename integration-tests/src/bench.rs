@@ -42,6 +42,13 @@ impl Args {
         }
     }
 
+    /// This process's arguments, parsed once (the first call, at the top of
+    /// `main`, ends the bench on `--help` or a bad flag before anything runs).
+    pub fn global(about: &str, flags: &[Flag]) -> &'static Self {
+        static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
+        ARGS.get_or_init(|| Self::parse(about, flags))
+    }
+
     /// Parses `args`: `None` when help was asked for.
     pub fn from(args: impl IntoIterator<Item = String>, flags: &[Flag]) -> Result<Option<Self>, String> {
         let mut values: BTreeMap<&'static str, String> = flags.iter().map(|f| (f.name, f.default.to_owned())).collect();

@@ -245,13 +245,13 @@ impl TestCluster {
         local::wait_up(&self.cluster_dir(), Duration::from_secs(20)).await.unwrap();
     }
 
-    /// Waits until the running operation ends; returns the final status.
     /// The status, typed as the leader serializes it.
     pub async fn status(&self) -> controller_agent::leader::status::UpgradeStatus {
         let v = self.api().get("/api/cluster/upgrade/status").await.unwrap();
         serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("the status does not parse ({e}): {v:#}"))
     }
 
+    /// Waits until the running operation ends; returns the final status.
     pub async fn wait_operation(&self, secs: u64) -> controller_agent::leader::status::UpgradeStatus {
         use controller_agent::leader::status::OpState;
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);

@@ -49,11 +49,9 @@ const FLAGS: &[Flag] = &[
 /// What `--help` prints before the flags.
 const ABOUT: &str = "Distribution benchmark: molt's prestage against a plain rustls copy of the same bytes (see shared/perf.md).\nusage: bench_distribution [FLAGS]";
 
-/// The command line, parsed once (`--help` and unknown flags end the bench
-/// before anything runs).
+/// The command line (see `Args::global`).
 fn args() -> &'static Args {
-    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
-    ARGS.get_or_init(|| Args::parse(ABOUT, FLAGS))
+    Args::global(ABOUT, FLAGS)
 }
 
 fn gib_s(bytes: u64, d: Duration) -> f64 {

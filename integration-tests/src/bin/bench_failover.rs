@@ -28,11 +28,9 @@ const FLAGS: &[Flag] = &[
 /// What `--help` prints before the flags.
 const ABOUT: &str = "Controller failover benchmark on a local cluster of three controllers: write latency, then the leader's loss to the first accepted write.\nusage: bench_failover [FLAGS]";
 
-/// The command line, parsed once (`--help` and unknown flags end the bench
-/// before anything runs).
+/// The command line (see `Args::global`).
 fn args() -> &'static Args {
-    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
-    ARGS.get_or_init(|| Args::parse(ABOUT, FLAGS))
+    Args::global(ABOUT, FLAGS)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {

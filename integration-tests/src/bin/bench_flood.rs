@@ -37,11 +37,9 @@ const FLAGS: &[Flag] = &[
     Flag { name: "--per-address", help: "connections opened from each source address", default: "64" },
 ];
 
-/// The command line, parsed once (`--help` and unknown flags end the bench
-/// before anything runs).
+/// The command line (see `Args::global`).
 fn args() -> &'static Args {
-    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
-    ARGS.get_or_init(|| Args::parse(USAGE, FLAGS))
+    Args::global(USAGE, FLAGS)
 }
 
 /// Connections open now, and the most at once.

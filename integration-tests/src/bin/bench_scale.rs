@@ -44,11 +44,9 @@ const FLAGS: &[Flag] = &[
 /// What `--help` prints before the flags.
 const ABOUT: &str = "Control-plane scale: one leader (a real process) and N SE sessions over mutual TLS, heartbeating at 1 Hz.\nusage: bench_scale [FLAGS]";
 
-/// The command line, parsed once (`--help` and unknown flags end the bench
-/// before anything runs).
+/// The command line (see `Args::global`).
 fn args() -> &'static Args {
-    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
-    ARGS.get_or_init(|| Args::parse(ABOUT, FLAGS))
+    Args::global(ABOUT, FLAGS)
 }
 
 fn se_ip(i: usize) -> String {

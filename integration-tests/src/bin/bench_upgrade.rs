@@ -28,11 +28,9 @@ const FLAGS: &[Flag] = &[Flag { name: "--runs", help: "upgrades measured (the me
 /// What `--help` prints before the flags.
 const ABOUT: &str = "Upgrade benchmark: the wall time of a happy-path system upgrade of a local cluster, split on the critical path.\nusage: bench_upgrade [FLAGS]";
 
-/// The command line, parsed once (`--help` and unknown flags end the bench
-/// before anything runs).
+/// The command line (see `Args::global`).
 fn args() -> &'static Args {
-    static ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
-    ARGS.get_or_init(|| Args::parse(ABOUT, FLAGS))
+    Args::global(ABOUT, FLAGS)
 }
 
 fn events<'a>(status: &'a Value, node: &str, task: &str) -> Vec<&'a Value> {
