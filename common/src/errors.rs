@@ -7,7 +7,7 @@
 /// What kind of error an answer reports. Every REST error body names it
 /// (`{"error": "...", "kind": "conflict"}`), so a client decides on the kind,
 /// not on the words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The request itself is wrong: fix it and send it again.

@@ -62,7 +62,7 @@ pub fn required_entries(kind: DeploymentKind) -> &'static [&'static str] {
 }
 
 /// What a package says about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Format of this manifest (1).

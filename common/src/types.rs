@@ -25,8 +25,9 @@ pub enum ParseError {
 }
 
 /// The identity of a node in the cluster (`c1`, `se-g1-2`, ...).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "se-g1-1")]
 pub struct NodeId(String);
 
 impl NodeId {
@@ -67,7 +68,7 @@ impl fmt::Display for NodeId {
 }
 
 /// What a certificate (and so a peer) is allowed to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A controller node (leader or follower).
@@ -114,7 +115,7 @@ impl fmt::Display for Role {
 }
 
 /// How a node is deployed; a package is built for exactly one kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeploymentKind {
     /// A virtual machine: `controller.pkg`.
@@ -211,8 +212,9 @@ impl fmt::Display for Version {
 }
 
 /// A SHA-256 digest, shown as 64 lowercase hex digits (as `sha256sum` prints it).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
 pub struct Sha256Digest([u8; 32]);
 
 impl Sha256Digest {
@@ -344,3 +346,16 @@ mod iec_tests {
         assert_eq!(Iec(3 << 40).to_string(), "3.0 TiB");
     }
 }
+
+/// A version is a string in the API's schema.
+impl utoipa::PartialSchema for Version {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .pattern(Some(r"^[0-9]+\.[0-9]+\.[0-9]+$"))
+            .examples(["2.0.0"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Version {}

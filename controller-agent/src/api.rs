@@ -13,9 +13,16 @@ use axum::{
     routing::{get, post},
 };
 use serde::Deserialize;
-use serde_json::json;
 
 use common::errors::ErrorKind;
+use molt_api::{
+    ErrorBody,
+    cluster::Controllers,
+    config::VsView,
+    error::Errors,
+    requests::{AddController, NoFields, PrestageRequest, Started, Uploaded},
+    status::UpgradeStatus,
+};
 
 use crate::leader::{
     LeaderState,
@@ -23,22 +30,23 @@ use crate::leader::{
     distribute::Refused,
     images::ImageError,
     store::{ConfigError, SeGroup, VirtualService},
-    upgrade::{self, UpgradeRequest},
+    upgrade::{self, GroupRequest, Plan, UpgradeRequest},
 };
+use coordinator::config::Rules;
 
 /// An error answer: status plus `{"error": ..., "kind": ...}` (and pre-checks
 /// when they ran).
 #[derive(Debug)]
 pub struct ApiError {
     kind: ErrorKind,
-    body: serde_json::Value,
+    body: ErrorBody,
 }
 
 impl ApiError {
     /// An error with a message; its status comes from the one table
     /// ([`common::errors`]).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, body: kind.body(message) }
+        Self { kind, body: ErrorBody::new(kind, message) }
     }
 }
 
@@ -51,9 +59,7 @@ impl IntoResponse for ApiError {
 
 impl From<Refused> for ApiError {
     fn from(r: Refused) -> Self {
-        let mut body = r.kind.body(r.message);
-        body["prechecks"] = json!(r.prechecks);
-        Self { kind: r.kind, body }
+        Self { kind: r.kind, body: ErrorBody { prechecks: r.prechecks, ..ErrorBody::new(r.kind, r.message) } }
     }
 }
 
@@ -89,6 +95,7 @@ pub fn router(state: Arc<LeaderState>) -> Router {
         .route("/api/{*rest}", axum::routing::any(not_found))
         .route_layer(middleware::from_fn_with_state(state.clone(), follow_leader));
     let audit_state = state.clone();
+    let described = Router::new().route(OPENAPI_PATH, get(openapi_json));
     Router::new()
         .merge(api)
         .route("/metrics", get(metrics))
@@ -97,6 +104,7 @@ pub fn router(state: Arc<LeaderState>) -> Router {
             let state = audit_state.clone();
             async move { authorize(&token, &state, req, next).await }
         }))
+        .merge(described)
         .layer(middleware::map_response(nosniff))
         .with_state(state)
 }
@@ -337,10 +345,74 @@ async fn record(
     state.audit(entry).await;
 }
 
+/// Where the API's OpenAPI document is served (without a token: it
+/// describes the API, it holds nothing of the cluster).
+pub const OPENAPI_PATH: &str = "/api/openapi.json";
+
+/// The API described: OpenAPI 3.1, generated from the handlers below and
+/// the types of [`molt_api`]. `api/openapi.json` in the repository is this
+/// document (a test fails when it is stale).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    #[derive(OpenApi)]
+    #[openapi(
+        info(
+            title = "molt",
+            description = "Upgrade a controller/Service Engine cluster in one operator action. Every call but this \
+                           document's needs `Authorization: Bearer <token>` (admin.token, or a token from `molt pki \
+                           token`), or an operator's client certificate of the cluster. Controllers that do not lead \
+                           forward the call to the leader and name it in `x-molt-leader`.",
+            license(name = "Apache-2.0", identifier = "Apache-2.0")
+        ),
+        paths(
+            cluster, upload, prestage, status, start_upgrade, resume, rollback, pause, abort, upgrade_segroup,
+            controllers, add_controller, remove_controller, get_settings, put_settings, list_groups, create_group,
+            get_group, put_group, delete_group, list_vs, create_vs, get_vs, put_vs, delete_vs, metrics, openapi_json
+        ),
+        components(schemas(
+            coordinator::journal::Operation,
+            coordinator::journal::ActionOnError,
+            coordinator::view::ShownPhase,
+            ErrorBody
+        )),
+        modifiers(&BearerToken),
+        security(("token" = []))
+    )]
+    struct Doc;
+    Doc::openapi()
+}
+
+/// The token every call but the document's carries.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("admin.token, or a token from `molt pki token`"))
+            .build();
+        doc.components.get_or_insert_default().add_security_scheme("token", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The OpenAPI document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "api", security(()),
+    responses((status = 200, description = "This API, described (OpenAPI 3.1)", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOC.get_or_init(|| openapi().to_pretty_json().expect("the document serializes"));
+    ([(http::header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(ErrorKind::NotFound, "no such API path")
 }
 
+/// The cluster's and this controller's metrics, in Prometheus text (or
+/// OpenMetrics when `Accept` asks for it).
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus text exposition 0.0.4, or OpenMetrics 1.0.0", body = String, content_type = "text/plain"), Errors))]
 async fn metrics(State(state): State<Arc<LeaderState>>, headers: http::HeaderMap) -> Response {
     let snapshot = crate::metrics::Snapshot {
         cluster: state.settings.cluster.clone(),
@@ -360,6 +432,9 @@ async fn metrics(State(state): State<Arc<LeaderState>>, headers: http::HeaderMap
     ([(http::header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
+/// The cluster as the leader sees it: every node, its version and state.
+#[utoipa::path(get, path = "/api/cluster", tag = "cluster",
+    responses((status = 200, description = "The cluster", body = ClusterDoc), Errors))]
 async fn cluster(State(state): State<Arc<LeaderState>>) -> Json<ClusterDoc> {
     Json(ClusterDoc {
         cluster: state.settings.cluster.clone(),
@@ -370,15 +445,11 @@ async fn cluster(State(state): State<Arc<LeaderState>>) -> Json<ClusterDoc> {
     })
 }
 
-async fn controllers(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
-    Json(json!({ "controllers": state.consensus.member_views() }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddController {
-    id: String,
-    addr: String,
+/// The controllers' consensus group.
+#[utoipa::path(get, path = "/api/cluster/controllers", tag = "cluster",
+    responses((status = 200, description = "The controllers", body = Controllers), Errors))]
+async fn controllers(State(state): State<Arc<LeaderState>>) -> Json<Controllers> {
+    Json(Controllers { controllers: state.consensus.member_views() })
 }
 
 /// Membership changes run under the operation gate and are refused while
@@ -394,10 +465,10 @@ async fn membership_gate(state: &LeaderState) -> Result<tokio::sync::MutexGuard<
     Ok(gate)
 }
 
-async fn add_controller(
-    State(state): State<Arc<LeaderState>>,
-    body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+/// Adds a controller to the group (between upgrades only).
+#[utoipa::path(post, path = "/api/cluster/controllers", tag = "cluster", request_body = AddController,
+    responses((status = 200, description = "The controllers, with the new one", body = Controllers), Errors))]
+async fn add_controller(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Json<Controllers>, ApiError> {
     let req: AddController = serde_json::from_slice(&read_bounded(body).await?).map_err(|e| {
         ApiError::new(
             ErrorKind::BadRequest,
@@ -410,17 +481,71 @@ async fn add_controller(
         .parse()
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("addr {:?}: {e}; expected IP:PORT", req.addr)))?;
     let _gate = membership_gate(&state).await?;
-    if state.consensus.member_views().iter().any(|m| m.id == id.as_str() && m.raft == crate::raft::RaftPart::Voter) {
+    let members = state.consensus.member_views();
+    if members.iter().any(|m| m.id == id.as_str() && m.raft == crate::raft::RaftPart::Voter) {
         return Err(ApiError::new(ErrorKind::Conflict, format!("{id} is already a controller of this cluster")));
     }
+    check_newcomer(&state, &id, addr, &members).await?;
     state.consensus.add_controller(&id, addr).await?;
-    Ok(Json(json!({ "controllers": state.consensus.member_views() })))
+    Ok(Json(Controllers { controllers: state.consensus.member_views() }))
 }
 
+/// Before a controller joins the group, at the point where the group would
+/// count on it: its id names no other node of the cluster, its address is
+/// no other node's, and what answers there is that controller of this
+/// cluster (its certificate says so). A member that cannot answer as
+/// itself would take a vote and never cast it: a 2-controller group with
+/// one such member has no quorum.
+async fn check_newcomer(
+    state: &LeaderState,
+    id: &common::NodeId,
+    addr: std::net::SocketAddr,
+    members: &[crate::raft::MemberView],
+) -> Result<(), ApiError> {
+    let conflict = |why: String| Err(ApiError::new(ErrorKind::Conflict, why));
+    let nodes = state.cluster.snapshot();
+    if let Some(n) = nodes.iter().find(|n| &n.id == id && n.role != common::Role::Controller) {
+        return conflict(format!(
+            "{id} is the id of an SE of this cluster (group {}); a controller needs its own",
+            n.se_group.as_deref().unwrap_or("-")
+        ));
+    }
+    let at = addr.to_string();
+    if let Some(m) = members.iter().find(|m| m.addr == at && m.id != id.as_str()) {
+        return conflict(format!("{at} is the address of controller {}; give {id}'s own address", m.id));
+    }
+    if let Some(n) = nodes.iter().find(|n| n.addr == at && &n.id != id) {
+        return conflict(format!("{at} is the address of {} {}; give {id}'s own address", n.role, n.id));
+    }
+    let wanted = common::identity::PeerIdentity {
+        cluster: state.settings.cluster.clone(),
+        role: common::Role::Controller,
+        node_id: id.clone(),
+    };
+    match crate::forward::identity_at(&state.settings.tls.material(), addr).await {
+        Ok(found) if found == wanted => Ok(()),
+        Ok(found) => Err(ApiError::new(
+            ErrorKind::PreconditionFailed,
+            format!("at {at} answers {}, not {}: give the address of {id} itself", found.uri(), wanted.uri()),
+        )),
+        Err(why) => Err(ApiError::new(
+            ErrorKind::PreconditionFailed,
+            format!(
+                "no controller answers at {at} ({why}): start {id} there first (`controller-agent --config` with its \
+                 node.toml), then add it"
+            ),
+        )),
+    }
+}
+
+/// Removes a controller from the group (between upgrades only).
+#[utoipa::path(delete, path = "/api/cluster/controllers/{id}", tag = "cluster",
+    params(("id" = String, Path, description = "The controller's node id")),
+    responses((status = 200, description = "The controllers left", body = Controllers), Errors))]
 async fn remove_controller(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Controllers>, ApiError> {
     let id: common::NodeId = id.parse().map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("id: {e}")))?;
     let _gate = membership_gate(&state).await?;
     if !state.consensus.member_views().iter().any(|m| m.id == id.as_str()) {
@@ -430,7 +555,7 @@ async fn remove_controller(
         return Err(ApiError::new(ErrorKind::Conflict, "the last controller cannot be removed"));
     }
     state.consensus.remove_controller(&id).await?;
-    Ok(Json(json!({ "controllers": state.consensus.member_views() })))
+    Ok(Json(Controllers { controllers: state.consensus.member_views() }))
 }
 
 #[derive(Deserialize)]
@@ -438,12 +563,18 @@ struct UploadQuery {
     name: Option<String>,
 }
 
+/// Uploads a package: stored, its signature and digests verified, and
+/// registered with the other controllers.
+#[utoipa::path(post, path = "/api/upload", tag = "images",
+    params(("name" = String, Query, description = "The file's name: the image is then `controller://NAME`")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The package file"),
+    responses((status = 200, description = "The image, verified", body = Uploaded), Errors))]
 async fn upload(
     State(state): State<Arc<LeaderState>>,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Uploaded>, ApiError> {
     let len = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let early = match q.name {
         None => Err(ApiError::new(ErrorKind::BadRequest, "name the file: POST /api/upload?name=controller.pkg")),
@@ -480,12 +611,12 @@ async fn upload(
     if let Err(e) = state.consensus.write(change).await {
         tracing::warn!(error = %e, image = %image.image_path, "cannot register the upload with the other controllers");
     }
-    Ok(Json(json!({
-        "image_path": image.image_path,
-        "sha256": image.info.sha256,
-        "size": image.info.size,
-        "manifest": image.info.manifest,
-    })))
+    Ok(Json(Uploaded {
+        image_path: image.image_path,
+        sha256: image.info.sha256,
+        size: image.info.size,
+        manifest: image.info.manifest,
+    }))
 }
 
 /// Reads what the client still sends of a refused upload to its end (the
@@ -510,14 +641,6 @@ async fn discard_briefly(data: &mut axum::body::BodyDataStream) {
             _ => break,
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PrestageRequest {
-    image_path: String,
-    #[serde(default)]
-    docker_image_path: Option<String>,
 }
 
 /// Largest JSON request body: molt's requests are small documents.
@@ -587,20 +710,36 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// Stages an image on every node ahead of the upgrade.
+#[utoipa::path(post, path = "/api/cluster/upgrade/prestage", tag = "upgrade", request_body = PrestageRequest,
+    responses((status = 202, description = "Prestaging started", body = UpgradeStatus), Errors))]
 async fn prestage(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let req: PrestageRequest = json_body(body).await?;
     let status = upgrade::prestage(&state, &req.image_path, req.docker_image_path.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
-async fn status(State(state): State<Arc<LeaderState>>) -> Json<crate::leader::status::UpgradeStatus> {
+/// The current or last operation: every node's steps, every SE group's
+/// and virtual service's part, the history and the audit trail.
+#[utoipa::path(get, path = "/api/cluster/upgrade/status", tag = "upgrade",
+    responses((status = 200, description = "The status", body = UpgradeStatus), Errors))]
+async fn status(State(state): State<Arc<LeaderState>>) -> Json<UpgradeStatus> {
     Json(state.status())
 }
 
+/// Upgrades the system, or (`prechecks_only`) says what the upgrade would do.
+#[utoipa::path(post, path = "/api/cluster/upgrade", tag = "upgrade", request_body = UpgradeRequest,
+    responses(
+        (status = 200, description = "`prechecks_only`: the plan; nothing started", body = Plan),
+        (status = 202, description = "The upgrade started", body = UpgradeStatus),
+        Errors
+    ))]
 async fn start_upgrade(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let req: UpgradeRequest = json_body(body).await?;
-    let (code, v) = upgrade::start(&state, req).await?;
-    Ok((code, Json(v)).into_response())
+    Ok(match upgrade::start(&state, req).await? {
+        Started::Plan(plan) => (StatusCode::OK, Json(plan)).into_response(),
+        Started::Status(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+    })
 }
 
 /// A body that may be empty (the same as `{}`).
@@ -609,33 +748,43 @@ async fn optional_json_body<T: serde::de::DeserializeOwned>(body: Body) -> Resul
     if bytes.iter().all(u8::is_ascii_whitespace) { parse_json(b"{}") } else { parse_json(&bytes) }
 }
 
-/// The body of pause and abort: nothing (or `{}`).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoFields {}
-
+/// Holds the running upgrade: what is in flight finishes, nothing new starts.
+#[utoipa::path(post, path = "/api/cluster/upgrade/pause", tag = "upgrade", request_body(content = Option<NoFields>),
+    responses((status = 200, description = "The status, paused", body = UpgradeStatus), Errors))]
 async fn pause(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let NoFields {} = optional_json_body(body).await?;
     Ok(Json(upgrade::pause(&state).await?).into_response())
 }
 
+/// Aborts the running upgrade.
+#[utoipa::path(post, path = "/api/cluster/upgrade/abort", tag = "upgrade", request_body(content = Option<NoFields>),
+    responses((status = 200, description = "The status, aborting", body = UpgradeStatus), Errors))]
 async fn abort(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let NoFields {} = optional_json_body(body).await?;
     Ok(Json(upgrade::abort(&state).await?).into_response())
 }
 
+/// Moves SE groups left on the old version to the controllers' version.
+#[utoipa::path(post, path = "/api/cluster/upgrade/segroup", tag = "upgrade", request_body = GroupRequest,
+    responses((status = 202, description = "The SE groups' upgrade started", body = UpgradeStatus), Errors))]
 async fn upgrade_segroup(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
-    let req: upgrade::GroupRequest = json_body(body).await?;
+    let req: GroupRequest = json_body(body).await?;
     Ok((StatusCode::ACCEPTED, Json(upgrade::upgrade_groups(&state, req).await?)).into_response())
 }
 
+/// Resumes a paused upgrade, or suspended SE groups.
+#[utoipa::path(post, path = "/api/cluster/upgrade/resume", tag = "upgrade", request_body(content = Option<GroupRequest>),
+    responses((status = 202, description = "Resumed", body = UpgradeStatus), Errors))]
 async fn resume(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
-    let req: upgrade::GroupRequest = optional_json_body(body).await?;
+    let req: GroupRequest = optional_json_body(body).await?;
     Ok((StatusCode::ACCEPTED, Json(upgrade::resume_groups(&state, req).await?)).into_response())
 }
 
+/// Returns SE groups, or the whole system, to the previous version.
+#[utoipa::path(post, path = "/api/cluster/upgrade/rollback", tag = "upgrade", request_body = GroupRequest,
+    responses((status = 202, description = "The rollback started", body = UpgradeStatus), Errors))]
 async fn rollback(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
-    let req: upgrade::GroupRequest = json_body(body).await?;
+    let req: GroupRequest = json_body(body).await?;
     Ok((StatusCode::ACCEPTED, Json(upgrade::rollback_groups(&state, req).await?)).into_response())
 }
 
@@ -681,24 +830,23 @@ async fn config_write<T>(
     Ok(state.change_config(f).await?)
 }
 
-fn vs_json(v: &VirtualService, placements: Option<&Vec<String>>) -> serde_json::Value {
-    let mut j = serde_json::to_value(v).expect("serializes");
-    j["placements"] = json!(placements.cloned().unwrap_or_default());
-    j
+fn vs_view(v: &VirtualService, placements: Option<&Vec<String>>) -> VsView {
+    VsView::new(v, placements.cloned().unwrap_or_default())
 }
 
-/// The cluster-wide rules (`{"reform_timeout_secs": N}`).
-async fn get_settings(State(state): State<Arc<LeaderState>>) -> Json<coordinator::config::Rules> {
+/// The cluster-wide rules.
+#[utoipa::path(get, path = "/api/cluster/settings", tag = "configuration",
+    responses((status = 200, description = "The rules", body = Rules), Errors))]
+async fn get_settings(State(state): State<Arc<LeaderState>>) -> Json<Rules> {
     Json(state.config().rules)
 }
 
 /// Replaces the cluster-wide rules: a configuration change (503 while an
 /// operation runs; a running operation keeps the rules it started with).
-async fn put_settings(
-    State(state): State<Arc<LeaderState>>,
-    body: Body,
-) -> Result<Json<coordinator::config::Rules>, ApiError> {
-    let rules: coordinator::config::Rules = json_body(body).await?;
+#[utoipa::path(put, path = "/api/cluster/settings", tag = "configuration", request_body = Rules,
+    responses((status = 200, description = "The rules, changed", body = Rules), Errors))]
+async fn put_settings(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Json<Rules>, ApiError> {
+    let rules: Rules = json_body(body).await?;
     rules.validate()?;
     config_write(&state, |c| {
         c.rules = rules;
@@ -708,11 +856,17 @@ async fn put_settings(
     Ok(Json(rules))
 }
 
-async fn list_groups(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
-    let cfg = state.config();
-    Json(json!(cfg.se_groups.values().collect::<Vec<_>>()))
+/// The SE groups.
+#[utoipa::path(get, path = "/api/serviceenginegroup", tag = "configuration",
+    responses((status = 200, description = "Every SE group", body = Vec<SeGroup>), Errors))]
+async fn list_groups(State(state): State<Arc<LeaderState>>) -> Json<Vec<SeGroup>> {
+    Json(state.config().se_groups.values().cloned().collect())
 }
 
+/// One SE group.
+#[utoipa::path(get, path = "/api/serviceenginegroup/{name}", tag = "configuration",
+    params(("name" = String, Path, description = "The SE group's name")),
+    responses((status = 200, description = "The SE group", body = SeGroup), Errors))]
 async fn get_group(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -725,12 +879,19 @@ async fn get_group(
         .ok_or_else(|| ConfigError::NotFound(format!("no SE group {name}")).into())
 }
 
+/// Creates an SE group.
+#[utoipa::path(post, path = "/api/serviceenginegroup", tag = "configuration", request_body = SeGroup,
+    responses((status = 201, description = "Created", body = SeGroup), Errors))]
 async fn create_group(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let g: SeGroup = json_body(body).await?;
     config_write(&state, |c| c.put_group(g.clone(), false)).await?;
     Ok((StatusCode::CREATED, Json(g)).into_response())
 }
 
+/// Changes an SE group.
+#[utoipa::path(put, path = "/api/serviceenginegroup/{name}", tag = "configuration", request_body = SeGroup,
+    params(("name" = String, Path, description = "The SE group's name")),
+    responses((status = 200, description = "Changed", body = SeGroup), Errors))]
 async fn put_group(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -744,6 +905,10 @@ async fn put_group(
     Ok(Json(g))
 }
 
+/// Deletes an SE group.
+#[utoipa::path(delete, path = "/api/serviceenginegroup/{name}", tag = "configuration",
+    params(("name" = String, Path, description = "The SE group's name")),
+    responses((status = 204, description = "Deleted"), Errors))]
 async fn delete_group(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -752,36 +917,50 @@ async fn delete_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_vs(State(state): State<Arc<LeaderState>>) -> Json<serde_json::Value> {
+/// The virtual services, with the SEs that carry each.
+#[utoipa::path(get, path = "/api/virtualservice", tag = "configuration",
+    responses((status = 200, description = "Every virtual service", body = Vec<VsView>), Errors))]
+async fn list_vs(State(state): State<Arc<LeaderState>>) -> Json<Vec<VsView>> {
     let cfg = state.config();
-    Json(json!(cfg.virtual_services.values().map(|v| vs_json(v, cfg.placements.get(&v.name))).collect::<Vec<_>>()))
+    Json(cfg.virtual_services.values().map(|v| vs_view(v, cfg.placements.get(&v.name))).collect())
 }
 
+/// One virtual service.
+#[utoipa::path(get, path = "/api/virtualservice/{name}", tag = "configuration",
+    params(("name" = String, Path, description = "The virtual service's name")),
+    responses((status = 200, description = "The virtual service", body = VsView), Errors))]
 async fn get_vs(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<VsView>, ApiError> {
     let cfg = state.config();
     cfg.virtual_services
         .get(&name)
-        .map(|v| Json(vs_json(v, cfg.placements.get(&v.name))))
+        .map(|v| Json(vs_view(v, cfg.placements.get(&v.name))))
         .ok_or_else(|| ConfigError::NotFound(format!("no virtual service {name}")).into())
 }
 
+/// Creates a virtual service; the answer says where it was placed.
+#[utoipa::path(post, path = "/api/virtualservice", tag = "configuration", request_body = VirtualService,
+    responses((status = 201, description = "Created", body = VsView), Errors))]
 async fn create_vs(State(state): State<Arc<LeaderState>>, body: Body) -> Result<Response, ApiError> {
     let v: VirtualService = json_body(body).await?;
     let ports = agent_ports(&state);
     let ses = state.cluster.ses_by_group();
     config_write(&state, |c| c.put_vs(v.clone(), false, &ports).map(|()| place(c, &ses))).await?;
     let placed = state.config().placements.get(&v.name).cloned();
-    Ok((StatusCode::CREATED, Json(vs_json(&v, placed.as_ref()))).into_response())
+    Ok((StatusCode::CREATED, Json(vs_view(&v, placed.as_ref()))).into_response())
 }
 
+/// Changes a virtual service.
+#[utoipa::path(put, path = "/api/virtualservice/{name}", tag = "configuration", request_body = VirtualService,
+    params(("name" = String, Path, description = "The virtual service's name")),
+    responses((status = 200, description = "Changed", body = VsView), Errors))]
 async fn put_vs(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<VsView>, ApiError> {
     let v: VirtualService = json_body(body).await?;
     if v.name != name {
         return Err(ApiError::new(ErrorKind::BadRequest, format!("the body names {}, the path {name}", v.name)));
@@ -790,9 +969,13 @@ async fn put_vs(
     let ses = state.cluster.ses_by_group();
     config_write(&state, |c| c.put_vs(v.clone(), true, &ports).map(|()| place(c, &ses))).await?;
     let placed = state.config().placements.get(&v.name).cloned();
-    Ok(Json(vs_json(&v, placed.as_ref())))
+    Ok(Json(vs_view(&v, placed.as_ref())))
 }
 
+/// Deletes a virtual service.
+#[utoipa::path(delete, path = "/api/virtualservice/{name}", tag = "configuration",
+    params(("name" = String, Path, description = "The virtual service's name")),
+    responses((status = 204, description = "Deleted"), Errors))]
 async fn delete_vs(
     State(state): State<Arc<LeaderState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -817,4 +1000,63 @@ fn agent_ports(state: &LeaderState) -> Vec<u16> {
 /// a step).
 fn place(c: &mut crate::leader::store::Config, ses: &std::collections::BTreeMap<String, Vec<String>>) {
     c.placements = crate::leader::placement::place(c, ses);
+}
+
+#[cfg(test)]
+mod tests {
+    /// `api/openapi.json` is the document the server serves: a change to
+    /// the API's types or routes that is not in the file fails here.
+    /// `MOLT_BLESS=1 cargo test -p controller-agent openapi` rewrites it.
+    #[test]
+    fn the_openapi_document_in_the_repository_is_the_one_served() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/openapi.json");
+        let served = super::openapi().to_pretty_json().expect("serializes") + "\n";
+        if std::env::var_os("MOLT_BLESS").is_some() {
+            std::fs::write(&path, &served).expect("write api/openapi.json");
+        }
+        let kept = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            kept == served,
+            "api/openapi.json is stale: the API's types or routes changed. Run \
+             `MOLT_BLESS=1 cargo test -p controller-agent openapi` and commit the file"
+        );
+    }
+
+    /// Every route the router serves is in the document, and nothing else.
+    #[test]
+    fn the_document_describes_every_route() {
+        let doc = super::openapi();
+        let mut described: Vec<String> = doc
+            .paths
+            .paths
+            .iter()
+            .flat_map(|(path, item)| {
+                let item = serde_json::to_value(item).expect("serializes");
+                ["get", "put", "post", "delete"]
+                    .into_iter()
+                    .filter(move |m| item.get(m).is_some())
+                    .map(move |m| format!("{} {path}", m.to_uppercase()))
+            })
+            .collect();
+        described.sort();
+        let src = include_str!("api.rs");
+        let mut routed = Vec::new();
+        for line in src.lines().map(str::trim).filter(|l| l.starts_with(".route(\"/")) {
+            let path = line.split('"').nth(1).expect("a quoted path");
+            if path.contains('*') {
+                continue;
+            }
+            for (call, method) in [("get(", "GET"), ("post(", "POST"), ("put(", "PUT"), ("delete(", "DELETE")] {
+                if line.contains(&format!(" {call}"))
+                    || line.contains(&format!(".{call}"))
+                    || line.contains(&format!("::{call}"))
+                {
+                    routed.push(format!("{method} {path}"));
+                }
+            }
+        }
+        routed.push(format!("GET {}", super::OPENAPI_PATH));
+        routed.sort();
+        assert_eq!(described, routed);
+    }
 }

@@ -57,17 +57,39 @@ pub fn no_leader(me: &str, why: &str) -> Response {
     .into_response()
 }
 
-async fn send(tls: &TlsMaterial, me: &str, leader: &Member, req: Request) -> Result<Response, ForwardError> {
+/// A mutual-TLS connection to the node at `addr`, trusting only the cluster CA.
+async fn connect(
+    tls: &TlsMaterial,
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ForwardError> {
     let err = |e: &dyn std::fmt::Display| ForwardError::Connect(e.to_string());
-    let addr: SocketAddr = leader.addr.parse().map_err(|e| err(&e))?;
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .map_err(|_| err(&"connection timed out"))?
         .map_err(|e| err(&e))?;
     let _ = tcp.set_nodelay(true);
-    let config = tls.client_config(&[b"http/1.1"]).map_err(|e| err(&e))?;
+    let config = tls.client_config(alpn).map_err(|e| err(&e))?;
     let name = ServerName::try_from(addr.ip().to_string()).map_err(|e| err(&e))?;
-    let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| err(&format!("TLS: {e}")))?;
+    let handshake = TlsConnector::from(config).connect(name, tcp);
+    tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .map_err(|_| err(&"the TLS handshake timed out"))?
+        .map_err(|e| err(&format!("TLS: {e}")))
+}
+
+/// Who answers at `addr`, as its certificate (verified against the cluster
+/// CA) says: what a controller is checked to be before it joins the group.
+pub async fn identity_at(tls: &TlsMaterial, addr: SocketAddr) -> Result<common::identity::PeerIdentity, String> {
+    let stream = connect(tls, addr, &[b"h2"]).await.map_err(|e| e.to_string())?;
+    let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or("it presented no certificate")?;
+    common::identity::PeerIdentity::from_cert_der(cert).map_err(|e| e.to_string())
+}
+
+async fn send(tls: &TlsMaterial, me: &str, leader: &Member, req: Request) -> Result<Response, ForwardError> {
+    let err = |e: &dyn std::fmt::Display| ForwardError::Connect(e.to_string());
+    let addr: SocketAddr = leader.addr.parse().map_err(|e| err(&e))?;
+    let tls = connect(tls, addr, &[b"http/1.1"]).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| err(&e))?;
     tokio::spawn(conn);
     let (mut parts, body) = req.into_parts();

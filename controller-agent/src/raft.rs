@@ -23,6 +23,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use coordinator::view::HistoryEntry;
+pub use molt_api::{
+    AuditEntry,
+    cluster::{MemberView, RaftPart},
+};
 
 /// A controller as raft knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,57 +63,11 @@ pub const AUDIT_KEPT: usize = 1000;
 /// How many finished operations every controller keeps in the history.
 pub const HISTORY_KEPT: usize = 100;
 
-/// One operator action: who, what, when, and how it was answered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Unix seconds, to the millisecond.
-    pub at: f64,
-    /// The token's name (`admin` for the admin token).
-    pub who: String,
-    /// Its role.
-    pub role: String,
-    /// `METHOD /path`: the path without its query, at most
-    /// [`AUDIT_PATH_MAX`] bytes of it.
-    pub action: String,
-    /// The HTTP status it was answered with.
-    pub status: u16,
-    /// How many times in a row this caller was refused this same action
-    /// (folded into one entry: refusals cannot push the trail's other
-    /// entries out); 1 for anything else.
-    #[serde(default = "one")]
-    pub count: u32,
-    /// SHA-256 of the request's body (hex), for a write that carried one
-    /// (an upload's image is named by its own digest instead): what was
-    /// asked can be matched against what the operator sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_sha256: Option<String>,
-    /// The health gates the body sets (an SE group's, or a whole
-    /// configuration's), compact JSON on one line of at most
-    /// [`AUDIT_GATES_MAX`] bytes: an exec gate runs a program on SEs, so the
-    /// trail says which.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gates: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
 /// The longest path an audit entry keeps.
 pub const AUDIT_PATH_MAX: usize = 256;
 
 /// The longest gates text an audit entry keeps.
 pub const AUDIT_GATES_MAX: usize = 2048;
-
-impl AuditEntry {
-    /// Whether `next` repeats this entry's refusal (same caller, action and
-    /// status, a 4xx): then it is counted here rather than added.
-    pub fn folds(&self, next: &AuditEntry) -> bool {
-        (400..500).contains(&next.status)
-            && (self.who.as_str(), self.role.as_str(), self.action.as_str(), self.status, &self.body_sha256)
-                == (next.who.as_str(), next.role.as_str(), next.action.as_str(), next.status, &next.body_sha256)
-    }
-}
 
 /// A replicated write. Each carries a whole value, so applying it twice
 /// gives the same state.
@@ -334,29 +292,6 @@ impl Consensus {
             Ok(Err(e)) => Err(write_error(e)),
         }
     }
-}
-
-/// A controller in the group, as `molt cluster` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MemberView {
-    /// Its node id.
-    pub id: String,
-    /// Its address.
-    pub addr: String,
-    /// Its part in the group.
-    pub raft: RaftPart,
-    /// Whether it leads.
-    pub leader: bool,
-}
-
-/// A controller's part in the consensus group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RaftPart {
-    /// It votes.
-    Voter,
-    /// It receives the log but does not vote (yet).
-    Learner,
 }
 
 impl Consensus {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// How the SEs of a group share a virtual service (as in the reference
 /// product): on the wire and on disk `active-active`, `n-plus-m` or
 /// `active-standby`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HaMode {
     /// Every SE it is placed on serves it.
@@ -51,7 +51,7 @@ impl std::str::FromStr for HaMode {
 }
 
 /// An SE group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeGroup {
     /// Name.
@@ -69,7 +69,7 @@ pub struct SeGroup {
 }
 
 /// One health gate of an SE group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HealthGate {
     /// `GET path` on a virtual service of the group, on the SE itself.
@@ -179,7 +179,7 @@ impl HealthGate {
 pub const MAX_PARALLEL_SES: u32 = 64;
 
 /// A virtual service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualService {
     /// Name.
@@ -215,7 +215,7 @@ pub struct Config {
 /// Cluster-wide rules: replicated with the configuration (and snapshotted
 /// into an operation's journal when it starts), so whichever controller
 /// leads applies the same ones.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
     /// How long a node may be away (down while staging, rebooting, or

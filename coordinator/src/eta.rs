@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::journal::{EventStatus, GroupState, Journal, Member, Ms, NodeOp, Operation, Phase, Step, Task};
 
 /// Per-node times measured in one operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Timings {
     /// Bytes per second one node staged the image at (the median node).

@@ -20,7 +20,7 @@ pub type Ms = u64;
 pub const FORMAT: u32 = 3;
 
 /// What an SE failure does to its group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionOnError {
     /// The group stops; the operation ends suspended, and can be resumed.
@@ -53,7 +53,7 @@ impl ActionOnError {
 }
 
 /// Which operation the journal describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
     /// `molt upgrade system`.
@@ -333,7 +333,7 @@ pub struct Event {
 }
 
 /// What a node's event does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// Fetching and verifying the image.
@@ -371,7 +371,7 @@ impl Task {
 }
 
 /// Where a node's event stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventStatus {
     /// Under way.
@@ -420,7 +420,7 @@ pub struct Measured {
 }
 
 /// Where an SE group is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupState {
     /// Not started yet.
@@ -477,7 +477,7 @@ pub struct GroupOp {
 
 /// How the operation is paced: the upgrade profile, resolved at the start
 /// from the request and each SE group's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Profile {
     /// SEs a group moves at once, per group (1 when absent). SEs that

@@ -41,7 +41,7 @@ fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
 }
 
 /// One pre-check's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Precheck {
     /// Which check.
     pub check: String,
@@ -52,7 +52,9 @@ pub struct Precheck {
 }
 
 /// A pre-check's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckResult {
     /// Passed.

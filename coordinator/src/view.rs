@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::journal::{Cause, GroupState, Journal, Member, Operation, Outcome, Phase, Step, Task};
 
 /// The overall state of the current (or last) operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
     /// Nothing has run since the leader started.
@@ -49,7 +49,7 @@ pub fn op_state(j: &Journal) -> OpState {
 }
 
 /// Where a node stands in the operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// Nothing asked of it yet.
@@ -121,7 +121,7 @@ pub struct GroupLine {
 /// Where an operation is, or where it stopped, as the status shows it: the
 /// journal's [`Phase`], with an ended operation shown at the phase it
 /// stopped in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ShownPhase {
     /// Staging the image on every node.
@@ -294,7 +294,7 @@ fn clock(ms: crate::journal::Ms) -> String {
 }
 
 /// A past operation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     /// Which operation.
     pub operation: Operation,

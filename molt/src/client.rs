@@ -38,6 +38,16 @@ pub enum ClientError {
         /// The full answer.
         body: serde_json::Value,
     },
+    /// The leader answered something this molt's API types do not read.
+    #[error(
+        "the answer to {path} does not read as this molt's API ({message}); is the leader running another version of molt?"
+    )]
+    Unexpected {
+        /// What was asked.
+        path: String,
+        /// What did not read.
+        message: String,
+    },
     /// Local I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -377,6 +387,21 @@ impl Api {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    /// GET of an answer read as one of the API's types ([`molt_api`]).
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        typed(path, self.get(path).await?)
+    }
+
+    /// POST of one of the API's requests, its answer read as one of the API's types.
+    pub async fn post_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_value(body).expect("API requests serialize");
+        typed(path, self.post(path, &body).await?)
+    }
+
     /// GET of an answer that is text (`/metrics`).
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let answer = self.send(|to| Ok(self.request(reqwest::Method::GET, Self::url(to, path, &[])?))).await?;
@@ -429,13 +454,23 @@ impl Api {
     }
 }
 
+/// An answer read as one of the API's types.
+pub fn typed<T: serde::de::DeserializeOwned>(path: &str, v: serde_json::Value) -> Result<T, ClientError> {
+    serde_json::from_value(v).map_err(|e| ClientError::Unexpected { path: path.to_owned(), message: e.to_string() })
+}
+
 impl ClientError {
-    /// The kind of error the leader answered (its body's `kind`), if it did.
-    pub fn kind(&self) -> Option<common::errors::ErrorKind> {
+    /// The error the leader answered, as the API's one error body, if it did.
+    pub fn body(&self) -> Option<molt_api::ErrorBody> {
         match self {
-            ClientError::Api { body, .. } => serde_json::from_value(body.get("kind")?.clone()).ok(),
+            ClientError::Api { body, .. } => serde_json::from_value(body.clone()).ok(),
             _ => None,
         }
+    }
+
+    /// The kind of error the leader answered (its body's `kind`), if it did.
+    pub fn kind(&self) -> Option<common::errors::ErrorKind> {
+        self.body().map(|b| b.kind)
     }
 }
 

@@ -10,6 +10,10 @@ use common::DeploymentKind;
 use molt::{
     client::{Api, Connection},
     local::{self, LocalDeployment, LocalSpec},
+    molt_api::{
+        requests::{Started, UpgradeRequest},
+        status::OpState,
+    },
     render, upgrade,
 };
 
@@ -64,7 +68,7 @@ async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<
     local::up(&spec, Duration::from_secs(60)).await?;
     println!("   up in {:.1} s, {}", t.elapsed().as_secs_f64(), how(deployment));
     let api = Api::new(&Connection::resolve(Some(&spec.dir), None, None, None)?)?;
-    print!("{}", render::cluster(&api.get("/api/cluster").await?));
+    print!("{}", render::cluster(&api.get_as("/api/cluster").await?));
 
     println!("\n== 2. 2.0.0 packages from this build's binaries");
     let payload = dir.join("payload");
@@ -97,19 +101,25 @@ async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<
         pkgs.iter().zip(["image_path", "docker_image_path"]).map(|(p, w)| format!("{w} {}", p.display())).collect();
     println!("\n== 4. molt upgrade system {}", words.join(" "));
     let t = std::time::Instant::now();
-    let mut body = serde_json::json!({});
-    for (p, w) in pkgs.iter().zip(["image_path", "docker_image_path"]) {
-        body[w] = upgrade::image_path_on_leader(&api, &p.display().to_string(), false).await?.into();
+    let mut paths = vec![];
+    for p in pkgs {
+        paths.push(upgrade::image_path_on_leader(&api, &p.display().to_string(), false).await?);
     }
-    body["prechecks_only"] = true.into();
-    let checks = api.post("/api/cluster/upgrade", &body).await.map_err(explain)?;
-    print!("{}", render::prechecks(&checks));
-    body["prechecks_only"] = false.into();
-    api.post("/api/cluster/upgrade", &body).await.map_err(explain)?;
+    let mut body = UpgradeRequest::new(paths[0].clone());
+    body.docker_image_path = paths.get(1).cloned();
+    body.prechecks_only = true;
+    match api.post_as("/api/cluster/upgrade", &body).await.map_err(explain)? {
+        Started::Plan(plan) => print!("{}", render::prechecks(&plan)),
+        Started::Status(_) => {
+            return Err(Failure("the leader started an upgrade that asked for pre-checks only".into(), 1));
+        }
+    }
+    body.prechecks_only = false;
+    let _: Started = api.post_as("/api/cluster/upgrade", &body).await.map_err(explain)?;
     let end = upgrade::follow(&api, false).await?;
     print!("{}", render::status(&end));
-    if end["state"] != "completed" {
-        return Err(Failure(format!("the demo's upgrade did not complete: {}", end["reason"]), 1));
+    if end.state != OpState::Completed {
+        return Err(Failure(format!("the demo's upgrade did not complete: {}", end.reason), 1));
     }
     println!(
         "   every controller and SE rebooted into 2.0.0 ({}) in {:.1} s",
@@ -122,7 +132,7 @@ async fn demo_in(dir: &Path, keep: bool, deployment: LocalDeployment) -> Result<
     );
 
     println!("\n== 5. molt show cluster, and the configuration after the upgrade");
-    print!("{}", render::cluster(&api.get("/api/cluster").await?));
+    print!("{}", render::cluster(&api.get_as("/api/cluster").await?));
     println!("   virtual services: {}", api.get("/api/virtualservice").await?);
     let cluster = spec.dir.display();
     if keep {

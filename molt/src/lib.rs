@@ -9,3 +9,6 @@ pub mod pki;
 pub mod render;
 pub mod shell;
 pub mod upgrade;
+
+/// The API's types the CLI reads and sends.
+pub use molt_api;

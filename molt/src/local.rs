@@ -553,13 +553,11 @@ pub async fn wait_up(dir: &Path, timeout: Duration) -> Result<(), LocalError> {
     let api = Api::new(&conn).map_err(|e| LocalError::Invalid(e.to_string()))?;
     let deadline = Instant::now() + timeout;
     loop {
-        let missing: Vec<String> = match api.get("/api/cluster").await {
+        let missing: Vec<String> = match api.get_as::<molt_api::ClusterDoc>("/api/cluster").await {
             Ok(v) => cf
                 .nodes
                 .iter()
-                .filter(|n| {
-                    !v["nodes"].as_array().into_iter().flatten().any(|x| x["id"] == n.id.as_str() && x["state"] == "up")
-                })
+                .filter(|n| !v.node(n.id.as_str()).is_some_and(|x| x.state == molt_api::cluster::NodeState::Up))
                 .map(|n| n.id.clone())
                 .collect(),
             Err(_) => cf.nodes.iter().map(|n| n.id.clone()).collect(),

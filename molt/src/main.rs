@@ -15,6 +15,12 @@ use common::{DeploymentKind, Version};
 use molt::{
     client::{Api, ClientError, Connection},
     local::{self, GroupSpec, LocalSpec},
+    molt_api::{
+        ClusterDoc, UpgradeStatus,
+        config::SeGroup,
+        requests::{GroupRequest, NoFields, PrestageRequest, SeGroupOrder, Started, UpgradeRequest},
+        status::{ActionOnError, NodeState, OpState},
+    },
     pki::{self, NodeSpec},
     render, upgrade,
 };
@@ -386,14 +392,13 @@ fn shell(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<(), Failure> {
     let client = api(cli).ok();
     let refresh = |groups: &std::sync::Mutex<Vec<String>>| {
         let Some(api) = &client else { return };
-        if let Ok(v) = rt.block_on(api.get("/api/serviceenginegroup")) {
-            let names = v.as_array().into_iter().flatten().filter_map(|g| g["name"].as_str().map(str::to_owned));
-            *groups.lock().expect("groups lock") = names.collect();
+        if let Ok(v) = rt.block_on(api.get_as::<Vec<SeGroup>>("/api/serviceenginegroup")) {
+            *groups.lock().expect("groups lock") = v.into_iter().map(|g| g.name).collect();
         }
     };
-    let cluster = client.as_ref().and_then(|api| rt.block_on(api.get("/api/cluster")).ok());
+    let cluster = client.as_ref().and_then(|api| rt.block_on(api.get_as::<ClusterDoc>("/api/cluster")).ok());
     let prompt = match &cluster {
-        Some(c) => format!("[molt:{}]: ", c["cluster"].as_str().unwrap_or("?")),
+        Some(c) => format!("[molt:{}]: ", c.cluster),
         None => {
             eprintln!("warning: the leader does not answer yet; commands will say why when they run");
             "[molt]: ".to_owned()
@@ -451,7 +456,7 @@ fn api(cli: &Cli) -> Result<Api, Failure> {
     Ok(Api::new(&conn)?)
 }
 
-fn print_json(v: &serde_json::Value) {
+fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
 }
 
@@ -631,7 +636,7 @@ struct ImageWords {
     path: String,
     docker_path: Option<String>,
     /// `action_on_error suspend|continue|rollback`.
-    on_error: Option<String>,
+    on_error: Option<ActionOnError>,
     /// `se_groups NAME...`: only these groups (a canary).
     se_groups: Vec<String>,
     /// `pause_after NAME`: this group first, then hold.
@@ -640,8 +645,26 @@ struct ImageWords {
     plan_hash: Option<String>,
     /// The upgrade profile: `max_parallel_ses N`, `max_transfers N`,
     /// `transfer_rate_mib N` (numbers) and `se_group_order parallel|series`.
-    profile: serde_json::Map<String, serde_json::Value>,
+    profile: ProfileWords,
     flags: Vec<String>,
+}
+
+/// The upgrade profile as the words set it (the rest is the leader's default).
+#[derive(Debug, Default)]
+struct ProfileWords {
+    max_parallel_ses: Option<u32>,
+    max_transfers: Option<u32>,
+    transfer_rate_mib: Option<u64>,
+    se_group_order: Option<SeGroupOrder>,
+}
+
+impl ProfileWords {
+    fn is_empty(&self) -> bool {
+        self.max_parallel_ses.is_none()
+            && self.max_transfers.is_none()
+            && self.transfer_rate_mib.is_none()
+            && self.se_group_order.is_none()
+    }
 }
 
 /// Parses `image_path PATH [docker_image_path PATH] [flags...]`.
@@ -659,7 +682,7 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
         se_groups: vec![],
         pause_after: None,
         plan_hash: None,
-        profile: serde_json::Map::new(),
+        profile: ProfileWords::default(),
         flags: vec![],
     };
     let mut it = rest.iter().peekable();
@@ -682,13 +705,18 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
                 out.plan_hash = Some(h.clone());
             }
             w @ ("max_parallel_ses" | "max_transfers" | "transfer_rate_mib") => {
-                let n = it.next().and_then(|n| n.parse::<u64>().ok().filter(|n| *n > 0));
+                let n = it.next().and_then(|n| n.parse::<u32>().ok().filter(|n| *n > 0));
                 let n = n.ok_or_else(|| usage(format!("{w} takes a number above 0: `{w} 2`")))?;
-                out.profile.insert(w.to_owned(), n.into());
+                match w {
+                    "max_parallel_ses" => out.profile.max_parallel_ses = Some(n),
+                    "max_transfers" => out.profile.max_transfers = Some(n),
+                    _ => out.profile.transfer_rate_mib = Some(u64::from(n)),
+                }
             }
             "se_group_order" => match it.next().map(String::as_str) {
                 Some(o @ ("parallel" | "series")) => {
-                    out.profile.insert("se_group_order".into(), o.into());
+                    out.profile.se_group_order =
+                        Some(if o == "series" { SeGroupOrder::Series } else { SeGroupOrder::Parallel });
                 }
                 other => {
                     return Err(usage(format!(
@@ -702,7 +730,9 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
                 out.docker_path = Some(p.clone());
             }
             "action_on_error" => match it.next().map(String::as_str) {
-                Some(v @ ("suspend" | "continue" | "rollback")) => out.on_error = Some(v.to_owned()),
+                Some("suspend") => out.on_error = Some(ActionOnError::Suspend),
+                Some("continue") => out.on_error = Some(ActionOnError::Continue),
+                Some("rollback") => out.on_error = Some(ActionOnError::Rollback),
                 other => {
                     return Err(usage(format!(
                         "action_on_error {}: expected suspend (the group stops), continue (the group goes on past the SE) or rollback (the group returns to the old version)",
@@ -716,20 +746,15 @@ fn image_words(words: &[String]) -> Result<ImageWords, Failure> {
     Ok(out)
 }
 
-/// The `controller://` paths of a request's images, uploading local files;
-/// sets `image_path` (and `docker_image_path`) in `body`.
-async fn images_on_leader(
-    api: &Api,
-    words: &ImageWords,
-    json: bool,
-    body: &mut serde_json::Value,
-) -> Result<String, Failure> {
+/// The `controller://` paths of a request's images (the docker nodes' one
+/// second), uploading local files.
+async fn images_on_leader(api: &Api, words: &ImageWords, json: bool) -> Result<(String, Option<String>), Failure> {
     let image = upgrade::image_path_on_leader(api, &words.path, json).await?;
-    body["image_path"] = image.clone().into();
-    if let Some(d) = &words.docker_path {
-        body["docker_image_path"] = upgrade::image_path_on_leader(api, d, json).await?.into();
-    }
-    Ok(image)
+    let docker = match &words.docker_path {
+        Some(d) => Some(upgrade::image_path_on_leader(api, d, json).await?),
+        None => None,
+    };
+    Ok((image, docker))
 }
 
 async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> Result<(), Failure> {
@@ -753,9 +778,10 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
                 ));
             }
             let api = api(cli)?;
-            let mut body = serde_json::json!({});
-            let image = images_on_leader(&api, &words, json, &mut body).await?;
-            api.post("/api/cluster/upgrade/prestage", &body).await.map_err(explain)?;
+            let (image_path, docker_image_path) = images_on_leader(&api, &words, json).await?;
+            let body = PrestageRequest { image_path: image_path.clone(), docker_image_path };
+            let _: UpgradeStatus = api.post_as("/api/cluster/upgrade/prestage", &body).await.map_err(explain)?;
+            let image = image_path;
             if no_wait {
                 println!("prestage of {image} started; follow it with `molt show upgrade status`");
                 return Ok(());
@@ -764,25 +790,12 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
         }
         "system" => {
             let words = image_words(rest)?;
-            let mut body = serde_json::json!({ "force": false, "disruptive": false, "prechecks_only": false });
-            if let Some(v) = &words.on_error {
-                body["action_on_error"] = v.clone().into();
-            }
-            if !words.se_groups.is_empty() {
-                body["se_groups"] = words.se_groups.clone().into();
-            }
-            if let Some(g) = &words.pause_after {
-                body["pause_after"] = g.clone().into();
-            }
-            if let Some(h) = &words.plan_hash {
-                body["plan_hash"] = h.clone().into();
-            }
-            for (k, v) in &words.profile {
-                body[k.as_str()] = v.clone();
-            }
+            let (mut force, mut disruptive, mut prechecks_only) = (false, false, false);
             for f in &words.flags {
                 match f.as_str() {
-                    "force" | "disruptive" | "prechecks_only" => body[f.as_str()] = true.into(),
+                    "force" => force = true,
+                    "disruptive" => disruptive = true,
+                    "prechecks_only" => prechecks_only = true,
                     other => {
                         return Err(usage(format!(
                             "unknown option {other:?}: expected force, disruptive or prechecks_only"
@@ -791,18 +804,37 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
                 }
             }
             let api = api(cli)?;
-            images_on_leader(&api, &words, json, &mut body).await?;
-            let answer = api.post("/api/cluster/upgrade", &body).await.map_err(explain)?;
-            if body["prechecks_only"] == true {
-                if json {
-                    print_json(&answer);
-                } else {
-                    print!("{}", render::prechecks(&answer));
+            let (image_path, docker_image_path) = images_on_leader(&api, &words, json).await?;
+            let p = &words.profile;
+            let body = UpgradeRequest {
+                image_path,
+                docker_image_path,
+                force,
+                disruptive,
+                prechecks_only,
+                action_on_error: words.on_error.unwrap_or(ActionOnError::Suspend),
+                se_groups: words.se_groups.clone(),
+                pause_after: words.pause_after.clone(),
+                plan_hash: words.plan_hash.clone(),
+                max_parallel_ses: p.max_parallel_ses,
+                se_group_order: p.se_group_order,
+                max_transfers: p.max_transfers,
+                transfer_rate_mib: p.transfer_rate_mib,
+            };
+            let answer: Started = api.post_as("/api/cluster/upgrade", &body).await.map_err(explain)?;
+            let status = match answer {
+                Started::Plan(plan) => {
+                    if json {
+                        print_json(&plan);
+                    } else {
+                        print!("{}", render::prechecks(&plan));
+                    }
+                    return if plan.ok { Ok(()) } else { Err(Failure("the pre-checks failed".into(), 1)) };
                 }
-                return if answer["ok"] == true { Ok(()) } else { Err(Failure("the pre-checks failed".into(), 1)) };
-            }
+                Started::Status(status) => status,
+            };
             if no_wait {
-                println!("upgrade to {} started; follow it with `molt show upgrade status`", answer["to_version"]);
+                println!("upgrade to {} started; follow it with `molt show upgrade status`", status.to_version);
                 return Ok(());
             }
             finish(&api, json, "the upgrade").await
@@ -812,7 +844,7 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
                 return Err(usage(format!("upgrade {action} takes no argument ({w:?})")));
             }
             let api = api(cli)?;
-            let before = api.post(&format!("/api/cluster/upgrade/{action}"), &serde_json::json!({})).await?;
+            let before: UpgradeStatus = api.post_as(&format!("/api/cluster/upgrade/{action}"), &NoFields {}).await?;
             hold_cmd(&api, action, before, no_wait, json).await
         }
         "segroup" => {
@@ -820,7 +852,8 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
                 return Err(usage("name the SE groups to upgrade: `upgrade segroup NAME...`"));
             }
             let api = api(cli)?;
-            api.post("/api/cluster/upgrade/segroup", &serde_json::json!({ "se_groups": rest })).await?;
+            let body = GroupRequest { se_groups: rest.to_vec(), ..GroupRequest::default() };
+            let _: UpgradeStatus = api.post_as("/api/cluster/upgrade/segroup", &body).await?;
             if no_wait {
                 println!("upgrade of SE groups {} started; follow it with `molt show upgrade status`", rest.join(", "));
                 return Ok(());
@@ -836,15 +869,9 @@ async fn upgrade_cmd(cli: &Cli, words: &[String], no_wait: bool, json: bool) -> 
 /// After pause, resume or abort: a pause waits until what was in flight has
 /// finished (the hold is then in effect); resume and abort follow the
 /// operation to its end.
-async fn hold_cmd(
-    api: &Api,
-    action: &str,
-    answer: serde_json::Value,
-    no_wait: bool,
-    json: bool,
-) -> Result<(), Failure> {
+async fn hold_cmd(api: &Api, action: &str, answer: UpgradeStatus, no_wait: bool, json: bool) -> Result<(), Failure> {
     if no_wait {
-        println!("{action}: the upgrade is {}", answer["state"].as_str().unwrap_or("?"));
+        println!("{action}: the upgrade is {}", render::name(&answer.state));
         return Ok(());
     }
     if action == "resume" {
@@ -857,31 +884,24 @@ async fn hold_cmd(
         } else {
             print!("{}", render::status(&end));
         }
-        return match end["state"].as_str() {
-            Some("aborted") => Ok(()),
-            Some(s) => Err(Failure(format!("the upgrade ended {s} before the abort took effect"), 1)),
-            None => Err(Failure("the leader answered no state".into(), 1)),
+        return match end.state {
+            OpState::Aborted => Ok(()),
+            s => Err(Failure(format!("the upgrade ended {} before the abort took effect", render::name(&s)), 1)),
         };
     }
     loop {
-        let v = api.get("/api/cluster/upgrade/status").await?;
-        let in_flight: Vec<&str> = v["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["state"] == "running")
-            .filter_map(|n| n["id"].as_str())
-            .collect();
-        if v["state"] != "paused" || in_flight.is_empty() {
+        let v: UpgradeStatus = api.get_as("/api/cluster/upgrade/status").await?;
+        let in_flight: Vec<&str> =
+            v.nodes.iter().filter(|n| n.state == NodeState::Running).map(|n| n.id.as_str()).collect();
+        if v.state != OpState::Paused || in_flight.is_empty() {
             if json {
                 print_json(&v);
             } else {
                 print!("{}", render::status(&v));
             }
-            return match v["state"].as_str() {
-                Some("paused") => Ok(()),
-                Some(s) => Err(Failure(format!("the upgrade is {s}, not paused"), 1)),
-                None => Err(Failure("the leader answered no state".into(), 1)),
+            return match v.state {
+                OpState::Paused => Ok(()),
+                s => Err(Failure(format!("the upgrade is {}, not paused", render::name(&s)), 1)),
             };
         }
         if !json {
@@ -899,7 +919,8 @@ async fn group_cmd(cli: &Cli, action: &str, words: &[String], no_wait: bool) -> 
             return Err(usage(format!("rollback system takes no argument ({w:?})")));
         }
         let api = api(cli)?;
-        api.post("/api/cluster/upgrade/rollback", &serde_json::json!({ "system": true })).await.map_err(explain)?;
+        let body = GroupRequest { system: true, ..GroupRequest::default() };
+        let _: UpgradeStatus = api.post_as("/api/cluster/upgrade/rollback", &body).await.map_err(explain)?;
         if no_wait {
             println!("system rollback started; follow it with `molt show upgrade status`");
             return Ok(());
@@ -918,8 +939,9 @@ async fn group_cmd(cli: &Cli, action: &str, words: &[String], no_wait: bool) -> 
         return Err(usage("name the SE groups to roll back: `rollback segroup NAME...`"));
     }
     let api = api(cli)?;
-    let body = serde_json::json!({ "se_groups": groups, "skip_suspended": skip });
-    api.post(&format!("/api/cluster/upgrade/{action}"), &body).await?;
+    let body =
+        GroupRequest { se_groups: groups.iter().map(|g| g.to_string()).collect(), skip_suspended: skip, system: false };
+    let _: UpgradeStatus = api.post_as(&format!("/api/cluster/upgrade/{action}"), &body).await?;
     if no_wait {
         println!("{action} started; follow it with `molt show upgrade status`");
         return Ok(());
@@ -948,68 +970,67 @@ async fn finish(api: &Api, json: bool, what: &str) -> Result<(), Failure> {
     } else {
         print!("{}", render::status(&end));
     }
-    match end["state"].as_str() {
-        Some("completed") => Ok(()),
-        Some("paused") => {
+    match end.state {
+        OpState::Completed => Ok(()),
+        OpState::Paused => {
             if !json {
                 println!("paused: `molt upgrade resume` goes on, `molt upgrade abort` stops it");
             }
             Ok(())
         }
-        Some(s) => Err(Failure(format!("{what} ended {s}: {}", end["reason"].as_str().unwrap_or("")), 1)),
-        None => Err(Failure("the leader answered no state".into(), 1)),
+        s => Err(Failure(format!("{what} ended {}: {}", render::name(&s), end.reason), 1)),
     }
 }
 
 /// Adds the pre-checks to a refusal's message: the failed ones, then the
 /// warnings apart (a warning did not refuse anything).
 fn explain(e: ClientError) -> Failure {
-    if let ClientError::Api { body, .. } = &e {
-        let of = |result: &str| -> Vec<String> {
-            body["prechecks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|c| c["result"] == result)
-                .map(|c| format!("  {}: {}", c["check"].as_str().unwrap_or("?"), c["message"].as_str().unwrap_or("")))
-                .collect()
-        };
-        let (failed, warnings) = (of("error"), of("warning"));
-        let mut text = e.to_string();
-        if !failed.is_empty() {
-            text += &format!("\nfailed pre-checks:\n{}", failed.join("\n"));
-        }
-        if !warnings.is_empty() {
-            text += &format!("\nwarnings:\n{}", warnings.join("\n"));
-        }
-        return Failure(text, 1);
+    match e.body() {
+        Some(body) => Failure(format!("{e}{}", render::refused_checks(&body.prechecks)), 1),
+        None => e.into(),
     }
-    e.into()
 }
 
 async fn show(cli: &Cli, words: &[String], json: bool, watch: bool) -> Result<(), Failure> {
     let what: Vec<&str> = words.iter().map(String::as_str).collect();
-    let (path, render_fn): (&str, fn(&serde_json::Value) -> String) = match what[..] {
-        ["cluster"] => ("/api/cluster", render::cluster),
-        ["upgrade", "status"] => ("/api/cluster/upgrade/status", render::status),
-        _ => return Err(usage("show what? `show cluster` or `show upgrade status`")),
-    };
     let api = api(cli)?;
+    match what[..] {
+        ["cluster"] => show_one(&api, "/api/cluster", json, watch, |v: &ClusterDoc| (render::cluster(v), false)).await,
+        ["upgrade", "status"] => {
+            show_one(&api, "/api/cluster/upgrade/status", json, watch, |v: &UpgradeStatus| {
+                let running = matches!(v.state, OpState::InProgress | OpState::Prechecking);
+                let bars = if watch { render::phase_bars(v) } else { String::new() };
+                (bars + &render::status(v), running)
+            })
+            .await
+        }
+        _ => Err(usage("show what? `show cluster` or `show upgrade status`")),
+    }
+}
+
+/// Shows one answer of the API, or with `watch` redraws it every second,
+/// waiting out the leader's reboot, until an operation seen running (as
+/// `render` says) has ended.
+async fn show_one<T: serde::de::DeserializeOwned + serde::Serialize>(
+    api: &Api,
+    path: &str,
+    json: bool,
+    watch: bool,
+    render: impl Fn(&T) -> (String, bool),
+) -> Result<(), Failure> {
     if !watch {
-        let v = api.get(path).await?;
+        let v: T = api.get_as(path).await?;
         if json {
             print_json(&v)
         } else {
-            print!("{}", render_fn(&v))
+            print!("{}", render(&v).0)
         }
         return Ok(());
     }
-    // Watching: redraw every second; wait out the leader's reboot; end once
-    // an operation seen running has ended.
     let mut seen_running = false;
     let mut away_since: Option<std::time::Instant> = None;
     loop {
-        let v = match api.get(path).await {
+        let v: T = match api.get_as(path).await {
             Ok(v) => {
                 away_since = None;
                 v
@@ -1025,15 +1046,11 @@ async fn show(cli: &Cli, words: &[String], json: bool, watch: bool) -> Result<()
             }
             Err(e) => return Err(e.into()),
         };
-        let running = matches!(v["state"].as_str(), Some("in_progress" | "prechecking"));
+        let (text, running) = render(&v);
         if json {
             print_json(&v);
         } else {
-            print!("\x1b[2J\x1b[H");
-            if path.ends_with("/status") {
-                print!("{}", render::phase_bars(&v));
-            }
-            print!("{}", render_fn(&v));
+            print!("\x1b[2J\x1b[H{text}");
         }
         if seen_running && !running {
             return Ok(());

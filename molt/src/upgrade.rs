@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use molt_api::{UpgradeStatus, requests::Uploaded, status::OpState};
 
 use crate::client::{Api, ClientError};
 
@@ -36,16 +36,11 @@ pub async fn image_path_on_leader(api: &Api, path: &str, quiet: bool) -> Result<
     let b = bar.clone();
     let answer = api.upload(file, name.trim_start_matches('.'), move |n| b.set_position(n)).await;
     bar.finish_and_clear();
-    let answer = answer?;
+    let answer: Uploaded = crate::client::typed("/api/upload", answer?)?;
     if !quiet {
-        eprintln!(
-            "uploaded {} ({}, sha256 {})",
-            answer["image_path"].as_str().unwrap_or("?"),
-            crate::render::bytes(meta.len()),
-            answer["sha256"].as_str().unwrap_or("?")
-        );
+        eprintln!("uploaded {} ({}, sha256 {})", answer.image_path, crate::render::bytes(meta.len()), answer.sha256);
     }
-    Ok(answer["image_path"].as_str().unwrap_or_default().to_owned())
+    Ok(answer.image_path)
 }
 
 fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
@@ -64,11 +59,11 @@ fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
 }
 
 /// Follows the running operation until it ends; returns the final status.
-pub async fn follow(api: &Api, quiet: bool) -> Result<Value, ClientError> {
+pub async fn follow(api: &Api, quiet: bool) -> Result<UpgradeStatus, ClientError> {
     let bar = bar(100, "progress", quiet);
     let mut unreachable = 0;
     loop {
-        let v = match api.get("/api/cluster/upgrade/status").await {
+        let v: UpgradeStatus = match api.get_as("/api/cluster/upgrade/status").await {
             Ok(v) => {
                 unreachable = 0;
                 v
@@ -82,10 +77,11 @@ pub async fn follow(api: &Api, quiet: bool) -> Result<Value, ClientError> {
             }
             Err(e) => return Err(e),
         };
-        bar.set_position(v["progress"].as_u64().unwrap_or(0));
+        bar.set_position(u64::from(v.progress));
         let left = crate::render::eta(&v).map(|e| format!(", {e}")).unwrap_or_default();
-        bar.set_message(format!("{} {}{left}", v["phase"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or("")));
-        if !matches!(v["state"].as_str(), Some("in_progress" | "prechecking")) {
+        let phase = v.phase.map(|p| format!("{} ", crate::render::name(&p))).unwrap_or_default();
+        bar.set_message(format!("{phase}{}{left}", crate::render::name(&v.state)));
+        if !matches!(v.state, OpState::InProgress | OpState::Prechecking) {
             bar.finish_and_clear();
             return Ok(v);
         }

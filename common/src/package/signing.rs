@@ -29,7 +29,7 @@ const PRIVATE_TAG: &str = "molt-ed25519-private";
 const CONTEXT: &[u8] = b"molt package manifest v1\n";
 
 /// The signature a package's manifest carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
     /// The id of the key that signed.

@@ -12,8 +12,6 @@ use coordinator::{
     journal::{ActionOnError, Image as JournalImage, Member, Operation},
     request::{self, NodeSummary, ProfileRequest, StartCtx, StartRequest},
 };
-use http::StatusCode;
-use serde::Deserialize;
 use tracing::info;
 
 use super::{
@@ -25,108 +23,7 @@ use super::{
     status::UpgradeStatus,
 };
 
-/// What the operator asked for (`POST /api/cluster/upgrade`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpgradeRequest {
-    /// `controller://...` path of the image.
-    pub image_path: String,
-    /// In a mixed cluster, the docker nodes' image (`image_path` is then the vm nodes').
-    #[serde(default)]
-    pub docker_image_path: Option<String>,
-    /// Upgrade even from below the image's minimum compatible version
-    /// (makes the upgrade disruptive).
-    #[serde(default)]
-    pub force: bool,
-    /// Upgrade each SE group's SEs together, moving no traffic.
-    #[serde(default)]
-    pub disruptive: bool,
-    /// Run the checks only; change nothing.
-    #[serde(default)]
-    pub prechecks_only: bool,
-    /// What an SE failure does to its group: `suspend` (the default),
-    /// `continue` or `rollback`.
-    #[serde(default = "suspend")]
-    pub action_on_error: ActionOnError,
-    /// Only these SE groups (a canary); the others stay on the old version
-    /// until `molt upgrade segroup`.
-    #[serde(default)]
-    pub se_groups: Vec<String>,
-    /// This SE group first, alone; then the upgrade holds (paused).
-    #[serde(default)]
-    pub pause_after: Option<String>,
-    /// The plan approved (`prechecks_only` returns it): refused with 409 if
-    /// the plan is different now.
-    #[serde(default)]
-    pub plan_hash: Option<String>,
-    /// Upgrade profile: SEs of each group upgraded at once (default: each
-    /// group's own `max_parallel_ses`, else 1).
-    #[serde(default)]
-    pub max_parallel_ses: Option<u32>,
-    /// Upgrade profile: SE groups `parallel` (the default) or `series`.
-    #[serde(default)]
-    pub se_group_order: Option<SeGroupOrder>,
-    /// Upgrade profile: nodes staging the image at once (default: all).
-    #[serde(default)]
-    pub max_transfers: Option<u32>,
-    /// Upgrade profile: each image transfer's cap in MiB/s (default: none).
-    #[serde(default)]
-    pub transfer_rate_mib: Option<u64>,
-}
-
-fn suspend() -> ActionOnError {
-    ActionOnError::Suspend
-}
-
-/// The answer to `prechecks_only`: what the upgrade would do.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Plan {
-    /// Always true: this is a plan, nothing started.
-    pub prechecks_only: bool,
-    /// Whether it would start.
-    pub ok: bool,
-    /// The pre-checks' verdicts.
-    pub prechecks: Vec<coordinator::request::Precheck>,
-    /// Each virtual service, and whether the upgrade would drop its traffic.
-    pub virtual_services: Vec<super::status::VsStatus>,
-    /// The version the cluster runs (none when its nodes disagree).
-    pub from_version: Option<String>,
-    /// The image's version.
-    pub to_version: String,
-    /// Forced past version compatibility.
-    pub force: bool,
-    /// SEs upgraded without moving traffic.
-    pub disruptive: bool,
-    /// What to pass as `plan_hash` to start exactly this plan.
-    pub plan_hash: String,
-    /// How it would be paced.
-    pub profile: coordinator::journal::Profile,
-}
-
-/// How SE groups follow one another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SeGroupOrder {
-    /// All at once.
-    Parallel,
-    /// One after the other.
-    Series,
-}
-
-/// What `resume` and `rollback` of SE groups ask for.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupRequest {
-    /// The groups (empty: every suspended one for resume; required for rollback).
-    #[serde(default)]
-    pub se_groups: Vec<String>,
-    /// Resume past the SEs that failed, leaving them on the old version.
-    #[serde(default)]
-    pub skip_suspended: bool,
-    /// (rollback) The whole system: every SE group, then the controllers.
-    #[serde(default)]
-    pub system: bool,
-}
+pub use molt_api::requests::{GroupRequest, Plan, SeGroupOrder, UpgradeRequest};
 
 fn refuse(kind: ErrorKind, message: impl Into<String>) -> Refused {
     Refused { kind, message: message.into(), prechecks: vec![] }
@@ -243,7 +140,7 @@ fn refuse_if_running(state: &LeaderState) -> Result<(), Refused> {
 }
 
 /// Checks and, unless `prechecks_only`, starts an upgrade.
-pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(StatusCode, serde_json::Value), Refused> {
+pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<molt_api::requests::Started, Refused> {
     let on_error = req.action_on_error;
     if !req.prechecks_only {
         refuse_if_running(state)?;
@@ -286,13 +183,13 @@ pub async fn start(state: &Arc<LeaderState>, req: UpgradeRequest) -> Result<(Sta
             plan_hash: request::plan_hash(&sreq, &ctx),
             profile,
         };
-        return Ok((StatusCode::OK, serde_json::to_value(plan).expect("serializes")));
+        return Ok(molt_api::requests::Started::Plan(plan));
     }
     // Decided (the conflict, every pre-check) by the coordinator alone.
     let j = request::start(&sreq, &ctx).map_err(Refused::from)?;
     info!(from = %j.from, to = %j.to, "upgrade started");
     begin(state, j).await?;
-    Ok((StatusCode::ACCEPTED, serde_json::to_value(state.status()).expect("serializes")))
+    Ok(molt_api::requests::Started::Status(state.status()))
 }
 
 /// The image (and the docker nodes' image) of a request, verified and checked to go together.
@@ -336,24 +233,24 @@ async fn hold(
     state: &Arc<LeaderState>,
     j: Option<coordinator::journal::Journal>,
     what: &str,
-) -> Result<serde_json::Value, Refused> {
+) -> Result<UpgradeStatus, Refused> {
     if let Some(j) = j {
         info!(id = %j.id, "{what}");
         begin(state, j).await?;
     }
-    Ok(serde_json::to_value(state.status()).expect("serializes"))
+    Ok(state.status())
 }
 
 /// Holds the running upgrade (`molt upgrade pause`): what is in flight
 /// finishes, nothing new starts. Pausing a paused upgrade changes nothing.
-pub async fn pause(state: &Arc<LeaderState>) -> Result<serde_json::Value, Refused> {
+pub async fn pause(state: &Arc<LeaderState>) -> Result<UpgradeStatus, Refused> {
     let _gate = state.operation_gate.lock().await;
     let j = request::pause(state.journal().as_ref())?;
     hold(state, j, "upgrade paused by the operator").await
 }
 
 /// Aborts the running upgrade (`molt upgrade abort`). Aborting twice changes nothing.
-pub async fn abort(state: &Arc<LeaderState>) -> Result<serde_json::Value, Refused> {
+pub async fn abort(state: &Arc<LeaderState>) -> Result<UpgradeStatus, Refused> {
     let _gate = state.operation_gate.lock().await;
     let j = request::abort(state.journal().as_ref())?;
     hold(state, j, "upgrade aborted by the operator").await
@@ -362,7 +259,7 @@ pub async fn abort(state: &Arc<LeaderState>) -> Result<serde_json::Value, Refuse
 /// `molt upgrade resume`, and `molt resume segroup`: with no group named
 /// and an upgrade running, it resumes a paused upgrade; otherwise suspended
 /// SE groups go on.
-pub async fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+pub async fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<UpgradeStatus, Refused> {
     let _gate = state.operation_gate.lock().await;
     if req.se_groups.is_empty() && state.journal().is_some_and(|j| j.is_running()) {
         let j = request::resume_paused(state.journal().as_ref())?;
@@ -373,12 +270,12 @@ pub async fn resume_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Resul
     let j = request::resume(state.journal().as_ref(), &req.se_groups, req.skip_suspended, &config)?;
     info!(groups = ?req.se_groups, skip = req.skip_suspended, "resuming SE groups");
     begin(state, j).await?;
-    Ok(serde_json::to_value(state.status()).expect("serializes"))
+    Ok(state.status())
 }
 
 /// Moves SE groups left on the old version to the controllers' version
 /// (`molt upgrade segroup`), staging the image on their SEs first.
-pub async fn upgrade_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+pub async fn upgrade_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<UpgradeStatus, Refused> {
     let _gate = state.operation_gate.lock().await;
     refuse_if_halted(state, "upgraded")?;
     let config = state.config().clone();
@@ -395,11 +292,11 @@ pub async fn upgrade_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Resu
     }
     info!(groups = ?req.se_groups, to = %j.to, "upgrading SE groups");
     begin(state, j).await?;
-    Ok(serde_json::to_value(state.status()).expect("serializes"))
+    Ok(state.status())
 }
 
 /// Returns every SE group, then the controllers, to the previous version (`molt rollback system`).
-pub async fn rollback_system(state: &Arc<LeaderState>) -> Result<serde_json::Value, Refused> {
+pub async fn rollback_system(state: &Arc<LeaderState>) -> Result<UpgradeStatus, Refused> {
     let _gate = state.operation_gate.lock().await;
     refuse_if_halted(state, "rolled back")?;
     let config = state.config().clone();
@@ -407,12 +304,12 @@ pub async fn rollback_system(state: &Arc<LeaderState>) -> Result<serde_json::Val
     let j = request::rollback_system(state.journal().as_ref(), &nodes, &state.settings.node_id, &config, now_ms())?;
     info!(to = %j.from, "rolling the system back");
     begin(state, j).await?;
-    Ok(serde_json::to_value(state.status()).expect("serializes"))
+    Ok(state.status())
 }
 
 /// Returns SE groups to the old version (`molt rollback segroup`), or the
 /// whole system with `system: true`.
-pub async fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<serde_json::Value, Refused> {
+pub async fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Result<UpgradeStatus, Refused> {
     if req.system {
         if !req.se_groups.is_empty() {
             return Err(refuse(ErrorKind::BadRequest, "name SE groups or ask for the system, not both"));
@@ -425,5 +322,5 @@ pub async fn rollback_groups(state: &Arc<LeaderState>, req: GroupRequest) -> Res
     let j = request::rollback_groups(state.journal().as_ref(), &req.se_groups, &config, now_ms())?;
     info!(groups = ?req.se_groups, "rolling SE groups back");
     begin(state, j).await?;
-    Ok(serde_json::to_value(state.status()).expect("serializes"))
+    Ok(state.status())
 }

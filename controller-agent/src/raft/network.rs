@@ -83,7 +83,11 @@ impl Peer {
         let mut client = pb::raft_client::RaftClient::new(channel)
             .max_decoding_message_size(dial::MAX_MESSAGE)
             .max_encoding_message_size(dial::MAX_MESSAGE);
-        let msg = pb::RaftMessage { json: serde_json::to_vec(req).expect("serializes") };
+        let mut msg = Request::new(pb::RaftMessage { json: serde_json::to_vec(req).expect("serializes") });
+        // The member this is meant for: whoever answers at the address
+        // checks that it is that member (a wrong address in the membership
+        // is refused there, not taken as the member's vote or copy).
+        msg.metadata_mut().insert(TO_MEMBER, self.target.to_string().parse().expect("digits are a valid header"));
         let call = async {
             match method {
                 "append_entries" => client.append_entries(msg).await,
@@ -134,6 +138,9 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
+/// Metadata naming the raft member a message is meant for.
+const TO_MEMBER: &str = "x-molt-raft-to";
+
 /// `molt.v1.Raft`: answers the other controllers. Only a controller
 /// certificate of this cluster may call it.
 #[derive(Clone)]
@@ -158,6 +165,18 @@ impl RaftService {
 
     fn decode<T: DeserializeOwned>(&self, req: Request<pb::RaftMessage>) -> Result<T, Status> {
         let caller = auth::caller(&req, &self.settings.cluster, &[Role::Controller])?;
+        let me = super::raft_id(&self.settings.node_id);
+        if let Some(to) =
+            req.metadata().get(TO_MEMBER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+            && to != me
+        {
+            tracing::warn!(caller = %caller.node_id, to, "refused a raft message meant for another member");
+            return Err(common::errors::ErrorKind::PreconditionFailed.grpc(format!(
+                "this is controller {} (raft member {me}), not raft member {to}: the group's membership names the wrong \
+                 address for that member",
+                self.settings.node_id
+            )));
+        }
         // Only a member of the group as this controller knows it (voter or
         // learner): a controller certificate that is not, or no longer, one
         // (removed, or issued for a node never added) cannot force an

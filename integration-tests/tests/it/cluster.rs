@@ -100,6 +100,21 @@ async fn a_dead_controller_is_removed_and_its_replacement_added_but_not_during_a
     let addr = c.file.nodes.iter().find(|n| n.id == "c3").unwrap().addr.clone();
     let e = api.post("/api/cluster/controllers", &json!({"id": "c3", "addr": "nowhere"})).await.unwrap_err();
     assert!(e.to_string().contains("expected IP:PORT"), "{e}");
+    // Issue 27 (schemathesis): a member named at another node's address
+    // took a vote it could never cast, and the group lost its quorum. The
+    // newcomer is checked where the group would count on it.
+    let c1 = c.file.nodes.iter().find(|n| n.id == "c1").unwrap().addr.clone();
+    let e = api.post("/api/cluster/controllers", &json!({"id": "c4", "addr": c1})).await.unwrap_err();
+    assert_eq!(e.kind(), Some(common::errors::ErrorKind::Conflict), "{e}");
+    assert!(e.to_string().contains("the address of controller c1"), "{e}");
+    let e = api.post("/api/cluster/controllers", &json!({"id": "c4", "addr": "127.0.0.1:9"})).await.unwrap_err();
+    assert_eq!(e.kind(), Some(common::errors::ErrorKind::PreconditionFailed), "{e}");
+    assert!(e.to_string().contains("no controller answers at 127.0.0.1:9"), "{e}");
+    let e = api.post("/api/cluster/controllers", &json!({"id": "c4", "addr": addr})).await.unwrap_err();
+    assert_eq!(e.kind(), Some(common::errors::ErrorKind::Conflict), "{e}");
+    assert!(e.to_string().contains("the address of controller c3"), "{e}");
+    assert_eq!(voters(&api).await, ["c1", "c2"], "no refused newcomer became a member");
+    api.post("/api/serviceenginegroup", &json!({"name": "g8", "ha_mode": "n-plus-m"})).await.unwrap();
     api.post("/api/cluster/controllers", &json!({"id": "c3", "addr": addr})).await.unwrap();
     assert_eq!(voters(&api).await, ["c1", "c2", "c3"]);
     let mirror = c.data_dir("c3").join("store/config.json");

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod control;
+mod described;
 mod docker;
 mod failover;
 mod hardening;

@@ -294,7 +294,7 @@ async fn relays_survive_a_dying_relay(k: usize) {
     let source = node(&status, &child).source.clone().unwrap_or_else(|| panic!("{child} has no source: {status:#?}"));
     let named: Vec<&str> = source.split(',').collect();
     assert!(named.contains(&relay.as_str()) && named.len() == k, "{status:#?}");
-    let shown = molt::render::status(&serde_json::to_value(&status).unwrap());
+    let shown = molt::render::status(&status);
     assert!(shown.contains(&format!("(from {source})")), "{shown}");
     c.stop_node(&relay).await;
     // Everyone else finishes, the relay's fetcher from another source.

@@ -139,6 +139,15 @@ async fn only_controllers_reach_the_raft_service() {
     let e = vote("c1").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert!(e.message().contains("malformed raft message"), "{}", e.message());
+    // A message meant for another member (the membership names a wrong
+    // address for it) is refused by whoever answers there.
+    let ch = channel(&pki_file(&c, "ca.pem"), &pki, Some("c1"), &addr_of(&c, "c2")).await.unwrap();
+    let mut msg = tonic::Request::new(pb::RaftMessage { json: b"{}".to_vec() });
+    let c3: common::NodeId = "c3".parse().unwrap();
+    msg.metadata_mut().insert("x-molt-raft-to", controller_agent::raft::raft_id(&c3).to_string().parse().unwrap());
+    let e = pb::raft_client::RaftClient::new(ch).vote(msg).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("this is controller c2"), "{}", e.message());
     // A controller certificate of this CA for a node that is no member
     // (issue 25, 7: a non-member c9 forced an election).
     let spec: molt::pki::NodeSpec = "c9=controller@127.0.0.1".parse().unwrap();
