@@ -63,8 +63,21 @@ where
     let config = match &cli.cmd {
         Cmd::Run { config } | Cmd::Boot { config, .. } | Cmd::Install { config, .. } => config,
     };
-    let format = common::config::NodeConfigFile::read(config).ok().and_then(|f| f.log_format).unwrap_or_default();
-    common::telemetry::init_as("info", format);
+    let file = common::config::NodeConfigFile::read(config).ok();
+    let format = file.as_ref().and_then(|f| f.log_format).unwrap_or_default();
+    // Spans go to a collector too when the configuration names one (an
+    // endpoint that does not work is said, and the agent runs without).
+    let (otlp, otlp_error) = match file.as_ref().and_then(|f| Some((f.otlp_endpoint.as_deref()?, &f.node_id))) {
+        Some((endpoint, node)) => match crate::otlp::layer(endpoint, &format!("molt-{name}"), node) {
+            Ok(layer) => (Some(layer), None),
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
+    };
+    common::telemetry::init_with("info", format, otlp);
+    if let Some(e) = otlp_error {
+        tracing::error!("{e}; spans are written to the log only");
+    }
     let outcome: Result<(), String> = match cli.cmd {
         Cmd::Boot { config, docker: true } => match tokio::runtime::Runtime::new() {
             Err(e) => Err(format!("cannot start the runtime: {e}")),

@@ -14,6 +14,7 @@ pub mod http;
 pub mod image_stream;
 pub mod metrics;
 pub mod node;
+pub mod otlp;
 pub mod reboot;
 pub mod reflection;
 pub mod relay;

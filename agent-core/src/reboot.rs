@@ -19,6 +19,8 @@ pub struct SystemReboot;
 
 impl Reboot for SystemReboot {
     fn reboot(&self) -> Result<Infallible, String> {
+        // The spans that led here reach the collector before the node goes.
+        crate::otlp::flush();
         nix::unistd::sync();
         nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
             .map_err(|e| format!("reboot(2) failed: {e}"))

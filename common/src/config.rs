@@ -117,6 +117,11 @@ pub struct NodeConfigFile {
     /// `operation_id`, `node`, `step`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<crate::telemetry::LogFormat>,
+    /// An OpenTelemetry collector (OTLP/gRPC, `http://HOST:4317`) that the
+    /// agent exports its spans to: each operation's work, on every node, as
+    /// one trace. None: spans are only in the log lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// Every controller of the cluster.
     pub controllers: Vec<ControllerEntry>,
     /// Controllers: every Service Engine of the cluster, with its address

@@ -27,19 +27,33 @@ pub fn init(default_filter: &str) {
 
 /// As [`init`], in `format`.
 pub fn init_as(default_filter: &str, format: LogFormat) {
+    init_with(default_filter, format, None)
+}
+
+/// What the log lines are written through: the filter over the registry.
+/// A layer added with [`init_with`] (an OTLP exporter) sees what it lets through.
+pub type Base = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
+
+/// A layer beside the log lines, over [`Base`].
+pub type Extra = Box<dyn tracing_subscriber::Layer<Base> + Send + Sync>;
+
+/// As [`init_as`], with `extra` beside the log lines (an exporter of the spans).
+pub fn init_with(default_filter: &str, format: LogFormat, extra: Option<Extra>) {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = match format {
+    let lines: Extra = match format {
         LogFormat::Text => {
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).try_init()
+            fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_target(false).boxed()
         }
-        LogFormat::Json => fmt()
+        LogFormat::Json => fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_target(false)
-            .try_init(),
+            .boxed(),
     };
+    let layers: Vec<Extra> = std::iter::once(lines).chain(extra).collect();
+    let _ = tracing_subscriber::registry().with(filter).with(layers).try_init();
 }

@@ -146,6 +146,8 @@ pub struct LocalSpec {
     pub allowed_gate_programs: Vec<PathBuf>,
     /// How every node writes its log (`log_format`).
     pub log_format: common::telemetry::LogFormat,
+    /// The collector every node exports its spans to (`otlp_endpoint`).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl LocalSpec {
@@ -173,6 +175,7 @@ impl LocalSpec {
             trusted_keys: vec![],
             allowed_gate_programs: vec![],
             log_format: common::telemetry::LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
@@ -351,6 +354,7 @@ pub fn prepare(spec: &LocalSpec) -> Result<ClusterFile, LocalError> {
             trusted_keys: trusted_keys.clone(),
             allowed_gate_programs: if n.role == "controller" { vec![] } else { spec.allowed_gate_programs.clone() },
             log_format: Some(spec.log_format).filter(|f| *f != common::telemetry::LogFormat::Text),
+            otlp_endpoint: spec.otlp_endpoint.clone(),
             controllers: controllers.clone(),
             service_engines: if n.role == "controller" { service_engines.clone() } else { vec![] },
         };

@@ -276,6 +276,10 @@ enum LocalCmd {
         /// How the nodes write their logs (`agent.log`): text or json.
         #[arg(long, default_value = "text")]
         log_format: String,
+        /// An OpenTelemetry collector (OTLP/gRPC, http://HOST:4317) every
+        /// node exports its spans to.
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// Power every node off (the cluster dir stays).
     Down {
@@ -1086,6 +1090,7 @@ async fn local_cmd(cmd: &LocalCmd, global: Option<&Path>) -> Result<(), Failure>
             trusted_keys,
             allowed_gate_programs,
             log_format,
+            otlp_endpoint,
         } => {
             let dir = cluster_dir(dir, global)?.to_owned();
             let spec = LocalSpec {
@@ -1111,6 +1116,7 @@ async fn local_cmd(cmd: &LocalCmd, global: Option<&Path>) -> Result<(), Failure>
                     "json" => common::telemetry::LogFormat::Json,
                     other => return Err(usage(format!("--log-format {other:?}: expected text or json"))),
                 },
+                otlp_endpoint: otlp_endpoint.clone(),
             };
             let started = std::time::Instant::now();
             let cf = local::up(&spec, Duration::from_secs(60)).await?;

@@ -283,6 +283,7 @@ impl Executor {
             step = cmd.kind.name(),
             command = %cmd.id,
         );
+        crate::otlp::join_operation(&span, cmd.operation_id.as_deref().unwrap_or_default());
         let _in_step = span.enter();
         info!(generation = cmd.generation, "command accepted");
         let this = self.clone();

@@ -65,6 +65,7 @@ pub fn spawn(state: Arc<LeaderState>) {
                 // The step's lines carry the operation it decides for.
                 let id = state.journal().map(|j| j.id).unwrap_or_default();
                 let span = tracing::info_span!("operation", operation_id = %id, node = %state.settings.node_id);
+                agent_core::otlp::join_operation(&span, &id);
                 tracing::Instrument::instrument(driver.step(&mut fx), span).await
             };
             state.driver_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -12,11 +12,11 @@ use crate::security::{addr_of, raw_https};
 fn schemathesis() -> PathBuf {
     let st = std::env::var_os("MOLT_SCHEMATHESIS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("tools/st-venv/bin/st"));
+        .unwrap_or_else(|| target_dir().join("tools/venv/bin/st"));
     assert!(
         st.exists(),
-        "the API test needs schemathesis at {}: run .ci/run, or `python3 -m venv target/tools/st-venv && \
-         target/tools/st-venv/bin/pip install schemathesis==4.32.5`, or set MOLT_SCHEMATHESIS",
+        "the API test needs schemathesis at {}: run .ci/run, or `python3 -m venv target/tools/venv && \
+         target/tools/venv/bin/pip install schemathesis==4.32.5`, or set MOLT_SCHEMATHESIS",
         st.display()
     );
     st

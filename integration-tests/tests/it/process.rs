@@ -192,6 +192,108 @@ fn json_logs_follow_one_operation_across_the_leader_and_the_nodes() {
     }
 }
 
+/// An OTLP/gRPC receiver (`integration-tests/tools/otlp_receiver.py`, on
+/// OpenTelemetry's own service definitions), stopped when dropped.
+struct OtlpReceiver {
+    child: std::process::Child,
+    port: u16,
+    out: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OtlpReceiver {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let python = integration_tests::browser::target_dir().join("tools/venv/bin/python");
+        assert!(
+            python.exists(),
+            "the OTLP test needs grpcio and opentelemetry-proto in target/tools/venv: run .ci/run, or `python3 -m venv \
+             target/tools/venv && target/tools/venv/bin/pip install grpcio opentelemetry-proto`"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("spans.jsonl");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/otlp_receiver.py");
+        let mut child = std::process::Command::new(python)
+            .args([script, out.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("the receiver said {line:?}"));
+        Self { child, port, out, _dir: dir }
+    }
+
+    fn spans(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 27: spans could not be shipped to a trace viewer. With
+/// `otlp_endpoint`, every node exports its spans over OTLP/gRPC to a real
+/// receiver, and the spans of one operation, on the leader and on each
+/// node, form one trace (their trace id comes from the operation id).
+#[test]
+fn the_spans_of_one_operation_reach_an_otlp_receiver_as_one_trace() {
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let c = LocalCluster::up(&[
+        "--controllers",
+        "1",
+        "--groups",
+        "g1:active-active:1",
+        "--heartbeat-ms",
+        "300",
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = integration_tests::process::cli_package(tmp.path(), "2.0.0", "1.0.0");
+    let out = c.molt(&["upgrade", "prestage", "image_path", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status: crate::support::UpgradeStatus = rt.block_on(c.api().get_as("/api/cluster/upgrade/status")).unwrap();
+    let id = status.operation_id.expect("the status names the operation");
+    let of_op = |s: &serde_json::Value| s["attributes"]["operation_id"] == id.as_str();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (leader, steps) = loop {
+        let spans = receiver.spans();
+        let leader: Vec<_> = spans
+            .iter()
+            .filter(|s| s["name"] == "operation" && of_op(s) && s["service"] == "molt-controller-agent")
+            .cloned()
+            .collect();
+        let steps: Vec<_> = spans
+            .iter()
+            .filter(|s| s["name"] == "step" && of_op(s) && s["attributes"]["step"] == "stage")
+            .cloned()
+            .collect();
+        let on = |node: &str| steps.iter().any(|s| s["instance"] == node);
+        if !leader.is_empty() && on("c1") && on("g1-se1") {
+            break (leader, steps);
+        }
+        assert!(std::time::Instant::now() < deadline, "no spans of {id} from the leader and both nodes: {spans:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(steps.iter().any(|s| s["service"] == "molt-se-agent" && s["instance"] == "g1-se1"), "{steps:#?}");
+    let trace = leader[0]["trace_id"].clone();
+    assert!(trace.as_str().is_some_and(|t| t.len() == 32 && t != "0".repeat(32)), "{trace}");
+    for s in leader.iter().chain(&steps) {
+        assert_eq!(s["trace_id"], trace, "one trace for the operation: {s}");
+    }
+}
+
 /// Issue 28: `bench_distribution --help` ran the whole benchmark. Every
 /// bench now answers `--help` and refuses an unknown flag, before it starts
 /// anything.
