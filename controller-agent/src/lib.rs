@@ -47,6 +47,7 @@ pub async fn start(
     // Every leader task ends when the node stops.
     state.stop_with(node.shutdown_token());
     state.follow_leadership();
+    raft::prevote::guard(state.consensus.clone(), state.settings.clone(), node.shutdown_token());
     let grpc = node
         .base_routes()
         .add_service(leader::grpc::LeaderService::server(state.clone()))

@@ -2,11 +2,19 @@
 //! cluster of three controllers (heartbeats every second, real processes):
 //!
 //! 1. the latency of REST configuration writes (each replicated to a
-//!    majority, fsynced, applied) over loopback: p50 and p99;
+//!    majority, fsynced, applied) over loopback: p50 and p99, against a
+//!    baseline measured in the same run on the same disk: a bare redb
+//!    commit of the same size, fsynced, which every write needs at least
+//!    once (the ratio is printed);
 //! 2. the leader's power cut, and the time from then to the first write a
 //!    new leader accepts; `--runs N` times (the lost leader is powered on
-//!    again and rejoins between runs). Last line:
-//!    `failover median: M s (min A, max B) over N runs`.
+//!    again and rejoins between runs):
+//!    `failover median: M s (min A, max B) over N runs`;
+//! 3. a follower cut off from the others for 5 s (nftables), then back:
+//!    whether it deposed the leader;
+//! 4. the cluster left alone for `--quiet-secs`: the elections in it (the
+//!    raft terms the leader's generation went through). Last line:
+//!    `quiet: E elections in S s`.
 //!
 //! ```text
 //! cargo build --release --workspace && target/release/bench_failover [--writes 500] [--runs 5]
@@ -23,6 +31,7 @@ use serde_json::json;
 const FLAGS: &[Flag] = &[
     Flag { name: "--runs", help: "failovers measured (the median is reported)", default: "5" },
     Flag { name: "--writes", help: "configuration writes timed before the failover", default: "500" },
+    Flag { name: "--quiet-secs", help: "seconds the cluster is left alone, its elections counted", default: "600" },
 ];
 
 /// What `--help` prints before the flags.
@@ -38,8 +47,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// Prints the count, p50, p99 and max of `lat`.
-fn report(what: &str, mut lat: Vec<Duration>) {
+/// Prints the count, p50, p99 and max of `lat`; returns the p99 (ms).
+fn report(what: &str, mut lat: Vec<Duration>) -> f64 {
     lat.sort();
     println!(
         "{what}: {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -48,6 +57,25 @@ fn report(what: &str, mut lat: Vec<Duration>) {
         pct(&lat, 0.99),
         pct(&lat, 1.0)
     );
+    pct(&lat, 0.99)
+}
+
+/// The baseline of a replicated write: `n` bare redb commits (fsynced,
+/// `Durability::Immediate`, redb's default) of a ~300-byte value in `dir`,
+/// on the disk the controllers' stores are on.
+fn redb_commits(dir: &std::path::Path, n: usize) -> Vec<Duration> {
+    const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+    let db = redb::Database::create(dir.join("baseline.redb")).expect("create the baseline database");
+    let value = vec![b'x'; 300];
+    (0..n as u64)
+        .map(|i| {
+            let t = Instant::now();
+            let w = db.begin_write().unwrap();
+            w.open_table(T).unwrap().insert(i, value.as_slice()).unwrap();
+            w.commit().unwrap();
+            t.elapsed()
+        })
+        .collect()
 }
 
 #[tokio::main]
@@ -95,7 +123,12 @@ async fn main() {
         }
         lat.push(t.elapsed());
     }
-    report("config writes on 3 controllers (PUT virtualservice)", lat);
+    let molt_p99 = report("config writes on 3 controllers (PUT virtualservice)", lat);
+    let bare_p99 = report("baseline: bare redb commit, fsynced, same disk", redb_commits(work.path(), writes));
+    println!(
+        "write p99: molt {molt_p99:.2} ms = {:.1} x a bare fsynced redb commit ({bare_p99:.2} ms)",
+        molt_p99 / bare_p99.max(0.001)
+    );
 
     // 2. The leader's power is cut; how long until a write is accepted
     // again? Then it is powered on, and once every node is up and the three
@@ -151,4 +184,47 @@ async fn main() {
         secs(took[0]),
         secs(took[took.len() - 1])
     );
+
+    // 3. A follower cut off, then back: it campaigned alone (its term went
+    // up); back, it must not depose the leader that the others still follow.
+    let term = async || -> (String, u64) {
+        let v = api.get("/api/cluster").await.unwrap_or_default();
+        (v["leader"].as_str().unwrap_or("?").to_owned(), v["generation"].as_u64().unwrap_or(0) >> 32)
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = term().await;
+    let follower = ["c1", "c2", "c3"].into_iter().find(|c| *c != before.0).unwrap();
+    let nft = |args: &[&str]| {
+        let st = std::process::Command::new(bin("molt"))
+            .args(["local"])
+            .args(args)
+            .args(["--cluster-dir", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "molt local {args:?}");
+    };
+    nft(&["partition", follower]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    nft(&["heal"]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = term().await;
+    println!(
+        "{follower} cut off for 5 s, then back: leader {} (term {}) -> {} (term {}){}",
+        before.0,
+        before.1,
+        after.0,
+        after.1,
+        if after == before { ": not deposed" } else { ": DEPOSED" }
+    );
+
+    // 4. Left alone: every election is a term the leader's generation shows.
+    let quiet: u64 = args().get("--quiet-secs");
+    let start = term().await;
+    let mut terms = std::collections::BTreeSet::from([start.1]);
+    let until = Instant::now() + Duration::from_secs(quiet);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        terms.insert(term().await.1);
+    }
+    println!("quiet: {} elections in {quiet} s", terms.len() - 1);
 }

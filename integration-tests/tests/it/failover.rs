@@ -132,3 +132,37 @@ async fn a_leader_partitioned_from_the_others_refuses_writes_while_the_majority_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Issue 28: a follower cut off from the others campaigned alone, term
+/// after term, and on its return its higher term deposed the leader the
+/// others had followed all along (a 5 s cut: term 4 to 11, a new leader).
+/// A controller now stands for election only while a majority answers it
+/// and none of them leads (pre-vote), so it comes back as a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
+    let (c, api) = start(&["--controllers", "3"]);
+    let term = async || {
+        let doc = api.get_as::<molt::molt_api::ClusterDoc>("/api/cluster").await.unwrap();
+        (doc.leader.clone().unwrap_or_default(), doc.generation >> 32)
+    };
+    // A leader whose term has begun, seen twice the same a moment apart.
+    let started = Instant::now();
+    let before = loop {
+        let a = term().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !a.0.is_empty() && term().await == a {
+            break a;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no steady leader: {a:?}");
+    };
+    let follower = ["c1", "c2", "c3"].into_iter().find(|id| *id != before.0).unwrap();
+    let d = c.path().to_str().unwrap().to_owned();
+    assert!(molt(&["local", "partition", "--dir", &d, follower]).status.success());
+    // Longer than several election timeouts (0.4 to 0.7 s here).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(molt(&["local", "heal", "--dir", &d]).status.success());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(term().await, before, "{follower} came back and the leadership or the term changed");
+    // It follows again: it names the same leader.
+    assert_eq!(leader_seen_by(&api, &addr_of(&c, follower)).await.as_deref(), Some(before.0.as_str()));
+}
