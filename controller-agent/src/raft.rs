@@ -181,24 +181,26 @@ impl std::fmt::Debug for Consensus {
 }
 
 /// openraft's timing from the agents' heartbeat interval `hb`: raft
-/// heartbeats every `hb`/10 (at least 50 ms); the election timeout is 0.4 to
-/// 0.7 `hb` (at least 300 to 500 ms), each controller's drawn once.
+/// heartbeats every `hb`/4 (at least 50 ms; openraft gives each
+/// replication request that long, so it is not made shorter: a leader
+/// serving an image to 200 SEs on two cores answered late at `hb`/10 and
+/// lost its term); the election timeout is 0.5 to 0.75 `hb` (at least 300
+/// to 500 ms), each controller's drawn once.
 ///
 /// A follower that holds a committed vote stands only after openraft's
 /// leader lease (the maximum election timeout) *and* its own election
-/// timeout have passed without the leader: 1.1 to 1.4 `hb`, so at the
-/// default 1 s a lost leader is replaced in about 1.5 s, while seven raft
-/// heartbeats in a row must be missed first. The same lease makes the
-/// other controllers refuse a vote request while they hear from their
-/// leader (what pre-vote gives: a controller that comes back after being
-/// cut off does not depose a healthy leader).
+/// timeout have passed without the leader: 1.25 to 1.5 `hb`, so at the
+/// default 1 s a lost leader is replaced in about 1.6 s. The same lease
+/// makes the other controllers refuse a vote request while they hear from
+/// their leader, and `prevote` keeps a controller that cannot reach a
+/// majority from standing at all.
 pub fn raft_config(settings: &NodeSettings) -> openraft::Config {
     let hb = settings.heartbeat_interval.as_millis() as u64;
     openraft::Config {
         cluster_name: settings.cluster.clone(),
-        heartbeat_interval: (hb / 10).max(50),
-        election_timeout_min: (hb * 4 / 10).max(300),
-        election_timeout_max: (hb * 7 / 10).max(500),
+        heartbeat_interval: (hb / 4).max(50),
+        election_timeout_min: (hb / 2).max(300),
+        election_timeout_max: (hb * 3 / 4).max(500),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
         max_in_snapshot_log_to_keep: 100,
         ..Default::default()

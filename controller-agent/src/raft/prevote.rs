@@ -14,7 +14,7 @@
 //! A peer is asked through gRPC health (`molt.v1.Leader`: `SERVING` only
 //! on the controller whose term has begun), with this controller's own
 //! certificate, every fifth of the shortest election timeout; a peer that
-//! does not answer within half of it counts as out of reach.
+//! does not answer within that timeout counts as out of reach.
 
 use std::{sync::Arc, time::Duration};
 
@@ -47,7 +47,7 @@ fn may_stand(peers: &[Seen]) -> bool {
 /// Keeps this controller's elections on only while it may stand, until `shutdown`.
 pub fn guard(consensus: Consensus, settings: Arc<NodeSettings>, shutdown: CancellationToken) {
     let min = consensus.raft.config().election_timeout_min;
-    let (every, within) = (Duration::from_millis((min / 5).max(50)), Duration::from_millis((min / 2).max(100)));
+    let (every, within) = (Duration::from_millis((min / 5).max(50)), Duration::from_millis(min.max(100)));
     tokio::spawn(async move {
         let mut allowed = true;
         let mut channels: std::collections::HashMap<String, tonic::transport::Channel> = Default::default();

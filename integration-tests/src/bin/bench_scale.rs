@@ -25,7 +25,7 @@ use std::{
 };
 
 use common::{DeploymentKind, Role, convert, session::Heartbeat, tls::TlsMaterial};
-use integration_tests::bench::{Args, Down, Flag};
+use integration_tests::bench::{Args, Down, Flag, cpu_secs, status_kib};
 use integration_tests::bin;
 use molt::{
     client::{Api, Connection},
@@ -51,24 +51,6 @@ fn args() -> &'static Args {
 
 fn se_ip(i: usize) -> String {
     format!("127.7.{}.{}", i / 250, i % 250 + 1)
-}
-
-/// CPU seconds (user + system) the process has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // USER_HZ: 100 on every Linux architecture molt runs on.
-    let hz = 100.0;
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    (ticks(11) + ticks(12)) / hz
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
 }
 
 /// One SE: a session with the leader, a heartbeat a second, until `stop`;

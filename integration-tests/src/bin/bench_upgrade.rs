@@ -1,181 +1,178 @@
-//! Upgrade benchmark: the wall time of a happy-path system upgrade (3
-//! controllers, SE groups g1 and g2 of 2 SEs, real reboots through
-//! `molt local`), split into distribution, unpacking and rebooting on the
-//! critical path, and the rest (commands, commits, drains and restores,
-//! heartbeat latency, waits), itself split into the commands' round trips
-//! and the waits between steps. Last line:
-//! `median: wall W s, distribution D s, unpack U s, reboot path R s, other O s`.
+//! Upgrade benchmark: the wall time of a happy-path system upgrade of a
+//! local cluster (real processes, real reboots), accounted on its critical
+//! path: the chain of steps each of which waited for the one before
+//! (`integration_tests::bench::critical`), whose parts add up to the wall
+//! time exactly. Last line:
+//! `median: wall W s = staging S + unpack U + reboot R + traffic T + gates G + round trips C + waits H + idle I`.
+//!
+//! By default 3 controllers and SE groups g1 (active-active) and g2
+//! (n-plus-m) of 2 SEs. `--ses N --groups G [--max-parallel-ses K]`: 3
+//! controllers and N SEs in G active-active groups, K SEs of a group at
+//! once; each run then also prints its wall time against the ideal the
+//! rules allow (the distribution, the controllers' path, and for the
+//! largest group ⌈SEs/K⌉ SE passes of the median SE's pass), and the
+//! controllers' CPU time and largest resident memory during the run.
 //!
 //! ```text
-//! cargo build --release --workspace && target/release/bench_upgrade [--runs 3]
+//! cargo build --release --workspace && target/release/bench_upgrade [--runs 3] [--ses 64 --groups 4 --max-parallel-ses 2]
 //! ```
-//!
-//! Critical path = controller phase (from the first controller's reboot to
-//! the last controller's rejoin) + the slowest SE group's sum of its SEs'
-//! reboot-and-rejoin times (SEs of a group go one at a time; groups in
-//! parallel). All times come from the per-node events of the status.
 
 use std::{path::Path, time::Duration};
 
-use integration_tests::bench::{Args, Down, Flag};
+use integration_tests::bench::{Args, Down, Flag, NodeUsage, critical::CriticalPath};
 use integration_tests::bin;
-use molt::client::{Api, Connection};
-use serde_json::{Value, json};
+use molt::{
+    client::{Api, Connection},
+    molt_api::{
+        UpgradeStatus,
+        requests::{Started, UpgradeRequest},
+        status::{OpState, Task},
+    },
+};
 
 /// The flags this bench takes.
-const FLAGS: &[Flag] = &[Flag { name: "--runs", help: "upgrades measured (the median is reported)", default: "3" }];
+const FLAGS: &[Flag] = &[
+    Flag { name: "--runs", help: "upgrades measured (the median is reported)", default: "3" },
+    Flag { name: "--ses", help: "SEs, in --groups active-active groups (0: g1 and g2 of 2 SEs)", default: "0" },
+    Flag { name: "--groups", help: "SE groups the --ses SEs are spread over", default: "1" },
+    Flag { name: "--max-parallel-ses", help: "SEs of a group upgraded at once", default: "1" },
+    Flag { name: "--max-transfers", help: "nodes staging the image at once (0: all)", default: "0" },
+];
 
 /// What `--help` prints before the flags.
-const ABOUT: &str = "Upgrade benchmark: the wall time of a happy-path system upgrade of a local cluster, split on the critical path.\nusage: bench_upgrade [FLAGS]";
+const ABOUT: &str = "Upgrade benchmark: the wall time of a happy-path system upgrade of a local cluster, accounted on its critical path.\nusage: bench_upgrade [FLAGS]";
 
 /// The command line (see `Args::global`).
 fn args() -> &'static Args {
     Args::global(ABOUT, FLAGS)
 }
 
-fn events<'a>(status: &'a Value, node: &str, task: &str) -> Vec<&'a Value> {
-    status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["id"] == node)
-        .flat_map(|n| n["events"].as_array().unwrap())
-        .filter(|e| e["task"] == task)
-        .collect()
+/// The cluster's shape.
+struct Shape {
+    /// `--groups` of `molt local up`.
+    groups: String,
+    ses: usize,
+    /// The SEs of the largest group.
+    largest: usize,
+    parallel: usize,
+    scale: bool,
 }
 
-fn span(e: &Value) -> (f64, f64) {
-    (e["start"].as_f64().unwrap(), e["end"].as_f64().unwrap_or(e["start"].as_f64().unwrap()))
-}
-
-/// Where one upgrade's wall time went, in seconds.
-#[derive(Debug, Clone, Copy)]
-struct Breakdown {
-    wall: f64,
-    /// The first node's staging start to the last node's staging end.
-    distribution: f64,
-    /// Installing into the inactive slot on the critical path: the slowest
-    /// follower's apply, then the slowest group's SEs' applies, one after the
-    /// other (the leader's own apply is inside the controllers' reboot window).
-    unpack: f64,
-    /// Rebooting and rejoining on the critical path (controllers, then the slowest group).
-    reboot: f64,
-    /// The controllers' part of `reboot`.
-    controllers: f64,
-    /// The slowest group's part of `reboot`.
-    slowest_group: f64,
-    /// Of `other`: the steps the leader drives by command on the critical
-    /// path, each from its decision to the heartbeat reporting it done (the
-    /// controllers' commit; the slowest group's drains, commits and restores).
-    commands: f64,
-}
-
-impl Breakdown {
-    /// What is neither distribution, unpacking nor reboot: commands, commits,
-    /// drains and restores, heartbeat latency, waits.
-    fn other(&self) -> f64 {
-        (self.wall - self.distribution - self.unpack - self.reboot).max(0.0)
-    }
-
-    /// Of `other`: what is not a command's round trip, i.e. the time
-    /// between steps (the driver's decision after a heartbeat, polls).
-    fn waits(&self) -> f64 {
-        (self.other() - self.commands).max(0.0)
-    }
-}
-
-fn duration(e: &Value) -> f64 {
-    let (s, t) = span(e);
-    t - s
-}
-
-fn analyse(status: &Value) -> Breakdown {
-    let wall = status["ended_at"].as_f64().unwrap() - status["started_at"].as_f64().unwrap();
-    let nodes: Vec<&str> = status["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
-    let controllers: Vec<String> = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["role"] == "controller")
-        .map(|n| n["id"].as_str().unwrap().to_owned())
-        .collect();
-    let stages: Vec<(f64, f64)> = nodes.iter().flat_map(|n| events(status, n, "stage")).map(span).collect();
-    let distribution =
-        stages.iter().map(|s| s.1).fold(0.0, f64::max) - stages.iter().map(|s| s.0).fold(f64::MAX, f64::min);
-    // A follower reboots when its apply ends; the leader when its own apply
-    // started (it reports nothing before rebooting).
-    let first_reboot =
-        controllers.iter().flat_map(|c| events(status, c, "apply")).map(|e| span(e).1).fold(f64::MAX, f64::min);
-    let last_rejoin =
-        controllers.iter().flat_map(|c| events(status, c, "rejoin")).map(|e| span(e).1).fold(0.0, f64::max);
-    let controller_reboot = (last_rejoin - first_reboot).max(0.0);
-    // The followers install before the first reboot; the leader installs
-    // after they rejoined, inside the controllers' reboot window (counted there).
-    let mut applies: Vec<(f64, f64)> =
-        controllers.iter().flat_map(|c| events(status, c, "apply")).map(|e| (span(e).0, duration(e))).collect();
-    applies.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if applies.len() > 1 {
-        applies.pop();
-    }
-    let controller_apply = applies.iter().map(|a| a.1).fold(0.0, f64::max);
-    let controller_commit =
-        controllers.iter().flat_map(|c| events(status, c, "commit")).map(duration).fold(0.0, f64::max);
-    // The slowest group: the most time in its SEs' applies and reboots.
-    let (mut group_apply, mut group_reboot, mut group_commands) = (0.0f64, 0.0f64, 0.0f64);
-    for g in status["se_groups"].as_array().unwrap() {
-        let ses: Vec<&str> = g["ses"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-        let sum = |task: &str| -> f64 { ses.iter().flat_map(|se| events(status, se, task)).map(duration).sum() };
-        let (apply, rejoin) = (sum("apply"), sum("rejoin"));
-        if apply + rejoin > group_apply + group_reboot {
-            (group_apply, group_reboot) = (apply, rejoin);
-            group_commands = sum("drain") + sum("commit") + sum("restore");
+impl Shape {
+    fn from_args() -> Self {
+        let (ses, groups, parallel): (usize, usize, usize) =
+            (args().get("--ses"), args().get("--groups"), args().get("--max-parallel-ses"));
+        if ses == 0 {
+            return Self {
+                groups: "g1:active-active:2,g2:n-plus-m:2".into(),
+                ses: 4,
+                largest: 2,
+                parallel: 1,
+                scale: false,
+            };
         }
-    }
-    Breakdown {
-        wall,
-        distribution: distribution.max(0.0),
-        unpack: controller_apply + group_apply,
-        reboot: controller_reboot + group_reboot,
-        controllers: controller_reboot,
-        slowest_group: group_reboot,
-        commands: controller_commit + group_commands,
+        assert!(groups >= 1 && groups <= ses && parallel >= 1, "--groups 1..=--ses, --max-parallel-ses 1 or more");
+        let per = |g: usize| ses / groups + usize::from(g < ses % groups);
+        let spec: Vec<String> = (0..groups).map(|g| format!("g{}:active-active:{}", g + 1, per(g))).collect();
+        Self { groups: spec.join(","), ses, largest: per(0), parallel, scale: true }
     }
 }
 
-async fn one_run(work: &Path, pkg: &Path, i: usize) -> Value {
+/// What the rules allow: the distribution, the controllers' path (their
+/// first apply to their last commit), and ⌈SEs/K⌉ passes of the median SE
+/// (its drain to its restore) for the largest group.
+fn ideal(end: &UpgradeStatus, shape: &Shape) -> (f64, f64, f64, f64) {
+    let steps = |role: common::Role, task: Task| -> Vec<(f64, f64)> {
+        end.nodes
+            .iter()
+            .filter(|n| n.role == role)
+            .flat_map(|n| n.events.iter())
+            .filter(|e| e.task == task)
+            .map(|e| (e.start, e.end.unwrap_or(e.start)))
+            .collect()
+    };
+    let all_stages: Vec<(f64, f64)> = [common::Role::Controller, common::Role::ServiceEngine]
+        .into_iter()
+        .flat_map(|r| steps(r, Task::Stage))
+        .collect();
+    let first = |v: &[(f64, f64)]| v.iter().map(|s| s.0).fold(f64::MAX, f64::min);
+    let last = |v: &[(f64, f64)]| v.iter().map(|s| s.1).fold(0.0, f64::max);
+    let distribution = (last(&all_stages) - first(&all_stages)).max(0.0);
+    let c = common::Role::Controller;
+    let controllers = (last(&steps(c, Task::Commit)) - first(&steps(c, Task::Apply))).max(0.0);
+    let mut passes: Vec<f64> = end
+        .nodes
+        .iter()
+        .filter(|n| n.role == common::Role::ServiceEngine)
+        .filter_map(|n| {
+            let drain = n.events.iter().find(|e| e.task == Task::Drain)?.start;
+            let restore = n.events.iter().rev().find(|e| e.task == Task::Restore)?.end?;
+            Some(restore - drain)
+        })
+        .collect();
+    passes.sort_by(f64::total_cmp);
+    let pass = passes.get(passes.len() / 2).copied().unwrap_or(0.0);
+    let ses = pass * shape.largest.div_ceil(shape.parallel) as f64;
+    (distribution + controllers + ses, distribution, controllers, ses)
+}
+
+async fn one_run(work: &Path, pkg: &Path, i: usize, shape: &Shape) -> (UpgradeStatus, f64, u64) {
     let dir = work.join(format!("cluster-{i}"));
     let subnet = format!("127.4.{}", 10 + i);
-    let down =
-        Down::up(&dir, &["--controllers", "3", "--groups", "g1:active-active:2,g2:n-plus-m:2", "--subnet", &subnet]);
+    let down = Down::up(&dir, &["--controllers", "3", "--groups", &shape.groups, "--subnet", &subnet]);
     let api = Api::new(&Connection::resolve(Some(&dir), None, None, None).unwrap()).unwrap();
     let up = api.upload(pkg, "controller.pkg", |_| {}).await.unwrap();
-    api.post("/api/cluster/upgrade", &json!({ "image_path": up["image_path"] })).await.unwrap();
+    let mut req = UpgradeRequest::new(up["image_path"].as_str().unwrap().to_owned());
+    if shape.scale {
+        req.max_parallel_ses = Some(shape.parallel as u32);
+    }
+    let transfers: u32 = args().get("--max-transfers");
+    req.max_transfers = (transfers > 0).then_some(transfers);
+    let usage = NodeUsage::watch(&dir, &["c1", "c2", "c3"]);
+    let Started::Status(started) = api.post_as("/api/cluster/upgrade", &req).await.unwrap() else {
+        panic!("the upgrade did not start")
+    };
+    // The end of this operation (a controller without a leader may answer
+    // from a replica that is behind: only this operation's end counts).
     let end = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(v) = api.get("/api/cluster/upgrade/status").await else { continue };
-        if v["state"] != "in_progress" {
+        let Ok(v) = api.get_as::<UpgradeStatus>("/api/cluster/upgrade/status").await else { continue };
+        if v.operation_id == started.operation_id && v.state != OpState::InProgress {
             break v;
         }
     };
+    let (cpu, rss_kib) = usage.end();
     drop(down);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(end["state"], "completed", "{end:#}");
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
     if let Ok(path) = std::env::var("MOLT_BENCH_DUMP") {
         std::fs::write(format!("{path}.{i}.json"), serde_json::to_vec_pretty(&end).unwrap()).unwrap();
     }
-    end
+    (end, cpu, rss_kib)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     args();
     common::tls::install_default_provider();
-    let runs: usize = args().text("--runs").parse().unwrap();
+    let runs: usize = args().get("--runs");
+    let shape = Shape::from_args();
     let work = tempfile::Builder::new().prefix("molt-bench-upgrade-").tempdir().unwrap();
     let payload = work.path().join("payload/bin");
     std::fs::create_dir_all(&payload).unwrap();
     for b in ["controller-agent", "se-agent"] {
-        std::fs::copy(bin(b), payload.join(b)).unwrap();
+        // Scale runs ship the agents stripped of their debug lines (33 MiB
+        // instead of 195: every SE stages the package and unpacks it).
+        let stripped = shape.scale
+            && std::process::Command::new("strip")
+                .arg("-o")
+                .arg(payload.join(b))
+                .arg(bin(b))
+                .status()
+                .is_ok_and(|s| s.success());
+        if !stripped {
+            std::fs::copy(bin(b), payload.join(b)).unwrap();
+        }
     }
     let pkg = work.path().join("controller.pkg");
     let info = common::package::build(
@@ -187,45 +184,38 @@ async fn main() {
     )
     .unwrap();
     println!(
-        "molt upgrade benchmark: 3 controllers + g1, g2 of 2 SEs, 1.0.0 → 2.0.0, {} MiB package, heartbeat 1 s",
+        "molt upgrade benchmark: 3 controllers + {} SEs ({}), {} at once per group, 1.0.0 → 2.0.0, {} MiB package, heartbeat 1 s",
+        shape.ses,
+        shape.groups,
+        shape.parallel,
         info.size >> 20
     );
-    println!(
-        "{:<5} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12} {:>8}",
-        "run", "wall s", "dist s", "unpack s", "reboot s", "controllers s", "slowest grp s", "other s"
-    );
-    let mut rows = vec![];
+    let mut rows: Vec<CriticalPath> = vec![];
     for i in 0..runs {
-        let end = one_run(work.path(), &pkg, i).await;
-        let b = analyse(&end);
+        let (end, cpu, rss_kib) = one_run(work.path(), &pkg, i, &shape).await;
+        let p = CriticalPath::of(&end).expect("the operation ended");
+        println!("run {}: {}", i + 1, p.line());
         println!(
-            "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>12.2} {:>12.2} {:>8.2}",
-            i + 1,
-            b.wall,
-            b.distribution,
-            b.unpack,
-            b.reboot,
-            b.controllers,
-            b.slowest_group,
-            b.other()
+            "  leader's overhead on the path (round trips + waits + idle): {:.2} s = {:.1}% of the wall time",
+            p.overhead(),
+            100.0 * p.overhead() / p.wall.max(f64::EPSILON)
         );
-        rows.push(b);
+        if shape.scale {
+            let (ideal, dist, ctrl, ses) = ideal(&end, &shape);
+            println!(
+                "  ideal {ideal:.2} s (distribution {dist:.2} + controllers {ctrl:.2} + {} SE passes {ses:.2}); wall = {:.2} x ideal",
+                shape.largest.div_ceil(shape.parallel),
+                p.wall / ideal.max(f64::EPSILON)
+            );
+            println!(
+                "  controllers during the run: {cpu:.1} CPU s ({:.0}% of a core), largest resident memory {} MiB",
+                100.0 * cpu / p.wall.max(f64::EPSILON),
+                rss_kib / 1024
+            );
+        }
+        rows.push(p);
     }
     rows.sort_by(|a, b| a.wall.total_cmp(&b.wall));
     let m = rows[rows.len() / 2];
-    println!(
-        "other is {:.0}% of the wall time (the run of median wall time): command round trips {:.2} s, \
-         waits between steps {:.2} s",
-        100.0 * m.other() / m.wall.max(f64::EPSILON),
-        m.commands,
-        m.waits()
-    );
-    println!(
-        "median: wall {:.2} s, distribution {:.2} s, unpack {:.2} s, reboot path {:.2} s, other {:.2} s",
-        m.wall,
-        m.distribution,
-        m.unpack,
-        m.reboot,
-        m.other()
-    );
+    println!("median: {}", m.line());
 }

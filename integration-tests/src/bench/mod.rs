@@ -174,3 +174,82 @@ impl Drop for Down {
         LIVE.lock().expect("live clusters").retain(|d| d != &self.0);
     }
 }
+
+pub mod critical;
+
+/// CPU seconds (user + system) process `pid` has used (0 once it is gone).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    // USER_HZ: 100 on every Linux architecture molt runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`), 0 if absent.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+/// The CPU time and the largest resident memory of some nodes of a local
+/// cluster over a while, their reboots included: each node's process is
+/// the one its `init.pid` names at each sample (a node that rebooted is a
+/// new process; the CPU time of the one before is kept).
+#[derive(Debug)]
+pub struct NodeUsage {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<(f64, u64)>>,
+}
+
+impl NodeUsage {
+    /// Samples the nodes `ids` of the cluster in `dir` every 100 ms until [`NodeUsage::end`].
+    pub fn watch(dir: &std::path::Path, ids: &[&str]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let files: Vec<std::path::PathBuf> = ids.iter().map(|id| dir.join("nodes").join(id).join("init.pid")).collect();
+        let done = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            // Per node: (its pid now, CPU seconds of its processes before this one, at the start).
+            let pid = |f: &std::path::Path| std::fs::read_to_string(f).ok().and_then(|p| p.trim().parse::<u32>().ok());
+            let mut nodes: Vec<(Option<u32>, f64, f64)> = files
+                .iter()
+                .map(|f| {
+                    let p = pid(f);
+                    (p, 0.0, p.map_or(0.0, cpu_secs))
+                })
+                .collect();
+            let mut last: Vec<f64> = nodes.iter().map(|n| n.2).collect();
+            let mut rss_max = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, f) in files.iter().enumerate() {
+                    let now = pid(f);
+                    if now != nodes[i].0 {
+                        // Rebooted: the previous process's time, as last seen, is kept.
+                        nodes[i].1 += last[i] - nodes[i].2;
+                        nodes[i].0 = now;
+                        nodes[i].2 = 0.0;
+                        last[i] = 0.0;
+                    }
+                    if let Some(p) = now {
+                        last[i] = cpu_secs(p).max(last[i]);
+                        rss_max = rss_max.max(status_kib(p, "VmRSS:"));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let cpu: f64 = nodes.iter().zip(&last).map(|(n, l)| n.1 + l - n.2).sum();
+            (cpu, rss_max)
+        });
+        Self { stop, sampler: Some(sampler) }
+    }
+
+    /// Stops sampling: the nodes' CPU seconds in all, and the largest
+    /// resident memory any of them had (KiB).
+    pub fn end(mut self) -> (f64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.sampler.take().and_then(|s| s.join().ok()).unwrap_or_default()
+    }
+}
