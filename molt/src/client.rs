@@ -468,6 +468,15 @@ impl ClientError {
         }
     }
 
+    /// The pre-checks' verdicts a refusal carries, if it carries any (read
+    /// on their own: an answer without its `kind` still shows them).
+    pub fn prechecks(&self) -> Option<Vec<molt_api::status::Precheck>> {
+        match self {
+            ClientError::Api { body, .. } => serde_json::from_value(body.get("prechecks")?.clone()).ok(),
+            _ => None,
+        }
+    }
+
     /// The kind of error the leader answered (its body's `kind`), if it did.
     pub fn kind(&self) -> Option<common::errors::ErrorKind> {
         self.body().map(|b| b.kind)

@@ -989,8 +989,8 @@ async fn finish(api: &Api, json: bool, what: &str) -> Result<(), Failure> {
 /// Adds the pre-checks to a refusal's message: the failed ones, then the
 /// warnings apart (a warning did not refuse anything).
 fn explain(e: ClientError) -> Failure {
-    match e.body() {
-        Some(body) => Failure(format!("{e}{}", render::refused_checks(&body.prechecks)), 1),
+    match e.prechecks() {
+        Some(checks) => Failure(format!("{e}{}", render::refused_checks(&checks)), 1),
         None => e.into(),
     }
 }
@@ -1156,7 +1156,7 @@ mod tests {
 
     #[test]
     fn a_refusal_lists_its_failed_checks_and_its_warnings_apart() {
-        let body = serde_json::json!({"error": "refused", "prechecks": [
+        let body = serde_json::json!({"error": "refused", "kind": "precondition_failed", "prechecks": [
             {"check": "version", "result": "warning", "message": "forced: the upgrade is disruptive"},
             {"check": "nodes_up", "result": "error", "message": "nodes not heartbeating: g1-se1"},
             {"check": "image", "result": "ok", "message": "fine"},
