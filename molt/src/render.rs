@@ -25,10 +25,8 @@ pub fn name(v: &impl Serialize) -> String {
 /// `v` with every control character in its strings shown escaped
 /// (`\u{1b}`), so that no value a node or the leader sends can drive the
 /// terminal. Strings the API validates (node ids, versions) cannot hold one.
-pub fn terminal_safe<T: Serialize + DeserializeOwned>(v: &T) -> T {
-    let escaped = serde_json::to_value(v).map(|v| escape(&v)).and_then(serde_json::from_value);
-    escaped
-        .unwrap_or_else(|_| serde_json::from_value(serde_json::to_value(v).expect("serializes")).expect("reads back"))
+pub fn terminal_safe<T: Serialize + DeserializeOwned + Clone>(v: &T) -> T {
+    serde_json::to_value(v).map(|v| escape(&v)).and_then(serde_json::from_value).unwrap_or_else(|_| v.clone())
 }
 
 fn escape(v: &Value) -> Value {
