@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Image chunks are sliced out of the receive buffer, not copied.
         .bytes(".molt.v1.ImageChunk.data")
+        // Small per-call buffers: a session lasts as long as its node.
+        .codec_path("crate::codec::SmallBuffers")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! works with the domain types of `common`.
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
 
+pub mod codec;
+
 /// Generated messages and services of package `molt.v1`.
 pub mod v1 {
     tonic::include_proto!("molt.v1");

@@ -30,8 +30,12 @@ struct Entry {
     se_group: Option<String>,
     heartbeat: Option<Heartbeat>,
     last_seen: Option<Instant>,
-    session: Option<(u64, mpsc::Sender<LeaderMessage>)>,
+    session: Option<(u64, SessionTx)>,
 }
+
+/// The way to a node's session. Boxed, so an idle session's channel
+/// holds a block of 32 pointers rather than 32 messages.
+pub type SessionTx = mpsc::Sender<Box<LeaderMessage>>;
 
 /// The cluster view.
 #[derive(Debug)]
@@ -115,7 +119,7 @@ impl ClusterView {
     /// (the running agent wins, so a stolen certificate cannot displace it).
     /// Once the old session closed or missed [`MISSED_BEATS`] intervals — a
     /// rebooted node's new session — the new one replaces it.
-    pub fn open_session(&self, hb: Heartbeat, tx: mpsc::Sender<LeaderMessage>) -> Result<u64, String> {
+    pub fn open_session(&self, hb: Heartbeat, tx: SessionTx) -> Result<u64, String> {
         let id = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
         let mut nodes = self.nodes.lock().expect("cluster lock");
@@ -201,7 +205,7 @@ impl ClusterView {
         let tx = nodes.get(node).and_then(|e| e.session.as_ref()).map(|(_, tx)| tx.clone());
         drop(nodes);
         match tx {
-            Some(tx) if tx.try_send(msg).is_ok() => Ok(()),
+            Some(tx) if tx.try_send(Box::new(msg)).is_ok() => Ok(()),
             _ => Err(NotConnected(node.clone())),
         }
     }

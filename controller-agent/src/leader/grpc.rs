@@ -80,13 +80,13 @@ impl pb::leader_server::Leader for LeaderService {
             warn!(node = %hb.node_id, remote = ?req_remote, "session refused: {why}");
             return Err(common::errors::ErrorKind::Forbidden.grpc(why));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<LeaderMessage>(32);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Box<LeaderMessage>>(32);
         let welcome = Welcome {
             leader_id: s.node_id.clone(),
             generation: self.state.generation(),
             heartbeat_interval_ms: s.heartbeat_interval.as_millis() as u32,
         };
-        tx.try_send(LeaderMessage::Welcome(welcome)).expect("fresh channel has room");
+        tx.try_send(Box::new(LeaderMessage::Welcome(welcome))).expect("fresh channel has room");
         let node = hb.node_id.clone();
         let session = self.state.cluster.open_session(hb, tx).map_err(|why| {
             warn!(node = %peer.node_id, remote = ?req_remote, "{why}");
@@ -114,7 +114,7 @@ impl pb::leader_server::Leader for LeaderService {
         });
         // A node that joins (a rejoin after a reboot, most often) is news.
         self.state.wake.notify_one();
-        let out = ReceiverStream::new(rx).map(|m| Ok(pb::LeaderMessage::from(m)));
+        let out = ReceiverStream::new(rx).map(|m| Ok(pb::LeaderMessage::from(*m)));
         Ok(Response::new(Box::pin(out)))
     }
 

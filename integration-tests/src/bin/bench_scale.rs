@@ -148,7 +148,7 @@ async fn main() {
     common::tls::install_default_provider();
     let n: usize = args().text("--ses").parse().unwrap();
     let window: u64 = args().text("--measure-secs").parse().unwrap();
-    assert!((2..=5000).contains(&n), "--ses is between 2 and 5000");
+    assert!((2..=15000).contains(&n), "--ses is between 2 and 15000");
     let work = tempfile::Builder::new().prefix("molt-scale-").tempdir_in(std::env::temp_dir()).unwrap();
     let dir = work.path().join("cluster");
     // A one-controller local cluster (its own SE is never powered on), then N more SEs.
