@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DeploymentKind, NodeId, Role, identity::PeerIdentity};
 
+/// The leader's relay fan-out when `node.toml` names none: chosen from
+/// `bench_distribution`'s capped runs (README, "Distribution").
+pub const DEFAULT_RELAY_FANOUT: usize = 1;
+
 /// Why a node configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -507,7 +511,7 @@ impl NodeSettings {
             api_token,
             fetch_rate_limit: file.fetch_rate_limit_bytes.filter(|&r| r > 0),
             egress_limit: file.egress_limit_bytes.filter(|&r| r > 0),
-            relay_fanout: match file.relay_fanout.unwrap_or(4) {
+            relay_fanout: match file.relay_fanout.unwrap_or(DEFAULT_RELAY_FANOUT) {
                 k @ 0..=64 => k,
                 k => return Err(invalid(format!("relay_fanout {k}: must be between 0 (no relays) and 64"))),
             },

@@ -125,7 +125,7 @@ pub struct LocalSpec {
     pub fetch_rate_limit: Option<u64>,
     /// Every node's cap on the image bytes it sends per second (a NIC's).
     pub egress_limit: Option<u64>,
-    /// The leader's relay fan-out (none: the default, 4).
+    /// The leader's relay fan-out (none: the default, `common::config::DEFAULT_RELAY_FANOUT`).
     pub relay_fanout: Option<usize>,
     /// Where `controller-agent` and `se-agent` are.
     pub bin_dir: PathBuf,

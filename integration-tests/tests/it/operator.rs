@@ -85,9 +85,9 @@ async fn metrics_show_nodes_heartbeats_and_operations() {
     let text = metrics(&c).await;
     let size = std::fs::metadata(&pkg).unwrap().len() as f64;
     // The leader stages from its own store; the two SEs fetch over the
-    // network, in two stripes: the leader sends each stripe to one of them
-    // (one copy in all) and they relay the rest to each other — more from
-    // the leader only if a relay was not ready.
+    // network through a chain (the default fan-out, 1): the leader sends the
+    // image to one of them (one copy in all) and it relays it to the other —
+    // more from the leader only if the relay was not ready.
     let served = sample(&text, "molt_image_bytes_served_total").unwrap();
     assert!(served >= size && served <= 2.0 * size, "served {served} of a {size}-byte image:\n{text}");
     assert_eq!(sample(&text, "molt_node_image_received_bytes{node=\"g1-se1\"}"), Some(size), "{text}");
