@@ -45,7 +45,8 @@ pub struct ClusterView {
     next_session: std::sync::atomic::AtomicU64,
     /// The configuration's nodes: address and SE group, by id (one lookup
     /// per heartbeat, whatever the number of nodes).
-    members: HashMap<NodeId, (std::net::SocketAddr, Option<String>)>,
+    /// The address as a heartbeat spells it, so the check compares strings.
+    members: HashMap<NodeId, (String, Option<String>)>,
 }
 
 /// A command could not be handed to a node.
@@ -79,8 +80,10 @@ impl ClusterView {
         let members = settings
             .controllers
             .iter()
-            .map(|c| (c.id.clone(), (c.addr, None)))
-            .chain(settings.service_engines.iter().map(|e| (e.id.clone(), (e.addr, Some(e.se_group.clone())))))
+            .map(|c| (c.id.clone(), (c.addr.to_string(), None)))
+            .chain(
+                settings.service_engines.iter().map(|e| (e.id.clone(), (e.addr.to_string(), Some(e.se_group.clone())))),
+            )
             .collect();
         Self { nodes: Mutex::new(nodes), interval: settings.heartbeat_interval, next_session: 1.into(), members }
     }
@@ -89,13 +92,13 @@ impl ClusterView {
     /// a listed node, at its configured address, in its configured SE group.
     /// The configuration, not the heartbeat, is the source of truth.
     pub fn check_membership(&self, hb: &Heartbeat) -> Result<(), String> {
-        let Some((addr, group)) = self.members.get(&hb.node_id).map(|(a, g)| (*a, g.as_deref())) else {
+        let Some((addr, group)) = self.members.get(&hb.node_id).map(|(a, g)| (a, g.as_deref())) else {
             return Err(format!(
                 "{} is not a node of this cluster's configuration; add it to [[service_engines]] in the leader's node.toml",
                 hb.node_id
             ));
         };
-        if hb.addr != addr.to_string() {
+        if hb.addr != *addr {
             return Err(format!(
                 "{} claims address {}, but the cluster configuration has it at {addr}",
                 hb.node_id, hb.addr
