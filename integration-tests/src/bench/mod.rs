@@ -22,6 +22,14 @@ pub struct Args {
     values: BTreeMap<&'static str, String>,
 }
 
+/// Ends the bench before anything runs, saying what is wrong: exit 2, as
+/// for a flag that does not parse.
+#[allow(clippy::exit, reason = "a bench's command-line refusal, before anything runs")]
+pub fn refuse(why: &str) -> ! {
+    eprintln!("error: {why}; see --help");
+    std::process::exit(2)
+}
+
 impl Args {
     /// Parses this process's arguments against `flags`; `about` is the
     /// bench's description (its usage line first).

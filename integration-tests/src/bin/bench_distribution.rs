@@ -380,8 +380,7 @@ async fn main() {
         args().text("--cap-agents").split(',').map(|a| a.parse().unwrap()).filter(|&n| n > 0).collect();
     let cap_mibs: Vec<u64> = args().text("--node-cap-mib").split(',').map(|a| a.parse().unwrap()).collect();
     if !cap_agents.is_empty() && cap_mibs.len() != 1 && cap_mibs.len() != cap_agents.len() {
-        eprintln!("error: --node-cap-mib takes one cap, or one per --cap-agents count; see --help");
-        std::process::exit(2);
+        integration_tests::bench::refuse("--node-cap-mib takes one cap, or one per --cap-agents count");
     }
     let fanouts: Vec<usize> = args().text("--cap-fanouts").split(',').map(|a| a.parse().unwrap()).collect();
     let work = tempfile::Builder::new().prefix("molt-bench-").tempdir_in(std::env::temp_dir()).unwrap();

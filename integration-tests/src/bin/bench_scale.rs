@@ -155,10 +155,9 @@ fn open_files_for(n: usize) {
     let need = n as u64 + 512;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
     if hard < need {
-        eprintln!(
-            "error: {n} sessions need {need} open files, the hard limit is {hard}: raise it (ulimit -Hn) or use fewer --ses"
-        );
-        std::process::exit(2);
+        integration_tests::bench::refuse(&format!(
+            "{n} sessions need {need} open files, the hard limit is {hard}: raise it (ulimit -Hn) or use fewer --ses"
+        ));
     }
     if soft < need {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
@@ -169,9 +168,10 @@ fn open_files_for(n: usize) {
 async fn main() {
     args();
     common::tls::install_default_provider();
-    let n: usize = args().text("--ses").parse().unwrap();
-    let window: u64 = args().text("--measure-secs").parse().unwrap();
-    assert!((2..=15000).contains(&n), "--ses is between 2 and 15000");
+    let (n, window): (usize, u64) = (args().get("--ses"), args().get("--measure-secs"));
+    if !(2..=15000).contains(&n) {
+        integration_tests::bench::refuse("--ses is between 2 and 15000");
+    }
     open_files_for(n);
     let work = tempfile::Builder::new().prefix("molt-scale-").tempdir_in(std::env::temp_dir()).unwrap();
     let dir = work.path().join("cluster");
