@@ -284,7 +284,7 @@ impl LeaderState {
     /// controller that became leader during an upgrade serves the image
     /// from its own staging; a staged file exists only once verified).
     pub fn image_path(&self, sha: &common::Sha256Digest) -> Option<std::path::PathBuf> {
-        self.images.path_of(sha).or_else(|| {
+        self.images.path_of(sha).filter(|p| p.is_file()).or_else(|| {
             let staged = self.settings.data_dir.join("staging").join(format!("{sha}.pkg"));
             staged.is_file().then_some(staged)
         })
@@ -292,14 +292,17 @@ impl LeaderState {
 
     /// The image `image_path` names: this controller's upload, or, for an
     /// image uploaded to another controller (registered in the replicated
-    /// state), the copy this controller staged and verified. A new
+    /// state), the copy this controller staged and verified, or else a copy
+    /// fetched from a controller that holds it (a leader elected before it
+    /// staged the image, most often during the operation's staging). A new
     /// registration is replicated.
     pub async fn image(&self, image_path: &str) -> Result<images::Image, images::ImageError> {
         let image = match self.images.get(image_path).await {
             Err(images::ImageError::NotFound(p)) => {
                 let sha = self.consensus.replicated().images.get(image_path).copied();
-                match sha.and_then(|sha| self.image_path(&sha)) {
-                    Some(staged) => self.images.get_at(staged, image_path).await?,
+                match sha.map(|sha| (sha, self.image_path(&sha))) {
+                    Some((_, Some(staged))) => self.images.get_at(staged, image_path).await?,
+                    Some((sha, None)) => self.fetch_from_controllers(image_path, sha).await?,
                     None => return Err(images::ImageError::NotFound(p)),
                 }
             }
@@ -312,6 +315,60 @@ impl LeaderState {
             }
         }
         Ok(image)
+    }
+
+    /// The file of the verified image `sha` this controller holds (its
+    /// upload, or its staged copy), looked up here only: for a leader that
+    /// does not hold it. After a restart the upload index is empty, so the
+    /// replicated state's paths of `sha` are tried too.
+    pub async fn held_image(&self, sha: &common::Sha256Digest) -> Option<std::path::PathBuf> {
+        if let Some(path) = self.image_path(sha) {
+            return Some(path);
+        }
+        let paths: Vec<String> =
+            self.consensus.replicated().images.iter().filter(|(_, s)| *s == sha).map(|(p, _)| p.clone()).collect();
+        for p in paths {
+            if let Ok(image) = self.images.get(&p).await
+                && image.info.sha256 == *sha
+            {
+                return Some(image.path);
+            }
+        }
+        None
+    }
+
+    /// Fetches image `sha`, registered as `image_path` (an upload to
+    /// another controller), from the other controllers in turn into this
+    /// one's `upgrade_pkgs`, verified on the way as an upload is.
+    async fn fetch_from_controllers(
+        &self,
+        image_path: &str,
+        sha: common::Sha256Digest,
+    ) -> Result<images::Image, images::ImageError> {
+        let elsewhere = |why: String| images::ImageError::Elsewhere { path: image_path.to_owned(), why };
+        let name = image_path
+            .strip_prefix(images::SCHEME)
+            .and_then(|r| r.strip_prefix("upgrade_pkgs/"))
+            .ok_or_else(|| elsewhere("only uploads, under controller://upgrade_pkgs/, are fetched".into()))?;
+        let mut answers = Vec::new();
+        for c in self.settings.controllers.iter().filter(|c| c.id != self.settings.node_id) {
+            let fetched = match grpc::fetch_from_controller(&self.settings, c.addr, sha).await {
+                Ok(mut bytes) => self.images.upload(name, None, &mut bytes).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match fetched {
+                Ok(image) if image.info.sha256 == sha => {
+                    info!(image = image_path, from = %c.id, sha = %sha.short(), "image fetched from the controller that holds it");
+                    return Ok(image);
+                }
+                Ok(image) => {
+                    let _ = std::fs::remove_file(&image.path);
+                    answers.push(format!("{} sent image {}", c.id, image.info.sha256.short()));
+                }
+                Err(e) => answers.push(format!("{}: {e}", c.id)),
+            }
+        }
+        Err(elsewhere(if answers.is_empty() { "there is no other controller".into() } else { answers.join("; ") }))
     }
 
     /// Asks the other controllers whether they still follow this leader;

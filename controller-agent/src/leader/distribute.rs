@@ -34,7 +34,7 @@ impl From<Refusal> for Refused {
 impl From<ImageError> for Refused {
     fn from(e: ImageError) -> Self {
         let kind = match e {
-            ImageError::NotFound(_) => ErrorKind::NotFound,
+            ImageError::NotFound(_) | ImageError::Elsewhere { .. } => ErrorKind::NotFound,
             ImageError::Io(_) => ErrorKind::Internal,
             ImageError::NoSpace { .. } => ErrorKind::InsufficientStorage,
             _ => ErrorKind::BadRequest,

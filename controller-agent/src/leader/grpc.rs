@@ -49,6 +49,31 @@ pub fn not_leader(state: &LeaderState) -> Status {
     }
 }
 
+/// Fetches the whole of image `sha` from the controller at `addr` (one that
+/// holds it and does not lead), the bytes in order as they arrive.
+pub async fn fetch_from_controller(
+    settings: &common::config::NodeSettings,
+    addr: std::net::SocketAddr,
+    sha: Sha256Digest,
+) -> Result<impl Stream<Item = Result<bytes::Bytes, String>> + Unpin, String> {
+    let channel = agent_core::follower::dial::connect(settings, addr).await.map_err(|e| format!("dial {addr}: {e}"))?;
+    let mut client = pb::leader_client::LeaderClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let request = pb::FetchImageRequest { sha256: sha.to_hex(), offset: 0, ticket: vec![], stripe: 0, stripes: 1 };
+    let answer = |s: Status| format!("{:?}: {}", s.code(), s.message());
+    let chunks = client.fetch_image(request).await.map_err(answer)?.into_inner();
+    let mut next = 0u64;
+    Ok(chunks.map(move |r| {
+        let c = r.map_err(answer)?;
+        if c.offset != next {
+            return Err(format!("a chunk at byte {} where byte {next} was due", c.offset));
+        }
+        next += c.data.len() as u64;
+        Ok(c.data)
+    }))
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -130,13 +155,29 @@ impl pb::leader_server::Leader for LeaderService {
             .map_err(|e: common::types::ParseError| common::errors::ErrorKind::BadRequest.grpc(e.to_string()))?;
         let stripe = common::stripe::Stripe::new(r.stripe, r.stripes)
             .map_err(|e| common::errors::ErrorKind::BadRequest.grpc(e))?;
-        let term = self.state.term().ok_or_else(|| {
-            common::errors::ErrorKind::Unavailable.grpc("this controller does not lead: fetch from the leader")
-        })?;
-        let permit = term.fetch_gate.open(&peer.node_id, &sha)?;
-        let path = self.state.image_path(&sha).ok_or_else(|| {
-            common::errors::ErrorKind::NotFound.grpc(format!("the leader holds no image {}", sha.short()))
-        })?;
+        let (permit, path) = match self.state.term() {
+            Some(term) => {
+                let permit = term.fetch_gate.open(&peer.node_id, &sha)?;
+                let path = self.state.image_path(&sha).ok_or_else(|| {
+                    common::errors::ErrorKind::NotFound.grpc(format!("the leader holds no image {}", sha.short()))
+                })?;
+                (Some(permit), path)
+            }
+            // A controller that leads now asks for an image that was
+            // uploaded to this one while it led (see `LeaderState::image`).
+            None if peer.role == Role::Controller => {
+                let path = self.state.held_image(&sha).await.ok_or_else(|| {
+                    common::errors::ErrorKind::NotFound
+                        .grpc(format!("this controller does not lead and holds no image {}", sha.short()))
+                })?;
+                (None, path)
+            }
+            None => {
+                return Err(
+                    common::errors::ErrorKind::Unavailable.grpc("this controller does not lead: fetch from the leader")
+                );
+            }
+        };
         let file = std::fs::File::open(&path)
             .map_err(|e| common::errors::ErrorKind::Internal.grpc(format!("cannot read image: {e}")))?;
         let size = file.metadata().map_err(|e| common::errors::ErrorKind::Internal.grpc(e.to_string()))?.len();
@@ -144,7 +185,9 @@ impl pb::leader_server::Leader for LeaderService {
             return Err(common::errors::ErrorKind::OutOfRange
                 .grpc(format!("offset {} is past the image's {size} bytes", r.offset)));
         }
-        if let Some(redirect) = self.state.route_fetch(sha, &peer.node_id, stripe) {
+        if permit.is_some()
+            && let Some(redirect) = self.state.route_fetch(sha, &peer.node_id, stripe)
+        {
             return Err(redirect);
         }
         let rate = self.state.stream_rate(stripe);

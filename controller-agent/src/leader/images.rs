@@ -43,6 +43,17 @@ pub enum ImageError {
         "{0} does not exist on the leader; upload it first (POST /api/upload or `molt upgrade ... image_path LOCAL_FILE`)"
     )]
     NotFound(String),
+    /// The image was uploaded to another controller (it is registered in
+    /// the replicated state), and no other controller could send it.
+    #[error(
+        "{path} was uploaded to another controller and this leader does not hold it; no controller could send it ({why}): upload it again"
+    )]
+    Elsewhere {
+        /// The image path.
+        path: String,
+        /// What each controller answered.
+        why: String,
+    },
     /// The file is not a valid package.
     #[error("{0}")]
     Package(#[from] PackageError),

@@ -29,10 +29,14 @@ fn addr_of(c: &integration_tests::LocalCluster, id: &str) -> String {
     f["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["addr"].as_str().unwrap().to_owned()
 }
 
-fn config_bytes(c: &integration_tests::LocalCluster, id: &str) -> Vec<u8> {
+fn data_dir_of(c: &integration_tests::LocalCluster, id: &str) -> std::path::PathBuf {
     let f: Value = serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
     let n = f["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap().clone();
-    std::fs::read(std::path::Path::new(n["data_dir"].as_str().unwrap()).join("store/config.json")).unwrap_or_default()
+    n["data_dir"].as_str().unwrap().into()
+}
+
+fn config_bytes(c: &integration_tests::LocalCluster, id: &str) -> Vec<u8> {
+    std::fs::read(data_dir_of(c, id).join("store/config.json")).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,4 +169,57 @@ async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
     assert_eq!(term().await, before, "{follower} came back and the leadership or the term changed");
     // It follows again: it names the same leader.
     assert_eq!(leader_seen_by(&api, &addr_of(&c, follower)).await.as_deref(), Some(before.0.as_str()));
+}
+
+/// An image uploaded to the leader, and a new leader elected before any
+/// other controller staged it (a partition here; during a large upgrade's
+/// staging, CPU starvation did the same): the new leader used to stop the
+/// upgrade ("the image is no longer usable"). It now fetches the image from
+/// the controller that holds it, verified as an upload, and the operation
+/// runs. An image no controller holds is refused, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_fetches_the_uploaded_image_from_the_controller_that_holds_it() {
+    let (c, api) = start(&["--controllers", "3", "--groups", "g1:active-active:1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let image = upload(&api, &package(tmp.path(), "2.0.0", "1.0.0", None)).await;
+    let old = leader_of(&api).await.expect("a leader");
+    let d = c.path().to_str().unwrap().to_owned();
+    assert!(molt(&["local", "partition", "--dir", &d, &old]).status.success());
+    let started = Instant::now();
+    let new = loop {
+        if let Some(l) = leader_of(&api).await.filter(|l| *l != old) {
+            break l;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no new leader after {old} was cut off");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(molt(&["local", "heal", "--dir", &d]).status.success());
+    // The old leader follows the new one again (and leads nothing).
+    let started = Instant::now();
+    while leader_seen_by(&api, &addr_of(&c, &old)).await.as_deref() != Some(new.as_str()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "{old} does not follow {new}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    all_up_on(&api, "1.0.0", &[], 30).await;
+    let pkgs = |id: &str| data_dir_of(&c, id).join(image.strip_prefix("controller://").unwrap());
+    assert!(!pkgs(&new).exists(), "{new} held the upload before the test");
+    api.post("/api/cluster/upgrade/prestage", &json!({ "image_path": image })).await.unwrap();
+    let end = wait_end(&api, 120).await;
+    assert_eq!(end.state, OpState::Completed, "{end:#?}");
+    assert_eq!(
+        std::fs::read(pkgs(&new)).unwrap(),
+        std::fs::read(pkgs(&old)).unwrap(),
+        "{new} holds the same image as {old}"
+    );
+    let log = std::fs::read_to_string(c.path().join("nodes").join(&new).join("agent.log")).unwrap();
+    assert!(log.contains("image fetched from the controller that holds it"), "{log}");
+
+    // Gone from every controller: refused, saying where it was and what to do.
+    for id in ["c1", "c2", "c3"] {
+        let _ = std::fs::remove_file(pkgs(id));
+        let _ = std::fs::remove_dir_all(data_dir_of(&c, id).join("staging"));
+    }
+    let (kind, why) = refusal(api.post("/api/cluster/upgrade/prestage", &json!({ "image_path": image })).await);
+    assert_eq!(kind, ErrorKind::NotFound, "{why}");
+    assert!(why.contains("uploaded to another controller") && why.contains("upload it again"), "{why}");
 }
