@@ -43,10 +43,7 @@ impl Args {
                 }
                 std::process::exit(0)
             }
-            Err(e) => {
-                eprintln!("error: {e}; see --help");
-                std::process::exit(2)
-            }
+            Err(e) => refuse(&e),
         }
     }
 
@@ -84,10 +81,7 @@ impl Args {
         T::Err: std::fmt::Display,
     {
         let raw = self.values.get(flag).unwrap_or_else(|| panic!("{flag} is not a flag of this bench"));
-        raw.parse().unwrap_or_else(|e| {
-            eprintln!("error: {flag} {raw:?}: {e}; see --help");
-            std::process::exit(2)
-        })
+        raw.parse().unwrap_or_else(|e| refuse(&format!("{flag} {raw:?}: {e}")))
     }
 
     /// The value of `flag` as given.

@@ -32,7 +32,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use integration_tests::bench::{Args, Down, Flag};
+use integration_tests::bench::{Args, Down, Flag, status_kib};
 use integration_tests::payload_dir;
 use molt::client::{Api, Connection};
 use sha2::Digest;
@@ -252,11 +252,6 @@ fn hash_write_fsync(src: &Path, dst: &Path, direct: bool) -> Duration {
     started.elapsed()
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
-}
-
 struct MoltRun {
     agents: usize,
     size: u64,
@@ -355,7 +350,7 @@ async fn molt_run(work: &Path, pkg: &Path, agents: usize, subnet: u8, net: Net) 
         .sum::<f64>()
         / ses.len() as f64;
     let leader_pid: u32 = std::fs::read_to_string(dir.join("nodes/c1/init.pid")).unwrap().trim().parse().unwrap();
-    let hwm = vm_hwm_kib(leader_pid);
+    let hwm = status_kib(leader_pid, "VmHWM:");
     drop(down);
     let _ = std::fs::remove_dir_all(&dir);
     MoltRun {
